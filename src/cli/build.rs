@@ -1,0 +1,138 @@
+//! `imgbuild build` and `imgbuild node --id N`.
+
+use std::path::PathBuf;
+
+use crate::build::{build, BuildSettings, NodeImage, Project};
+use crate::compress::{default_threads, DEFAULT_LEVEL};
+use crate::error::{Error, Result};
+use crate::layer::LayerSettings;
+use crate::output::{self, Format};
+use crate::platform::Platform;
+
+use super::GlobalArgs;
+
+#[derive(clap::Args)]
+pub struct BuildOptions {
+    /// The image definition: a name in images/ or a path [default: the only one]
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// Platforms to build, comma-separated (e.g. linux/amd64,linux/arm64) [default: the host's]
+    #[arg(long, value_name = "LIST")]
+    pub platform: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "oci")]
+    pub format: Format,
+    /// Output path [default: out/IMAGE (build) or out/IMAGE-node-N (node), `.tar` for archives]
+    #[arg(long, short, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Compression threads (only the speed changes, never the bytes) [default: every core]
+    #[arg(long, env = "IMGBUILD_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub options: BuildOptions,
+}
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The node's id in the cluster definition
+    #[arg(long)]
+    pub id: u32,
+    #[command(flatten)]
+    pub options: BuildOptions,
+}
+
+/// `SOURCE_DATE_EPOCH`, or 0: the one time every output carries.
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Err(_) => Ok(0),
+        Ok(v) if v.is_empty() => Ok(0),
+        Ok(v) => v.trim().parse().map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))),
+    }
+}
+
+fn settings(global: &GlobalArgs, options: &BuildOptions) -> Result<BuildSettings> {
+    let platforms = match &options.platform {
+        Some(list) => Platform::parse_list(list).map_err(Error::Usage)?,
+        None => vec![Platform::host()],
+    };
+    if options.format == Format::DockerArchive && platforms.len() > 1 {
+        return Err(Error::Usage("docker-archive holds one platform; pass a single --platform".into()));
+    }
+    let threads = options.threads.unwrap_or_else(default_threads);
+    if threads == 0 {
+        return Err(Error::Usage("--threads must be at least 1".into()));
+    }
+    Ok(BuildSettings {
+        platforms,
+        layer: LayerSettings { epoch: source_date_epoch()?, level: DEFAULT_LEVEL, threads },
+        fetch: global.fetch_settings()?,
+    })
+}
+
+fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result<()> {
+    let settings = settings(global, options)?;
+    let project = Project::load(&global.project, options.image.as_deref())?;
+    let def = &project.image;
+    if let Some(id) = node {
+        def.node(id)?;
+    }
+    let store = global.open_store()?;
+    let reporter = global.reporter();
+    let nodes: Vec<u32> = node.into_iter().collect();
+    let images = build(&store, def, &nodes, &settings, reporter.as_ref())?;
+
+    let stem = match node {
+        Some(id) => format!("{}-node-{id}", def.name),
+        None => def.name.clone(),
+    };
+    let out = options.out.clone().unwrap_or_else(|| {
+        let name = if options.format.is_archive() { format!("{stem}.tar") } else { stem };
+        PathBuf::from("out").join(name)
+    });
+    let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
+    output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
+    report(global, def, &out, options.format, &images);
+    Ok(())
+}
+
+fn report(global: &GlobalArgs, def: &crate::image_def::ImageDef, out: &std::path::Path, format: Format, images: &[NodeImage]) {
+    if global.json {
+        super::print_json(&serde_json::json!({
+            "image": def.name,
+            "output": out,
+            "format": format,
+            "nodes": images,
+        }));
+        return;
+    }
+    for img in images {
+        println!("{}\t{}\t{}", img.tag, img.digest, out.display());
+    }
+    if !global.quiet {
+        let shared: u64 = images.first().map_or(0, |i| i.platforms.iter().map(|p| p.layers.iter().rev().skip(1).map(|l| l.size).sum::<u64>()).sum());
+        eprintln!("wrote {} node image(s) of `{}` to {} ({} of shared layers)", images.len(), def.name, out.display(), human_bytes(shared));
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+pub fn run_build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
+    run(global, &args.options, None)
+}
+
+pub fn run_node(global: &GlobalArgs, args: &NodeArgs) -> Result<()> {
+    run(global, &args.options, Some(args.id))
+}

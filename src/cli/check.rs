@@ -1,0 +1,42 @@
+//! `imgbuild check`: loads and validates every recipe and the image definition.
+
+use crate::build::Project;
+use crate::error::Result;
+
+use super::GlobalArgs;
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The image definition: a name in images/ or a path [default: the only one]
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<()> {
+    let project = Project::load(&global.project, args.image.as_deref())?;
+    let def = &project.image;
+    if global.json {
+        let recipes: Vec<_> = project
+            .recipes
+            .values()
+            .map(|r| serde_json::json!({ "name": r.name, "version": r.version, "platforms": r.platforms(), "file": r.file, "homepage": r.homepage, "license": r.license }))
+            .collect();
+        super::print_json(&serde_json::json!({
+            "image": def.name,
+            "recipes": recipes,
+            "layers": def.layers.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            "base": def.base.as_ref().map(|b| &b.name),
+            "nodes": def.nodes,
+        }));
+        return Ok(());
+    }
+    for r in project.recipes.values() {
+        println!("recipe {} {} [{}]", r.name, r.version, r.platforms().join(", "));
+    }
+    let layers: Vec<&str> = def.layers.iter().map(|r| r.name.as_str()).collect();
+    println!("image {}: base {}, layers {}", def.name, def.base.as_ref().map_or("none", |b| b.name.as_str()), layers.join(" → "));
+    for n in &def.nodes {
+        println!("node {} at {}", n.id, n.host);
+    }
+    Ok(())
+}

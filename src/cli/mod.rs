@@ -1,0 +1,102 @@
+//! The command line: parses and validates arguments into settings, then calls the pipeline.
+//! Results go to stdout (text, or JSON with `--json`); everything for humans goes to stderr.
+
+mod build;
+mod check;
+mod prefetch;
+mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::fetch::FetchSettings;
+use crate::progress::{HumanReporter, Reporter, SilentReporter};
+
+#[derive(Parser)]
+#[command(name = "imgbuild", version, about = "Reproducible OCI images and VM disks for pinned clusters", max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args)]
+pub struct GlobalArgs {
+    /// The store directory [default: $XDG_CACHE_HOME/imgbuild]
+    #[arg(long, global = true, env = "IMGBUILD_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// The project directory holding recipes/ and images/
+    #[arg(long, global = true, env = "IMGBUILD_PROJECT", value_name = "DIR", default_value = ".")]
+    pub project: PathBuf,
+    /// Print machine-readable JSON on stdout and no progress
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print no progress or status
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Never use the network: inputs come from the store or --mirror directories only
+    #[arg(long, global = true, env = "IMGBUILD_OFFLINE")]
+    pub offline: bool,
+    /// A directory of upstream files, named as upstream, tried before any URL (repeatable)
+    #[arg(long, global = true, env = "IMGBUILD_MIRROR", value_name = "DIR", value_delimiter = ':')]
+    pub mirror: Vec<PathBuf>,
+    /// Seconds to wait for a connection or for the next bytes of a download
+    #[arg(long, global = true, env = "IMGBUILD_HTTP_TIMEOUT", value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build the image of every node of the cluster
+    Build(build::BuildArgs),
+    /// Build the image of one node
+    Node(build::NodeArgs),
+    /// Download a URL into the store and print the hash to pin in a recipe
+    Prefetch(prefetch::PrefetchArgs),
+    /// Check the recipes and the image definition without building
+    Check(check::CheckArgs),
+    /// Work with the store
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+}
+
+impl GlobalArgs {
+    pub fn reporter(&self) -> Box<dyn Reporter> {
+        if self.json || self.quiet {
+            Box::new(SilentReporter)
+        } else {
+            Box::new(HumanReporter::new())
+        }
+    }
+
+    pub fn open_store(&self) -> Result<crate::store::Store> {
+        let root = self.store.clone().unwrap_or_else(crate::store::Store::default_root);
+        crate::store::Store::open(&root)
+    }
+
+    pub fn fetch_settings(&self) -> Result<FetchSettings> {
+        if self.timeout == 0 {
+            return Err(Error::Usage("--timeout must be at least 1 second".into()));
+        }
+        Ok(FetchSettings { offline: self.offline, mirror_dirs: self.mirror.clone(), timeout: Duration::from_secs(self.timeout) })
+    }
+}
+
+/// Prints a JSON value on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON serializes"));
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Build(args) => build::run_build(&cli.global, args),
+        Command::Node(args) => build::run_node(&cli.global, args),
+        Command::Prefetch(args) => prefetch::run(&cli.global, args),
+        Command::Check(args) => check::run(&cli.global, args),
+        Command::Store(cmd) => store::run(&cli.global, cmd),
+    }
+}

@@ -1,0 +1,164 @@
+//! `imgbuild store add|verify|path`.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Algorithm, Hash, Hasher};
+use crate::error::{Error, IoContext, Result};
+use crate::recipe::{Recipe, RecipeKind};
+use crate::store::Store;
+
+use super::GlobalArgs;
+
+#[derive(clap::Subcommand)]
+pub enum StoreCommand {
+    /// Import files fetched by other means, matched to recipes by hash; OCI layouts and
+    /// oci-archives (base images) are imported blob by blob
+    Add {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Re-hash every blob and report any whose content does not match its name
+    Verify {
+        /// Delete the blobs that do not match, so the next build fetches or rebuilds them
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Print the store's location
+    Path,
+}
+
+pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
+    let store = global.open_store()?;
+    match cmd {
+        StoreCommand::Add { paths } => add(global, &store, paths),
+        StoreCommand::Verify { repair } => verify(global, &store, *repair),
+        StoreCommand::Path => {
+            println!("{}", store.root().display());
+            Ok(())
+        }
+    }
+}
+
+/// The recipes of the project, if there is one here: `store add` works without.
+fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
+    let dir = global.project.join("recipes");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::recipe::load_dir(&dir)?.into_values().collect())
+}
+
+fn hash_both(path: &Path) -> Result<(Hash, Hash)> {
+    let mut reader = BufReader::with_capacity(256 * 1024, File::open(path).at(path)?);
+    let mut a = Hasher::new(Algorithm::Sha256);
+    let mut b = Hasher::new(Algorithm::Sha512);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        a.update(&buf[..n]);
+        b.update(&buf[..n]);
+    }
+    Ok((a.finish(), b.finish()))
+}
+
+fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
+    let recipes = project_recipes(global)?;
+    let mut results = Vec::new();
+    for path in paths {
+        if !path.exists() {
+            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let oci = path.is_dir() || crate::import::is_oci_archive(path);
+        if oci {
+            let imported = crate::import::import(store, path)?;
+            let mut matched = Vec::new();
+            for r in &recipes {
+                if let RecipeKind::OciImage { index_digest, .. } = &r.kind {
+                    for s in &r.sources {
+                        if imported.manifests.iter().any(|(d, _)| d.to_hash() == s.hash) {
+                            matched.push(format!("{} ({})", r.name, s.platform.as_ref().map_or("any".into(), |p| p.to_string())));
+                        }
+                    }
+                    if index_digest.is_some_and(|d| imported.indexes.contains(&d)) {
+                        matched.push(format!("{} (index)", r.name));
+                    }
+                }
+            }
+            if !global.json && !global.quiet {
+                for (d, p) in &imported.manifests {
+                    eprintln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
+                }
+                if matched.is_empty() {
+                    eprintln!("warning: {} matches no oci-image recipe's digest", path.display());
+                }
+            }
+            results.push(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }));
+            continue;
+        }
+        let (sha256, sha512) = hash_both(path)?;
+        let mut matched = Vec::new();
+        let mut algorithms = Vec::new();
+        for r in &recipes {
+            for s in &r.sources {
+                if s.hash == sha256 || s.hash == sha512 {
+                    matched.push(format!("{} ({})", r.name, s.platform.as_ref().map_or("any".into(), |p| p.to_string())));
+                    if !algorithms.contains(&s.hash.algorithm()) {
+                        algorithms.push(s.hash.algorithm());
+                    }
+                }
+            }
+        }
+        if algorithms.is_empty() {
+            algorithms.push(Algorithm::Sha256);
+        }
+        for algorithm in &algorithms {
+            let expected = if *algorithm == Algorithm::Sha256 { &sha256 } else { &sha512 };
+            store.add_file(path, *algorithm, Some(expected))?;
+        }
+        if !global.json && !global.quiet {
+            if matched.is_empty() {
+                eprintln!("added {} as {sha256}; warning: no recipe pins this file (sha512 {})", path.display(), sha512.hex());
+            } else {
+                eprintln!("added {} for {}", path.display(), matched.join(", "));
+            }
+        }
+        results.push(serde_json::json!({ "path": path, "kind": "file", "sha256": sha256.to_string(), "sha512": sha512.to_string(), "recipes": matched }));
+    }
+    if global.json {
+        super::print_json(&serde_json::json!({ "added": results }));
+    }
+    Ok(())
+}
+
+fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {
+    let mut count = 0usize;
+    let bad = store.verify(|path, ok| {
+        count += 1;
+        if !ok && !global.json {
+            eprintln!("corrupt: {}", path.display());
+        }
+    })?;
+    if repair {
+        for path in &bad {
+            std::fs::remove_file(path).at(path)?;
+        }
+    }
+    if global.json {
+        super::print_json(&serde_json::json!({ "checked": count, "corrupt": bad, "repaired": repair }));
+    } else if !global.quiet {
+        eprintln!("checked {count} blob(s): {} corrupt{}", bad.len(), if repair && !bad.is_empty() { ", removed" } else { "" });
+    }
+    if bad.is_empty() || repair {
+        Ok(())
+    } else {
+        Err(Error::Store {
+            path: store.root().to_path_buf(),
+            message: format!("{} blob(s) do not match their digest; `imgbuild store verify --repair` removes them", bad.len()),
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! OCI image documents: config, manifest and index, built with oci-spec and serialized
+//! canonically (sorted keys, no whitespace) so the same inputs always give the same digests.
+
+use std::collections::BTreeMap;
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+};
+use serde::Serialize;
+
+use crate::digest::{BlobDigest, DiffId, Sha256Digest};
+use crate::error::{Error, Result};
+use crate::image_def::ImageConfig;
+use crate::platform::Platform;
+use crate::store::Store;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One layer of an image, as its manifest and config describe it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageLayer {
+    pub digest: BlobDigest,
+    pub diff_id: DiffId,
+    pub size: u64,
+    pub media_type: String,
+    /// History line: which recipe (or imgbuild part) made it.
+    pub created_by: String,
+}
+
+/// A base image taken from the store, its layers used as they are.
+pub struct BaseImage {
+    pub manifest_digest: Sha256Digest,
+    pub config: ImageConfiguration,
+    pub layers: Vec<ImageLayer>,
+}
+
+impl BaseImage {
+    pub fn load(store: &Store, manifest_digest: &Sha256Digest) -> Result<BaseImage> {
+        let store_err = |message: String| Error::Store { path: store.sha256_path(manifest_digest), message };
+        let manifest: ImageManifest = serde_json::from_slice(&store.read_blob(manifest_digest)?)
+            .map_err(|e| store_err(format!("base manifest {manifest_digest} is not an OCI image manifest: {e}")))?;
+        let config_digest = Sha256Digest::from_oci(manifest.config().digest()).map_err(|e| store_err(e.to_string()))?;
+        let config: ImageConfiguration = serde_json::from_slice(&store.read_blob(&config_digest)?)
+            .map_err(|e| store_err(format!("base config {config_digest}: {e}")))?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(store_err("base image config and manifest disagree on the number of layers".into()));
+        }
+        let mut layers = Vec::new();
+        for (i, (desc, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
+            let digest = Sha256Digest::from_oci(desc.digest()).map_err(|e| store_err(e.to_string()))?;
+            if !store.has_sha256(&digest) {
+                return Err(store_err(format!("base layer {digest} is missing from the store; `imgbuild store add` the base image again")));
+            }
+            let diff_id = diff_id.parse().map_err(|e| store_err(format!("diff_id `{diff_id}`: {e}")))?;
+            layers.push(ImageLayer {
+                digest: BlobDigest(digest),
+                diff_id: DiffId(diff_id),
+                size: desc.size(),
+                media_type: desc.media_type().to_string(),
+                created_by: format!("base layer {i}"),
+            });
+        }
+        Ok(BaseImage { manifest_digest: *manifest_digest, config, layers })
+    }
+
+    /// The base's environment as ordered pairs.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let env = self.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
+        env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+    }
+}
+
+/// Everything one platform's image of one node is made of.
+pub struct ImageInputs<'a> {
+    pub platform: &'a Platform,
+    pub base: Option<&'a BaseImage>,
+    pub layers: Vec<ImageLayer>,
+    pub env: BTreeMap<String, String>,
+    pub config: &'a ImageConfig,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WrittenImage {
+    pub platform: String,
+    pub manifest_digest: Sha256Digest,
+    pub manifest_size: u64,
+    pub config_digest: Sha256Digest,
+    pub layers: Vec<ImageLayer>,
+}
+
+/// Serializes any oci-spec document canonically: going through `serde_json::Value` sorts every
+/// map, including the ones oci-spec keeps in a `HashMap`.
+pub fn canonical_json(value: &impl Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(value).expect("OCI documents serialize");
+    serde_json::to_vec(&value).expect("JSON values serialize")
+}
+
+fn spec_err(e: oci_spec::OciSpecError) -> Error {
+    Error::Usage(format!("internal error building an OCI document: {e}"))
+}
+
+pub fn descriptor(media_type: MediaType, digest: &Sha256Digest, size: u64) -> Descriptor {
+    Descriptor::new(media_type, size, digest.to_oci())
+}
+
+pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenImage> {
+    let created = rfc3339(inputs.epoch);
+    let mut all_layers: Vec<ImageLayer> = inputs.base.map(|b| b.layers.clone()).unwrap_or_default();
+    all_layers.extend(inputs.layers.iter().cloned());
+
+    let mut history = Vec::new();
+    if let Some(base) = inputs.base {
+        history.extend(base.config.history().iter().cloned());
+    }
+    for layer in &inputs.layers {
+        history.push(HistoryBuilder::default().created(created.clone()).created_by(layer.created_by.clone()).comment("imgbuild").build().map_err(spec_err)?);
+    }
+
+    let c = inputs.config;
+    let env: Vec<String> = inputs.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut config = ConfigBuilder::default()
+        .user(c.user.clone())
+        .env(env)
+        .entrypoint(c.entrypoint.clone())
+        .working_dir(c.workdir.clone())
+        .labels(inputs.labels.clone().into_iter().collect::<std::collections::HashMap<_, _>>());
+    if !c.cmd.is_empty() {
+        config = config.cmd(c.cmd.clone());
+    }
+    if !c.ports.is_empty() {
+        config = config.exposed_ports(c.ports.clone());
+    }
+    if !c.volumes.is_empty() {
+        config = config.volumes(c.volumes.clone());
+    }
+    if let Some(sig) = &c.stop_signal {
+        config = config.stop_signal(sig.clone());
+    }
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(all_layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err)?;
+    let mut image_config = ImageConfigurationBuilder::default()
+        .created(created)
+        .architecture(Arch::from(inputs.platform.architecture.as_str()))
+        .os(Os::from(inputs.platform.os.as_str()))
+        .config(config.build().map_err(spec_err)?)
+        .rootfs(rootfs)
+        .history(history);
+    if let Some(v) = &inputs.platform.variant {
+        image_config = image_config.variant(v.clone());
+    }
+    let config_bytes = canonical_json(&image_config.build().map_err(spec_err)?);
+    let config_digest = store.add_bytes(&config_bytes)?;
+
+    let layer_descs: Vec<Descriptor> = all_layers
+        .iter()
+        .map(|l| descriptor(MediaType::from(l.media_type.as_str()), &l.digest.0, l.size))
+        .collect();
+    let mut manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, &config_digest, config_bytes.len() as u64))
+        .layers(layer_descs);
+    if !inputs.annotations.is_empty() {
+        manifest = manifest.annotations(inputs.annotations.clone().into_iter().collect::<std::collections::HashMap<_, _>>());
+    }
+    let manifest_bytes = canonical_json(&manifest.build().map_err(spec_err)?);
+    let manifest_digest = store.add_bytes(&manifest_bytes)?;
+    Ok(WrittenImage {
+        platform: inputs.platform.to_string(),
+        manifest_digest,
+        manifest_size: manifest_bytes.len() as u64,
+        config_digest,
+        layers: all_layers,
+    })
+}
+
+pub fn platform_descriptor(image: &WrittenImage, platform: &Platform) -> Result<Descriptor> {
+    let mut p = PlatformBuilder::default()
+        .architecture(Arch::from(platform.architecture.as_str()))
+        .os(Os::from(platform.os.as_str()));
+    if let Some(v) = &platform.variant {
+        p = p.variant(v.clone());
+    }
+    DescriptorBuilder::default()
+        .media_type(MediaType::ImageManifest)
+        .digest(image.manifest_digest.to_oci())
+        .size(image.manifest_size)
+        .platform(p.build().map_err(spec_err)?)
+        .build()
+        .map_err(spec_err)
+}
+
+/// An image index over one node's platform manifests; returns its digest and size.
+pub fn write_index(store: &Store, images: &[(WrittenImage, Platform)], annotations: &BTreeMap<String, String>) -> Result<(Sha256Digest, u64)> {
+    let manifests = images.iter().map(|(img, p)| platform_descriptor(img, p)).collect::<Result<Vec<_>>>()?;
+    let mut index = ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(manifests);
+    if !annotations.is_empty() {
+        index = index.annotations(annotations.clone().into_iter().collect::<std::collections::HashMap<_, _>>());
+    }
+    let bytes = canonical_json(&index.build().map_err(spec_err)?);
+    Ok((store.add_bytes(&bytes)?, bytes.len() as u64))
+}
+
+/// `SOURCE_DATE_EPOCH` as an RFC 3339 UTC timestamp, without reading any clock.
+pub fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn epoch_formats_as_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,180 @@
+//! Importing OCI images made by other tools (an OCI image layout directory or an oci-archive,
+//! such as `skopeo copy docker://… oci-archive:F` writes) into the store. Every blob is
+//! re-hashed on the way in; nothing enters the store under a digest it does not have.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::digest::{Algorithm, Sha256Digest};
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+
+/// Largest `index.json` or manifest accepted (they are small JSON documents).
+const MAX_DOCUMENT: u64 = 4 << 20;
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Imported {
+    /// Image manifests, with the platform the index gave them (when it did).
+    pub manifests: Vec<(Sha256Digest, Option<String>)>,
+    pub indexes: Vec<Sha256Digest>,
+    pub blobs: usize,
+}
+
+#[derive(Deserialize)]
+struct Doc {
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<Desc>>,
+    #[serde(default)]
+    config: Option<Desc>,
+    #[serde(default)]
+    layers: Option<Vec<Desc>>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Desc {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    platform: Option<DescPlatform>,
+}
+
+#[derive(Deserialize, Clone)]
+struct DescPlatform {
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// Whether a file is a tar archive holding an OCI layout (an oci-archive).
+pub fn is_oci_archive(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    let mut archive = tar::Archive::new(file);
+    let Ok(entries) = archive.entries() else { return false };
+    // The layout's marker files are at the top; a few entries are enough to tell.
+    for entry in entries.take(10_000) {
+        let Ok(entry) = entry else { return false };
+        let Ok(p) = entry.path() else { return false };
+        let p = p.to_string_lossy().trim_start_matches("./").to_string();
+        if p == "oci-layout" || p == "index.json" {
+            return true;
+        }
+    }
+    false
+}
+
+pub fn import(store: &Store, path: &Path) -> Result<Imported> {
+    if path.is_dir() {
+        import_layout(store, path)
+    } else {
+        import_archive(store, path)
+    }
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> Error {
+    Error::BadArchive { archive: path.display().to_string(), message: message.into() }
+}
+
+fn import_layout(store: &Store, dir: &Path) -> Result<Imported> {
+    let index_path = dir.join("index.json");
+    let text = read_limited(File::open(&index_path).at(&index_path)?, &index_path)?;
+    let add = |digest: &Sha256Digest| -> Result<()> {
+        if store.has_sha256(digest) {
+            return Ok(());
+        }
+        let blob = dir.join("blobs/sha256").join(digest.hex());
+        store.add_file(&blob, Algorithm::Sha256, Some(&digest.to_hash())).map(|_| ())
+    };
+    walk_index(store, dir, &text, &add)
+}
+
+fn import_archive(store: &Store, path: &Path) -> Result<Imported> {
+    let file = File::open(path).at(path)?;
+    let mut archive = tar::Archive::new(io::BufReader::new(file));
+    let mut index = None;
+    for entry in archive.entries().map_err(|e| bad(path, format!("not a tar archive: {e}")))? {
+        let mut entry = entry.map_err(|e| bad(path, format!("corrupt tar: {e}")))?;
+        let name = entry.path().map_err(|e| bad(path, e.to_string()))?.to_string_lossy().trim_start_matches("./").to_string();
+        if name == "index.json" {
+            index = Some(read_limited(&mut entry, path)?);
+        } else if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+            let digest: Sha256Digest = format!("sha256:{hex}").parse().map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
+            if !store.has_sha256(&digest) {
+                let mut w = store.writer(Algorithm::Sha256)?;
+                io::copy(&mut entry, &mut w).map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
+                w.commit(Some(&digest.to_hash()), &format!("{} entry {name}", path.display()))?;
+            }
+        }
+    }
+    let index = index.ok_or_else(|| bad(path, "no index.json: not an OCI archive"))?;
+    let present = |digest: &Sha256Digest| -> Result<()> {
+        if store.has_sha256(digest) {
+            Ok(())
+        } else {
+            Err(bad(path, format!("blob {digest} is referenced but not in the archive")))
+        }
+    };
+    walk_index(store, path, &index, &present)
+}
+
+fn read_limited(reader: impl Read, path: &Path) -> Result<String> {
+    let mut text = String::new();
+    reader.take(MAX_DOCUMENT + 1).read_to_string(&mut text).map_err(|e| bad(path, format!("index.json: {e}")))?;
+    if text.len() as u64 > MAX_DOCUMENT {
+        return Err(bad(path, "index.json is larger than 4 MiB"));
+    }
+    Ok(text)
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.index.v1+json" || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+fn walk_index(store: &Store, origin: &Path, index_text: &str, ensure: &dyn Fn(&Sha256Digest) -> Result<()>) -> Result<Imported> {
+    let doc: Doc = serde_json::from_str(index_text).map_err(|e| bad(origin, format!("index.json: {e}")))?;
+    let mut imported = Imported::default();
+    for desc in doc.manifests.unwrap_or_default() {
+        walk(store, origin, &desc, ensure, &mut imported, 0)?;
+    }
+    if imported.manifests.is_empty() {
+        return Err(bad(origin, "holds no image manifest"));
+    }
+    Ok(imported)
+}
+
+fn walk(store: &Store, origin: &Path, desc: &Desc, ensure: &dyn Fn(&Sha256Digest) -> Result<()>, out: &mut Imported, depth: u32) -> Result<()> {
+    if depth > 4 {
+        return Err(bad(origin, "indexes nested more than 4 deep"));
+    }
+    let digest: Sha256Digest = desc.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", desc.digest)))?;
+    ensure(&digest)?;
+    out.blobs += 1;
+    let data = store.read_blob(&digest)?;
+    let doc: Doc = serde_json::from_slice(&data).map_err(|e| bad(origin, format!("{digest}: {e}")))?;
+    let media_type = doc.media_type.clone().unwrap_or_else(|| desc.media_type.clone());
+    if is_index(&media_type) || doc.manifests.is_some() {
+        out.indexes.push(digest);
+        for child in doc.manifests.unwrap_or_default() {
+            walk(store, origin, &child, ensure, out, depth + 1)?;
+        }
+        return Ok(());
+    }
+    let config = doc.config.ok_or_else(|| bad(origin, format!("{digest} is neither an image index nor an image manifest")))?;
+    for d in std::iter::once(&config).chain(doc.layers.iter().flatten()) {
+        let blob: Sha256Digest = d.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", d.digest)))?;
+        ensure(&blob)?;
+        out.blobs += 1;
+    }
+    let platform = desc.platform.as_ref().map(|p| match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    });
+    out.manifests.push((digest, platform));
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! imgbuild: reproducible OCI images (and VM disks) for clusters whose every input is pinned.
+//!
+//! One module per pipeline stage:
+//! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
+
+pub mod build;
+pub mod cli;
+pub mod compress;
+pub mod digest;
+pub mod error;
+pub mod fetch;
+pub mod image;
+pub mod image_def;
+pub mod import;
+pub mod layer;
+pub mod node;
+pub mod output;
+pub mod platform;
+pub mod progress;
+pub mod recipe;
+pub mod store;
+pub mod toml_file;

@@ -1,0 +1,62 @@
+//! The OCI image layout directory: `oci-layout`, `index.json`, `blobs/sha256/…`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
+
+use super::OutputImage;
+use crate::digest::Sha256Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::image::canonical_json;
+use crate::store::Store;
+
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The layout's top-level `index.json`: one entry per tag, in the order given.
+pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
+    let manifests: Vec<Descriptor> = images
+        .iter()
+        .map(|img| {
+            let mut d = img.descriptor.clone();
+            let mut annotations: BTreeMap<String, String> = d.annotations().clone().unwrap_or_default().into_iter().collect();
+            annotations.insert(REF_NAME.to_string(), img.tag.clone());
+            d.set_annotations(Some(annotations.into_iter().collect()));
+            d
+        })
+        .collect();
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .map_err(|e| Error::Usage(format!("internal error building index.json: {e}")))?;
+    Ok(canonical_json(&index))
+}
+
+/// Every blob of every image, once, sorted.
+pub fn all_blobs(images: &[OutputImage]) -> BTreeSet<Sha256Digest> {
+    images.iter().flat_map(|i| i.blobs.iter().copied()).collect()
+}
+
+pub fn write(store: &Store, dest: &Path, images: &[OutputImage]) -> Result<()> {
+    let temp = super::temp_sibling(dest);
+    if temp.exists() {
+        fs::remove_dir_all(&temp).at(&temp)?;
+    }
+    let blob_dir = temp.join("blobs/sha256");
+    fs::create_dir_all(&blob_dir).at(&blob_dir)?;
+    for digest in all_blobs(images) {
+        let from = store.sha256_path(&digest);
+        let to = blob_dir.join(digest.hex());
+        // Store blobs are immutable: a hard link costs nothing; copy across file systems.
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).at(&from)?;
+        }
+    }
+    fs::write(temp.join("oci-layout"), OCI_LAYOUT).at(&temp)?;
+    fs::write(temp.join("index.json"), index_json(images)?).at(&temp)?;
+    super::replace(&temp, dest)
+}

@@ -1,0 +1,93 @@
+//! Progress reporting. Pipeline stages report through the `Reporter` trait and never draw; the
+//! CLI picks the implementation (bars on a terminal, plain lines otherwise, nothing for `--json`).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub trait Reporter: Send + Sync {
+    /// A one-line status for humans (stderr).
+    fn status(&self, message: &str);
+    /// A task with a byte count, such as a download or a layer being written.
+    fn task(&self, label: &str, total: Option<u64>) -> Box<dyn Task>;
+}
+
+pub trait Task: Send {
+    fn advance(&self, bytes: u64);
+    fn set_total(&self, total: u64);
+    fn set_position(&self, position: u64);
+}
+
+/// Bars on a terminal; plain status lines when stderr is not one.
+pub struct HumanReporter {
+    bars: bool,
+}
+
+impl HumanReporter {
+    pub fn new() -> Self {
+        HumanReporter { bars: std::io::stderr().is_terminal() }
+    }
+}
+
+impl Default for HumanReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reporter for HumanReporter {
+    fn status(&self, message: &str) {
+        eprintln!("{message}");
+    }
+
+    fn task(&self, label: &str, total: Option<u64>) -> Box<dyn Task> {
+        if !self.bars {
+            eprintln!("{label}");
+            return Box::new(NoTask);
+        }
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{msg:40!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        Box::new(BarTask(bar))
+    }
+}
+
+struct BarTask(ProgressBar);
+
+impl Task for BarTask {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn set_total(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn set_position(&self, position: u64) {
+        self.0.set_position(position);
+    }
+}
+
+impl Drop for BarTask {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Reports nothing: `--json` and `--quiet`.
+pub struct SilentReporter;
+
+impl Reporter for SilentReporter {
+    fn status(&self, _message: &str) {}
+    fn task(&self, _label: &str, _total: Option<u64>) -> Box<dyn Task> {
+        Box::new(NoTask)
+    }
+}
+
+struct NoTask;
+
+impl Task for NoTask {
+    fn advance(&self, _bytes: u64) {}
+    fn set_total(&self, _total: u64) {}
+    fn set_position(&self, _position: u64) {}
+}

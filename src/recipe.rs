@@ -1,0 +1,326 @@
+//! Recipes: one TOML file per upstream artifact, pinned by hash (format in `recipes/README.md`).
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::digest::{Algorithm, Hash, Sha256Digest};
+use crate::error::{Error, Result};
+use crate::platform::Platform;
+use crate::toml_file::{toml_files_in, TomlFile};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeToml {
+    name: Spanned<String>,
+    version: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    homepage: Option<String>,
+    #[serde(default)]
+    license: Option<String>,
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
+    /// For `kind = "oci-image"`: where the image comes from (documentation and `pull`).
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    index_digest: Option<Spanned<String>>,
+    source: Vec<Spanned<SourceToml>>,
+    #[serde(default)]
+    unpack: UnpackToml,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    path: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceToml {
+    #[serde(default)]
+    platform: Option<Spanned<String>>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    mirrors: Vec<Spanned<String>>,
+    #[serde(default)]
+    file: Option<Spanned<String>>,
+    #[serde(default)]
+    sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    sha512: Option<Spanned<String>>,
+    /// For OCI image sources: the manifest digest.
+    #[serde(default)]
+    digest: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UnpackToml {
+    #[serde(default)]
+    strip_components: u32,
+    #[serde(default)]
+    prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipeKind {
+    /// A tarball unpacked into one layer.
+    Tarball,
+    /// An OCI image used as a base, its layers taken as they are.
+    OciImage { reference: Option<String>, index_digest: Option<Sha256Digest> },
+}
+
+/// One downloadable file of a recipe.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `None`: the same file serves every platform.
+    pub platform: Option<Platform>,
+    /// The canonical URL first, then the mirrors, in the order tried.
+    pub urls: Vec<String>,
+    /// The upstream file name (what `--mirror DIR` and `store add` look for).
+    pub file_name: String,
+    pub hash: Hash,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unpack {
+    pub strip_components: u32,
+    /// Absolute install directory inside the image, without the leading `/`; empty for `/`.
+    pub prefix: String,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub name: String,
+    pub version: String,
+    pub description: Option<String>,
+    pub homepage: Option<String>,
+    pub license: Option<String>,
+    pub file: PathBuf,
+    pub kind: RecipeKind,
+    pub sources: Vec<Source>,
+    pub unpack: Unpack,
+    pub env: BTreeMap<String, String>,
+    /// Directories prepended to `PATH`, in order.
+    pub path: Vec<String>,
+}
+
+impl Recipe {
+    pub fn load(path: &Path) -> Result<Recipe> {
+        let file = TomlFile::<RecipeToml>::read(path)?;
+        let r = &file.value;
+        let name = r.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(file.error_at(r.name.span(), format!("field `name`: `{name}` must be non-empty and use only a-z, 0-9, `.`, `_`, `-`")));
+        }
+        let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("tarball", _)) => RecipeKind::Tarball,
+            Some(("oci-image", _)) => RecipeKind::OciImage {
+                reference: r.image.clone(),
+                index_digest: r
+                    .index_digest
+                    .as_ref()
+                    .map(|d| parse_sha256_digest(&file, d, "index_digest"))
+                    .transpose()?,
+            },
+            Some((other, span)) => {
+                return Err(file.error_at(span, format!("field `kind`: unknown kind `{other}` (expected `tarball` or `oci-image`)")))
+            }
+        };
+        if r.source.is_empty() {
+            return Err(file.error_at(0..0, "missing `[[source]]`: a recipe needs at least one pinned source"));
+        }
+        let mut sources = Vec::new();
+        for s in &r.source {
+            let source = parse_source(&file, s, &kind)?;
+            if sources.iter().any(|o: &Source| o.platform == source.platform) {
+                let which = source.platform.as_ref().map_or("every platform".to_string(), |p| p.to_string());
+                return Err(file.error_at(s.span(), format!("two sources for {which}")));
+            }
+            sources.push(source);
+        }
+        let unpack = parse_unpack(&file, &r.unpack)?;
+        let mut path_dirs = Vec::new();
+        for p in &r.path {
+            path_dirs.push(format!("/{}", normalize_abs(&file, p, "path")?));
+        }
+        for key in r.env.keys() {
+            if key == "PATH" {
+                return Err(file.error_at(0..0, "field `env`: set `PATH` entries with the `path` list, so recipes can be combined"));
+            }
+            if key.is_empty() || key.contains('=') {
+                return Err(file.error_at(0..0, format!("field `env`: `{key}` is not a valid variable name")));
+            }
+        }
+        Ok(Recipe {
+            name,
+            version: r.version.clone(),
+            description: r.description.clone(),
+            homepage: r.homepage.clone(),
+            license: r.license.clone(),
+            file: file.path.clone(),
+            kind,
+            sources,
+            unpack,
+            env: r.env.clone(),
+            path: path_dirs,
+        })
+    }
+
+    /// The source for `platform`: its own, or the platform-independent one.
+    pub fn source_for(&self, platform: &Platform) -> Option<&Source> {
+        self.sources
+            .iter()
+            .find(|s| s.platform.as_ref() == Some(platform))
+            .or_else(|| self.sources.iter().find(|s| s.platform.is_none()))
+    }
+
+    pub fn platforms(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|s| s.platform.as_ref().map_or_else(|| "any".to_string(), |p| p.to_string()))
+            .collect()
+    }
+}
+
+fn parse_sha256_digest<T>(file: &TomlFile<T>, d: &Spanned<String>, field: &str) -> Result<Sha256Digest> {
+    d.get_ref()
+        .parse::<Sha256Digest>()
+        .map_err(|e| file.error_at(d.span(), format!("field `{field}`: `{}`: {e}", d.get_ref())))
+}
+
+fn parse_source<T>(file: &TomlFile<T>, s: &Spanned<SourceToml>, kind: &RecipeKind) -> Result<Source> {
+    let src = s.get_ref();
+    let platform = src
+        .platform
+        .as_ref()
+        .map(|p| p.get_ref().parse::<Platform>().map_err(|e| file.error_at(p.span(), format!("field `platform`: {e}"))))
+        .transpose()?;
+    let mut urls = Vec::new();
+    for u in src.url.iter().chain(src.mirrors.iter()) {
+        let url = u.get_ref();
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if !scheme_ok || url.len() <= "https://".len() {
+            return Err(file.error_at(u.span(), format!("`{url}` is not an http:// or https:// URL")));
+        }
+        urls.push(url.clone());
+    }
+    let hash = match kind {
+        RecipeKind::Tarball => {
+            if src.digest.is_some() {
+                return Err(file.error_at(s.span(), "field `digest` is for `kind = \"oci-image\"`; pin a tarball with `sha256` or `sha512`"));
+            }
+            if urls.is_empty() {
+                return Err(file.error_at(s.span(), "missing field `url` in `[[source]]`"));
+            }
+            match (&src.sha256, &src.sha512) {
+                (Some(h), None) => parse_hash(file, h, Algorithm::Sha256)?,
+                (None, Some(h)) => parse_hash(file, h, Algorithm::Sha512)?,
+                (None, None) => {
+                    return Err(file.error_at(s.span(), "missing hash: every `[[source]]` needs `sha256` or `sha512`; `imgbuild prefetch URL` prints it"))
+                }
+                (Some(_), Some(h)) => return Err(file.error_at(h.span(), "give one of `sha256` or `sha512`, not both")),
+            }
+        }
+        RecipeKind::OciImage { .. } => {
+            let d = src
+                .digest
+                .as_ref()
+                .ok_or_else(|| file.error_at(s.span(), "missing field `digest`: the image manifest's `sha256:…` digest"))?;
+            parse_sha256_digest(file, d, "digest")?.to_hash()
+        }
+    };
+    let file_name = match (&src.file, urls.first()) {
+        (Some(f), _) => {
+            let name = f.get_ref();
+            if name.is_empty() || name.contains('/') || name == ".." || name == "." {
+                return Err(file.error_at(f.span(), format!("field `file`: `{name}` must be a plain file name")));
+            }
+            name.clone()
+        }
+        (None, Some(url)) => url_file_name(url).to_string(),
+        (None, None) => format!("{}-{}", hash.algorithm().name(), hash.hex()),
+    };
+    Ok(Source { platform, urls, file_name, hash })
+}
+
+fn parse_hash<T>(file: &TomlFile<T>, h: &Spanned<String>, algorithm: Algorithm) -> Result<Hash> {
+    Hash::parse_hex_or_sri(algorithm, &h.get_ref().to_ascii_lowercase_hex())
+        .map_err(|e| file.error_at(h.span(), format!("field `{}`: {e}", algorithm.name())))
+}
+
+trait LowercaseHex {
+    fn to_ascii_lowercase_hex(&self) -> String;
+}
+
+impl LowercaseHex for String {
+    /// Hex may be written in either case; SRI base64 is case-sensitive and kept as is.
+    fn to_ascii_lowercase_hex(&self) -> String {
+        if self.chars().all(|c| c.is_ascii_hexdigit()) {
+            self.to_ascii_lowercase()
+        } else {
+            self.clone()
+        }
+    }
+}
+
+fn parse_unpack<T>(file: &TomlFile<T>, u: &UnpackToml) -> Result<Unpack> {
+    let prefix = match &u.prefix {
+        Some(p) => normalize_abs(file, p, "unpack.prefix")?,
+        None => String::new(),
+    };
+    let mut exclude = Vec::new();
+    for pattern in &u.exclude {
+        globset::Glob::new(pattern.get_ref())
+            .map_err(|e| file.error_at(pattern.span(), format!("field `unpack.exclude`: {e}")))?;
+        exclude.push(pattern.get_ref().clone());
+    }
+    Ok(Unpack { strip_components: u.strip_components, prefix, exclude })
+}
+
+/// An absolute path without `.`/`..`, returned without its leading `/`.
+fn normalize_abs<T>(file: &TomlFile<T>, p: &Spanned<String>, field: &str) -> Result<String> {
+    let text = p.get_ref();
+    let path = Path::new(text);
+    if !path.is_absolute() {
+        return Err(file.error_at(p.span(), format!("field `{field}`: `{text}` must be an absolute path")));
+    }
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+            _ => return Err(file.error_at(p.span(), format!("field `{field}`: `{text}` must not contain `.` or `..`"))),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+pub fn url_file_name(url: &str) -> &str {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    without_query.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download")
+}
+
+/// Every recipe of a directory, by name.
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Recipe>> {
+    let mut recipes: BTreeMap<String, Recipe> = BTreeMap::new();
+    for path in toml_files_in(dir)? {
+        let recipe = Recipe::load(&path)?;
+        if let Some(other) = recipes.get(&recipe.name) {
+            return Err(Error::Definition {
+                file: path,
+                message: format!("recipe name `{}` is already used by {}", recipe.name, other.file.display()),
+            });
+        }
+        recipes.insert(recipe.name.clone(), recipe);
+    }
+    Ok(recipes)
+}

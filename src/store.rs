@@ -1,0 +1,283 @@
+//! The content-addressed store.
+//!
+//! ```text
+//! STORE/blobs/<algorithm>/<hex>   sources, layers, configs, manifests (read-only once written)
+//! STORE/layers/<derivation>.json  which layer a recipe's derivation hash produced
+//! STORE/tmp/                      temporary files, on the same file system as blobs/
+//! STORE/locks/                    one lock file per entry being produced
+//! ```
+//! Invariants (as in the Nix store): a blob is written to a temporary file while it is hashed,
+//! fsynced, checked against the expected hash, renamed into place and its directory fsynced; so
+//! a blob path exists only with the right content. Work on one entry takes that entry's lock and
+//! checks again after locking, so concurrent builds never do the same work twice or see half of it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::{hash_reader, Algorithm, BlobDigest, DiffId, Hash, Hasher, Sha256Digest};
+use crate::error::{Error, IoContext, Result};
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What the store knows about a built layer.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct LayerRecord {
+    pub digest: BlobDigest,
+    pub diff_id: DiffId,
+    pub size: u64,
+}
+
+impl Store {
+    /// The store location: `--store`, then `IMGBUILD_STORE` (both handled by the CLI), then
+    /// `$XDG_CACHE_HOME/imgbuild`, then `~/.cache/imgbuild`.
+    pub fn default_root() -> PathBuf {
+        if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("imgbuild");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home).join(".cache").join("imgbuild");
+        }
+        PathBuf::from(".imgbuild-store")
+    }
+
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in ["blobs/sha256", "blobs/sha512", "layers", "tmp", "locks"] {
+            let d = root.join(dir);
+            fs::create_dir_all(&d).at(&d)?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, hash: &Hash) -> PathBuf {
+        self.root.join("blobs").join(hash.algorithm().name()).join(hash.hex())
+    }
+
+    pub fn sha256_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn has(&self, hash: &Hash) -> bool {
+        self.blob_path(hash).is_file()
+    }
+
+    pub fn has_sha256(&self, digest: &Sha256Digest) -> bool {
+        self.sha256_path(digest).is_file()
+    }
+
+    /// A new temporary file in the store, unique to this process and call.
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{what}.{}.{n}", std::process::id()))
+    }
+
+    /// A path that survives between runs, for downloads that may be resumed. Only ever used
+    /// while holding the entry's lock, and never trusted: its content is re-hashed in full.
+    pub fn partial_path(&self, hash: &Hash) -> PathBuf {
+        self.root.join("tmp").join(format!("partial-{}-{}", hash.algorithm().name(), hash.hex()))
+    }
+
+    /// Takes the exclusive lock named `key` (blocking until other processes release it).
+    /// The lock goes with the process: a killed build never leaves a lock held.
+    pub fn lock(&self, key: &str) -> Result<StoreLock> {
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+        file.lock().at(&path)?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Starts writing a blob whose hash is computed as it is written.
+    pub fn writer(&self, algorithm: Algorithm) -> Result<BlobWriter<'_>> {
+        let path = self.temp_path("blob");
+        let file = File::create(&path).at(&path)?;
+        Ok(BlobWriter { store: self, path, file: Some(io::BufWriter::with_capacity(256 * 1024, file)), hasher: Hasher::new(algorithm), size: 0 })
+    }
+
+    /// Moves a fully written and fsynced temporary file into place, if its hash is right.
+    /// Verification lives here, in one place, for every way a blob enters the store.
+    pub fn commit_file(&self, temp: &Path, found: Hash, expected: Option<&Hash>, what: &str) -> Result<Hash> {
+        if let Some(expected) = expected {
+            if *expected != found {
+                let _ = fs::remove_file(temp);
+                return Err(Error::HashMismatch { what: what.to_string(), expected: expected.clone(), found });
+            }
+        }
+        let dest = self.blob_path(&found);
+        if dest.is_file() {
+            // Another build stored the same content first; identical by construction.
+            let _ = fs::remove_file(temp);
+            return Ok(found);
+        }
+        let mut perms = fs::metadata(temp).at(temp)?.permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(temp, perms).at(temp)?;
+        fs::rename(temp, &dest).at(&dest)?;
+        sync_dir(dest.parent().expect("blob has a parent"))?;
+        Ok(found)
+    }
+
+    /// Copies a file into the store, hashing it on the way, and checks it against `expected`.
+    pub fn add_file(&self, path: &Path, algorithm: Algorithm, expected: Option<&Hash>) -> Result<(Hash, u64)> {
+        let mut src = File::open(path).at(path)?;
+        let mut w = self.writer(algorithm)?;
+        io::copy(&mut src, &mut w).at(path)?;
+        let size = w.size;
+        let hash = w.commit(expected, &path.display().to_string())?;
+        Ok((hash, size))
+    }
+
+    /// Stores a small blob held in memory (configs, manifests, indexes).
+    pub fn add_bytes(&self, data: &[u8]) -> Result<Sha256Digest> {
+        let digest = Sha256Digest::of(data);
+        if self.has_sha256(&digest) {
+            return Ok(digest);
+        }
+        let mut w = self.writer(Algorithm::Sha256)?;
+        w.write_all(data).at(&self.root)?;
+        w.commit(Some(&digest.to_hash()), "generated blob")?;
+        Ok(digest)
+    }
+
+    pub fn open_blob(&self, hash: &Hash) -> Result<File> {
+        let path = self.blob_path(hash);
+        File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::Store { path: path.clone(), message: format!("blob {hash} is missing; run `imgbuild store verify`") },
+            _ => Error::io(&path, e),
+        })
+    }
+
+    pub fn read_blob(&self, digest: &Sha256Digest) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.open_blob(&digest.to_hash())?.read_to_end(&mut data).at(self.sha256_path(digest))?;
+        if Sha256Digest::of(&data) != *digest {
+            return Err(Error::Store { path: self.sha256_path(digest), message: "content does not match its digest; run `imgbuild store verify`".into() });
+        }
+        Ok(data)
+    }
+
+    fn layer_record_path(&self, derivation: &Sha256Digest) -> PathBuf {
+        self.root.join("layers").join(format!("{}.json", derivation.hex()))
+    }
+
+    /// The layer built for `derivation`, if it was recorded and its blob is still present.
+    pub fn layer(&self, derivation: &Sha256Digest) -> Option<LayerRecord> {
+        let data = fs::read(self.layer_record_path(derivation)).ok()?;
+        let record: LayerRecord = serde_json::from_slice(&data).ok()?;
+        self.has_sha256(&record.digest.0).then_some(record)
+    }
+
+    /// Records a layer; the blob must already be in the store.
+    pub fn record_layer(&self, derivation: &Sha256Digest, record: &LayerRecord) -> Result<()> {
+        let data = serde_json::to_vec(record).expect("record serializes");
+        self.write_atomic(&self.layer_record_path(derivation), &data)
+    }
+
+    /// Writes a small file by temp file, fsync and rename.
+    pub fn write_atomic(&self, dest: &Path, data: &[u8]) -> Result<()> {
+        let temp = self.temp_path("record");
+        let mut f = File::create(&temp).at(&temp)?;
+        f.write_all(data).at(&temp)?;
+        f.sync_all().at(&temp)?;
+        fs::rename(&temp, dest).at(dest)?;
+        sync_dir(dest.parent().expect("has parent"))
+    }
+
+    /// Every blob in the store, by algorithm and hex name.
+    pub fn blobs(&self) -> Result<Vec<(Algorithm, PathBuf)>> {
+        let mut all = Vec::new();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let dir = self.root.join("blobs").join(algorithm.name());
+            let mut names: Vec<PathBuf> = fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            names.sort();
+            all.extend(names.into_iter().map(|p| (algorithm, p)));
+        }
+        Ok(all)
+    }
+
+    /// Re-hashes every blob; returns the ones whose content does not match their name.
+    pub fn verify(&self, mut on_blob: impl FnMut(&Path, bool)) -> Result<Vec<PathBuf>> {
+        let mut bad = Vec::new();
+        for (algorithm, path) in self.blobs()? {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ok = match Hash::parse_hex_or_sri(algorithm, &name) {
+                Err(_) => false,
+                Ok(expected) => {
+                    let f = File::open(&path).at(&path)?;
+                    let (found, _) = hash_reader(algorithm, io::BufReader::new(f)).at(&path)?;
+                    found == expected
+                }
+            };
+            on_blob(&path, ok);
+            if !ok {
+                bad.push(path);
+            }
+        }
+        Ok(bad)
+    }
+}
+
+/// Held while one entry is produced; released on drop or when the process dies.
+pub struct StoreLock {
+    _file: File,
+}
+
+/// A blob being written: hashed as written, committed only if the hash is right.
+pub struct BlobWriter<'s> {
+    store: &'s Store,
+    path: PathBuf,
+    file: Option<io::BufWriter<File>>,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl BlobWriter<'_> {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// fsyncs and, if the content hashes to `expected` (or nothing was expected), moves it into place.
+    pub fn commit(mut self, expected: Option<&Hash>, what: &str) -> Result<Hash> {
+        let file = self.file.take().expect("commit once");
+        let file = file.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        file.sync_all().at(&self.path)?;
+        drop(file);
+        let found = std::mem::replace(&mut self.hasher, Hasher::new(Algorithm::Sha256)).finish();
+        let path = std::mem::take(&mut self.path);
+        self.store.commit_file(&path, found, expected, what)
+    }
+}
+
+impl Write for BlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.as_mut().expect("not committed").write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    fn drop(&mut self) {
+        // Not committed: an error or a panic left it half-written. Never leave it behind.
+        if self.file.is_some() {
+            self.file.take();
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
