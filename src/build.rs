@@ -10,7 +10,9 @@ use oci_spec::image::{Descriptor, MediaType};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, MissingInput, Result};
 use crate::fetch::{FetchSettings, Fetcher};
-use crate::image::{descriptor, write_image, write_index, BaseImage, ImageInputs, ImageLayer, WrittenImage, DEFAULT_PATH};
+use crate::image::{
+    descriptor, write_image, write_index, BaseImage, ImageInputs, ImageLayer, WrittenImage, DEFAULT_PATH,
+};
 use crate::image_def::{ImageDef, Node};
 use crate::layer::{generated_layer, recipe_layer, LayerSettings, FORMAT_VERSION, MEDIA_TYPE_GZIP};
 use crate::output::{DockerImage, OutputImage};
@@ -45,9 +47,14 @@ impl Project {
                 match all.as_slice() {
                     [only] => only.clone(),
                     _ => {
-                        let names: Vec<String> =
-                            all.iter().filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
-                        return Err(Error::Usage(format!("choose an image with --image (one of: {})", names.join(", "))));
+                        let names: Vec<String> = all
+                            .iter()
+                            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                            .collect();
+                        return Err(Error::Usage(format!(
+                            "choose an image with --image (one of: {})",
+                            names.join(", ")
+                        )));
                     }
                 }
             }
@@ -110,6 +117,16 @@ struct PlatformInputs {
     platform: Platform,
     base: Option<BaseImage>,
     layers: Vec<ImageLayer>,
+    /// How many recipe layers were built now rather than found in the store.
+    built: usize,
+}
+
+/// What a build produced.
+#[derive(Debug, serde::Serialize)]
+pub struct BuildResult {
+    pub nodes: Vec<NodeImage>,
+    /// Recipe layers built by this run; 0 when every layer came from the store.
+    pub layers_built: usize,
 }
 
 /// Makes sure every source of every platform is in the store; reports all that are missing at once.
@@ -153,11 +170,21 @@ pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, report
 fn source_for<'r>(recipe: &'r Recipe, platform: &Platform) -> Result<&'r recipe::Source> {
     recipe.source_for(platform).ok_or_else(|| Error::Definition {
         file: recipe.file.clone(),
-        message: format!("recipe `{}` has no source for {platform} (it has: {})", recipe.name, recipe.platforms().join(", ")),
+        message: format!(
+            "recipe `{}` has no source for {platform} (it has: {})",
+            recipe.name,
+            recipe.platforms().join(", ")
+        ),
     })
 }
 
-fn platform_inputs(store: &Store, def: &ImageDef, platform: &Platform, settings: &LayerSettings, reporter: &dyn Reporter) -> Result<PlatformInputs> {
+fn platform_inputs(
+    store: &Store,
+    def: &ImageDef,
+    platform: &Platform,
+    settings: &LayerSettings,
+    reporter: &dyn Reporter,
+) -> Result<PlatformInputs> {
     let base = match &def.base {
         Some(recipe) => {
             let source = source_for(recipe, platform)?;
@@ -167,9 +194,11 @@ fn platform_inputs(store: &Store, def: &ImageDef, platform: &Platform, settings:
         None => None,
     };
     let mut layers = Vec::new();
+    let mut built = 0;
     for recipe in &def.layers {
         let source = source_for(recipe, platform)?;
-        let record = recipe_layer(store, &recipe.name, source, &recipe.unpack, settings, reporter)?;
+        let (record, fresh) = recipe_layer(store, &recipe.name, source, &recipe.unpack, settings, reporter)?;
+        built += usize::from(fresh);
         layers.push(ImageLayer {
             digest: record.digest,
             diff_id: record.diff_id,
@@ -178,7 +207,7 @@ fn platform_inputs(store: &Store, def: &ImageDef, platform: &Platform, settings:
             created_by: format!("imgbuild recipe {} {} ({})", recipe.name, recipe.version, source.file_name),
         });
     }
-    Ok(PlatformInputs { platform: platform.clone(), base, layers })
+    Ok(PlatformInputs { platform: platform.clone(), base, layers, built })
 }
 
 /// The image environment: the base's, then each recipe's in layer order, then the image's own.
@@ -195,7 +224,13 @@ fn environment(def: &ImageDef, base: Option<&BaseImage>) -> BTreeMap<String, Str
     env
 }
 
-fn labels(def: &ImageDef, node: &Node, platform: &Platform, base: Option<&BaseImage>, epoch: u64) -> BTreeMap<String, String> {
+fn labels(
+    def: &ImageDef,
+    node: &Node,
+    platform: &Platform,
+    base: Option<&BaseImage>,
+    epoch: u64,
+) -> BTreeMap<String, String> {
     let mut labels = def.config.labels.clone();
     labels.insert("org.opencontainers.image.created".into(), crate::image::rfc3339(epoch));
     labels.insert("org.opencontainers.image.title".into(), def.name.clone());
@@ -217,34 +252,57 @@ fn labels(def: &ImageDef, node: &Node, platform: &Platform, base: Option<&BaseIm
     labels
 }
 
+/// A layer of files imgbuild writes itself (cluster or identity), described for the image.
+fn own_layer(
+    store: &Store,
+    files: &BTreeMap<String, crate::layer::GeneratedEntry>,
+    settings: &LayerSettings,
+    created_by: String,
+) -> Result<ImageLayer> {
+    let record = generated_layer(store, files, settings, &created_by)?;
+    Ok(ImageLayer {
+        digest: record.digest,
+        diff_id: record.diff_id,
+        size: record.size,
+        media_type: MEDIA_TYPE_GZIP.into(),
+        created_by,
+    })
+}
+
 /// Builds the images of `nodes` (all of them when empty).
-pub fn build(store: &Store, def: &ImageDef, nodes: &[u32], settings: &BuildSettings, reporter: &dyn Reporter) -> Result<Vec<NodeImage>> {
-    let nodes: Vec<Node> = if nodes.is_empty() { def.nodes.clone() } else { nodes.iter().map(|id| def.node(*id).cloned()).collect::<Result<_>>()? };
+pub fn build(
+    store: &Store,
+    def: &ImageDef,
+    nodes: &[u32],
+    settings: &BuildSettings,
+    reporter: &dyn Reporter,
+) -> Result<BuildResult> {
+    let nodes: Vec<Node> = if nodes.is_empty() {
+        def.nodes.clone()
+    } else {
+        nodes.iter().map(|id| def.node(*id).cloned()).collect::<Result<_>>()?
+    };
     fetch_all(store, def, settings, reporter)?;
     let epoch = settings.layer.epoch;
     let mut per_platform = Vec::new();
     for platform in &settings.platforms {
         per_platform.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
     }
-    let cluster = generated_layer(store, &crate::node::cluster_layer_files(def), &settings.layer, "cluster layer")?;
-    let cluster_layer = ImageLayer {
-        digest: cluster.digest,
-        diff_id: cluster.diff_id,
-        size: cluster.size,
-        media_type: MEDIA_TYPE_GZIP.into(),
-        created_by: format!("imgbuild cluster {} (entrypoint, templates, topology)", def.name),
-    };
+    let cluster_layer = own_layer(
+        store,
+        &crate::node::cluster_layer_files(def),
+        &settings.layer,
+        format!("imgbuild cluster {} (entrypoint, templates, topology)", def.name),
+    )?;
     let mut images = Vec::new();
     for node in &nodes {
         reporter.status(&format!("node {}", node.id));
-        let identity = generated_layer(store, &crate::node::identity_layer_files(node), &settings.layer, "identity layer")?;
-        let identity_layer = ImageLayer {
-            digest: identity.digest,
-            diff_id: identity.diff_id,
-            size: identity.size,
-            media_type: MEDIA_TYPE_GZIP.into(),
-            created_by: format!("imgbuild identity of node {}", node.id),
-        };
+        let identity_layer = own_layer(
+            store,
+            &crate::node::identity_layer_files(node),
+            &settings.layer,
+            format!("imgbuild identity of node {}", node.id),
+        )?;
         let mut written = Vec::new();
         for inputs in &per_platform {
             let mut layers = inputs.layers.clone();
@@ -281,13 +339,21 @@ pub fn build(store: &Store, def: &ImageDef, nodes: &[u32], settings: &BuildSetti
                 platforms: written,
             }
         } else {
-            let pairs: Vec<(WrittenImage, Platform)> = written.iter().cloned().zip(per_platform.iter().map(|p| p.platform.clone())).collect();
+            let pairs: Vec<(WrittenImage, Platform)> =
+                written.iter().cloned().zip(per_platform.iter().map(|p| p.platform.clone())).collect();
             let mut annotations = BTreeMap::new();
             annotations.insert("org.imgbuild.node.id".to_string(), node.id.to_string());
             let (digest, size) = write_index(store, &pairs, &annotations)?;
-            NodeImage { node: node.clone(), tag, digest, media_type: MediaType::ImageIndex.to_string(), size, platforms: written }
+            NodeImage {
+                node: node.clone(),
+                tag,
+                digest,
+                media_type: MediaType::ImageIndex.to_string(),
+                size,
+                platforms: written,
+            }
         };
         images.push(image);
     }
-    Ok(images)
+    Ok(BuildResult { nodes: images, layers_built: per_platform.iter().map(|p| p.built).sum() })
 }

@@ -13,7 +13,9 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use miniz_oxide::deflate::core::{compress_to_output, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush, TDEFLStatus};
+use miniz_oxide::deflate::core::{
+    compress_to_output, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush, TDEFLStatus,
+};
 
 /// Input bytes per independently compressed chunk. Part of the output format: changing it
 /// changes every layer digest, so it is tied to `layer::FORMAT_VERSION`.
@@ -37,7 +39,10 @@ fn deflate_chunk(level: u8, data: &[u8]) -> Vec<u8> {
         true
     });
     // With the whole chunk given and a callback that accepts everything, deflate cannot stop early.
-    assert!(status == TDEFLStatus::Okay && consumed == data.len(), "deflate of an in-memory chunk stopped early: {status:?}");
+    assert!(
+        status == TDEFLStatus::Okay && consumed == data.len(),
+        "deflate of an in-memory chunk stopped early: {status:?}"
+    );
     out
 }
 
@@ -70,14 +75,19 @@ impl Pool {
                 })
             })
             .collect();
-        Pool { jobs: Some(job_tx), results: res_rx, workers, pending: BTreeMap::new(), in_flight: 0, max_in_flight: threads * 2 }
+        Pool {
+            jobs: Some(job_tx),
+            results: res_rx,
+            workers,
+            pending: BTreeMap::new(),
+            in_flight: 0,
+            max_in_flight: threads * 2,
+        }
     }
 
     fn receive_one(&mut self) -> io::Result<()> {
-        let (seq, data) = self
-            .results
-            .recv()
-            .map_err(|_| io::Error::other("a compression thread stopped unexpectedly"))?;
+        let (seq, data) =
+            self.results.recv().map_err(|_| io::Error::other("a compression thread stopped unexpectedly"))?;
         self.pending.insert(seq, data);
         self.in_flight -= 1;
         Ok(())

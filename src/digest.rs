@@ -72,9 +72,7 @@ impl Hash {
     pub fn parse_hex_or_sri(algorithm: Algorithm, text: &str) -> Result<Self, HashParseError> {
         let sri_prefix = format!("{}-", algorithm.name());
         if let Some(b64) = text.strip_prefix(&sri_prefix) {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|_| HashParseError::NotBase64)?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| HashParseError::NotBase64)?;
             if bytes.len() != algorithm.len() {
                 return Err(HashParseError::WrongLength {
                     algorithm: algorithm.name(),
@@ -104,16 +102,13 @@ impl Hash {
     }
 
     pub fn sri(&self) -> String {
-        format!(
-            "{}-{}",
-            self.algorithm.name(),
-            base64::engine::general_purpose::STANDARD.encode(&self.bytes)
-        )
+        format!("{}-{}", self.algorithm.name(), base64::engine::general_purpose::STANDARD.encode(&self.bytes))
     }
 
     /// The sha256 hash as an OCI digest; `None` for other algorithms.
     pub fn as_sha256(&self) -> Option<Sha256Digest> {
-        (self.algorithm == Algorithm::Sha256).then(|| Sha256Digest(self.bytes.clone().try_into().expect("length checked")))
+        (self.algorithm == Algorithm::Sha256)
+            .then(|| Sha256Digest(self.bytes.clone().try_into().expect("length checked")))
     }
 }
 
@@ -122,7 +117,8 @@ impl FromStr for Hash {
     /// `sha256:HEX`, `sha512:HEX` or SRI `sha256-B64`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some((algo, rest)) = s.split_once(':') {
-            let algorithm = Algorithm::from_name(algo).ok_or_else(|| HashParseError::UnknownAlgorithm(algo.to_string()))?;
+            let algorithm =
+                Algorithm::from_name(algo).ok_or_else(|| HashParseError::UnknownAlgorithm(algo.to_string()))?;
             return Hash::parse_hex_or_sri(algorithm, rest);
         }
         if let Some((algo, _)) = s.split_once('-') {

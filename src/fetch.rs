@@ -124,14 +124,12 @@ impl<'a> Fetcher<'a> {
             }
             match self.download_once(url, &partial, source.hash.algorithm()) {
                 Ok(found) => {
-                    return self
-                        .store
-                        .commit_file(&partial, found, Some(&source.hash), url)
-                        .map(|_| ())
-                        .map_err(|e| match e {
+                    return self.store.commit_file(&partial, found, Some(&source.hash), url).map(|_| ()).map_err(|e| {
+                        match e {
                             e @ Error::HashMismatch { .. } => AttemptError::Mismatch(e),
                             other => AttemptError::Failed(other.to_string()),
-                        });
+                        }
+                    });
                 }
                 Err(Transfer::Fatal(why)) => return Err(AttemptError::Failed(why)),
                 Err(Transfer::Retry(why)) => last = why,
@@ -150,15 +148,26 @@ impl<'a> Fetcher<'a> {
         }
         let mut response = request.send().map_err(|e| Transfer::Retry(describe(&e)))?;
         let status = response.status();
-        let resumed = have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT && content_range_start(&response) == Some(have);
+        let resumed =
+            have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT && content_range_start(&response) == Some(have);
         if !status.is_success() {
             let why = format!("HTTP {status}");
-            return Err(if status.is_server_error() || status.as_u16() == 429 { Transfer::Retry(why) } else { Transfer::Fatal(why) });
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                Transfer::Retry(why)
+            } else {
+                Transfer::Fatal(why)
+            });
         }
         if status == reqwest::StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(Transfer::Fatal("server sent a range that was not asked for".into()));
         }
-        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(partial).map_err(|e| io_fatal(partial, e))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(partial)
+            .map_err(|e| io_fatal(partial, e))?;
         let mut hasher = Hasher::new(algorithm);
         let mut received = 0u64;
         if resumed {
@@ -188,7 +197,10 @@ impl<'a> Fetcher<'a> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = file.sync_all();
-                    return Err(Transfer::Retry(format!("connection dropped after {received} bytes: {}", io_cause(&e))));
+                    return Err(Transfer::Retry(format!(
+                        "connection dropped after {received} bytes: {}",
+                        io_cause(&e)
+                    )));
                 }
             };
             file.write_all(&buf[..n]).map_err(|e| io_fatal(partial, e))?;
@@ -244,16 +256,19 @@ fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {
     range.split('-').next()?.parse().ok()
 }
 
-/// reqwest's errors nest the useful part; show the chain on one line.
+/// reqwest's errors nest the useful part under a message that repeats the URL; show the causes.
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
+    let mut causes = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        causes.push(s.to_string());
         source = s.source();
     }
-    text
+    if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    }
 }
 
 fn io_cause(e: &io::Error) -> String {

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageIndexBuilder,
-    ImageManifest, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -51,7 +51,9 @@ impl BaseImage {
         for (i, (desc, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
             let digest = Sha256Digest::from_oci(desc.digest()).map_err(|e| store_err(e.to_string()))?;
             if !store.has_sha256(&digest) {
-                return Err(store_err(format!("base layer {digest} is missing from the store; `imgbuild store add` the base image again")));
+                return Err(store_err(format!(
+                    "base layer {digest} is missing from the store; `imgbuild store add` the base image again"
+                )));
             }
             let diff_id = diff_id.parse().map_err(|e| store_err(format!("diff_id `{diff_id}`: {e}")))?;
             layers.push(ImageLayer {
@@ -118,7 +120,14 @@ pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenIma
         history.extend(base.config.history().iter().cloned());
     }
     for layer in &inputs.layers {
-        history.push(HistoryBuilder::default().created(created.clone()).created_by(layer.created_by.clone()).comment("imgbuild").build().map_err(spec_err)?);
+        history.push(
+            HistoryBuilder::default()
+                .created(created.clone())
+                .created_by(layer.created_by.clone())
+                .comment("imgbuild")
+                .build()
+                .map_err(spec_err)?,
+        );
     }
 
     let c = inputs.config;
@@ -159,17 +168,16 @@ pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenIma
     let config_bytes = canonical_json(&image_config.build().map_err(spec_err)?);
     let config_digest = store.add_bytes(&config_bytes)?;
 
-    let layer_descs: Vec<Descriptor> = all_layers
-        .iter()
-        .map(|l| descriptor(MediaType::from(l.media_type.as_str()), &l.digest.0, l.size))
-        .collect();
+    let layer_descs: Vec<Descriptor> =
+        all_layers.iter().map(|l| descriptor(MediaType::from(l.media_type.as_str()), &l.digest.0, l.size)).collect();
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(descriptor(MediaType::ImageConfig, &config_digest, config_bytes.len() as u64))
         .layers(layer_descs);
     if !inputs.annotations.is_empty() {
-        manifest = manifest.annotations(inputs.annotations.clone().into_iter().collect::<std::collections::HashMap<_, _>>());
+        manifest =
+            manifest.annotations(inputs.annotations.clone().into_iter().collect::<std::collections::HashMap<_, _>>());
     }
     let manifest_bytes = canonical_json(&manifest.build().map_err(spec_err)?);
     let manifest_digest = store.add_bytes(&manifest_bytes)?;
@@ -199,9 +207,14 @@ pub fn platform_descriptor(image: &WrittenImage, platform: &Platform) -> Result<
 }
 
 /// An image index over one node's platform manifests; returns its digest and size.
-pub fn write_index(store: &Store, images: &[(WrittenImage, Platform)], annotations: &BTreeMap<String, String>) -> Result<(Sha256Digest, u64)> {
+pub fn write_index(
+    store: &Store,
+    images: &[(WrittenImage, Platform)],
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Sha256Digest, u64)> {
     let manifests = images.iter().map(|(img, p)| platform_descriptor(img, p)).collect::<Result<Vec<_>>>()?;
-    let mut index = ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(manifests);
+    let mut index =
+        ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(manifests);
     if !annotations.is_empty() {
         index = index.annotations(annotations.clone().into_iter().collect::<std::collections::HashMap<_, _>>());
     }

@@ -195,7 +195,9 @@ impl ImageDef {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = t.name.get_ref().clone();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
-            return Err(file.error_at(t.name.span(), format!("field `name`: `{name}` must use only a-z, 0-9, `.`, `_`, `-`")));
+            return Err(
+                file.error_at(t.name.span(), format!("field `name`: `{name}` must use only a-z, 0-9, `.`, `_`, `-`"))
+            );
         }
 
         let lookup = |r: &Spanned<String>| -> Result<Recipe> {
@@ -207,7 +209,10 @@ impl ImageDef {
         let base = t.base.as_ref().map(lookup).transpose()?;
         if let (Some(b), Some(span)) = (&base, t.base.as_ref().map(|b| b.span())) {
             if b.kind == RecipeKind::Tarball {
-                return Err(file.error_at(span, format!("`base` must name an `oci-image` recipe; `{}` is a tarball (list it in `layers`)", b.name)));
+                return Err(file.error_at(
+                    span,
+                    format!("`base` must name an `oci-image` recipe; `{}` is a tarball (list it in `layers`)", b.name),
+                ));
             }
         }
         let mut layers = Vec::new();
@@ -229,10 +234,13 @@ impl ImageDef {
                 return Err(file.error_at(n.span(), format!("duplicate node id {}", node.id)));
             }
             if node.host.is_empty() || node.host.chars().any(|c| c.is_whitespace() || c == ',' || c == '/') {
-                return Err(file.error_at(n.span(), format!("node {}: `{}` is not a host name or address", node.id, node.host)));
+                return Err(
+                    file.error_at(n.span(), format!("node {}: `{}` is not a host name or address", node.id, node.host))
+                );
             }
             if nodes.iter().any(|o| o.host == node.host) {
-                return Err(file.error_at(n.span(), format!("duplicate host `{}`: every node needs its own address", node.host)));
+                return Err(file
+                    .error_at(n.span(), format!("duplicate host `{}`: every node needs its own address", node.host)));
             }
             nodes.push(Node { id: node.id, host: node.host.clone() });
         }
@@ -261,7 +269,10 @@ impl ImageDef {
             for text in std::iter::once(&list.item).chain(list.self_item.iter()) {
                 check_references(&file, l.span(), &format!("list `{k}`"), text, &item_scope)?;
             }
-            lists.insert(k.clone(), PeerList { item: list.item.clone(), self_item: list.self_item.clone(), join: list.join.clone() });
+            lists.insert(
+                k.clone(),
+                PeerList { item: list.item.clone(), self_item: list.self_item.clone(), join: list.join.clone() },
+            );
         }
 
         let mut scope: BTreeSet<&str> = BUILTIN_VARS.iter().copied().collect();
@@ -280,10 +291,12 @@ impl ImageDef {
             }
             let mode = match &tmpl.mode {
                 None => 0o644,
-                Some(m) => u32::from_str_radix(m.get_ref(), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| file.error_at(m.span(), format!("field `mode`: `{}` is not an octal mode like \"0644\"", m.get_ref())))?,
+                Some(m) => u32::from_str_radix(m.get_ref(), 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| {
+                    file.error_at(
+                        m.span(),
+                        format!("field `mode`: `{}` is not an octal mode like \"0644\"", m.get_ref()),
+                    )
+                })?,
             };
             templates.push(Template { text, target, mode, guard: tmpl.guard });
         }
@@ -295,7 +308,9 @@ impl ImageDef {
                 return Err(file.error_at(s.span(), format!("service `{}`: `command` is empty", svc.name.get_ref())));
             }
             if services.iter().any(|o: &Service| &o.name == svc.name.get_ref()) {
-                return Err(file.error_at(svc.name.span(), format!("service `{}` is defined twice", svc.name.get_ref())));
+                return Err(
+                    file.error_at(svc.name.span(), format!("service `{}` is defined twice", svc.name.get_ref()))
+                );
             }
             check_var_name(&file, svc.name.get_ref(), svc.name.span())?;
             let mut data_dirs = Vec::new();
@@ -307,11 +322,16 @@ impl ImageDef {
         let mut identity_checks = Vec::new();
         for c in &t.identity_check {
             let check = c.get_ref();
-            let key_ok = !check.key.is_empty() && check.key.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+            let key_ok =
+                !check.key.is_empty() && check.key.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
             if !key_ok {
-                return Err(file.error_at(c.span(), format!("identity_check key `{}` must use only A-Z, a-z, 0-9, `.`, `_`, `-`", check.key)));
+                return Err(file.error_at(
+                    c.span(),
+                    format!("identity_check key `{}` must use only A-Z, a-z, 0-9, `.`, `_`, `-`", check.key),
+                ));
             }
-            identity_checks.push(IdentityCheck { file: format!("/{}", image_path(&file, &check.file)?), key: check.key.clone() });
+            identity_checks
+                .push(IdentityCheck { file: format!("/{}", image_path(&file, &check.file)?), key: check.key.clone() });
         }
 
         let c = &t.config;
@@ -390,11 +410,20 @@ pub fn template_references(text: &str) -> Vec<&str> {
     refs
 }
 
-fn check_references<T>(file: &TomlFile<T>, span: std::ops::Range<usize>, what: &str, text: &str, scope: &BTreeSet<&str>) -> Result<()> {
+fn check_references<T>(
+    file: &TomlFile<T>,
+    span: std::ops::Range<usize>,
+    what: &str,
+    text: &str,
+    scope: &BTreeSet<&str>,
+) -> Result<()> {
     for r in template_references(text) {
         if !scope.contains(r) {
             let known: Vec<&str> = scope.iter().copied().collect();
-            return Err(file.error_at(span, format!("{what} uses `{{{{{r}}}}}`, which is not defined (defined: {})", known.join(", "))));
+            return Err(file.error_at(
+                span,
+                format!("{what} uses `{{{{{r}}}}}`, which is not defined (defined: {})", known.join(", ")),
+            ));
         }
     }
     Ok(())

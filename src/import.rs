@@ -54,9 +54,13 @@ struct DescPlatform {
 
 /// Whether a file is a tar archive holding an OCI layout (an oci-archive).
 pub fn is_oci_archive(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else { return false };
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
     let mut archive = tar::Archive::new(file);
-    let Ok(entries) = archive.entries() else { return false };
+    let Ok(entries) = archive.entries() else {
+        return false;
+    };
     // The layout's marker files are at the top; a few entries are enough to tell.
     for entry in entries.take(10_000) {
         let Ok(entry) = entry else { return false };
@@ -100,11 +104,13 @@ fn import_archive(store: &Store, path: &Path) -> Result<Imported> {
     let mut index = None;
     for entry in archive.entries().map_err(|e| bad(path, format!("not a tar archive: {e}")))? {
         let mut entry = entry.map_err(|e| bad(path, format!("corrupt tar: {e}")))?;
-        let name = entry.path().map_err(|e| bad(path, e.to_string()))?.to_string_lossy().trim_start_matches("./").to_string();
+        let name =
+            entry.path().map_err(|e| bad(path, e.to_string()))?.to_string_lossy().trim_start_matches("./").to_string();
         if name == "index.json" {
             index = Some(read_limited(&mut entry, path)?);
         } else if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
-            let digest: Sha256Digest = format!("sha256:{hex}").parse().map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
+            let digest: Sha256Digest =
+                format!("sha256:{hex}").parse().map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
             if !store.has_sha256(&digest) {
                 let mut w = store.writer(Algorithm::Sha256)?;
                 io::copy(&mut entry, &mut w).map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
@@ -133,10 +139,16 @@ fn read_limited(reader: impl Read, path: &Path) -> Result<String> {
 }
 
 fn is_index(media_type: &str) -> bool {
-    media_type == "application/vnd.oci.image.index.v1+json" || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+    media_type == "application/vnd.oci.image.index.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-fn walk_index(store: &Store, origin: &Path, index_text: &str, ensure: &dyn Fn(&Sha256Digest) -> Result<()>) -> Result<Imported> {
+fn walk_index(
+    store: &Store,
+    origin: &Path,
+    index_text: &str,
+    ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
+) -> Result<Imported> {
     let doc: Doc = serde_json::from_str(index_text).map_err(|e| bad(origin, format!("index.json: {e}")))?;
     let mut imported = Imported::default();
     for desc in doc.manifests.unwrap_or_default() {
@@ -148,11 +160,19 @@ fn walk_index(store: &Store, origin: &Path, index_text: &str, ensure: &dyn Fn(&S
     Ok(imported)
 }
 
-fn walk(store: &Store, origin: &Path, desc: &Desc, ensure: &dyn Fn(&Sha256Digest) -> Result<()>, out: &mut Imported, depth: u32) -> Result<()> {
+fn walk(
+    store: &Store,
+    origin: &Path,
+    desc: &Desc,
+    ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
+    out: &mut Imported,
+    depth: u32,
+) -> Result<()> {
     if depth > 4 {
         return Err(bad(origin, "indexes nested more than 4 deep"));
     }
-    let digest: Sha256Digest = desc.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", desc.digest)))?;
+    let digest: Sha256Digest =
+        desc.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", desc.digest)))?;
     ensure(&digest)?;
     out.blobs += 1;
     let data = store.read_blob(&digest)?;
@@ -165,7 +185,8 @@ fn walk(store: &Store, origin: &Path, desc: &Desc, ensure: &dyn Fn(&Sha256Digest
         }
         return Ok(());
     }
-    let config = doc.config.ok_or_else(|| bad(origin, format!("{digest} is neither an image index nor an image manifest")))?;
+    let config =
+        doc.config.ok_or_else(|| bad(origin, format!("{digest} is neither an image index nor an image manifest")))?;
     for d in std::iter::once(&config).chain(doc.layers.iter().flatten()) {
         let blob: Sha256Digest = d.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", d.digest)))?;
         ensure(&blob)?;

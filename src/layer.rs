@@ -86,14 +86,22 @@ fn header(entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
 }
 
 /// Builds (or finds in the store) the layer of one recipe source.
-pub fn recipe_layer(store: &Store, recipe: &str, source: &Source, unpack: &Unpack, settings: &LayerSettings, reporter: &dyn Reporter) -> Result<LayerRecord> {
+/// The flag says whether this call did the work (false: found in the store).
+pub fn recipe_layer(
+    store: &Store,
+    recipe: &str,
+    source: &Source,
+    unpack: &Unpack,
+    settings: &LayerSettings,
+    reporter: &dyn Reporter,
+) -> Result<(LayerRecord, bool)> {
     let key = derivation(&source.hash, unpack, settings);
     if let Some(record) = store.layer(&key) {
-        return Ok(record);
+        return Ok((record, false));
     }
     let _lock = store.lock(&format!("layer-{}", key.hex()))?;
     if let Some(record) = store.layer(&key) {
-        return Ok(record);
+        return Ok((record, false));
     }
     let blob_path = store.blob_path(&source.hash);
     let input = store.open_blob(&source.hash)?;
@@ -101,9 +109,10 @@ pub fn recipe_layer(store: &Store, recipe: &str, source: &Source, unpack: &Unpac
     let task = reporter.task(&format!("layer {recipe}"), Some(total));
     let counted = CountingReader { inner: input, task: &*task };
     let archive_name = format!("{} ({})", source.file_name, recipe);
-    let record = normalize_tarball(store, BufReader::with_capacity(256 * 1024, counted), &archive_name, unpack, settings)?;
+    let record =
+        normalize_tarball(store, BufReader::with_capacity(256 * 1024, counted), &archive_name, unpack, settings)?;
     store.record_layer(&key, &record)?;
-    Ok(record)
+    Ok((record, true))
 }
 
 struct CountingReader<'t, R> {
@@ -120,12 +129,21 @@ impl<R: Read> Read for CountingReader<'_, R> {
 }
 
 /// Streams a (possibly gzipped) tarball into a normalized layer blob in the store.
-pub fn normalize_tarball(store: &Store, mut input: impl io::BufRead, archive: &str, unpack: &Unpack, settings: &LayerSettings) -> Result<LayerRecord> {
+pub fn normalize_tarball(
+    store: &Store,
+    mut input: impl io::BufRead,
+    archive: &str,
+    unpack: &Unpack,
+    settings: &LayerSettings,
+) -> Result<LayerRecord> {
     let bad = |message: String| Error::BadArchive { archive: archive.to_string(), message };
     let magic = input.fill_buf().map_err(|e| bad(format!("cannot read: {e}")))?;
     let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(input))
-    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) || magic.starts_with(b"BZh") || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z'])
+        || magic.starts_with(b"BZh")
+        || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+    {
         return Err(bad("only gzip-compressed or plain tarballs are supported".into()));
     } else {
         Box::new(input)
@@ -172,10 +190,14 @@ impl Normalizer {
     fn new(archive: &str, unpack: &Unpack, epoch: u64) -> Result<Self> {
         let mut builder = GlobSetBuilder::new();
         for pattern in &unpack.exclude {
-            let glob = Glob::new(pattern).map_err(|e| Error::BadArchive { archive: archive.into(), message: format!("exclude `{pattern}`: {e}") })?;
+            let glob = Glob::new(pattern).map_err(|e| Error::BadArchive {
+                archive: archive.into(),
+                message: format!("exclude `{pattern}`: {e}"),
+            })?;
             builder.add(glob);
         }
-        let exclude = builder.build().map_err(|e| Error::BadArchive { archive: archive.into(), message: e.to_string() })?;
+        let exclude =
+            builder.build().map_err(|e| Error::BadArchive { archive: archive.into(), message: e.to_string() })?;
         let prefix = unpack.prefix.split('/').filter(|p| !p.is_empty()).map(String::from).collect();
         Ok(Normalizer { strip: unpack.strip_components as usize, prefix, exclude, epoch, written: HashSet::new() })
     }
@@ -187,7 +209,8 @@ impl Normalizer {
 
     /// The entry's path inside the unpack root, or `None` when stripped away entirely.
     fn relative(&self, raw: &Path, what: &str) -> Result<Option<PathBuf>, Normalize> {
-        let refuse = |reason: &str| Normalize::Refuse { entry: raw.display().to_string(), reason: format!("{what}: {reason}") };
+        let refuse =
+            |reason: &str| Normalize::Refuse { entry: raw.display().to_string(), reason: format!("{what}: {reason}") };
         let mut parts = Vec::new();
         for c in raw.components() {
             match c {
@@ -204,7 +227,8 @@ impl Normalizer {
     }
 
     fn excluded(&self, rel: &Path) -> bool {
-        !self.exclude.is_empty() && rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| self.exclude.is_match(a))
+        !self.exclude.is_empty()
+            && rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| self.exclude.is_match(a))
     }
 
     fn rooted(&self, rel: &Path) -> PathBuf {
@@ -213,18 +237,26 @@ impl Normalizer {
         p
     }
 
-    fn append<R: Read, W: Write>(&mut self, entry: &mut tar::Entry<'_, R>, out: &mut tar::Builder<W>) -> Result<(), Normalize> {
+    fn append<R: Read, W: Write>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        out: &mut tar::Builder<W>,
+    ) -> Result<(), Normalize> {
         let entry_type = entry.header().entry_type();
         let raw = entry.path()?.into_owned();
         let refuse = |reason: String| Normalize::Refuse { entry: raw.display().to_string(), reason };
         match entry_type {
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => return Ok(()),
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {
+                return Ok(())
+            }
             EntryType::Char | EntryType::Block => return Err(refuse("device nodes are not allowed in a layer".into())),
             EntryType::Fifo => return Err(refuse("FIFOs are not allowed in a layer".into())),
             EntryType::GNUSparse => return Err(refuse("sparse files are not supported".into())),
             _ => {}
         }
-        let Some(rel) = self.relative(&raw, "entry")? else { return Ok(()) };
+        let Some(rel) = self.relative(&raw, "entry")? else {
+            return Ok(());
+        };
         if self.excluded(&rel) {
             return Ok(());
         }
@@ -249,12 +281,16 @@ impl Normalizer {
                 out.append_link(&mut h, &path, &target)?;
             }
             EntryType::Link => {
-                let target = entry.link_name()?.ok_or_else(|| refuse("hard link without a target".into()))?.into_owned();
+                let target =
+                    entry.link_name()?.ok_or_else(|| refuse("hard link without a target".into()))?.into_owned();
                 let target_rel = self
                     .relative(&target, "hard link target")?
                     .ok_or_else(|| refuse(format!("hard link to `{}`, outside the unpacked tree", target.display())))?;
                 if !self.written.contains(&target_rel) {
-                    return Err(refuse(format!("hard link to `{}`, which is not an earlier file of the archive (or is excluded)", target.display())));
+                    return Err(refuse(format!(
+                        "hard link to `{}`, which is not an earlier file of the archive (or is excluded)",
+                        target.display()
+                    )));
                 }
                 let mut h = header(EntryType::Link, 0o644, mtime, 0);
                 out.append_link(&mut h, &path, self.rooted(&target_rel))?;
@@ -301,7 +337,12 @@ pub enum GeneratedEntry {
 }
 
 /// Writes a layer from generated files: sorted, with every parent directory, all at the epoch.
-pub fn generated_layer(store: &Store, files: &BTreeMap<String, GeneratedEntry>, settings: &LayerSettings, what: &str) -> Result<LayerRecord> {
+pub fn generated_layer(
+    store: &Store,
+    files: &BTreeMap<String, GeneratedEntry>,
+    settings: &LayerSettings,
+    what: &str,
+) -> Result<LayerRecord> {
     let mut dirs = std::collections::BTreeSet::new();
     for path in files.keys() {
         let mut p = Path::new(path).parent();

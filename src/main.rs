@@ -18,7 +18,9 @@ fn main() {
                     imgbuild::error::Error::MissingInputs(m) => serde_json::to_value(m).unwrap_or_default(),
                     _ => serde_json::Value::Null,
                 };
-                cli::print_json(&serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() as i32, "missing": missing }));
+                cli::print_json(
+                    &serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() as i32, "missing": missing }),
+                );
             }
             e.exit_code()
         }

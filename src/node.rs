@@ -28,7 +28,10 @@ pub fn cluster_env(def: &ImageDef) -> String {
     let mut lines = vec![
         "# Written by imgbuild: the cluster this image belongs to. Read by imgbuild-init at boot.".to_string(),
         format!("IMGBUILD_CLUSTER={}", sh_quote(&def.name)),
-        format!("IMGBUILD_NODES={}", sh_quote(&def.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(" "))),
+        format!(
+            "IMGBUILD_NODES={}",
+            sh_quote(&def.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(" "))
+        ),
     ];
     for n in &def.nodes {
         lines.push(format!("IMGBUILD_HOST_{}={}", n.id, sh_quote(&n.host)));
@@ -45,7 +48,11 @@ pub fn cluster_env(def: &ImageDef) -> String {
     let targets: Vec<String> = def.templates.iter().map(|t| format!("/{}", t.target)).collect();
     lines.push(format!("IMGBUILD_TEMPLATES={}", sh_quote(&targets.join(" "))));
     for t in &def.templates {
-        lines.push(format!("IMGBUILD_MODE_{}={}", mode_var(&format!("/{}", t.target)), sh_quote(&format!("{:o}", t.mode))));
+        lines.push(format!(
+            "IMGBUILD_MODE_{}={}",
+            mode_var(&format!("/{}", t.target)),
+            sh_quote(&format!("{:o}", t.mode))
+        ));
     }
     let guarded: Vec<String> = def.templates.iter().filter(|t| t.guard).map(|t| format!("/{}", t.target)).collect();
     lines.push(format!("IMGBUILD_GUARDED={}", sh_quote(&guarded.join(" "))));
@@ -72,9 +79,15 @@ pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
             GeneratedEntry::File { data: ENTRYPOINT_SCRIPT.as_bytes().to_vec(), mode: 0o755 },
         );
     }
-    files.insert(format!("{CONF_DIR}/cluster.env"), GeneratedEntry::File { data: cluster_env(def).into_bytes(), mode: 0o644 });
+    files.insert(
+        format!("{CONF_DIR}/cluster.env"),
+        GeneratedEntry::File { data: cluster_env(def).into_bytes(), mode: 0o644 },
+    );
     for t in &def.templates {
-        files.insert(format!("{CONF_DIR}/templates/{}", t.target), GeneratedEntry::File { data: t.text.clone().into_bytes(), mode: 0o644 });
+        files.insert(
+            format!("{CONF_DIR}/templates/{}", t.target),
+            GeneratedEntry::File { data: t.text.clone().into_bytes(), mode: 0o644 },
+        );
     }
     files
 }
@@ -82,7 +95,10 @@ pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
 /// Files of one node's identity layer.
 pub fn identity_layer_files(node: &Node) -> BTreeMap<String, GeneratedEntry> {
     let mut files = BTreeMap::new();
-    files.insert(format!("{CONF_DIR}/node-id"), GeneratedEntry::File { data: format!("{}\n", node.id).into_bytes(), mode: 0o644 });
+    files.insert(
+        format!("{CONF_DIR}/node-id"),
+        GeneratedEntry::File { data: format!("{}\n", node.id).into_bytes(), mode: 0o644 },
+    );
     files
 }
 

@@ -54,7 +54,10 @@ impl FromStr for Platform {
             return Err(format!("platform `{s}`: only linux images are supported"));
         }
         if !KNOWN_ARCHITECTURES.contains(&architecture) {
-            return Err(format!("platform `{s}`: unknown architecture `{architecture}` (known: {})", KNOWN_ARCHITECTURES.join(", ")));
+            return Err(format!(
+                "platform `{s}`: unknown architecture `{architecture}` (known: {})",
+                KNOWN_ARCHITECTURES.join(", ")
+            ));
         }
         // arm64's only variant is v8; normalize it away so `linux/arm64/v8` equals `linux/arm64`.
         let variant = variant.filter(|v| !(architecture == "arm64" && v == "v8"));

@@ -46,8 +46,9 @@ impl Reporter for HumanReporter {
             return Box::new(NoTask);
         }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{msg:40!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{msg:40!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(label.to_string());
         Box::new(BarTask(bar))

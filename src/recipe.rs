@@ -119,7 +119,10 @@ impl Recipe {
         let r = &file.value;
         let name = r.name.get_ref().clone();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(file.error_at(r.name.span(), format!("field `name`: `{name}` must be non-empty and use only a-z, 0-9, `.`, `_`, `-`")));
+            return Err(file.error_at(
+                r.name.span(),
+                format!("field `name`: `{name}` must be non-empty and use only a-z, 0-9, `.`, `_`, `-`"),
+            ));
         }
         let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None | Some(("tarball", _)) => RecipeKind::Tarball,
@@ -132,7 +135,10 @@ impl Recipe {
                     .transpose()?,
             },
             Some((other, span)) => {
-                return Err(file.error_at(span, format!("field `kind`: unknown kind `{other}` (expected `tarball` or `oci-image`)")))
+                return Err(file.error_at(
+                    span,
+                    format!("field `kind`: unknown kind `{other}` (expected `tarball` or `oci-image`)"),
+                ))
             }
         };
         if r.source.is_empty() {
@@ -154,7 +160,10 @@ impl Recipe {
         }
         for key in r.env.keys() {
             if key == "PATH" {
-                return Err(file.error_at(0..0, "field `env`: set `PATH` entries with the `path` list, so recipes can be combined"));
+                return Err(file.error_at(
+                    0..0,
+                    "field `env`: set `PATH` entries with the `path` list, so recipes can be combined",
+                ));
             }
             if key.is_empty() || key.contains('=') {
                 return Err(file.error_at(0..0, format!("field `env`: `{key}` is not a valid variable name")));
@@ -184,10 +193,7 @@ impl Recipe {
     }
 
     pub fn platforms(&self) -> Vec<String> {
-        self.sources
-            .iter()
-            .map(|s| s.platform.as_ref().map_or_else(|| "any".to_string(), |p| p.to_string()))
-            .collect()
+        self.sources.iter().map(|s| s.platform.as_ref().map_or_else(|| "any".to_string(), |p| p.to_string())).collect()
     }
 }
 
@@ -216,7 +222,10 @@ fn parse_source<T>(file: &TomlFile<T>, s: &Spanned<SourceToml>, kind: &RecipeKin
     let hash = match kind {
         RecipeKind::Tarball => {
             if src.digest.is_some() {
-                return Err(file.error_at(s.span(), "field `digest` is for `kind = \"oci-image\"`; pin a tarball with `sha256` or `sha512`"));
+                return Err(file.error_at(
+                    s.span(),
+                    "field `digest` is for `kind = \"oci-image\"`; pin a tarball with `sha256` or `sha512`",
+                ));
             }
             if urls.is_empty() {
                 return Err(file.error_at(s.span(), "missing field `url` in `[[source]]`"));
@@ -224,17 +233,17 @@ fn parse_source<T>(file: &TomlFile<T>, s: &Spanned<SourceToml>, kind: &RecipeKin
             match (&src.sha256, &src.sha512) {
                 (Some(h), None) => parse_hash(file, h, Algorithm::Sha256)?,
                 (None, Some(h)) => parse_hash(file, h, Algorithm::Sha512)?,
-                (None, None) => {
-                    return Err(file.error_at(s.span(), "missing hash: every `[[source]]` needs `sha256` or `sha512`; `imgbuild prefetch URL` prints it"))
-                }
+                (None, None) => return Err(file.error_at(
+                    s.span(),
+                    "missing hash: every `[[source]]` needs `sha256` or `sha512`; `imgbuild prefetch URL` prints it",
+                )),
                 (Some(_), Some(h)) => return Err(file.error_at(h.span(), "give one of `sha256` or `sha512`, not both")),
             }
         }
         RecipeKind::OciImage { .. } => {
-            let d = src
-                .digest
-                .as_ref()
-                .ok_or_else(|| file.error_at(s.span(), "missing field `digest`: the image manifest's `sha256:…` digest"))?;
+            let d = src.digest.as_ref().ok_or_else(|| {
+                file.error_at(s.span(), "missing field `digest`: the image manifest's `sha256:…` digest")
+            })?;
             parse_sha256_digest(file, d, "digest")?.to_hash()
         }
     };

@@ -98,7 +98,13 @@ impl Store {
     pub fn writer(&self, algorithm: Algorithm) -> Result<BlobWriter<'_>> {
         let path = self.temp_path("blob");
         let file = File::create(&path).at(&path)?;
-        Ok(BlobWriter { store: self, path, file: Some(io::BufWriter::with_capacity(256 * 1024, file)), hasher: Hasher::new(algorithm), size: 0 })
+        Ok(BlobWriter {
+            store: self,
+            path,
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            hasher: Hasher::new(algorithm),
+            size: 0,
+        })
     }
 
     /// Moves a fully written and fsynced temporary file into place, if its hash is right.
@@ -149,7 +155,10 @@ impl Store {
     pub fn open_blob(&self, hash: &Hash) -> Result<File> {
         let path = self.blob_path(hash);
         File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::Store { path: path.clone(), message: format!("blob {hash} is missing; run `imgbuild store verify`") },
+            io::ErrorKind::NotFound => Error::Store {
+                path: path.clone(),
+                message: format!("blob {hash} is missing; run `imgbuild store verify`"),
+            },
             _ => Error::io(&path, e),
         })
     }
@@ -158,7 +167,10 @@ impl Store {
         let mut data = Vec::new();
         self.open_blob(&digest.to_hash())?.read_to_end(&mut data).at(self.sha256_path(digest))?;
         if Sha256Digest::of(&data) != *digest {
-            return Err(Error::Store { path: self.sha256_path(digest), message: "content does not match its digest; run `imgbuild store verify`".into() });
+            return Err(Error::Store {
+                path: self.sha256_path(digest),
+                message: "content does not match its digest; run `imgbuild store verify`".into(),
+            });
         }
         Ok(data)
     }
@@ -195,7 +207,8 @@ impl Store {
         let mut all = Vec::new();
         for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
             let dir = self.root.join("blobs").join(algorithm.name());
-            let mut names: Vec<PathBuf> = fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut names: Vec<PathBuf> =
+                fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
             names.sort();
             all.extend(names.into_iter().map(|p| (algorithm, p)));
         }

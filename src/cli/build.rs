@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::build::{build, BuildSettings, NodeImage, Project};
+use crate::build::{build, BuildResult, BuildSettings, Project};
 use crate::compress::{default_threads, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
@@ -50,7 +50,10 @@ fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Err(_) => Ok(0),
         Ok(v) if v.is_empty() => Ok(0),
-        Ok(v) => v.trim().parse().map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))),
     }
 }
 
@@ -83,7 +86,8 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     let store = global.open_store()?;
     let reporter = global.reporter();
     let nodes: Vec<u32> = node.into_iter().collect();
-    let images = build(&store, def, &nodes, &settings, reporter.as_ref())?;
+    let result = build(&store, def, &nodes, &settings, reporter.as_ref())?;
+    let images = &result.nodes;
 
     let stem = match node {
         Some(id) => format!("{}-node-{id}", def.name),
@@ -95,16 +99,24 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     });
     let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
     output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
-    report(global, def, &out, options.format, &images);
+    report(global, def, &out, options.format, &result);
     Ok(())
 }
 
-fn report(global: &GlobalArgs, def: &crate::image_def::ImageDef, out: &std::path::Path, format: Format, images: &[NodeImage]) {
+fn report(
+    global: &GlobalArgs,
+    def: &crate::image_def::ImageDef,
+    out: &std::path::Path,
+    format: Format,
+    result: &BuildResult,
+) {
+    let images = &result.nodes;
     if global.json {
         super::print_json(&serde_json::json!({
             "image": def.name,
             "output": out,
             "format": format,
+            "layers_built": result.layers_built,
             "nodes": images,
         }));
         return;
@@ -113,8 +125,16 @@ fn report(global: &GlobalArgs, def: &crate::image_def::ImageDef, out: &std::path
         println!("{}\t{}\t{}", img.tag, img.digest, out.display());
     }
     if !global.quiet {
-        let shared: u64 = images.first().map_or(0, |i| i.platforms.iter().map(|p| p.layers.iter().rev().skip(1).map(|l| l.size).sum::<u64>()).sum());
-        eprintln!("wrote {} node image(s) of `{}` to {} ({} of shared layers)", images.len(), def.name, out.display(), human_bytes(shared));
+        let shared: u64 = images.first().map_or(0, |i| {
+            i.platforms.iter().map(|p| p.layers.iter().rev().skip(1).map(|l| l.size).sum::<u64>()).sum()
+        });
+        eprintln!(
+            "wrote {} node image(s) of `{}` to {} ({} of shared layers)",
+            images.len(),
+            def.name,
+            out.display(),
+            human_bytes(shared)
+        );
     }
 }
 
@@ -126,7 +146,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 pub fn run_build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {

@@ -34,7 +34,12 @@ pub fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<()> {
         println!("recipe {} {} [{}]", r.name, r.version, r.platforms().join(", "));
     }
     let layers: Vec<&str> = def.layers.iter().map(|r| r.name.as_str()).collect();
-    println!("image {}: base {}, layers {}", def.name, def.base.as_ref().map_or("none", |b| b.name.as_str()), layers.join(" → "));
+    println!(
+        "image {}: base {}, layers {}",
+        def.name,
+        def.base.as_ref().map_or("none", |b| b.name.as_str()),
+        layers.join(" → ")
+    );
     for n in &def.nodes {
         println!("node {} at {}", n.id, n.host);
     }

@@ -16,7 +16,12 @@ use crate::fetch::FetchSettings;
 use crate::progress::{HumanReporter, Reporter, SilentReporter};
 
 #[derive(Parser)]
-#[command(name = "imgbuild", version, about = "Reproducible OCI images and VM disks for pinned clusters", max_term_width = 100)]
+#[command(
+    name = "imgbuild",
+    version,
+    about = "Reproducible OCI images and VM disks for pinned clusters",
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -82,7 +87,11 @@ impl GlobalArgs {
         if self.timeout == 0 {
             return Err(Error::Usage("--timeout must be at least 1 second".into()));
         }
-        Ok(FetchSettings { offline: self.offline, mirror_dirs: self.mirror.clone(), timeout: Duration::from_secs(self.timeout) })
+        Ok(FetchSettings {
+            offline: self.offline,
+            mirror_dirs: self.mirror.clone(),
+            timeout: Duration::from_secs(self.timeout),
+        })
     }
 }
 

@@ -22,7 +22,9 @@ pub fn run(global: &GlobalArgs, args: &PrefetchArgs) -> Result<()> {
     let algorithm = if args.sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 };
     let (hash, size) = Fetcher::new(&store, &settings, reporter.as_ref()).prefetch(&args.url, algorithm)?;
     if global.json {
-        super::print_json(&serde_json::json!({ "url": args.url, "hash": hash.to_string(), "sri": hash.sri(), "size": size }));
+        super::print_json(
+            &serde_json::json!({ "url": args.url, "hash": hash.to_string(), "sri": hash.sri(), "size": size }),
+        );
     } else {
         println!("{} = \"{}\"", algorithm.name(), hash.hex());
         if !global.quiet {

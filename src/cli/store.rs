@@ -81,7 +81,11 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
                 if let RecipeKind::OciImage { index_digest, .. } = &r.kind {
                     for s in &r.sources {
                         if imported.manifests.iter().any(|(d, _)| d.to_hash() == s.hash) {
-                            matched.push(format!("{} ({})", r.name, s.platform.as_ref().map_or("any".into(), |p| p.to_string())));
+                            matched.push(format!(
+                                "{} ({})",
+                                r.name,
+                                s.platform.as_ref().map_or("any".into(), |p| p.to_string())
+                            ));
                         }
                     }
                     if index_digest.is_some_and(|d| imported.indexes.contains(&d)) {
@@ -91,13 +95,19 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
             }
             if !global.json && !global.quiet {
                 for (d, p) in &imported.manifests {
-                    eprintln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
+                    eprintln!(
+                        "imported image {d} ({}) from {}",
+                        p.as_deref().unwrap_or("platform not given"),
+                        path.display()
+                    );
                 }
                 if matched.is_empty() {
                     eprintln!("warning: {} matches no oci-image recipe's digest", path.display());
                 }
             }
-            results.push(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }));
+            results.push(
+                serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }),
+            );
             continue;
         }
         let (sha256, sha512) = hash_both(path)?;
@@ -106,7 +116,11 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
         for r in &recipes {
             for s in &r.sources {
                 if s.hash == sha256 || s.hash == sha512 {
-                    matched.push(format!("{} ({})", r.name, s.platform.as_ref().map_or("any".into(), |p| p.to_string())));
+                    matched.push(format!(
+                        "{} ({})",
+                        r.name,
+                        s.platform.as_ref().map_or("any".into(), |p| p.to_string())
+                    ));
                     if !algorithms.contains(&s.hash.algorithm()) {
                         algorithms.push(s.hash.algorithm());
                     }
@@ -122,7 +136,11 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
         }
         if !global.json && !global.quiet {
             if matched.is_empty() {
-                eprintln!("added {} as {sha256}; warning: no recipe pins this file (sha512 {})", path.display(), sha512.hex());
+                eprintln!(
+                    "added {} as {sha256}; warning: no recipe pins this file (sha512 {})",
+                    path.display(),
+                    sha512.hex()
+                );
             } else {
                 eprintln!("added {} for {}", path.display(), matched.join(", "));
             }
@@ -151,14 +169,21 @@ fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {
     if global.json {
         super::print_json(&serde_json::json!({ "checked": count, "corrupt": bad, "repaired": repair }));
     } else if !global.quiet {
-        eprintln!("checked {count} blob(s): {} corrupt{}", bad.len(), if repair && !bad.is_empty() { ", removed" } else { "" });
+        eprintln!(
+            "checked {count} blob(s): {} corrupt{}",
+            bad.len(),
+            if repair && !bad.is_empty() { ", removed" } else { "" }
+        );
     }
     if bad.is_empty() || repair {
         Ok(())
     } else {
         Err(Error::Store {
             path: store.root().to_path_buf(),
-            message: format!("{} blob(s) do not match their digest; `imgbuild store verify --repair` removes them", bad.len()),
+            message: format!(
+                "{} blob(s) do not match their digest; `imgbuild store verify --repair` removes them",
+                bad.len()
+            ),
         })
     }
 }

@@ -28,7 +28,10 @@ fn docker_manifest(images: &[OutputImage]) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
     for img in images {
         let d = img.docker.as_ref().ok_or_else(|| {
-            Error::Usage(format!("image `{}` has several platforms; docker-archive holds one (choose one with --platform)", img.tag))
+            Error::Usage(format!(
+                "image `{}` has several platforms; docker-archive holds one (choose one with --platform)",
+                img.tag
+            ))
         })?;
         entries.push(serde_json::json!({
             "Config": format!("blobs/sha256/{}", d.config.hex()),
@@ -52,14 +55,22 @@ pub fn write(store: &Store, dest: &Path, images: &[OutputImage], docker: bool, e
             let path = store.sha256_path(&digest);
             let blob = File::open(&path)?;
             let size = blob.metadata()?.len();
-            tar.append_data(&mut header(EntryType::Regular, 0o644, size, epoch), format!("blobs/sha256/{}", digest.hex()), blob)?;
+            tar.append_data(
+                &mut header(EntryType::Regular, 0o644, size, epoch),
+                format!("blobs/sha256/{}", digest.hex()),
+                blob,
+            )?;
         }
         let index = index_json(images).map_err(io::Error::other)?;
         tar.append_data(&mut header(EntryType::Regular, 0o644, index.len() as u64, epoch), "index.json", &index[..])?;
         if let Some(m) = &docker_json {
             tar.append_data(&mut header(EntryType::Regular, 0o644, m.len() as u64, epoch), "manifest.json", &m[..])?;
         }
-        tar.append_data(&mut header(EntryType::Regular, 0o644, OCI_LAYOUT.len() as u64, epoch), "oci-layout", OCI_LAYOUT)?;
+        tar.append_data(
+            &mut header(EntryType::Regular, 0o644, OCI_LAYOUT.len() as u64, epoch),
+            "oci-layout",
+            OCI_LAYOUT,
+        )?;
         let mut w = tar.into_inner()?;
         w.flush()?;
         w.into_inner().map_err(|e| e.into_error())

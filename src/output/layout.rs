@@ -21,7 +21,8 @@ pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
         .iter()
         .map(|img| {
             let mut d = img.descriptor.clone();
-            let mut annotations: BTreeMap<String, String> = d.annotations().clone().unwrap_or_default().into_iter().collect();
+            let mut annotations: BTreeMap<String, String> =
+                d.annotations().clone().unwrap_or_default().into_iter().collect();
             annotations.insert(REF_NAME.to_string(), img.tag.clone());
             d.set_annotations(Some(annotations.into_iter().collect()));
             d

@@ -58,7 +58,11 @@ pub fn temp_sibling(dest: &Path) -> PathBuf {
 /// Replaces `dest` (file or directory) with `temp`.
 pub fn replace(temp: &Path, dest: &Path) -> Result<()> {
     if dest.is_dir() {
-        let old = dest.with_file_name(format!(".{}.old-{}", dest.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+        let old = dest.with_file_name(format!(
+            ".{}.old-{}",
+            dest.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
         std::fs::rename(dest, &old).at(dest)?;
         std::fs::rename(temp, dest).at(dest)?;
         std::fs::remove_dir_all(&old).at(&old)?;
@@ -69,12 +73,20 @@ pub fn replace(temp: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Writes `images` to `dest` in `format`.
-pub fn write(store: &crate::store::Store, dest: &Path, format: Format, images: &[OutputImage], epoch: u64) -> Result<()> {
+pub fn write(
+    store: &crate::store::Store,
+    dest: &Path,
+    format: Format,
+    images: &[OutputImage],
+    epoch: u64,
+) -> Result<()> {
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).at(parent)?;
     }
     match format {
         Format::OciLayout => layout::write(store, dest, images),
-        Format::OciArchive | Format::DockerArchive => archive::write(store, dest, images, format == Format::DockerArchive, epoch),
+        Format::OciArchive | Format::DockerArchive => {
+            archive::write(store, dest, images, format == Format::DockerArchive, epoch)
+        }
     }
 }

@@ -1,0 +1,248 @@
+//! What goes wrong: bad servers, bad recipes, bad tarballs. Each gives a clear message, a
+//! documented exit code, and leaves nothing in the store that a later build would trust.
+
+use super::fixtures::{self, Entry};
+use super::harness::*;
+use super::http::Fault;
+
+/// The store's source and layer blobs (not configs or manifests), and leftover temp files.
+fn stored_files(p: &TestProject) -> (Vec<String>, Vec<String>) {
+    let mut blobs = tree(&p.store.join("blobs"));
+    blobs.sort();
+    let tmp: Vec<String> = tree(&p.store.join("tmp")).into_iter().collect();
+    (blobs, tmp)
+}
+
+#[test]
+fn first_url_404_falls_back_to_the_mirror() {
+    let p = TestProject::new();
+    p.add_base();
+    p.server.serve("dist/zookeeper-3.4.10.tar.gz", Vec::new(), Fault::NotFound);
+    let summary = json(&p.run(&["--json", "node", "--id", "0"]));
+    assert_eq!(summary["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(p.server.requests("dist/zookeeper-3.4.10.tar.gz").len(), 1, "a 404 is not retried");
+    assert_eq!(p.server.requests("mirror/zookeeper-3.4.10.tar.gz").len(), 1);
+}
+
+#[test]
+fn different_bytes_give_a_hash_mismatch_with_both_hashes_and_store_nothing() {
+    let p = TestProject::new();
+    p.add_base();
+    let (before, _) = stored_files(&p);
+    let wrong = fixtures::noise(99, 5000);
+    p.server.serve("dist/zookeeper-3.4.10.tar.gz", wrong.clone(), Fault::None);
+    p.server.serve("mirror/zookeeper-3.4.10.tar.gz", wrong.clone(), Fault::None);
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("expected: sha256:{}", fixtures::sha256_hex(p.input("zookeeper-3.4.10.tar.gz")))),
+        "{err}"
+    );
+    assert!(err.contains(&format!("got:      sha256:{}", fixtures::sha256_hex(&wrong))), "{err}");
+    let (after, tmp) = stored_files(&p);
+    let zk_hex = fixtures::sha256_hex(&wrong);
+    assert!(!after.iter().any(|b| b.contains(&zk_hex)), "the wrong file entered the store");
+    assert!(
+        tmp.iter().all(|t| !t.starts_with("partial-") && !t.starts_with("blob.")),
+        "temp files left behind: {tmp:?}"
+    );
+    assert!(after.len() >= before.len());
+}
+
+#[test]
+fn a_dropped_connection_is_resumed_with_a_range_request() {
+    let p = TestProject::new();
+    p.add_base();
+    let name = "kafka_2.11-1.0.0.tgz";
+    let data = p.input(name).to_vec();
+    p.server.serve(&format!("dist/{name}"), data.clone(), Fault::Truncate { after: data.len() / 3, times: 1 });
+    json(&p.run(&["--json", "node", "--id", "1"]));
+    let requests = p.server.requests(&format!("dist/{name}"));
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0], None);
+    assert_eq!(requests[1].as_deref(), Some(format!("bytes={}-", data.len() / 3).as_str()));
+    assert!(p.store.join("blobs/sha512").join(fixtures::sha512_hex(&data)).is_file());
+}
+
+#[test]
+fn a_server_that_always_truncates_fails_cleanly_with_exit_3() {
+    let p = TestProject::new();
+    p.add_base();
+    let name = "zookeeper-3.4.10.tar.gz";
+    let data = p.input(name).to_vec();
+    for prefix in ["dist", "mirror"] {
+        // Every response is cut short, including the resumed ones.
+        p.server.serve(&format!("{prefix}/{name}"), data.clone(), Fault::Truncate { after: 1000, times: 100 });
+    }
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("zookeeper-3.4.10.tar.gz") && err.contains("after 3 attempts"), "{err}");
+    assert!(!p.store.join("blobs/sha256").join(fixtures::sha256_hex(&data)).exists());
+    // A later build with a good server resumes or restarts, and succeeds.
+    p.server.serve(&format!("dist/{name}"), data.clone(), Fault::None);
+    json(&p.run(&["--json", "node", "--id", "0"]));
+}
+
+#[test]
+fn offline_build_lists_every_missing_input_with_url_hash_and_command() {
+    let p = TestProject::new();
+    let out = p.run(&["--offline", "build"]);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    for (name, _) in p.inputs.iter().filter(|(n, _)| !n.contains("aarch64")) {
+        assert!(err.contains(name.as_str()), "{name} not listed: {err}");
+    }
+    assert!(err.contains(&fixtures::sha256_hex(p.input("zookeeper-3.4.10.tar.gz"))), "{err}");
+    assert!(err.contains(&p.server.url("dist/zookeeper-3.4.10.tar.gz")), "{err}");
+    assert!(err.contains("imgbuild store add"), "{err}");
+    assert!(err.contains("skopeo copy"), "the base image's missing entry says how to get it: {err}");
+    assert_eq!(p.server.total_requests(), 0, "--offline touched the network");
+    let json_out = p.run(&["--offline", "--json", "build"]);
+    assert_exit(&json_out, 3);
+    let v: serde_json::Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(v["missing"].as_array().unwrap().len(), 4);
+}
+
+fn expect_recipe_error(p: &TestProject, text: &str, line: usize, needles: &[&str]) {
+    p.write_recipe("zookeeper.toml", text);
+    let out = p.run(&["check"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("zookeeper.toml:{line}:")), "no file:line {line} in: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+}
+
+#[test]
+fn bad_recipe_fields_name_file_line_and_field() {
+    let p = TestProject::new();
+    let hash = "7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27";
+    let head = "name = \"zookeeper\"\nversion = \"3.4.10\"\n\n[[source]]\nurl = \"https://example.org/zk.tgz\"\n";
+    expect_recipe_error(&p, &format!("{head}sha265 = \"{hash}\"\n"), 6, &["unknown field `sha265`", "sha256"]);
+    expect_recipe_error(&p, &format!("{head}sha256 = \"{}\"\n", &hash[..60]), 6, &["sha256", "64 hex digits, got 60"]);
+    expect_recipe_error(&p, &format!("{head}sha256 = \"{}zz\"\n", &hash[..62]), 6, &["not valid hex"]);
+    expect_recipe_error(&p, head, 4, &["missing hash", "imgbuild prefetch"]);
+    expect_recipe_error(
+        &p,
+        &format!("{head}sha256 = \"{hash}\"\n[unpack]\nstrip_component = 1\n"),
+        8,
+        &["unknown field `strip_component`"],
+    );
+    expect_recipe_error(
+        &p,
+        &format!("{head}sha256 = \"{hash}\"\n[unpack]\nprefix = \"usr/local\"\n"),
+        8,
+        &["absolute path"],
+    );
+    expect_recipe_error(&p, &format!("{head}sha256 = 42\n"), 6, &["invalid type"]);
+    expect_recipe_error(
+        &p,
+        &format!("{head}sha256 = \"{hash}\"\nplatform = \"linux/sparc\"\n"),
+        7,
+        &["unknown architecture"],
+    );
+    // SRI form is accepted and equals the hex form.
+    p.write_recipe(
+        "zookeeper.toml",
+        &format!("{head}sha256 = \"sha256-f39UFOBErBH+4qHgvCJUafUfsM34IeZ992KkMJgiPyc=\"\n"),
+    );
+    assert_ok(&p.run(&["check"]));
+}
+
+#[test]
+fn bad_image_definitions_are_refused_before_any_work() {
+    let p = TestProject::new();
+    let path = p.root.join("images/zk-kafka.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "layers = [\"temurin-jdk8\", \"zookeeper\", \"kafka\"]",
+            "layers = [\"temurin-jdk8\", \"zookeper\", \"kafka\"]",
+            "unknown recipe `zookeper`",
+        ),
+        ("id = 2\n", "id = 1\n", "duplicate node id 1"),
+        (
+            "self_item = \"server.{{id}}=0.0.0.0",
+            "self_item = \"server.{{id}}={{nowhere}}",
+            "`{{nowhere}}`, which is not defined",
+        ),
+        ("source = \"zk-kafka/myid\"", "source = \"zk-kafka/missing\"", "template"),
+    ];
+    for (from, to, needle) in cases {
+        assert!(good.contains(from), "fixture drifted: {from}");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        let out = p.run(&["build"]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains("zk-kafka.toml:") && err.contains(needle), "`{needle}` not in: {err}");
+    }
+    std::fs::write(&path, good).unwrap();
+    let out = p.run(&["node", "--id", "7"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("node 7 is not in cluster `zk-kafka` (its nodes: 0, 1, 2)"), "{}", stderr(&out));
+}
+
+/// Serves `entries` as the ZooKeeper tarball and expects the build to refuse it.
+fn expect_unsafe(entries: &[Entry], needle: &str) {
+    let p = TestProject::new();
+    p.add_base();
+    let data = fixtures::tar_gz(entries);
+    let hex = fixtures::sha256_hex(&data);
+    p.server.serve("dist/evil.tar.gz", data, Fault::None);
+    let recipe = std::fs::read_to_string(p.root.join("recipes/zookeeper.toml")).unwrap();
+    let recipe = recipe
+        .lines()
+        .map(|l| {
+            if l.starts_with("url =") {
+                format!("url = \"{}\"", p.server.url("dist/evil.tar.gz"))
+            } else if l.starts_with("sha256 =") {
+                format!("sha256 = \"{hex}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    p.write_recipe("zookeeper.toml", &recipe);
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("refusing unsafe entry") && err.contains(needle), "`{needle}` not in: {err}");
+    assert!(!p.root.join("out").exists(), "an output was written");
+}
+
+#[test]
+fn unsafe_tar_entries_are_refused() {
+    let ok = || Entry::File("zookeeper-3.4.10/bin/zkServer.sh".into(), b"#!/bin/sh\n".to_vec(), 0o755);
+    expect_unsafe(&[ok(), Entry::RawFile(b"zookeeper-3.4.10/../../etc/cron.d/x".to_vec(), b"evil".to_vec())], "`..`");
+    expect_unsafe(&[ok(), Entry::RawFile(b"/etc/passwd".to_vec(), b"evil".to_vec())], "absolute path");
+    expect_unsafe(
+        &[ok(), Entry::Symlink("zookeeper-3.4.10/conf/escape".into(), "../../../etc".into())],
+        "escapes the unpack root",
+    );
+    expect_unsafe(&[ok(), Entry::Symlink("zookeeper-3.4.10/conf/abs".into(), "/etc/shadow".into())], "absolute path");
+    expect_unsafe(&[ok(), Entry::Hardlink("zookeeper-3.4.10/conf/pw".into(), "etc/passwd".into())], "hard link");
+    expect_unsafe(&[ok(), Entry::CharDevice("zookeeper-3.4.10/dev/mem".into())], "device nodes");
+}
+
+#[test]
+fn a_truncated_gzip_source_is_a_clear_error() {
+    let p = TestProject::new();
+    p.add_base();
+    let full = fixtures::zookeeper();
+    let cut = full[..full.len() / 2].to_vec();
+    let hex = fixtures::sha256_hex(&cut);
+    p.server.serve("dist/cut.tar.gz", cut, Fault::None);
+    p.write_recipe(
+        "zookeeper.toml",
+        &format!("name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"{}\"\nsha256 = \"{hex}\"\n[unpack]\nstrip_components = 1\nprefix = \"/usr/local/zookeeper\"\n", p.server.url("dist/cut.tar.gz")),
+    );
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("cut.tar.gz (zookeeper)"), "{}", stderr(&out));
+    // No layer was recorded for it.
+    assert_eq!(tree(&p.store.join("layers")).len(), 1, "only the JDK layer (built first) is recorded");
+}

@@ -1,0 +1,278 @@
+//! Every test gets its own project (the repository's real `images/` with recipes pinned to
+//! inputs generated here), its own store, and its own loopback HTTP server; and runs the real
+//! `imgbuild` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::fixtures;
+use super::http::{Fault, HttpServer};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+
+pub struct TestProject {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub store: PathBuf,
+    pub server: HttpServer,
+    /// The generated inputs, by file name.
+    pub inputs: Vec<(String, Vec<u8>)>,
+    /// The base image layout and its manifest digest per architecture.
+    pub base_layout: PathBuf,
+    pub base_digests: Vec<(String, String)>,
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+impl TestProject {
+    pub fn new() -> TestProject {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("project");
+        let store = tmp.path().join("store");
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("images"), &root.join("images"));
+        std::fs::create_dir_all(root.join("recipes")).unwrap();
+        let server = HttpServer::start();
+        let inputs = vec![
+            ("OpenJDK8U-jdk_x64_linux_hotspot_8u392b08.tar.gz".to_string(), fixtures::jdk("amd64")),
+            ("OpenJDK8U-jdk_aarch64_linux_hotspot_8u392b08.tar.gz".to_string(), fixtures::jdk("arm64")),
+            ("zookeeper-3.4.10.tar.gz".to_string(), fixtures::zookeeper()),
+            ("kafka_2.11-1.0.0.tgz".to_string(), fixtures::kafka()),
+        ];
+        for (name, data) in &inputs {
+            server.serve(&format!("dist/{name}"), data.clone(), Fault::None);
+            server.serve(&format!("mirror/{name}"), data.clone(), Fault::None);
+        }
+        let base_layout = tmp.path().join("base-layout");
+        let base_digests = fixtures::base_layout(&base_layout, &["amd64", "arm64"]);
+        let p = TestProject { tmp, root, store, server, inputs, base_layout, base_digests };
+        p.write_recipes();
+        p
+    }
+
+    pub fn input(&self, name: &str) -> &[u8] {
+        &self.inputs.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// The seed's recipes, with the same names and shape as `recipes/`, pinned to the generated inputs.
+    fn write_recipes(&self) {
+        let url = |name: &str| self.server.url(&format!("dist/{name}"));
+        let jdk_amd = "OpenJDK8U-jdk_x64_linux_hotspot_8u392b08.tar.gz";
+        let jdk_arm = "OpenJDK8U-jdk_aarch64_linux_hotspot_8u392b08.tar.gz";
+        self.write_recipe(
+            "temurin-jdk8.toml",
+            &format!(
+                r#"name = "temurin-jdk8"
+version = "8u392-b08"
+env = {{ JAVA_HOME = "/opt/java/openjdk" }}
+path = ["/opt/java/openjdk/bin"]
+
+[[source]]
+platform = "linux/amd64"
+url = "{}"
+sha256 = "{}"
+
+[[source]]
+platform = "linux/arm64"
+url = "{}"
+sha256 = "{}"
+
+[unpack]
+strip_components = 1
+prefix = "/opt/java/openjdk"
+exclude = ["src.zip", "lib/src.zip"]
+"#,
+                url(jdk_amd),
+                fixtures::sha256_hex(self.input(jdk_amd)),
+                url(jdk_arm),
+                fixtures::sha256_hex(self.input(jdk_arm))
+            ),
+        );
+        let zk = "zookeeper-3.4.10.tar.gz";
+        let zk_hash = format!("sha256 = \"{}\"", fixtures::sha256_hex(self.input(zk)));
+        self.write_recipe(
+            "zookeeper.toml",
+            &self.single_source_recipe(
+                "zookeeper",
+                "3.4.10",
+                zk,
+                &zk_hash,
+                "/usr/local/zookeeper",
+                r#"["docs", "src"]"#,
+            ),
+        );
+        let kafka = "kafka_2.11-1.0.0.tgz";
+        let kafka_hash = format!("sha512 = \"{}\"", fixtures::sha512_hex(self.input(kafka)));
+        self.write_recipe(
+            "kafka.toml",
+            &self.single_source_recipe(
+                "kafka",
+                "2.11-1.0.0",
+                kafka,
+                &kafka_hash,
+                "/usr/local/kafka",
+                r#"["site-docs"]"#,
+            ),
+        );
+        let digest = |arch: &str| self.base_digests.iter().find(|(a, _)| a == arch).unwrap().1.clone();
+        self.write_recipe(
+            "debian-bookworm-slim.toml",
+            &format!(
+                r#"name = "debian-bookworm-slim"
+version = "test"
+kind = "oci-image"
+image = "example.invalid/test/base"
+
+[[source]]
+platform = "linux/amd64"
+digest = "{}"
+
+[[source]]
+platform = "linux/arm64"
+digest = "{}"
+"#,
+                digest("amd64"),
+                digest("arm64")
+            ),
+        );
+    }
+
+    /// A recipe for a platform-independent tarball served at `dist/` with a fallback at `mirror/`.
+    fn single_source_recipe(
+        &self,
+        name: &str,
+        version: &str,
+        file: &str,
+        hash_line: &str,
+        prefix: &str,
+        exclude: &str,
+    ) -> String {
+        format!(
+            "name = \"{name}\"\nversion = \"{version}\"\npath = [\"{prefix}/bin\"]\n\n[[source]]\nurl = \"{}\"\nmirrors = [\"{}\"]\n{hash_line}\n\n[unpack]\nstrip_components = 1\nprefix = \"{prefix}\"\nexclude = {exclude}\n",
+            self.server.url(&format!("dist/{file}")),
+            self.server.url(&format!("mirror/{file}")),
+        )
+    }
+
+    pub fn write_recipe(&self, file: &str, text: &str) {
+        std::fs::write(self.root.join("recipes").join(file), text).unwrap();
+    }
+
+    /// `imgbuild` with this project's store, run from the project, with a clean environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(&self.root).env("IMGBUILD_STORE", &self.store).env("IMGBUILD_HTTP_TIMEOUT", "10");
+        for var in [
+            "IMGBUILD_PROJECT",
+            "IMGBUILD_MIRROR",
+            "IMGBUILD_OFFLINE",
+            "IMGBUILD_THREADS",
+            "SOURCE_DATE_EPOCH",
+            "XDG_CACHE_HOME",
+        ] {
+            c.env_remove(var);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Imports the base image layout into the store (as `imgbuild store add` of a `skopeo copy` result).
+    pub fn add_base(&self) {
+        let out = self.run(&["store", "add", self.base_layout.to_str().unwrap()]);
+        assert_ok(&out);
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "imgbuild failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
+
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+    assert!(!stderr(out).contains("panicked"), "imgbuild panicked: {}", stderr(out));
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    assert_ok(out);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Whether an external tool is installed. CI installs every tool the tests use, so there a
+/// missing tool fails the test instead of skipping it.
+pub fn have_tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{name} is not installed; .ci/run must install it");
+        }
+        eprintln!("skipping the part of this test that needs {name} (not installed)");
+    }
+    found
+}
+
+/// Runs a tool and returns its stdout, failing the test with its stderr.
+pub fn tool(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The files of a directory tree, with sizes, relative paths sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut all = Vec::new();
+    fn walk(base: &Path, dir: &Path, all: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, all);
+            } else {
+                all.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    if dir.exists() {
+        walk(dir, dir, &mut all);
+    }
+    all.sort();
+    all
+}

@@ -1,0 +1,159 @@
+//! A small HTTP/1.1 file server on 127.0.0.1 for tests, with the faults downloads meet:
+//! 404s, connections dropped mid-body, different bytes. It supports `Range` so resumption
+//! is exercised, counts requests, and stops (joining its thread) when dropped.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub enum Fault {
+    None,
+    NotFound,
+    /// The first `times` responses send the full Content-Length but only `after` bytes.
+    Truncate {
+        after: usize,
+        times: usize,
+    },
+}
+
+struct Route {
+    body: Arc<Vec<u8>>,
+    fault: Fault,
+}
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Route>,
+    requests: Vec<(String, Option<String>)>,
+}
+
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start() -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = Arc::clone(&st);
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &st);
+                });
+            }
+        });
+        HttpServer { addr, state, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn serve(&self, path: &str, body: Vec<u8>, fault: Fault) {
+        let path = format!("/{}", path.trim_start_matches('/'));
+        self.state.lock().unwrap().routes.insert(path, Route { body: Arc::new(body), fault });
+    }
+
+    /// Requests received for `path`, with their `Range` header.
+    pub fn requests(&self, path: &str) -> Vec<Option<String>> {
+        let path = format!("/{}", path.trim_start_matches('/'));
+        self.state.lock().unwrap().requests.iter().filter(|(p, _)| *p == path).map(|(_, r)| r.clone()).collect()
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?.take(64 * 1024));
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            }
+        }
+    }
+    let (body, fault) = {
+        let mut st = state.lock().unwrap();
+        st.requests.push((path.clone(), range.clone()));
+        match st.routes.get_mut(&path) {
+            None => (None, Fault::NotFound),
+            Some(route) => {
+                let fault = route.fault.clone();
+                if let Fault::Truncate { after, times } = route.fault {
+                    route.fault = if times > 1 { Fault::Truncate { after, times: times - 1 } } else { Fault::None };
+                }
+                (Some(Arc::clone(&route.body)), fault)
+            }
+        }
+    };
+    let body = match (body, &fault) {
+        (Some(b), f) if !matches!(f, Fault::NotFound) => b,
+        _ => {
+            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found")?;
+            return Ok(());
+        }
+    };
+    let start = match (&range, &fault) {
+        (Some(r), _) => {
+            r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse::<usize>().ok())
+        }
+        _ => None,
+    };
+    let (status, slice, extra) = match start {
+        Some(s) if s < body.len() => (
+            "206 Partial Content",
+            &body[s..],
+            format!("Content-Range: bytes {s}-{}/{}\r\n", body.len() - 1, body.len()),
+        ),
+        _ => ("200 OK", &body[..], String::new()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n{extra}Connection: close\r\n\r\n",
+        slice.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    match fault {
+        Fault::Truncate { after, .. } => conn.write_all(&slice[..after.min(slice.len())])?,
+        _ => conn.write_all(slice)?,
+    }
+    conn.flush()?;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Integration tests: they drive the real `imgbuild` binary on inputs they generate, served
+//! from a loopback HTTP server, and check its outputs with independent tools (skopeo, umoci).
+
+mod fixtures;
+mod harness;
+mod http;
+
+mod core;
+mod failures;
