@@ -72,8 +72,7 @@ say "node $id of cluster $IMGBUILD_CLUSTER (identity from $id_source)"
 # --- 2. peers and addresses -------------------------------------------------
 if [ -n "${PEERS:-}" ]; then
     seen=
-    old_ifs=$IFS IFS=,
-    for pair in $PEERS; do
+    for pair in $(printf '%s' "$PEERS" | tr ',' ' '); do
         n=${pair%%=*} h=${pair#*=}
         { [ "$n" != "$pair" ] && is_number "$n" && [ -n "$h" ]; } || die 64 "PEERS entry '$pair' is not ID=HOST"
         in_cluster "$n" || die 64 "PEERS names node $n, which is not in the cluster ($IMGBUILD_NODES)"
@@ -81,7 +80,6 @@ if [ -n "${PEERS:-}" ]; then
         seen="$seen $n"
         eval "IMGBUILD_HOST_$n=\$h"
     done
-    IFS=$old_ifs
 fi
 if [ -n "${ADVERTISED_HOST:-}" ]; then eval "IMGBUILD_HOST_$id=\$ADVERTISED_HOST"; fi
 hosts=

@@ -454,3 +454,76 @@ fn store_verify_finds_a_flipped_byte() {
     assert_ok(&p.run(&["store", "verify", "--repair"]));
     assert!(!victim.exists());
 }
+
+/// Runs the image's own entrypoint against an unpacked rootfs, rendering only.
+fn render_node(rootfs: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new("sh");
+    cmd.arg(rootfs.join("usr/local/bin/imgbuild-init"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("IMGBUILD_ROOT", rootfs)
+        .env("IMGBUILD_CONF_DIR", rootfs.join("etc/imgbuild"))
+        .env("IMGBUILD_SEED_DIRS", rootfs.join("no-seed"))
+        .env("HOSTNAME", "buildhost")
+        .env("IMGBUILD_RENDER_ONLY", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_entrypoint_renders_each_nodes_identity_at_boot() {
+    if !have_tool("umoci") {
+        return;
+    }
+    let p = TestProject::new();
+    p.add_base();
+    json(&p.run(&["--json", "node", "--id", "1"]));
+    let bundle = p.path("bundle");
+    let layout = p.root.join("out/zk-kafka-node-1");
+    tool(Command::new("umoci").args([
+        "unpack",
+        "--rootless",
+        "--image",
+        &format!("{}:node-1", layout.display()),
+        bundle.to_str().unwrap(),
+    ]));
+    let rootfs = bundle.join("rootfs");
+    let read = |rel: &str| std::fs::read_to_string(rootfs.join(rel)).unwrap();
+
+    // The baked id.
+    let out = render_node(&rootfs, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read("var/lib/zookeeper/myid"), "1\n");
+    let zoo = read("usr/local/zookeeper/conf/zoo.cfg");
+    assert!(
+        zoo.contains("\nserver.0=127.0.1.1:2888:3888\nserver.1=0.0.0.0:2888:3888\nserver.2=127.0.1.3:2888:3888\n"),
+        "{zoo}"
+    );
+    assert!(zoo.contains("dataDir=/var/lib/zookeeper\nclientPort=2181\n"), "{zoo}");
+    let props = read("usr/local/kafka/config/server.properties");
+    assert!(props.contains("broker.id=1\n"), "{props}");
+    assert!(props.contains("advertised.listeners=PLAINTEXT://127.0.1.2:9092\n"), "{props}");
+    assert!(props.contains("zookeeper.connect=127.0.1.1:2181,127.0.1.2:2181,127.0.1.3:2181\n"), "{props}");
+
+    // A different node's data is never taken over: the same image told it is node 2 refuses.
+    let out = render_node(&rootfs, &[("NODE_ID", "2")]);
+    assert_eq!(out.status.code(), Some(65), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds '1' but this node would write '2'"));
+
+    // With fresh data, the environment wins over the baked id, and peers can be overridden.
+    std::fs::remove_file(rootfs.join("var/lib/zookeeper/myid")).unwrap();
+    let out = render_node(&rootfs, &[("ZOO_MY_ID", "2"), ("PEERS", "0=zk-a,1=zk-b,2=zk-c")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read("var/lib/zookeeper/myid"), "2\n");
+    assert!(
+        read("usr/local/kafka/config/server.properties").contains("zookeeper.connect=zk-a:2181,zk-b:2181,zk-c:2181\n")
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("environment variable ZOO_MY_ID"));
+
+    // An id outside the cluster is refused before anything is written.
+    let out = render_node(&rootfs, &[("NODE_ID", "5")]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a node of cluster zk-kafka"));
+}
