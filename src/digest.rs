@@ -25,7 +25,7 @@ impl Algorithm {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             Algorithm::Sha256 => 32,
             Algorithm::Sha512 => 64,
@@ -64,7 +64,7 @@ pub enum HashParseError {
 
 impl Hash {
     pub fn from_bytes(algorithm: Algorithm, bytes: Vec<u8>) -> Self {
-        assert_eq!(bytes.len(), algorithm.len(), "hasher output length");
+        assert_eq!(bytes.len(), algorithm.output_len(), "hasher output length");
         Hash { algorithm, bytes }
     }
 
@@ -73,19 +73,19 @@ impl Hash {
         let sri_prefix = format!("{}-", algorithm.name());
         if let Some(b64) = text.strip_prefix(&sri_prefix) {
             let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| HashParseError::NotBase64)?;
-            if bytes.len() != algorithm.len() {
+            if bytes.len() != algorithm.output_len() {
                 return Err(HashParseError::WrongLength {
                     algorithm: algorithm.name(),
-                    expected: algorithm.len() * 2,
+                    expected: algorithm.output_len() * 2,
                     found: bytes.len() * 2,
                 });
             }
             return Ok(Hash { algorithm, bytes });
         }
-        if text.len() != algorithm.len() * 2 {
+        if text.len() != algorithm.output_len() * 2 {
             return Err(HashParseError::WrongLength {
                 algorithm: algorithm.name(),
-                expected: algorithm.len() * 2,
+                expected: algorithm.output_len() * 2,
                 found: text.len(),
             });
         }

@@ -10,10 +10,7 @@ use serde::Deserialize;
 
 use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, IoContext, Result};
-use crate::store::Store;
-
-/// Largest `index.json` or manifest accepted (they are small JSON documents).
-const MAX_DOCUMENT: u64 = 4 << 20;
+use crate::store::{Store, MAX_DOCUMENT};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Imported {

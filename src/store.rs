@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::digest::{hash_reader, Algorithm, BlobDigest, DiffId, Hash, Hasher, Sha256Digest};
 use crate::error::{Error, IoContext, Result};
 
+/// The largest JSON document (config, manifest, index) read whole into memory.
+pub const MAX_DOCUMENT: u64 = 4 << 20;
+
 pub struct Store {
     root: PathBuf,
 }
@@ -163,9 +166,15 @@ impl Store {
         })
     }
 
+    /// Reads a small blob (a config, manifest or index) whole, checking its digest.
     pub fn read_blob(&self, digest: &Sha256Digest) -> Result<Vec<u8>> {
+        let path = self.sha256_path(digest);
+        let file = self.open_blob(&digest.to_hash())?;
+        if file.metadata().at(&path)?.len() > MAX_DOCUMENT {
+            return Err(Error::Store { path, message: "expected a JSON document of at most 4 MiB".into() });
+        }
         let mut data = Vec::new();
-        self.open_blob(&digest.to_hash())?.read_to_end(&mut data).at(self.sha256_path(digest))?;
+        file.take(MAX_DOCUMENT).read_to_end(&mut data).at(&path)?;
         if Sha256Digest::of(&data) != *digest {
             return Err(Error::Store {
                 path: self.sha256_path(digest),

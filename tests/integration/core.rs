@@ -6,6 +6,13 @@ use std::process::Command;
 
 use super::harness::*;
 
+/// Unpacks a tag of a layout with umoci and returns its rootfs.
+fn unpack(layout: &Path, tag: &str, bundle: &Path) -> std::path::PathBuf {
+    let image = format!("{}:{tag}", layout.display());
+    tool(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(bundle));
+    bundle.join("rootfs")
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -117,15 +124,7 @@ fn builds_every_node_sharing_all_but_a_tiny_identity_layer() {
     }
 
     if have_tool("umoci") {
-        let bundle = p.path("bundle");
-        tool(Command::new("umoci").args([
-            "unpack",
-            "--rootless",
-            "--image",
-            &format!("{}:node-1", layout.display()),
-            bundle.to_str().unwrap(),
-        ]));
-        let rootfs = bundle.join("rootfs");
+        let rootfs = unpack(&layout, "node-1", &p.path("bundle"));
         let mode = |rel: &str| std::fs::symlink_metadata(rootfs.join(rel)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(std::fs::read_to_string(rootfs.join("etc/imgbuild/node-id")).unwrap(), "1\n");
         assert_eq!(std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap(), "ID=testbase\nARCH=amd64\n");
@@ -480,16 +479,7 @@ fn the_entrypoint_renders_each_nodes_identity_at_boot() {
     let p = TestProject::new();
     p.add_base();
     json(&p.run(&["--json", "node", "--id", "1"]));
-    let bundle = p.path("bundle");
-    let layout = p.root.join("out/zk-kafka-node-1");
-    tool(Command::new("umoci").args([
-        "unpack",
-        "--rootless",
-        "--image",
-        &format!("{}:node-1", layout.display()),
-        bundle.to_str().unwrap(),
-    ]));
-    let rootfs = bundle.join("rootfs");
+    let rootfs = unpack(&p.root.join("out/zk-kafka-node-1"), "node-1", &p.path("bundle"));
     let read = |rel: &str| std::fs::read_to_string(rootfs.join(rel)).unwrap();
 
     // The baked id.
@@ -526,4 +516,27 @@ fn the_entrypoint_renders_each_nodes_identity_at_boot() {
     let out = render_node(&rootfs, &[("NODE_ID", "5")]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a node of cluster zk-kafka"));
+}
+
+#[test]
+fn concurrent_builds_on_one_store_agree_and_leave_nothing_half_done() {
+    let p = TestProject::new();
+    p.add_base();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let out = p.path(&format!("out-{i}"));
+            p.cmd().args(["--json", "build", "--out"]).arg(out).stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let results: Vec<serde_json::Value> = children.into_iter().map(|c| json(&c.wait_with_output().unwrap())).collect();
+    for r in &results[1..] {
+        assert_eq!(r["nodes"], results[0]["nodes"]);
+    }
+    // Each input was downloaded once and each layer built once, whoever got there first.
+    assert_eq!(p.server.requests("dist/zookeeper-3.4.10.tar.gz").len(), 1);
+    let built: u64 = results.iter().map(|r| r["layers_built"].as_u64().unwrap()).sum();
+    assert_eq!(built, 3, "layers were built more than once");
+    let leftovers: Vec<_> = tree(&p.store.join("tmp")).into_iter().filter(|f| !f.starts_with("partial-")).collect();
+    assert!(leftovers.is_empty(), "temporary files left in the store: {leftovers:?}");
+    assert_ok(&p.run(&["store", "verify"]));
 }
