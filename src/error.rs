@@ -19,6 +19,8 @@ pub enum ExitCode {
     Unavailable = 3,
     /// The store or the output location could not be read or written.
     Storage = 4,
+    /// The registry refused, failed, or could not be reached (after bounded retries).
+    Registry = 5,
 }
 
 /// One input that is neither in the store nor reachable, with what adds it.
@@ -59,6 +61,9 @@ pub enum Error {
     #[error("store {}: {message}", path.display())]
     Store { path: PathBuf, message: String },
 
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+
     #[error("{0}")]
     Usage(String),
 }
@@ -92,6 +97,7 @@ impl Error {
             Error::MissingInputs(_) => ExitCode::Unavailable,
             Error::Io { .. } | Error::Store { .. } => ExitCode::Storage,
             Error::Usage(_) => ExitCode::Usage,
+            Error::Registry { .. } => ExitCode::Registry,
         }
     }
 
@@ -126,6 +132,21 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+/// reqwest's errors nest the useful part under a message that repeats the URL; show the causes.
+pub fn http_cause(e: &reqwest::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
     }
 }
 

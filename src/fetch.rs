@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::digest::{Algorithm, Hash, Hasher};
-use crate::error::{Error, IoContext, MissingInput, Result};
+use crate::error::{http_cause as describe, Error, IoContext, MissingInput, Result};
 use crate::progress::Reporter;
 use crate::recipe::Source;
 use crate::store::Store;
@@ -254,21 +254,6 @@ fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {
     let value = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     let range = value.strip_prefix("bytes ")?;
     range.split('-').next()?.parse().ok()
-}
-
-/// reqwest's errors nest the useful part under a message that repeats the URL; show the causes.
-fn describe(e: &reqwest::Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        causes.push(s.to_string());
-        source = s.source();
-    }
-    if causes.is_empty() {
-        e.to_string()
-    } else {
-        causes.join(": ")
-    }
 }
 
 fn io_cause(e: &io::Error) -> String {

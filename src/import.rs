@@ -6,47 +6,19 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use serde::Deserialize;
-
 use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, IoContext, Result};
+use crate::oci_doc::{Descriptor, Document};
 use crate::store::{Store, MAX_DOCUMENT};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Imported {
+    /// The layout's top-level entries: their tag (`org.opencontainers.image.ref.name`) and digest.
+    pub tops: Vec<(Option<String>, Sha256Digest)>,
     /// Image manifests, with the platform the index gave them (when it did).
     pub manifests: Vec<(Sha256Digest, Option<String>)>,
     pub indexes: Vec<Sha256Digest>,
     pub blobs: usize,
-}
-
-#[derive(Deserialize)]
-struct Doc {
-    #[serde(default, rename = "mediaType")]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<Vec<Desc>>,
-    #[serde(default)]
-    config: Option<Desc>,
-    #[serde(default)]
-    layers: Option<Vec<Desc>>,
-}
-
-#[derive(Deserialize, Clone)]
-struct Desc {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    platform: Option<DescPlatform>,
-}
-
-#[derive(Deserialize, Clone)]
-struct DescPlatform {
-    architecture: String,
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
 }
 
 /// Whether a file is a tar archive holding an OCI layout (an oci-archive).
@@ -135,21 +107,18 @@ fn read_limited(reader: impl Read, path: &Path) -> Result<String> {
     Ok(text)
 }
 
-fn is_index(media_type: &str) -> bool {
-    media_type == "application/vnd.oci.image.index.v1+json"
-        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
-}
-
 fn walk_index(
     store: &Store,
     origin: &Path,
     index_text: &str,
     ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
 ) -> Result<Imported> {
-    let doc: Doc = serde_json::from_str(index_text).map_err(|e| bad(origin, format!("index.json: {e}")))?;
+    let doc: Document = serde_json::from_str(index_text).map_err(|e| bad(origin, format!("index.json: {e}")))?;
     let mut imported = Imported::default();
     for desc in doc.manifests.unwrap_or_default() {
         walk(store, origin, &desc, ensure, &mut imported, 0)?;
+        let tag = desc.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
+        imported.tops.push((tag, desc.digest));
     }
     if imported.manifests.is_empty() {
         return Err(bad(origin, "holds no image manifest"));
@@ -160,7 +129,7 @@ fn walk_index(
 fn walk(
     store: &Store,
     origin: &Path,
-    desc: &Desc,
+    desc: &Descriptor,
     ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
     out: &mut Imported,
     depth: u32,
@@ -168,31 +137,25 @@ fn walk(
     if depth > 4 {
         return Err(bad(origin, "indexes nested more than 4 deep"));
     }
-    let digest: Sha256Digest =
-        desc.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", desc.digest)))?;
+    let digest = desc.digest;
     ensure(&digest)?;
     out.blobs += 1;
     let data = store.read_blob(&digest)?;
-    let doc: Doc = serde_json::from_slice(&data).map_err(|e| bad(origin, format!("{digest}: {e}")))?;
-    let media_type = doc.media_type.clone().unwrap_or_else(|| desc.media_type.clone());
-    if is_index(&media_type) || doc.manifests.is_some() {
+    let doc: Document = serde_json::from_slice(&data).map_err(|e| bad(origin, format!("{digest}: {e}")))?;
+    if doc.is_index() {
         out.indexes.push(digest);
-        for child in doc.manifests.unwrap_or_default() {
-            walk(store, origin, &child, ensure, out, depth + 1)?;
+        for child in doc.manifests.iter().flatten() {
+            walk(store, origin, child, ensure, out, depth + 1)?;
         }
         return Ok(());
     }
-    let config =
-        doc.config.ok_or_else(|| bad(origin, format!("{digest} is neither an image index nor an image manifest")))?;
-    for d in std::iter::once(&config).chain(doc.layers.iter().flatten()) {
-        let blob: Sha256Digest = d.digest.parse().map_err(|e| bad(origin, format!("digest `{}`: {e}", d.digest)))?;
-        ensure(&blob)?;
+    if doc.config.is_none() {
+        return Err(bad(origin, format!("{digest} is neither an image index nor an image manifest")));
+    }
+    for d in doc.blobs() {
+        ensure(&d.digest)?;
         out.blobs += 1;
     }
-    let platform = desc.platform.as_ref().map(|p| match &p.variant {
-        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    });
-    out.manifests.push((digest, platform));
+    out.manifests.push((digest, desc.platform.as_ref().map(|p| p.text())));
     Ok(())
 }

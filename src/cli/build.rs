@@ -11,23 +11,30 @@ use crate::platform::Platform;
 
 use super::GlobalArgs;
 
+/// Which image to build, for what, and how fast: shared by `build`, `node` and `push`.
 #[derive(clap::Args)]
-pub struct BuildOptions {
+pub struct ImageChoice {
     /// The image definition: a name in images/ or a path [default: the only one]
     #[arg(long, value_name = "NAME")]
     pub image: Option<String>,
     /// Platforms to build, comma-separated (e.g. linux/amd64,linux/arm64) [default: the host's]
     #[arg(long, value_name = "LIST")]
     pub platform: Option<String>,
+    /// Compression threads (only the speed changes, never the bytes) [default: every core]
+    #[arg(long, env = "IMGBUILD_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct BuildOptions {
+    #[command(flatten)]
+    pub choice: ImageChoice,
     /// Output format
     #[arg(long, value_enum, default_value = "oci")]
     pub format: Format,
     /// Output path [default: out/IMAGE (build) or out/IMAGE-node-N (node), `.tar` for archives]
     #[arg(long, short, value_name = "PATH")]
     pub out: Option<PathBuf>,
-    /// Compression threads (only the speed changes, never the bytes) [default: every core]
-    #[arg(long, env = "IMGBUILD_THREADS", value_name = "N")]
-    pub threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -57,15 +64,12 @@ fn source_date_epoch() -> Result<u64> {
     }
 }
 
-fn settings(global: &GlobalArgs, options: &BuildOptions) -> Result<BuildSettings> {
-    let platforms = match &options.platform {
+pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettings> {
+    let platforms = match &choice.platform {
         Some(list) => Platform::parse_list(list).map_err(Error::Usage)?,
         None => vec![Platform::host()],
     };
-    if options.format == Format::DockerArchive && platforms.len() > 1 {
-        return Err(Error::Usage("docker-archive holds one platform; pass a single --platform".into()));
-    }
-    let threads = options.threads.unwrap_or_else(default_threads);
+    let threads = choice.threads.unwrap_or_else(default_threads);
     if threads == 0 {
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
@@ -77,8 +81,11 @@ fn settings(global: &GlobalArgs, options: &BuildOptions) -> Result<BuildSettings
 }
 
 fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result<()> {
-    let settings = settings(global, options)?;
-    let project = Project::load(&global.project, options.image.as_deref())?;
+    let settings = settings(global, &options.choice)?;
+    if options.format == Format::DockerArchive && settings.platforms.len() > 1 {
+        return Err(Error::Usage("docker-archive holds one platform; pass a single --platform".into()));
+    }
+    let project = Project::load(&global.project, options.choice.image.as_deref())?;
     let def = &project.image;
     if let Some(id) = node {
         def.node(id)?;

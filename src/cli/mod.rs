@@ -4,6 +4,7 @@
 mod build;
 mod check;
 mod prefetch;
+mod push;
 mod store;
 
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Build the image of one node
     Node(build::NodeArgs),
+    /// Push node images (or an existing layout or archive) to an OCI registry
+    Push(push::PushArgs),
+    /// Pull an image pinned by digest from a registry into the store (for use as a base)
+    Pull(push::PullArgs),
     /// Download a URL into the store and print the hash to pin in a recipe
     Prefetch(prefetch::PrefetchArgs),
     /// Check the recipes and the image definition without building
@@ -104,6 +109,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Build(args) => build::run_build(&cli.global, args),
         Command::Node(args) => build::run_node(&cli.global, args),
+        Command::Push(args) => push::run_push(&cli.global, args),
+        Command::Pull(args) => push::run_pull(&cli.global, args),
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),

@@ -41,8 +41,30 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
     }
 }
 
+/// The `oci-image` recipes (and their platforms) whose pinned digests were imported.
+pub fn matching_image_recipes(recipes: &[Recipe], imported: &crate::import::Imported) -> Vec<String> {
+    let mut matched = Vec::new();
+    for r in recipes {
+        if let RecipeKind::OciImage { index_digest, .. } = &r.kind {
+            for s in &r.sources {
+                if imported.manifests.iter().any(|(d, _)| d.to_hash() == s.hash) {
+                    matched.push(format!(
+                        "{} ({})",
+                        r.name,
+                        s.platform.as_ref().map_or("any".into(), |p| p.to_string())
+                    ));
+                }
+            }
+            if index_digest.is_some_and(|d| imported.indexes.contains(&d)) {
+                matched.push(format!("{} (index)", r.name));
+            }
+        }
+    }
+    matched
+}
+
 /// The recipes of the project, if there is one here: `store add` works without.
-fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
+pub fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
     let dir = global.project.join("recipes");
     if !dir.is_dir() {
         return Ok(Vec::new());
@@ -76,23 +98,7 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
         let oci = path.is_dir() || crate::import::is_oci_archive(path);
         if oci {
             let imported = crate::import::import(store, path)?;
-            let mut matched = Vec::new();
-            for r in &recipes {
-                if let RecipeKind::OciImage { index_digest, .. } = &r.kind {
-                    for s in &r.sources {
-                        if imported.manifests.iter().any(|(d, _)| d.to_hash() == s.hash) {
-                            matched.push(format!(
-                                "{} ({})",
-                                r.name,
-                                s.platform.as_ref().map_or("any".into(), |p| p.to_string())
-                            ));
-                        }
-                    }
-                    if index_digest.is_some_and(|d| imported.indexes.contains(&d)) {
-                        matched.push(format!("{} (index)", r.name));
-                    }
-                }
-            }
+            let matched = matching_image_recipes(&recipes, &imported);
             if !global.json && !global.quiet {
                 for (d, p) in &imported.manifests {
                     eprintln!(

@@ -32,33 +32,59 @@ struct State {
     requests: Vec<(String, Option<String>)>,
 }
 
-pub struct HttpServer {
+/// Accepts connections on a free loopback port and hands each to `handler` on its own
+/// thread, until dropped (which stops the loop and joins it).
+pub struct Acceptor {
     pub addr: SocketAddr,
-    state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl HttpServer {
-    pub fn start() -> HttpServer {
+impl Acceptor {
+    pub fn spawn(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Acceptor {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
+        let flag = Arc::clone(&stop);
+        let handler = Arc::new(handler);
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
+                if flag.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let st = Arc::clone(&st);
-                std::thread::spawn(move || {
-                    let _ = handle(conn, &st);
-                });
+                let handler = Arc::clone(&handler);
+                std::thread::spawn(move || handler(conn));
             }
         });
-        HttpServer { addr, state, stop, thread: Some(thread) }
+        Acceptor { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _acceptor: Acceptor,
+}
+
+impl HttpServer {
+    pub fn start() -> HttpServer {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let acceptor = Acceptor::spawn(move |conn| {
+            let _ = handle(conn, &shared);
+        });
+        HttpServer { addr: acceptor.addr, state, _acceptor: acceptor }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -78,16 +104,6 @@ impl HttpServer {
 
     pub fn total_requests(&self) -> usize {
         self.state.lock().unwrap().requests.len()
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

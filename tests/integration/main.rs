@@ -4,6 +4,8 @@
 mod fixtures;
 mod harness;
 mod http;
+mod registry_server;
 
 mod core;
 mod failures;
+mod registry;

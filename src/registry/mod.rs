@@ -1,0 +1,11 @@
+//! Registries: pushing node images and pulling pinned bases over the OCI distribution API.
+//! imgbuild speaks the protocol itself, as Jib, ko and crane do: no daemon, no external tool.
+
+pub mod auth;
+pub mod client;
+pub mod pull;
+pub mod push;
+pub mod reference;
+
+pub use client::{Client, RegistrySettings};
+pub use reference::Reference;

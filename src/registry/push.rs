@@ -1,0 +1,170 @@
+//! Pushing an image (manifest or index) from the store: each blob is checked with HEAD first,
+//! mounted from a sibling repository when one is known to hold it, and uploaded otherwise.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+
+use super::client::Client;
+use super::reference::Reference;
+use crate::digest::Sha256Digest;
+use crate::error::{Error, Result};
+use crate::oci_doc::{Descriptor, Document};
+use crate::progress::Reporter;
+use crate::store::Store;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PushStats {
+    pub bytes_uploaded: u64,
+    pub blobs_uploaded: usize,
+    pub blobs_skipped: usize,
+    pub blobs_mounted: usize,
+    pub manifests: usize,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Pushed {
+    /// `REF@sha256:…`
+    pub reference: String,
+    pub digest: Sha256Digest,
+    pub media_type: String,
+    #[serde(flatten)]
+    pub stats: PushStats,
+}
+
+/// Which repositories of a registry are known to hold a blob: the sources of cross-repository
+/// mounts. Only a hint: a failed mount falls back to an upload.
+struct MountHints {
+    path: PathBuf,
+    repos: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl MountHints {
+    fn load(store: &Store, registry: &str) -> MountHints {
+        let name: String =
+            registry.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+        let path = store.root().join("registries").join(format!("{name}.json"));
+        let repos = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+        MountHints { path, repos }
+    }
+
+    fn sibling(&self, digest: &Sha256Digest, repository: &str) -> Option<String> {
+        self.repos.get(&digest.to_string())?.iter().find(|r| *r != repository).cloned()
+    }
+
+    fn record(&mut self, digest: &Sha256Digest, repository: &str) {
+        self.repos.entry(digest.to_string()).or_default().insert(repository.to_string());
+    }
+
+    fn save(&self, store: &Store) -> Result<()> {
+        let dir = self.path.parent().expect("has parent");
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        store.write_atomic(&self.path, &serde_json::to_vec(&self.repos).expect("serializes"))
+    }
+}
+
+struct Pusher<'a> {
+    store: &'a Store,
+    client: &'a Client,
+    reporter: &'a dyn Reporter,
+    hints: MountHints,
+    done: HashSet<Sha256Digest>,
+    stats: PushStats,
+}
+
+fn read_doc(store: &Store, digest: &Sha256Digest) -> Result<(Vec<u8>, Document)> {
+    let bytes = store.read_blob(digest)?;
+    let doc: Document = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+        path: store.sha256_path(digest),
+        message: format!("not an OCI manifest or index: {e}"),
+    })?;
+    Ok((bytes, doc))
+}
+
+impl Pusher<'_> {
+    /// Every blob of a manifest must be in the store before anything is sent.
+    fn check_present(&self, doc: &Document) -> Result<()> {
+        for d in doc.blobs() {
+            if !self.store.has_sha256(&d.digest) {
+                return Err(Error::Store {
+                    path: self.store.sha256_path(&d.digest),
+                    message: format!(
+                        "blob {} is missing; rebuild the image (or `imgbuild store verify`) before pushing",
+                        d.digest
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn blob(&mut self, desc: &Descriptor) -> Result<()> {
+        if !self.done.insert(desc.digest) {
+            return Ok(());
+        }
+        let repository = self.client.repository().to_string();
+        if self.client.blob_exists(&desc.digest)? {
+            self.stats.blobs_skipped += 1;
+        } else if let Some(from) = self.hints.sibling(&desc.digest, &repository) {
+            if self.client.mount(&desc.digest, &from)? {
+                self.stats.blobs_mounted += 1;
+            } else {
+                self.upload(desc)?;
+            }
+        } else {
+            self.upload(desc)?;
+        }
+        self.hints.record(&desc.digest, &repository);
+        Ok(())
+    }
+
+    fn upload(&mut self, desc: &Descriptor) -> Result<()> {
+        let short = &desc.digest.hex()[..12];
+        let task = self.reporter.task(&format!("push {short}"), Some(desc.size));
+        self.client.upload(&desc.digest, &self.store.sha256_path(&desc.digest), desc.size, task.as_ref())?;
+        self.stats.blobs_uploaded += 1;
+        self.stats.bytes_uploaded += desc.size;
+        Ok(())
+    }
+
+    fn manifest(&mut self, digest: &Sha256Digest, target: &str) -> Result<String> {
+        let (bytes, doc) = read_doc(self.store, digest)?;
+        let media_type = doc.media_type();
+        if let Some(children) = &doc.manifests {
+            for child in children {
+                self.manifest(&child.digest, &child.digest.to_string())?;
+            }
+        } else {
+            self.check_present(&doc)?;
+            for d in doc.blobs() {
+                self.blob(d)?;
+            }
+        }
+        self.client.put_manifest(target, &media_type, &bytes)?;
+        self.stats.manifests += 1;
+        Ok(media_type)
+    }
+}
+
+/// Pushes the manifest or index `digest` from the store to `reference` (its tag, or its digest).
+pub fn push(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    digest: &Sha256Digest,
+    reporter: &dyn Reporter,
+) -> Result<Pushed> {
+    let mut pusher = Pusher {
+        store,
+        client,
+        reporter,
+        hints: MountHints::load(store, client.registry()),
+        done: HashSet::new(),
+        stats: PushStats::default(),
+    };
+    let result = pusher.manifest(digest, &reference.target());
+    // What reached the registry is worth remembering even when a later step failed.
+    pusher.hints.save(store)?;
+    let media_type = result?;
+    let pinned = Reference { digest: Some(*digest), ..reference.clone() };
+    Ok(Pushed { reference: pinned.to_string(), digest: *digest, media_type, stats: pusher.stats })
+}

@@ -1,0 +1,148 @@
+//! Image references: `[HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]`, as Docker and the OCI
+//! distribution spec read them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::digest::Sha256Digest;
+
+const DOCKER_HUB: &str = "docker.io";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// `127.0.0.1:5000`, `ghcr.io`, `docker.io`.
+    pub registry: String,
+    /// The repository: `library/debian`, `team/zk-kafka`.
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Sha256Digest>,
+}
+
+impl Reference {
+    /// The host to connect to (Docker Hub's API lives on another name than its references).
+    pub fn api_host(&self) -> &str {
+        if self.registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            &self.registry
+        }
+    }
+
+    /// Whether the registry is on this machine's loopback, where plain HTTP may be allowed.
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.registry.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => &self.registry,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// What a manifest is put under or fetched by: the digest if there is one, else the tag.
+    pub fn target(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".into(),
+        }
+    }
+
+    pub fn with_tag(&self, tag: &str) -> Reference {
+        Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
+    }
+
+    /// `registry/repository`, without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+}
+
+impl FromStr for Reference {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("`{s}` is not an image reference ({why}); expected [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]")
+        };
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d.parse::<Sha256Digest>().map_err(|e| bad(&e.to_string()))?)),
+            None => (s, None),
+        };
+        // A tag follows the last `:` after the last `/` (a `:` before it is a port).
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (&rest[..last_slash + i], Some(rest[last_slash + i + 1..].to_string())),
+            None => (rest, None),
+        };
+        if let Some(t) = &tag {
+            let ok = !t.is_empty()
+                && t.len() <= 128
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                && !t.starts_with(['.', '-']);
+            if !ok {
+                return Err(bad("invalid tag"));
+            }
+        }
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_string(), path.to_string())
+            }
+            _ => (DOCKER_HUB.to_string(), name.to_string()),
+        };
+        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        let valid_path = !repository.is_empty()
+            && repository.split('/').all(|part| {
+                !part.is_empty()
+                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                    && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+            });
+        if !valid_path {
+            return Err(bad("repository names use lowercase letters, digits and `._-/`"));
+        }
+        Ok(Reference { registry, repository, tag, digest })
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_ports_tags_and_digests() {
+        let r: Reference = "127.0.0.1:5000/team/zk-kafka:node-1".parse().unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "team/zk-kafka", Some("node-1"))
+        );
+        assert!(r.is_loopback());
+        let r: Reference = "debian".parse().unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("docker.io", "library/debian", None)
+        );
+        assert_eq!(r.api_host(), "registry-1.docker.io");
+        let d = "sha256:362e64223cc0da95422b3b13c045186fc0a81250e765d31c025fbddf257f6143";
+        let r: Reference = format!("localhost:5000/base@{d}").parse().unwrap();
+        assert_eq!(r.target(), d);
+        assert!(!"ghcr.io/x/y:tag".parse::<Reference>().unwrap().is_loopback());
+        assert!("Upper/case".parse::<Reference>().is_err());
+        assert!("host/repo:bad tag".parse::<Reference>().is_err());
+    }
+}

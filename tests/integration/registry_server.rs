@@ -1,0 +1,223 @@
+//! A real registry (Debian's `docker-registry`) on a free loopback port, plain HTTP or htpasswd
+//! Basic auth behind TLS with a CA made for the test; and a TCP proxy in front of it that
+//! answers the first requests with 500, as a flaky registry would. Every process started here
+//! is killed by its PID when the value is dropped, also when the test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use super::http::Acceptor;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Registry {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    /// The CA certificate (the server's self-signed one) for TLS registries.
+    pub ca: Option<PathBuf>,
+}
+
+pub const USER: &str = "pusher";
+pub const PASSWORD: &str = "s3cret-Pa55word-9f1c";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Registry {
+    pub fn plain(dir: &Path) -> Option<Registry> {
+        Registry::start(dir, false)
+    }
+
+    pub fn basic_tls(dir: &Path) -> Option<Registry> {
+        Registry::start(dir, true)
+    }
+
+    fn start(dir: &Path, secure: bool) -> Option<Registry> {
+        if !super::harness::have_tool("docker-registry") || (secure && !super::harness::have_tool("openssl")) {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display()
+        );
+        let mut ca = None;
+        if secure {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let ca_cert = make_ca_and_server_cert(dir, &cert, &key);
+            config.push_str(&format!("  tls: {{certificate: {}, key: {}}}\n", cert.display(), key.display()));
+            let hash = bcrypt::hash_with_result(PASSWORD, 5).unwrap().format_for_version(bcrypt::Version::TwoY);
+            std::fs::write(dir.join("htpasswd"), format!("{USER}:{hash}\n")).unwrap();
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: basic-realm, path: {}}}}}\n",
+                dir.join("htpasswd").display()
+            ));
+            ca = Some(ca_cert);
+        }
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let registry = Registry { child, addr, dir: dir.to_path_buf(), ca };
+        // Ready when it accepts connections; bounded.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// skopeo's options to reach this registry.
+    pub fn skopeo_opts(&self) -> Vec<String> {
+        match &self.ca {
+            None => vec!["--tls-verify=false".into()],
+            Some(ca) => {
+                let certs = self.dir.join("certs.d");
+                std::fs::create_dir_all(&certs).unwrap();
+                std::fs::copy(ca, certs.join("ca.crt")).unwrap();
+                vec![format!("--cert-dir={}", certs.display()), format!("--creds={USER}:{PASSWORD}")]
+            }
+        }
+    }
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, and a server certificate for 127.0.0.1 and localhost signed by it; returns the CA's.
+fn make_ca_and_server_cert(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=imgbuild test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        dir,
+    );
+    openssl(
+        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", "server.csr"],
+        dir,
+    );
+    std::fs::write(dir.join("server.ext"), "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            cert,
+        ],
+        dir,
+    );
+    dir.join("ca.pem")
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards TCP to `upstream`, but answers the first `failures` requests with HTTP 500.
+pub struct FlakyProxy {
+    pub addr: SocketAddr,
+    pub failed: Arc<AtomicUsize>,
+    _acceptor: Acceptor,
+}
+
+impl FlakyProxy {
+    pub fn start(upstream: SocketAddr, failures: usize) -> FlakyProxy {
+        let failed = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&failed);
+        let acceptor = Acceptor::spawn(move |conn| {
+            if count.fetch_add(1, Ordering::SeqCst) < failures {
+                let _ = fail(conn);
+            } else {
+                count.fetch_sub(1, Ordering::SeqCst);
+                forward(conn, upstream);
+            }
+        });
+        FlakyProxy { addr: acceptor.addr, failed, _acceptor: acceptor }
+    }
+}
+
+/// Reads one request (headers and a Content-Length body) and answers 500.
+fn fail(conn: TcpStream) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut length = 0u64;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    std::io::copy(&mut reader.take(length), &mut std::io::sink())?;
+    let body = r#"{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}"#;
+    let mut conn = conn;
+    write!(conn, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    conn.flush()
+}
+
+fn forward(client: TcpStream, upstream: SocketAddr) {
+    let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else { return };
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut s_read, mut c_write) = (server, client);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let _ = s_write.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut s_read, &mut c_write);
+    let _ = c_write.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
