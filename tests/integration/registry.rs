@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::harness::*;
-use super::registry_server::{FlakyProxy, Registry, PASSWORD, USER};
+use super::registry_server::{FlakyProxy, Registry, TokenServer, PASSWORD, USER};
 
 fn skopeo_inspect(registry: &Registry, reference: &str, raw: bool) -> serde_json::Value {
     let mut cmd = Command::new("skopeo");
@@ -268,4 +268,41 @@ fn pull_brings_a_pinned_base_into_the_store() {
     // A digest that is not the registry's: refused.
     let wrong = format!("{}/library/base@sha256:{}", registry.host(), "0".repeat(64));
     assert_exit(&p.run(&["pull", "--insecure", &wrong]), 5);
+}
+
+#[test]
+fn bearer_tokens_are_fetched_for_the_scopes_a_push_needs() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let p = TestProject::new();
+    let tokens = TokenServer::start(&p.path("tokens"));
+    let Some(registry) = Registry::bearer(&p.path("registry"), &tokens) else { return };
+    p.add_base();
+    let push = |repo: &str, password: &str| {
+        p.cmd()
+            .env("IMGBUILD_REGISTRY_USERNAME", USER)
+            .env("IMGBUILD_REGISTRY_PASSWORD", password)
+            .args(["--json", "push", "--insecure", "--id", "1", &format!("{}/{repo}", registry.host())])
+            .output()
+            .unwrap()
+    };
+    let first = json(&push("bearer/a", PASSWORD));
+    assert_eq!(pushed(&first, 0)["blobs_uploaded"], 7);
+    // A sibling repository: the token must also grant pull on the source of the mounts.
+    let second = json(&push("bearer/b", PASSWORD));
+    assert_eq!(pushed(&second, 0)["blobs_mounted"], 7, "{second}");
+    let scopes = tokens.scopes.lock().unwrap().clone();
+    assert!(scopes.contains(&"repository:bearer/a:pull,push".to_string()), "{scopes:?}");
+    assert!(scopes.contains(&"repository:bearer/a:pull".to_string()), "{scopes:?}");
+    // The token server refuses a wrong password: a clear error, exit 5.
+    let wrong = push("bearer/c", "wrong");
+    assert_exit(&wrong, 5);
+    assert!(stderr(&wrong).contains("authentication failed"), "{}", stderr(&wrong));
+    if have_tool("skopeo") {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["inspect", "--tls-verify=false", &format!("--creds={USER}:{PASSWORD}")]);
+        let info = tool(cmd.arg(format!("docker://{}/bearer/b:node-1", registry.host())));
+        assert!(info.contains("org.imgbuild.node.id"), "{info}");
+    }
 }

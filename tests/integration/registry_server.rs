@@ -30,15 +30,25 @@ fn free_port() -> u16 {
 
 impl Registry {
     pub fn plain(dir: &Path) -> Option<Registry> {
-        Registry::start(dir, false)
+        Registry::start(dir, false, "")
     }
 
     pub fn basic_tls(dir: &Path) -> Option<Registry> {
-        Registry::start(dir, true)
+        Registry::start(dir, true, "")
     }
 
-    fn start(dir: &Path, secure: bool) -> Option<Registry> {
-        if !super::harness::have_tool("docker-registry") || (secure && !super::harness::have_tool("openssl")) {
+    /// A plain-HTTP registry that wants Bearer tokens from `token_server`.
+    pub fn bearer(dir: &Path, token_server: &TokenServer) -> Option<Registry> {
+        let auth = format!(
+            "auth: {{token: {{realm: {}, service: {TOKEN_SERVICE}, issuer: {TOKEN_ISSUER}, rootcertbundle: {}}}}}\n",
+            token_server.realm(),
+            token_server.cert.display()
+        );
+        Registry::start(dir, false, &auth)
+    }
+
+    fn start(dir: &Path, secure: bool, extra_config: &str) -> Option<Registry> {
+        if !super::harness::have_tool("docker-registry") || !super::harness::have_tool("openssl") {
             return None;
         }
         std::fs::create_dir_all(dir).unwrap();
@@ -61,6 +71,7 @@ impl Registry {
             ));
             ca = Some(ca_cert);
         }
+        config.push_str(extra_config);
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -161,6 +172,121 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub const TOKEN_SERVICE: &str = "imgbuild-test-registry";
+pub const TOKEN_ISSUER: &str = "imgbuild-test-issuer";
+
+/// A token server as the distribution spec describes it: checks Basic credentials and answers
+/// with an RS256 JWT granting the scopes asked for, signed by a key whose certificate the
+/// registry trusts (`rootcertbundle`) and carried in the token's `x5c` header.
+pub struct TokenServer {
+    pub cert: PathBuf,
+    pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
+    acceptor: Acceptor,
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path) -> TokenServer {
+        std::fs::create_dir_all(dir).unwrap();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=token signer",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.pem",
+            ],
+            dir,
+        );
+        let der = Command::new("openssl")
+            .args(["x509", "-in", "token.pem", "-outform", "DER"])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+            .stdout;
+        use base64::Engine as _;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let key = dir.join("token.key");
+        let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&scopes);
+        let acceptor = Acceptor::spawn(move |conn| {
+            let _ = issue_token(conn, &key, &x5c, &seen);
+        });
+        TokenServer { cert: dir.join("token.pem"), scopes, acceptor }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.acceptor.addr)
+    }
+}
+
+fn issue_token(conn: TcpStream, key: &Path, x5c: &str, seen: &std::sync::Mutex<Vec<String>>) -> std::io::Result<()> {
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorized = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                let expected = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+                authorized = v.trim() == format!("Basic {expected}");
+            }
+        }
+    }
+    let mut conn = conn;
+    if !authorized {
+        return write!(conn, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+    let query = request_line.split_whitespace().nth(1).unwrap_or("").split_once('?').map_or("", |(_, q)| q).to_string();
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        if let Some(scope) = pair.strip_prefix("scope=") {
+            let scope = scope.replace("%3A", ":").replace("%2F", "/").replace("%2C", ",");
+            seen.lock().unwrap().push(scope.clone());
+            let parts: Vec<&str> = scope.splitn(3, ':').collect();
+            if let [kind, name, actions] = parts.as_slice() {
+                access.push(serde_json::json!({ "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>() }));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = serde_json::json!({ "typ": "JWT", "alg": "RS256", "x5c": [x5c] });
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": USER, "aud": TOKEN_SERVICE, "exp": now + 600, "nbf": now - 60, "iat": now,
+        "jti": format!("{now}-{}", access.len()), "access": access,
+    });
+    let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
+    let mut signer = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    signer.stdin.take().unwrap().write_all(signing_input.as_bytes())?;
+    let signature = signer.wait_with_output()?.stdout;
+    let token = format!("{signing_input}.{}", url.encode(signature));
+    let body = serde_json::json!({ "token": token, "expires_in": 600 }).to_string();
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Forwards TCP to `upstream`, but answers the first `failures` requests with HTTP 500.
