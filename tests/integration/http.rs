@@ -107,25 +107,45 @@ impl HttpServer {
     }
 }
 
-fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+/// One HTTP request's head, read with bounded sizes and a timeout; the body is left unread.
+pub struct Request {
+    /// The request target: path and query.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn read_request(conn: &TcpStream) -> std::io::Result<Request> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?.take(64 * 1024));
+    let mut reader = BufReader::new(conn.try_clone()?);
     let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut range = None;
-    loop {
+    (&mut reader).take(8192).read_line(&mut request_line)?;
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut headers = Vec::new();
+    for _ in 0..100 {
         let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+        if (&mut reader).take(8192).read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
+            headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
+    Ok(Request { target, headers, reader })
+}
+
+fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let request = read_request(&conn)?;
+    let path = request.target.clone();
+    let range = request.header("range").map(str::to_string);
     let (body, fault) = {
         let mut st = state.lock().unwrap();
         st.requests.push((path.clone(), range.clone()));

@@ -3,10 +3,10 @@
 //! answers the first requests with 500, as a flaky registry would. Every process started here
 //! is killed by its PID when the value is dropped, also when the test fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use super::http::Acceptor;
+use super::http::{read_request, Acceptor};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -232,28 +232,14 @@ impl TokenServer {
 fn issue_token(conn: TcpStream, key: &Path, x5c: &str, seen: &std::sync::Mutex<Vec<String>>) -> std::io::Result<()> {
     use base64::Engine as _;
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut authorized = false;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") {
-                let expected = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-                authorized = v.trim() == format!("Basic {expected}");
-            }
-        }
-    }
+    let request = read_request(&conn)?;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    let authorized = request.header("authorization") == Some(expected.as_str());
     let mut conn = conn;
     if !authorized {
         return write!(conn, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     }
-    let query = request_line.split_whitespace().nth(1).unwrap_or("").split_once('?').map_or("", |(_, q)| q).to_string();
+    let query = request.target.split_once('?').map_or("", |(_, q)| q).to_string();
     let mut access = Vec::new();
     for pair in query.split('&') {
         if let Some(scope) = pair.strip_prefix("scope=") {
@@ -314,21 +300,9 @@ impl FlakyProxy {
 
 /// Reads one request (headers and a Content-Length body) and answers 500.
 fn fail(conn: TcpStream) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut length = 0u64;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    std::io::copy(&mut reader.take(length), &mut std::io::sink())?;
+    let request = read_request(&conn)?;
+    let length: u64 = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    std::io::copy(&mut request.reader.take(length), &mut std::io::sink())?;
     let body = r#"{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}"#;
     let mut conn = conn;
     write!(conn, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
