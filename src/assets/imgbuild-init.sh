@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC2154 # variables named at run time are assigned with eval
 # imgbuild-init: the entrypoint of every node image built by imgbuild.
 #
 # Finds which node of the cluster this is, renders the node's configuration from the
@@ -14,7 +15,9 @@
 # Overrides at boot:
 #   PEERS="0=host0,1=host1,..."   the address of every node
 #   ADVERTISED_HOST=addr          this node's own address
-#   IMGBUILD_VAR_<name>=value     any template variable of the image
+#   IMGBUILD_VAR_<name>=value     any template variable of the image; the value may use
+#                                 {{node_id}} and {{node_host}} (bind_address='{{node_host}}'
+#                                 lets several nodes share one network namespace)
 #   IMGBUILD_SERVICES="a b"       which services to run, in order (empty: none)
 #   IMGBUILD_RENDER_ONLY=1        render the configuration and exit
 # Exit codes: 0 services ended cleanly; 64 bad identity or configuration; 65 existing data
@@ -32,15 +35,17 @@ die() { code=$1; shift; say "error: $*"; exit "$code"; }
 . "$CONF/cluster.env"
 
 is_number() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
-in_cluster() { for n in $IMGBUILD_NODES; do [ "$n" = "$1" ] && return 0; done; return 1; }
+# (sh has no local variables: helpers use names of their own)
+in_cluster() { for _member in $IMGBUILD_NODES; do [ "$_member" = "$1" ] && return 0; done; return 1; }
 
 # --- 1. identity ------------------------------------------------------------
-id= id_source=
+id='' id_source=''
 for var in NODE_ID ZOO_MY_ID KAFKA_BROKER_ID; do
     eval "val=\${$var:-}"
     if [ -n "$val" ]; then id=$val id_source="environment variable $var"; break; fi
 done
 if [ -z "$id" ] && [ -r "$ROOT/proc/cmdline" ]; then
+    # shellcheck disable=SC2013 # the command line is words, not lines
     for word in $(cat "$ROOT/proc/cmdline"); do
         case $word in imgbuild.node=*) id=${word#imgbuild.node=} id_source="kernel command line" ;; esac
     done
@@ -54,6 +59,7 @@ if [ -z "$id" ]; then
     done
 fi
 if [ -z "$id" ]; then
+    # shellcheck disable=SC3028 # container runtimes set HOSTNAME; hostname(1) is the fallback
     host=${HOSTNAME:-$(hostname 2>/dev/null || cat "$ROOT/etc/hostname" 2>/dev/null || true)}
     ordinal=${host##*-}
     if [ "$ordinal" != "$host" ] && is_number "$ordinal" && in_cluster "$ordinal"; then
@@ -93,6 +99,12 @@ eval "node_host=\$IMGBUILD_HOST_$id"
 # --- 3. render ----------------------------------------------------------------
 # lookup NAME [ITEM_ID ITEM_HOST]: the value of a template variable.
 lookup() {
+    if [ "${restricted:-0}" = 1 ]; then
+        case $1 in
+            node_id | node_host) ;;
+            *) die 64 "a variable's value may refer only to {{node_id}} and {{node_host}}, not {{$1}}" ;;
+        esac
+    fi
     case $1 in
         node_id) printf '%s' "$id" ;;
         node_host) printf '%s' "$node_host" ;;
@@ -102,7 +114,11 @@ lookup() {
             if eval "[ -n \"\${IMGBUILD_LIST_$1_ITEM+set}\" ]"; then
                 render_list "$1"
             elif eval "[ -n \"\${IMGBUILD_VAR_$1+set}\" ]"; then
-                eval "printf '%s' \"\$IMGBUILD_VAR_$1\""
+                # A value may name this node (IMGBUILD_VAR_bind_address='{{node_host}}'),
+                # but no other variable, so expansion always ends.
+                eval "value=\$IMGBUILD_VAR_$1"
+                restricted=1 # this runs in a subshell: the flag ends with it
+                render "$value"
             else
                 die 64 "template variable '$1' is not defined"
             fi

@@ -491,11 +491,20 @@ fn the_entrypoint_renders_each_nodes_identity_at_boot() {
         zoo.contains("\nserver.0=127.0.1.1:2888:3888\nserver.1=0.0.0.0:2888:3888\nserver.2=127.0.1.3:2888:3888\n"),
         "{zoo}"
     );
-    assert!(zoo.contains("dataDir=/var/lib/zookeeper\nclientPort=2181\n"), "{zoo}");
+    assert!(zoo.contains("dataDir=/var/lib/zookeeper\nclientPort=2181\nclientPortAddress=0.0.0.0\n"), "{zoo}");
     let props = read("usr/local/kafka/config/server.properties");
     assert!(props.contains("broker.id=1\n"), "{props}");
     assert!(props.contains("advertised.listeners=PLAINTEXT://127.0.1.2:9092\n"), "{props}");
     assert!(props.contains("zookeeper.connect=127.0.1.1:2181,127.0.1.2:2181,127.0.1.3:2181\n"), "{props}");
+
+    // Nodes sharing one network namespace bind their own address, told once for all nodes.
+    let out = render_node(&rootfs, &[("IMGBUILD_VAR_bind_address", "{{node_host}}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let zoo = read("usr/local/zookeeper/conf/zoo.cfg");
+    assert!(zoo.contains("\nserver.1=127.0.1.2:2888:3888\n") && zoo.contains("clientPortAddress=127.0.1.2\n"), "{zoo}");
+    assert!(read("usr/local/kafka/config/server.properties").contains("listeners=PLAINTEXT://127.0.1.2:9092\n"));
+    let out = render_node(&rootfs, &[("IMGBUILD_VAR_bind_address", "{{kafka_port}}")]);
+    assert_eq!(out.status.code(), Some(64), "a var may not expand other vars");
 
     // A different node's data is never taken over: the same image told it is node 2 refuses.
     let out = render_node(&rootfs, &[("NODE_ID", "2")]);
@@ -511,6 +520,19 @@ fn the_entrypoint_renders_each_nodes_identity_at_boot() {
         read("usr/local/kafka/config/server.properties").contains("zookeeper.connect=zk-a:2181,zk-b:2181,zk-c:2181\n")
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("environment variable ZOO_MY_ID"));
+
+    // Bad input at boot is refused, saying why, before anything is written or started.
+    for (env, why) in [
+        (vec![("NODE_ID", "one")], "node id 'one' (from environment variable NODE_ID) is not a number"),
+        (vec![("PEERS", "0=a,1=a,2=b")], "two nodes have the address a"),
+        (vec![("PEERS", "0=a,0=b")], "PEERS names node 0 twice"),
+        (vec![("PEERS", "7=a")], "PEERS names node 7, which is not in the cluster"),
+        (vec![("PEERS", "zk-a")], "PEERS entry 'zk-a' is not ID=HOST"),
+    ] {
+        let out = render_node(&rootfs, &env);
+        assert_eq!(out.status.code(), Some(64), "{env:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(why), "{why}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 
     // An id outside the cluster is refused before anything is written.
     let out = render_node(&rootfs, &[("NODE_ID", "5")]);

@@ -165,7 +165,7 @@ fn bad_image_definitions_are_refused_before_any_work() {
         ),
         ("id = 2\n", "id = 1\n", "duplicate node id 1"),
         (
-            "self_item = \"server.{{id}}=0.0.0.0",
+            "self_item = \"server.{{id}}={{bind_address}}",
             "self_item = \"server.{{id}}={{nowhere}}",
             "`{{nowhere}}`, which is not defined",
         ),

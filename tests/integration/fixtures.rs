@@ -167,34 +167,65 @@ fn put_blob(dir: &Path, data: &[u8]) -> (String, usize) {
 /// A tiny base image (one layer with `/etc/os-release` and a `/bin` directory) as an OCI
 /// layout, as `skopeo copy` would write it. Returns the manifest digest per platform.
 pub fn base_layout(dir: &Path, platforms: &[&str]) -> Vec<(String, String)> {
+    let layers: Vec<(&str, Vec<u8>)> = platforms
+        .iter()
+        .map(|arch| {
+            let mut tar = tar::Builder::new(Vec::new());
+            for (path, data) in
+                [("etc/os-release", format!("ID=testbase\nARCH={arch}\n")), ("etc/hostname", "base\n".to_string())]
+            {
+                let mut h = tar::Header::new_ustar();
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                tar.append_data(&mut h, path, data.as_bytes()).unwrap();
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            tar.append_data(&mut h, "bin/", std::io::empty()).unwrap();
+            (*arch, tar.into_inner().unwrap())
+        })
+        .collect();
+    write_layout(dir, &layers)
+}
+
+/// An OCI layout whose one layer is the directory `root` (symlinks kept, entries sorted).
+pub fn layout_from_root(dir: &Path, root: &Path) -> String {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    fn walk(tar: &mut tar::Builder<Vec<u8>>, base: &Path, dir: &Path) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let rel = path.strip_prefix(base).unwrap();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            tar.append_path_with_name(&path, rel).unwrap();
+            if meta.is_dir() {
+                walk(tar, base, &path);
+            }
+        }
+    }
+    walk(&mut tar, root, root);
+    let raw = tar.into_inner().unwrap();
+    write_layout(dir, &[("amd64", raw)]).remove(0).1
+}
+
+/// Writes an OCI layout with one single-layer image per (architecture, uncompressed tar).
+fn write_layout(dir: &Path, images: &[(&str, Vec<u8>)]) -> Vec<(String, String)> {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut manifests = Vec::new();
     let mut out = Vec::new();
-    for arch in platforms {
-        let mut tar = tar::Builder::new(Vec::new());
-        for (path, data) in
-            [("etc/os-release", format!("ID=testbase\nARCH={arch}\n")), ("etc/hostname", "base\n".to_string())]
-        {
-            let mut h = tar::Header::new_ustar();
-            h.set_mode(0o644);
-            h.set_size(data.len() as u64);
-            tar.append_data(&mut h, path, data.as_bytes()).unwrap();
-        }
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        tar.append_data(&mut h, "bin/", std::io::empty()).unwrap();
-        let raw = tar.into_inner().unwrap();
+    for (arch, raw) in images {
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&raw).unwrap();
+        gz.write_all(raw).unwrap();
         let layer = gz.finish().unwrap();
         let (layer_digest, layer_size) = put_blob(dir, &layer);
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
             "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "BASE=1"] },
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&raw))] },
+            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(raw))] },
             "history": [{ "created": "2026-08-03T00:00:00Z", "created_by": "test base" }],
         });
         let (config_digest, config_size) = put_blob(dir, config.to_string().as_bytes());
