@@ -534,6 +534,36 @@ fn the_entrypoint_renders_each_nodes_identity_at_boot() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(why), "{why}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    // The kernel command line, then a NoCloud seed, then the hostname ordinal, come before the baked id.
+    let fresh = |rootfs: &Path| {
+        let _ = std::fs::remove_file(rootfs.join("var/lib/zookeeper/myid"));
+    };
+    let seed = rootfs.join("run/imgbuild/cidata");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(seed.join("meta-data"), "instance-id: zk-kafka-node-2\nimgbuild_node_id: 2\n").unwrap();
+    std::fs::create_dir_all(rootfs.join("proc")).unwrap();
+    std::fs::write(rootfs.join("proc/cmdline"), "console=ttyS0 imgbuild.node=0 quiet\n").unwrap();
+    for (env, expect) in [
+        (
+            vec![("IMGBUILD_SEED_DIRS", seed.to_str().unwrap())],
+            "node 0 of cluster zk-kafka (identity from kernel command line)",
+        ),
+        (vec![("IMGBUILD_SEED_DIRS", seed.to_str().unwrap()), ("HOSTNAME", "zk-1")], "node 0 of cluster"),
+    ] {
+        fresh(&rootfs);
+        let out = render_node(&rootfs, &env);
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expect), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_file(rootfs.join("proc/cmdline")).unwrap();
+    fresh(&rootfs);
+    let out = render_node(&rootfs, &[("IMGBUILD_SEED_DIRS", seed.to_str().unwrap()), ("HOSTNAME", "zk-1")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 2 of cluster zk-kafka (identity from NoCloud seed"));
+    fresh(&rootfs);
+    let out = render_node(&rootfs, &[("HOSTNAME", "zk-0")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 0 of cluster zk-kafka (identity from hostname zk-0)"));
+    assert_eq!(read("var/lib/zookeeper/myid"), "0\n");
+    fresh(&rootfs);
+
     // An id outside the cluster is refused before anything is written.
     let out = render_node(&rootfs, &[("NODE_ID", "5")]);
     assert_eq!(out.status.code(), Some(64));
