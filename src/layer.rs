@@ -107,7 +107,7 @@ pub fn recipe_layer(
     let input = store.open_blob(&source.hash)?;
     let total = input.metadata().at(&blob_path)?.len();
     let task = reporter.task(&format!("layer {recipe}"), Some(total));
-    let counted = CountingReader { inner: input, task: &*task };
+    let counted = CountingReader { inner: input, task };
     let archive_name = format!("{} ({})", source.file_name, recipe);
     let record =
         normalize_tarball(store, BufReader::with_capacity(256 * 1024, counted), &archive_name, unpack, settings)?;
@@ -115,12 +115,12 @@ pub fn recipe_layer(
     Ok((record, true))
 }
 
-struct CountingReader<'t, R> {
+struct CountingReader<R> {
     inner: R,
-    task: &'t dyn crate::progress::Task,
+    task: Box<dyn crate::progress::Task>,
 }
 
-impl<R: Read> Read for CountingReader<'_, R> {
+impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.task.advance(n as u64);
@@ -131,7 +131,7 @@ impl<R: Read> Read for CountingReader<'_, R> {
 /// Streams a (possibly gzipped) tarball into a normalized layer blob in the store.
 pub fn normalize_tarball(
     store: &Store,
-    mut input: impl io::BufRead,
+    mut input: impl io::BufRead + Send + 'static,
     archive: &str,
     unpack: &Unpack,
     settings: &LayerSettings,
@@ -139,7 +139,7 @@ pub fn normalize_tarball(
     let bad = |message: String| Error::BadArchive { archive: archive.to_string(), message };
     let magic = input.fill_buf().map_err(|e| bad(format!("cannot read: {e}")))?;
     let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(input))
+        Box::new(inflate_in_background(flate2::bufread::MultiGzDecoder::new(input)))
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z'])
         || magic.starts_with(b"BZh")
         || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
@@ -164,6 +164,55 @@ pub fn normalize_tarball(
         })?;
     }
     sink.finish(store, archive)
+}
+
+/// Runs a reader (the source's gunzip) on its own thread, so inflating overlaps with hashing
+/// and compressing; a few 256 KiB buffers are in flight at most.
+fn inflate_in_background(mut source: impl Read + Send + 'static) -> ChannelReader {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        let result = match source.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+        let failed = result.is_err();
+        // The receiver is gone when the layer failed for another reason: stop quietly.
+        if tx.send(result).is_err() || failed {
+            return;
+        }
+    });
+    ChannelReader { rx, current: Vec::new(), pos: 0 }
+}
+
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(next)) => {
+                    self.current = next;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the source ended
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 enum Normalize {

@@ -23,6 +23,10 @@ pub struct ImageChoice {
     /// Compression threads (only the speed changes, never the bytes) [default: every core]
     #[arg(long, env = "IMGBUILD_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// gzip level of the layers, 1 (fastest) to 9 (smallest); part of every layer's digest
+    #[arg(long, env = "IMGBUILD_LEVEL", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=9),
+          default_value_t = DEFAULT_LEVEL)]
+    pub level: u8,
 }
 
 #[derive(clap::Args)]
@@ -75,7 +79,7 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
     }
     Ok(BuildSettings {
         platforms,
-        layer: LayerSettings { epoch: source_date_epoch()?, level: DEFAULT_LEVEL, threads },
+        layer: LayerSettings { epoch: source_date_epoch()?, level: choice.level, threads },
         fetch: global.fetch_settings()?,
     })
 }
