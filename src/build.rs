@@ -288,12 +288,17 @@ pub fn build(
     for platform in &settings.platforms {
         per_platform.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
     }
-    let cluster_layer = own_layer(
+    let mut shared = Vec::new();
+    if let Some(files) = crate::node::runtime_layer_files(def) {
+        let version = env!("CARGO_PKG_VERSION");
+        shared.push(own_layer(store, &files, &settings.layer, format!("imgbuild {version} runtime (entrypoint)"))?);
+    }
+    shared.push(own_layer(
         store,
         &crate::node::cluster_layer_files(def),
         &settings.layer,
-        format!("imgbuild cluster {} (entrypoint, templates, topology)", def.name),
-    )?;
+        format!("imgbuild cluster {} (templates, topology)", def.name),
+    )?);
     let mut images = Vec::new();
     for node in &nodes {
         reporter.status(&format!("node {}", node.id));
@@ -306,7 +311,7 @@ pub fn build(
         let mut written = Vec::new();
         for inputs in &per_platform {
             let mut layers = inputs.layers.clone();
-            layers.push(cluster_layer.clone());
+            layers.extend(shared.iter().cloned());
             layers.push(identity_layer.clone());
             let mut annotations = BTreeMap::new();
             if let Some(b) = &inputs.base {

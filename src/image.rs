@@ -124,7 +124,6 @@ pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenIma
             HistoryBuilder::default()
                 .created(created.clone())
                 .created_by(layer.created_by.clone())
-                .comment("imgbuild")
                 .build()
                 .map_err(spec_err)?,
         );

@@ -403,7 +403,8 @@ pub fn generated_layer(
     // One sorted list of directories and files, so parents precede children.
     let mut all: BTreeMap<String, Option<&GeneratedEntry>> = dirs.into_iter().map(|d| (d, None)).collect();
     all.extend(files.iter().map(|(p, e)| (p.clone(), Some(e))));
-    let single = LayerSettings { threads: 1, ..settings.clone() };
+    // These layers are a few KiB: the best compression costs nothing and saves bytes on every push.
+    let single = LayerSettings { threads: 1, level: 9, ..settings.clone() };
     let mut sink = LayerSink::new(store, &single)?;
     for (path, entry) in &all {
         let result = match entry {

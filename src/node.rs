@@ -1,8 +1,10 @@
-//! The two small layers imgbuild writes itself.
+//! The small layers imgbuild writes itself, from the most to the least widely shared:
 //!
-//! - The *cluster layer*, shared by every node: the entrypoint (`imgbuild-init`), the cluster
-//!   definition as a shell-readable file, and the configuration templates.
-//! - The *identity layer*, one per node: only the id baked by `imgbuild node --id N`, which
+//! - the *runtime layer*: the entrypoint (`imgbuild-init`), the same for every cluster built by
+//!   one imgbuild version;
+//! - the *cluster layer*, shared by every node: the cluster definition as a shell-readable file
+//!   and the configuration templates (a change of topology changes only this layer);
+//! - the *identity layer*, one per node: only the id baked by `imgbuild node --id N`, which
 //!   the entrypoint uses last, after what the node learns at boot.
 
 use std::collections::BTreeMap;
@@ -70,15 +72,17 @@ pub fn cluster_env(def: &ImageDef) -> String {
     lines.join("\n")
 }
 
-/// Files of the layer every node shares.
+/// Files of the runtime layer, or `None` when the image has an entrypoint of its own.
+pub fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedEntry>> {
+    (def.config.entrypoint.first().map(String::as_str) == Some(DEFAULT_ENTRYPOINT)).then(|| {
+        let entry = GeneratedEntry::File { data: ENTRYPOINT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
+        BTreeMap::from([(DEFAULT_ENTRYPOINT.trim_start_matches('/').to_string(), entry)])
+    })
+}
+
+/// Files of the layer every node of the cluster shares.
 pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
     let mut files = BTreeMap::new();
-    if def.config.entrypoint.first().map(String::as_str) == Some(DEFAULT_ENTRYPOINT) {
-        files.insert(
-            DEFAULT_ENTRYPOINT.trim_start_matches('/').to_string(),
-            GeneratedEntry::File { data: ENTRYPOINT_SCRIPT.as_bytes().to_vec(), mode: 0o755 },
-        );
-    }
     files.insert(
         format!("{CONF_DIR}/cluster.env"),
         GeneratedEntry::File { data: cluster_env(def).into_bytes(), mode: 0o644 },

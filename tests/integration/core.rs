@@ -47,14 +47,14 @@ fn builds_every_node_sharing_all_but_a_tiny_identity_layer() {
     let manifests: Vec<_> = ["node-0", "node-1", "node-2"].iter().map(|t| manifest_of(&layout, t)).collect();
     let layers: Vec<Vec<serde_json::Value>> =
         manifests.iter().map(|m| m["layers"].as_array().unwrap().clone()).collect();
-    // base + jdk + zookeeper + kafka + cluster + identity
-    assert_eq!(layers[0].len(), 6);
+    // base + jdk + zookeeper + kafka + runtime + cluster + identity
+    assert_eq!(layers[0].len(), 7);
     for other in &layers[1..] {
-        assert_eq!(other[..5], layers[0][..5], "all nodes share every layer but the last");
-        assert_ne!(other[5]["digest"], layers[0][5]["digest"], "identity layers differ");
+        assert_eq!(other[..6], layers[0][..6], "all nodes share every layer but the last");
+        assert_ne!(other[6]["digest"], layers[0][6]["digest"], "identity layers differ");
     }
     for l in &layers {
-        let size = l[5]["size"].as_u64().unwrap();
+        let size = l[6]["size"].as_u64().unwrap();
         assert!(size < 1024, "identity layer is tiny, got {size} bytes");
     }
     // The summary reports the same digests the layout holds.
@@ -110,7 +110,7 @@ fn builds_every_node_sharing_all_but_a_tiny_identity_layer() {
         for tag in ["node-0", "node-1", "node-2"] {
             let info = tool(Command::new("skopeo").args(["inspect", &format!("oci:{}:{tag}", layout.display())]));
             let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-            assert_eq!(info["Layers"].as_array().unwrap().len(), 6);
+            assert_eq!(info["Layers"].as_array().unwrap().len(), 7);
             assert_eq!(info["Architecture"], "amd64");
         }
         // skopeo converts it, and the copy keeps the layer digests.
@@ -280,6 +280,23 @@ fn source_date_epoch_sets_every_timestamp() {
 }
 
 #[test]
+fn the_compression_level_changes_digests_but_never_the_content() {
+    let p = TestProject::new();
+    p.add_base();
+    let fast = json(&p.run(&["--json", "node", "--id", "0", "--out", "fast"]));
+    let small = json(&p.run(&["--json", "node", "--id", "0", "--level", "9", "--out", "small"]));
+    let layers = |v: &serde_json::Value| v["nodes"][0]["platforms"][0]["layers"].as_array().unwrap().clone();
+    let (fast, small) = (layers(&fast), layers(&small));
+    // The recipe layers (after the base): other bytes, smaller, the very same tar inside.
+    for i in 1..4 {
+        assert_ne!(fast[i]["digest"], small[i]["digest"]);
+        assert_eq!(fast[i]["diff_id"], small[i]["diff_id"]);
+        assert!(small[i]["size"].as_u64() <= fast[i]["size"].as_u64());
+    }
+    assert_exit(&p.run(&["node", "--id", "0", "--level", "0"]), 2);
+}
+
+#[test]
 fn multi_platform_build_writes_one_index_per_node() {
     let p = TestProject::new();
     p.add_base();
@@ -342,7 +359,7 @@ fn docker_archive_is_readable_as_docker_archive() {
     }
     let manifest: serde_json::Value = serde_json::from_str(&manifest.expect("manifest.json")).unwrap();
     assert_eq!(manifest[0]["RepoTags"][0], "zk-kafka:node-1");
-    assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), 6);
+    assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), 7);
     for layer in manifest[0]["Layers"].as_array().unwrap() {
         assert!(names.contains(&layer.as_str().unwrap().to_string()));
     }

@@ -27,11 +27,11 @@ fn push_all_is_incremental_and_every_node_reads_back() {
     let repo = format!("{}/seed/zk-kafka", registry.host());
     let first = json(&p.run(&["--json", "push", "--insecure", "--all", &repo]));
     let node0 = pushed(&first, 0);
-    assert_eq!(node0["blobs_uploaded"], 7, "base + 3 recipes + cluster + identity + config: {first}");
+    assert_eq!(node0["blobs_uploaded"], 8, "base + 3 recipes + runtime + cluster + identity + config: {first}");
     for i in 1..3 {
         let n = pushed(&first, i);
         assert_eq!(n["blobs_uploaded"], 2, "only the identity layer and the config: {n}");
-        assert_eq!(n["blobs_skipped"], 5);
+        assert_eq!(n["blobs_skipped"], 6);
         assert!(n["bytes_uploaded"].as_u64().unwrap() < 16 * 1024, "{n}");
     }
     // Nothing changed: nothing is uploaded again.
@@ -100,7 +100,7 @@ fn pushing_to_a_sibling_repository_mounts_instead_of_uploading() {
     let second =
         json(&p.run(&["--json", "push", "--insecure", "--id", "1", &format!("{}/team/b:one", registry.host())]));
     let n = pushed(&second, 0);
-    assert_eq!(n["blobs_mounted"], 7, "{n}");
+    assert_eq!(n["blobs_mounted"], 8, "{n}");
     assert_eq!(n["bytes_uploaded"], 0, "{n}");
     assert!(n["reference"].as_str().unwrap().contains("/team/b:one@sha256:"));
 }
@@ -125,7 +125,7 @@ fn chunked_uploads_and_a_flaky_registry_still_give_the_same_image() {
     if have_tool("skopeo") {
         // Read back through the registry itself, not the proxy.
         let raw = skopeo_inspect(&registry, &format!("{}/flaky/zk:node-0", registry.host()), true);
-        assert_eq!(raw["layers"].as_array().unwrap().len(), 6);
+        assert_eq!(raw["layers"].as_array().unwrap().len(), 7);
         let copy = p.path("copy");
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--src-tls-verify=false"]);
@@ -158,7 +158,7 @@ fn basic_auth_over_tls_and_no_secret_ever_shows() {
 
     let ok = push_with(PASSWORD, &["--ca-file", ca.to_str().unwrap()]);
     let summary = json(&ok);
-    assert_eq!(pushed(&summary, 0)["blobs_uploaded"], 7);
+    assert_eq!(pushed(&summary, 0)["blobs_uploaded"], 8);
     outputs.push(ok);
 
     let wrong = push_with("not-the-password", &["--ca-file", ca.to_str().unwrap()]);
@@ -288,10 +288,10 @@ fn bearer_tokens_are_fetched_for_the_scopes_a_push_needs() {
             .unwrap()
     };
     let first = json(&push("bearer/a", PASSWORD));
-    assert_eq!(pushed(&first, 0)["blobs_uploaded"], 7);
+    assert_eq!(pushed(&first, 0)["blobs_uploaded"], 8);
     // A sibling repository: the token must also grant pull on the source of the mounts.
     let second = json(&push("bearer/b", PASSWORD));
-    assert_eq!(pushed(&second, 0)["blobs_mounted"], 7, "{second}");
+    assert_eq!(pushed(&second, 0)["blobs_mounted"], 8, "{second}");
     let scopes = tokens.scopes.lock().unwrap().clone();
     assert!(scopes.contains(&"repository:bearer/a:pull,push".to_string()), "{scopes:?}");
     assert!(scopes.contains(&"repository:bearer/a:pull".to_string()), "{scopes:?}");

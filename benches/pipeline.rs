@@ -1,0 +1,511 @@
+//! `cargo bench`: imgbuild against the baseline pipeline, on generated inputs shaped and sized
+//! like the real JDK (about 100 MB compressed, 200 MB unpacked, thousands of files), ZooKeeper
+//! (about 35 MB) and Kafka (about 50 MB). Prints a Markdown report; BENCHMARKS.md keeps one.
+//!
+//! Set IMGBUILD_BENCH_QUICK=1 for a smaller run (a quarter of the sizes, no 1 GB input).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+
+/// Deterministic pseudo-random bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn noise(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Text like source, properties and HTML: compresses to roughly a quarter.
+    fn text(&mut self, len: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "java",
+            "lang",
+            "Object",
+            "class",
+            "public",
+            "static",
+            "final",
+            "void",
+            "org",
+            "apache",
+            "zookeeper",
+            "kafka",
+            "server",
+            "quorum",
+            "broker",
+            "config",
+            "<div>",
+            "</div>",
+            "return",
+            "import",
+            "String",
+            "new",
+            "{",
+            "}",
+            ";",
+        ];
+        let mut out = Vec::with_capacity(len + 32);
+        while out.len() < len {
+            let n = self.next();
+            out.extend_from_slice(WORDS[(n % WORDS.len() as u64) as usize].as_bytes());
+            out.push(if n.is_multiple_of(7) { b'\n' } else { b' ' });
+            if n.is_multiple_of(5) {
+                out.extend_from_slice((n % 100_000).to_string().as_bytes());
+            }
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+struct Input {
+    name: &'static str,
+    recipe: &'static str,
+    prefix: &'static str,
+    file: String,
+    unpacked: u64,
+}
+
+/// A tarball under `top/` with `files` files whose sizes and contents the seed decides; about
+/// `random_share` of the bytes are incompressible (jars, native code), the rest text.
+fn make_tarball(path: &Path, top: &str, total: usize, files: usize, random_share: f64, seed: u64) -> u64 {
+    let mut rng = Rng(seed);
+    let file = std::fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut written = 0u64;
+    // One large file (like lib/modules or a fat jar), the rest many small ones.
+    let big = total / 3;
+    let small_avg = (total - big) / files.max(1);
+    for i in 0..=files {
+        let len = if i == 0 { big } else { ((rng.next() % (2 * small_avg as u64)) as usize).max(16) };
+        let data = if (rng.next() % 1000) as f64 / 1000.0 < random_share { rng.noise(len) } else { rng.text(len) };
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(if i.is_multiple_of(10) { 0o755 } else { 0o644 });
+        h.set_mtime(1_500_000_000);
+        let dir = format!("d{}/s{}", i % 37, i % 11);
+        tar.append_data(&mut h, format!("{top}/{dir}/file{i}.bin"), &data[..]).unwrap();
+        written += data.len() as u64;
+    }
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    written
+}
+
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a shell command; returns wall time.
+fn timed_sh(script: &str) -> Duration {
+    let start = Instant::now();
+    let status = Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success(), "failed: {script}");
+    start.elapsed()
+}
+
+/// Runs imgbuild under GNU time; returns wall time, peak RSS in KiB and stdout.
+fn imgbuild(project: &Path, store: &Path, mirror: &Path, threads: usize, args: &[&str]) -> (Duration, u64, String) {
+    let rss_file = project.join("rss.txt");
+    let start = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss_file)
+        .arg(BIN)
+        .args(["--offline", "--json", "--project"])
+        .arg(project)
+        .arg("--store")
+        .arg(store)
+        .arg("--mirror")
+        .arg(mirror)
+        .args(args)
+        .env("IMGBUILD_THREADS", threads.to_string())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    let wall = start.elapsed();
+    assert!(out.status.success(), "imgbuild {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let rss = std::fs::read_to_string(&rss_file).unwrap().trim().lines().last().unwrap().parse().unwrap();
+    (wall, rss, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn blob_bytes(store: &Path) -> u64 {
+    let mut total = 0;
+    for algo in ["sha256", "sha512"] {
+        if let Ok(entries) = std::fs::read_dir(store.join("blobs").join(algo)) {
+            total += entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum::<u64>();
+        }
+    }
+    total
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn rate(bytes: u64, d: Duration) -> String {
+    format!("{:.0} MB/s", mb(bytes) / d.as_secs_f64())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The built-in cluster's definition, without the base image (which cannot be fetched here),
+/// and recipes with the seed's names pinned to the generated inputs.
+fn write_project(project: &Path, inputs: &[Input], mirror: &Path, extra_node: bool) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(project.join("recipes")).unwrap();
+    std::fs::create_dir_all(project.join("images/zk-kafka")).unwrap();
+    for t in ["zoo.cfg", "myid", "server.properties"] {
+        std::fs::copy(repo.join("images/zk-kafka").join(t), project.join("images/zk-kafka").join(t)).unwrap();
+    }
+    let mut def: String = std::fs::read_to_string(repo.join("images/zk-kafka.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("base = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    def.push('\n');
+    if extra_node {
+        def.push_str("\n[[cluster.node]]\nid = 3\nhost = \"127.0.1.4\"\n");
+    }
+    std::fs::write(project.join("images/zk-kafka.toml"), def).unwrap();
+    for i in inputs {
+        let hash = sha256_file(&mirror.join(&i.file));
+        let platform = if i.recipe == "temurin-jdk8" { "platform = \"linux/amd64\"\n" } else { "" };
+        let recipe = format!(
+            "name = \"{}\"\nversion = \"bench\"\n\n[[source]]\n{platform}url = \"https://bench.invalid/{}\"\nsha256 = \"{hash}\"\n\n[unpack]\nstrip_components = 1\nprefix = \"{}\"\n",
+            i.recipe, i.file, i.prefix
+        );
+        std::fs::write(project.join("recipes").join(format!("{}.toml", i.recipe)), recipe).unwrap();
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes harness=false benches
+    }
+    let quick = std::env::var("IMGBUILD_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let scale = if quick { 4 } else { 1 };
+    for tool in ["/usr/bin/time", "gzip", "pigz", "tar", "sha256sum"] {
+        assert!(have(tool), "the benchmark needs {tool} (run .ci/install)");
+    }
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench");
+    let _ = std::fs::remove_dir_all(&work);
+    let mirror = work.join("inputs");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let mut report = String::new();
+    let mut line = |s: String| {
+        println!("{s}");
+        report.push_str(&s);
+        report.push('\n');
+    };
+
+    eprintln!("generating inputs…");
+    let mut inputs = vec![
+        Input {
+            name: "JDK",
+            recipe: "temurin-jdk8",
+            prefix: "/opt/java/openjdk",
+            file: "jdk.tar.gz".into(),
+            unpacked: 0,
+        },
+        Input {
+            name: "ZooKeeper",
+            recipe: "zookeeper",
+            prefix: "/usr/local/zookeeper",
+            file: "zookeeper.tar.gz".into(),
+            unpacked: 0,
+        },
+        Input { name: "Kafka", recipe: "kafka", prefix: "/usr/local/kafka", file: "kafka.tgz".into(), unpacked: 0 },
+    ];
+    let shapes = [(200_000_000, 6000, 0.45, 1), (42_000_000, 400, 0.75, 2), (54_000_000, 300, 0.85, 3)];
+    for (input, (total, files, random, seed)) in inputs.iter_mut().zip(shapes) {
+        input.unpacked = make_tarball(&mirror.join(&input.file), "top-1.0", total / scale, files / scale, random, seed);
+    }
+    let unpacked: u64 = inputs.iter().map(|i| i.unpacked).sum();
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    line(format!("## imgbuild benchmark ({} cores, {cpu})\n", nproc));
+    line("| input | compressed | unpacked |\n|---|---|---|".into());
+    for i in &inputs {
+        let size = std::fs::metadata(mirror.join(&i.file)).unwrap().len();
+        line(format!("| {} | {:.1} MB | {:.1} MB |", i.name, mb(size), mb(i.unpacked)));
+    }
+
+    // The machine's limits on the same data.
+    let raw = work.join("all.tar");
+    let cat: Vec<String> = inputs.iter().map(|i| format!("gzip -dc {}", mirror.join(&i.file).display())).collect();
+    timed_sh(&format!("({}) > {}", cat.join("; "), raw.display()));
+    let raw_len = std::fs::metadata(&raw).unwrap().len();
+    line(format!("\n### The machine on the same {:.0} MB (uncompressed tar, page cache)\n", mb(raw_len)));
+    line("| tool | throughput |\n|---|---|".into());
+    let mut limits = vec![
+        ("sha256sum", format!("sha256sum {}", raw.display())),
+        ("gzip -1 -n", format!("gzip -1 -n -c {} >/dev/null", raw.display())),
+        ("gzip -6 -n", format!("gzip -6 -n -c {} >/dev/null", raw.display())),
+        ("pigz -1 -n (all cores)", format!("pigz -1 -n -c {} >/dev/null", raw.display())),
+        ("pigz -6 -n (all cores)", format!("pigz -6 -n -c {} >/dev/null", raw.display())),
+        ("gzip -d", format!("gzip -dc {} >/dev/null", mirror.join("jdk.tar.gz").display())),
+    ];
+    if have("zstd") {
+        limits.push(("zstd -3", format!("zstd -3 -q -c {} >/dev/null", raw.display())));
+    }
+    let (mut pigz1, mut pigz6) = (Duration::ZERO, Duration::ZERO);
+    for (name, script) in &limits {
+        let d = timed_sh(script);
+        match *name {
+            "pigz -1 -n (all cores)" => pigz1 = d,
+            "pigz -6 -n (all cores)" => pigz6 = d,
+            _ => {}
+        }
+        let bytes = if *name == "gzip -d" { inputs[0].unpacked } else { raw_len };
+        line(format!("| {name} | {} |", rate(bytes, d)));
+    }
+
+    // The baseline pipeline, per input: extract, re-tar normalized, compress, hash.
+    line("\n### Cold build of the three-node cluster\n".into());
+    line("| pipeline | wall time | vs `gzip -n` baseline |\n|---|---|---|".into());
+    let baseline = |compressor: &str| -> Duration {
+        let mut total = Duration::ZERO;
+        for i in &inputs {
+            let x = work.join("extract");
+            let _ = std::fs::remove_dir_all(&x);
+            std::fs::create_dir_all(&x).unwrap();
+            total += timed_sh(&format!(
+                "tar -xzf {} -C {x} && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C {x} -c . | {compressor} | sha256sum",
+                mirror.join(&i.file).display(),
+                x = x.display()
+            ));
+        }
+        total
+    };
+    let base_gzip = baseline("gzip -n");
+    let rows = [
+        ("tar + `gzip -n` + sha256sum (baseline)", base_gzip),
+        ("tar + `gzip -1 -n` + sha256sum", baseline("gzip -1 -n")),
+        ("tar + `pigz -n` + sha256sum", baseline("pigz -n")),
+        ("tar + `pigz -1 -n` + sha256sum", baseline("pigz -1 -n")),
+    ];
+    for (name, d) in rows {
+        line(format!("| {name} | {:.2} s | {:.2} |", d.as_secs_f64(), d.as_secs_f64() / base_gzip.as_secs_f64()));
+    }
+    if have("umoci") {
+        let layout = work.join("umoci-layout");
+        let mut total = Duration::ZERO;
+        timed_sh(&format!("umoci init --layout {l} && umoci new --image {l}:b", l = layout.display()));
+        for i in &inputs {
+            let x = work.join("extract");
+            let _ = std::fs::remove_dir_all(&x);
+            std::fs::create_dir_all(&x).unwrap();
+            total += timed_sh(&format!(
+                "tar -xzf {} -C {x} && umoci insert --rootless --image {l}:b {x} {p}",
+                mirror.join(&i.file).display(),
+                x = x.display(),
+                l = layout.display(),
+                p = i.prefix
+            ));
+        }
+        line(format!(
+            "| tar + `umoci insert` | {:.2} s | {:.2} |",
+            total.as_secs_f64(),
+            total.as_secs_f64() / base_gzip.as_secs_f64()
+        ));
+    }
+
+    let project = work.join("project");
+    write_project(&project, &inputs, &mirror, false);
+    let mut cold = Vec::new();
+    for threads in [1, nproc] {
+        let store = work.join(format!("store-cold-{threads}"));
+        let (d, rss, _) =
+            imgbuild(&project, &store, &mirror, threads, &["build", "--out", work.join("out").to_str().unwrap()]);
+        line(format!(
+            "| imgbuild, {threads} thread(s) | {:.2} s | {:.2} |",
+            d.as_secs_f64(),
+            d.as_secs_f64() / base_gzip.as_secs_f64()
+        ));
+        cold.push((threads, d, rss));
+    }
+    // The same at level 6, to compare with gzip and pigz at their default level.
+    let (level6, _, _) = imgbuild(
+        &project,
+        &work.join("store-level6"),
+        &mirror,
+        nproc,
+        &["build", "--level", "6", "--out", work.join("out6").to_str().unwrap()],
+    );
+    line(format!(
+        "| imgbuild `--level 6`, {nproc} thread(s) | {:.2} s | {:.2} |",
+        level6.as_secs_f64(),
+        level6.as_secs_f64() / base_gzip.as_secs_f64()
+    ));
+    let (_, cold_all, cold_rss) = cold[cold.len() - 1];
+    line(format!(
+        "\nLayer throughput (unpacked bytes per second, all cores): imgbuild {}; `pigz -1 -n` compressing alone {} ({:.0}%).",
+        rate(unpacked, cold_all),
+        rate(raw_len, pigz1),
+        100.0 * (mb(unpacked) / cold_all.as_secs_f64()) / (mb(raw_len) / pigz1.as_secs_f64())
+    ));
+    line(format!("Per core (1 thread): {}.", rate(unpacked, cold[0].1)));
+    line(format!(
+        "At level 6: imgbuild {}, `pigz -6 -n` compressing alone {}.",
+        rate(unpacked, level6),
+        rate(raw_len, pigz6)
+    ));
+
+    // Warm rebuild and a fourth node, from the store the cold build filled.
+    let store = work.join(format!("store-cold-{nproc}"));
+    let warm: Vec<Duration> = (0..7)
+        .map(|_| imgbuild(&project, &store, &mirror, nproc, &["build", "--out", work.join("out").to_str().unwrap()]).0)
+        .collect();
+    let (_, _, json) =
+        imgbuild(&project, &store, &mirror, nproc, &["build", "--out", work.join("out").to_str().unwrap()]);
+    assert!(json.contains("\"layers_built\": 0"), "warm build rebuilt layers");
+    let before = blob_bytes(&store);
+    let project4 = work.join("project-4");
+    write_project(&project4, &inputs, &mirror, true);
+    let (fourth, _, _) =
+        imgbuild(&project4, &store, &mirror, nproc, &["build", "--out", work.join("out4").to_str().unwrap()]);
+    let added = blob_bytes(&store) - before;
+    line("\n### Rebuilds\n".into());
+    line("| case | wall time | new blobs | goal |\n|---|---|---|---|".into());
+    line(format!(
+        "| warm rebuild, nothing changed (median of 7) | {:.0} ms | 0 B | < 50 ms |",
+        median(warm).as_secs_f64() * 1000.0
+    ));
+    line(format!(
+        "| a fourth node added to the cluster | {:.0} ms | {:.1} KiB | < 100 ms, < 16 KiB |",
+        fourth.as_secs_f64() * 1000.0,
+        added as f64 / 1024.0
+    ));
+
+    // Peak memory, for this input and for one five times larger.
+    line("\n### Peak memory (max RSS)\n".into());
+    line("| input | peak RSS | goal |\n|---|---|---|".into());
+    line(format!("| the cluster, {:.0} MB unpacked | {:.1} MiB | < 64 MiB |", mb(unpacked), cold_rss as f64 / 1024.0));
+    if !quick {
+        let big = [Input {
+            name: "1 GB",
+            recipe: "temurin-jdk8",
+            prefix: "/opt/big",
+            file: "big.tar.gz".into(),
+            unpacked: 0,
+        }];
+        let big_mirror = work.join("big-inputs");
+        std::fs::create_dir_all(&big_mirror).unwrap();
+        let mut big = big;
+        big[0].unpacked = make_tarball(&big_mirror.join("big.tar.gz"), "big-1.0", 1_000_000_000, 20_000, 0.5, 9);
+        let mut inputs_big: Vec<Input> = Vec::new();
+        for i in &inputs[1..] {
+            std::fs::copy(mirror.join(&i.file), big_mirror.join(&i.file)).unwrap();
+            inputs_big.push(Input {
+                name: i.name,
+                recipe: i.recipe,
+                prefix: i.prefix,
+                file: i.file.clone(),
+                unpacked: i.unpacked,
+            });
+        }
+        inputs_big.insert(0, big.into_iter().next().unwrap());
+        let project_big = work.join("project-big");
+        write_project(&project_big, &inputs_big, &big_mirror, false);
+        let (d, rss, _) = imgbuild(
+            &project_big,
+            &work.join("store-big"),
+            &big_mirror,
+            nproc,
+            &["build", "--out", work.join("out-big").to_str().unwrap()],
+        );
+        line(format!(
+            "| the cluster with a {:.0} MB JDK layer ({:.2} s, {}) | {:.1} MiB | < 64 MiB |",
+            mb(inputs_big[0].unpacked),
+            d.as_secs_f64(),
+            rate(inputs_big.iter().map(|i| i.unpacked).sum(), d),
+            rss as f64 / 1024.0
+        ));
+    }
+
+    // Pushing to a registry on loopback.
+    if have("docker-registry") {
+        line("\n### Push to a local registry (docker-registry on 127.0.0.1)\n".into());
+        line("| push | uploaded | blobs uploaded / skipped | wall time | goal |\n|---|---|---|---|---|".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let regdir = work.join("registry");
+        std::fs::create_dir_all(&regdir).unwrap();
+        std::fs::write(
+            regdir.join("config.yml"),
+            format!("version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", regdir.join("data").display()),
+        )
+        .unwrap();
+        let mut registry = Command::new("docker-registry")
+            .arg("serve")
+            .arg(regdir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let repo = format!("127.0.0.1:{port}/bench/zk-kafka");
+        for (case, id, goal) in [
+            ("first node", "0", ""),
+            ("second node", "1", "< 16 KiB"),
+            ("second node again, unchanged", "1", "0 blobs"),
+        ] {
+            let (d, _, out) = imgbuild(&project, &store, &mirror, nproc, &["push", "--insecure", "--id", id, &repo]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let p = &v["pushed"][0];
+            line(format!(
+                "| {case} | {:.1} KiB | {} / {} | {:.2} s | {goal} |",
+                p["bytes_uploaded"].as_u64().unwrap() as f64 / 1024.0,
+                p["blobs_uploaded"],
+                p["blobs_skipped"],
+                d.as_secs_f64()
+            ));
+        }
+        let _ = registry.kill();
+        let _ = registry.wait();
+    }
+
+    let out = work.join("BENCHMARKS-run.md");
+    std::fs::write(&out, &report).unwrap();
+    eprintln!("\nreport written to {}", out.display());
+}
