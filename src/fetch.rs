@@ -43,6 +43,8 @@ enum AttemptError {
     Mismatch(Error),
     /// Nothing usable: the next URL may have it.
     Failed(String),
+    /// This machine could not write (disk full, read-only store): no other URL can help.
+    Local(Error),
 }
 
 impl<'a> Fetcher<'a> {
@@ -97,6 +99,7 @@ impl<'a> Fetcher<'a> {
                         mismatch.get_or_insert(e);
                     }
                     Err(AttemptError::Failed(why)) => reasons.push(format!("{url}: {why}")),
+                    Err(AttemptError::Local(e)) => return Err(e),
                 }
             }
         } else {
@@ -127,10 +130,11 @@ impl<'a> Fetcher<'a> {
                     return self.store.commit_file(&partial, found, Some(&source.hash), url).map(|_| ()).map_err(|e| {
                         match e {
                             e @ Error::HashMismatch { .. } => AttemptError::Mismatch(e),
-                            other => AttemptError::Failed(other.to_string()),
+                            other => AttemptError::Local(other),
                         }
                     });
                 }
+                Err(Transfer::Local(e)) => return Err(AttemptError::Local(e)),
                 Err(Transfer::Fatal(why)) => return Err(AttemptError::Failed(why)),
                 Err(Transfer::Retry(why)) => last = why,
             }
@@ -223,6 +227,10 @@ impl<'a> Fetcher<'a> {
         let result = self.download_once(url, &temp, algorithm);
         let hash = match result {
             Ok(h) => h,
+            Err(Transfer::Local(e)) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
             Err(Transfer::Fatal(why) | Transfer::Retry(why)) => {
                 let _ = std::fs::remove_file(&temp);
                 return Err(Error::MissingInputs(vec![MissingInput {
@@ -244,10 +252,12 @@ impl<'a> Fetcher<'a> {
 enum Transfer {
     Retry(String),
     Fatal(String),
+    /// Writing the download on this machine failed.
+    Local(Error),
 }
 
 fn io_fatal(path: &Path, e: io::Error) -> Transfer {
-    Transfer::Fatal(format!("{}: {e}", path.display()))
+    Transfer::Local(Error::io(path, e))
 }
 
 fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {

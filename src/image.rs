@@ -31,6 +31,7 @@ pub struct ImageLayer {
 /// A base image taken from the store, its layers used as they are.
 pub struct BaseImage {
     pub manifest_digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
     pub config: ImageConfiguration,
     pub layers: Vec<ImageLayer>,
 }
@@ -64,7 +65,7 @@ impl BaseImage {
                 created_by: format!("base layer {i}"),
             });
         }
-        Ok(BaseImage { manifest_digest: *manifest_digest, config, layers })
+        Ok(BaseImage { manifest_digest: *manifest_digest, config_digest, config, layers })
     }
 
     /// The base's environment as ordered pairs.

@@ -35,7 +35,12 @@ pub struct LayerSettings {
     pub level: u8,
     /// Compression threads; changes speed only, never bytes.
     pub threads: usize,
+    /// Largest unpacked size of one source: a gzip bomb stops here (`IMGBUILD_MAX_UNPACKED`).
+    pub max_unpacked: u64,
 }
+
+/// 32 GiB: many times the largest JDK, far below what fills a disk by surprise.
+pub const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
 
 /// The cache key of a recipe layer: everything that decides its bytes.
 pub fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> Sha256Digest {
@@ -139,7 +144,7 @@ pub fn normalize_tarball(
     let bad = |message: String| Error::BadArchive { archive: archive.to_string(), message };
     let magic = input.fill_buf().map_err(|e| bad(format!("cannot read: {e}")))?;
     let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(inflate_in_background(flate2::bufread::MultiGzDecoder::new(input)))
+        Box::new(inflate_in_background(flate2::bufread::MultiGzDecoder::new(input), settings.max_unpacked))
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z'])
         || magic.starts_with(b"BZh")
         || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
@@ -157,10 +162,10 @@ pub fn normalize_tarball(
     let mut tar_in = tar::Archive::new(reader);
     let entries = tar_in.entries().map_err(|e| bad(format!("not a tar archive: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
+        let mut entry = entry.map_err(|e| bad(read_failure(&e)))?;
         normalizer.append(&mut entry, &mut sink.tar).map_err(|e| match e {
             Normalize::Refuse { entry, reason } => Error::UnsafeEntry { archive: archive.to_string(), entry, reason },
-            Normalize::Read(e) => bad(format!("corrupt tar stream: {e}")),
+            Normalize::Read(e) => bad(read_failure(&e)),
         })?;
     }
     sink.finish(store, archive)
@@ -168,13 +173,19 @@ pub fn normalize_tarball(
 
 /// Runs a reader (the source's gunzip) on its own thread, so inflating overlaps with hashing
 /// and compressing; a few 256 KiB buffers are in flight at most.
-fn inflate_in_background(mut source: impl Read + Send + 'static) -> ChannelReader {
+fn inflate_in_background(mut source: impl Read + Send + 'static, limit: u64) -> ChannelReader {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let mut total = 0u64;
     std::thread::spawn(move || loop {
         let mut buf = vec![0u8; 256 * 1024];
         let result = match source.read(&mut buf) {
             Ok(0) => return,
+            Ok(n) if total + n as u64 > limit => Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("unpacks to more than {limit} bytes (a gzip bomb, or set IMGBUILD_MAX_UNPACKED higher)"),
+            )),
             Ok(n) => {
+                total += n as u64;
                 buf.truncate(n);
                 Ok(buf)
             }
@@ -212,6 +223,13 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+fn read_failure(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::FileTooLarge => e.to_string(),
+        _ => format!("corrupt tar stream: {e}"),
     }
 }
 
@@ -436,5 +454,118 @@ mod tests {
         assert!(check_symlink(Path::new("bin/java"), Path::new("../../etc/passwd")).is_err());
         assert!(check_symlink(Path::new("a"), Path::new("/etc/passwd")).is_err());
         assert!(check_symlink(Path::new("a/b"), Path::new("../x/../../y")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Path parts that find the edge cases: parent references, empty and dot parts, long names.
+    fn part() -> impl Strategy<Value = String> {
+        prop_oneof![Just("..".to_string()), Just(".".to_string()), Just("".to_string()), "[a-z]{1,3}", "[a-z]{100,120}"]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        (any::<bool>(), prop::collection::vec(part(), 1..5))
+            .prop_map(|(abs, parts)| format!("{}{}", if abs { "/" } else { "" }, parts.join("/")))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Kind {
+        File(Vec<u8>, u32),
+        Dir,
+        Symlink(String),
+        Hardlink(String),
+        Fifo,
+    }
+
+    fn entry() -> impl Strategy<Value = (String, Kind)> {
+        let kind = prop_oneof![
+            (prop::collection::vec(any::<u8>(), 0..64), any::<u32>()).prop_map(|(d, m)| Kind::File(d, m)),
+            Just(Kind::Dir),
+            path().prop_map(Kind::Symlink),
+            path().prop_map(Kind::Hardlink),
+            Just(Kind::Fifo),
+        ];
+        (path(), kind)
+    }
+
+    /// Writes raw headers, so that unsafe names reach the normalizer as an attacker would send them.
+    fn raw_tar(entries: &[(String, Kind)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind) in entries {
+            let mut h = Header::new_gnu();
+            let (ty, data, link): (EntryType, &[u8], Option<&str>) = match kind {
+                Kind::File(d, _) => (EntryType::Regular, d, None),
+                Kind::Dir => (EntryType::Directory, &[], None),
+                Kind::Symlink(t) => (EntryType::Symlink, &[], Some(t)),
+                Kind::Hardlink(t) => (EntryType::Link, &[], Some(t)),
+                Kind::Fifo => (EntryType::Fifo, &[], None),
+            };
+            h.set_entry_type(ty);
+            h.set_mode(if let Kind::File(_, m) = kind { m & 0o7777 } else { 0o755 });
+            h.set_size(data.len() as u64);
+            let name = &name.as_bytes()[..name.len().min(99)];
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            if let Some(link) = link {
+                let link = &link.as_bytes()[..link.len().min(99)];
+                h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+            }
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn settings() -> LayerSettings {
+        LayerSettings { epoch: 0, level: 1, threads: 1, max_unpacked: 1 << 20 }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the archive holds, the normalizer returns a layer or an error, and every
+        /// entry of a layer it accepts stays under the prefix.
+        #[test]
+        fn any_archive_gives_a_safe_layer_or_an_error(entries in prop::collection::vec(entry(), 0..12), strip in 0u32..3) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let unpack = Unpack { strip_components: strip, prefix: "opt/app".into(), exclude: vec![] };
+            let tar = raw_tar(&entries);
+            if let Ok(record) = normalize_tarball(&store, io::Cursor::new(tar), "fuzz", &unpack, &settings()) {
+                let blob = std::fs::File::open(store.sha256_path(&record.digest.0)).unwrap();
+                let mut layer = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+                for e in layer.entries().unwrap() {
+                    let e = e.unwrap();
+                    let path = e.path().unwrap().into_owned();
+                    prop_assert!(path.starts_with("opt"), "{}", path.display());
+                    prop_assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{}", path.display());
+                    prop_assert!(!matches!(e.header().entry_type(), EntryType::Fifo | EntryType::Char | EntryType::Block));
+                    if e.header().entry_type() == EntryType::Symlink {
+                        let target = e.link_name().unwrap().unwrap().into_owned();
+                        let rel = path.strip_prefix("opt/app").unwrap().to_path_buf();
+                        prop_assert!(check_symlink(&rel, &target).is_ok(), "{} -> {}", path.display(), target.display());
+                    }
+                }
+            }
+        }
+
+        /// Bytes that are not a tarball at all: an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_are_an_error_or_an_empty_layer(bytes in prop::collection::vec(any::<u8>(), 0..2048), gzip in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut data = bytes;
+            if gzip {
+                data.splice(0..0, [0x1f, 0x8b, 8, 0]);
+            }
+            let unpack = Unpack { strip_components: 0, prefix: String::new(), exclude: vec![] };
+            let _ = normalize_tarball(&store, io::Cursor::new(data), "fuzz", &unpack, &settings());
+        }
     }
 }

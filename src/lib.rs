@@ -9,6 +9,7 @@ pub mod compress;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod gc;
 pub mod image;
 pub mod image_def;
 pub mod import;

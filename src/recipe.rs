@@ -115,7 +115,15 @@ pub struct Recipe {
 
 impl Recipe {
     pub fn load(path: &Path) -> Result<Recipe> {
-        let file = TomlFile::<RecipeToml>::read(path)?;
+        Self::from_file(TomlFile::<RecipeToml>::read(path)?)
+    }
+
+    /// Parses a recipe's text; `path` names it in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
+        Self::from_file(TomlFile::<RecipeToml>::parse(path, text.to_string())?)
+    }
+
+    fn from_file(file: TomlFile<RecipeToml>) -> Result<Recipe> {
         let r = &file.value;
         let name = r.name.get_ref().clone();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
@@ -332,4 +340,47 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Recipe>> {
         recipes.insert(recipe.name.clone(), recipe);
     }
     Ok(recipes)
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = "name = \"zk\"\nversion = \"1\"\nenv = { A = \"b\" }\npath = [\"/opt/zk/bin\"]\n\n[[source]]\nplatform = \"linux/amd64\"\nurl = \"https://example.org/zk.tgz\"\nmirrors = [\"http://mirror.example.org/zk.tgz\"]\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n\n[unpack]\nstrip_components = 1\nprefix = \"/opt/zk\"\nexclude = [\"docs\"]\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text: a recipe or an error naming the file, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            if let Err(e) = Recipe::parse(Path::new("r.toml"), &text) {
+                prop_assert!(e.to_string().starts_with("r.toml"));
+            }
+        }
+
+        /// A valid recipe with bytes replaced, deleted or inserted: the same.
+        #[test]
+        fn mutated_recipes_never_panic(edits in prop::collection::vec((0usize..VALID.len(), any::<u8>(), 0u8..3), 1..8)) {
+            let mut bytes = VALID.as_bytes().to_vec();
+            for (at, byte, kind) in edits {
+                let at = at.min(bytes.len().saturating_sub(1));
+                match kind {
+                    0 => bytes[at] = byte,
+                    1 => { bytes.remove(at); }
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = Recipe::parse(Path::new("r.toml"), &text) {
+                prop_assert!(e.to_string().starts_with("r.toml"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_seed_recipe_parses() {
+        assert!(Recipe::parse(Path::new("r.toml"), VALID).is_ok());
+    }
 }

@@ -97,6 +97,18 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
+    /// Held shared by every build for its whole run, and exclusively by `store gc`.
+    pub fn build_lock_shared(&self) -> Result<StoreLock> {
+        let path = self.root.join("locks/build.lock");
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+        file.lock_shared().at(&path)?;
+        Ok(StoreLock { _file: file })
+    }
+
+    pub fn build_lock_exclusive(&self) -> Result<StoreLock> {
+        self.lock("build")
+    }
+
     /// Starts writing a blob whose hash is computed as it is written.
     pub fn writer(&self, algorithm: Algorithm) -> Result<BlobWriter<'_>> {
         let path = self.temp_path("blob");

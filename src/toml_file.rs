@@ -17,6 +17,11 @@ pub struct TomlFile<T> {
 impl<T: DeserializeOwned> TomlFile<T> {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).at(path)?;
+        Self::parse(path, text)
+    }
+
+    /// Parses `text` as the contents of `path` (which is only used in messages).
+    pub fn parse(path: &Path, text: String) -> Result<Self> {
         let value = toml::from_str(&text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             let (line, column) = line_col(&text, offset);

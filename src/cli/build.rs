@@ -68,6 +68,16 @@ fn source_date_epoch() -> Result<u64> {
     }
 }
 
+/// `IMGBUILD_MAX_UNPACKED` (bytes), or the default limit.
+fn max_unpacked() -> Result<u64> {
+    match std::env::var("IMGBUILD_MAX_UNPACKED") {
+        Err(_) => Ok(crate::layer::DEFAULT_MAX_UNPACKED),
+        Ok(v) => {
+            v.trim().parse().map_err(|_| Error::Usage(format!("IMGBUILD_MAX_UNPACKED=`{v}` is not a number of bytes")))
+        }
+    }
+}
+
 pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettings> {
     let platforms = match &choice.platform {
         Some(list) => Platform::parse_list(list).map_err(Error::Usage)?,
@@ -79,7 +89,12 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
     }
     Ok(BuildSettings {
         platforms,
-        layer: LayerSettings { epoch: source_date_epoch()?, level: choice.level, threads },
+        layer: LayerSettings {
+            epoch: source_date_epoch()?,
+            level: choice.level,
+            threads,
+            max_unpacked: max_unpacked()?,
+        },
         fetch: global.fetch_settings()?,
     })
 }
@@ -95,6 +110,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
         def.node(id)?;
     }
     let store = global.open_store()?;
+    let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
     let nodes: Vec<u32> = node.into_iter().collect();
     let result = build(&store, def, &nodes, &settings, reporter.as_ref())?;
@@ -110,6 +126,8 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     });
     let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
     output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
+    let held = output::layout::all_blobs(&outputs).into_iter().map(|d| d.to_hash());
+    crate::gc::register_root(&store, &out, held.chain(crate::build::inputs_of(&store, def, &settings.platforms)))?;
     report(global, def, &out, options.format, &result);
     Ok(())
 }

@@ -102,6 +102,7 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
         return Err(Error::Usage("push to a tag (REPO:TAG), not a digest: the digest is what push prints".into()));
     }
     let store = global.open_store()?;
+    let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
     // What to push: (destination, manifest or index digest).
     let mut targets = Vec::new();

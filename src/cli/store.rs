@@ -25,6 +25,12 @@ pub enum StoreCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Remove what no kept output needs (waits for running builds to finish first)
+    Gc {
+        /// Only report what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the store's location
     Path,
 }
@@ -34,6 +40,23 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Add { paths } => add(global, &store, paths),
         StoreCommand::Verify { repair } => verify(global, &store, *repair),
+        StoreCommand::Gc { dry_run } => {
+            let report = crate::gc::collect(&store, *dry_run)?;
+            if global.json {
+                super::print_json(&serde_json::to_value(&report).expect("serializes"));
+            } else if !global.quiet {
+                let verb = if *dry_run { "would remove" } else { "removed" };
+                eprintln!(
+                    "{verb} {} blob(s) ({} bytes) and {} temporary file(s); kept {} blob(s) of {} live output(s)",
+                    report.removed_blobs,
+                    report.removed_bytes,
+                    report.removed_temp_files,
+                    report.kept_blobs,
+                    report.live_roots
+                );
+            }
+            Ok(())
+        }
         StoreCommand::Path => {
             println!("{}", store.root().display());
             Ok(())

@@ -19,6 +19,12 @@ pub enum Fault {
         after: usize,
         times: usize,
     },
+    /// Sends the body in 64 KiB pieces, `pause_ms` apart.
+    Slow {
+        pause_ms: u64,
+    },
+    /// Sends the headers and a little of the body, then nothing for 20 s.
+    Stall,
 }
 
 struct Route {
@@ -188,6 +194,18 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     conn.write_all(head.as_bytes())?;
     match fault {
         Fault::Truncate { after, .. } => conn.write_all(&slice[..after.min(slice.len())])?,
+        Fault::Slow { pause_ms } => {
+            for piece in slice.chunks(64 * 1024) {
+                conn.write_all(piece)?;
+                conn.flush()?;
+                std::thread::sleep(Duration::from_millis(pause_ms));
+            }
+        }
+        Fault::Stall => {
+            conn.write_all(&slice[..slice.len().min(1000)])?;
+            conn.flush()?;
+            std::thread::sleep(Duration::from_secs(20));
+        }
         _ => conn.write_all(slice)?,
     }
     conn.flush()?;

@@ -11,3 +11,4 @@ mod core;
 mod ensemble;
 mod failures;
 mod registry;
+mod reliability;
