@@ -138,6 +138,8 @@ fn bad_recipe_fields_name_file_line_and_field() {
         &["absolute path"],
     );
     expect_recipe_error(&p, &format!("{head}sha256 = 42\n"), 6, &["invalid type"]);
+    expect_recipe_error(&p, &format!("{head}sha256 = \"{hash}\n"), 6, &["invalid basic string"]);
+    expect_recipe_error(&p, &format!("{head}[unpack\nprefix = \"/x\"\n"), 6, &["invalid table header"]);
     expect_recipe_error(
         &p,
         &format!("{head}sha256 = \"{hash}\"\nplatform = \"linux/sparc\"\n"),
