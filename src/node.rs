@@ -13,6 +13,9 @@ use crate::image_def::{ImageDef, Node, DEFAULT_ENTRYPOINT};
 use crate::layer::GeneratedEntry;
 
 pub const ENTRYPOINT_SCRIPT: &str = include_str!("assets/imgbuild-init.sh");
+/// PID 1 of a node booted as a VM; it runs the same entrypoint.
+pub const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");
+pub const VM_INIT: &str = "/usr/local/sbin/imgbuild-vm-init";
 pub const CONF_DIR: &str = "etc/imgbuild";
 
 /// Quotes a value for POSIX sh.
@@ -76,7 +79,11 @@ pub fn cluster_env(def: &ImageDef) -> String {
 pub fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedEntry>> {
     (def.config.entrypoint.first().map(String::as_str) == Some(DEFAULT_ENTRYPOINT)).then(|| {
         let entry = GeneratedEntry::File { data: ENTRYPOINT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
-        BTreeMap::from([(DEFAULT_ENTRYPOINT.trim_start_matches('/').to_string(), entry)])
+        let vm_init = GeneratedEntry::File { data: VM_INIT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
+        BTreeMap::from([
+            (DEFAULT_ENTRYPOINT.trim_start_matches('/').to_string(), entry),
+            (VM_INIT.trim_start_matches('/').to_string(), vm_init),
+        ])
     })
 }
 

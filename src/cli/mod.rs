@@ -6,6 +6,7 @@ mod check;
 mod prefetch;
 mod push;
 mod store;
+mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +66,8 @@ pub enum Command {
     Push(push::PushArgs),
     /// Pull an image pinned by digest from a registry into the store (for use as a base)
     Pull(push::PullArgs),
+    /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
+    Vm(vm::VmArgs),
     /// Download a URL into the store and print the hash to pin in a recipe
     Prefetch(prefetch::PrefetchArgs),
     /// Check the recipes and the image definition without building
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => build::run_node(&cli.global, args),
         Command::Push(args) => push::run_push(&cli.global, args),
         Command::Pull(args) => push::run_pull(&cli.global, args),
+        Command::Vm(args) => vm::run(&cli.global, args),
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),

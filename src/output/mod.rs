@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod layout;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 

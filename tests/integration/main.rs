@@ -12,3 +12,4 @@ mod ensemble;
 mod failures;
 mod registry;
 mod reliability;
+mod vm;

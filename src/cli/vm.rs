@@ -1,0 +1,80 @@
+//! `imgbuild vm --id N | --all`: VM disks and templates from the same layers as the images.
+
+use std::path::PathBuf;
+
+use crate::build::{build, Project};
+use crate::error::{Error, Result};
+use crate::output::vm::{self, VmOptions};
+
+use super::build::ImageChoice;
+use super::GlobalArgs;
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// Write the per-node disk, seed and templates of this node only
+    #[arg(long, conflicts_with = "all")]
+    pub id: Option<u32>,
+    /// Write them for every node of the cluster
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub choice: ImageChoice,
+    /// Output directory [default: out/IMAGE-vm]
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also keep the base disk as raw (base.raw)
+    #[arg(long)]
+    pub raw: bool,
+    /// The kernel the templates boot (the disk holds no boot loader)
+    #[arg(long, value_name = "PATH", default_value = "/boot/vmlinuz")]
+    pub kernel: String,
+    /// The initrd the templates boot
+    #[arg(long, value_name = "PATH", default_value = "/boot/initrd.img")]
+    pub initrd: String,
+    /// Memory of each VM
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub memory: u32,
+    /// Where the libvirt templates expect the disks [default: /var/lib/libvirt/images/IMAGE]
+    #[arg(long, value_name = "DIR")]
+    pub libvirt_dir: Option<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
+    if args.id.is_none() && !args.all {
+        return Err(Error::Usage("say which VMs: --id N or --all".into()));
+    }
+    let settings = super::build::settings(global, &args.choice)?;
+    if settings.platforms.len() != 1 {
+        return Err(Error::Usage("VM disks are made for one platform; pass a single --platform".into()));
+    }
+    let project = Project::load(&global.project, args.choice.image.as_deref())?;
+    let def = &project.image;
+    let store = global.open_store()?;
+    let _building = store.build_lock_shared()?;
+    let reporter = global.reporter();
+    let nodes: Vec<u32> = args.id.into_iter().collect();
+    let result = build(&store, def, &nodes, &settings, reporter.as_ref())?;
+    reporter.status("writing the VM disks");
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-vm", def.name)));
+    let opts = VmOptions {
+        out: out.clone(),
+        raw: args.raw,
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        memory_mib: args.memory,
+        libvirt_dir: args.libvirt_dir.clone(),
+        epoch: settings.layer.epoch,
+    };
+    let summary = vm::write(&store, def, &result.nodes, &opts)?;
+    let held = result.nodes.iter().flat_map(|n| n.output(&def.name).blobs).map(|d| d.to_hash());
+    crate::gc::register_root(&store, &out, held.chain(crate::build::inputs_of(&store, def, &settings.platforms)))?;
+    if global.json {
+        super::print_json(&serde_json::to_value(&summary).expect("serializes"));
+    } else {
+        println!("{}\t{} bytes", summary.base.path.display(), summary.base.size);
+        for n in &summary.nodes {
+            println!("{}\t{} bytes\t{}", n.disk.path.display(), n.disk.size, n.script.display());
+        }
+    }
+    Ok(())
+}
