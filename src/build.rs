@@ -142,13 +142,11 @@ pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, report
                     missing.push(MissingInput {
                         recipe: recipe.name.clone(),
                         platform: platform.to_string(),
-                        file: format!("{}.oci.tar", recipe.name),
+                        file: format!("image {reference}"),
                         urls: vec![format!("docker://{reference}@{}", source.hash)],
                         hash: source.hash.to_string(),
-                        reasons: vec![format!(
-                            "base images enter the store with `skopeo copy docker://{reference}@{} oci-archive:{}.oci.tar` then `imgbuild store add {}.oci.tar`",
-                            source.hash, recipe.name, recipe.name
-                        )],
+                        reasons: vec!["not in the store (a build never contacts a registry by itself)".into()],
+                        add: format!("imgbuild pull {reference}@{}", source.hash),
                     });
                 }
                 continue;

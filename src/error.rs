@@ -33,6 +33,8 @@ pub struct MissingInput {
     pub hash: String,
     /// Why the fetch did not get it (empty when offline).
     pub reasons: Vec<String>,
+    /// The one command that adds it to the store.
+    pub add: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,7 @@ fn missing_list(missing: &[MissingInput]) -> String {
         for reason in &m.reasons {
             out.push_str(&format!("\n      tried: {reason}"));
         }
+        out.push_str(&format!("\n      add it: {}", m.add));
     }
     out
 }
@@ -104,13 +107,10 @@ impl Error {
     /// What the user can do next, shown as `hint:` lines.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::MissingInputs(missing) => {
-                let files: Vec<&str> = missing.iter().map(|m| m.file.as_str()).collect();
-                Some(format!(
-                    "download the files on a machine with access, then `imgbuild store add {}`,\n      or put them in a directory and pass `--mirror DIR` (or set IMGBUILD_MIRROR)",
-                    files.join(" ")
-                ))
-            }
+            Error::MissingInputs(_) => Some(
+                "get each file from its URL on a machine with access and run its `add it` command here,\n      or put the files in a directory and pass `--mirror DIR` (or set IMGBUILD_MIRROR)"
+                    .into(),
+            ),
             Error::HashMismatch { .. } => Some(
                 "nothing was stored; if the new content is trusted, pin the hash shown as `got` (see `imgbuild prefetch`)".into(),
             ),

@@ -115,6 +115,7 @@ impl<'a> Fetcher<'a> {
             urls: source.urls.clone(),
             hash: hash.to_string(),
             reasons,
+            add: format!("imgbuild store add {}", source.file_name),
         }]))
     }
 
@@ -240,6 +241,7 @@ impl<'a> Fetcher<'a> {
                     urls: vec![url.into()],
                     hash: "unknown".into(),
                     reasons: vec![why],
+                    add: format!("imgbuild prefetch {url}"),
                 }]));
             }
         };
