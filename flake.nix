@@ -7,8 +7,8 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-      # The tools the integration tests drive; they run on loopback only, which the Nix sandbox allows.
-      testTools = pkgs: [ pkgs.skopeo pkgs.umoci ];
+      # The tools the integration tests drive (`.ci/run` installs the rest: a registry, Podman, qemu).
+      testTools = pkgs: [ pkgs.skopeo pkgs.umoci pkgs.docker-distribution pkgs.e2fsprogs pkgs.qemu pkgs.xorriso ];
     in
     {
       packages = forAllSystems (pkgs: rec {
@@ -17,7 +17,9 @@
           version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).package.version;
           src = pkgs.lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
-          nativeCheckInputs = testTools pkgs;
+          # In the sandbox: the unit and property tests. The integration suite needs root, mounts,
+          # Podman and qemu; `nix develop` then `cargo test` runs it, as `.ci/run` does.
+          cargoTestFlags = [ "--lib" ];
           meta = {
             description = "Reproducible, Nix-style OCI image and VM disk builder";
             license = pkgs.lib.licenses.asl20;
