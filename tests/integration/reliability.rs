@@ -265,12 +265,18 @@ fn gc_keeps_what_kept_outputs_need_and_waits_for_running_builds() {
         c
     };
     assert_ok(&with(&["store", "add", p.base_layout.to_str().unwrap()]).output().unwrap());
+    let before = p.server.total_requests();
     let build = with(&["--json", "node", "--id", "2", "--out", "busy"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The build holds the store's build lock before it fetches: wait for its first request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.server.total_requests() == before {
+        assert!(Instant::now() < deadline, "the build never started fetching");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let gc = with(&["--json", "store", "gc"]).output().unwrap();
     let built = json(&build.wait_with_output().unwrap());
     let gc = json(&gc);
