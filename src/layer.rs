@@ -112,25 +112,12 @@ pub fn recipe_layer(
     let input = store.open_blob(&source.hash)?;
     let total = input.metadata().at(&blob_path)?.len();
     let task = reporter.task(&format!("layer {recipe}"), Some(total));
-    let counted = CountingReader { inner: input, task };
+    let counted = crate::progress::ProgressReader::new(input, task);
     let archive_name = format!("{} ({})", source.file_name, recipe);
     let record =
         normalize_tarball(store, BufReader::with_capacity(256 * 1024, counted), &archive_name, unpack, settings)?;
     store.record_layer(&key, &record)?;
     Ok((record, true))
-}
-
-struct CountingReader<R> {
-    inner: R,
-    task: Box<dyn crate::progress::Task>,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.task.advance(n as u64);
-        Ok(n)
-    }
 }
 
 /// Streams a (possibly gzipped) tarball into a normalized layer blob in the store.

@@ -1,7 +1,8 @@
 //! Progress reporting. Pipeline stages report through the `Reporter` trait and never draw; the
 //! CLI picks the implementation (bars on a terminal, plain lines otherwise, nothing for `--json`).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -9,10 +10,11 @@ pub trait Reporter: Send + Sync {
     /// A one-line status for humans (stderr).
     fn status(&self, message: &str);
     /// A task with a byte count, such as a download or a layer being written.
-    fn task(&self, label: &str, total: Option<u64>) -> Box<dyn Task>;
+    fn task(&self, label: &str, total: Option<u64>) -> Arc<dyn Task>;
 }
 
-pub trait Task: Send {
+/// Shared between the reader that moves the bytes and the code that started the task.
+pub trait Task: Send + Sync {
     fn advance(&self, bytes: u64);
     fn set_total(&self, total: u64);
     fn set_position(&self, position: u64);
@@ -40,10 +42,10 @@ impl Reporter for HumanReporter {
         eprintln!("{message}");
     }
 
-    fn task(&self, label: &str, total: Option<u64>) -> Box<dyn Task> {
+    fn task(&self, label: &str, total: Option<u64>) -> Arc<dyn Task> {
         if !self.bars {
             eprintln!("{label}");
-            return Box::new(NoTask);
+            return Arc::new(NoTask);
         }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         let style =
@@ -51,7 +53,7 @@ impl Reporter for HumanReporter {
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(label.to_string());
-        Box::new(BarTask(bar))
+        Arc::new(BarTask(bar))
     }
 }
 
@@ -80,8 +82,8 @@ pub struct SilentReporter;
 
 impl Reporter for SilentReporter {
     fn status(&self, _message: &str) {}
-    fn task(&self, _label: &str, _total: Option<u64>) -> Box<dyn Task> {
-        Box::new(NoTask)
+    fn task(&self, _label: &str, _total: Option<u64>) -> Arc<dyn Task> {
+        Arc::new(NoTask)
     }
 }
 
@@ -91,4 +93,24 @@ impl Task for NoTask {
     fn advance(&self, _bytes: u64) {}
     fn set_total(&self, _total: u64) {}
     fn set_position(&self, _position: u64) {}
+}
+
+/// A reader that advances a task by every byte it reads.
+pub struct ProgressReader<R> {
+    inner: R,
+    task: Arc<dyn Task>,
+}
+
+impl<R> ProgressReader<R> {
+    pub fn new(inner: R, task: Arc<dyn Task>) -> Self {
+        ProgressReader { inner, task }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.task.advance(n as u64);
+        Ok(n)
+    }
 }

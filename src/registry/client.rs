@@ -17,7 +17,8 @@ use super::auth::{parse_challenge, Challenge, Credentials, Secret};
 use super::reference::Reference;
 use crate::digest::Sha256Digest;
 use crate::error::{http_cause as describe, Error, IoContext, Result};
-use crate::progress::Task;
+use crate::progress::{ProgressReader, Task};
+use std::sync::Arc;
 
 /// Every manifest type imgbuild reads or writes.
 pub const MANIFEST_TYPES: &str =
@@ -314,7 +315,7 @@ impl Client {
 
     /// Uploads a blob from `path` (in the store), whole or in chunks. The whole protocol is
     /// started again, bounded, when any step fails in a way a retry can fix.
-    pub fn upload(&self, digest: &Sha256Digest, path: &std::path::Path, size: u64, task: &dyn Task) -> Result<()> {
+    pub fn upload(&self, digest: &Sha256Digest, path: &std::path::Path, size: u64, task: &Arc<dyn Task>) -> Result<()> {
         let mut last = None;
         for attempt in 0..self.attempts {
             if attempt > 0 {
@@ -330,7 +331,13 @@ impl Client {
         Err(last.expect("at least one attempt"))
     }
 
-    fn upload_once(&self, digest: &Sha256Digest, path: &std::path::Path, size: u64, task: &dyn Task) -> Result<()> {
+    fn upload_once(
+        &self,
+        digest: &Sha256Digest,
+        path: &std::path::Path,
+        size: u64,
+        task: &Arc<dyn Task>,
+    ) -> Result<()> {
         let start = self.send(|| self.http.post(self.url("blobs/uploads/")).header(CONTENT_LENGTH, 0))?;
         if start.status() != StatusCode::ACCEPTED {
             return Err(registry_error(&self.registry, format!("starting the upload of {digest}: {}", explain(start))));
@@ -340,7 +347,7 @@ impl Client {
             let mut offset = 0u64;
             while offset < size {
                 let len = self.chunk_size.min(size - offset);
-                let body = file_part(path, offset, len)?;
+                let body = file_part(path, offset, len, task)?;
                 // A streamed body cannot be sent twice, so chunks are not retried one by one:
                 // a failure starts the whole upload again (see `upload`).
                 let response = self
@@ -359,22 +366,19 @@ impl Client {
                 }
                 location = self.location(&response)?;
                 offset += len;
-                task.set_position(offset);
             }
             let done =
                 self.authorized(self.http.put(Self::with_digest(&location, digest))).header(CONTENT_LENGTH, 0).send();
             return self.finished(done, digest);
         }
-        let body = file_part(path, 0, size)?;
+        let body = file_part(path, 0, size, task)?;
         let done = self
             .authorized(self.http.put(Self::with_digest(&location, digest)))
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size)
             .body(body)
             .send();
-        self.finished(done, digest)?;
-        task.set_position(size);
-        Ok(())
+        self.finished(done, digest)
     }
 
     fn authorized(&self, r: RequestBuilder) -> RequestBuilder {
@@ -444,9 +448,10 @@ fn digest_header(headers: &HeaderMap) -> Option<Sha256Digest> {
     headers.get("docker-content-digest")?.to_str().ok()?.parse().ok()
 }
 
-/// `len` bytes of a file from `offset`, as a streamed request body.
-fn file_part(path: &std::path::Path, offset: u64, len: u64) -> Result<reqwest::blocking::Body> {
+/// `len` bytes of a file from `offset`, as a streamed request body that advances `task`.
+fn file_part(path: &std::path::Path, offset: u64, len: u64, task: &Arc<dyn Task>) -> Result<reqwest::blocking::Body> {
     let mut file = File::open(path).at(path)?;
     file.seek(SeekFrom::Start(offset)).at(path)?;
-    Ok(reqwest::blocking::Body::sized(file.take(len), len))
+    task.set_position(offset);
+    Ok(reqwest::blocking::Body::sized(ProgressReader::new(file.take(len), Arc::clone(task)), len))
 }
