@@ -18,6 +18,8 @@ done
 
 seed=/run/imgbuild/cidata
 mkdir -p "$seed"
+# The seed is an ISO 9660 volume; its driver is a module on most distribution kernels.
+if command -v modprobe >/dev/null 2>&1; then modprobe -q isofs 2>/dev/null || true; fi
 for dev in /dev/disk/by-label/cidata /dev/disk/by-label/CIDATA /dev/sr0 /dev/vdb; do
     if [ -b "$dev" ] && mount -o ro "$dev" "$seed" 2>/dev/null; then
         say "NoCloud seed from $dev"

@@ -367,20 +367,21 @@ fn arch(def_platform: &str) -> &'static str {
     }
 }
 
-fn cmdline(id: u32) -> String {
-    format!("root=/dev/vda rw console=ttyS0 init={VM_INIT} imgbuild.node={id}")
+/// The kernel command line, without the node's identity (`imgbuild.node=N`).
+fn cmdline() -> String {
+    format!("root=/dev/vda rw console=ttyS0 init={VM_INIT}")
 }
 
 fn domain_xml(def: &ImageDef, id: u32, mac: &str, opts: &VmOptions, arch: &str) -> String {
     let dir = opts.libvirt_dir.clone().unwrap_or_else(|| format!("/var/lib/libvirt/images/{}", def.name));
     let machine = if arch == "x86_64" { "q35" } else { "virt" };
     format!(
-        "<!-- Node {id} of cluster {name}, written by imgbuild: copy this directory's files to {dir},\n     then `virsh define node-{id}.xml`. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{dir}/seed-node-{id}.iso'/>\n      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
+        "<!-- Node {id} of cluster {name}, written by imgbuild: copy this directory's files to {dir},\n     then `virsh define node-{id}.xml`. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline} imgbuild.node={id}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{dir}/seed-node-{id}.iso'/>\n      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
         name = def.name,
         mem = opts.memory_mib,
         kernel = opts.kernel,
         initrd = opts.initrd,
-        cmdline = cmdline(id),
+        cmdline = cmdline(),
     )
 }
 
@@ -390,14 +391,15 @@ fn qemu_script(def: &ImageDef, id: u32, mac: &str, opts: &VmOptions, arch: &str)
 # Boots node {id} of cluster {name} with qemu, from this directory's disks (written by imgbuild).
 # IMGBUILD_KERNEL and IMGBUILD_INITRD choose the kernel; IMGBUILD_APPEND adds kernel arguments
 # (imgbuild.render_only=1 renders the configuration, shows it and powers off); IMGBUILD_ACCEL
-# chooses kvm or tcg (default: kvm when /dev/kvm is usable); extra arguments go to qemu.
+# chooses kvm or tcg (default: kvm when /dev/kvm is usable); IMGBUILD_IDENTITY='' boots without
+# imgbuild.node={id}, so the node finds its id in its NoCloud seed; extra arguments go to qemu.
 set -eu
 dir=$(cd "$(dirname "$0")" && pwd)
 accel=${{IMGBUILD_ACCEL:-tcg}}
 if [ -z "${{IMGBUILD_ACCEL:-}}" ] && [ -w /dev/kvm ]; then accel=kvm; fi
 exec qemu-system-{arch} -machine accel="$accel" -m {mem} -smp 2 -nographic -no-reboot \
     -kernel "${{IMGBUILD_KERNEL:-{kernel}}}" -initrd "${{IMGBUILD_INITRD:-{initrd}}}" \
-    -append "{cmdline} ${{IMGBUILD_APPEND:-}}" \
+    -append "{cmdline} ${{IMGBUILD_IDENTITY-imgbuild.node={id}}} ${{IMGBUILD_APPEND:-}}" \
     -drive file="$dir/node-{id}.qcow2",if=virtio,format=qcow2 \
     -drive file="$dir/seed-node-{id}.iso",media=cdrom,format=raw,readonly=on \
     -nic user,model=virtio-net-pci,mac={mac} "$@"
@@ -406,7 +408,7 @@ exec qemu-system-{arch} -machine accel="$accel" -m {mem} -smp 2 -nographic -no-r
         mem = opts.memory_mib,
         kernel = opts.kernel,
         initrd = opts.initrd,
-        cmdline = cmdline(id),
+        cmdline = cmdline(),
     )
 }
 

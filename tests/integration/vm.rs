@@ -134,10 +134,14 @@ fn debian_kernel() -> Option<(PathBuf, PathBuf)> {
 }
 
 /// Boots `script` with the given extra kernel arguments; returns the console, bounded in time.
-fn boot(script: &Path, append: &str, log: &Path) -> String {
+fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
     let console = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(script);
+    if from_seed {
+        cmd.env("IMGBUILD_IDENTITY", "");
+    }
     // Software emulation: this machine's /dev/kvm is nested and hangs a guest kernel.
-    let mut child = Command::new(script)
+    let mut child = cmd
         .env("IMGBUILD_APPEND", append)
         .env("IMGBUILD_ACCEL", "tcg")
         .stdin(Stdio::null())
@@ -174,9 +178,18 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
         return;
     };
     let p = TestProject::new();
-    // A base with a shell and the tools the entrypoint uses, from this machine's Debian packages.
+    // A base with a shell and the tools the entrypoint uses, from this machine's Debian packages,
+    // plus mount and the ISO 9660 driver of the booted kernel, to read the NoCloud seed.
     let root = p.path("base-root");
-    debian::debian_root(&root, debian::BASE_PACKAGES);
+    let mut packages = debian::BASE_PACKAGES.to_vec();
+    packages.extend(["mount", "libmount1", "libblkid1", "kmod", "libzstd1", "liblzma5", "libssl3"]);
+    debian::debian_root(&root, &packages);
+    let version = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let isofs = format!("lib/modules/{version}/kernel/fs/isofs");
+    std::fs::create_dir_all(root.join("usr").join(&isofs)).unwrap();
+    std::fs::copy(Path::new("/").join(&isofs).join("isofs.ko"), root.join("usr").join(&isofs).join("isofs.ko"))
+        .unwrap();
+    tool(Command::new("depmod").arg("-b").arg(&root).arg(&version));
     let digest = fixtures::layout_from_root(&p.path("debian-layout"), &root);
     p.write_recipe("debian-bookworm-slim.toml", &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"));
     assert_ok(&p.run(&["store", "add", p.path("debian-layout").to_str().unwrap()]));
@@ -194,16 +207,13 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
         "512",
     ]));
     let dir = p.root.join("vm");
-    for n in [1u32, 2] {
-        let console = boot(
-            &dir.join(format!("node-{n}.sh")),
-            "imgbuild.render_only=1 panic=-1 quiet",
-            &p.path(&format!("console-{n}.log")),
-        );
-        assert!(
-            console.contains(&format!("node {n} of cluster zk-kafka (identity from kernel command line)")),
-            "{console}"
-        );
+    // Nodes 1 and 2 told by the kernel command line, node 0 by nothing but its seed.
+    for (n, from_seed) in [(1u32, false), (2, false), (0, true)] {
+        let script = dir.join(format!("node-{n}.sh"));
+        let console =
+            boot(&script, "imgbuild.render_only=1 panic=-1 quiet", from_seed, &p.path(&format!("console-{n}.log")));
+        let source = if from_seed { "NoCloud seed /run/imgbuild/cidata/meta-data" } else { "kernel command line" };
+        assert!(console.contains(&format!("node {n} of cluster zk-kafka (identity from {source})")), "{console}");
         assert!(
             console.contains(&format!("rendered /var/lib/zookeeper/myid:\nimgbuild-vm:   {n}\n"))
                 || console.contains(&format!("rendered /var/lib/zookeeper/myid:\r\nimgbuild-vm:   {n}\r\n")),
