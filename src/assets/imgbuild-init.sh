@@ -99,6 +99,8 @@ eval "node_host=\$IMGBUILD_HOST_$id"
 # --- 3. render ----------------------------------------------------------------
 # lookup NAME [ITEM_ID ITEM_HOST]: the value of a template variable.
 lookup() {
+    # Names reach eval below: only what imgbuild itself accepts in a definition.
+    case $1 in '' | *[!a-z0-9_]*) die 64 "'{{$1}}' is not a template variable name" ;; esac
     if [ "${restricted:-0}" = 1 ]; then
         case $1 in
             node_id | node_host) ;;
