@@ -17,6 +17,7 @@ pub struct PrefetchArgs {
 
 pub fn run(global: &GlobalArgs, args: &PrefetchArgs) -> Result<()> {
     let store = global.open_store()?;
+    let _fetching = store.build_lock_shared()?;
     let settings = global.fetch_settings()?;
     let reporter = global.reporter();
     let algorithm = if args.sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 };

@@ -176,6 +176,7 @@ pub fn run_pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
     let platforms = args.platform.as_deref().map(Platform::parse_list).transpose().map_err(Error::Usage)?;
     let store = global.open_store()?;
+    let _importing = store.build_lock_shared()?;
     let reporter = global.reporter();
     let client = args.registry.connect(global, &reference)?;
     let imported = pull::pull(&store, &client, &reference, platforms.as_deref(), reporter.as_ref())?;

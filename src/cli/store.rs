@@ -112,6 +112,8 @@ fn hash_both(path: &Path) -> Result<(Hash, Hash)> {
 }
 
 fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
+    // Like a build: a concurrent `store gc` waits until the import is complete.
+    let _importing = store.build_lock_shared()?;
     let recipes = project_recipes(global)?;
     let mut results = Vec::new();
     for path in paths {
