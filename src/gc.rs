@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Hash, Sha256Digest};
 use crate::error::{IoContext, Result};
+use crate::image::BaseImage;
+use crate::recipe::{Recipe, RecipeKind};
 use crate::store::Store;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -38,6 +40,8 @@ pub fn register_root(store: &Store, output: &Path, blobs: impl IntoIterator<Item
 #[derive(Debug, Default, serde::Serialize)]
 pub struct GcReport {
     pub live_roots: usize,
+    /// Blobs kept because the current project's recipes pin them.
+    pub pinned: usize,
     pub dead_roots: usize,
     pub kept_blobs: usize,
     pub removed_blobs: usize,
@@ -45,12 +49,13 @@ pub struct GcReport {
     pub removed_temp_files: usize,
 }
 
-/// Removes every blob no live root reaches, the layer records of removed layers, dead roots and
-/// temporary files. Waits for running builds to finish first. `dry_run` only reports.
-pub fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
+/// Removes every blob no live root reaches (nor `pinned`: what the current project's recipes
+/// pin), the layer records of removed layers, dead roots and temporary files. Waits for running
+/// builds to finish first. `dry_run` only reports.
+pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport> {
     let _exclusive = store.build_lock_exclusive()?;
-    let mut report = GcReport::default();
-    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut report = GcReport { pinned: pinned.len(), ..GcReport::default() };
+    let mut keep: BTreeSet<String> = pinned.iter().map(|h| h.to_string()).collect();
     let dir = roots_dir(store);
     let mut dead = Vec::new();
     if dir.is_dir() {
@@ -103,4 +108,22 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
         }
     }
     Ok(report)
+}
+
+/// What `recipes` pin and the store holds: sources, and base images with their configs and layers.
+pub fn pinned_by(store: &Store, recipes: &[Recipe]) -> Vec<Hash> {
+    let mut hashes = Vec::new();
+    for recipe in recipes {
+        for source in &recipe.sources {
+            hashes.push(source.hash.clone());
+            if recipe.kind == RecipeKind::Tarball {
+                continue;
+            }
+            if let Some(base) = source.hash.as_sha256().and_then(|d| BaseImage::load(store, &d).ok()) {
+                hashes.push(base.config_digest.to_hash());
+                hashes.extend(base.layers.iter().map(|l| l.digest.0.to_hash()));
+            }
+        }
+    }
+    hashes
 }

@@ -25,7 +25,7 @@ pub enum StoreCommand {
         #[arg(long)]
         repair: bool,
     },
-    /// Remove what no kept output needs (waits for running builds to finish first)
+    /// Remove what no kept output needs and the project's recipes do not pin (waits for running builds)
     Gc {
         /// Only report what would be removed
         #[arg(long)]
@@ -41,7 +41,8 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
         StoreCommand::Add { paths } => add(global, &store, paths),
         StoreCommand::Verify { repair } => verify(global, &store, *repair),
         StoreCommand::Gc { dry_run } => {
-            let report = crate::gc::collect(&store, *dry_run)?;
+            let pinned = crate::gc::pinned_by(&store, &project_recipes(global)?);
+            let report = crate::gc::collect(&store, &pinned, *dry_run)?;
             if global.json {
                 super::print_json(&serde_json::to_value(&report).expect("serializes"));
             } else if !global.quiet {

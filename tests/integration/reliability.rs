@@ -254,6 +254,21 @@ fn gc_keeps_what_kept_outputs_need_and_waits_for_running_builds() {
     json(&p.run(&["--json", "--offline", "node", "--id", "1", "--level", "9", "--out", "gone"]));
     assert_ok(&p.run(&["store", "verify"]));
 
+    // With no output at all, what the project's recipes pin stays: a pulled or added base survives.
+    for out in ["kept", "gone"] {
+        std::fs::remove_dir_all(p.root.join(out)).unwrap();
+    }
+    let report = json(&p.run(&["--json", "store", "gc"]));
+    assert_eq!(report["live_roots"], 0, "{report}");
+    json(&p.run(&["--json", "--offline", "node", "--id", "0", "--out", "again"]));
+    // Outside the project nothing is pinned: with no output either, everything goes.
+    std::fs::remove_dir_all(p.root.join("again")).unwrap();
+    let elsewhere =
+        p.cmd().current_dir(p.path("")).args(["--json", "--project", "/nonexistent", "store", "gc"]).output().unwrap();
+    json(&elsewhere);
+    assert_ok(&p.run(&["store", "verify"]));
+    assert_exit(&p.run(&["--offline", "node", "--id", "0", "--out", "again"]), 3);
+
     // A collection started during a build waits for it, then keeps its output.
     for (name, data) in &p.inputs {
         p.server.serve(&format!("dist/{name}"), data.clone(), Fault::Slow { pause_ms: 20 });
