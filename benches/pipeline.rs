@@ -108,6 +108,13 @@ fn make_tarball(path: &Path, top: &str, total: usize, files: usize, random_share
     written
 }
 
+/// `dir`, created empty (removing what an earlier step left there).
+fn empty_dir(dir: &Path) -> std::path::PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    dir.to_path_buf()
+}
+
 fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
@@ -304,9 +311,7 @@ fn main() {
     let baseline = |compressor: &str| -> Duration {
         let mut total = Duration::ZERO;
         for i in &inputs {
-            let x = work.join("extract");
-            let _ = std::fs::remove_dir_all(&x);
-            std::fs::create_dir_all(&x).unwrap();
+            let x = empty_dir(&work.join("extract"));
             total += timed_sh(&format!(
                 "tar -xzf {} -C {x} && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C {x} -c . | {compressor} | sha256sum",
                 mirror.join(&i.file).display(),
@@ -330,9 +335,7 @@ fn main() {
         let mut total = Duration::ZERO;
         timed_sh(&format!("umoci init --layout {l} && umoci new --image {l}:b", l = layout.display()));
         for i in &inputs {
-            let x = work.join("extract");
-            let _ = std::fs::remove_dir_all(&x);
-            std::fs::create_dir_all(&x).unwrap();
+            let x = empty_dir(&work.join("extract"));
             total += timed_sh(&format!(
                 "tar -xzf {} -C {x} && umoci insert --rootless --image {l}:b {x} {p}",
                 mirror.join(&i.file).display(),

@@ -267,24 +267,6 @@ fn own_layer(
     })
 }
 
-/// What outputs of `def` were built from, besides the blobs they hold: every source, and the
-/// base image's manifests and configs. `store gc` keeps them while such an output exists.
-pub fn inputs_of(store: &Store, def: &ImageDef, platforms: &[Platform]) -> Vec<crate::digest::Hash> {
-    let mut hashes = Vec::new();
-    for platform in platforms {
-        for recipe in def.recipes() {
-            let Some(source) = recipe.source_for(platform) else { continue };
-            hashes.push(source.hash.clone());
-            if recipe.kind != RecipeKind::Tarball {
-                if let Some(base) = source.hash.as_sha256().and_then(|d| BaseImage::load(store, &d).ok()) {
-                    hashes.push(base.config_digest.to_hash());
-                }
-            }
-        }
-    }
-    hashes
-}
-
 /// Builds the images of `nodes` (all of them when empty).
 pub fn build(
     store: &Store,

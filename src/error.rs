@@ -135,19 +135,26 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
-/// reqwest's errors nest the useful part under a message that repeats the URL; show the causes.
-pub fn http_cause(e: &reqwest::Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(e);
+/// An error and its sources, on one line.
+fn chain(first: &dyn std::error::Error) -> String {
+    let mut text = first.to_string();
+    let mut source = first.source();
     while let Some(s) = source {
-        causes.push(s.to_string());
+        text.push_str(": ");
+        text.push_str(&s.to_string());
         source = s.source();
     }
-    if causes.is_empty() {
-        e.to_string()
-    } else {
-        causes.join(": ")
-    }
+    text
+}
+
+/// reqwest's errors nest the useful part under a message that repeats the URL; show the causes.
+pub fn http_cause(e: &reqwest::Error) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), chain)
+}
+
+/// An I/O error from a stream (such as a response body) with the error it wraps.
+pub fn io_cause(e: &io::Error) -> String {
+    e.get_ref().map_or_else(|| e.to_string(), |inner| chain(inner))
 }
 
 /// Converts a byte offset in `text` to a 1-based (line, column).

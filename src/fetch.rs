@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::digest::{Algorithm, Hash, Hasher};
-use crate::error::{http_cause as describe, Error, IoContext, MissingInput, Result};
+use crate::error::{http_cause as describe, io_cause, Error, IoContext, MissingInput, Result};
 use crate::progress::Reporter;
 use crate::recipe::Source;
 use crate::store::Store;
@@ -266,20 +266,4 @@ fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {
     let value = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     let range = value.strip_prefix("bytes ")?;
     range.split('-').next()?.parse().ok()
-}
-
-fn io_cause(e: &io::Error) -> String {
-    match e.get_ref() {
-        Some(inner) => {
-            let mut text = inner.to_string();
-            let mut source = inner.source();
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
-        None => e.to_string(),
-    }
 }

@@ -9,10 +9,13 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::build::NodeImage;
 use crate::digest::{Hash, Sha256Digest};
 use crate::error::{IoContext, Result};
 use crate::image::BaseImage;
-use crate::recipe::{Recipe, RecipeKind};
+use crate::image_def::ImageDef;
+use crate::platform::Platform;
+use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::store::Store;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -110,20 +113,46 @@ pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport
     Ok(report)
 }
 
-/// What `recipes` pin and the store holds: sources, and base images with their configs and layers.
+/// What one recipe source needs in the store: the source itself and, for a base image, its
+/// config and layers (the manifest is the source).
+fn source_blobs(store: &Store, recipe: &Recipe, source: &Source, hashes: &mut Vec<Hash>) {
+    hashes.push(source.hash.clone());
+    if recipe.kind == RecipeKind::Tarball {
+        return;
+    }
+    if let Some(base) = source.hash.as_sha256().and_then(|d| BaseImage::load(store, &d).ok()) {
+        hashes.push(base.config_digest.to_hash());
+        hashes.extend(base.layers.iter().map(|l| l.digest.0.to_hash()));
+    }
+}
+
+/// What `recipes` pin, for every platform: kept by `gc` while the project is the current one.
 pub fn pinned_by(store: &Store, recipes: &[Recipe]) -> Vec<Hash> {
     let mut hashes = Vec::new();
     for recipe in recipes {
         for source in &recipe.sources {
-            hashes.push(source.hash.clone());
-            if recipe.kind == RecipeKind::Tarball {
-                continue;
-            }
-            if let Some(base) = source.hash.as_sha256().and_then(|d| BaseImage::load(store, &d).ok()) {
-                hashes.push(base.config_digest.to_hash());
-                hashes.extend(base.layers.iter().map(|l| l.digest.0.to_hash()));
-            }
+            source_blobs(store, recipe, source, &mut hashes);
         }
     }
     hashes
+}
+
+/// Registers the output at `out`: the blobs of `images`, and what they were built from (the
+/// sources and base image of `def` for `platforms`), so `gc` keeps them while it exists.
+pub fn register_output(
+    store: &Store,
+    out: &Path,
+    def: &ImageDef,
+    images: &[NodeImage],
+    platforms: &[Platform],
+) -> Result<()> {
+    let mut hashes: Vec<Hash> = images.iter().flat_map(|i| i.output(&def.name).blobs).map(|d| d.to_hash()).collect();
+    for platform in platforms {
+        for recipe in def.recipes() {
+            if let Some(source) = recipe.source_for(platform) {
+                source_blobs(store, recipe, source, &mut hashes);
+            }
+        }
+    }
+    register_root(store, out, hashes)
 }

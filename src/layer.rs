@@ -80,7 +80,12 @@ impl<'s> LayerSink<'s> {
 }
 
 fn header(entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
-    let mut h = Header::new_gnu();
+    fixed_header(Header::new_gnu(), entry_type, mode, mtime, size)
+}
+
+/// `empty` (a GNU or ustar header) with owner 0:0, no names, and the given type, mode, time and
+/// size: the only metadata imgbuild writes into a tar.
+pub fn fixed_header(mut h: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
     h.set_entry_type(entry_type);
     h.set_mode(mode);
     h.set_uid(0);

@@ -126,8 +126,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     });
     let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
     output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
-    let held = output::layout::all_blobs(&outputs).into_iter().map(|d| d.to_hash());
-    crate::gc::register_root(&store, &out, held.chain(crate::build::inputs_of(&store, def, &settings.platforms)))?;
+    crate::gc::register_output(&store, &out, def, images, &settings.platforms)?;
     report(global, def, &out, options.format, &result);
     Ok(())
 }

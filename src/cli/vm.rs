@@ -66,8 +66,7 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
         epoch: settings.layer.epoch,
     };
     let summary = vm::write(&store, def, &result.nodes, &opts)?;
-    let held = result.nodes.iter().flat_map(|n| n.output(&def.name).blobs).map(|d| d.to_hash());
-    crate::gc::register_root(&store, &out, held.chain(crate::build::inputs_of(&store, def, &settings.platforms)))?;
+    crate::gc::register_output(&store, &out, def, &result.nodes, &settings.platforms)?;
     if global.json {
         super::print_json(&serde_json::to_value(&summary).expect("serializes"));
     } else {

@@ -14,14 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
 
 fn header(entry_type: EntryType, mode: u32, size: u64, epoch: u64) -> Header {
-    let mut h = Header::new_ustar();
-    h.set_entry_type(entry_type);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(epoch);
-    h.set_size(size);
-    h
+    crate::layer::fixed_header(Header::new_ustar(), entry_type, mode, epoch, size)
 }
 
 fn docker_manifest(images: &[OutputImage]) -> Result<Vec<u8>> {

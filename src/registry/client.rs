@@ -219,14 +219,7 @@ impl Client {
 
     /// Sends one request once, answering an auth challenge once.
     fn send_once(&self, make: &dyn Fn() -> RequestBuilder) -> std::result::Result<Response, reqwest::Error> {
-        let with_auth = || {
-            let mut r = make();
-            if let Some(a) = self.authorization.borrow().as_ref() {
-                r = r.header(AUTHORIZATION, a.expose());
-            }
-            r
-        };
-        with_auth().send()
+        self.authorized(make()).send()
     }
 
     /// Sends a request, authenticating when challenged and retrying (bounded) on 5xx, 429

@@ -122,28 +122,24 @@ fn pin_real_inputs(p: &TestProject, work: &Path) {
     assert_ok(&p.run(&["store", "add", base.to_str().unwrap()]));
 }
 
-/// `podman run -d` of one node; `identity` is how it is told who it is.
-fn start_node(layout: &Path, tag: &str, name: &str, data: &Path, identity: &[&str]) {
+/// `podman run` of a node image as the test runs them all: host network, the ulimits runc
+/// needs here, and the node's data directories (created) as its volumes. `mode` is `--detach
+/// --name N` or `--rm`; the caller adds the environment and the image.
+fn node_run(data: &Path, mode: &[&str]) -> Command {
     for d in ["zookeeper", "kafka"] {
         std::fs::create_dir_all(data.join(d)).unwrap();
     }
-    let out = podman()
-        .args([
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--network=host",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ])
+    let mut cmd = podman();
+    cmd.arg("run").args(mode).args(["--network=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+    cmd.arg("-v").arg(format!("{}:/var/lib/zookeeper", data.join("zookeeper").display()));
+    cmd.arg("-v").arg(format!("{}:/var/lib/kafka", data.join("kafka").display()));
+    cmd
+}
+
+/// `podman run -d` of one node; `identity` is how it is told who it is.
+fn start_node(layout: &Path, tag: &str, name: &str, data: &Path, identity: &[&str]) {
+    let out = node_run(data, &["--detach", "--name", name])
         .args(["-e", "IMGBUILD_VAR_bind_address={{node_host}}", "-e", "IMGBUILD_VAR_tick_time=500"])
-        .arg("-v")
-        .arg(format!("{}:/var/lib/zookeeper", data.join("zookeeper").display()))
-        .arg("-v")
-        .arg(format!("{}:/var/lib/kafka", data.join("kafka").display()))
         .args(identity)
         .arg(format!("oci:{}:{tag}", layout.display()))
         .output()
@@ -253,13 +249,8 @@ fn three_containers_from_one_build_form_a_zookeeper_ensemble() {
 
     // The stopped node's data is never taken over by another identity.
     let other = (l + 1) % 3;
-    let refused = podman()
-        .args(["run", "--rm", "--network=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+    let refused = node_run(&data[l], &["--rm"])
         .args(["-e", &format!("NODE_ID={other}")])
-        .arg("-v")
-        .arg(format!("{}:/var/lib/zookeeper", data[l].join("zookeeper").display()))
-        .arg("-v")
-        .arg(format!("{}:/var/lib/kafka", data[l].join("kafka").display()))
         .arg(format!("oci:{}:node-{l}", layout.display()))
         .output()
         .unwrap();
@@ -270,23 +261,9 @@ fn three_containers_from_one_build_form_a_zookeeper_ensemble() {
 
     // A service that dies takes the node down with a non-zero exit, after stopping the others.
     let broken = p.path("data/broken");
-    for d in ["zookeeper", "kafka"] {
-        std::fs::create_dir_all(broken.join(d)).unwrap();
-    }
-    let died = podman()
-        .args(["run", "--rm", "--network=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
-        .args([
-            "-e",
-            "NODE_ID=0",
-            "-e",
-            "IMGBUILD_VAR_bind_address={{node_host}}",
-            "-e",
-            "IMGBUILD_VAR_zookeeper_client_port=not-a-port",
-        ])
-        .arg("-v")
-        .arg(format!("{}:/var/lib/zookeeper", broken.join("zookeeper").display()))
-        .arg("-v")
-        .arg(format!("{}:/var/lib/kafka", broken.join("kafka").display()))
+    let died = node_run(&broken, &["--rm"])
+        .args(["-e", "NODE_ID=0", "-e", "IMGBUILD_VAR_bind_address={{node_host}}"])
+        .args(["-e", "IMGBUILD_VAR_zookeeper_client_port=not-a-port"])
         .arg(format!("oci:{}:node-0", layout.display()))
         .output()
         .unwrap();

@@ -194,24 +194,7 @@ fn bad_image_definitions_are_refused_before_any_work() {
 fn expect_unsafe(entries: &[Entry], needle: &str) {
     let p = TestProject::new();
     p.add_base();
-    let data = fixtures::tar_gz(entries);
-    let hex = fixtures::sha256_hex(&data);
-    p.server.serve("dist/evil.tar.gz", data, Fault::None);
-    let recipe = std::fs::read_to_string(p.root.join("recipes/zookeeper.toml")).unwrap();
-    let recipe = recipe
-        .lines()
-        .map(|l| {
-            if l.starts_with("url =") {
-                format!("url = \"{}\"", p.server.url("dist/evil.tar.gz"))
-            } else if l.starts_with("sha256 =") {
-                format!("sha256 = \"{hex}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    p.write_recipe("zookeeper.toml", &recipe);
+    p.serve_as_zookeeper("evil.tar.gz", fixtures::tar_gz(entries));
     let out = p.run(&["node", "--id", "0"]);
     assert_exit(&out, 1);
     let err = stderr(&out);
@@ -239,12 +222,7 @@ fn a_truncated_gzip_source_is_a_clear_error() {
     p.add_base();
     let full = fixtures::zookeeper();
     let cut = full[..full.len() / 2].to_vec();
-    let hex = fixtures::sha256_hex(&cut);
-    p.server.serve("dist/cut.tar.gz", cut, Fault::None);
-    p.write_recipe(
-        "zookeeper.toml",
-        &format!("name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"{}\"\nsha256 = \"{hex}\"\n[unpack]\nstrip_components = 1\nprefix = \"/usr/local/zookeeper\"\n", p.server.url("dist/cut.tar.gz")),
-    );
+    p.serve_as_zookeeper("cut.tar.gz", cut);
     let out = p.run(&["node", "--id", "0"]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("cut.tar.gz (zookeeper)"), "{}", stderr(&out));

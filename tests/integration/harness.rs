@@ -164,6 +164,19 @@ digest = "{}"
         )
     }
 
+    /// Replaces the ZooKeeper recipe with one pinned to `data`, served as `dist/{file}`.
+    pub fn serve_as_zookeeper(&self, file: &str, data: Vec<u8>) {
+        let hex = fixtures::sha256_hex(&data);
+        self.server.serve(&format!("dist/{file}"), data, Fault::None);
+        self.write_recipe(
+            "zookeeper.toml",
+            &format!(
+                "name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"{}\"\nsha256 = \"{hex}\"\n[unpack]\nstrip_components = 1\nprefix = \"/usr/local/zookeeper\"\n",
+                self.server.url(&format!("dist/{file}"))
+            ),
+        );
+    }
+
     pub fn write_recipe(&self, file: &str, text: &str) {
         std::fs::write(self.root.join("recipes").join(file), text).unwrap();
     }

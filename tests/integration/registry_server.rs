@@ -117,27 +117,19 @@ fn openssl(args: &[&str], dir: &Path) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A self-signed certificate and its key, in `dir`.
+fn self_signed(dir: &Path, common_name: &str, key: &str, cert: &str) {
+    let subject = format!("/CN={common_name}");
+    let args = [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout", key, "-out", cert,
+    ];
+    openssl(&args, dir);
+}
+
 /// A CA, and a server certificate for 127.0.0.1 and localhost signed by it; returns the CA's.
 fn make_ca_and_server_cert(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=imgbuild test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-        dir,
-    );
+    self_signed(dir, "imgbuild test CA", "ca.key", "ca.pem");
     openssl(
         &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", "server.csr"],
         dir,
@@ -189,24 +181,7 @@ pub struct TokenServer {
 impl TokenServer {
     pub fn start(dir: &Path) -> TokenServer {
         std::fs::create_dir_all(dir).unwrap();
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=token signer",
-                "-keyout",
-                "token.key",
-                "-out",
-                "token.pem",
-            ],
-            dir,
-        );
+        self_signed(dir, "token signer", "token.key", "token.pem");
         let der = Command::new("openssl")
             .args(["x509", "-in", "token.pem", "-outform", "DER"])
             .current_dir(dir)

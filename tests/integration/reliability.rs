@@ -129,24 +129,15 @@ fn a_stalled_server_times_out_with_a_clear_message() {
     assert!(start.elapsed() < Duration::from_secs(30), "bounded: {:?}", start.elapsed());
 }
 
-fn serve_as_zookeeper(p: &TestProject, data: Vec<u8>) {
-    let hex = fixtures::sha256_hex(&data);
-    p.server.serve("dist/evil.tar.gz", data, Fault::None);
-    p.write_recipe(
-        "zookeeper.toml",
-        &format!(
-            "name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"{}\"\nsha256 = \"{hex}\"\n[unpack]\nstrip_components = 1\nprefix = \"/usr/local/zookeeper\"\n",
-            p.server.url("dist/evil.tar.gz")
-        ),
-    );
-}
-
 #[test]
 fn a_gzip_bomb_and_a_lying_tar_header_are_refused() {
     let p = TestProject::new();
     p.add_base();
     // 64 MB of zeros in a few hundred KB; the limit is set lower than that.
-    serve_as_zookeeper(&p, fixtures::tar_gz(&[Entry::File("zk/zeros".into(), vec![0u8; 64 << 20], 0o644)]));
+    p.serve_as_zookeeper(
+        "evil.tar.gz",
+        fixtures::tar_gz(&[Entry::File("zk/zeros".into(), vec![0u8; 64 << 20], 0o644)]),
+    );
     let out = p.cmd().env("IMGBUILD_MAX_UNPACKED", "10000000").args(["node", "--id", "0"]).output().unwrap();
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("unpacks to more than 10000000 bytes"), "{}", stderr(&out));
@@ -162,7 +153,7 @@ fn a_gzip_bomb_and_a_lying_tar_header_are_refused() {
     raw.extend_from_slice(&[7u8; 4096]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &raw).unwrap();
-    serve_as_zookeeper(&p, gz.finish().unwrap());
+    p.serve_as_zookeeper("evil.tar.gz", gz.finish().unwrap());
     let out = p.run(&["node", "--id", "0"]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("corrupt tar stream"), "{}", stderr(&out));
