@@ -21,6 +21,10 @@ pub enum ExitCode {
     Storage = 4,
     /// The registry refused, failed, or could not be reached (after bounded retries).
     Registry = 5,
+    /// An external tool imgbuild needs (mke2fs, qemu-img, xorriso, …) is missing or failed.
+    Tool = 6,
+    /// A bug in imgbuild: an invariant did not hold (sysexits' EX_SOFTWARE).
+    Internal = 70,
 }
 
 /// One input that is neither in the store nor reachable, with what adds it.
@@ -48,10 +52,10 @@ pub enum Error {
     #[error("hash mismatch for {what}\n  expected: {expected}\n  got:      {found}")]
     HashMismatch { what: String, expected: Hash, found: Hash },
 
-    #[error("refusing unsafe entry `{entry}` in {archive}: {reason}")]
+    #[error("refusing unsafe entry `{}` in {}: {reason}", escape(entry), escape(archive))]
     UnsafeEntry { archive: String, entry: String, reason: String },
 
-    #[error("{}: {message}", archive)]
+    #[error("{}: {message}", escape(archive))]
     BadArchive { archive: String, message: String },
 
     #[error("{} input(s) missing from the store{}", .0.len(), missing_list(.0))]
@@ -68,17 +72,23 @@ pub enum Error {
 
     #[error("{0}")]
     Usage(String),
+
+    #[error("{tool}: {message}")]
+    Tool { tool: String, package: String, message: String },
+
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn missing_list(missing: &[MissingInput]) -> String {
     let mut out = String::new();
     for m in missing {
-        out.push_str(&format!("\n  - {} ({}) {}  {}", m.recipe, m.platform, m.file, m.hash));
+        out.push_str(&format!("\n  - {} ({}) {}  {}", m.recipe, m.platform, escape(&m.file), m.hash));
         for url in &m.urls {
-            out.push_str(&format!("\n      {url}"));
+            out.push_str(&format!("\n      {}", escape(url)));
         }
         for reason in &m.reasons {
-            out.push_str(&format!("\n      tried: {reason}"));
+            out.push_str(&format!("\n      tried: {}", escape(reason)));
         }
         out.push_str(&format!("\n      add it: {}", m.add));
     }
@@ -88,6 +98,11 @@ fn missing_list(missing: &[MissingInput]) -> String {
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
         Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    /// An external tool that is missing (`source` says why it could not start) or failed.
+    pub fn tool(tool: &str, package: &str, message: impl Into<String>) -> Self {
+        Error::Tool { tool: tool.into(), package: package.into(), message: message.into() }
     }
 
     pub fn exit_code(&self) -> ExitCode {
@@ -101,6 +116,8 @@ impl Error {
             Error::Io { .. } | Error::Store { .. } => ExitCode::Storage,
             Error::Usage(_) => ExitCode::Usage,
             Error::Registry { .. } => ExitCode::Registry,
+            Error::Tool { .. } => ExitCode::Tool,
+            Error::Internal(_) => ExitCode::Internal,
         }
     }
 
@@ -114,15 +131,64 @@ impl Error {
             Error::HashMismatch { .. } => Some(
                 "nothing was stored; if the new content is trusted, pin the hash shown as `got` (see `imgbuild prefetch`)".into(),
             ),
-            Error::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+            Error::Io { path, source } if source.kind() == io::ErrorKind::PermissionDenied && in_opened_store(path) => {
                 Some("choose a writable store with --store DIR or IMGBUILD_STORE".into())
             }
+            Error::Tool { tool, package, .. } => {
+                Some(format!("install `{tool}` (Debian and Ubuntu: `apt-get install {package}`)"))
+            }
+            Error::Internal(_) => Some("this is a bug in imgbuild; please report it with the command you ran".into()),
             _ => None,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The store this process opened, so that a permission error can say "choose another store"
+/// only when it is the store that refused.
+static OPENED_STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Called by `Store::open`.
+pub(crate) fn note_opened_store(root: &Path) {
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let _ = OPENED_STORE.set(root);
+}
+
+fn in_opened_store(path: &Path) -> bool {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    OPENED_STORE.get().is_some_and(|root| path.starts_with(root))
+}
+
+/// Text from an input (a tar entry's name, a server's reply, a value of a file) made safe to
+/// print on a terminal: control characters, and the invisible characters that reorder or hide
+/// text (bidirectional overrides, zero-width marks), are shown escaped (`\n`, `\u{1b}`).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Control characters (C0, DEL, C1) and the format characters that change how text around
+/// them is displayed.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// The last line of defence for everything printed about an error: our own messages use line
+/// breaks (kept), anything else that could drive the terminal is escaped.
+pub fn printable(message: &str) -> String {
+    message.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
 
 /// Attaches a path to an `io::Error`.
 pub trait IoContext<T> {
@@ -169,5 +235,30 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl fmt::Display for ExitCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", *self as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_every_control_and_reordering_character() {
+        assert_eq!(escape("a\x1b[31mb\nc\u{202e}d\u{7f}"), "a\\u{1b}[31mb\\nc\\u{202e}d\\u{7f}");
+        assert_eq!(escape("plain ünïcode/path-1.2"), "plain ünïcode/path-1.2");
+    }
+
+    #[test]
+    fn printable_keeps_line_breaks_but_nothing_else() {
+        assert_eq!(printable("one\n  two\x07\r"), "one\n  two\\u{7}\\r");
+    }
+
+    #[test]
+    fn the_store_hint_is_only_for_paths_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        note_opened_store(dir.path());
+        let denied = || io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(Error::io(dir.path().join("blobs/x"), denied()).hint().is_some());
+        assert!(Error::io("/somewhere/else/out", denied()).hint().is_none());
     }
 }

@@ -104,7 +104,7 @@ pub fn canonical_json(value: &impl Serialize) -> Vec<u8> {
 }
 
 fn spec_err(e: oci_spec::OciSpecError) -> Error {
-    Error::Usage(format!("internal error building an OCI document: {e}"))
+    Error::Internal(format!("building an OCI document: {e}"))
 }
 
 pub fn descriptor(media_type: MediaType, digest: &Sha256Digest, size: u64) -> Descriptor {

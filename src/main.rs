@@ -1,7 +1,7 @@
 use clap::Parser;
 
 use imgbuild::cli::{self, Cli};
-use imgbuild::error::ExitCode;
+use imgbuild::error::{printable, ExitCode};
 
 fn main() {
     let cli = Cli::parse();
@@ -9,9 +9,9 @@ fn main() {
     let code = match cli::run(cli) {
         Ok(()) => ExitCode::Ok,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable(&e.to_string()));
             if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
+                eprintln!("hint: {}", printable(&hint));
             }
             if json {
                 let missing = match &e {

@@ -52,6 +52,7 @@ impl Store {
             let d = root.join(dir);
             fs::create_dir_all(&d).at(&d)?;
         }
+        crate::error::note_opened_store(root);
         Ok(Store { root: root.to_path_buf() })
     }
 

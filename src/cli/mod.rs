@@ -23,7 +23,7 @@ use crate::progress::{HumanReporter, Reporter, SilentReporter};
     version,
     about = "Reproducible OCI images and VM disks for pinned clusters",
     max_term_width = 100,
-    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry. With --json, errors are also printed as JSON."
+    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 70 internal\nerror. With --json, errors are also printed as JSON."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -33,7 +33,7 @@ pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
         .media_type(MediaType::ImageIndex)
         .manifests(manifests)
         .build()
-        .map_err(|e| Error::Usage(format!("internal error building index.json: {e}")))?;
+        .map_err(|e| Error::Internal(format!("building index.json: {e}")))?;
     Ok(canonical_json(&index))
 }
 

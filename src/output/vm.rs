@@ -67,19 +67,15 @@ pub struct VmSummary {
     pub network: PathBuf,
 }
 
-fn tool_error(tool: &str, package: &str, detail: String) -> Error {
-    Error::Store { path: PathBuf::from(tool), message: format!("{detail} (install Debian's `{package}`)") }
-}
-
-/// Runs an external tool; a missing tool or a failure is a clear error.
+/// Runs an external tool; a missing tool or a failure is a clear error naming it and its package.
 fn run(cmd: &mut Command, tool: &str, package: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| tool_error(tool, package, format!("cannot run {tool}: {e}")))?;
+    let out = cmd.output().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::tool(tool, package, "not installed (not found on PATH)"),
+        _ => Error::tool(tool, package, format!("cannot run: {e}")),
+    })?;
     if !out.status.success() {
-        return Err(tool_error(
-            tool,
-            package,
-            format!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        ));
+        let status = out.status.code().map_or_else(|| "was killed".to_string(), |c| format!("exited with {c}"));
+        return Err(Error::tool(tool, package, format!("{status}: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
