@@ -23,3 +23,4 @@ pub mod recipe;
 pub mod registry;
 pub mod store;
 pub mod toml_file;
+pub mod tree;
