@@ -19,6 +19,7 @@ pub mod oci_doc;
 pub mod output;
 pub mod platform;
 pub mod progress;
+pub mod project;
 pub mod recipe;
 pub mod registry;
 pub mod store;

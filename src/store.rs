@@ -3,6 +3,8 @@
 //! ```text
 //! STORE/blobs/<algorithm>/<hex>   sources, layers, configs, manifests (read-only once written)
 //! STORE/layers/<derivation>.json  which layer a recipe's derivation hash produced
+//! STORE/roots/<hash of path>.json an output imgbuild wrote and the blobs it needs (gc roots)
+//! STORE/registries/<host>.json    which repositories of a registry hold which blobs (mount hints)
 //! STORE/tmp/                      temporary files, on the same file system as blobs/
 //! STORE/locks/                    one lock file per entry being produced
 //! ```
@@ -48,7 +50,7 @@ impl Store {
     }
 
     pub fn open(root: &Path) -> Result<Store> {
-        for dir in ["blobs/sha256", "blobs/sha512", "layers", "tmp", "locks"] {
+        for dir in ["blobs/sha256", "blobs/sha512", "layers", "roots", "registries", "tmp", "locks"] {
             let d = root.join(dir);
             fs::create_dir_all(&d).at(&d)?;
         }
@@ -256,6 +258,45 @@ impl Store {
             }
         }
         Ok(bad)
+    }
+}
+
+/// A gc root: an output imgbuild wrote and the blobs it holds or was built from.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Root {
+    pub output: PathBuf,
+    /// `sha256:…` and `sha512:…` names of the blobs.
+    pub blobs: Vec<String>,
+}
+
+impl Store {
+    /// Records that the output at `output` needs `blobs`, so `store gc` keeps them while the
+    /// output exists.
+    pub fn add_root(&self, output: &Path, blobs: impl IntoIterator<Item = Hash>) -> Result<()> {
+        let output = std::path::absolute(output).at(output)?;
+        let name = Sha256Digest::of(output.as_os_str().as_encoded_bytes()).hex();
+        let root = Root { output, blobs: blobs.into_iter().map(|h| h.to_string()).collect() };
+        let data = serde_json::to_vec(&root).expect("a root serializes");
+        self.write_atomic(&self.root.join("roots").join(format!("{name}.json")), &data)
+    }
+
+    /// Every registered root, by file; `None` for a record that cannot be read (a dead root).
+    pub fn roots(&self) -> Result<Vec<(PathBuf, Option<Root>)>> {
+        let dir = self.root.join("roots");
+        let mut roots = Vec::new();
+        for entry in fs::read_dir(&dir).at(&dir)? {
+            let path = entry.at(&dir)?.path();
+            let root = fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok());
+            roots.push((path, root));
+        }
+        Ok(roots)
+    }
+
+    /// The file that remembers which repositories of `registry` hold which blobs.
+    pub fn registry_hints_path(&self, registry: &str) -> PathBuf {
+        let name: String =
+            registry.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+        self.root.join("registries").join(format!("{name}.json"))
     }
 }
 

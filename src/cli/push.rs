@@ -4,9 +4,10 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::build::{build, Project};
+use crate::build::build;
 use crate::error::{Error, Result};
 use crate::platform::Platform;
+use crate::project::Project;
 use crate::registry::auth::{self, Credentials, Secret};
 use crate::registry::{pull, push, Client, Reference, RegistrySettings};
 
@@ -133,9 +134,9 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
             let dest = if args.id.is_some() && reference.tag.is_some() {
                 reference.clone()
             } else {
-                reference.with_tag(&node.tag)
+                reference.with_tag(&node.image.tag)
             };
-            targets.push((dest, node.digest));
+            targets.push((dest, node.image.digest));
         }
     }
     let client = args.registry.connect(global, &reference)?;

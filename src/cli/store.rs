@@ -89,11 +89,7 @@ pub fn matching_image_recipes(recipes: &[Recipe], imported: &crate::import::Impo
 
 /// The recipes of the project, if there is one here: `store add` works without.
 pub fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
-    let dir = global.project.join("recipes");
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    Ok(crate::recipe::load_dir(&dir)?.into_values().collect())
+    Ok(crate::project::Project::recipes_in(&global.project)?.into_values().collect())
 }
 
 fn hash_both(path: &Path) -> Result<(Hash, Hash)> {

@@ -609,3 +609,30 @@ fn concurrent_builds_on_one_store_agree_and_leave_nothing_half_done() {
     assert!(leftovers.is_empty(), "temporary files left in the store: {leftovers:?}");
     assert_ok(&p.run(&["store", "verify"]));
 }
+
+#[test]
+fn build_also_writes_a_cluster_image_that_takes_its_whole_identity_at_boot() {
+    let p = TestProject::new();
+    p.add_base();
+    let summary = json(&p.run(&["--json", "build"]));
+    let layout = p.root.join("out/zk-kafka");
+    let cluster = manifest_of(&layout, "cluster");
+    assert_eq!(summary["cluster"]["tag"], "cluster");
+    let node = manifest_of(&layout, "node-1");
+    let (shared, own) = (cluster["layers"].as_array().unwrap(), node["layers"].as_array().unwrap());
+    assert_eq!(shared[..], own[..own.len() - 1], "the cluster image is every node's shared layers");
+    assert_eq!(summary["nodes"][1]["identity_layer"]["digest"], own[own.len() - 1]["digest"]);
+    let config = blob(&layout, cluster["config"]["digest"].as_str().unwrap());
+    let labels = &config["config"]["Labels"];
+    assert!(labels.get("org.imgbuild.node.id").is_none(), "no node is baked in: {labels}");
+    assert_eq!(labels["org.imgbuild.cluster"], "zk-kafka");
+    // Without a baked id, the entrypoint needs one at boot, and takes any node's.
+    let bundle = p.path("bundle-cluster");
+    let rootfs = unpack(&layout, "cluster", &bundle);
+    assert!(!rootfs.join("etc/imgbuild/node-id").exists());
+    let none = render_node(&rootfs, &[]);
+    assert_eq!(none.status.code(), Some(64), "{}", String::from_utf8_lossy(&none.stderr));
+    let two = render_node(&rootfs, &[("NODE_ID", "2")]);
+    assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
+    assert_eq!(std::fs::read_to_string(rootfs.join("var/lib/zookeeper/myid")).unwrap().trim(), "2");
+}
