@@ -7,7 +7,7 @@
 //! anything `imgbuild check` accepts renders at boot.
 
 mod host;
-pub mod template;
+mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use self::host::{is_host, is_host_name};
+pub use self::host::is_host;
 use self::template::{Piece, TextError};
 use crate::error::{escape, line_col, Error, IoContext, Result};
 use crate::recipe::{Recipe, RecipeKind};
@@ -133,7 +133,7 @@ pub const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
 const ITEM_VARS: &[&str] = &["id", "host"];
 
 /// The largest template file: the entrypoint renders it line by line in the shell.
-pub const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
 /// The entrypoint every node image runs unless the definition names another.
 pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
@@ -292,7 +292,7 @@ impl ImageDef {
 
 /// An OCI repository path component (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`): usable in image
 /// references and as a file name (`out/NAME`; never `.`, `..` or an option-like `-x`).
-pub fn is_image_name(name: &str) -> bool {
+pub(crate) fn is_image_name(name: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let separator_ok = |s: &str| matches!(s, "." | "_" | "__") || s.chars().all(|c| c == '-');
     (1..=128).contains(&name.len())

@@ -17,7 +17,7 @@ pub fn is_host(text: &str) -> bool {
 /// RFC 1123: dot-separated labels of ASCII letters, digits and `-`, each 1 to 63 long and
 /// neither starting nor ending with `-`, at most 253 in all, with no final dot. The last label
 /// is not all digits, so that no name can be mistaken for a malformed IPv4 address (RFC 3696 §2).
-pub fn is_host_name(text: &str) -> bool {
+fn is_host_name(text: &str) -> bool {
     let label_ok = |l: &str| {
         (1..=MAX_LABEL).contains(&l.len())
             && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')

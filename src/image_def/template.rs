@@ -5,7 +5,7 @@
 //! the same under any shell.
 
 /// A reference's name: `a-z`, `0-9` and `_`, not starting with a digit.
-pub fn is_reference_name(name: &str) -> bool {
+pub(crate) fn is_reference_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -13,7 +13,7 @@ pub fn is_reference_name(name: &str) -> bool {
 
 /// A part of a text: literal text, or a reference to replace.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     Text(&'a str),
     /// `offset` is where its `{{` starts in the text.
     Reference {
@@ -24,14 +24,14 @@ pub enum Piece<'a> {
 
 /// Where a text breaks the rules, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextError {
+pub(crate) struct TextError {
     /// Byte offset in the text.
-    pub offset: usize,
-    pub message: String,
+    pub(crate) offset: usize,
+    pub(crate) message: String,
 }
 
 /// Splits `text` into literal text and references.
-pub fn parse(text: &str) -> Result<Vec<Piece<'_>>, TextError> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Piece<'_>>, TextError> {
     let mut pieces = Vec::new();
     let mut at = 0;
     while let Some(found) = text[at..].find("{{") {
@@ -68,7 +68,7 @@ pub fn parse(text: &str) -> Result<Vec<Piece<'_>>, TextError> {
 }
 
 /// The first control character of `text` (C0, DEL, C1) that is not in `allowed`.
-pub fn check_characters(text: &str, allowed: &[char]) -> Result<(), TextError> {
+pub(crate) fn check_characters(text: &str, allowed: &[char]) -> Result<(), TextError> {
     match text.char_indices().find(|(_, c)| c.is_control() && !allowed.contains(c)) {
         None => Ok(()),
         Some((offset, c)) => {
