@@ -8,7 +8,9 @@ mod http;
 mod registry_server;
 
 mod core;
+mod definitions;
 mod ensemble;
+mod entrypoint;
 mod failures;
 mod registry;
 mod reliability;
