@@ -6,7 +6,7 @@ use crate::build::{build, BuildResult, BuildSettings, Project};
 use crate::compress::{default_threads, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
-use crate::output::{self, Format};
+use crate::output::{self, Destination, Force, Format};
 use crate::platform::Platform;
 
 use super::GlobalArgs;
@@ -109,26 +109,30 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     if let Some(id) = node {
         def.node(id)?;
     }
+    let out = options.out.clone().unwrap_or_else(|| default_out(def, node, options.format));
+    // Before any work: a path that is not imgbuild's own output is refused, untouched.
+    let dest = Destination::check(&out, options.format.shape(), Force::NotOffered)?;
     let store = global.open_store()?;
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
     let nodes: Vec<u32> = node.into_iter().collect();
     let result = build(&store, def, &nodes, &settings, reporter.as_ref())?;
     let images = &result.nodes;
+    let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
+    output::write(&store, &dest, options.format, &outputs, settings.layer.epoch)?;
+    crate::gc::register_output(&store, &out, def, images, &settings.platforms)?;
+    report(global, def, &out, options.format, &result);
+    Ok(())
+}
 
+/// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
+fn default_out(def: &crate::image_def::ImageDef, node: Option<u32>, format: Format) -> PathBuf {
     let stem = match node {
         Some(id) => format!("{}-node-{id}", def.name),
         None => def.name.clone(),
     };
-    let out = options.out.clone().unwrap_or_else(|| {
-        let name = if options.format.is_archive() { format!("{stem}.tar") } else { stem };
-        PathBuf::from("out").join(name)
-    });
-    let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
-    output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
-    crate::gc::register_output(&store, &out, def, images, &settings.platforms)?;
-    report(global, def, &out, options.format, &result);
-    Ok(())
+    let name = if format.is_archive() { format!("{stem}.tar") } else { stem };
+    PathBuf::from("out").join(name)
 }
 
 fn report(
