@@ -75,24 +75,28 @@ impl Rootfs {
 
     /// Applies one layer (gzip or plain tar) over the ones before.
     pub(crate) fn apply(&mut self, store: &Store, layer: &ImageLayer) -> Result<()> {
-        self.layer += 1;
-        let name = layer.digest.to_string();
-        let bad = |message: String| Error::BadArchive { archive: name.clone(), message };
         let file = store.open_blob(&layer.digest.0.to_hash())?;
         let mut reader = BufReader::with_capacity(256 * 1024, file);
         let gzipped = reader.fill_buf().at(self.host.path())?.starts_with(&[0x1f, 0x8b]);
         let input: Box<dyn Read> =
             if gzipped { Box::new(flate2::bufread::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+        self.apply_tar(input, &layer.digest.to_string())
+    }
+
+    /// Applies the layer `name`, a tar stream, over the ones before.
+    fn apply_tar(&mut self, input: impl Read, name: &str) -> Result<()> {
+        self.layer += 1;
+        let bad = |message: String| Error::BadArchive { archive: name.to_string(), message };
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
             let mut entry = entry.map_err(|e| bad(format!("corrupt layer: {e}")))?;
-            self.entry(&mut entry, &name)?;
+            self.entry(&mut entry, name)?;
         }
         Ok(())
     }
 
     /// One entry of the layer `layer_name`.
-    fn entry(&mut self, entry: &mut tar::Entry<'_, Box<dyn Read>>, layer_name: &str) -> Result<()> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, layer_name: &str) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let unsafe_entry = |reason: String| Error::UnsafeEntry {
             archive: layer_name.to_string(),
@@ -282,3 +286,6 @@ fn whiteout(path: &TreePath) -> Result<Option<Whiteout>, String> {
     }
     Ok(Some(Whiteout::Path(dir.join(hidden))))
 }
+
+#[cfg(test)]
+mod tests;
