@@ -133,7 +133,10 @@ impl Destination {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|_| self.refuse(format!("holds a {RECORD} that imgbuild cannot read")))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(self.refuse(format!("is a non-empty directory that imgbuild did not write (no {RECORD})")))
+                return Err(self.refuse(format!(
+                    "is a non-empty directory that imgbuild did not write (no {RECORD}; an output of an \
+                     imgbuild older than this check has none either: remove it once)"
+                )))
             }
             Err(e) => return Err(Error::io(record_path, e)),
         };

@@ -400,3 +400,40 @@ fn hostile_base_layers_stay_inside_the_disk_and_the_disk_is_what_the_layers_say(
     assert!(beside.iter().all(|n| !n.contains(".tmp-")), "a temporary directory was left: {beside:?}");
     assert_eq!(ext4_tree(&raw, "/h").len(), 9, "a refused build leaves the previous output as it was");
 }
+
+#[test]
+fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
+    assert!(vm_tools(), "the VM tools are installed by .ci/install");
+    let p = TestProject::new();
+    p.add_base();
+    // A platform without a VM machine is refused before any work, not given an x86 one.
+    let out = p.run(&["vm", "--all", "--platform", "linux/arm/v7", "--out", "vm-arm"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("linux/arm/v7 has no VM template"), "{}", stderr(&out));
+    assert!(!p.root.join("vm-arm").exists() && p.server.total_requests() == 0, "no work was done");
+
+    let out = p.run(&["--json", "vm", "--id", "1", "--kernel", "/nonexistent/vmlinuz", "--out", "vm"]);
+    let summary = json(&out);
+    let warnings: Vec<&str> = summary["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 2, "the initrd is the host's own: {warnings:?}");
+    assert!(warnings[0].contains("kernel /nonexistent/vmlinuz, which does not exist here"), "{warnings:?}");
+    assert!(warnings[1].contains("loopback addresses"), "{warnings:?}");
+    assert!(stderr(&out).contains("warning: network.xml hands out no addresses"), "{}", stderr(&out));
+    assert_eq!(summary["boot"]["kernel"], "/nonexistent/vmlinuz");
+    let script = std::fs::read_to_string(p.root.join("vm/node-1.sh")).unwrap();
+    assert!(script.contains("kernel=${IMGBUILD_KERNEL:-/nonexistent/vmlinuz}"), "{script}");
+    let network = std::fs::read_to_string(p.root.join("vm/network.xml")).unwrap();
+    assert!(!network.contains("127.0.1"), "no loopback address is handed out: {network}");
+    if have_tool("virt-xml-validate") {
+        tool(Command::new("virt-xml-validate").arg(p.root.join("vm/network.xml")).arg("network"));
+    }
+    // Without --kernel: /boot/vmlinuz if there is one, else the newest versioned kernel, said.
+    let out = p.run(&["--json", "vm", "--id", "1", "--out", "vm"]);
+    let summary = json(&out);
+    let kernel = summary["boot"]["kernel"].as_str().unwrap();
+    if !Path::new("/boot/vmlinuz").exists() {
+        let newest = debian_kernel().map(|(k, _)| k.display().to_string());
+        assert_eq!(Some(kernel.to_string()), newest);
+    }
+    assert!(summary["warnings"].as_array().unwrap().len() == 1, "only the network: {summary}");
+}
