@@ -36,7 +36,8 @@ pub struct BuildOptions {
     /// Output format
     #[arg(long, value_enum, default_value = "oci")]
     pub format: Format,
-    /// Output path [default: out/IMAGE (build) or out/IMAGE-node-N (node), `.tar` for archives]
+    /// Output path, replaced only if imgbuild wrote it [default: out/IMAGE (build) or
+    /// out/IMAGE-node-N (node), `.tar` for archives]
     #[arg(long, short, value_name = "PATH")]
     pub out: Option<PathBuf>,
 }
