@@ -20,14 +20,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::digest::{hash_reader, Algorithm};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{escape, Error, IoContext, Result};
 
 /// The record of what imgbuild wrote into a directory output.
 pub(crate) const RECORD: &str = ".imgbuild-output.json";
 
 /// What kind of path an output is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// A directory: an OCI layout or the VM disks and templates.
     Directory,
     /// One file: an oci-archive or docker-archive.
@@ -45,7 +45,7 @@ enum Existing {
 
 /// Whether an imgbuild output that changed since it was written may be replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Force {
+pub(crate) enum Force {
     /// The command has no `--force`: a changed output is the user's to move.
     NotOffered,
     /// `--force` was not given.
@@ -56,7 +56,7 @@ pub enum Force {
 
 /// A checked output path.
 #[derive(Debug)]
-pub struct Destination {
+pub(crate) struct Destination {
     path: PathBuf,
     shape: Shape,
     force: Force,
@@ -79,13 +79,13 @@ struct FileRecord {
 
 impl Destination {
     /// Checks that an output of `shape` may be written at `path`.
-    pub fn check(path: &Path, shape: Shape, force: Force) -> Result<Destination> {
+    pub(crate) fn check(path: &Path, shape: Shape, force: Force) -> Result<Destination> {
         let dest = Destination { path: path.to_path_buf(), shape, force };
         dest.existing()?;
         Ok(dest)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -159,7 +159,7 @@ impl Destination {
     }
 
     /// Writes the record of the directory output in `temp` (every file it holds), as its last file.
-    pub fn record(temp: &Path) -> Result<()> {
+    pub(crate) fn record(temp: &Path) -> Result<()> {
         let record = Record::of(temp)?;
         let path = temp.join(RECORD);
         fs::write(&path, serde_json::to_vec_pretty(&record).expect("serializes")).at(&path)
@@ -167,7 +167,7 @@ impl Destination {
 
     /// Puts the finished output in `temp` at the destination, checking once more that what is
     /// there may be replaced. The old output ends up at the temporary path and goes with it.
-    pub fn replace_with(&self, temp: TempPath) -> Result<()> {
+    pub(crate) fn replace_with(&self, temp: TempPath) -> Result<()> {
         if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).at(parent)?;
         }
@@ -208,9 +208,9 @@ impl Record {
         for (rel, entry) in walk(dir)? {
             let Entry::File(size) = entry else {
                 if let Entry::Other = entry {
-                    changes.push(format!("{} is not a file or directory imgbuild made", crate::error::escape(&rel)));
+                    changes.push(format!("{} is not a file or directory imgbuild made", escape(&rel)));
                 } else if !self.files.keys().any(|f| f.starts_with(&format!("{rel}/"))) {
-                    changes.push(format!("{}/ was added", crate::error::escape(&rel)));
+                    changes.push(format!("{}/ was added", escape(&rel)));
                 }
                 continue;
             };
@@ -218,7 +218,7 @@ impl Record {
                 continue;
             }
             match self.files.get(&rel) {
-                None => changes.push(format!("{} was added", crate::error::escape(&rel))),
+                None => changes.push(format!("{} was added", escape(&rel))),
                 Some(f) => {
                     seen += 1;
                     let same = f.size == size
@@ -227,14 +227,14 @@ impl Record {
                             None => true,
                         };
                     if !same {
-                        changes.push(format!("{rel} changed"));
+                        changes.push(format!("{} changed", escape(&rel)));
                     }
                 }
             }
         }
         if seen < self.files.len() {
             let missing = self.files.keys().filter(|f| !dir.join(f).is_file()).take(3);
-            changes.extend(missing.map(|f| format!("{f} was removed")));
+            changes.extend(missing.map(|f| format!("{} was removed", escape(f))));
         }
         changes.truncate(5);
         Ok(changes)
@@ -314,14 +314,14 @@ fn exchange(from: &Path, to: &Path) -> io::Result<()> {
 /// A temporary sibling of an output, unique to this process, removed when dropped (whatever is
 /// there then: the unfinished output after a failure, the old output after a swap).
 #[derive(Debug)]
-pub struct TempPath {
+pub(crate) struct TempPath {
     path: PathBuf,
 }
 
 impl TempPath {
     /// The temporary path for `dest`, emptied first (an earlier run with the same process id
     /// may have been killed while writing it).
-    pub fn beside(dest: &Path) -> Result<TempPath> {
+    pub(crate) fn beside(dest: &Path) -> Result<TempPath> {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
         let path = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -332,7 +332,7 @@ impl TempPath {
         Ok(temp)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 

@@ -3,7 +3,7 @@
 //! output imgbuild wrote is ever replaced ([`destination`]).
 
 pub mod archive;
-pub mod destination;
+pub(crate) mod destination;
 pub mod layout;
 pub mod vm;
 
@@ -11,7 +11,7 @@ use oci_spec::image::Descriptor;
 
 use crate::digest::Sha256Digest;
 use crate::error::Result;
-pub use destination::{Destination, Force, Shape, TempPath};
+pub(crate) use destination::{Destination, Force, Shape, TempPath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -30,7 +30,7 @@ impl Format {
         self != Format::OciLayout
     }
 
-    pub fn shape(self) -> Shape {
+    pub(crate) fn shape(self) -> Shape {
         if self.is_archive() {
             Shape::Archive
         } else {
@@ -65,7 +65,7 @@ pub(crate) fn is_sha256_hex(name: &str) -> bool {
 }
 
 /// Writes `images` in `format` to `dest` (checked before the build), replacing it whole.
-pub fn write(
+pub(crate) fn write(
     store: &crate::store::Store,
     dest: &Destination,
     format: Format,

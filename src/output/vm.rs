@@ -31,19 +31,20 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::ImageLayer;
 use crate::image_def::ImageDef;
 use crate::store::Store;
-pub use templates::{Boot, Machine};
+pub use templates::Boot;
+pub(crate) use templates::Machine;
 
-pub struct VmOptions {
-    pub out: Destination,
+pub(crate) struct VmOptions {
+    pub(crate) out: Destination,
     /// The machine of the image's platform ([`Machine::for_platform`]).
-    pub machine: Machine,
+    pub(crate) machine: Machine,
     /// Keep `base.raw` beside `base.qcow2`.
-    pub raw: bool,
-    pub boot: Boot,
-    pub memory_mib: u32,
+    pub(crate) raw: bool,
+    pub(crate) boot: Boot,
+    pub(crate) memory_mib: u32,
     /// Where the libvirt templates expect the disks (libvirt wants absolute paths).
-    pub libvirt_dir: Option<String>,
-    pub epoch: u64,
+    pub(crate) libvirt_dir: Option<String>,
+    pub(crate) epoch: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -182,7 +183,7 @@ fn warnings(opts: &VmOptions, network_problem: Option<String>) -> Vec<String> {
 }
 
 /// Writes the VM outputs of `nodes` into `opts.out`, replacing it whole.
-pub fn write(store: &Store, def: &ImageDef, nodes: &[NodeImage], opts: &VmOptions) -> Result<VmSummary> {
+pub(crate) fn write(store: &Store, def: &ImageDef, nodes: &[NodeImage], opts: &VmOptions) -> Result<VmSummary> {
     let shared = shared_layers(nodes)?;
     let temp = TempPath::beside(opts.out.path())?;
     fs::create_dir(temp.path()).at(temp.path())?;
@@ -232,7 +233,7 @@ fn summary(def: &ImageDef, nodes: &[NodeImage], opts: &VmOptions, warnings: Vec<
 /// The kernel and initrd to boot when none is given: `/boot/vmlinuz` and `/boot/initrd.img`
 /// if they exist, else the newest versioned pair in `/boot` (Debian installs only
 /// `vmlinuz-VERSION`). The second value says which was chosen, for the user.
-pub fn default_boot(boot_dir: &Path) -> (Boot, String) {
+pub(crate) fn default_boot(boot_dir: &Path) -> (Boot, String) {
     let plain = Boot {
         kernel: boot_dir.join("vmlinuz").display().to_string(),
         initrd: boot_dir.join("initrd.img").display().to_string(),

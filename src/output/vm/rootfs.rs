@@ -33,7 +33,7 @@ pub(crate) struct Meta {
     pub mode: u32,
     /// Which layer (counted from 1) put the path there; 0 for the root.
     pub layer: usize,
-    /// Regular files: which file content it names (hard links share one) and its size.
+    /// Regular files: which file content it names (hard links share one) and its size as written.
     pub inode: u64,
     pub size: u64,
 }
@@ -119,7 +119,7 @@ impl Rootfs {
             return self.whiteout(whiteout).map_err(failed);
         }
         let header = entry.header();
-        let mut meta = Meta {
+        let meta = Meta {
             uid: header.uid().unwrap_or(0),
             gid: header.gid().unwrap_or(0),
             mode: header.mode().unwrap_or(0o644) & 0o7777,
@@ -127,20 +127,14 @@ impl Rootfs {
             inode: 0,
             size: 0,
         };
-        let link_target =
-            || -> Result<Vec<u8>> { Ok(entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default()) };
+        let link_target = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
         let kind = match header.entry_type() {
             EntryType::Directory => Kind::Dir,
-            EntryType::Regular | EntryType::Continuous => {
-                self.inodes += 1;
-                meta.inode = self.inodes;
-                meta.size = header.size().unwrap_or(0);
-                Kind::File
-            }
-            EntryType::Symlink => Kind::Symlink(link_target()?),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+            EntryType::Symlink => Kind::Symlink(link_target),
             EntryType::Link => {
-                let target = TreePath::from_member(&link_target()?)
-                    .map_err(|e| unsafe_entry(format!("hard link target: {e}")))?;
+                let target =
+                    TreePath::from_member(&link_target).map_err(|e| unsafe_entry(format!("hard link target: {e}")))?;
                 return self.hard_link(&path, &target).map_err(failed);
             }
             _ => Kind::Special,
@@ -159,7 +153,10 @@ impl Rootfs {
             Kind::Dir => self.host.create_dir(path).map_err(io)?,
             Kind::File => {
                 let mut file = self.host.create_file(path).map_err(io)?;
-                io::copy(content, &mut file).map_err(io)?;
+                let size = io::copy(content, &mut file).map_err(io)?;
+                self.inodes += 1;
+                let meta = &mut self.tree.get_mut(path).expect("placed above").meta;
+                (meta.inode, meta.size) = (self.inodes, size);
             }
             Kind::Symlink(target) => self.host.symlink(path, &target).map_err(io)?,
             Kind::Special => {

@@ -12,7 +12,7 @@ use crate::platform::Platform;
 /// The virtual machine a platform's image boots in. Every architecture imgbuild can build an
 /// image for either has one here or is refused: a VM never silently gets another machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// `qemu-system-NAME`, and libvirt's `<type arch=…>`.
     pub arch: &'static str,
     /// qemu's and libvirt's machine type.
@@ -31,7 +31,7 @@ const ARM64: Machine =
     Machine { arch: "aarch64", machine: "virt", console: "ttyAMA0", cdrom: false, cpu: Some(("host", "max")) };
 
 impl Machine {
-    pub fn for_platform(platform: &Platform) -> Result<Machine> {
+    pub(crate) fn for_platform(platform: &Platform) -> Result<Machine> {
         match (platform.architecture.as_str(), platform.variant.as_deref()) {
             ("amd64", None) => Ok(AMD64),
             ("arm64", None) => Ok(ARM64),
