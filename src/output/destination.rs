@@ -320,13 +320,16 @@ pub(crate) struct TempPath {
 
 impl TempPath {
     /// The temporary path for `dest`, emptied first (an earlier run with the same process id
-    /// may have been killed while writing it).
+    /// may have been killed while writing it). What killed runs left beside `dest` under
+    /// their own process ids goes too, once those processes are gone.
     pub(crate) fn beside(dest: &Path) -> Result<TempPath> {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-        let path = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let prefix = format!(".{name}.tmp-");
+        let path = dest.with_file_name(format!("{prefix}{}", std::process::id()));
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).at(parent)?;
         }
+        remove_stale(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")), &prefix);
         let temp = TempPath { path };
         temp.remove().at(&temp.path)?;
         Ok(temp)
@@ -342,6 +345,23 @@ impl TempPath {
             Ok(_) => fs::remove_file(&self.path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes `dir/PREFIX{pid}` (and its `-old`) whose process no longer runs: what a run killed
+/// before its guard could act left behind. Without `/proc`, nothing is removed.
+fn remove_stale(dir: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(prefix)) else { continue };
+        let pid = pid.strip_suffix("-old").unwrap_or(pid);
+        let gone = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if gone {
+            drop(TempPath { path: entry.path() });
         }
     }
 }
@@ -414,6 +434,21 @@ mod tests {
         drop(temp);
         assert!(!path.exists());
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn what_a_killed_run_left_goes_once_its_process_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("out");
+        // Beyond Linux's largest process id: no such process. Process 1 always runs.
+        for stale in [".out.tmp-999999999", ".out.tmp-999999998-old", ".out.tmp-1", ".other.tmp-999999999"] {
+            fs::create_dir_all(tmp.path().join(stale).join("rootfs")).unwrap();
+        }
+        let _temp = TempPath::beside(&dest).unwrap();
+        let mut left: Vec<String> =
+            fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp-999999999", ".out.tmp-1"]);
     }
 
     #[test]

@@ -189,3 +189,32 @@ fn a_missing_tool_is_named_with_its_package_and_leaves_nothing_behind() {
         assert!(leftovers(p.tmp.path()).is_empty(), "{:?}", leftovers(p.tmp.path()));
     }
 }
+
+/// A process the test started, killed (by its id) when the test ends however it ends.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn what_a_killed_vm_build_left_is_removed_by_the_next_run() {
+    let p = TestProject::new();
+    p.add_base();
+    let mut child = Started(p.cmd().args(["--quiet", "vm", "--all", "--out", "vm"]).spawn().unwrap());
+    let temp = p.root.join(format!(".vm.tmp-{}", child.0.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !temp.exists() {
+        assert!(child.0.try_wait().unwrap().is_none(), "the build ended before writing anything");
+        assert!(std::time::Instant::now() < deadline, "no temporary directory appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.0.kill().unwrap(); // SIGKILL: no destructor runs
+    child.0.wait().unwrap();
+    assert!(temp.exists(), "a killed run cannot clean up after itself");
+    json(&p.run(&["--json", "vm", "--all", "--out", "vm"]));
+    assert!(leftovers(&p.root).is_empty(), "{:?}", leftovers(&p.root));
+}
