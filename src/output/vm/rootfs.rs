@@ -169,6 +169,11 @@ impl Rootfs {
     /// A hard link: another name of a regular file already in the tree.
     fn hard_link(&mut self, path: &TreePath, target: &TreePath) -> Result<(), Failure> {
         self.tree.hard_link_target(target).map_err(Failure::Refused)?;
+        if target.starts_with(path) {
+            // The entry would first remove what it names: a link to itself, or into what it replaces.
+            let found = "replaced by this very entry";
+            return Err(Failure::Refused(Refusal::NotAFile { target: target.clone(), found }));
+        }
         let meta = Meta { layer: self.layer, ..self.tree.get(target).expect("checked above").meta.clone() };
         self.make_room(path, Node { kind: Kind::File, meta })?;
         self.host.hard_link(target, path).map_err(|e| Failure::Io(Error::io(self.host.show(path), e)))

@@ -149,9 +149,9 @@ fn entry() -> impl Strategy<Value = E> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(384))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Whatever the layers hold, and whether or not each is accepted: nothing beside the
+    /// Whatever the layers hold, each is applied or refused as bad input, and: nothing beside the
     /// rootfs changes, and the host copy is exactly the model (kinds, link targets, sizes,
     /// which names share a file), a tree whose every parent is a directory.
     #[test]
@@ -160,7 +160,10 @@ proptest! {
     ) {
         let (tmp, mut rootfs) = setup();
         for entries in &layers {
-            let _ = layer(&mut rootfs, tmp.path(), entries);
+            // Refused as bad input, or applied; never an I/O failure of the host copy.
+            if let Err(e) = layer(&mut rootfs, tmp.path(), entries) {
+                prop_assert_eq!(e.exit_code() as i32, 1, "{}", e);
+            }
         }
         let beside: Vec<String> =
             std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -240,6 +243,10 @@ fn a_hard_link_names_a_regular_file_of_the_tree_and_shares_its_content() {
     let (tmp, mut rootfs) = setup();
     layer(&mut rootfs, tmp.path(), &[E::Dir("d".into()), file("d/f")]).unwrap();
     assert!(layer(&mut rootfs, tmp.path(), &[E::Hard("h".into(), "d".into())]).is_err(), "a directory");
+    for (link, target) in [("d/f", "d/f"), ("d", "d/f")] {
+        let err = layer(&mut rootfs, tmp.path(), &[E::Hard(link.into(), target.into())]).unwrap_err();
+        assert!(err.to_string().contains("replaced by this very entry"), "{err}");
+    }
     layer(&mut rootfs, tmp.path(), &[E::Hard("h".into(), "./d/f".into()), E::Fifo("d/fifo".into())]).unwrap();
     let root = tmp.path().join("root");
     let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
