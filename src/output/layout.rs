@@ -41,12 +41,10 @@ pub fn all_blobs(images: &[StoredImage]) -> BTreeSet<Sha256Digest> {
     images.iter().flat_map(StoredImage::blobs).collect()
 }
 
-pub fn write(store: &Store, dest: &Path, images: &[StoredImage]) -> Result<()> {
-    let temp = super::temp_sibling(dest);
-    if temp.exists() {
-        fs::remove_dir_all(&temp).at(&temp)?;
-    }
-    let blob_dir = temp.join("blobs/sha256");
+/// Writes the layout of `images` into the directory `dir` (a temporary path the caller renames
+/// into place).
+pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
+    let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).at(&blob_dir)?;
     for digest in all_blobs(images) {
         let from = store.sha256_path(&digest);
@@ -56,7 +54,6 @@ pub fn write(store: &Store, dest: &Path, images: &[StoredImage]) -> Result<()> {
             fs::copy(&from, &to).at(&from)?;
         }
     }
-    fs::write(temp.join("oci-layout"), OCI_LAYOUT).at(&temp)?;
-    fs::write(temp.join("index.json"), index_json(images)?).at(&temp)?;
-    super::replace(&temp, dest)
+    fs::write(dir.join("oci-layout"), OCI_LAYOUT).at(dir)?;
+    fs::write(dir.join("index.json"), index_json(images)?).at(dir)
 }

@@ -12,6 +12,7 @@ mod definitions;
 mod ensemble;
 mod entrypoint;
 mod failures;
+mod outputs;
 mod registry;
 mod reliability;
 mod vm;
