@@ -7,10 +7,11 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::digest::{Algorithm, Hash, Hasher};
+use crate::digest::{Algorithm, Hash, Hasher, Sha256Digest};
 use crate::error::{http_cause as describe, io_cause, Error, IoContext, MissingInput, Result};
 use crate::progress::Reporter;
 use crate::recipe::Source;
+use crate::registry::Reference;
 use crate::store::Store;
 
 /// How many times one URL is tried again after a dropped connection (resuming each time).
@@ -248,6 +249,36 @@ impl<'a> Fetcher<'a> {
         let size = std::fs::metadata(&temp).at(&temp)?.len();
         self.store.commit_file(&temp, hash.clone(), None, url)?;
         Ok((hash, size))
+    }
+}
+
+/// The missing-input entry of an image: where it was looked for, and the one command that adds
+/// it in any mode, `store add` of an archive of it (which `skopeo copy` makes where the registry
+/// can be reached).
+pub(crate) fn missing_image(
+    recipe: &str,
+    platform: &str,
+    repository: Option<&Reference>,
+    digest: Option<&Sha256Digest>,
+    file: &str,
+    reasons: Vec<String>,
+) -> MissingInput {
+    let pinned = |r: &Reference| match digest {
+        Some(d) => format!("{}@{d}", r.name()),
+        None => r.to_string(),
+    };
+    let copy = match repository {
+        Some(r) => format!(" ({file} from `skopeo copy docker://{} oci-archive:{file}`)", pinned(r)),
+        None => format!(" ({file}: an oci-archive or OCI layout holding it)"),
+    };
+    MissingInput {
+        recipe: recipe.to_string(),
+        platform: platform.to_string(),
+        file: format!("image {}", repository.map_or_else(|| file.to_string(), pinned)),
+        urls: repository.map(|r| format!("docker://{}", pinned(r))).into_iter().collect(),
+        hash: digest.map_or_else(|| "unknown".to_string(), |d| d.to_string()),
+        reasons,
+        add: format!("imgbuild store add {file}{copy}"),
     }
 }
 

@@ -52,6 +52,10 @@ pub struct GlobalArgs {
     /// A directory of upstream files, named as upstream, tried before any URL (repeatable)
     #[arg(long, global = true, env = "IMGBUILD_MIRROR", value_name = "DIR", value_delimiter = ':')]
     pub mirror: Vec<PathBuf>,
+    /// A PEM file of certificates to trust for registries, besides the system's and certs.d
+    /// (repeatable)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Vec<PathBuf>,
     /// Seconds to wait for a connection or for the next bytes of a download
     #[arg(long, global = true, env = "IMGBUILD_HTTP_TIMEOUT", value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,

@@ -11,5 +11,6 @@ mod core;
 mod ensemble;
 mod failures;
 mod registry;
+mod registry_access;
 mod reliability;
 mod vm;
