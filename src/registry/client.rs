@@ -49,7 +49,7 @@ pub struct RegistrySettings {
 pub struct Client {
     pub(super) http: reqwest::blocking::Client,
     pub(super) base: String,
-    pub(super) reference: Reference,
+    pub(crate) reference: Reference,
     explicit_credentials: Option<Credentials>,
     /// The credentials in use, looked up once when the registry first asks.
     credentials: OnceCell<Option<Credentials>>,
@@ -177,8 +177,9 @@ impl Client {
             registry: self.reference.registry.clone(),
             message: "the registry asks for credentials and none were found".into(),
             hint: Some(format!(
-                "give --username with --password-stdin, set IMGBUILD_REGISTRY_USERNAME and IMGBUILD_REGISTRY_PASSWORD, \
-                 or log in with `podman login` or `docker login` (read from: {})",
+                "log in with `podman login {0}` or `docker login {0}` (imgbuild reads {1}); \
+                 push and pull also take --username with --password-stdin",
+                self.reference.registry,
                 super::credentials::auth_files().iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
             )),
         }
@@ -310,8 +311,9 @@ impl Client {
         if !r.status().is_success() {
             return Err(self.error(format!("getting blob {digest}: {}", explain(r))));
         }
-        let resumed =
-            offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && range_start(r.headers()) == Some(offset);
+        let resumed = offset > 0
+            && r.status() == StatusCode::PARTIAL_CONTENT
+            && crate::fetch::resume::range_start(r.headers()) == Some(offset);
         if offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(self.error(format!("getting blob {digest}: the registry sent a range that was not asked for")));
         }
@@ -321,10 +323,4 @@ impl Client {
 
 fn digest_header(headers: &HeaderMap) -> Option<Sha256Digest> {
     headers.get("docker-content-digest")?.to_str().ok()?.parse().ok()
-}
-
-/// Where a `Content-Range: bytes START-END/TOTAL` answer starts.
-pub(crate) fn range_start(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
-    value.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
 }

@@ -2,17 +2,22 @@
 //! definition can start from a base pinned by digest; and, offline, finding that an image is
 //! already whole in the store.
 
-use std::io;
+use std::io::Read;
+use std::sync::Arc;
 
 use super::client::Client;
 use super::reference::Reference;
-use crate::digest::{Algorithm, Hash, Sha256Digest};
+use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::fetch::resume::{write_resumable, Body, Transfer};
 use crate::import::Imported;
 use crate::oci_doc::{Descriptor, DescriptorPlatform, Document};
 use crate::platform::Platform;
-use crate::progress::Reporter;
+use crate::progress::{Reporter, Task};
 use crate::store::Store;
+
+/// Attempts per blob after dropped connections, each resuming where the last stopped.
+const BLOB_ATTEMPTS: u32 = 3;
 
 /// Where a pull reads from: a registry, or the store itself (offline).
 trait Origin {
@@ -192,15 +197,60 @@ fn manifest(
 }
 
 fn blob(store: &Store, client: &Client, desc: &Descriptor, reporter: &dyn Reporter) -> Result<()> {
-    let hash: Hash = desc.digest.to_hash();
-    if store.has(&hash) {
+    if store.has_sha256(&desc.digest) {
         return Ok(());
     }
     let task = reporter.task(&format!("pull {}", &desc.digest.hex()[..12]), Some(desc.size));
-    let (mut response, _) = client.get_blob(&desc.digest, 0)?;
-    let mut writer = store.writer(Algorithm::Sha256)?;
-    io::copy(&mut response, &mut writer).map_err(|e| client.error(format!("reading blob {}: {e}", desc.digest)))?;
-    task.set_position(writer.size());
-    writer.commit(Some(&hash), &format!("{}/{}@{}", client.registry(), client.repository(), desc.digest))?;
+    fetch_blob(store, client, desc, &|n| task.set_position(n))
+}
+
+/// Fetches one blob into the store, checked against its digest and resumed (bounded) after a
+/// dropped connection. `progress` is told how many of its bytes are there.
+fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn Fn(u64)) -> Result<()> {
+    let hash = desc.digest.to_hash();
+    if store.has(&hash) {
+        progress(desc.size);
+        return Ok(());
+    }
+    // The same lock as a tarball download of this hash: one partial file, one writer.
+    let _lock = store.lock(&format!("fetch-sha256-{}", desc.digest.hex()))?;
+    if store.has(&hash) {
+        progress(desc.size);
+        return Ok(());
+    }
+    let partial = store.partial_path(&hash);
+    let what = format!("{}@{}", client.reference.name(), desc.digest);
+    let mut last = String::new();
+    for attempt in 0..BLOB_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+        }
+        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let (response, resumed) = client.get_blob(&desc.digest, have)?;
+        let start = if resumed { have } else { 0 };
+        let length = response.content_length();
+        // Never more than the manifest says (and one byte to notice a longer blob).
+        let reader = response.take(desc.size.saturating_sub(start) + 1);
+        match write_resumable(&partial, Body { reader, start, length }, Algorithm::Sha256, progress) {
+            Ok(found) => return store.commit_file(&partial, found, Some(&hash), &what).map(drop),
+            Err(Transfer::Retry(why)) => last = why,
+            Err(Transfer::Fatal(why)) => return Err(client.error(format!("blob {}: {why}", desc.digest))),
+            Err(Transfer::Local(e)) => return Err(e),
+        }
+    }
+    Err(client.error(format!("blob {}: {last} (after {BLOB_ATTEMPTS} attempts)", desc.digest)))
+}
+
+/// Fetches the image manifest `digest` and every blob it names into the store (a build's base
+/// image): each checked against its digest, resumed after a dropped connection, and counted
+/// in `task` as one download. An index is stored as it is; the caller refuses it.
+pub fn fetch_image(store: &Store, client: &Client, digest: &Sha256Digest, task: &Arc<dyn Task>) -> Result<()> {
+    let (_, doc) = manifest(store, client, &digest.to_string(), Some(digest))?;
+    task.set_total(doc.blobs().map(|d| d.size).sum());
+    let mut done = 0;
+    for desc in doc.blobs() {
+        fetch_blob(store, client, desc, &|n| task.set_position(done + n))?;
+        done += desc.size;
+    }
     Ok(())
 }

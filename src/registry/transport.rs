@@ -24,7 +24,7 @@ pub(crate) fn http_client(
 ) -> Result<reqwest::blocking::Client> {
     if insecure && !reference.is_loopback() {
         return Err(Error::Usage(format!(
-            "--insecure (plain HTTP) is only allowed for registries on loopback, not {}",
+            "plain HTTP (--insecure, --insecure-registry) is only allowed for registries on loopback, not {}",
             escape(&reference.registry)
         )));
     }
@@ -80,7 +80,9 @@ pub(crate) fn classify(reference: &Reference, e: &reqwest::Error) -> Failure {
         rustls::Error::InvalidMessage(_) => (
             "it did not answer the TLS handshake with TLS: it may serve plain HTTP".to_string(),
             if reference.is_loopback() {
-                "for a registry on this machine that serves plain HTTP, pass --insecure".to_string()
+                "for a registry on this machine that serves plain HTTP, pass --insecure (push, pull) \
+                 or --insecure-registry HOST[:PORT] (to fetch base images)"
+                    .to_string()
             } else {
                 "imgbuild speaks plain HTTP only to registries on loopback; use the registry's HTTPS address"
                     .to_string()

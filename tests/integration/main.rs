@@ -7,6 +7,7 @@ mod harness;
 mod http;
 mod registry_server;
 
+mod base_image;
 mod core;
 mod ensemble;
 mod failures;

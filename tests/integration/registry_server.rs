@@ -436,3 +436,58 @@ impl FakeRegistry {
         FakeRegistry { addr: acceptor.addr, _acceptor: acceptor }
     }
 }
+
+/// Forwards each HTTP request to `upstream` (one request per connection), but cuts the first
+/// blob download short: half of its body is sent, then the connection is closed, as a network
+/// dropping mid-transfer would. Records each blob request's `Range` header.
+pub struct CuttingProxy {
+    pub addr: SocketAddr,
+    pub blob_ranges: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    _acceptor: Acceptor,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: SocketAddr) -> CuttingProxy {
+        let ranges = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&ranges);
+        let cut = Arc::new(AtomicUsize::new(0));
+        let acceptor = Acceptor::spawn(move |conn| {
+            let _ = proxy_one(conn, upstream, &seen, &cut);
+        });
+        CuttingProxy { addr: acceptor.addr, blob_ranges: ranges, _acceptor: acceptor }
+    }
+}
+
+/// Relays one GET (the only method a fetch uses) and its answer.
+fn proxy_one(
+    conn: TcpStream,
+    upstream: SocketAddr,
+    ranges: &std::sync::Mutex<Vec<Option<String>>>,
+    cut: &AtomicUsize,
+) -> std::io::Result<()> {
+    let request = read_request(&conn)?;
+    let blob = request.target.contains("/blobs/sha256:");
+    if blob {
+        ranges.lock().unwrap().push(request.header("range").map(str::to_string));
+    }
+    let mut server = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
+    server.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!("GET {} HTTP/1.1\r\n", request.target);
+    for (k, v) in request.headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("connection")) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    server.write_all(head.as_bytes())?;
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer)?;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
+    let ok = answer.starts_with(b"HTTP/1.1 200");
+    let mut conn = conn;
+    if blob && ok && split < answer.len() && cut.fetch_add(1, Ordering::SeqCst) == 0 {
+        let body = answer.len() - split;
+        conn.write_all(&answer[..split + body / 2])?;
+    } else {
+        conn.write_all(&answer)?;
+    }
+    conn.flush()
+}
