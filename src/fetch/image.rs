@@ -68,6 +68,26 @@ fn absent(store: &Store, recipe: &Recipe, digest: &Sha256Digest) -> Result<Vec<S
     }
 }
 
+/// What the places tried said, for the missing-input entry.
+#[derive(Default)]
+struct Tried {
+    reasons: Vec<String>,
+    /// The first place that had other bytes under the pinned digest.
+    mismatch: Option<Error>,
+}
+
+impl Tried {
+    fn note(&mut self, miss: Miss) {
+        match miss {
+            Miss::Reason(why) => self.reasons.push(why),
+            Miss::Mismatch(e) => {
+                self.reasons.push(format!("different content: {}", first_line(&e)));
+                self.mismatch.get_or_insert(e);
+            }
+        }
+    }
+}
+
 pub(super) fn ensure(
     fetcher: &Fetcher,
     recipe: &Recipe,
@@ -87,44 +107,52 @@ pub(super) fn ensure(
     if lacking.is_empty() {
         return Ok(()); // another build fetched it while we waited
     }
-    let mut reasons = Vec::new();
+    let mut tried = Tried::default();
     if lacking != [digest] {
         let list: Vec<String> = lacking.iter().map(|d| d.to_string()).collect();
-        reasons.push(format!("the store holds its manifest but not {}", list.join(", ")));
+        tried.reasons.push(format!("the store holds its manifest but not {}", list.join(", ")));
     }
-    let mut mismatch = None;
-    let mut note = |miss: Miss| match miss {
-        Miss::Reason(why) => reasons.push(why),
-        Miss::Mismatch(e) => {
-            reasons.push(format!("different content: {}", first_line(&e)));
-            mismatch.get_or_insert(e);
-        }
-    };
     for dir in &fetcher.settings.mirror_dirs {
         match from_file(store, recipe, &dir.join(&source.file_name), &digest)? {
             None => return Ok(()),
-            Some(miss) => note(miss),
+            Some(miss) => tried.note(miss),
         }
     }
-    let places = locations(fetcher, reference, mirrors);
-    if fetcher.settings.offline {
-        note(Miss::Reason("offline: no registry was asked".into()));
-    } else if places.is_empty() {
-        note(Miss::Reason("the recipe names no `image` (repository) to fetch it from".into()));
-    } else {
-        let task = fetcher.reporter.task(&format!("fetch {} ({platform})", recipe.name), None);
-        for place in &places {
-            match from_registry(fetcher, recipe, place, &digest, &task)? {
-                None => return Ok(()),
-                Some(miss) => note(miss),
-            }
-        }
+    if from_registries(fetcher, recipe, platform, locations(fetcher, reference, mirrors), &digest, &mut tried)? {
+        return Ok(());
     }
-    if let Some(e) = mismatch {
+    if let Some(e) = tried.mismatch {
         return Err(e);
     }
-    let missing = missing_image(&recipe.name, platform, reference, Some(&digest), &source.file_name, reasons);
+    let missing = missing_image(&recipe.name, platform, reference, Some(&digest), &source.file_name, tried.reasons);
     Err(Error::MissingInputs(vec![missing]))
+}
+
+/// Asks each place in turn (none offline); true once the image is in the store.
+fn from_registries(
+    fetcher: &Fetcher,
+    recipe: &Recipe,
+    platform: &str,
+    places: Vec<Reference>,
+    digest: &Sha256Digest,
+    tried: &mut Tried,
+) -> Result<bool> {
+    if fetcher.settings.offline {
+        tried.note(Miss::Reason("offline: no registry was asked".into()));
+        return Ok(false);
+    }
+    if places.is_empty() {
+        tried.note(Miss::Reason("the recipe names no `image` (repository) to fetch it from".into()));
+        return Ok(false);
+    }
+    let task = fetcher.reporter.task(&format!("fetch {} ({platform})", recipe.name), None);
+    for place in &places {
+        match from_registry(fetcher, recipe, place, digest, &task)? {
+            None => return Ok(true),
+            Some(miss) => tried.note(miss),
+        }
+    }
+    Ok(false)
 }
 
 fn first_line(e: &Error) -> String {
