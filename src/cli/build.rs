@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use crate::build::{build, BuildResult, BuildSettings, Project};
+use crate::build::{build, BuildResult, BuildSettings};
 use crate::compress::{default_threads, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
 use crate::output::{self, Format};
 use crate::platform::Platform;
+use crate::project::Project;
 
 use super::GlobalArgs;
 
@@ -114,7 +115,6 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     let reporter = global.reporter();
     let nodes: Vec<u32> = node.into_iter().collect();
     let result = build(&store, def, &nodes, &settings, reporter.as_ref())?;
-    let images = &result.nodes;
 
     let stem = match node {
         Some(id) => format!("{}-node-{id}", def.name),
@@ -124,9 +124,13 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
         let name = if options.format.is_archive() { format!("{stem}.tar") } else { stem };
         PathBuf::from("out").join(name)
     });
-    let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
-    output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
-    crate::gc::register_output(&store, &out, def, images, &settings.platforms)?;
+    // `node --id N` writes that node's image; `build` also the node-less `cluster` image.
+    let images = match node {
+        Some(_) => result.nodes.iter().map(|n| n.image.clone()).collect(),
+        None => result.images(),
+    };
+    output::write(&store, &out, options.format, &images, &def.name, settings.layer.epoch)?;
+    store.add_root(&out, result.needs(&store, def, &images))?;
     report(global, def, &out, options.format, &result);
     Ok(())
 }
@@ -145,17 +149,16 @@ fn report(
             "output": out,
             "format": format,
             "layers_built": result.layers_built,
+            "cluster": result.cluster,
             "nodes": images,
         }));
         return;
     }
     for img in images {
-        println!("{}\t{}\t{}", img.tag, img.digest, out.display());
+        println!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display());
     }
     if !global.quiet {
-        let shared: u64 = images.first().map_or(0, |i| {
-            i.platforms.iter().map(|p| p.layers.iter().rev().skip(1).map(|l| l.size).sum::<u64>()).sum()
-        });
+        let shared: u64 = result.shared.iter().flat_map(|s| s.layers.iter().map(|l| l.size)).sum();
         eprintln!(
             "wrote {} node image(s) of `{}` to {} ({} of shared layers)",
             images.len(),

@@ -4,11 +4,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::build::{build, Project};
+use crate::build::build;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::platform::Platform;
 use crate::progress::Reporter;
+use crate::project::Project;
 use crate::registry::auth::{Credentials, Secret};
 use crate::registry::{pull, push, Access, Client, Reference, RegistrySettings};
 use crate::store::Store;
@@ -166,7 +167,7 @@ fn built_targets(
     Ok(result
         .nodes
         .iter()
-        .map(|node| (if keep_tag { reference.clone() } else { reference.with_tag(&node.tag) }, node.digest))
+        .map(|node| (if keep_tag { reference.clone() } else { reference.with_tag(&node.image.tag) }, node.image.digest))
         .collect())
 }
 

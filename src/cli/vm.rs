@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::build::{build, Project};
+use crate::build::build;
 use crate::error::{Error, Result};
 use crate::output::vm::{self, VmOptions};
+use crate::project::Project;
 
 use super::build::ImageChoice;
 use super::GlobalArgs;
@@ -65,8 +66,12 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
         libvirt_dir: args.libvirt_dir.clone(),
         epoch: settings.layer.epoch,
     };
-    let summary = vm::write(&store, def, &result.nodes, &opts)?;
-    crate::gc::register_output(&store, &out, def, &result.nodes, &settings.platforms)?;
+    let [shared] = result.shared.as_slice() else {
+        return Err(Error::Internal("a VM build has one platform".into()));
+    };
+    let nodes: Vec<_> = result.nodes.iter().map(|n| n.node.clone()).collect();
+    let summary = vm::write(&store, def, &shared.platform, &shared.layers, &nodes, &opts)?;
+    store.add_root(&out, result.needs(&store, def, &result.images()))?;
     if global.json {
         super::print_json(&serde_json::to_value(&summary).expect("serializes"));
     } else {

@@ -9,34 +9,36 @@ use std::path::Path;
 use tar::{EntryType, Header};
 
 use super::layout::{all_blobs, index_json, OCI_LAYOUT};
-use super::OutputImage;
 use crate::error::{Error, IoContext, Result};
+use crate::image::StoredImage;
 use crate::store::Store;
 
 fn header(entry_type: EntryType, mode: u32, size: u64, epoch: u64) -> Header {
     crate::layer::fixed_header(Header::new_ustar(), entry_type, mode, epoch, size)
 }
 
-fn docker_manifest(images: &[OutputImage]) -> Result<Vec<u8>> {
+/// `manifest.json`, which `docker load` reads: each image's config and layers, tagged `name:TAG`.
+fn docker_manifest(images: &[StoredImage], name: &str) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
     for img in images {
-        let d = img.docker.as_ref().ok_or_else(|| {
+        let single = img.single_platform().ok_or_else(|| {
             Error::Usage(format!(
                 "image `{}` has several platforms; docker-archive holds one (choose one with --platform)",
                 img.tag
             ))
         })?;
         entries.push(serde_json::json!({
-            "Config": format!("blobs/sha256/{}", d.config.hex()),
-            "RepoTags": [d.repo_tag],
-            "Layers": d.layers.iter().map(|l| format!("blobs/sha256/{}", l.hex())).collect::<Vec<_>>(),
+            "Config": format!("blobs/sha256/{}", single.config_digest.hex()),
+            "RepoTags": [format!("{name}:{}", img.tag)],
+            "Layers": single.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.0.hex())).collect::<Vec<_>>(),
         }));
     }
     Ok(serde_json::to_vec(&entries).expect("JSON serializes"))
 }
 
-pub fn write(store: &Store, dest: &Path, images: &[OutputImage], docker: bool, epoch: u64) -> Result<()> {
-    let docker_json = if docker { Some(docker_manifest(images)?) } else { None };
+/// Writes the archive; `docker` is the repository name when it is a docker-archive.
+pub fn write(store: &Store, dest: &Path, images: &[StoredImage], docker: Option<&str>, epoch: u64) -> Result<()> {
+    let docker_json = docker.map(|name| docker_manifest(images, name)).transpose()?;
     let temp = super::temp_sibling(dest);
     let file = File::create(&temp).at(&temp)?;
     let result = (|| -> io::Result<File> {

@@ -6,21 +6,20 @@ use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
 
-use super::OutputImage;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::image::canonical_json;
+use crate::image::{canonical_json, StoredImage};
 use crate::store::Store;
 
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The layout's top-level `index.json`: one entry per tag, in the order given.
-pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
+pub fn index_json(images: &[StoredImage]) -> Result<Vec<u8>> {
     let manifests: Vec<Descriptor> = images
         .iter()
         .map(|img| {
-            let mut d = img.descriptor.clone();
+            let mut d = img.descriptor();
             let mut annotations: BTreeMap<String, String> =
                 d.annotations().clone().unwrap_or_default().into_iter().collect();
             annotations.insert(REF_NAME.to_string(), img.tag.clone());
@@ -38,11 +37,11 @@ pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
 }
 
 /// Every blob of every image, once, sorted.
-pub fn all_blobs(images: &[OutputImage]) -> BTreeSet<Sha256Digest> {
-    images.iter().flat_map(|i| i.blobs.iter().copied()).collect()
+pub fn all_blobs(images: &[StoredImage]) -> BTreeSet<Sha256Digest> {
+    images.iter().flat_map(StoredImage::blobs).collect()
 }
 
-pub fn write(store: &Store, dest: &Path, images: &[OutputImage]) -> Result<()> {
+pub fn write(store: &Store, dest: &Path, images: &[StoredImage]) -> Result<()> {
     let temp = super::temp_sibling(dest);
     if temp.exists() {
         fs::remove_dir_all(&temp).at(&temp)?;

@@ -7,10 +7,8 @@ pub mod vm;
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::Descriptor;
-
-use crate::digest::Sha256Digest;
 use crate::error::{IoContext, Result};
+use crate::image::StoredImage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -28,26 +26,6 @@ impl Format {
     pub fn is_archive(self) -> bool {
         self != Format::OciLayout
     }
-}
-
-/// One tagged image of an output.
-#[derive(Debug, Clone)]
-pub struct OutputImage {
-    /// The tag (`node-1`), written as `org.opencontainers.image.ref.name`.
-    pub tag: String,
-    /// The manifest or index the tag points at.
-    pub descriptor: Descriptor,
-    /// Every blob the image needs (manifests, configs, layers, index).
-    pub blobs: Vec<Sha256Digest>,
-    /// For docker-archive: the single-platform config and layers.
-    pub docker: Option<DockerImage>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DockerImage {
-    pub repo_tag: String,
-    pub config: Sha256Digest,
-    pub layers: Vec<Sha256Digest>,
 }
 
 /// A temporary sibling of `dest`, unique to this process.
@@ -73,12 +51,13 @@ pub fn replace(temp: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `images` to `dest` in `format`.
+/// Writes `images` to `dest` in `format`; `name` is the repository a docker-archive tags them in.
 pub fn write(
     store: &crate::store::Store,
     dest: &Path,
     format: Format,
-    images: &[OutputImage],
+    images: &[StoredImage],
+    name: &str,
     epoch: u64,
 ) -> Result<()> {
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -87,7 +66,8 @@ pub fn write(
     match format {
         Format::OciLayout => layout::write(store, dest, images),
         Format::OciArchive | Format::DockerArchive => {
-            archive::write(store, dest, images, format == Format::DockerArchive, epoch)
+            let docker = (format == Format::DockerArchive).then_some(name);
+            archive::write(store, dest, images, docker, epoch)
         }
     }
 }

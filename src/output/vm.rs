@@ -20,12 +20,12 @@ use std::process::Command;
 
 use tar::EntryType;
 
-use crate::build::NodeImage;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::ImageLayer;
-use crate::image_def::ImageDef;
+use crate::image_def::{ImageDef, Node};
 use crate::node::VM_INIT;
+use crate::platform::Platform;
 use crate::store::Store;
 
 pub struct VmOptions {
@@ -78,24 +78,6 @@ fn run(cmd: &mut Command, tool: &str, package: &str) -> Result<()> {
         return Err(Error::tool(tool, package, format!("{status}: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
-}
-
-/// The layers every node shares (all but the identity layer), checked to be the same for all.
-fn shared_layers(nodes: &[NodeImage]) -> Result<Vec<ImageLayer>> {
-    let first = nodes.first().ok_or_else(|| Error::Usage("no node to build a VM for".into()))?;
-    let [platform] = first.platforms.as_slice() else {
-        return Err(Error::Usage("VM disks are made for one platform; pass a single --platform".into()));
-    };
-    let shared = platform.layers[..platform.layers.len() - 1].to_vec();
-    for n in nodes {
-        let layers = &n.platforms[0].layers;
-        if layers.len() != shared.len() + 1
-            || layers[..shared.len()].iter().zip(&shared).any(|(a, b)| a.digest != b.digest)
-        {
-            return Err(Error::Usage(format!("node {} does not share the other nodes' layers", n.node.id)));
-        }
-    }
-    Ok(shared)
 }
 
 /// `a/./b` → `a/b`; refuses absolute paths and `..` (a base layer is untrusted input).
@@ -442,10 +424,17 @@ fn file_info(path: &Path) -> Result<VmFile> {
 }
 
 /// Writes the VM outputs of `nodes` into `opts.out` (replacing it whole).
-pub fn write(store: &Store, def: &ImageDef, nodes: &[NodeImage], opts: &VmOptions) -> Result<VmSummary> {
-    let shared = shared_layers(nodes)?;
-    let platform = nodes[0].platforms[0].platform.clone();
-    let arch = arch(&platform);
+/// `shared` are the layers every node of the cluster shares (the node's identity comes from its
+/// kernel command line or seed, not from a layer).
+pub fn write(
+    store: &Store,
+    def: &ImageDef,
+    platform: &Platform,
+    shared: &[ImageLayer],
+    nodes: &[Node],
+    opts: &VmOptions,
+) -> Result<VmSummary> {
+    let arch = arch(&platform.to_string());
     let temp = super::temp_sibling(&opts.out);
     if temp.exists() {
         fs::remove_dir_all(&temp).at(&temp)?;
@@ -453,12 +442,12 @@ pub fn write(store: &Store, def: &ImageDef, nodes: &[NodeImage], opts: &VmOption
     let work = temp.join(".rootfs");
     fs::create_dir_all(&work).at(&work)?;
     let mut rootfs = Rootfs { root: work.clone(), owners: BTreeMap::new(), dir_modes: BTreeMap::new() };
-    for layer in &shared {
+    for layer in shared {
         rootfs.apply(store, layer)?;
     }
     rootfs.finish()?;
     let raw = temp.join("base.raw");
-    make_ext4(&work, &rootfs, &raw, &derived_uuid(&shared), opts.epoch)?;
+    make_ext4(&work, &rootfs, &raw, &derived_uuid(shared), opts.epoch)?;
     // The tree may hold read-only directories: make them writable to remove it.
     for rel in rootfs.dir_modes.keys() {
         let _ = fs::set_permissions(work.join(rel), fs::Permissions::from_mode(0o755));
@@ -475,7 +464,7 @@ pub fn write(store: &Store, def: &ImageDef, nodes: &[NodeImage], opts: &VmOption
     }
     let mut written = Vec::new();
     for n in nodes {
-        let id = n.node.id;
+        let id = n.id;
         let node_mac = mac(&def.name, id);
         let disk = format!("node-{id}.qcow2");
         // Run in the output directory so the backing file is recorded relative: `base.qcow2`.
@@ -504,7 +493,7 @@ pub fn write(store: &Store, def: &ImageDef, nodes: &[NodeImage], opts: &VmOption
         let script = temp.join(format!("node-{id}.sh"));
         fs::write(&script, qemu_script(def, id, &node_mac, opts, arch)).at(&script)?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).at(&script)?;
-        written.push((n.node.clone(), node_mac, disk));
+        written.push((n.clone(), node_mac, disk));
     }
     let network = temp.join("network.xml");
     fs::write(&network, network_xml(def)).at(&network)?;

@@ -9,7 +9,9 @@ mod registry_server;
 
 mod base_image;
 mod core;
+mod definitions;
 mod ensemble;
+mod entrypoint;
 mod failures;
 mod registry;
 mod registry_access;
