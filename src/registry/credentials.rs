@@ -47,7 +47,7 @@ pub(crate) fn auth_files() -> Vec<PathBuf> {
 }
 
 /// Credentials for `registry` (and `repository` in it), from the first file that has some.
-pub fn lookup(registry: &str, repository: &str) -> Result<Option<Credentials>> {
+pub(crate) fn lookup(registry: &str, repository: &str) -> Result<Option<Credentials>> {
     for file in auth_files() {
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,

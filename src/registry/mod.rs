@@ -3,7 +3,7 @@
 
 pub mod auth;
 pub mod client;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod pull;
 pub mod push;
 pub mod reference;

@@ -156,7 +156,7 @@ impl Origin for StoreOrigin<'_> {
 }
 
 /// `pull --offline`: what `pull` would have stored, when the store already holds all of it.
-pub fn from_store(store: &Store, reference: &Reference, platforms: Option<&[Platform]>) -> Result<Imported> {
+pub(crate) fn from_store(store: &Store, reference: &Reference, platforms: Option<&[Platform]>) -> Result<Imported> {
     let mut origin = StoreOrigin { store, reference, missing: Vec::new() };
     if reference.digest.is_none() {
         origin
@@ -244,7 +244,7 @@ fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn 
 /// Fetches the image manifest `digest` and every blob it names into the store (a build's base
 /// image): each checked against its digest, resumed after a dropped connection, and counted
 /// in `task` as one download. An index is stored as it is; the caller refuses it.
-pub fn fetch_image(store: &Store, client: &Client, digest: &Sha256Digest, task: &Arc<dyn Task>) -> Result<()> {
+pub(crate) fn fetch_image(store: &Store, client: &Client, digest: &Sha256Digest, task: &Arc<dyn Task>) -> Result<()> {
     let (_, doc) = manifest(store, client, &digest.to_string(), Some(digest))?;
     task.set_total(doc.blobs().map(|d| d.size).sum());
     let mut done = 0;

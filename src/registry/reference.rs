@@ -53,7 +53,7 @@ impl Reference {
 }
 
 /// Whether `HOST[:PORT]` names this machine's loopback.
-pub fn is_loopback_host(registry: &str) -> bool {
+pub(crate) fn is_loopback_host(registry: &str) -> bool {
     let host = match registry.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => registry,
