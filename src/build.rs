@@ -79,33 +79,32 @@ impl BuildResult {
     }
 }
 
-/// Makes sure every source of every platform is in the store; reports all that are missing at once.
+/// How many inputs are downloaded at once.
+const PARALLEL_FETCHES: usize = 4;
+
+/// Makes sure every source of every platform is in the store (tarballs and base images alike,
+/// up to `PARALLEL_FETCHES` at once); reports all that are missing at once.
 pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<()> {
-    let fetcher = Fetcher::new(store, &settings.fetch, reporter);
-    let mut missing: Vec<MissingInput> = Vec::new();
+    // Each pinned input once, in a fixed order (a file that serves every platform is one input).
+    let mut inputs: Vec<(&Recipe, &Platform, &recipe::Source)> = Vec::new();
     for platform in &settings.platforms {
         for recipe in def.recipes() {
             let source = source_for(recipe, platform)?;
-            if let RecipeKind::OciImage { reference, .. } = &recipe.kind {
-                if !store.has(&source.hash) {
-                    let reference = reference.clone().unwrap_or_else(|| recipe.name.clone());
-                    missing.push(MissingInput {
-                        recipe: recipe.name.clone(),
-                        platform: platform.to_string(),
-                        file: format!("image {reference}"),
-                        urls: vec![format!("docker://{reference}@{}", source.hash)],
-                        hash: source.hash.to_string(),
-                        reasons: vec!["not in the store (a build never contacts a registry by itself)".into()],
-                        add: format!("imgbuild pull {reference}@{}", source.hash),
-                    });
-                }
-                continue;
+            if !inputs.iter().any(|(_, _, s)| s.hash == source.hash) {
+                inputs.push((recipe, platform, source));
             }
-            match fetcher.ensure(&recipe.name, &platform.to_string(), source) {
-                Ok(()) => {}
-                Err(Error::MissingInputs(m)) => missing.extend(m),
-                Err(e) => return Err(e),
-            }
+        }
+    }
+    let fetcher = Fetcher::new(store, &settings.fetch, reporter);
+    let results = crate::fetch::run_bounded(&inputs, PARALLEL_FETCHES, |(recipe, platform, source)| {
+        fetcher.ensure(recipe, &platform.to_string(), source)
+    });
+    let mut missing: Vec<MissingInput> = Vec::new();
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(Error::MissingInputs(m)) => missing.extend(m),
+            Err(e) => return Err(e),
         }
     }
     if missing.is_empty() {
@@ -331,7 +330,7 @@ impl ImageWriter<'_> {
         if let Some(b) = base {
             annotations.insert("org.opencontainers.image.base.digest".to_string(), b.manifest_digest.to_string());
             if let Some(RecipeKind::OciImage { reference: Some(r), .. }) = self.def.base.as_ref().map(|b| &b.kind) {
-                annotations.insert("org.opencontainers.image.base.name".to_string(), r.clone());
+                annotations.insert("org.opencontainers.image.base.name".to_string(), r.to_string());
             }
         }
         annotations

@@ -14,8 +14,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::fetch::FetchSettings;
+use crate::fetch::{FetchSettings, RegistryAccess};
 use crate::progress::{HumanReporter, Reporter, SilentReporter};
+use crate::registry::reference::RegistryMirror;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,17 @@ pub struct GlobalArgs {
     /// A directory of upstream files, named as upstream, tried before any URL (repeatable)
     #[arg(long, global = true, env = "IMGBUILD_MIRROR", value_name = "DIR", value_delimiter = ':')]
     pub mirror: Vec<PathBuf>,
+    /// Also look for the base images of registry HOST at MIRROR (host[:port][/path]), before
+    /// HOST itself (repeatable; as registries.conf mirrors)
+    #[arg(long, global = true, env = "IMGBUILD_REGISTRY_MIRROR", value_name = "HOST=MIRROR", value_delimiter = ',')]
+    pub registry_mirror: Vec<RegistryMirror>,
+    /// Speak plain HTTP to this registry when fetching base images (loopback only; repeatable)
+    #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// A PEM file of certificates to trust for registries, besides the system's and certs.d
+    /// (repeatable)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Vec<PathBuf>,
     /// Seconds to wait for a connection or for the next bytes of a download
     #[arg(long, global = true, env = "IMGBUILD_HTTP_TIMEOUT", value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
@@ -96,10 +108,20 @@ impl GlobalArgs {
         if self.timeout == 0 {
             return Err(Error::Usage("--timeout must be at least 1 second".into()));
         }
+        if let Some(host) = self.insecure_registry.iter().find(|h| !crate::registry::reference::is_loopback_host(h)) {
+            return Err(Error::Usage(format!(
+                "--insecure-registry {host}: plain HTTP is only allowed for registries on loopback"
+            )));
+        }
         Ok(FetchSettings {
             offline: self.offline,
             mirror_dirs: self.mirror.clone(),
             timeout: Duration::from_secs(self.timeout),
+            registries: RegistryAccess {
+                mirrors: self.registry_mirror.clone(),
+                insecure: self.insecure_registry.clone(),
+                ca_files: self.ca_file.clone(),
+            },
         })
     }
 }

@@ -7,6 +7,7 @@ mod harness;
 mod http;
 mod registry_server;
 
+mod base_image;
 mod core;
 mod definitions;
 mod ensemble;
@@ -14,5 +15,6 @@ mod entrypoint;
 mod failures;
 mod outputs;
 mod registry;
+mod registry_access;
 mod reliability;
 mod vm;
