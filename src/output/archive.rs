@@ -38,43 +38,62 @@ fn docker_manifest(images: &[StoredImage], name: &str) -> Result<Vec<u8>> {
 
 /// Writes the archive; `docker` is the repository name when it is a docker-archive.
 pub fn write(store: &Store, dest: &Path, images: &[StoredImage], docker: Option<&str>, epoch: u64) -> Result<()> {
-    let docker_json = docker.map(|name| docker_manifest(images, name)).transpose()?;
     let temp = super::temp_sibling(dest);
     let file = File::create(&temp).at(&temp)?;
-    let result = (|| -> io::Result<File> {
-        let mut tar = tar::Builder::new(BufWriter::with_capacity(256 * 1024, file));
-        for dir in ["blobs/", "blobs/sha256/"] {
-            tar.append_data(&mut header(EntryType::Directory, 0o755, 0, epoch), dir, io::empty())?;
-        }
-        for digest in all_blobs(images) {
-            let path = store.sha256_path(&digest);
-            let blob = File::open(&path)?;
-            let size = blob.metadata()?.len();
-            tar.append_data(
-                &mut header(EntryType::Regular, 0o644, size, epoch),
-                format!("blobs/sha256/{}", digest.hex()),
-                blob,
-            )?;
-        }
-        let index = index_json(images).map_err(io::Error::other)?;
-        tar.append_data(&mut header(EntryType::Regular, 0o644, index.len() as u64, epoch), "index.json", &index[..])?;
-        if let Some(m) = &docker_json {
-            tar.append_data(&mut header(EntryType::Regular, 0o644, m.len() as u64, epoch), "manifest.json", &m[..])?;
-        }
-        tar.append_data(
-            &mut header(EntryType::Regular, 0o644, OCI_LAYOUT.len() as u64, epoch),
-            "oci-layout",
-            OCI_LAYOUT,
-        )?;
-        let mut w = tar.into_inner()?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())
+    let result = (|| -> Result<File> {
+        let out = BufWriter::with_capacity(256 * 1024, file);
+        let w = write_to(store, out, dest, images, docker, true, epoch)?;
+        w.into_inner().map_err(|e| Error::io(dest, e.into_error()))
     })();
-    match result.and_then(|f| f.sync_all()) {
+    match result.and_then(|f| f.sync_all().at(dest)) {
         Ok(()) => super::replace(&temp, dest),
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
-            Err(Error::io(dest, e))
+            Err(e)
         }
     }
+}
+
+/// Streams the archive into any writer (a file, or the stdin of `podman load`), blob by blob
+/// from the store, and returns the writer flushed. Write errors name `dest`. Without
+/// `oci_layout` (and with `docker`), it is a docker-archive only, which Podman cannot mistake
+/// for an oci-archive and name after the layout's tags.
+pub fn write_to<W: Write>(
+    store: &Store,
+    out: W,
+    dest: &Path,
+    images: &[StoredImage],
+    docker: Option<&str>,
+    oci_layout: bool,
+    epoch: u64,
+) -> Result<W> {
+    let docker_json = docker.map(|name| docker_manifest(images, name)).transpose()?;
+    let index = index_json(images)?;
+    let mut tar = tar::Builder::new(out);
+    for dir in ["blobs/", "blobs/sha256/"] {
+        tar.append_data(&mut header(EntryType::Directory, 0o755, 0, epoch), dir, io::empty()).at(dest)?;
+    }
+    for digest in all_blobs(images) {
+        let path = store.sha256_path(&digest);
+        let blob = File::open(&path).at(&path)?;
+        let size = blob.metadata().at(&path)?.len();
+        let name = format!("blobs/sha256/{}", digest.hex());
+        tar.append_data(&mut header(EntryType::Regular, 0o644, size, epoch), name, blob).at(dest)?;
+    }
+    let mut files: Vec<(&str, &[u8])> = Vec::new();
+    if oci_layout {
+        files.push(("index.json", &index));
+    }
+    if let Some(m) = &docker_json {
+        files.push(("manifest.json", m));
+    }
+    if oci_layout {
+        files.push(("oci-layout", OCI_LAYOUT));
+    }
+    for (name, data) in files {
+        tar.append_data(&mut header(EntryType::Regular, 0o644, data.len() as u64, epoch), name, data).at(dest)?;
+    }
+    let mut w = tar.into_inner().at(dest)?;
+    w.flush().at(dest)?;
+    Ok(w)
 }
