@@ -105,6 +105,9 @@ struct ServiceToml {
 #[serde(deny_unknown_fields)]
 struct ClusterToml {
     node: Vec<Spanned<NodeToml>>,
+    /// Whether a deployment may run fewer nodes than defined (`imgbuild deploy --replicas`).
+    #[serde(default)]
+    scalable: bool,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +186,8 @@ pub struct ImageDef {
     pub services: Vec<Service>,
     pub identity_checks: Vec<IdentityCheck>,
     pub nodes: Vec<Node>,
+    /// A deployment may run fewer nodes than `nodes` (`[cluster] scalable = true`).
+    pub scalable: bool,
 }
 
 /// The entrypoint every node image runs unless the definition names another.
@@ -368,6 +373,7 @@ impl ImageDef {
             services,
             identity_checks,
             nodes,
+            scalable: t.cluster.scalable,
         })
     }
 

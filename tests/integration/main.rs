@@ -8,6 +8,7 @@ mod http;
 mod registry_server;
 
 mod core;
+mod deploy;
 mod ensemble;
 mod failures;
 mod registry;
