@@ -73,12 +73,13 @@ impl RegistryArgs {
 
 #[derive(clap::Args)]
 pub struct PushArgs {
-    /// Where to: REGISTRY/REPO[:TAG]; with --all, REGISTRY/REPO (each node is tagged node-N)
+    /// Where to: REGISTRY/REPO[:TAG]; with --all, REGISTRY/REPO (each node is tagged node-N,
+    /// the node-less image `cluster`)
     pub reference: String,
     /// Build and push this node's image (tagged node-N unless the reference has a tag)
     #[arg(long, conflicts_with_all = ["all", "from"])]
     pub id: Option<u32>,
-    /// Build and push every node of the cluster
+    /// Build and push every node of the cluster, and the node-less `cluster` image
     #[arg(long, conflicts_with = "from")]
     pub all: bool,
     /// Push an existing OCI layout directory or oci-archive instead of building
@@ -137,6 +138,10 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
                 reference.with_tag(&node.image.tag)
             };
             targets.push((dest, node.image.digest));
+        }
+        // Every node's layers and the `cluster` image, which `deploy kubernetes` runs in every pod.
+        if args.all {
+            targets.push((reference.with_tag(&result.cluster.tag), result.cluster.digest));
         }
     }
     let client = args.registry.connect(global, &reference)?;
