@@ -138,3 +138,56 @@ fn escape_interpolation(value: Value) -> Value {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::image_def::ImageDef;
+
+    fn seed() -> ImageDef {
+        crate::project::Project::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), None).unwrap().image
+    }
+
+    #[test]
+    fn the_seeds_peer_ports_are_not_published() {
+        let def = seed();
+        let cluster = Cluster::new(&def, None).unwrap();
+        let ports: Vec<u16> = cluster.client_ports().iter().map(|p| p.number).collect();
+        assert_eq!(ports, [2181, 9092]);
+    }
+
+    proptest! {
+        #[test]
+        fn published_ports_never_clash(
+            ports in prop::collection::btree_set((1u16..=65535, prop::sample::select(vec!["tcp", "udp"])), 0..6),
+            nodes in 1u32..8,
+            offset in prop::sample::select(vec![0u16, 1, 1000, 60000]),
+        ) {
+            let mut def = seed();
+            def.config.ports = ports.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+            def.lists.clear();
+            def.nodes = (0..nodes).map(|id| Node { id, host: format!("h{id}") }).collect();
+            let cluster = Cluster::new(&def, None).unwrap();
+            match publish(&cluster, offset) {
+                Ok(published) => {
+                    prop_assert_eq!(published.len(), ports.len() * nodes as usize);
+                    let distinct: BTreeSet<(u16, &str)> =
+                        published.iter().map(|p| (p.host_port, p.port.protocol.as_str())).collect();
+                    prop_assert_eq!(distinct.len(), published.len());
+                    for p in &published {
+                        prop_assert!(u32::from(p.host_port) >= u32::from(p.port.number) + u32::from(offset));
+                    }
+                }
+                // Refused only when some port really runs out of room below 65536.
+                Err(e) => prop_assert!(
+                    ports.iter().any(|(n, _)| u32::from(*n) + u32::from(offset) + nodes * 6 > 65535),
+                    "{}", e
+                ),
+            }
+        }
+    }
+}

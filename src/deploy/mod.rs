@@ -114,8 +114,8 @@ impl<'a> Cluster<'a> {
         ports
     }
 
-    /// The environment every node gets whatever runs it: listen on every address (each node
-    /// has its own network namespace), plus `PEERS` naming each node by `host_of`.
+    /// `PEERS` (`ID=HOST,…`): every node of the definition, running or not (so that the nodes
+    /// left out by `--replicas` can join as they are), named by `host_of(index, node)`.
     pub fn peers(&self, host_of: impl Fn(usize, &Node) -> String) -> String {
         self.def
             .nodes
