@@ -100,3 +100,33 @@ pub fn source_blobs(store: &Store, recipe: &Recipe, source: &Source) -> Vec<Hash
 pub fn pinned_by<'r>(store: &Store, recipes: impl IntoIterator<Item = &'r Recipe>) -> Vec<Hash> {
     recipes.into_iter().flat_map(|r| r.sources.iter().flat_map(move |s| source_blobs(store, r, s))).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gc_keeps_what_live_roots_and_pins_reach_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let [held, pinned, dead_only, loose] =
+            ["held", "pin", "dead", "loose"].map(|b| store.add_bytes(b.as_bytes()).unwrap());
+        let live_out = dir.path().join("live");
+        fs::create_dir(&live_out).unwrap();
+        store.add_root(&live_out, [held.to_hash()]).unwrap();
+        store.add_root(&dir.path().join("gone"), [dead_only.to_hash()]).unwrap();
+        let mut w = std::fs::File::create(store.temp_path("left")).unwrap();
+        w.write_all(b"half").unwrap();
+
+        let dry = collect(&store, &[pinned.to_hash()], true).unwrap();
+        assert_eq!((dry.removed_blobs, dry.kept_blobs, dry.live_roots, dry.dead_roots), (2, 2, 1, 1));
+        assert!(store.has_sha256(&loose), "a dry run removes nothing");
+
+        let report = collect(&store, &[pinned.to_hash()], false).unwrap();
+        assert_eq!((report.removed_blobs, report.removed_temp_files), (2, 1));
+        assert!(store.has_sha256(&held) && store.has_sha256(&pinned));
+        assert!(!store.has_sha256(&dead_only) && !store.has_sha256(&loose));
+        assert_eq!(store.roots().unwrap().len(), 1, "the dead root is gone");
+    }
+}
