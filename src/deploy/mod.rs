@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+use crate::image_def::template::Piece;
 use crate::image_def::{ImageDef, Node};
 
 /// How long a node gets to stop cleanly (ZooKeeper and Kafka flush and hand over leadership)
@@ -90,8 +91,11 @@ impl<'a> Cluster<'a> {
             .lists
             .values()
             .filter_map(|l| l.self_item.as_deref())
-            .flat_map(crate::image_def::template_references)
-            .filter_map(|name| self.def.vars.get(name))
+            .flat_map(|text| crate::image_def::template::parse(text).unwrap_or_default())
+            .filter_map(|piece| match piece {
+                Piece::Reference { name, .. } => self.def.vars.get(name),
+                Piece::Text(_) => None,
+            })
             .filter_map(|value| value.trim().parse().ok())
             .collect();
         self.ports().into_iter().filter(|p| !peer.contains(&p.number)).collect()

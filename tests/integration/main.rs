@@ -8,8 +8,10 @@ mod http;
 mod registry_server;
 
 mod core;
+mod definitions;
 mod deploy;
 mod ensemble;
+mod entrypoint;
 mod failures;
 mod registry;
 mod reliability;
