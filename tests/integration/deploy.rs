@@ -156,6 +156,17 @@ fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
     let missing = p.cmd().env("PATH", &empty).args(["load", "--engine", "docker"]).output().unwrap();
     assert_exit(&missing, 6);
     assert!(stderr(&missing).contains("apt-get install docker.io"), "{}", stderr(&missing));
+
+    // An engine that fails while the archive streams in: its own words, exit 6.
+    let failing = p.path("failing-engine");
+    std::fs::create_dir_all(&failing).unwrap();
+    let script = failing.join("podman");
+    std::fs::write(&script, "#!/bin/sh\nhead -c 100 >/dev/null\necho 'storage is read-only' >&2\nexit 125\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", failing.display());
+    let failed = p.cmd().env("PATH", path).args(["load"]).output().unwrap();
+    assert_exit(&failed, 6);
+    assert!(stderr(&failed).contains("storage is read-only"), "{}", stderr(&failed));
 }
 
 /// A Kafka stand-in that answers on the broker's port (`rmiregistry`, from the Java runtime),
@@ -335,17 +346,16 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
 #[test]
 fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     let p = TestProject::new();
-    // Compose interpolates `$`; YAML reads `#`, `:` and quotes; none of it may change a value.
-    let signal = "SIG$TERM: #x 'q\" ${HOME}";
-    edit_definition(&p, "stop_signal = \"SIGTERM\"", &format!("stop_signal = {}", toml_string(signal)));
     let out = p.run(&["--json", "deploy", "compose", "--out", "c"]);
     let file = p.root.join(json(&out)["file"].as_str().unwrap());
     let doc = &read_yaml(&file)[0];
     let service = &doc["services"]["zk-kafka-1"];
-    assert_eq!(service["stop_signal"].as_str().unwrap().replace("$$", "$"), signal);
     assert_eq!(service["image"].as_str(), Some("localhost/zk-kafka:node-1"));
+    assert_eq!(service["hostname"].as_str(), Some("zk-kafka-1"));
     assert_eq!(service["environment"]["PEERS"].as_str(), Some("0=zk-kafka-0,1=zk-kafka-1,2=zk-kafka-2"));
     assert_eq!(service["environment"]["NODE_ID"].as_str(), Some("1"));
+    assert_eq!(service["environment"]["IMGBUILD_VAR_bind_address"].as_str(), Some("0.0.0.0"));
+    assert_eq!(service["stop_signal"].as_str(), Some("SIGTERM"));
     assert_eq!(
         service["ports"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect::<Vec<_>>(),
         ["2182:2181/tcp", "9093:9092/tcp"],
@@ -355,17 +365,36 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
         service["volumes"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect::<Vec<_>>(),
         ["zk-kafka-1-var-lib-zookeeper:/var/lib/zookeeper", "zk-kafka-1-var-lib-kafka:/var/lib/kafka"]
     );
+    // Compose would replace `$f` in the health check: the file says `$$f`.
+    let health = yaml_str(&service["healthcheck"]["test"][1]);
+    assert!(health.contains("\"$$f\"") && !health.replace("$$", "").contains('$'), "{health}");
     // Deterministic: the same file again.
     let again = p.run(&["deploy", "compose", "--out", "c2"]);
     assert_ok(&again);
     assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(p.root.join("c2/compose.yaml")).unwrap());
+    docker_compose_accepts(&file);
 
-    if have_tool("docker-compose") {
-        let config = Command::new("docker-compose").arg("-f").arg(&file).args(["config"]).output().unwrap();
-        assert!(config.status.success(), "docker-compose config: {}", text(&config));
-        // It reads the signal back exactly, `$$` being its `$`.
-        assert!(String::from_utf8_lossy(&config.stdout).contains("SIG$$TERM"), "{}", text(&config));
-    }
+    // A name that is no DNS label and volumes whose names would collide: still valid, and
+    // every service and volume named apart.
+    edit_definition(&p, "name = \"zk-kafka\"", "name = \"9zk.kafka_x\"");
+    edit_definition(&p, "\"/var/lib/kafka\"]", "\"/var/lib/kafka\", \"/data/K@fka+1\", \"/data/k-fka-1\"]");
+    let odd = json(&p.run(&["--json", "deploy", "compose", "--out", "odd"]));
+    let odd_file = p.root.join(odd["file"].as_str().unwrap());
+    let doc = &read_yaml(&odd_file)[0];
+    let service = &doc["services"]["c-9zk-kafka-x-2"];
+    assert_eq!(service["image"].as_str(), Some("localhost/9zk.kafka_x:node-2"));
+    let volumes: Vec<&str> = service["volumes"].as_vec().unwrap().iter().map(yaml_str).collect();
+    assert_eq!(
+        volumes,
+        [
+            "c-9zk-kafka-x-2-var-lib-zookeeper:/var/lib/zookeeper",
+            "c-9zk-kafka-x-2-var-lib-kafka:/var/lib/kafka",
+            "c-9zk-kafka-x-2-data-k-fka-1:/data/K@fka+1",
+            "c-9zk-kafka-x-2-data-k-fka-1-3:/data/k-fka-1",
+        ]
+    );
+    docker_compose_accepts(&odd_file);
+    edit_definition(&p, "name = \"9zk.kafka_x\"", "name = \"zk-kafka\"");
 
     // From a registry: each node's image pinned by the digest `push` gives it.
     p.add_base();
@@ -382,8 +411,12 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     assert_exit(&tagged, 2);
 }
 
-fn toml_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+/// `docker-compose config` reads the file as Compose would run it.
+fn docker_compose_accepts(file: &Path) {
+    if have_tool("docker-compose") {
+        let config = Command::new("docker-compose").arg("-f").arg(file).args(["config", "--quiet"]).output().unwrap();
+        assert!(config.status.success(), "docker-compose config: {}", text(&config));
+    }
 }
 
 #[test]
@@ -408,4 +441,162 @@ fn a_node_count_other_than_the_definitions_needs_a_scalable_cluster() {
         Some("0=zk-kafka-0,1=zk-kafka-1,2=zk-kafka-2")
     );
     assert_exit(&p.run(&["deploy", "compose", "--replicas", "4"]), 2);
+}
+
+/// `kubernetes-validate`, pinned, from the venv `.ci/install` makes (or IMGBUILD_TEST_VENV).
+fn kubernetes_validate() -> Option<PathBuf> {
+    let venv =
+        std::env::var_os("IMGBUILD_TEST_VENV").map_or_else(|| PathBuf::from("/opt/imgbuild-venv"), PathBuf::from);
+    let bin = venv.join("bin/kubernetes-validate");
+    if bin.exists() {
+        return Some(bin);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{} is missing: .ci/install makes it", bin.display());
+    }
+    eprintln!("skipping: {} is not installed", bin.display());
+    None
+}
+
+fn yaml_str(y: &yaml_rust2::Yaml) -> &str {
+    y.as_str().unwrap_or_else(|| panic!("not a string: {y:?}"))
+}
+
+/// The manifests' one document of `kind` (named `name`, when given).
+fn find<'a>(docs: &'a [yaml_rust2::Yaml], kind: &str, name: Option<&str>) -> &'a yaml_rust2::Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && name.is_none_or(|n| d["metadata"]["name"].as_str() == Some(n)))
+        .unwrap_or_else(|| panic!("no {kind} {name:?} in the manifests"))
+}
+
+#[test]
+fn kubernetes_manifests_validate_and_each_pod_renders_its_node() {
+    let Some(validate) = kubernetes_validate() else { return };
+    if !have_tool("umoci") {
+        return;
+    }
+    let p = TestProject::new();
+    p.add_base();
+    // Ids that are not the ordinals: pod i must still be the definition's i-th node.
+    let ids = [5u32, 7, 9];
+    for (old, new) in ids.iter().enumerate() {
+        edit_definition(&p, &format!("\nid = {old}\n"), &format!("\nid = {new}\n"));
+    }
+    let built = json(&p.run(&["--json", "build"]));
+    // The image every pod runs is the `cluster` image `push --all` put in the registry.
+    let Some(registry) = super::registry_server::Registry::plain(&p.path("registry")) else { return };
+    let repo = format!("{}/team/zk", registry.host());
+    let pushed = json(&p.run(&["--json", "push", "--insecure", "--all", &repo]));
+    let cluster_digest = built["cluster"]["digest"].as_str().unwrap();
+    let references: Vec<&str> =
+        pushed["pushed"].as_array().unwrap().iter().map(|r| r["reference"].as_str().unwrap()).collect();
+    assert!(references.contains(&format!("{repo}:cluster@{cluster_digest}").as_str()), "{references:?}");
+    let ns = "kafka-prod";
+    let out = json(&p.run(&["--json", "deploy", "kubernetes", "--repo", &repo, "--namespace", ns]));
+    let file = p.root.join(out["file"].as_str().unwrap());
+    let image = format!("{repo}@{cluster_digest}");
+    assert_eq!(out["image"], image.as_str());
+
+    // Every document against the OpenAPI schemas of Kubernetes 1.37, unknown fields refused;
+    // and the validator does refuse a wrong one.
+    let checked = Command::new(&validate).args(["--strict", "--no-warn"]).arg(&file).output().unwrap();
+    assert!(checked.status.success(), "kubernetes-validate: {}", text(&checked));
+    let broken = p.path("broken.yaml");
+    std::fs::write(&broken, std::fs::read_to_string(&file).unwrap().replace("replicas: 3", "replicas: \"three\""))
+        .unwrap();
+    let refused = Command::new(&validate).args(["--strict", "--no-warn"]).arg(&broken).output().unwrap();
+    assert!(!refused.status.success(), "kubernetes-validate accepted replicas: \"three\"");
+
+    let docs = read_yaml(&file);
+    assert_eq!(docs.len(), 4, "headless Service, client Service, PodDisruptionBudget, StatefulSet");
+    let headless = find(&docs, "Service", Some("zk-kafka"));
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"].as_bool(), Some(true));
+    let client = find(&docs, "Service", Some("zk-kafka-client"));
+    let client_ports: Vec<i64> =
+        client["spec"]["ports"].as_vec().unwrap().iter().map(|p| p["port"].as_i64().unwrap()).collect();
+    assert_eq!(client_ports, [2181, 9092]);
+    assert_eq!(find(&docs, "PodDisruptionBudget", None)["spec"]["maxUnavailable"].as_i64(), Some(1));
+    let set = find(&docs, "StatefulSet", Some("zk-kafka"));
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"].as_str(), Some(ns));
+    }
+    let spec = &set["spec"];
+    assert_eq!(spec["serviceName"].as_str(), Some("zk-kafka"));
+    assert_eq!(spec["podManagementPolicy"].as_str(), Some("Parallel"));
+    assert_eq!(spec["replicas"].as_i64(), Some(3));
+    let pod = &spec["template"]["spec"];
+    assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() > 0);
+    let containers = pod["containers"].as_vec().unwrap();
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    assert_eq!(yaml_str(&container["image"]), image);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(!container[probe]["exec"]["command"].is_badvalue(), "{probe}");
+    }
+    assert!(!container["resources"]["requests"]["memory"].is_badvalue());
+    let claims: Vec<&str> =
+        spec["volumeClaimTemplates"].as_vec().unwrap().iter().map(|c| yaml_str(&c["metadata"]["name"])).collect();
+    let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|m| (yaml_str(&m["name"]), yaml_str(&m["mountPath"])))
+        .collect();
+    assert_eq!(mounts, [("var-lib-zookeeper", "/var/lib/zookeeper"), ("var-lib-kafka", "/var/lib/kafka")]);
+    assert_eq!(claims, ["var-lib-zookeeper", "var-lib-kafka"]);
+
+    // Each pod, rendered by the image's own entrypoint with the pod's hostname and the
+    // manifest's environment.
+    let env: Vec<(String, String)> = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|e| (yaml_str(&e["name"]).to_string(), yaml_str(&e["value"]).to_string()))
+        .collect();
+    let rootfs = super::core::unpack(&p.root.join("out/zk-kafka"), "cluster", &p.path("cluster-bundle"));
+    let dns = |i: usize| format!("zk-kafka-{i}.zk-kafka.{ns}.svc.cluster.local");
+    let connect = (0..3).map(|i| format!("{}:2181", dns(i))).collect::<Vec<_>>().join(",");
+    for (i, id) in ids.iter().enumerate() {
+        let root = p.path(&format!("pod-{i}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let rendered = Command::new("sh")
+            .arg(rootfs.join("usr/local/bin/imgbuild-init"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("HOSTNAME", format!("zk-kafka-{i}"))
+            .env("IMGBUILD_RENDER_ONLY", "1")
+            .env("IMGBUILD_ROOT", &root)
+            .env("IMGBUILD_CONF_DIR", rootfs.join("etc/imgbuild"))
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "pod {i}: {}", text(&rendered));
+        let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+        assert_eq!(read("var/lib/zookeeper/myid"), format!("{id}\n"), "pod {i}");
+        let servers: Vec<String> = read("usr/local/zookeeper/conf/zoo.cfg")
+            .lines()
+            .filter(|l| l.starts_with("server."))
+            .map(str::to_string)
+            .collect();
+        let expected: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, n)| format!("server.{n}={}:2888:3888", if j == i { "0.0.0.0".to_string() } else { dns(j) }))
+            .collect();
+        assert_eq!(servers, expected, "pod {i}");
+        let props = read("usr/local/kafka/config/server.properties");
+        let get = |key: &str| props.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string);
+        assert_eq!(get("broker.id"), Some(id.to_string()), "pod {i}");
+        assert_eq!(get("listeners").as_deref(), Some("PLAINTEXT://0.0.0.0:9092"), "pod {i}");
+        assert_eq!(get("advertised.listeners"), Some(format!("PLAINTEXT://{}:9092", dns(i))), "pod {i}");
+        assert_eq!(get("zookeeper.connect"), Some(connect.clone()), "pod {i}");
+    }
+
+    // A repository with a tag, or a namespace that is not a DNS label: usage errors.
+    assert_exit(&p.run(&["deploy", "kubernetes", "--repo", "registry.example.org/team/zk:v1"]), 2);
+    assert_exit(
+        &p.run(&["deploy", "kubernetes", "--repo", "registry.example.org/team/zk", "--namespace", "Bad_NS"]),
+        2,
+    );
 }
