@@ -33,30 +33,48 @@ fn edit_definition(p: &TestProject, from: &str, to: &str) {
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
 }
 
-/// A containers.conf that makes Podman work here (runc, cgroupfs, the ulimits runc may set)
-/// and gives its networks a DNS server (netavark with aardvark-dns).
-fn containers_conf(p: &TestProject) -> PathBuf {
-    let path = p.path("containers.conf");
-    std::fs::write(
-        &path,
-        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\n[network]\nnetwork_backend = \"netavark\"\n",
-    )
-    .unwrap();
-    path
-}
-
 /// Everything a test put into Podman, removed when dropped (also when the test fails):
 /// the compose project's containers, volumes and network, and the images loaded.
 struct Engine {
     conf: PathBuf,
+    storage: PathBuf,
     project: Option<String>,
     images: Vec<String>,
 }
 
 impl Engine {
+    /// A Podman of the test's own: a containers.conf that makes Podman work here (runc,
+    /// cgroupfs, the ulimits runc may set) and gives networks a DNS server (netavark with
+    /// aardvark-dns), and a store of images in the test's directory, so that no other test
+    /// can remove a layer this one's images share (Podman keeps one copy of each layer).
+    fn new(p: &TestProject, project: Option<String>, images: Vec<String>) -> Engine {
+        let conf = p.path("containers.conf");
+        std::fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\n[network]\nnetwork_backend = \"netavark\"\n",
+        )
+        .unwrap();
+        let storage = p.path("storage.conf");
+        std::fs::write(
+            &storage,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                p.path("podman/root").display(),
+                p.path("podman/run").display()
+            ),
+        )
+        .unwrap();
+        Engine { conf, storage, project, images }
+    }
+
+    /// `cmd` (Podman, podman-compose, or imgbuild, which runs `podman load`) using this Podman.
+    fn configure<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("CONTAINERS_CONF", &self.conf).env("CONTAINERS_STORAGE_CONF", &self.storage)
+    }
+
     fn podman(&self) -> Command {
         let mut c = podman();
-        c.env("CONTAINERS_CONF", &self.conf);
+        self.configure(&mut c);
         c
     }
 
@@ -120,9 +138,9 @@ fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
     p.add_base();
     let name = unique("load");
     edit_definition(&p, "name = \"zk-kafka\"", &format!("name = \"{name}\""));
-    let engine = Engine { conf: containers_conf(&p), project: None, images: loaded_images(&name) };
+    let engine = Engine::new(&p, None, loaded_images(&name));
 
-    let loaded = json(&p.cmd().env("CONTAINERS_CONF", &engine.conf).args(["--json", "load"]).output().unwrap());
+    let loaded = json(&engine.configure(&mut p.cmd()).args(["--json", "load"]).output().unwrap());
     let built = json(&p.run(&["--json", "--offline", "build"]));
     let config = |image: &serde_json::Value| image["platforms"][0]["config_digest"].as_str().unwrap().to_string();
     let mut expected = vec![("cluster".to_string(), config(&built["cluster"]))];
@@ -140,13 +158,11 @@ fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
         assert_eq!(id, vec![config_digest.trim_start_matches("sha256:").to_string()], "{reference}");
     }
 
-    let one =
-        json(&p.cmd().env("CONTAINERS_CONF", &engine.conf).args(["--json", "load", "--id", "1"]).output().unwrap());
+    let one = json(&engine.configure(&mut p.cmd()).args(["--json", "load", "--id", "1"]).output().unwrap());
     assert_eq!(one["loaded"].as_array().unwrap().len(), 1);
     assert_eq!(one["loaded"][0]["reference"], format!("localhost/{name}:node-1").as_str());
     assert_ok(&engine.podman().args(["rmi", &format!("localhost/{name}:node-1")]).output().unwrap());
-    let one =
-        json(&p.cmd().env("CONTAINERS_CONF", &engine.conf).args(["--json", "load", "--id", "1"]).output().unwrap());
+    let one = json(&engine.configure(&mut p.cmd()).args(["--json", "load", "--id", "1"]).output().unwrap());
     let id = engine.lines(&["image", "inspect", "--format", "{{.Id}}", &format!("localhost/{name}:node-1")]);
     assert_eq!(id, vec![one["loaded"][0]["config_digest"].as_str().unwrap().trim_start_matches("sha256:")]);
 
@@ -245,16 +261,16 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
     let name = unique("zkc");
     edit_definition(&p, "name = \"zk-kafka\"", &format!("name = \"{name}\""));
     edit_definition(&p, "tick_time = \"2000\"", "tick_time = \"500\"");
-    let engine = Engine { conf: containers_conf(&p), project: Some(name.clone()), images: loaded_images(&name) };
-    assert_ok(&p.cmd().env("CONTAINERS_CONF", &engine.conf).args(["load"]).output().unwrap());
+    let engine = Engine::new(&p, Some(name.clone()), loaded_images(&name));
+    assert_ok(&engine.configure(&mut p.cmd()).args(["load"]).output().unwrap());
 
     let offset = free_port_offset();
     let deployed = json(&p.run(&["--json", "deploy", "compose", "--port-offset", &offset.to_string()]));
     let file = PathBuf::from(deployed["file"].as_str().unwrap());
     let file = p.root.join(file);
     let compose = |args: &[&str]| {
-        Command::new("podman-compose")
-            .env("CONTAINERS_CONF", &engine.conf)
+        engine
+            .configure(&mut Command::new("podman-compose"))
             .arg("-p")
             .arg(&name)
             .arg("-f")
