@@ -6,7 +6,7 @@
 pub mod build;
 pub mod cli;
 pub mod compress;
-pub mod deploy;
+pub(crate) mod deploy;
 pub mod digest;
 pub mod error;
 pub mod fetch;
