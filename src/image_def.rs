@@ -7,7 +7,7 @@
 //! anything `imgbuild check` accepts renders at boot.
 
 mod host;
-mod template;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -116,6 +116,9 @@ struct ServiceToml {
 #[serde(deny_unknown_fields)]
 struct ClusterToml {
     node: Vec<Spanned<NodeToml>>,
+    /// Whether a deployment may run fewer nodes than defined (`imgbuild deploy --replicas`).
+    #[serde(default)]
+    scalable: bool,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +243,8 @@ pub struct ImageDef {
     pub identity_checks: Vec<IdentityCheck>,
     /// In the order of `[[cluster.node]]` (a node's index is its place here).
     pub nodes: Vec<Node>,
+    /// A deployment may run fewer nodes than `nodes` (`[cluster] scalable = true`).
+    pub scalable: bool,
 }
 
 impl ImageDef {
@@ -274,6 +279,7 @@ impl ImageDef {
             services,
             identity_checks,
             nodes,
+            scalable: t.cluster.scalable,
         })
     }
 

@@ -6,6 +6,7 @@
 pub mod build;
 pub mod cli;
 pub mod compress;
+pub(crate) mod deploy;
 pub mod digest;
 pub mod error;
 pub mod fetch;

@@ -3,6 +3,8 @@
 
 mod build;
 mod check;
+mod deploy;
+mod load;
 mod prefetch;
 mod push;
 mod store;
@@ -79,6 +81,11 @@ pub enum Command {
     Push(push::PushArgs),
     /// Pull an image pinned by digest from a registry into the store (for use as a base)
     Pull(push::PullArgs),
+    /// Load node images into the local Podman or Docker (localhost/IMAGE:node-N)
+    Load(load::LoadArgs),
+    /// Write a deployment of the cluster: a Compose file or Kubernetes manifests
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
     Vm(vm::VmArgs),
     /// Download a URL into the store and print the hash to pin in a recipe
@@ -137,6 +144,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => build::run_node(&cli.global, args),
         Command::Push(args) => push::run_push(&cli.global, args),
         Command::Pull(args) => push::run_pull(&cli.global, args),
+        Command::Load(args) => load::run(&cli.global, args),
+        Command::Deploy(cmd) => deploy::run(&cli.global, cmd),
         Command::Vm(args) => vm::run(&cli.global, args),
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),

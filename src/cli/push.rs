@@ -75,12 +75,13 @@ impl RegistryArgs {
 
 #[derive(clap::Args)]
 pub struct PushArgs {
-    /// Where to: REGISTRY/REPO[:TAG]; with --all, REGISTRY/REPO (each node is tagged node-N)
+    /// Where to: REGISTRY/REPO[:TAG]; with --all, REGISTRY/REPO (each node is tagged node-N,
+    /// the node-less image `cluster`)
     pub reference: String,
     /// Build and push this node's image (tagged node-N unless the reference has a tag)
     #[arg(long, conflicts_with_all = ["all", "from"])]
     pub id: Option<u32>,
-    /// Build and push every node of the cluster
+    /// Build and push every node of the cluster, and the node-less `cluster` image
     #[arg(long, conflicts_with = "from")]
     pub all: bool,
     /// Push an existing OCI layout directory or oci-archive instead of building
@@ -164,11 +165,16 @@ fn built_targets(
     let nodes: Vec<u32> = args.id.into_iter().collect();
     let result = build(store, &project.image, &nodes, &settings, reporter)?;
     let keep_tag = args.id.is_some() && reference.tag.is_some();
-    Ok(result
+    let mut targets: Vec<_> = result
         .nodes
         .iter()
         .map(|node| (if keep_tag { reference.clone() } else { reference.with_tag(&node.image.tag) }, node.image.digest))
-        .collect())
+        .collect();
+    // Every node's image and the `cluster` image, which `deploy kubernetes` runs in every pod.
+    if args.all {
+        targets.push((reference.with_tag(&result.cluster.tag), result.cluster.digest));
+    }
+    Ok(targets)
 }
 
 fn print_pushed(global: &GlobalArgs, result: &push::Pushed) {

@@ -51,38 +51,55 @@ fn docker_manifest(images: &[StoredImage], name: &str) -> Result<Vec<u8>> {
 /// Writes the archive of `images` to `path` (a temporary file the caller renames into place);
 /// `docker` is the repository name when it is a docker-archive.
 pub fn write(store: &Store, path: &Path, images: &[StoredImage], docker: Option<&str>, epoch: u64) -> Result<()> {
-    let docker_json = docker.map(|name| docker_manifest(images, name)).transpose()?;
     let file = File::create(path).at(path)?;
-    let result = (|| -> io::Result<File> {
-        let mut tar = tar::Builder::new(BufWriter::with_capacity(256 * 1024, file));
-        for dir in ["blobs/", "blobs/sha256/"] {
-            tar.append_data(&mut header(EntryType::Directory, 0o755, epoch, 0), dir, io::empty())?;
-        }
-        for digest in all_blobs(images) {
-            let path = store.sha256_path(&digest);
-            let blob = File::open(&path)?;
-            let size = blob.metadata()?.len();
-            tar.append_data(
-                &mut header(EntryType::Regular, 0o644, epoch, size),
-                format!("blobs/sha256/{}", digest.hex()),
-                blob,
-            )?;
-        }
-        let index = index_json(images).map_err(io::Error::other)?;
-        tar.append_data(&mut header(EntryType::Regular, 0o644, epoch, index.len() as u64), "index.json", &index[..])?;
-        if let Some(m) = &docker_json {
-            tar.append_data(&mut header(EntryType::Regular, 0o644, epoch, m.len() as u64), "manifest.json", &m[..])?;
-        }
-        tar.append_data(
-            &mut header(EntryType::Regular, 0o644, epoch, OCI_LAYOUT.len() as u64),
-            "oci-layout",
-            OCI_LAYOUT,
-        )?;
-        let mut w = tar.into_inner()?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())
-    })();
-    result.and_then(|f| f.sync_all()).at(path)
+    let out = BufWriter::with_capacity(256 * 1024, file);
+    let file =
+        write_to(store, out, path, images, docker, true, epoch)?.into_inner().map_err(|e| e.into_error()).at(path)?;
+    file.sync_all().at(path)
+}
+
+/// Streams the archive into any writer (a file, or the stdin of `podman load`), blob by blob
+/// from the store, and returns the writer flushed. Write errors name `dest`. Without
+/// `oci_layout` (and with `docker`), it is a docker-archive only, which Podman cannot mistake
+/// for an oci-archive and name after the layout's tags.
+pub fn write_to<W: Write>(
+    store: &Store,
+    out: W,
+    dest: &Path,
+    images: &[StoredImage],
+    docker: Option<&str>,
+    oci_layout: bool,
+    epoch: u64,
+) -> Result<W> {
+    let docker_json = docker.map(|name| docker_manifest(images, name)).transpose()?;
+    let index = index_json(images)?;
+    let mut tar = tar::Builder::new(out);
+    for dir in ["blobs/", "blobs/sha256/"] {
+        tar.append_data(&mut header(EntryType::Directory, 0o755, epoch, 0), dir, io::empty()).at(dest)?;
+    }
+    for digest in all_blobs(images) {
+        let path = store.sha256_path(&digest);
+        let blob = File::open(&path).at(&path)?;
+        let size = blob.metadata().at(&path)?.len();
+        let name = format!("blobs/sha256/{}", digest.hex());
+        tar.append_data(&mut header(EntryType::Regular, 0o644, epoch, size), name, blob).at(dest)?;
+    }
+    let mut files: Vec<(&str, &[u8])> = Vec::new();
+    if oci_layout {
+        files.push(("index.json", &index));
+    }
+    if let Some(m) = &docker_json {
+        files.push(("manifest.json", m));
+    }
+    if oci_layout {
+        files.push(("oci-layout", OCI_LAYOUT));
+    }
+    for (name, data) in files {
+        tar.append_data(&mut header(EntryType::Regular, 0o644, epoch, data.len() as u64), name, data).at(dest)?;
+    }
+    let mut w = tar.into_inner().at(dest)?;
+    w.flush().at(dest)?;
+    Ok(w)
 }
 
 /// Whether `path` is an archive imgbuild wrote: exactly the entries `write` makes, in its

@@ -7,7 +7,7 @@ use std::process::Command;
 use super::harness::*;
 
 /// Unpacks a tag of a layout with umoci and returns its rootfs.
-fn unpack(layout: &Path, tag: &str, bundle: &Path) -> std::path::PathBuf {
+pub(super) fn unpack(layout: &Path, tag: &str, bundle: &Path) -> std::path::PathBuf {
     let image = format!("{}:{tag}", layout.display());
     tool(Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(bundle));
     bundle.join("rootfs")

@@ -10,6 +10,7 @@ mod registry_server;
 mod base_image;
 mod core;
 mod definitions;
+mod deploy;
 mod ensemble;
 mod entrypoint;
 mod failures;
