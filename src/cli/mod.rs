@@ -5,6 +5,7 @@ mod build;
 mod check;
 mod prefetch;
 mod push;
+mod recipe;
 mod store;
 mod vm;
 
@@ -76,6 +77,8 @@ pub enum Command {
     /// Work with the store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
+    Recipe(recipe::RecipeArgs),
 }
 
 impl GlobalArgs {
@@ -119,5 +122,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),
+        Command::Recipe(args) => recipe::run(&cli.global, args),
     }
 }
