@@ -3,6 +3,7 @@
 
 mod build;
 mod check;
+mod init;
 mod prefetch;
 mod push;
 mod recipe;
@@ -77,6 +78,8 @@ pub enum Command {
     /// Work with the store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Start a project: recipes, an image definition of three nodes and its templates
+    Init(init::InitArgs),
     /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
     Recipe(recipe::RecipeArgs),
 }
@@ -122,6 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),
+        Command::Init(args) => init::run(&cli.global, args),
         Command::Recipe(args) => recipe::run(&cli.global, args),
     }
 }
