@@ -3,6 +3,7 @@
 
 mod build;
 mod check;
+mod completions;
 mod init;
 mod prefetch;
 mod push;
@@ -82,6 +83,10 @@ pub enum Command {
     Init(init::InitArgs),
     /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
     Recipe(recipe::RecipeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one per command with --dir
+    Man(completions::ManArgs),
 }
 
 impl GlobalArgs {
@@ -127,5 +132,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Store(cmd) => store::run(&cli.global, cmd),
         Command::Init(args) => init::run(&cli.global, args),
         Command::Recipe(args) => recipe::run(&cli.global, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
