@@ -302,6 +302,7 @@ fn summary(p: &Proposal, added: bool) -> String {
                 Layout::Unreadable { reason } => {
                     format!("warning: could not list its entries ({}); a source must be a tarball", escape(reason))
                 }
+                Layout::DockerArchive => "a docker-archive".into(),
             };
             format!("recipe {}: {}, {}, {shape}{stored}", p.name, escape(&p.input), hash)
         }

@@ -66,6 +66,14 @@ pub struct Choices {
 pub fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Proposal> {
     let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
     let inspected = tarball::inspect(path, algorithm, crate::layer::DEFAULT_MAX_UNPACKED)?;
+    if inspected.layout == tarball::Layout::DockerArchive {
+        return Err(Error::BadArchive {
+            archive: input.to_string(),
+            message: "an image saved by `docker save` (a docker-archive), not a tarball to unpack; make it an OCI \
+                      archive: `skopeo copy docker-archive:FILE oci-archive:FILE.oci` or `podman save --format oci-archive`"
+                .into(),
+        });
+    }
     let guess = name::guess(file_name_of(&location));
     Ok(Proposal {
         name: choices.name.clone().unwrap_or(guess.name),

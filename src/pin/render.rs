@@ -116,6 +116,9 @@ fn render_tarball(out: &mut String, p: &Proposal, hash: &crate::digest::Hash, la
         Layout::Unreadable { reason } => {
             let _ = writeln!(out, "# strip_components = ?  # could not list the entries: {}", escape(reason));
         }
+        Layout::DockerArchive => {
+            let _ = writeln!(out, "# strip_components = ?  # a docker-archive, not a tarball to unpack");
+        }
     }
     let _ = writeln!(out, "{comment}prefix = {}  # where its files go in the image", quoted(prefix_text));
 }

@@ -19,6 +19,9 @@ pub enum Layout {
         has_bin: bool,
         entries: u64,
     },
+    /// An image saved by `docker save` (manifest.json, repositories, ID/layer.tar), which is
+    /// not a tarball to unpack.
+    DockerArchive,
     /// They could not (another compression, not a tar, corrupt): why.
     Unreadable { reason: String },
 }
@@ -114,6 +117,9 @@ struct Shape {
     top_is_dir: bool,
     bin_at_root: bool,
     bin_under_top: bool,
+    /// docker-archive markers: `manifest.json` at the root, and `repositories` or a `layer.tar`.
+    docker_manifest: bool,
+    docker_layers: bool,
     entries: u64,
 }
 
@@ -133,9 +139,14 @@ impl Shape {
         self.top_is_dir |= parts.len() > 1 || is_dir;
         self.bin_at_root |= *first == "bin" && (parts.len() > 1 || is_dir);
         self.bin_under_top |= parts.get(1) == Some(&"bin") && (parts.len() > 2 || is_dir);
+        self.docker_manifest |= parts == ["manifest.json"];
+        self.docker_layers |= parts == ["repositories"] || parts.last() == Some(&"layer.tar");
     }
 
     fn layout(self) -> Layout {
+        if self.docker_manifest && self.docker_layers {
+            return Layout::DockerArchive;
+        }
         let top_dir = self.top.filter(|_| self.top_is_dir);
         let has_bin = if top_dir.is_some() { self.bin_under_top } else { self.bin_at_root };
         Layout::Listed { top_dir, has_bin, entries: self.entries }
@@ -216,6 +227,7 @@ mod tests {
         let l = shape(&[("bin/x", false), ("lib/y", false)]);
         assert_eq!(l, Layout::Listed { top_dir: None, has_bin: true, entries: 2 });
         assert_eq!(shape(&[("only-file", false)]).strip_components(), 0);
+        assert_eq!(shape(&[("manifest.json", false), ("abc/layer.tar", false)]), Layout::DockerArchive);
         assert_eq!(
             shape(&[("a/x", false), ("b/bin/y", false)]),
             Layout::Listed { top_dir: None, has_bin: false, entries: 2 }

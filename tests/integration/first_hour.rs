@@ -204,6 +204,18 @@ fn recipe_reads_images_from_oci_layouts_and_archives() {
     let hex = digest.strip_prefix("sha256:").unwrap();
     assert!(store.join("blobs/sha256").join(hex).is_file(), "--add imported the image");
 
+    // `docker save`'s format is not taken for a tarball: exit 1, saying how to convert it.
+    let docker = tmp.path().join("docker.tar");
+    tool(
+        Command::new("skopeo")
+            .args(["copy", "-q"])
+            .arg(format!("oci:{}:bookworm-amd64", layout.display()))
+            .arg(format!("docker-archive:{}:debian:bookworm", docker.display())),
+    );
+    let out = imgbuild(tmp.path(), &store).args(["recipe", "docker.tar"]).output().unwrap();
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("skopeo copy docker-archive:"), "{}", stderr(&out));
+
     // An archive that names a blob it does not hold is bad input, naming the blob.
     let broken = tmp.path().join("broken");
     fixtures::base_layout(&broken, &["amd64"]);
@@ -401,4 +413,18 @@ fn readme_your_own_cluster_runs_as_written() {
         serde_json::from_str(&tool(Command::new("skopeo").args(["inspect", "--config", &layout]))).unwrap();
     let env = inspect["config"]["Env"].to_string();
     assert!(env.contains("/opt/zookeeper/bin") && env.contains("/opt/java/bin"), "{env}");
+
+    // With another store holding only the base image, the recipes' `file`s are missing offline
+    // (each named with the command that adds it), and `--mirror ~/Downloads` supplies them: the
+    // same images, byte for byte.
+    let other = tmp.path().join("other-store");
+    let run = |args: &[&str]| imgbuild(&project, &other).args(args).output().unwrap();
+    assert_ok(&run(&["store", "add", downloads.join("base.tar").to_str().unwrap()]));
+    let missing = run(&["--offline", "build", "--out", "out/again"]);
+    assert_exit(&missing, 3);
+    assert!(stderr(&missing).contains("imgbuild store add zookeeper-3.4.10.tar.gz"), "{}", stderr(&missing));
+    let mirrored = run(&["--offline", "--mirror", downloads.to_str().unwrap(), "build", "--out", "out/again"]);
+    assert_ok(&mirrored);
+    let again = std::fs::read(project.join("out/again/index.json")).unwrap();
+    assert_eq!(again, std::fs::read(project.join("out/my-cluster/index.json")).unwrap());
 }
