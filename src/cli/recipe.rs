@@ -68,6 +68,7 @@ pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
     for input in &args.inputs {
         let found = find(global, &mut store, input, choices.algorithm.unwrap_or(Algorithm::Sha256))?;
         let proposals = propose(&found, input, &choices)?;
+        // A downloaded image is imported too: its blobs, not only the archive, serve a build.
         let added = if args.add || found.in_store { add(&mut store, &found, &proposals)? } else { false };
         for p in proposals {
             check_parses(&p)?;
@@ -267,11 +268,10 @@ fn propose(found: &Found, input: &str, choices: &Choices) -> Result<Vec<Proposal
 
 /// Puts the file into the store (an image blob by blob, each checked). Returns true.
 fn add(store: &mut LazyStore, found: &Found, proposals: &[Proposal]) -> Result<bool> {
-    if found.in_store {
-        return Ok(true);
-    }
     let store = store.get()?;
     match proposals.first().map(|p| &p.kind) {
+        // A download is in the store already, under its hash.
+        Some(ProposalKind::Tarball { .. }) if found.in_store => {}
         Some(ProposalKind::Tarball { hash, .. }) => {
             store.add_file(&found.path, hash.algorithm(), Some(hash))?;
         }

@@ -109,34 +109,16 @@ pub fn images(path: &Path, input: &str, location: Location, choices: &Choices) -
     }
     let mut proposals: Vec<Proposal> = Vec::new();
     for (i, group) in groups.iter().enumerate() {
-        let mut images: Vec<oci::Image> = Vec::new();
-        for image in group.iter().flat_map(|t| &t.images) {
-            if !images.contains(image) {
-                images.push(image.clone());
-            }
-        }
-        if !distinct_platforms(images.iter()) {
-            return Err(Error::BadArchive {
-                archive: path.display().to_string(),
-                message: format!("entry {} lists two different images for one platform", group[0].digest),
-            });
-        }
-        let skipped: Vec<String> = group.iter().flat_map(|t| t.skipped.clone()).collect();
-        if images.is_empty() {
-            return Err(Error::BadArchive {
-                archive: path.display().to_string(),
-                message: format!("holds no linux image imgbuild can use (left out: {})", skipped.join("; ")),
-            });
-        }
+        let (images, skipped) = images_of(path, group)?;
         let reference = group.iter().find_map(|t| t.ref_name.as_deref()).map(split_reference);
         let name = match (&choices.name, groups.len()) {
             (Some(n), _) => n.clone(),
             (None, 1) => guess.name.clone(),
-            (None, _) => reference
-                .as_ref()
-                .and_then(|(repo, tag)| repo.as_deref().or(tag.as_deref()).map(|r| name::recipe_name(last_segment(r))))
-                .map(|n| unique(n, &proposals))
-                .unwrap_or_else(|| format!("{}-{}", guess.name, i + 1)),
+            (None, _) => {
+                let from_reference = reference.as_ref().and_then(|(repo, tag)| repo.as_deref().or(tag.as_deref()));
+                let base = from_reference.map_or_else(|| guess.name.clone(), |r| name::recipe_name(last_segment(r)));
+                unique(base, i, &proposals)
+            }
         };
         let version = choices
             .version
@@ -163,6 +145,25 @@ pub fn images(path: &Path, input: &str, location: Location, choices: &Choices) -
     Ok(proposals)
 }
 
+/// The images of one recipe (each once) and what was left out; at least one, one per platform.
+fn images_of(path: &Path, group: &[&oci::TopEntry]) -> Result<(Vec<oci::Image>, Vec<String>)> {
+    let bad = |message: String| Error::BadArchive { archive: path.display().to_string(), message };
+    let mut images: Vec<oci::Image> = Vec::new();
+    for image in group.iter().flat_map(|t| &t.images) {
+        if !images.contains(image) {
+            images.push(image.clone());
+        }
+    }
+    if !distinct_platforms(images.iter()) {
+        return Err(bad(format!("entry {} lists two different images for one platform", group[0].digest)));
+    }
+    let skipped: Vec<String> = group.iter().flat_map(|t| t.skipped.clone()).collect();
+    if images.is_empty() {
+        return Err(bad(format!("holds no linux image imgbuild can use (left out: {})", skipped.join("; "))));
+    }
+    Ok((images, skipped))
+}
+
 fn file_name_of(location: &Location) -> &str {
     match location {
         Location::Url(url) => crate::recipe::url_file_name(url),
@@ -175,9 +176,10 @@ fn distinct_platforms<'a>(images: impl Iterator<Item = &'a oci::Image>) -> bool 
     images.into_iter().all(|i| seen.insert(i.platform.clone()))
 }
 
-fn unique(name: String, taken: &[Proposal]) -> String {
+/// `name`, or `name-N` (N from 2, or after the group's position) when a recipe has it already.
+fn unique(name: String, position: usize, taken: &[Proposal]) -> String {
     let mut candidate = name.clone();
-    let mut n = 2;
+    let mut n = position.max(1) + 1;
     while taken.iter().any(|p| p.name == candidate) {
         candidate = format!("{name}-{n}");
         n += 1;

@@ -156,6 +156,16 @@ fn recipe_downloads_urls_into_the_store_unless_offline() {
     );
     assert!(p.store.join("blobs/sha512").join(&sha512).is_file());
 
+    // A downloaded OCI archive: its image is imported, so a build finds the manifest.
+    need("skopeo");
+    let archive = p.path("debian.tar");
+    let digest = base_archive(p.tmp.path(), "amd64", &archive);
+    p.server.serve("dist/debian.tar", std::fs::read(&archive).unwrap(), Fault::None);
+    let out = p.run(&["recipe", &p.server.url("dist/debian.tar")]);
+    assert_ok(&out);
+    assert_eq!(field(&stdout(&out), "digest").as_deref(), Some(digest.as_str()));
+    assert!(p.store.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap()).is_file());
+
     // Offline, an URL no mirror has is not downloaded: exit 3, and the server saw nothing.
     p.server.serve("dist/other-1.0.tar.gz", fixtures::zookeeper(), Fault::None);
     let before = p.server.total_requests();
