@@ -199,6 +199,29 @@ fn recipe_reads_images_from_oci_layouts_and_archives() {
     assert_eq!(sources, expected);
     assert_eq!(r["sources"][0]["file"], "debian-layout");
 
+    // Two images for one platform (as `podman save` of two images writes): one recipe each.
+    let two = tmp.path().join("two");
+    fixtures::base_layout(&two, &["amd64"]);
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/other"), "x").unwrap();
+    let second = fixtures::layout_from_root(&tmp.path().join("second"), &root);
+    for blob in std::fs::read_dir(tmp.path().join("second/blobs/sha256")).unwrap() {
+        let blob = blob.unwrap();
+        std::fs::copy(blob.path(), two.join("blobs/sha256").join(blob.file_name())).unwrap();
+    }
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(two.join("index.json")).unwrap()).unwrap();
+    let extra: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("second/index.json")).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().push(extra["manifests"][0].clone());
+    std::fs::write(two.join("index.json"), index.to_string()).unwrap();
+    let v = json(&imgbuild(tmp.path(), &store).args(["--json", "recipe", "two"]).output().unwrap());
+    let names: Vec<&str> = v["recipes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bookworm-amd64", "bookworm-amd64-2"]);
+    assert_eq!(v["recipes"][1]["sources"][0]["digest"], second.as_str());
+    let refused = imgbuild(tmp.path(), &store).args(["recipe", "--name", "x", "two"]).output().unwrap();
+    assert_exit(&refused, 2);
+
     // An oci-archive whose index says no platform: read from the image config.
     let archive = tmp.path().join("base.tar");
     let digest = base_archive(tmp.path(), "arm64", &archive);
