@@ -31,6 +31,10 @@ pub struct RecipeArgs {
     /// Where a tarball's files go in the image (one input): writes `[unpack]` instead of suggesting it
     #[arg(long, value_name = "DIR")]
     pub prefix: Option<String>,
+    /// The platform a tarball is for (one input), or `any` [default: from the file name (x64,
+    /// aarch64, …), else any]
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
     /// Pin tarballs with sha512 instead of sha256
     #[arg(long)]
     pub sha512: bool,
@@ -106,6 +110,7 @@ fn choices(args: &RecipeArgs) -> Result<Choices> {
         ("--name", args.name.is_some()),
         ("--upstream-version", args.version.is_some()),
         ("--prefix", args.prefix.is_some()),
+        ("--platform", args.platform.is_some()),
     ];
     if let Some((flag, _)) = single.iter().find(|(_, given)| *given).filter(|_| args.inputs.len() > 1) {
         return Err(Error::Usage(format!("{flag} describes one recipe: give one input with it")));
@@ -130,7 +135,15 @@ fn choices(args: &RecipeArgs) -> Result<Choices> {
             )));
         }
     }
+    let platform = match args.platform.as_deref() {
+        None => None,
+        Some("any") => Some(None),
+        Some(text) => {
+            Some(Some(text.parse().map_err(|e: String| Error::Usage(format!("--platform: {}", escape(&e))))?))
+        }
+    };
     Ok(Choices {
+        platform,
         name: args.name.clone(),
         version: args.version.clone(),
         prefix: args.prefix.clone(),

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::digest::{Algorithm, Hash, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::platform::Platform;
 
 pub use render::{render, to_json};
 
@@ -38,6 +39,8 @@ pub struct Proposal {
 #[derive(Debug, Clone)]
 pub enum ProposalKind {
     Tarball {
+        /// The platform it is for (`--platform`, or from its file name); `None`: every platform.
+        platform: Option<Platform>,
         hash: Hash,
         size: u64,
         layout: tarball::Layout,
@@ -60,6 +63,8 @@ pub struct Choices {
     pub version: Option<String>,
     pub prefix: Option<String>,
     pub algorithm: Option<Algorithm>,
+    /// `--platform`: `Some(None)` for every platform.
+    pub platform: Option<Option<Platform>>,
 }
 
 /// The recipe for a tarball at `path` (read once: hashed and listed).
@@ -75,12 +80,14 @@ pub fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) 
         });
     }
     let guess = name::guess(file_name_of(&location));
+    let platform = choices.platform.clone().unwrap_or_else(|| name::guess_platform(file_name_of(&location)));
     Ok(Proposal {
         name: choices.name.clone().unwrap_or(guess.name),
         version: choices.version.clone().or(guess.version),
         input: input.to_string(),
         location,
         kind: ProposalKind::Tarball {
+            platform,
             hash: inspected.hash,
             size: inspected.size,
             layout: inspected.layout,

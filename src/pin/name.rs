@@ -1,6 +1,24 @@
 //! A recipe's name and version guessed from an upstream file name, the way releases are
 //! usually named: `zookeeper-3.4.10.tar.gz`, `kafka_2.11-1.0.0.tgz`, `jdk-v21.0.1.tar.xz`.
 
+use crate::platform::Platform;
+
+/// Architecture words of release file names, and the platform each means.
+const ARCHITECTURES: &[(&str, &str)] = &[
+    ("amd64", "linux/amd64"),
+    ("x64", "linux/amd64"),
+    ("aarch64", "linux/arm64"),
+    ("arm64", "linux/arm64"),
+    ("armv7", "linux/arm/v7"),
+    ("armhf", "linux/arm/v7"),
+    ("ppc64le", "linux/ppc64le"),
+    ("s390x", "linux/s390x"),
+    ("riscv64", "linux/riscv64"),
+];
+
+/// Other systems' builds, for which no linux platform is guessed.
+const OTHER_SYSTEMS: &[&str] = &["windows", "win", "mac", "macos", "osx", "darwin", "freebsd", "aix", "solaris"];
+
 /// Archive suffixes, longest first, so `.tar.gz` wins over `.gz`.
 const ARCHIVE_SUFFIXES: &[&str] = &[
     ".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst", ".tgz", ".txz", ".tbz2", ".tbz", ".tzst", ".tar", ".gz", ".xz",
@@ -24,6 +42,25 @@ pub fn guess(file_name: &str) -> Guess {
     };
     let version = version.map(clean_version).filter(|v| !v.is_empty());
     Guess { name: recipe_name(name), version }
+}
+
+/// The platform a release file is built for, when its name says so (`…_x64_linux_…` →
+/// linux/amd64, `…-aarch64.tar.gz` → linux/arm64); none for another system's build or when
+/// the name names two architectures.
+pub fn guess_platform(file_name: &str) -> Option<Platform> {
+    // `x86_64` is one word, though `_` separates words elsewhere (`jdk_x64_linux`).
+    let lower = strip_archive_suffix(file_name).to_ascii_lowercase().replace("x86_64", "amd64");
+    let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').collect();
+    let has_word = |w: &str| words.iter().any(|word| *word == w || word.split('_').any(|part| part == w));
+    if OTHER_SYSTEMS.iter().any(|os| has_word(os)) {
+        return None;
+    }
+    let mut found = ARCHITECTURES.iter().filter(|(word, _)| has_word(word)).map(|(_, platform)| *platform);
+    let first = found.next()?;
+    if found.any(|other| other != first) {
+        return None;
+    }
+    first.parse().ok()
 }
 
 fn strip_archive_suffix(file_name: &str) -> &str {
@@ -108,6 +145,22 @@ mod tests {
         assert_eq!(g("Debian Slim.TAR"), ("debian-slim".into(), None));
         assert_eq!(g(".tar.gz"), ("tar".into(), None));
         assert_eq!(g("---"), ("recipe".into(), None));
+    }
+
+    #[test]
+    fn platforms_from_release_names() {
+        let p = |f: &str| guess_platform(f).map(|p| p.to_string());
+        assert_eq!(p("OpenJDK8U-jdk_x64_linux_hotspot_8u392b08.tar.gz").as_deref(), Some("linux/amd64"));
+        assert_eq!(p("OpenJDK8U-jdk_aarch64_linux_hotspot_8u392b08.tar.gz").as_deref(), Some("linux/arm64"));
+        assert_eq!(p("node-v20.10.0-linux-x64.tar.xz").as_deref(), Some("linux/amd64"));
+        assert_eq!(p("go1.21.5.linux-arm64.tar.gz").as_deref(), Some("linux/arm64"));
+        assert_eq!(p("pkg-1.0-x86_64.tgz").as_deref(), Some("linux/amd64"));
+        assert_eq!(p("jdk_x86_64_linux.tgz").as_deref(), Some("linux/amd64"));
+        assert_eq!(p("zookeeper-3.4.10.tar.gz"), None);
+        assert_eq!(p("OpenJDK8U-jdk_x64_windows_hotspot.zip"), None);
+        assert_eq!(p("tool-darwin-arm64.tar.gz"), None);
+        assert_eq!(p("fat-x64-arm64.tar.gz"), None);
+        assert_eq!(p("mixtape-1.0.tar.gz"), None);
     }
 
     proptest! {

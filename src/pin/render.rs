@@ -46,8 +46,8 @@ pub fn render(p: &Proposal) -> String {
         }
     }
     match &p.kind {
-        ProposalKind::Tarball { hash, layout, prefix, .. } => {
-            render_tarball(&mut out, p, hash, layout, prefix.as_deref());
+        ProposalKind::Tarball { platform, hash, layout, prefix, .. } => {
+            render_tarball(&mut out, p, platform.as_ref(), hash, layout, prefix.as_deref());
         }
         ProposalKind::Image { reference, index_digest, images, skipped } => {
             let _ = writeln!(
@@ -93,7 +93,14 @@ fn write_location(out: &mut String, location: &Location) {
     }
 }
 
-fn render_tarball(out: &mut String, p: &Proposal, hash: &crate::digest::Hash, layout: &Layout, prefix: Option<&str>) {
+fn render_tarball(
+    out: &mut String,
+    p: &Proposal,
+    platform: Option<&crate::platform::Platform>,
+    hash: &crate::digest::Hash,
+    layout: &Layout,
+    prefix: Option<&str>,
+) {
     let suggested = format!("/opt/{}", p.name);
     let comment = if prefix.is_some() { "" } else { "# " };
     let prefix_text = prefix.unwrap_or(&suggested);
@@ -102,6 +109,12 @@ fn render_tarball(out: &mut String, p: &Proposal, hash: &crate::digest::Hash, la
         let _ = writeln!(out, "{comment}path = [{}]  # its bin/ on PATH", quoted(&bin));
     }
     out.push_str("\n[[source]]\n");
+    match platform {
+        Some(platform) => {
+            let _ = writeln!(out, "platform = {}  # the one it is built for", quoted(&platform.to_string()));
+        }
+        None => out.push_str("# no `platform`: this file serves every platform\n"),
+    }
     write_location(out, &p.location);
     let _ = writeln!(out, "{} = {}", hash.algorithm().name(), quoted(&hash.hex()));
     out.push('\n');
@@ -137,10 +150,13 @@ pub fn to_json(p: &Proposal) -> serde_json::Value {
         "toml": render(p),
     });
     let extra = match &p.kind {
-        ProposalKind::Tarball { hash, size, layout, prefix } => serde_json::json!({
+        ProposalKind::Tarball { platform, hash, size, layout, prefix } => serde_json::json!({
             "kind": "tarball",
             "size": size,
-            "sources": [{ "url": url, "file": file, hash.algorithm().name(): hash.hex() }],
+            "sources": [{
+                "platform": platform.as_ref().map(|p| p.to_string()), "url": url, "file": file,
+                hash.algorithm().name(): hash.hex(),
+            }],
             "layout": layout,
             "unpack": { "strip_components": layout.strip_components(), "prefix": prefix },
         }),
@@ -175,6 +191,7 @@ mod tests {
             input: input.into(),
             location,
             kind: ProposalKind::Tarball {
+                platform: crate::pin::name::guess_platform(input),
                 hash: Hash::from_bytes(Algorithm::Sha256, vec![7; 32]),
                 size: 1,
                 layout,

@@ -279,11 +279,23 @@ fn recipe_refuses_what_it_cannot_pin_and_escapes_what_it_prints() {
         (vec!["recipe", "--name", "a b", "a.tgz"], 2, "--name"),
         (vec!["recipe", "--prefix", "opt/x", "a.tgz"], 2, "--prefix"),
         (vec!["recipe", "--prefix", "/opt/../x", "a.tgz"], 2, "--prefix"),
+        (vec!["recipe", "--platform", "linux/vax", "a.tgz"], 2, "unknown architecture"),
     ] {
         let out = run(&args);
         assert_exit(&out, code);
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
+
+    // --platform overrides what the file name says, `any` for every platform.
+    std::fs::write(tmp.path().join("tool-1.0-linux-arm64.tgz"), fixtures::zookeeper()).unwrap();
+    let platform = |extra: &[&str]| {
+        let out = run(&[&["recipe"], extra, &["tool-1.0-linux-arm64.tgz"]].concat());
+        assert_ok(&out);
+        field(&stdout(&out), "platform")
+    };
+    assert_eq!(platform(&[]).as_deref(), Some("linux/arm64"));
+    assert_eq!(platform(&["--platform", "linux/s390x"]).as_deref(), Some("linux/s390x"));
+    assert_eq!(platform(&["--platform", "any"]), None);
 
     // A file that is not a tarball: still pinned, with a warning and no guessed [unpack].
     std::fs::write(tmp.path().join("notes-2.0.txt"), "plain text").unwrap();
@@ -441,6 +453,8 @@ fn readme_your_own_cluster_runs_as_written() {
     assert_eq!(tags, ["node-1", "node-2", "node-3"]);
     let recipe = std::fs::read_to_string(project.join("recipes/base.toml")).unwrap();
     assert_eq!(field(&recipe, "digest").as_deref(), Some(base.as_str()));
+    let jdk = std::fs::read_to_string(project.join("recipes/jdk.toml")).unwrap();
+    assert_eq!(field(&jdk, "platform").as_deref(), Some("linux/amd64"), "x64 in its name:\n{jdk}");
     let layout = format!("oci:{}:node-2", project.join("out/my-cluster").display());
     let inspect: serde_json::Value =
         serde_json::from_str(&tool(Command::new("skopeo").args(["inspect", "--config", &layout]))).unwrap();
