@@ -135,6 +135,8 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
                 }
                 if matched.is_empty() {
                     eprintln!("warning: {} matches no oci-image recipe's digest", path.display());
+                    let shown = crate::error::escape(&path.display().to_string());
+                    eprintln!("hint: `imgbuild recipe {shown}` prints its recipe (digest and platform)");
                 }
             }
             results.push(
@@ -169,8 +171,8 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
         if !global.json && !global.quiet {
             if matched.is_empty() {
                 eprintln!(
-                    "added {} as {sha256}; warning: no recipe pins this file (sha512 {})",
-                    path.display(),
+                    "added {} as {sha256}; warning: no recipe pins this file (sha512 {}); `imgbuild recipe {0}` prints one",
+                    crate::error::escape(&path.display().to_string()),
                     sha512.hex()
                 );
             } else {
