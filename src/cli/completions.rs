@@ -61,7 +61,7 @@ pub fn man(args: &ManArgs) -> Result<()> {
 }
 
 /// Writes to stdout; a reader that stops early (`| head`) is not an error.
-fn write_stdout(data: &[u8]) -> Result<()> {
+pub(super) fn write_stdout(data: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(data).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

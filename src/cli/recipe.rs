@@ -79,6 +79,11 @@ pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
             results.push((p, added));
         }
     }
+    print_results(global, &results)
+}
+
+/// The recipes on stdout (TOML, or JSON with `--json`), a line about each on stderr.
+fn print_results(global: &GlobalArgs, results: &[(Proposal, bool)]) -> Result<()> {
     if global.json {
         let recipes: Vec<serde_json::Value> = results
             .iter()
@@ -92,9 +97,9 @@ pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
         return Ok(());
     }
     let blocks: Vec<String> = results.iter().map(|(p, _)| pin::render(p)).collect();
-    print!("{}", blocks.join("\n"));
+    super::completions::write_stdout(blocks.join("\n").as_bytes())?;
     if !global.quiet {
-        for (p, added) in &results {
+        for (p, added) in results {
             eprintln!("{}", summary(p, *added));
         }
         eprintln!(

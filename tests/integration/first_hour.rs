@@ -137,6 +137,17 @@ fn recipe_pins_local_files_file_urls_and_mirror_files_offline() {
     let recipes = json(&check)["recipes"].clone();
     assert!(recipes.as_array().unwrap().iter().any(|r| r["name"] == "zookeeper" && r["version"] == "3.4.10"));
     assert!(store.join("blobs/sha256").join(&hex).is_file(), "--add stored the file");
+
+    // `store add` of a file no recipe pins points at `imgbuild recipe`.
+    let other = tmp.path().join("other-1.0.tgz");
+    std::fs::write(&other, fixtures::kafka()).unwrap();
+    let added = imgbuild(tmp.path(), &store).args(["store", "add", other.to_str().unwrap()]).output().unwrap();
+    assert_ok(&added);
+    assert!(
+        stderr(&added).contains(&format!("`imgbuild recipe {}` prints one", other.display())),
+        "{}",
+        stderr(&added)
+    );
 }
 
 #[test]
