@@ -18,6 +18,7 @@ pub mod layer;
 pub mod node;
 pub mod oci_doc;
 pub mod output;
+pub mod pin;
 pub mod platform;
 pub mod progress;
 pub mod project;

@@ -268,8 +268,12 @@ or from its `file` in a --mirror directory; `url` and `mirrors` in `[[source]]` 
                     "field `digest` is for `kind = \"oci-image\"`; pin a tarball with `sha256` or `sha512`",
                 ));
             }
-            if urls.is_empty() {
-                return Err(file.error_at(s.span(), "missing field `url` in `[[source]]`"));
+            // A source with only a `file` is one the user supplies (`store add`, `--mirror`).
+            if urls.is_empty() && src.file.is_none() {
+                return Err(file.error_at(
+                    s.span(),
+                    "missing field `url` (or `file`, for a file added with `imgbuild store add` or found in `--mirror`) in `[[source]]`",
+                ));
             }
             match (&src.sha256, &src.sha512) {
                 (Some(h), None) => parse_hash(file, h, Algorithm::Sha256)?,

@@ -3,10 +3,13 @@
 
 mod build;
 mod check;
+mod completions;
 mod deploy;
+mod init;
 mod load;
 mod prefetch;
 mod push;
+mod recipe;
 mod store;
 mod vm;
 
@@ -95,6 +98,14 @@ pub enum Command {
     /// Work with the store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Start a project: recipes, an image definition of three nodes and its templates
+    Init(init::InitArgs),
+    /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
+    Recipe(recipe::RecipeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one per command with --dir
+    Man(completions::ManArgs),
 }
 
 impl GlobalArgs {
@@ -150,5 +161,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),
+        Command::Init(args) => init::run(&cli.global, args),
+        Command::Recipe(args) => recipe::run(&cli.global, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }

@@ -140,7 +140,9 @@ fn add_image(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Resul
             eprintln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
         }
         if matched.is_empty() {
-            eprintln!("warning: {} matches no oci-image recipe's digest", path.display());
+            let shown = crate::error::escape(&path.display().to_string());
+            eprintln!("warning: {shown} matches no oci-image recipe's digest");
+            eprintln!("hint: `imgbuild recipe {shown}` prints its recipe (digest and platform)");
         }
     }
     Ok(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }))
@@ -169,8 +171,8 @@ fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result
     if say {
         if matched.is_empty() {
             eprintln!(
-                "added {} as {sha256}; warning: no recipe pins this file (sha512 {})",
-                path.display(),
+                "added {} as {sha256}; warning: no recipe pins this file (sha512 {}); `imgbuild recipe {0}` prints one",
+                crate::error::escape(&path.display().to_string()),
                 sha512.hex()
             );
         } else {

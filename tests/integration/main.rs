@@ -14,6 +14,7 @@ mod deploy;
 mod ensemble;
 mod entrypoint;
 mod failures;
+mod first_hour;
 mod outputs;
 mod registry;
 mod registry_access;

@@ -1,0 +1,332 @@
+//! `imgbuild recipe FILE|URL…`: a ready recipe for each file. Local files, `file://` URLs and
+//! files of `--mirror` directories are read where they are (no network, no store); `http(s)://`
+//! URLs are downloaded into the store unless `--offline`. `--add` also puts the files into the
+//! store, so the next build finds them offline.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::digest::Algorithm;
+use crate::error::{escape, Error, MissingInput, Result};
+use crate::fetch::Fetcher;
+use crate::pin::{self, tarball::Layout, Choices, Location, Proposal, ProposalKind};
+use crate::store::{Store, StoreLock};
+
+use super::GlobalArgs;
+
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    /// Tarballs, OCI archives or OCI layouts (`podman save --format oci-archive`, `skopeo copy …
+    /// oci:DIR`): paths, file:// or http(s):// URLs, or names of files in a --mirror directory
+    #[arg(required = true, value_name = "FILE|URL")]
+    pub inputs: Vec<String>,
+    /// Also add the files to the store, so a build finds them offline
+    #[arg(long)]
+    pub add: bool,
+    /// The recipe's name (one input) [default: from the file name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The upstream version (one input) [default: from the file name]
+    #[arg(long = "upstream-version", value_name = "VERSION")]
+    pub version: Option<String>,
+    /// Where a tarball's files go in the image (one input): writes `[unpack]` instead of suggesting it
+    #[arg(long, value_name = "DIR")]
+    pub prefix: Option<String>,
+    /// The platform a tarball is for (one input), or `any` [default: from the file name (x64,
+    /// aarch64, …), else any]
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// Pin tarballs with sha512 instead of sha256
+    #[arg(long)]
+    pub sha512: bool,
+}
+
+/// The store, opened only when a download or `--add` needs it, and held against `store gc`.
+struct LazyStore<'g> {
+    global: &'g GlobalArgs,
+    opened: Option<(Store, StoreLock)>,
+}
+
+impl LazyStore<'_> {
+    fn get(&mut self) -> Result<&Store> {
+        if self.opened.is_none() {
+            let store = self.global.open_store()?;
+            let lock = store.build_lock_shared()?;
+            self.opened = Some((store, lock));
+        }
+        Ok(&self.opened.as_ref().expect("opened above").0)
+    }
+}
+
+/// A file to pin: where it is on this machine, and how the recipe will name it.
+struct Found {
+    path: PathBuf,
+    location: Location,
+    /// Downloaded now: it is in the store already.
+    in_store: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
+    let choices = choices(args)?;
+    let mut store = LazyStore { global, opened: None };
+    let mut results = Vec::new();
+    for input in &args.inputs {
+        let found = find(global, &mut store, input, choices.algorithm.unwrap_or(Algorithm::Sha256))?;
+        let proposals = propose(&found, input, &choices)?;
+        // A downloaded image is imported too: its blobs, not only the archive, serve a build.
+        let added = if args.add || found.in_store { add(&mut store, &found, &proposals)? } else { false };
+        for p in proposals {
+            check_parses(&p)?;
+            results.push((p, added));
+        }
+    }
+    print_results(global, &results)
+}
+
+/// The recipes on stdout (TOML, or JSON with `--json`), a line about each on stderr.
+fn print_results(global: &GlobalArgs, results: &[(Proposal, bool)]) -> Result<()> {
+    if global.json {
+        let recipes: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(p, added)| {
+                let mut v = pin::to_json(p);
+                v["added"] = serde_json::Value::Bool(*added);
+                v
+            })
+            .collect();
+        super::print_json(&serde_json::json!({ "recipes": recipes }));
+        return Ok(());
+    }
+    let blocks: Vec<String> = results.iter().map(|(p, _)| pin::render(p)).collect();
+    super::completions::write_stdout(blocks.join("\n").as_bytes())?;
+    if !global.quiet {
+        for (p, added) in results {
+            eprintln!("{}", summary(p, *added));
+        }
+        eprintln!(
+            "next: save each recipe as the file its first line names; list a tarball's recipe in an image's `layers`, an image's as its `base`; then `imgbuild check`"
+        );
+    }
+    Ok(())
+}
+
+/// The options, checked before anything is read.
+fn choices(args: &RecipeArgs) -> Result<Choices> {
+    let single = [
+        ("--name", args.name.is_some()),
+        ("--upstream-version", args.version.is_some()),
+        ("--prefix", args.prefix.is_some()),
+        ("--platform", args.platform.is_some()),
+    ];
+    if let Some((flag, _)) = single.iter().find(|(_, given)| *given).filter(|_| args.inputs.len() > 1) {
+        return Err(Error::Usage(format!("{flag} describes one recipe: give one input with it")));
+    }
+    if let Some(name) = &args.name {
+        if !pin::name::is_recipe_name(name) {
+            return Err(Error::Usage(format!("--name `{}`: use only a-z, 0-9, `.`, `_`, `-`", escape(name))));
+        }
+    }
+    if let Some(v) = &args.version {
+        if v.is_empty() || v.chars().any(crate::error::is_unsafe_char) {
+            return Err(Error::Usage(format!("--upstream-version `{}`: not a version", escape(v))));
+        }
+    }
+    if let Some(prefix) = &args.prefix {
+        let path = Path::new(prefix);
+        let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !path.is_absolute() || !plain || prefix.chars().any(crate::error::is_unsafe_char) {
+            return Err(Error::Usage(format!(
+                "--prefix `{}`: an absolute path in the image, without `.` or `..`",
+                escape(prefix)
+            )));
+        }
+    }
+    let platform = match args.platform.as_deref() {
+        None => None,
+        Some("any") => Some(None),
+        Some(text) => {
+            Some(Some(text.parse().map_err(|e: String| Error::Usage(format!("--platform: {}", escape(&e))))?))
+        }
+    };
+    Ok(Choices {
+        platform,
+        name: args.name.clone(),
+        version: args.version.clone(),
+        prefix: args.prefix.clone(),
+        algorithm: Some(if args.sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 }),
+    })
+}
+
+/// Finds `input` on this machine, downloading an http(s) URL that no mirror directory has.
+fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algorithm) -> Result<Found> {
+    if input.starts_with("http://") || input.starts_with("https://") {
+        return find_url(global, store, input, algorithm);
+    }
+    let path = match input.split_once("://") {
+        Some(("file", rest)) => file_url_path(input, rest)?,
+        Some((scheme, _)) => {
+            return Err(Error::Usage(format!(
+                "`{}`: the {} scheme is not supported (give a path, a file:// or an http(s):// URL)",
+                escape(input),
+                escape(scheme)
+            )))
+        }
+        None => PathBuf::from(input),
+    };
+    if path.exists() {
+        let location = Location::File(local_name(&path)?);
+        return Ok(Found { path, location, in_store: false });
+    }
+    // A bare name: the file as it is called upstream, in a mirror directory.
+    if !input.contains('/') {
+        if let Some(path) = global.mirror.iter().map(|d| d.join(input)).find(|p| p.exists()) {
+            return Ok(Found { path, location: Location::File(input.to_string()), in_store: false });
+        }
+    }
+    let mirrors: Vec<String> = global.mirror.iter().map(|d| d.display().to_string()).collect();
+    Err(Error::Usage(format!(
+        "{}: no such file{}",
+        escape(&path.display().to_string()),
+        if mirrors.is_empty() || input.contains('/') {
+            String::new()
+        } else {
+            format!(" (nor in the --mirror directories {})", escape(&mirrors.join(", ")))
+        }
+    )))
+}
+
+fn find_url(global: &GlobalArgs, store: &mut LazyStore, url: &str, algorithm: Algorithm) -> Result<Found> {
+    let file_name = crate::recipe::url_file_name(url);
+    let location = Location::Url(url.to_string());
+    if let Some(path) = global.mirror.iter().map(|d| d.join(file_name)).find(|p| p.is_file()) {
+        return Ok(Found { path, location, in_store: false });
+    }
+    if global.offline {
+        return Err(Error::MissingInputs(vec![MissingInput {
+            recipe: "recipe".into(),
+            platform: "-".into(),
+            file: file_name.to_string(),
+            urls: vec![url.to_string()],
+            hash: "unknown".into(),
+            reasons: global
+                .mirror
+                .iter()
+                .map(|d| format!("{}: not there", d.join(file_name).display()))
+                .chain(["offline: not downloaded".to_string()])
+                .collect(),
+            add: format!("imgbuild recipe --add {file_name}"),
+        }]));
+    }
+    let settings = global.fetch_settings()?;
+    let reporter = global.reporter();
+    let store = store.get()?;
+    let (hash, _) = Fetcher::new(store, &settings, reporter.as_ref()).prefetch(url, algorithm)?;
+    Ok(Found { path: store.blob_path(&hash), location, in_store: true })
+}
+
+/// `file:///abs/path` or `file://localhost/abs/path`, percent-decoded.
+fn file_url_path(input: &str, rest: &str) -> Result<PathBuf> {
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !path.starts_with('/') {
+        return Err(Error::Usage(format!(
+            "`{}`: a file:// URL names a local absolute path (file:///srv/mirror/f.tar.gz)",
+            escape(input)
+        )));
+    }
+    let bytes = percent_decode(path)
+        .ok_or_else(|| Error::Usage(format!("`{}`: a `%` not followed by two hex digits", escape(input))))?;
+    Ok(PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes)))
+}
+
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The name a recipe's `file` gives a local file (or layout directory).
+fn local_name(path: &Path) -> Result<String> {
+    let absolute = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let name = absolute.file_name().map(|n| n.to_str().map(str::to_string));
+    match name {
+        Some(Some(n)) => Ok(n),
+        _ => Err(Error::Usage(format!(
+            "{}: its name is not UTF-8 text, which a recipe's `file` cannot hold: rename it",
+            escape(&path.display().to_string())
+        ))),
+    }
+}
+
+fn propose(found: &Found, input: &str, choices: &Choices) -> Result<Vec<Proposal>> {
+    let path = &found.path;
+    if path.is_dir() {
+        if !path.join("index.json").is_file() {
+            return Err(Error::Usage(format!(
+                "{}: a directory, but not an OCI layout (no index.json)",
+                escape(&path.display().to_string())
+            )));
+        }
+        return pin::images(path, input, found.location.clone(), choices);
+    }
+    if crate::import::is_oci_archive(path) {
+        return pin::images(path, input, found.location.clone(), choices);
+    }
+    Ok(vec![pin::tarball(path, input, found.location.clone(), choices)?])
+}
+
+/// Puts the file into the store (an image blob by blob, each checked). Returns true.
+fn add(store: &mut LazyStore, found: &Found, proposals: &[Proposal]) -> Result<bool> {
+    let store = store.get()?;
+    match proposals.first().map(|p| &p.kind) {
+        // A download is in the store already, under its hash.
+        Some(ProposalKind::Tarball { .. }) if found.in_store => {}
+        Some(ProposalKind::Tarball { hash, .. }) => {
+            store.add_file(&found.path, hash.algorithm(), Some(hash))?;
+        }
+        Some(ProposalKind::Image { .. }) => {
+            crate::import::import(store, &found.path)?;
+        }
+        None => {}
+    }
+    Ok(true)
+}
+
+/// What is printed must be a recipe imgbuild accepts: if not, that is a bug here.
+fn check_parses(p: &Proposal) -> Result<()> {
+    let name = format!("recipes/{}.toml", p.name);
+    crate::recipe::Recipe::parse(Path::new(&name), &pin::render(p))
+        .map(|_| ())
+        .map_err(|e| Error::Internal(format!("`imgbuild recipe` wrote a recipe that does not parse: {e}")))
+}
+
+/// One line for people: what was pinned and what the layout suggests.
+fn summary(p: &Proposal, added: bool) -> String {
+    let stored = if added { "; in the store" } else { "" };
+    match &p.kind {
+        ProposalKind::Tarball { hash, layout, .. } => {
+            let shape = match layout {
+                Layout::Listed { top_dir: Some(top), .. } => format!("every entry under {}/", escape(top)),
+                Layout::Listed { top_dir: None, .. } => "no one top directory".into(),
+                Layout::Unreadable { reason } => {
+                    format!("warning: could not list its entries ({}); a source must be a tarball", escape(reason))
+                }
+                Layout::DockerArchive => "a docker-archive".into(),
+            };
+            format!("recipe {}: {}, {}, {shape}{stored}", p.name, escape(&p.input), hash)
+        }
+        ProposalKind::Image { images, .. } => {
+            let list: Vec<String> = images.iter().map(|i| format!("{} {}", i.platform, i.digest)).collect();
+            format!("recipe {} (oci-image): {}: {}{stored}", p.name, escape(&p.input), list.join(", "))
+        }
+    }
+}
