@@ -106,55 +106,53 @@ fn builds_every_node_sharing_all_but_a_tiny_identity_layer() {
         }
     }
 
-    if have_tool("skopeo") {
-        for tag in ["node-0", "node-1", "node-2"] {
-            let info = tool(Command::new("skopeo").args(["inspect", &format!("oci:{}:{tag}", layout.display())]));
-            let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-            assert_eq!(info["Layers"].as_array().unwrap().len(), 7);
-            assert_eq!(info["Architecture"], "amd64");
-        }
-        // skopeo converts it, and the copy keeps the layer digests.
-        let copy = p.path("copy");
-        tool(Command::new("skopeo").args([
-            "copy",
-            &format!("oci:{}:node-1", layout.display()),
-            &format!("oci:{}:copied", copy.display()),
-        ]));
-        assert_eq!(manifest_of(&copy, "copied")["layers"], manifests[1]["layers"]);
+    require_tool("skopeo");
+    for tag in ["node-0", "node-1", "node-2"] {
+        let info = tool(Command::new("skopeo").args(["inspect", &format!("oci:{}:{tag}", layout.display())]));
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["Layers"].as_array().unwrap().len(), 7);
+        assert_eq!(info["Architecture"], "amd64");
     }
+    // skopeo converts it, and the copy keeps the layer digests.
+    let copy = p.path("copy");
+    tool(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}:node-1", layout.display()),
+        &format!("oci:{}:copied", copy.display()),
+    ]));
+    assert_eq!(manifest_of(&copy, "copied")["layers"], manifests[1]["layers"]);
 
-    if have_tool("umoci") {
-        let rootfs = unpack(&layout, "node-1", &p.path("bundle"));
-        let mode = |rel: &str| std::fs::symlink_metadata(rootfs.join(rel)).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(std::fs::read_to_string(rootfs.join("etc/imgbuild/node-id")).unwrap(), "1\n");
-        assert_eq!(std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap(), "ID=testbase\nARCH=amd64\n");
-        assert_eq!(
-            std::fs::read_to_string(rootfs.join("opt/java/openjdk/bin/java")).unwrap(),
-            "#!/bin/sh\necho java amd64"
-        );
-        assert_eq!(mode("opt/java/openjdk/bin/java"), 0o755, "executables are 0755");
-        assert_eq!(mode("opt/java/openjdk/release"), 0o644);
-        assert_eq!(mode("opt/java/openjdk/jre/lib/rt.jar"), 0o644, "group-writable input becomes 0644");
-        assert_eq!(mode("usr/local/bin/imgbuild-init"), 0o755);
-        assert_eq!(
-            std::fs::read_link(rootfs.join("opt/java/openjdk/jre/lib/amd64/server/libjsig.so")).unwrap(),
-            Path::new("../libjsig.so")
-        );
-        assert_eq!(
-            std::fs::read(rootfs.join("opt/java/openjdk/jre/lib/rt-link.jar")).unwrap(),
-            std::fs::read(rootfs.join("opt/java/openjdk/jre/lib/rt.jar")).unwrap()
-        );
-        assert!(!rootfs.join("opt/java/openjdk/src.zip").exists(), "excluded by the recipe");
-        assert!(!rootfs.join("usr/local/zookeeper/docs").exists(), "excluded with everything below it");
-        assert!(rootfs.join("usr/local/zookeeper/bin/zkServer.sh").is_file());
-        assert!(rootfs.join("usr/local/kafka/libs/kafka_2.11-1.0.0.jar").is_file());
-        assert!(!rootfs.join("usr/local/kafka/site-docs").exists());
-        let templates = rootfs.join("etc/imgbuild/templates");
-        assert!(templates.join("usr/local/zookeeper/conf/zoo.cfg").is_file());
-        assert!(std::fs::read_to_string(rootfs.join("etc/imgbuild/cluster.env"))
-            .unwrap()
-            .contains("IMGBUILD_HOST_2='127.0.1.3'"));
-    }
+    require_tool("umoci");
+    let rootfs = unpack(&layout, "node-1", &p.path("bundle"));
+    let mode = |rel: &str| std::fs::symlink_metadata(rootfs.join(rel)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/imgbuild/node-id")).unwrap(), "1\n");
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap(), "ID=testbase\nARCH=amd64\n");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("opt/java/openjdk/bin/java")).unwrap(),
+        "#!/bin/sh\necho java amd64"
+    );
+    assert_eq!(mode("opt/java/openjdk/bin/java"), 0o755, "executables are 0755");
+    assert_eq!(mode("opt/java/openjdk/release"), 0o644);
+    assert_eq!(mode("opt/java/openjdk/jre/lib/rt.jar"), 0o644, "group-writable input becomes 0644");
+    assert_eq!(mode("usr/local/bin/imgbuild-init"), 0o755);
+    assert_eq!(
+        std::fs::read_link(rootfs.join("opt/java/openjdk/jre/lib/amd64/server/libjsig.so")).unwrap(),
+        Path::new("../libjsig.so")
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("opt/java/openjdk/jre/lib/rt-link.jar")).unwrap(),
+        std::fs::read(rootfs.join("opt/java/openjdk/jre/lib/rt.jar")).unwrap()
+    );
+    assert!(!rootfs.join("opt/java/openjdk/src.zip").exists(), "excluded by the recipe");
+    assert!(!rootfs.join("usr/local/zookeeper/docs").exists(), "excluded with everything below it");
+    assert!(rootfs.join("usr/local/zookeeper/bin/zkServer.sh").is_file());
+    assert!(rootfs.join("usr/local/kafka/libs/kafka_2.11-1.0.0.jar").is_file());
+    assert!(!rootfs.join("usr/local/kafka/site-docs").exists());
+    let templates = rootfs.join("etc/imgbuild/templates");
+    assert!(templates.join("usr/local/zookeeper/conf/zoo.cfg").is_file());
+    assert!(std::fs::read_to_string(rootfs.join("etc/imgbuild/cluster.env"))
+        .unwrap()
+        .contains("IMGBUILD_HOST_2='127.0.1.3'"));
 }
 
 #[test]
@@ -255,12 +253,10 @@ fn builds_are_byte_identical_across_stores_directories_umasks_time_zones_locales
     assert_eq!(c["nodes"], a["nodes"]);
     assert!(std::fs::read(p.path("c.tar")).unwrap() == bytes_a);
 
-    if have_tool("skopeo") {
-        let info = tool(
-            Command::new("skopeo").args(["inspect", &format!("oci-archive:{}:node-2", p.path("a.tar").display())]),
-        );
-        assert!(info.contains("\"Architecture\": \"amd64\""), "{info}");
-    }
+    require_tool("skopeo");
+    let info =
+        tool(Command::new("skopeo").args(["inspect", &format!("oci-archive:{}:node-2", p.path("a.tar").display())]));
+    assert!(info.contains("\"Architecture\": \"amd64\""), "{info}");
 }
 
 #[test]
@@ -319,17 +315,16 @@ fn multi_platform_build_writes_one_index_per_node() {
         assert_eq!(amd["layers"][2], arm["layers"][2]);
         assert_eq!(amd["layers"][3], arm["layers"][3]);
     }
-    if have_tool("skopeo") {
-        let raw = tool(Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}:node-1", layout.display())]));
-        assert!(raw.contains("image.index"), "{raw}");
-        let arm = tool(Command::new("skopeo").args([
-            "--override-arch",
-            "arm64",
-            "inspect",
-            &format!("oci:{}:node-1", layout.display()),
-        ]));
-        assert!(arm.contains("\"Architecture\": \"arm64\""), "{arm}");
-    }
+    require_tool("skopeo");
+    let raw = tool(Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}:node-1", layout.display())]));
+    assert!(raw.contains("image.index"), "{raw}");
+    let arm = tool(Command::new("skopeo").args([
+        "--override-arch",
+        "arm64",
+        "inspect",
+        &format!("oci:{}:node-1", layout.display()),
+    ]));
+    assert!(arm.contains("\"Architecture\": \"arm64\""), "{arm}");
     // Asking for one platform fetches and builds only that one.
     let q = TestProject::new();
     q.add_base();
@@ -363,17 +358,16 @@ fn docker_archive_is_readable_as_docker_archive() {
     for layer in manifest[0]["Layers"].as_array().unwrap() {
         assert!(names.contains(&layer.as_str().unwrap().to_string()));
     }
-    if have_tool("skopeo") {
-        let info = tool(Command::new("skopeo").args(["inspect", &format!("docker-archive:{}", archive.display())]));
-        assert!(info.contains("\"Architecture\": \"amd64\""), "{info}");
-        // Converting it back yields the same layers, by diff_id.
-        let out = p.path("from-docker");
-        tool(Command::new("skopeo").args([
-            "copy",
-            &format!("docker-archive:{}", archive.display()),
-            &format!("oci:{}:x", out.display()),
-        ]));
-    }
+    require_tool("skopeo");
+    let info = tool(Command::new("skopeo").args(["inspect", &format!("docker-archive:{}", archive.display())]));
+    assert!(info.contains("\"Architecture\": \"amd64\""), "{info}");
+    // Converting it back yields the same layers, by diff_id.
+    let out = p.path("from-docker");
+    tool(Command::new("skopeo").args([
+        "copy",
+        &format!("docker-archive:{}", archive.display()),
+        &format!("oci:{}:x", out.display()),
+    ]));
     // Several platforms cannot go in one docker-archive.
     let bad = p.run(&["node", "--id", "1", "--format", "docker-archive", "--platform", "linux/amd64,linux/arm64"]);
     assert_exit(&bad, 2);
@@ -402,17 +396,13 @@ fn store_add_imports_sources_and_an_oci_archive_base_made_by_skopeo() {
     assert_eq!(kafka["recipes"][0], "kafka (any)");
 
     // The base image as skopeo writes an oci-archive of it.
-    let base_source = if have_tool("skopeo") {
-        let archive = p.path("base.oci.tar");
-        tool(Command::new("skopeo").args([
-            "copy",
-            &format!("oci:{}:bookworm-amd64", p.base_layout.display()),
-            &format!("oci-archive:{}", archive.display()),
-        ]));
-        archive
-    } else {
-        p.base_layout.clone()
-    };
+    require_tool("skopeo");
+    let base_source = p.path("base.oci.tar");
+    tool(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}:bookworm-amd64", p.base_layout.display()),
+        &format!("oci-archive:{}", base_source.display()),
+    ]));
     let base = json(&p.run(&["--json", "store", "add", base_source.to_str().unwrap()]));
     assert_eq!(base["added"][0]["recipes"][0], "debian-bookworm-slim (linux/amd64)", "{base}");
 
@@ -490,7 +480,7 @@ fn render_node(rootfs: &Path, env: &[(&str, &str)]) -> std::process::Output {
 
 #[test]
 fn the_entrypoint_renders_each_nodes_identity_at_boot() {
-    assert!(have_tool("umoci"), "this test unpacks the image with umoci (.ci/install)");
+    require_tool("umoci");
     let p = TestProject::new();
     p.add_base();
     json(&p.run(&["--json", "node", "--id", "1"]));

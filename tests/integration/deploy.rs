@@ -131,9 +131,7 @@ fn loaded_images(name: &str) -> Vec<String> {
 
 #[test]
 fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
-    if !have_tool("podman") {
-        return;
-    }
+    require_tool("podman");
     let p = TestProject::new();
     p.add_base();
     let name = unique("load");
@@ -207,17 +205,6 @@ fn serve_listening_kafka(p: &TestProject, work: &Path) {
 }
 
 /// Whether Podman's netavark backend and its DNS server are installed (they are not on PATH).
-fn have_netavark() -> bool {
-    let found = ["/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns"].iter().all(|p| Path::new(p).exists());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("netavark and aardvark-dns are not installed; .ci/install must install them");
-        }
-        eprintln!("skipping: netavark and aardvark-dns are not installed");
-    }
-    found
-}
-
 /// An offset for the published ports under which every host port the compose file publishes
 /// (2181 and 9092, plus one per node) is free now.
 fn free_port_offset() -> u16 {
@@ -251,9 +238,10 @@ fn read_yaml(path: &Path) -> Vec<yaml_rust2::Yaml> {
 
 #[test]
 fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
-    if !debian::available() || !have_tool("podman-compose") || !have_netavark() {
-        return;
-    }
+    debian::require();
+    require_tool("podman-compose");
+    require_path("/usr/lib/podman/netavark", "netavark");
+    require_path("/usr/lib/podman/aardvark-dns", "aardvark-dns");
     let p = TestProject::new();
     let work = p.path("work");
     pin_real_inputs(&p, &work);
@@ -429,10 +417,9 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
 
 /// `docker-compose config` reads the file as Compose would run it.
 fn docker_compose_accepts(file: &Path) {
-    if have_tool("docker-compose") {
-        let config = Command::new("docker-compose").arg("-f").arg(file).args(["config", "--quiet"]).output().unwrap();
-        assert!(config.status.success(), "docker-compose config: {}", text(&config));
-    }
+    require_tool("docker-compose");
+    let config = Command::new("docker-compose").arg("-f").arg(file).args(["config", "--quiet"]).output().unwrap();
+    assert!(config.status.success(), "docker-compose config: {}", text(&config));
 }
 
 #[test]
@@ -460,18 +447,12 @@ fn a_node_count_other_than_the_definitions_needs_a_scalable_cluster() {
 }
 
 /// `kubernetes-validate`, pinned, from the venv `.ci/install` makes (or IMGBUILD_TEST_VENV).
-fn kubernetes_validate() -> Option<PathBuf> {
+fn kubernetes_validate() -> PathBuf {
     let venv =
         std::env::var_os("IMGBUILD_TEST_VENV").map_or_else(|| PathBuf::from("/opt/imgbuild-venv"), PathBuf::from);
     let bin = venv.join("bin/kubernetes-validate");
-    if bin.exists() {
-        return Some(bin);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{} is missing: .ci/install makes it", bin.display());
-    }
-    eprintln!("skipping: {} is not installed", bin.display());
-    None
+    assert!(bin.exists(), "{} is missing: run .ci/install (it makes the venv)", bin.display());
+    bin
 }
 
 fn yaml_str(y: &yaml_rust2::Yaml) -> &str {
@@ -487,10 +468,8 @@ fn find<'a>(docs: &'a [yaml_rust2::Yaml], kind: &str, name: Option<&str>) -> &'a
 
 #[test]
 fn kubernetes_manifests_validate_and_each_pod_renders_its_node() {
-    let Some(validate) = kubernetes_validate() else { return };
-    if !have_tool("umoci") {
-        return;
-    }
+    let validate = kubernetes_validate();
+    require_tool("umoci");
     let p = TestProject::new();
     p.add_base();
     // Ids that are not the ordinals: pod i must still be the definition's i-th node.

@@ -161,9 +161,7 @@ fn properties(path: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn three_containers_from_one_build_form_a_zookeeper_ensemble() {
-    if !debian::available() {
-        return;
-    }
+    debian::require();
     let p = TestProject::new();
     let work = p.path("work");
     pin_real_inputs(&p, &work);

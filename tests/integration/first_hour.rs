@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::fixtures;
-use super::harness::{assert_exit, assert_ok, json, stderr, tool, TestProject, BIN};
+use super::harness::{assert_exit, assert_ok, json, require_tool, stderr, tool, TestProject, BIN};
 use super::http::Fault;
 
 /// `imgbuild` in `dir` with its own store and nothing from the caller's environment.
@@ -168,7 +168,7 @@ fn recipe_downloads_urls_into_the_store_unless_offline() {
     assert!(p.store.join("blobs/sha512").join(&sha512).is_file());
 
     // A downloaded OCI archive: its image is imported, so a build finds the manifest.
-    need("skopeo");
+    require_tool("skopeo");
     let archive = p.path("debian.tar");
     let digest = base_archive(p.tmp.path(), "amd64", &archive);
     p.server.serve("dist/debian.tar", std::fs::read(&archive).unwrap(), Fault::None);
@@ -188,7 +188,7 @@ fn recipe_downloads_urls_into_the_store_unless_offline() {
 
 #[test]
 fn recipe_reads_images_from_oci_layouts_and_archives() {
-    need("skopeo");
+    require_tool("skopeo");
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
 
@@ -328,14 +328,9 @@ fn recipe_refuses_what_it_cannot_pin_and_escapes_what_it_prints() {
 }
 
 /// Fails the test, saying why, when a tool it needs is missing (`.ci/install` installs them).
-fn need(name: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success();
-    assert!(found, "{name} is not installed; `.ci/install` installs it");
-}
-
 /// Runs `shell` with `args`, then the path of the script `imgbuild completions SHELL` prints.
 fn with_completions(shell: &str, dir: &Path, args: &[&str]) -> String {
-    need(shell);
+    require_tool(shell);
     let script = dir.join(format!("imgbuild.{shell}"));
     std::fs::write(&script, tool(Command::new(BIN).args(["completions", shell]))).unwrap();
     tool(Command::new(shell).env("HOME", dir).args(args).arg(&script))
@@ -379,7 +374,7 @@ fn completions_and_the_man_page_cover_every_command() {
     assert!(fish.starts_with("recipe\t"), "{fish}");
 
     // The man page renders and lists every command; --dir writes a page for each.
-    need("man");
+    require_tool("man");
     let page = tmp.path().join("imgbuild.1");
     std::fs::write(&page, tool(Command::new(BIN).arg("man"))).unwrap();
     let rendered = tool(Command::new("man").env("MANWIDTH", "100").arg("-l").arg(&page));
@@ -416,7 +411,7 @@ fn readme_walkthrough() -> String {
 
 #[test]
 fn readme_your_own_cluster_runs_as_written() {
-    need("skopeo");
+    require_tool("skopeo");
     let script = readme_walkthrough();
     for command in ["imgbuild init", "imgbuild recipe", "imgbuild check", "imgbuild --offline build"] {
         assert!(script.contains(command), "the walkthrough no longer runs `{command}`:\n{script}");

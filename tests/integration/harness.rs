@@ -244,22 +244,21 @@ pub fn json(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Whether an external tool is installed. CI installs every tool the tests use, so there a
-/// missing tool fails the test instead of skipping it.
-pub fn have_tool(name: &str) -> bool {
+/// Fails the test unless the external tool `name` is installed: `.ci/install` installs every
+/// tool the tests use, and a test never passes by skipping what it checks.
+pub fn require_tool(name: &str) {
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {name}"))
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{name} is not installed; .ci/run must install it");
-        }
-        eprintln!("skipping the part of this test that needs {name} (not installed)");
-    }
-    found
+    assert!(found, "{name} is not installed: run .ci/install (it installs every tool the tests use)");
+}
+
+/// Fails the test unless `path` exists (a file a Debian package installs).
+pub fn require_path(path: &str, package: &str) {
+    assert!(std::path::Path::new(path).exists(), "{path} is missing: run .ci/install (Debian's {package})");
 }
 
 /// Runs a tool and returns its stdout, failing the test with its stderr.

@@ -85,7 +85,7 @@ fn build_refuses_every_out_it_did_not_write_and_leaves_it_byte_identical() {
     refused(&p, &["build", "--format", "oci-archive"], &empty, "is a directory");
 
     // Another tool's OCI layout.
-    assert!(have_tool("skopeo"), "skopeo is installed by .ci/install");
+    require_tool("skopeo");
     let theirs = users.join("skopeo-layout");
     tool(Command::new("skopeo").args([
         "copy",
@@ -131,9 +131,8 @@ fn a_build_replaces_its_own_output_whatever_its_format() {
     for format in ["oci-archive", "docker-archive", "oci-archive"] {
         json(&p.cmd().args(["--json", "build", "--format", format, "--out"]).arg(&archive).output().unwrap());
     }
-    if have_tool("skopeo") {
-        tool(Command::new("skopeo").args(["inspect", &format!("oci-archive:{}:node-1", archive.display())]));
-    }
+    require_tool("skopeo");
+    tool(Command::new("skopeo").args(["inspect", &format!("oci-archive:{}:node-1", archive.display())]));
     assert!(leftovers(&p.path("outputs")).is_empty(), "{:?}", leftovers(&p.path("outputs")));
     // A layout cannot replace an archive, nor an archive a layout.
     refused(&p, &["build"], &archive, "is a file");

@@ -9,8 +9,8 @@ use super::fixtures;
 use super::harness::*;
 
 /// The tools every VM test needs (installed by .ci/install): a test without them fails.
-fn vm_tools() -> bool {
-    ["mke2fs", "debugfs", "e2fsck", "qemu-img", "xorriso"].iter().all(|t| have_tool(t))
+fn require_vm_tools() {
+    ["mke2fs", "debugfs", "e2fsck", "qemu-img", "xorriso"].iter().for_each(|t| require_tool(t))
 }
 
 fn qemu_img_info(path: &Path) -> serde_json::Value {
@@ -38,7 +38,7 @@ fn with_umask(p: &TestProject, umask: &str) -> Command {
 
 #[test]
 fn vm_disks_are_reproducible_and_read_back_by_independent_tools() {
-    assert!(vm_tools(), "the VM tools are installed by .ci/install");
+    require_vm_tools();
     let p = TestProject::new();
     p.add_base();
     let a = json(&p.run(&["--json", "vm", "--all", "--raw", "--out", "vm-a"]));
@@ -126,21 +126,17 @@ fn vm_disks_are_reproducible_and_read_back_by_independent_tools() {
             .stderr(Stdio::null()),
     );
     assert!(std::fs::read_to_string(extracted.join("meta-data")).unwrap().contains("imgbuild_node_id: 1\n"));
-    if have_tool("cloud-init") {
-        for n in 0..3 {
-            tool(
-                Command::new("cloud-init")
-                    .args(["schema", "--config-file"])
-                    .arg(dir_a.join(format!("user-data-node-{n}"))),
-            );
-        }
+    require_tool("cloud-init");
+    for n in 0..3 {
+        tool(
+            Command::new("cloud-init").args(["schema", "--config-file"]).arg(dir_a.join(format!("user-data-node-{n}"))),
+        );
     }
-    if have_tool("virt-xml-validate") {
-        for n in 0..3 {
-            tool(Command::new("virt-xml-validate").arg(dir_a.join(format!("node-{n}.xml"))).arg("domain"));
-        }
-        tool(Command::new("virt-xml-validate").arg(dir_a.join("network.xml")).arg("network"));
+    require_tool("virt-xml-validate");
+    for n in 0..3 {
+        tool(Command::new("virt-xml-validate").arg(dir_a.join(format!("node-{n}.xml"))).arg("domain"));
     }
+    tool(Command::new("virt-xml-validate").arg(dir_a.join("network.xml")).arg("network"));
 }
 
 /// The newest kernel and initrd in /boot, as Debian's linux-image-amd64 installs them.
@@ -199,8 +195,9 @@ fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
 
 #[test]
 fn nodes_boot_under_qemu_and_render_their_own_identity() {
-    let tools = vm_tools() && have_tool("qemu-system-x86_64") && debian::available();
-    assert!(tools, "the VM and Debian tools are installed by .ci/install");
+    require_vm_tools();
+    require_tool("qemu-system-x86_64");
+    debian::require();
     let (kernel, initrd) = debian_kernel().expect("no kernel in /boot: .ci/install installs linux-image-amd64");
     let p = TestProject::new();
     // A base with a shell and the tools the entrypoint uses, from this machine's Debian packages,
@@ -324,7 +321,7 @@ fn ext4_tree(image: &Path, dir: &str) -> std::collections::BTreeMap<String, (Str
 
 #[test]
 fn hostile_base_layers_stay_inside_the_disk_and_the_disk_is_what_the_layers_say() {
-    assert!(vm_tools(), "the VM tools are installed by .ci/install");
+    require_vm_tools();
     let p = TestProject::new();
     // A canary beside the output (and so beside its temporary directory and rootfs).
     let canary = p.root.join("canary");
@@ -403,7 +400,7 @@ fn hostile_base_layers_stay_inside_the_disk_and_the_disk_is_what_the_layers_say(
 
 #[test]
 fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
-    assert!(vm_tools(), "the VM tools are installed by .ci/install");
+    require_vm_tools();
     let p = TestProject::new();
     p.add_base();
     // A platform without a VM machine is refused before any work, not given an x86 one.
@@ -424,9 +421,8 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
     assert!(script.contains("kernel=${IMGBUILD_KERNEL:-/nonexistent/vmlinuz}"), "{script}");
     let network = std::fs::read_to_string(p.root.join("vm/network.xml")).unwrap();
     assert!(!network.contains("127.0.1"), "no loopback address is handed out: {network}");
-    if have_tool("virt-xml-validate") {
-        tool(Command::new("virt-xml-validate").arg(p.root.join("vm/network.xml")).arg("network"));
-    }
+    require_tool("virt-xml-validate");
+    tool(Command::new("virt-xml-validate").arg(p.root.join("vm/network.xml")).arg("network"));
     // Without --kernel: /boot/vmlinuz if there is one, else the newest versioned kernel, said.
     let out = p.run(&["--json", "vm", "--id", "1", "--out", "vm"]);
     let summary = json(&out);
