@@ -558,15 +558,16 @@ mod tests {
 /// The model against the kernel: a random tree of directories, files and symlinks is made on
 /// disk, and every symlink is resolved by `openat2(RESOLVE_IN_ROOT)` and by the model.
 #[cfg(test)]
-mod against_the_kernel {
+pub(crate) mod against_the_kernel {
     use super::*;
     use proptest::prelude::*;
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    /// Where the kernel resolves `path` (relative to `root`) inside `root`; `None` if it does not.
-    fn kernel_resolve(root: &std::fs::File, root_path: &Path, path: &TreePath) -> Option<TreePath> {
-        let c = CString::new(path.as_bytes()).unwrap();
+    /// `openat2(root, path, O_PATH, RESOLVE_IN_ROOT)`: `path` resolved by the kernel inside `root`
+    /// (the final symlink followed), as a container runtime resolves it.
+    pub(crate) fn open_in_root(root: &std::fs::File, path: &[u8]) -> std::io::Result<OwnedFd> {
+        let c = CString::new(path).map_err(std::io::Error::other)?;
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
         how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
         how.resolve = 0x10; // RESOLVE_IN_ROOT
@@ -581,13 +582,22 @@ mod against_the_kernel {
             )
         };
         if fd < 0 {
-            return None;
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the syscall returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Where an open descriptor is, relative to `root_path`; `None` outside it.
+    pub(crate) fn location(fd: &OwnedFd, root_path: &Path) -> Option<TreePath> {
         let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
         let rel = real.strip_prefix(root_path).ok()?;
         Some(TreePath::from_member(rel.as_os_str().as_bytes()).unwrap())
+    }
+
+    /// Where the kernel resolves `path` (relative to `root`) inside `root`; `None` if it does not.
+    fn kernel_resolve(root: &std::fs::File, root_path: &Path, path: &TreePath) -> Option<TreePath> {
+        location(&open_in_root(root, path.as_bytes()).ok()?, root_path)
     }
 
     #[derive(Debug, Clone)]

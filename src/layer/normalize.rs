@@ -1,0 +1,258 @@
+//! One untrusted source tarball's entries, turned into the entries of one layer.
+//!
+//! The layer is a file tree, not a list of names: every entry is placed in a model of the tree
+//! emitted so far ([`crate::tree::Tree`]), which refuses what no runtime unpacks the same way
+//! twice (a path listed twice, a file under a file, a directory over a file) and anything written
+//! through a symlink. Symlinks are resolved through each other inside the image root, as
+//! `openat2(RESOLVE_IN_ROOT)` resolves them, once the whole tree is known ([`Normalizer::finish`]):
+//! a later entry can change where an earlier link leads.
+
+use std::io::{self, Read, Write};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use tar::EntryType;
+
+use super::header;
+use crate::error::{escape, Error, Result};
+use crate::recipe::Unpack;
+use crate::tree::{Kind, Node, Tree, TreePath};
+
+/// Why an entry stops the layer: refused (bad input), or the stream could not be read.
+pub(crate) enum Normalize {
+    Refuse { entry: String, reason: String },
+    Read(io::Error),
+}
+
+impl From<io::Error> for Normalize {
+    fn from(e: io::Error) -> Self {
+        Normalize::Read(e)
+    }
+}
+
+/// OCI whiteouts: `.wh.NAME` deletes NAME of the layers below, `.wh..wh..opq` a directory's contents.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+/// What a layer left out and kept, for the caller's notes and checks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Entries the source archive listed (extension headers not counted).
+    pub seen: u64,
+    /// Entries written to the layer, implicit parents not counted.
+    pub kept: u64,
+    /// Device nodes and FIFOs left out (`skip_devices = true`).
+    pub skipped_devices: u64,
+}
+
+pub(crate) struct Normalizer {
+    strip: usize,
+    prefix: TreePath,
+    exclude: GlobSet,
+    epoch: u64,
+    whiteouts: bool,
+    skip_devices: bool,
+    /// What the layer holds so far.
+    tree: Tree<()>,
+    /// Every symlink (path, member name, target) in input order, for the final check.
+    symlinks: Vec<(TreePath, Vec<u8>, Vec<u8>)>,
+    pub(crate) counts: Counts,
+}
+
+fn refuse(raw: &[u8], reason: impl Into<String>) -> Normalize {
+    Normalize::Refuse { entry: String::from_utf8_lossy(raw).into_owned(), reason: reason.into() }
+}
+
+/// Input bytes as printable text (a link target in a message).
+fn shown(bytes: &[u8]) -> String {
+    escape(&String::from_utf8_lossy(bytes))
+}
+
+impl Normalizer {
+    pub(crate) fn new(archive: &str, unpack: &Unpack, epoch: u64) -> Result<Self> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in &unpack.exclude {
+            let glob = Glob::new(pattern).map_err(|e| Error::BadArchive {
+                archive: archive.into(),
+                message: format!("exclude `{}`: {e}", escape(pattern)),
+            })?;
+            builder.add(glob);
+        }
+        let exclude =
+            builder.build().map_err(|e| Error::BadArchive { archive: archive.into(), message: e.to_string() })?;
+        let prefix = TreePath::from_member(unpack.prefix.as_bytes()).map_err(|e| Error::BadArchive {
+            archive: archive.into(),
+            message: format!("prefix `{}`: {e}", escape(&unpack.prefix)),
+        })?;
+        Ok(Normalizer {
+            strip: unpack.strip_components as usize,
+            prefix,
+            exclude,
+            epoch,
+            whiteouts: unpack.whiteouts,
+            skip_devices: unpack.skip_devices,
+            tree: Tree::new(),
+            symlinks: Vec::new(),
+            counts: Counts::default(),
+        })
+    }
+
+    /// Writes the prefix's directories (`opt/`, `opt/java/`, …), before any entry.
+    pub(crate) fn begin<W: Write>(&mut self, out: &mut tar::Builder<W>) -> io::Result<()> {
+        if self.prefix.is_root() {
+            return Ok(());
+        }
+        let placed = self.tree.add(&self.prefix, Node { kind: Kind::Dir, meta: () });
+        let placed = placed.map_err(|r| io::Error::other(format!("prefix: {r}")))?;
+        for dir in placed.created_parents.iter().chain([&self.prefix]) {
+            self.emit_dir(out, dir, self.epoch)?;
+        }
+        Ok(())
+    }
+
+    fn emit_dir<W: Write>(&self, out: &mut tar::Builder<W>, dir: &TreePath, mtime: u64) -> io::Result<()> {
+        let mut h = header(EntryType::Directory, 0o755, mtime, 0);
+        let mut name = dir.as_bytes().to_vec();
+        name.push(b'/');
+        out.append_data(&mut h, bytes_path(&name), io::empty())
+    }
+
+    /// The entry's path inside the unpack root after `strip_components`, or `None` when it is
+    /// stripped away or excluded.
+    fn relative(&self, raw: &[u8], what: &str) -> Result<Option<TreePath>, Normalize> {
+        let path = TreePath::from_member(raw).map_err(|e| refuse(raw, format!("{what}: {e}")))?;
+        let Some(rel) = path.strip(self.strip) else { return Ok(None) };
+        Ok((!self.excluded(&rel)).then_some(rel))
+    }
+
+    fn excluded(&self, rel: &TreePath) -> bool {
+        !self.exclude.is_empty()
+            && (self.exclude.is_match(rel.as_path())
+                || rel.ancestors().iter().any(|a| self.exclude.is_match(a.as_path())))
+    }
+
+    /// Places one source entry in the tree and writes it (with any missing parent directories).
+    pub(crate) fn append<R: Read, W: Write>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        out: &mut tar::Builder<W>,
+    ) -> Result<(), Normalize> {
+        let entry_type = entry.header().entry_type();
+        if matches!(
+            entry_type,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
+            return Ok(());
+        }
+        self.counts.seen += 1;
+        let raw = entry.path_bytes().into_owned();
+        match entry_type {
+            EntryType::Char | EntryType::Block | EntryType::Fifo if self.skip_devices => {
+                self.counts.skipped_devices += 1;
+                return Ok(());
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                return Err(refuse(
+                    &raw,
+                    "device nodes and FIFOs are not allowed in a layer (`skip_devices = true` in [unpack] leaves them out; runtimes provide /dev)",
+                ))
+            }
+            EntryType::GNUSparse => return Err(refuse(&raw, "sparse files are not supported")),
+            EntryType::Directory | EntryType::Regular | EntryType::Continuous | EntryType::Symlink | EntryType::Link => {}
+            other => return Err(refuse(&raw, format!("unsupported tar entry type {other:?}"))),
+        }
+        let Some(rel) = self.relative(&raw, "entry")? else { return Ok(()) };
+        let whiteout = self.check_whiteout(&raw, &rel, entry_type)?;
+        let path = rel.under(&self.prefix);
+        let mtime = entry.header().mtime().unwrap_or(0).min(self.epoch);
+        let (kind, link_target) = match entry_type {
+            EntryType::Directory => (Kind::Dir, None),
+            EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                if target.is_empty() {
+                    return Err(refuse(&raw, "symlink with an empty target"));
+                }
+                (Kind::Symlink(target), None)
+            }
+            EntryType::Link => (Kind::File, Some(self.hard_link_target(entry, &raw)?)),
+            _ => (Kind::File, None),
+        };
+        let placed =
+            self.tree.add(&path, Node { kind: kind.clone(), meta: () }).map_err(|r| refuse(&raw, r.to_string()))?;
+        for dir in &placed.created_parents {
+            self.emit_dir(out, dir, self.epoch)?;
+        }
+        if placed.existing_dir {
+            return Ok(()); // a repeated directory: written once
+        }
+        self.counts.kept += 1;
+        let name = bytes_path(path.as_bytes());
+        match (kind, link_target) {
+            (Kind::Dir, _) => self.emit_dir(out, &path, mtime)?,
+            (Kind::Symlink(target), _) => {
+                let mut h = header(EntryType::Symlink, 0o777, mtime, 0);
+                out.append_link(&mut h, name, bytes_path(&target))?;
+                self.symlinks.push((path, raw, target));
+            }
+            (_, Some(target)) => {
+                let mut h = header(EntryType::Link, 0o644, mtime, 0);
+                out.append_link(&mut h, name, bytes_path(target.as_bytes()))?;
+            }
+            _ if whiteout => {
+                // Passed through only as what the OCI spec says a whiteout is: an empty file.
+                let mut h = header(EntryType::Regular, 0o644, mtime, 0);
+                out.append_data(&mut h, name, io::empty())?;
+            }
+            _ => {
+                let size = entry.header().size()?;
+                let mode = if entry.header().mode().unwrap_or(0o644) & 0o111 != 0 { 0o755 } else { 0o644 };
+                let mut h = header(EntryType::Regular, mode, mtime, size);
+                out.append_data(&mut h, name, &mut *entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the entry is a whiteout that the recipe allows; refuses the others.
+    fn check_whiteout(&self, raw: &[u8], rel: &TreePath, entry_type: EntryType) -> Result<bool, Normalize> {
+        let count = rel.components().filter(|c| c.starts_with(WHITEOUT_PREFIX)).count();
+        if count == 0 {
+            return Ok(false);
+        }
+        if !self.whiteouts {
+            return Err(refuse(
+                raw,
+                "OCI whiteout (`.wh.` name): it would delete files of the layers below; a recipe that means to sets `whiteouts = true` in [unpack]",
+            ));
+        }
+        let last = rel.file_name().is_some_and(|n| n.starts_with(WHITEOUT_PREFIX));
+        if count > 1 || !last || !matches!(entry_type, EntryType::Regular | EntryType::Continuous) {
+            return Err(refuse(raw, "a whiteout must be a regular file, and nothing can be under it"));
+        }
+        Ok(true)
+    }
+
+    /// A hard link's target in the layer: an earlier regular file of this source, inside the prefix.
+    fn hard_link_target<R: Read>(&self, entry: &tar::Entry<'_, R>, raw: &[u8]) -> Result<TreePath, Normalize> {
+        let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+        let rel = TreePath::from_member(&target)
+            .map_err(|e| refuse(raw, format!("hard link to `{}`: {e}", shown(&target))))?
+            .strip(self.strip)
+            .ok_or_else(|| refuse(raw, format!("hard link to `{}`, outside the unpacked tree", shown(&target))))?;
+        let target = rel.under(&self.prefix);
+        self.tree.hard_link_target(&target).map_err(|r| refuse(raw, r.to_string()))?;
+        Ok(target)
+    }
+
+    /// Checks every symlink against the finished tree: each must lead inside the prefix.
+    pub(crate) fn finish(&self) -> Result<Counts, Normalize> {
+        for (path, raw, target) in &self.symlinks {
+            self.tree.resolve_link(path, target, &self.prefix).map_err(|r| refuse(raw, r.to_string()))?;
+        }
+        Ok(self.counts)
+    }
+}
+
+/// Raw name bytes as a path for the tar writer (names need not be UTF-8).
+fn bytes_path(bytes: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(bytes))
+}
