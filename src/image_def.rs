@@ -208,10 +208,14 @@ impl ImageDef {
         };
         let base = t.base.as_ref().map(lookup).transpose()?;
         if let (Some(b), Some(span)) = (&base, t.base.as_ref().map(|b| b.span())) {
-            if b.kind == RecipeKind::Tarball {
+            // A root-filesystem tarball is a base too: it must unpack at `/`.
+            if b.kind == RecipeKind::Tarball && !b.unpack.prefix.is_empty() {
                 return Err(file.error_at(
                     span,
-                    format!("`base` must name an `oci-image` recipe; `{}` is a tarball (list it in `layers`)", b.name),
+                    format!(
+                        "`base` must name an `oci-image` recipe or a root-filesystem tarball; `{}` unpacks at `/{}` (list it in `layers`)",
+                        b.name, b.unpack.prefix
+                    ),
                 ));
             }
         }

@@ -10,6 +10,7 @@ mod registry_server;
 mod core;
 mod ensemble;
 mod failures;
+mod hostile_layers;
 mod registry;
 mod reliability;
 mod vm;
