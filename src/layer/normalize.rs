@@ -72,12 +72,13 @@ impl Normalizer {
         for pattern in &unpack.exclude {
             let glob = Glob::new(pattern).map_err(|e| Error::BadArchive {
                 archive: archive.into(),
-                message: format!("exclude `{}`: {e}", escape(pattern)),
+                message: escape(&format!("exclude `{pattern}`: {e}")),
             })?;
             builder.add(glob);
         }
-        let exclude =
-            builder.build().map_err(|e| Error::BadArchive { archive: archive.into(), message: e.to_string() })?;
+        let exclude = builder
+            .build()
+            .map_err(|e| Error::BadArchive { archive: archive.into(), message: escape(&e.to_string()) })?;
         let prefix = TreePath::from_member(unpack.prefix.as_bytes()).map_err(|e| Error::BadArchive {
             archive: archive.into(),
             message: format!("prefix `{}`: {e}", escape(&unpack.prefix)),

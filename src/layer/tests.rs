@@ -380,11 +380,12 @@ fn a_decompression_bomb_stops_at_the_limit() {
     }
 }
 
-/// If the normalizer accepts `entries`, the layer passes [`check_layer`].
+/// If the normalizer accepts `entries`, the layer passes [`check_layer`]; if it refuses them,
+/// the message shows no control or reordering character of the input.
 fn accepted_layers_are_safe(entries: &[(String, Kind)], u: &Unpack) -> Result<(), String> {
-    let r = normalize(raw_tar(entries), u);
-    match r {
+    match normalize(raw_tar(entries), u) {
         Ok(layer) => check_layer(&layer, &u.prefix, u.whiteouts),
+        Err(e) if e.to_string().chars().any(crate::error::is_unsafe_char) => Err(format!("unescaped: {e:?}")),
         Err(_) => Ok(()),
     }
 }
@@ -397,7 +398,7 @@ fn part() -> impl Strategy<Value = String> {
         2 => Just("..".to_string()),
         1 => Just(".".to_string()),
         1 => Just("".to_string()),
-        1 => prop_oneof![Just(".wh.a"), Just(".wh..wh..opq")].prop_map(String::from),
+        1 => prop_oneof![Just(".wh.a"), Just(".wh..wh..opq"), Just("\u{1b}[2J\n\u{202e}")].prop_map(String::from),
     ]
 }
 
