@@ -57,6 +57,17 @@ pub(crate) struct Normalizer {
     pub(crate) counts: Counts,
 }
 
+/// What one accepted entry becomes in the layer.
+enum Item {
+    Dir,
+    File,
+    /// An allowed whiteout: written as an empty file.
+    Whiteout,
+    Symlink(Vec<u8>),
+    /// A hard link to this earlier file of the layer.
+    HardLink(TreePath),
+}
+
 fn refuse(raw: &[u8], reason: impl Into<String>) -> Normalize {
     Normalize::Refuse { entry: String::from_utf8_lossy(raw).into_owned(), reason: reason.into() }
 }
@@ -145,39 +156,28 @@ impl Normalizer {
         }
         self.counts.seen += 1;
         let raw = entry.path_bytes().into_owned();
-        match entry_type {
-            EntryType::Char | EntryType::Block | EntryType::Fifo if self.skip_devices => {
-                self.counts.skipped_devices += 1;
-                return Ok(());
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                return Err(refuse(
-                    &raw,
-                    "device nodes and FIFOs are not allowed in a layer (`skip_devices = true` in [unpack] leaves them out; runtimes provide /dev)",
-                ))
-            }
-            EntryType::GNUSparse => return Err(refuse(&raw, "sparse files are not supported")),
-            EntryType::Directory | EntryType::Regular | EntryType::Continuous | EntryType::Symlink | EntryType::Link => {}
-            other => return Err(refuse(&raw, format!("unsupported tar entry type {other:?}"))),
+        if !self.kept_type(&raw, entry_type)? {
+            return Ok(());
         }
         let Some(rel) = self.relative(&raw, "entry")? else { return Ok(()) };
         let whiteout = self.check_whiteout(&raw, &rel, entry_type)?;
         let path = rel.under(&self.prefix);
-        let mtime = entry.header().mtime().unwrap_or(0).min(self.epoch);
-        let (kind, link_target) = match entry_type {
-            EntryType::Directory => (Kind::Dir, None),
-            EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                if target.is_empty() {
-                    return Err(refuse(&raw, "symlink with an empty target"));
-                }
-                (Kind::Symlink(target), None)
-            }
-            EntryType::Link => (Kind::File, Some(self.hard_link_target(entry, &raw)?)),
-            _ => (Kind::File, None),
+        let item = match entry_type {
+            EntryType::Directory => Item::Dir,
+            EntryType::Symlink => match entry.link_name_bytes() {
+                Some(target) if !target.is_empty() => Item::Symlink(target.into_owned()),
+                _ => return Err(refuse(&raw, "symlink with an empty target")),
+            },
+            EntryType::Link => Item::HardLink(self.hard_link_target(entry, &raw)?),
+            _ if whiteout => Item::Whiteout,
+            _ => Item::File,
         };
-        let placed =
-            self.tree.add(&path, Node { kind: kind.clone(), meta: () }).map_err(|r| refuse(&raw, r.to_string()))?;
+        let kind = match &item {
+            Item::Dir => Kind::Dir,
+            Item::Symlink(target) => Kind::Symlink(target.clone()),
+            _ => Kind::File,
+        };
+        let placed = self.tree.add(&path, Node { kind, meta: () }).map_err(|r| refuse(&raw, r.to_string()))?;
         for dir in &placed.created_parents {
             self.emit_dir(out, dir, self.epoch)?;
         }
@@ -185,31 +185,59 @@ impl Normalizer {
             return Ok(()); // a repeated directory: written once
         }
         self.counts.kept += 1;
+        self.write(entry, out, path, raw, item)?;
+        Ok(())
+    }
+
+    /// Whether an entry of this type goes into the layer: `false` for a device node or FIFO the
+    /// recipe leaves out; refuses the types no layer may hold.
+    fn kept_type(&mut self, raw: &[u8], entry_type: EntryType) -> Result<bool, Normalize> {
+        match entry_type {
+            EntryType::Directory | EntryType::Regular | EntryType::Continuous | EntryType::Symlink | EntryType::Link => {
+                Ok(true)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo if self.skip_devices => {
+                self.counts.skipped_devices += 1;
+                Ok(false)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => Err(refuse(
+                raw,
+                "device nodes and FIFOs are not allowed in a layer (`skip_devices = true` in [unpack] leaves them out; runtimes provide /dev)",
+            )),
+            EntryType::GNUSparse => Err(refuse(raw, "sparse files are not supported")),
+            other => Err(refuse(raw, format!("unsupported tar entry type {other:?}"))),
+        }
+    }
+
+    /// Writes one placed entry with normalized metadata.
+    fn write<R: Read, W: Write>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        out: &mut tar::Builder<W>,
+        path: TreePath,
+        raw: Vec<u8>,
+        item: Item,
+    ) -> io::Result<()> {
+        let mtime = entry.header().mtime().unwrap_or(0).min(self.epoch);
         let name = bytes_path(path.as_bytes());
-        match (kind, link_target) {
-            (Kind::Dir, _) => self.emit_dir(out, &path, mtime)?,
-            (Kind::Symlink(target), _) => {
-                let mut h = header(EntryType::Symlink, 0o777, mtime, 0);
-                out.append_link(&mut h, name, bytes_path(&target))?;
-                self.symlinks.push((path, raw, target));
-            }
-            (_, Some(target)) => {
-                let mut h = header(EntryType::Link, 0o644, mtime, 0);
-                out.append_link(&mut h, name, bytes_path(target.as_bytes()))?;
-            }
-            _ if whiteout => {
-                // Passed through only as what the OCI spec says a whiteout is: an empty file.
-                let mut h = header(EntryType::Regular, 0o644, mtime, 0);
-                out.append_data(&mut h, name, io::empty())?;
-            }
-            _ => {
+        match item {
+            Item::Dir => self.emit_dir(out, &path, mtime),
+            Item::File => {
                 let size = entry.header().size()?;
                 let mode = if entry.header().mode().unwrap_or(0o644) & 0o111 != 0 { 0o755 } else { 0o644 };
-                let mut h = header(EntryType::Regular, mode, mtime, size);
-                out.append_data(&mut h, name, &mut *entry)?;
+                out.append_data(&mut header(EntryType::Regular, mode, mtime, size), name, &mut *entry)
+            }
+            // Passed through only as what the OCI spec says a whiteout is: an empty file.
+            Item::Whiteout => out.append_data(&mut header(EntryType::Regular, 0o644, mtime, 0), name, io::empty()),
+            Item::HardLink(target) => {
+                out.append_link(&mut header(EntryType::Link, 0o644, mtime, 0), name, bytes_path(target.as_bytes()))
+            }
+            Item::Symlink(target) => {
+                out.append_link(&mut header(EntryType::Symlink, 0o777, mtime, 0), name, bytes_path(&target))?;
+                self.symlinks.push((path, raw, target));
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Whether the entry is a whiteout that the recipe allows; refuses the others.
