@@ -32,6 +32,10 @@ impl From<io::Error> for Normalize {
 /// OCI whiteouts: `.wh.NAME` deletes NAME of the layers below, `.wh..wh..opq` a directory's contents.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
+/// Linux's limits: a name (one component) and a symlink's target (`symlink(2)`'s `ENAMETOOLONG`).
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4096;
+
 /// What a layer left out and kept, for the caller's notes and checks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -131,6 +135,12 @@ impl Normalizer {
     /// stripped away or excluded.
     fn relative(&self, raw: &[u8], what: &str) -> Result<Option<TreePath>, Normalize> {
         let path = TreePath::from_member(raw).map_err(|e| refuse(raw, format!("{what}: {e}")))?;
+        if path.components().any(|c| c.len() > NAME_MAX) {
+            return Err(refuse(
+                raw,
+                format!("{what}: a name longer than {NAME_MAX} bytes, which no file system holds"),
+            ));
+        }
         let Some(rel) = path.strip(self.strip) else { return Ok(None) };
         Ok((!self.excluded(&rel)).then_some(rel))
     }
@@ -165,6 +175,12 @@ impl Normalizer {
         let item = match entry_type {
             EntryType::Directory => Item::Dir,
             EntryType::Symlink => match entry.link_name_bytes() {
+                Some(target) if target.len() >= PATH_MAX => {
+                    return Err(refuse(
+                        &raw,
+                        format!("a symlink target of {PATH_MAX} bytes or more, which Linux refuses"),
+                    ))
+                }
                 Some(target) if !target.is_empty() => Item::Symlink(target.into_owned()),
                 _ => return Err(refuse(&raw, "symlink with an empty target")),
             },
@@ -268,6 +284,10 @@ impl Normalizer {
             .ok_or_else(|| refuse(raw, format!("hard link to `{}`, outside the unpacked tree", shown(&target))))?;
         let target = rel.under(&self.prefix);
         self.tree.hard_link_target(&target).map_err(|r| refuse(raw, r.to_string()))?;
+        // A runtime turns a whiteout into a deletion and never creates the file to link to.
+        if target.file_name().is_some_and(|n| n.starts_with(WHITEOUT_PREFIX)) {
+            return Err(refuse(raw, format!("hard link to the whiteout {target}, which no runtime creates")));
+        }
         Ok(target)
     }
 

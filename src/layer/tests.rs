@@ -275,6 +275,15 @@ fn trees_no_runtime_unpacks_are_refused() {
     refused(normalize(raw_tar(&[link("l", "."), file("l/x")]), &u), "through the symlink");
     refused(normalize(raw_tar(&[link("a", "b"), link("b", "a")]), &u), "more than 40 links");
     refused(normalize(raw_tar(&[hard("h", "../etc/passwd")]), &u), "`..`");
+    // Names past Linux's limits, in GNU long-name entries.
+    let mut long = tar::Builder::new(Vec::new());
+    long.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), "n".repeat(256), io::empty()).unwrap();
+    refused(normalize(long.into_inner().unwrap(), &u), "longer than 255 bytes");
+    let mut long = tar::Builder::new(Vec::new());
+    long.append_link(&mut header(EntryType::Symlink, 0o777, 0, 0), "l", "a/".repeat(2048)).unwrap();
+    refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more");
+    let w = Unpack { whiteouts: true, ..u };
+    refused(normalize(raw_tar(&[file(".wh.x"), hard("h", ".wh.x")]), &w), "whiteout /app/.wh.x");
 }
 
 #[test]
