@@ -186,7 +186,7 @@ fn read_failure(e: &io::Error) -> String {
     let text = escape(&e.to_string());
     match e.kind() {
         io::ErrorKind::FileTooLarge => text,
-        _ => format!("corrupt archive: {text}"),
+        _ => format!("corrupt tar stream: {text}"),
     }
 }
 

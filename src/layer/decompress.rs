@@ -48,19 +48,19 @@ impl Compression {
     /// a plain tar is read as it is (its size is its file's).
     pub(crate) fn reader(self, input: impl BufRead + Send + 'static, limit: u64) -> Box<dyn Read> {
         match self {
-            Compression::Gzip => Box::new(in_background(flate2::bufread::MultiGzDecoder::new(input), limit)),
+            Compression::Gzip => Box::new(in_background(flate2::bufread::MultiGzDecoder::new(input), "gzip", limit)),
             // Several streams one after another are one file (as `xz` and `pixz` write them).
-            Compression::Xz => Box::new(in_background(lzma_rust2::XzReader::new(input, true), limit)),
-            Compression::Bzip2 => Box::new(in_background(bzip2::bufread::MultiBzDecoder::new(input), limit)),
-            Compression::Zstd => Box::new(in_background(ZstdFrames::new(input), limit)),
+            Compression::Xz => Box::new(in_background(lzma_rust2::XzReader::new(input, true), "xz", limit)),
+            Compression::Bzip2 => Box::new(in_background(bzip2::bufread::MultiBzDecoder::new(input), "bzip2", limit)),
+            Compression::Zstd => Box::new(in_background(ZstdFrames::new(input), "zstd", limit)),
             Compression::None => Box::new(input),
         }
     }
 }
 
 /// Runs a reader on its own thread; a few 256 KiB buffers are in flight at most. Past `limit`
-/// bytes it fails (a decompression bomb).
-fn in_background(mut source: impl Read + Send + 'static, limit: u64) -> ChannelReader {
+/// bytes it fails (a decompression bomb). Its errors name the `format`.
+fn in_background(mut source: impl Read + Send + 'static, format: &'static str, limit: u64) -> ChannelReader {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
     let mut total = 0u64;
     std::thread::spawn(move || loop {
@@ -79,7 +79,7 @@ fn in_background(mut source: impl Read + Send + 'static, limit: u64) -> ChannelR
                 Ok(buf)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(e),
+            Err(e) => Err(io::Error::new(e.kind(), format!("{format} data: {e}"))),
         };
         let failed = result.is_err();
         // The receiver is gone when the layer failed for another reason: stop quietly.

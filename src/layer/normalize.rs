@@ -1,9 +1,9 @@
 //! One untrusted source tarball's entries, turned into the entries of one layer.
 //!
 //! The layer is a file tree, not a list of names: every entry is placed in a model of the tree
-//! emitted so far ([`crate::tree::Tree`]), which refuses what no runtime unpacks the same way
-//! twice (a path listed twice, a file under a file, a directory over a file) and anything written
-//! through a symlink. Symlinks are resolved through each other inside the image root, as
+//! emitted so far ([`crate::tree::Tree`]), which refuses what runtimes would unpack differently
+//! or not at all (a path listed twice, a file under a file, a directory over a file) and anything
+//! written through a symlink. Symlinks are resolved through each other inside the image root, as
 //! `openat2(RESOLVE_IN_ROOT)` resolves them, once the whole tree is known ([`Normalizer::finish`]):
 //! a later entry can change where an earlier link leads.
 
@@ -58,7 +58,7 @@ pub(crate) struct Normalizer {
     tree: Tree<()>,
     /// Every symlink (path, member name, target) in input order, for the final check.
     symlinks: Vec<(TreePath, Vec<u8>, Vec<u8>)>,
-    pub(crate) counts: Counts,
+    counts: Counts,
 }
 
 /// What one accepted entry becomes in the layer.
@@ -133,13 +133,10 @@ impl Normalizer {
 
     /// The entry's path inside the unpack root after `strip_components`, or `None` when it is
     /// stripped away or excluded.
-    fn relative(&self, raw: &[u8], what: &str) -> Result<Option<TreePath>, Normalize> {
-        let path = TreePath::from_member(raw).map_err(|e| refuse(raw, format!("{what}: {e}")))?;
+    fn relative(&self, raw: &[u8]) -> Result<Option<TreePath>, Normalize> {
+        let path = TreePath::from_member(raw).map_err(|e| refuse(raw, e.to_string()))?;
         if path.components().any(|c| c.len() > NAME_MAX) {
-            return Err(refuse(
-                raw,
-                format!("{what}: a name longer than {NAME_MAX} bytes, which no file system holds"),
-            ));
+            return Err(refuse(raw, format!("a name longer than {NAME_MAX} bytes, which no file system holds")));
         }
         let Some(rel) = path.strip(self.strip) else { return Ok(None) };
         Ok((!self.excluded(&rel)).then_some(rel))
@@ -169,25 +166,10 @@ impl Normalizer {
         if !self.kept_type(&raw, entry_type)? {
             return Ok(());
         }
-        let Some(rel) = self.relative(&raw, "entry")? else { return Ok(()) };
+        let Some(rel) = self.relative(&raw)? else { return Ok(()) };
         let whiteout = self.check_whiteout(&raw, &rel, entry_type)?;
         let path = rel.under(&self.prefix);
-        let item = match entry_type {
-            EntryType::Directory => Item::Dir,
-            EntryType::Symlink => match entry.link_name_bytes() {
-                Some(target) if target.len() >= PATH_MAX => {
-                    return Err(refuse(
-                        &raw,
-                        format!("a symlink target of {PATH_MAX} bytes or more, which Linux refuses"),
-                    ))
-                }
-                Some(target) if !target.is_empty() => Item::Symlink(target.into_owned()),
-                _ => return Err(refuse(&raw, "symlink with an empty target")),
-            },
-            EntryType::Link => Item::HardLink(self.hard_link_target(entry, &raw)?),
-            _ if whiteout => Item::Whiteout,
-            _ => Item::File,
-        };
+        let item = self.item(entry, &raw, whiteout)?;
         let kind = match &item {
             Item::Dir => Kind::Dir,
             Item::Symlink(target) => Kind::Symlink(target.clone()),
@@ -203,6 +185,24 @@ impl Normalizer {
         self.counts.kept += 1;
         self.write(entry, out, path, raw, item)?;
         Ok(())
+    }
+
+    /// What the entry becomes; its links' targets checked for what can be checked now.
+    fn item<R: Read>(&self, entry: &tar::Entry<'_, R>, raw: &[u8], whiteout: bool) -> Result<Item, Normalize> {
+        Ok(match entry.header().entry_type() {
+            EntryType::Directory => Item::Dir,
+            EntryType::Symlink => match entry.link_name_bytes() {
+                Some(target) if target.len() >= PATH_MAX => {
+                    let reason = format!("a symlink target of {PATH_MAX} bytes or more, which Linux refuses");
+                    return Err(refuse(raw, reason));
+                }
+                Some(target) if !target.is_empty() => Item::Symlink(target.into_owned()),
+                _ => return Err(refuse(raw, "symlink with an empty target")),
+            },
+            EntryType::Link => Item::HardLink(self.hard_link_target(entry, raw)?),
+            _ if whiteout => Item::Whiteout,
+            _ => Item::File,
+        })
     }
 
     /// Whether an entry of this type goes into the layer: `false` for a device node or FIFO the

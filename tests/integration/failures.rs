@@ -268,7 +268,7 @@ fn a_gzip_source_whose_trailer_does_not_match_is_refused() {
     for at in [n - 8, n - 1] {
         let mut bad = good.clone();
         bad[at] ^= 0x01;
-        expect_bad_source(bad, "corrupt archive");
+        expect_bad_source(bad, "gzip data: corrupt gzip stream");
     }
 }
 
