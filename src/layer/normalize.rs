@@ -32,9 +32,14 @@ impl From<io::Error> for Normalize {
 /// OCI whiteouts: `.wh.NAME` deletes NAME of the layers below, `.wh..wh..opq` a directory's contents.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
-/// Linux's limits: a name (one component) and a symlink's target (`symlink(2)`'s `ENAMETOOLONG`).
+/// Linux's limits: a name (one component), and a path or a symlink's target (`ENAMETOOLONG`).
 const NAME_MAX: usize = 255;
 const PATH_MAX: usize = 4096;
+
+/// The most path bytes the model of one layer may hold: ten times what the largest real
+/// archives need (a Debian root or the Linux sources hold a few MiB of paths), and a bound on
+/// an archive of a few KiB of deep names, each of which adds all of its parents to the model.
+const MAX_MODEL_BYTES: usize = 64 << 20;
 
 /// What a layer left out and kept, for the caller's notes and checks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,8 @@ pub(crate) struct Normalizer {
     tree: Tree<()>,
     /// Every symlink (path, member name, target) in input order, for the final check.
     symlinks: Vec<(TreePath, Vec<u8>, Vec<u8>)>,
+    /// Bytes of the paths (and link targets) in the model.
+    model_bytes: usize,
     counts: Counts,
 }
 
@@ -107,6 +114,7 @@ impl Normalizer {
             skip_devices: unpack.skip_devices,
             tree: Tree::new(),
             symlinks: Vec::new(),
+            model_bytes: 0,
             counts: Counts::default(),
         })
     }
@@ -169,6 +177,12 @@ impl Normalizer {
         let Some(rel) = self.relative(&raw)? else { return Ok(()) };
         let whiteout = self.check_whiteout(&raw, &rel, entry_type)?;
         let path = rel.under(&self.prefix);
+        if path.as_bytes().len() >= PATH_MAX {
+            return Err(refuse(
+                &raw,
+                format!("a path of {PATH_MAX} bytes or more in the image, which Linux cannot open"),
+            ));
+        }
         let item = self.item(entry, &raw, whiteout)?;
         let kind = match &item {
             Item::Dir => Kind::Dir,
@@ -176,6 +190,17 @@ impl Normalizer {
             _ => Kind::File,
         };
         let placed = self.tree.add(&path, Node { kind, meta: () }).map_err(|r| refuse(&raw, r.to_string()))?;
+        self.model_bytes +=
+            path.as_bytes().len() + placed.created_parents.iter().map(|p| p.as_bytes().len()).sum::<usize>();
+        if let Item::Symlink(target) = &item {
+            self.model_bytes += target.len();
+        }
+        if self.model_bytes > MAX_MODEL_BYTES {
+            return Err(refuse(
+                &raw,
+                format!("the archive's paths exceed {} MiB, more than imgbuild models", MAX_MODEL_BYTES >> 20),
+            ));
+        }
         for dir in &placed.created_parents {
             self.emit_dir(out, dir, self.epoch)?;
         }

@@ -282,8 +282,27 @@ fn trees_no_runtime_unpacks_are_refused() {
     let mut long = tar::Builder::new(Vec::new());
     long.append_link(&mut header(EntryType::Symlink, 0o777, 0, 0), "l", "a/".repeat(2048)).unwrap();
     refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more");
+    let mut long = tar::Builder::new(Vec::new());
+    let deep = ["d/"; 2100].concat();
+    long.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), deep, io::empty()).unwrap();
+    refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more in the image");
     let w = Unpack { whiteouts: true, ..u };
     refused(normalize(raw_tar(&[file(".wh.x"), hard("h", ".wh.x")]), &w), "whiteout /app/.wh.x");
+}
+
+/// Deep names are cheap to send and add all their parents to the model: a few KiB of
+/// compressed input may not make it hold gigabytes.
+#[test]
+fn an_archive_of_deep_names_cannot_fill_the_memory() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let deep = ["d/"; 1900].concat();
+    for i in 0..200 {
+        let name = format!("{i}/{deep}f");
+        tar.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), name, io::empty()).unwrap();
+    }
+    let data = gzip(&tar.into_inner().unwrap());
+    assert!(data.len() < 200 << 10, "{} bytes", data.len());
+    refused(normalize(data, &unpack(0, "", false)), "more than imgbuild models");
 }
 
 #[test]
