@@ -535,8 +535,10 @@ proptest! {
         prefix in prefix(),
         whiteouts in any::<bool>(),
         skip_devices in any::<bool>(),
+        exclude in prop::collection::vec(prop_oneof![Just("b"), Just("a/c"), Just("*/n1")], 0..2),
     ) {
-        let u = Unpack { skip_devices, ..unpack(strip, &prefix, whiteouts) };
+        let exclude = exclude.into_iter().map(String::from).collect();
+        let u = Unpack { skip_devices, exclude, ..unpack(strip, &prefix, whiteouts) };
         if let Err(e) = accepted_layers_are_safe(&entries, &u) {
             prop_assert!(false, "{e}\nentries: {entries:?}");
         }
