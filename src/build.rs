@@ -1,71 +1,20 @@
-//! The whole pipeline for a cluster: recipe → fetch → store → layer → image → output.
+//! The whole pipeline for a cluster: recipe → fetch → store → layer → image.
 //! Shared layers are built once per platform (and cached by derivation hash across runs);
-//! each node adds only its identity layer, config and manifest.
+//! each node adds only its identity layer, config and manifest. The result says which layers
+//! every node shares and which one is a node's own, so no output has to guess.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, MediaType};
-
-use crate::digest::Sha256Digest;
+use crate::digest::Hash;
 use crate::error::{Error, MissingInput, Result};
 use crate::fetch::{FetchSettings, Fetcher};
-use crate::image::{
-    descriptor, write_image, write_index, BaseImage, ImageInputs, ImageLayer, WrittenImage, DEFAULT_PATH,
-};
+use crate::image::{write_image, BaseImage, ImageInputs, ImageLayer, StoredImage, WrittenImage, DEFAULT_PATH};
 use crate::image_def::{ImageDef, Node};
 use crate::layer::{generated_layer, recipe_layer, LayerSettings, FORMAT_VERSION, MEDIA_TYPE_GZIP};
-use crate::output::{DockerImage, OutputImage};
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::recipe::{self, Recipe, RecipeKind};
 use crate::store::Store;
-
-/// A project: its recipes and one image definition.
-pub struct Project {
-    pub recipes: BTreeMap<String, Recipe>,
-    pub image: ImageDef,
-}
-
-impl Project {
-    /// Loads `DIR/recipes/*.toml` and the image `name` (or the only one) of `DIR/images/`.
-    pub fn load(dir: &Path, image: Option<&str>) -> Result<Project> {
-        let recipes_dir = dir.join("recipes");
-        let images_dir = dir.join("images");
-        if !images_dir.is_dir() {
-            return Err(Error::Usage(format!(
-                "{} has no images/ directory; run imgbuild in a project (or pass --project DIR)",
-                dir.display()
-            )));
-        }
-        let recipes = if recipes_dir.is_dir() { recipe::load_dir(&recipes_dir)? } else { BTreeMap::new() };
-        let path = match image {
-            Some(name) if name.ends_with(".toml") || name.contains('/') => PathBuf::from(name),
-            Some(name) => images_dir.join(format!("{name}.toml")),
-            None => {
-                let all = crate::toml_file::toml_files_in(&images_dir)?;
-                match all.as_slice() {
-                    [only] => only.clone(),
-                    _ => {
-                        let names: Vec<String> = all
-                            .iter()
-                            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                            .collect();
-                        return Err(Error::Usage(format!(
-                            "choose an image with --image (one of: {})",
-                            names.join(", ")
-                        )));
-                    }
-                }
-            }
-        };
-        if !path.is_file() {
-            return Err(Error::Usage(format!("no image definition at {}", path.display())));
-        }
-        let image = ImageDef::load(&path, &recipes)?;
-        Ok(Project { recipes, image })
-    }
-}
 
 pub struct BuildSettings {
     pub platforms: Vec<Platform>,
@@ -73,89 +22,89 @@ pub struct BuildSettings {
     pub fetch: FetchSettings,
 }
 
-/// One node's finished image: one manifest per platform, under an index when there are several.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NodeImage {
-    pub node: Node,
-    pub tag: String,
-    /// The manifest (one platform) or index (several) the tag points at.
-    pub digest: Sha256Digest,
-    pub media_type: String,
-    pub size: u64,
-    pub platforms: Vec<WrittenImage>,
-}
-
-impl NodeImage {
-    pub fn descriptor(&self) -> Descriptor {
-        descriptor(MediaType::from(self.media_type.as_str()), &self.digest, self.size)
-    }
-
-    /// What an output needs to hold this image.
-    pub fn output(&self, image_name: &str) -> OutputImage {
-        let mut blobs = vec![self.digest];
-        for p in &self.platforms {
-            blobs.push(p.manifest_digest);
-            blobs.push(p.config_digest);
-            blobs.extend(p.layers.iter().map(|l| l.digest.0));
-        }
-        blobs.sort();
-        blobs.dedup();
-        let docker = match self.platforms.as_slice() {
-            [only] => Some(DockerImage {
-                repo_tag: format!("{image_name}:{}", self.tag),
-                config: only.config_digest,
-                layers: only.layers.iter().map(|l| l.digest.0).collect(),
-            }),
-            _ => None,
-        };
-        OutputImage { tag: self.tag.clone(), descriptor: self.descriptor(), blobs, docker }
-    }
-}
-
-/// Where the platform-specific inputs of one image come from, once fetched.
-struct PlatformInputs {
-    platform: Platform,
-    base: Option<BaseImage>,
-    layers: Vec<ImageLayer>,
-    /// How many recipe layers were built now rather than found in the store.
-    built: usize,
-}
+/// The tag of the image that takes its whole identity at boot.
+pub const CLUSTER_TAG: &str = "cluster";
 
 /// What a build produced.
 #[derive(Debug, serde::Serialize)]
 pub struct BuildResult {
+    /// Per platform, the layers every node shares.
+    pub shared: Vec<SharedLayers>,
+    /// The image without an identity layer: a node learns at boot which one it is (tag `cluster`).
+    pub cluster: StoredImage,
+    /// One image per node asked for, in the definition's order.
     pub nodes: Vec<NodeImage>,
     /// Recipe layers built by this run; 0 when every layer came from the store.
     pub layers_built: usize,
 }
 
-/// Makes sure every source of every platform is in the store; reports all that are missing at once.
+/// One platform's layers that every node of the cluster has, in order: the base image's, one
+/// per recipe, imgbuild's runtime and the cluster layer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SharedLayers {
+    pub platform: Platform,
+    /// The base image's manifest digest, when the image has a base.
+    pub base: Option<crate::digest::Sha256Digest>,
+    pub layers: Vec<ImageLayer>,
+}
+
+/// One node's image: the shared layers plus the node's own identity layer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeImage {
+    pub node: Node,
+    /// The node's own layer (its baked id): the only layer it does not share.
+    pub identity_layer: ImageLayer,
+    #[serde(flatten)]
+    pub image: StoredImage,
+}
+
+impl BuildResult {
+    /// Every image the build wrote: the node-less cluster image, then each node's.
+    pub fn images(&self) -> Vec<StoredImage> {
+        std::iter::once(self.cluster.clone()).chain(self.nodes.iter().map(|n| n.image.clone())).collect()
+    }
+
+    /// What an output of this build needs kept in the store: what it holds (`held`) and every
+    /// pinned input it was built from.
+    pub fn needs(&self, store: &Store, def: &ImageDef, held: &[StoredImage]) -> Vec<Hash> {
+        let mut hashes: Vec<Hash> = held.iter().flat_map(StoredImage::blobs).map(|d| d.to_hash()).collect();
+        for shared in &self.shared {
+            for recipe in def.recipes() {
+                if let Some(source) = recipe.source_for(&shared.platform) {
+                    hashes.extend(crate::gc::source_blobs(store, recipe, source));
+                }
+            }
+        }
+        hashes
+    }
+}
+
+/// How many inputs are downloaded at once.
+const PARALLEL_FETCHES: usize = 4;
+
+/// Makes sure every source of every platform is in the store (tarballs and base images alike,
+/// up to `PARALLEL_FETCHES` at once); reports all that are missing at once.
 pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<()> {
-    let fetcher = Fetcher::new(store, &settings.fetch, reporter);
-    let mut missing: Vec<MissingInput> = Vec::new();
+    // Each pinned input once, in a fixed order (a file that serves every platform is one input).
+    let mut inputs: Vec<(&Recipe, &Platform, &recipe::Source)> = Vec::new();
     for platform in &settings.platforms {
         for recipe in def.recipes() {
             let source = source_for(recipe, platform)?;
-            if let RecipeKind::OciImage { reference, .. } = &recipe.kind {
-                if !store.has(&source.hash) {
-                    let reference = reference.clone().unwrap_or_else(|| recipe.name.clone());
-                    missing.push(MissingInput {
-                        recipe: recipe.name.clone(),
-                        platform: platform.to_string(),
-                        file: format!("image {reference}"),
-                        urls: vec![format!("docker://{reference}@{}", source.hash)],
-                        hash: source.hash.to_string(),
-                        reasons: vec!["not in the store (a build never contacts a registry by itself)".into()],
-                        add: format!("imgbuild pull {reference}@{}", source.hash),
-                    });
-                }
-                continue;
+            if !inputs.iter().any(|(_, _, s)| s.hash == source.hash) {
+                inputs.push((recipe, platform, source));
             }
-            match fetcher.ensure(&recipe.name, &platform.to_string(), source) {
-                Ok(()) => {}
-                Err(Error::MissingInputs(m)) => missing.extend(m),
-                Err(e) => return Err(e),
-            }
+        }
+    }
+    let fetcher = Fetcher::new(store, &settings.fetch, reporter);
+    let results = crate::fetch::run_bounded(&inputs, PARALLEL_FETCHES, |(recipe, platform, source)| {
+        fetcher.ensure(recipe, &platform.to_string(), source)
+    });
+    let mut missing: Vec<MissingInput> = Vec::new();
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(Error::MissingInputs(m)) => missing.extend(m),
+            Err(e) => return Err(e),
         }
     }
     if missing.is_empty() {
@@ -227,7 +176,7 @@ fn environment(def: &ImageDef, base: Option<&BaseImage>) -> BTreeMap<String, Str
 
 fn labels(
     def: &ImageDef,
-    node: &Node,
+    node: Option<&Node>,
     platform: &Platform,
     base: Option<&BaseImage>,
     epoch: u64,
@@ -239,7 +188,9 @@ fn labels(
         labels.insert("org.opencontainers.image.description".into(), d.clone());
     }
     labels.insert("org.imgbuild.cluster".into(), def.name.clone());
-    labels.insert("org.imgbuild.node.id".into(), node.id.to_string());
+    if let Some(node) = node {
+        labels.insert("org.imgbuild.node.id".into(), node.id.to_string());
+    }
     labels.insert("org.imgbuild.layer-format".into(), FORMAT_VERSION.to_string());
     for recipe in def.recipes() {
         if let Some(source) = recipe.source_for(platform) {
@@ -270,7 +221,16 @@ fn own_layer(
     })
 }
 
-/// Builds the images of `nodes` (all of them when empty).
+/// Where the platform-specific inputs of one image come from, once fetched.
+struct PlatformInputs {
+    platform: Platform,
+    base: Option<BaseImage>,
+    layers: Vec<ImageLayer>,
+    /// How many recipe layers were built now rather than found in the store.
+    built: usize,
+}
+
+/// Builds the cluster image and the images of `nodes` (all of them when empty).
 pub fn build(
     store: &Store,
     def: &ImageDef,
@@ -284,82 +244,98 @@ pub fn build(
         nodes.iter().map(|id| def.node(*id).cloned()).collect::<Result<_>>()?
     };
     fetch_all(store, def, settings, reporter)?;
-    let epoch = settings.layer.epoch;
-    let mut per_platform = Vec::new();
+    let mut inputs = Vec::new();
     for platform in &settings.platforms {
-        per_platform.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
+        inputs.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
     }
-    let mut shared = Vec::new();
-    if let Some(files) = crate::node::runtime_layer_files(def) {
-        let version = env!("CARGO_PKG_VERSION");
-        shared.push(own_layer(store, &files, &settings.layer, format!("imgbuild {version} runtime (entrypoint)"))?);
-    }
-    shared.push(own_layer(
-        store,
-        &crate::node::cluster_layer_files(def),
-        &settings.layer,
-        format!("imgbuild cluster {} (templates, topology)", def.name),
-    )?);
-    let mut images = Vec::new();
-    for node in &nodes {
+    let own = own_shared_layers(store, def, &settings.layer)?;
+    let images = ImageWriter { store, def, inputs: &inputs, own: &own, epoch: settings.layer.epoch };
+    let cluster = images.write(None)?;
+    let mut node_images = Vec::new();
+    for node in nodes {
         reporter.status(&format!("node {}", node.id));
         let identity_layer = own_layer(
             store,
-            &crate::node::identity_layer_files(node),
+            &crate::node::identity_layer_files(&node),
             &settings.layer,
             format!("imgbuild identity of node {}", node.id),
         )?;
-        let mut written = Vec::new();
-        for inputs in &per_platform {
+        let image = images.write(Some((&node, &identity_layer)))?;
+        node_images.push(NodeImage { node, identity_layer, image });
+    }
+    let shared = inputs
+        .iter()
+        .map(|i| SharedLayers {
+            platform: i.platform.clone(),
+            base: i.base.as_ref().map(|b| b.manifest_digest),
+            layers: i.base.iter().flat_map(|b| b.layers.iter()).chain(&i.layers).chain(&own).cloned().collect(),
+        })
+        .collect();
+    Ok(BuildResult { shared, cluster, nodes: node_images, layers_built: inputs.iter().map(|p| p.built).sum() })
+}
+
+/// The layers imgbuild writes itself that every node shares: the runtime (entrypoint) and the
+/// cluster layer (topology, templates).
+fn own_shared_layers(store: &Store, def: &ImageDef, settings: &LayerSettings) -> Result<Vec<ImageLayer>> {
+    let mut own = Vec::new();
+    if let Some(files) = crate::node::runtime_layer_files(def) {
+        let version = env!("CARGO_PKG_VERSION");
+        own.push(own_layer(store, &files, settings, format!("imgbuild {version} runtime (entrypoint)"))?);
+    }
+    own.push(own_layer(
+        store,
+        &crate::node::cluster_layer_files(def),
+        settings,
+        format!("imgbuild cluster {} (templates, topology)", def.name),
+    )?);
+    Ok(own)
+}
+
+/// Writes one image (every platform) from the shared inputs plus, for a node, its identity layer.
+struct ImageWriter<'a> {
+    store: &'a Store,
+    def: &'a ImageDef,
+    inputs: &'a [PlatformInputs],
+    own: &'a [ImageLayer],
+    epoch: u64,
+}
+
+impl ImageWriter<'_> {
+    fn write(&self, node: Option<(&Node, &ImageLayer)>) -> Result<StoredImage> {
+        let mut written: Vec<(WrittenImage, Platform)> = Vec::new();
+        for inputs in self.inputs {
             let mut layers = inputs.layers.clone();
-            layers.extend(shared.iter().cloned());
-            layers.push(identity_layer.clone());
-            let mut annotations = BTreeMap::new();
-            if let Some(b) = &inputs.base {
-                annotations.insert("org.opencontainers.image.base.digest".to_string(), b.manifest_digest.to_string());
-                if let Some(RecipeKind::OciImage { reference: Some(r), .. }) = def.base.as_ref().map(|b| &b.kind) {
-                    annotations.insert("org.opencontainers.image.base.name".to_string(), r.clone());
-                }
-            }
+            layers.extend(self.own.iter().cloned());
+            layers.extend(node.map(|(_, identity)| identity.clone()));
             let image_inputs = ImageInputs {
                 platform: &inputs.platform,
                 base: inputs.base.as_ref(),
                 layers,
-                env: environment(def, inputs.base.as_ref()),
-                config: &def.config,
-                labels: labels(def, node, &inputs.platform, inputs.base.as_ref(), epoch),
-                annotations,
-                epoch,
+                env: environment(self.def, inputs.base.as_ref()),
+                config: &self.def.config,
+                labels: labels(self.def, node.map(|(n, _)| n), &inputs.platform, inputs.base.as_ref(), self.epoch),
+                annotations: self.base_annotations(inputs.base.as_ref()),
+                epoch: self.epoch,
             };
-            written.push(write_image(store, &image_inputs)?);
+            written.push((write_image(self.store, &image_inputs)?, inputs.platform.clone()));
         }
-        let tag = format!("node-{}", node.id);
-        let image = if written.len() == 1 {
-            let w = &written[0];
-            NodeImage {
-                node: node.clone(),
-                tag,
-                digest: w.manifest_digest,
-                media_type: MediaType::ImageManifest.to_string(),
-                size: w.manifest_size,
-                platforms: written,
+        let (tag, annotations) = match node {
+            Some((n, _)) => {
+                (format!("node-{}", n.id), BTreeMap::from([("org.imgbuild.node.id".to_string(), n.id.to_string())]))
             }
-        } else {
-            let pairs: Vec<(WrittenImage, Platform)> =
-                written.iter().cloned().zip(per_platform.iter().map(|p| p.platform.clone())).collect();
-            let mut annotations = BTreeMap::new();
-            annotations.insert("org.imgbuild.node.id".to_string(), node.id.to_string());
-            let (digest, size) = write_index(store, &pairs, &annotations)?;
-            NodeImage {
-                node: node.clone(),
-                tag,
-                digest,
-                media_type: MediaType::ImageIndex.to_string(),
-                size,
-                platforms: written,
-            }
+            None => (CLUSTER_TAG.to_string(), BTreeMap::new()),
         };
-        images.push(image);
+        StoredImage::write(self.store, tag, written, &annotations)
     }
-    Ok(BuildResult { nodes: images, layers_built: per_platform.iter().map(|p| p.built).sum() })
+
+    fn base_annotations(&self, base: Option<&BaseImage>) -> BTreeMap<String, String> {
+        let mut annotations = BTreeMap::new();
+        if let Some(b) = base {
+            annotations.insert("org.opencontainers.image.base.digest".to_string(), b.manifest_digest.to_string());
+            if let Some(RecipeKind::OciImage { reference: Some(r), .. }) = self.def.base.as_ref().map(|b| &b.kind) {
+                annotations.insert("org.opencontainers.image.base.name".to_string(), r.to_string());
+            }
+        }
+        annotations
+    }
 }

@@ -67,8 +67,9 @@ pub enum Error {
     #[error("store {}: {message}", path.display())]
     Store { path: PathBuf, message: String },
 
+    /// `hint`: the next step, when the failure says what it is.
     #[error("registry {registry}: {message}")]
-    Registry { registry: String, message: String },
+    Registry { registry: String, message: String, hint: Option<String> },
 
     #[error("{0}")]
     Usage(String),
@@ -137,6 +138,7 @@ impl Error {
             Error::Tool { tool, package, .. } => {
                 Some(format!("install `{tool}` (Debian and Ubuntu: `apt-get install {package}`)"))
             }
+            Error::Registry { hint, .. } => hint.clone(),
             Error::Internal(_) => Some("this is a bug in imgbuild; please report it with the command you ran".into()),
             _ => None,
         }

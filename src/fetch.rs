@@ -2,19 +2,36 @@
 //! its mirrors in order. Downloads are hashed as they arrive, resumed where the server allows,
 //! and only a file whose hash matches the pin is moved into the store.
 
-use std::fs::OpenOptions;
-use std::io::{self, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+mod image;
+pub(crate) mod resume;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::digest::{Algorithm, Hash, Hasher};
-use crate::error::{http_cause as describe, io_cause, Error, IoContext, MissingInput, Result};
-use crate::progress::Reporter;
-use crate::recipe::Source;
+use resume::{write_resumable, Body, Transfer};
+
+use crate::digest::{Algorithm, Hash, Sha256Digest};
+use crate::error::{http_cause as describe, Error, IoContext, MissingInput, Result};
+use crate::progress::{Reporter, Task};
+use crate::recipe::{Recipe, RecipeKind, Source};
+use crate::registry::reference::RegistryMirror;
+use crate::registry::Reference;
 use crate::store::Store;
 
 /// How many times one URL is tried again after a dropped connection (resuming each time).
 const ATTEMPTS_PER_URL: u32 = 3;
+
+/// How a build reaches registries for its base images.
+#[derive(Default)]
+pub struct RegistryAccess {
+    /// `--registry-mirror HOST=MIRROR`: tried, in order, before the registry they stand for.
+    pub mirrors: Vec<RegistryMirror>,
+    /// `--insecure-registry HOST[:PORT]`: registries on loopback spoken to in plain HTTP.
+    pub insecure: Vec<String>,
+    /// `--ca-file`: certificates to trust besides the system's and certs.d.
+    pub ca_files: Vec<PathBuf>,
+}
 
 pub struct FetchSettings {
     pub offline: bool,
@@ -22,19 +39,26 @@ pub struct FetchSettings {
     pub mirror_dirs: Vec<PathBuf>,
     /// Longest wait for a connection or for the next bytes of a response.
     pub timeout: Duration,
+    pub registries: RegistryAccess,
 }
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        FetchSettings { offline: false, mirror_dirs: Vec::new(), timeout: Duration::from_secs(30) }
+        FetchSettings {
+            offline: false,
+            mirror_dirs: Vec::new(),
+            timeout: Duration::from_secs(30),
+            registries: RegistryAccess::default(),
+        }
     }
 }
 
+/// Fetches sources into the store; shared by the threads of a build's parallel fetches.
 pub struct Fetcher<'a> {
     store: &'a Store,
     settings: &'a FetchSettings,
     reporter: &'a dyn Reporter,
-    client: std::cell::OnceCell<reqwest::blocking::Client>,
+    client: OnceLock<reqwest::blocking::Client>,
 }
 
 /// Why one attempt did not produce the file.
@@ -49,7 +73,7 @@ enum AttemptError {
 
 impl<'a> Fetcher<'a> {
     pub fn new(store: &'a Store, settings: &'a FetchSettings, reporter: &'a dyn Reporter) -> Self {
-        Fetcher { store, settings, reporter, client: std::cell::OnceCell::new() }
+        Fetcher { store, settings, reporter, client: OnceLock::new() }
     }
 
     fn client(&self) -> Result<&reqwest::blocking::Client> {
@@ -65,9 +89,19 @@ impl<'a> Fetcher<'a> {
         Ok(self.client.get_or_init(|| client))
     }
 
-    /// Makes sure `source` is in the store. On failure returns what is missing and why, or a
-    /// hash mismatch when some server (or mirror file) had different bytes.
-    pub fn ensure(&self, recipe: &str, platform: &str, source: &Source) -> Result<(), Error> {
+    /// Makes sure `recipe`'s `source` (a tarball, or a base image with all its blobs) is in the
+    /// store. On failure returns what is missing and why, or a hash mismatch when some server
+    /// (or mirror file) had different bytes.
+    pub fn ensure(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
+        match &recipe.kind {
+            RecipeKind::Tarball => self.ensure_file(&recipe.name, platform, source),
+            RecipeKind::OciImage { reference, mirrors, .. } => {
+                image::ensure(self, recipe, platform, reference.as_ref(), mirrors, source)
+            }
+        }
+    }
+
+    fn ensure_file(&self, recipe: &str, platform: &str, source: &Source) -> Result<()> {
         let hash = &source.hash;
         if self.store.has(hash) {
             return Ok(());
@@ -91,8 +125,9 @@ impl<'a> Fetcher<'a> {
             }
         }
         if !self.settings.offline {
+            let task = self.reporter.task(&format!("fetch {}", source.file_name), None);
             for url in &source.urls {
-                match self.download(url, source) {
+                match self.download(url, source, &task) {
                     Ok(()) => return Ok(()),
                     Err(AttemptError::Mismatch(e)) => {
                         reasons.push(format!("{url}: different content"));
@@ -119,14 +154,14 @@ impl<'a> Fetcher<'a> {
         }]))
     }
 
-    fn download(&self, url: &str, source: &Source) -> Result<(), AttemptError> {
+    fn download(&self, url: &str, source: &Source, task: &std::sync::Arc<dyn Task>) -> Result<(), AttemptError> {
         let partial = self.store.partial_path(&source.hash);
         let mut last = String::new();
         for attempt in 0..ATTEMPTS_PER_URL {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(200 << attempt));
             }
-            match self.download_once(url, &partial, source.hash.algorithm()) {
+            match self.download_once(url, &partial, source.hash.algorithm(), task) {
                 Ok(found) => {
                     return self.store.commit_file(&partial, found, Some(&source.hash), url).map(|_| ()).map_err(|e| {
                         match e {
@@ -144,17 +179,24 @@ impl<'a> Fetcher<'a> {
     }
 
     /// One HTTP request, resuming `partial` if it holds a prefix. Returns the hash of the whole file.
-    fn download_once(&self, url: &str, partial: &Path, algorithm: Algorithm) -> Result<Hash, Transfer> {
+    fn download_once(
+        &self,
+        url: &str,
+        partial: &std::path::Path,
+        algorithm: Algorithm,
+        task: &std::sync::Arc<dyn Task>,
+    ) -> Result<Hash, Transfer> {
         let client = self.client().map_err(|e| Transfer::Fatal(e.to_string()))?;
         let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         let mut request = client.get(url);
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let mut response = request.send().map_err(|e| Transfer::Retry(describe(&e)))?;
+        let response = request.send().map_err(|e| Transfer::Retry(describe(&e)))?;
         let status = response.status();
-        let resumed =
-            have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT && content_range_start(&response) == Some(have);
+        let resumed = have > 0
+            && status == reqwest::StatusCode::PARTIAL_CONTENT
+            && resume::range_start(response.headers()) == Some(have);
         if !status.is_success() {
             let why = format!("HTTP {status}");
             return Err(if status.is_server_error() || status.as_u16() == 429 {
@@ -166,66 +208,20 @@ impl<'a> Fetcher<'a> {
         if status == reqwest::StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(Transfer::Fatal("server sent a range that was not asked for".into()));
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(partial)
-            .map_err(|e| io_fatal(partial, e))?;
-        let mut hasher = Hasher::new(algorithm);
-        let mut received = 0u64;
-        if resumed {
-            // Never trust the earlier part: it is hashed again with the rest.
-            let mut prefix = (&mut file).take(have);
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = prefix.read(&mut buf).map_err(|e| io_fatal(partial, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                received += n as u64;
-            }
-        } else {
-            file.set_len(0).map_err(|e| io_fatal(partial, e))?;
+        let length = response.content_length();
+        let start = if resumed { have } else { 0 };
+        if let Some(n) = length {
+            task.set_total(start + n);
         }
-        file.seek(io::SeekFrom::Start(received)).map_err(|e| io_fatal(partial, e))?;
-        let expected_len = response.content_length().map(|n| n + received);
-        let task = self.reporter.task(&format!("fetch {}", crate::recipe::url_file_name(url)), expected_len);
-        task.set_position(received);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match response.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = file.sync_all();
-                    return Err(Transfer::Retry(format!(
-                        "connection dropped after {received} bytes: {}",
-                        io_cause(&e)
-                    )));
-                }
-            };
-            file.write_all(&buf[..n]).map_err(|e| io_fatal(partial, e))?;
-            hasher.update(&buf[..n]);
-            received += n as u64;
-            task.advance(n as u64);
-        }
-        if let Some(len) = expected_len {
-            if received != len {
-                return Err(Transfer::Retry(format!("truncated: got {received} of {len} bytes")));
-            }
-        }
-        file.sync_all().map_err(|e| io_fatal(partial, e))?;
-        Ok(hasher.finish())
+        let body = Body { reader: response, start, length };
+        write_resumable(partial, body, algorithm, &|n| task.set_position(n))
     }
 
     /// Downloads a URL into the store without a pin and returns its hash (`imgbuild prefetch`).
     pub fn prefetch(&self, url: &str, algorithm: Algorithm) -> Result<(Hash, u64)> {
         let temp = self.store.temp_path("prefetch");
-        let result = self.download_once(url, &temp, algorithm);
+        let task = self.reporter.task(&format!("fetch {}", crate::recipe::url_file_name(url)), None);
+        let result = self.download_once(url, &temp, algorithm, &task);
         let hash = match result {
             Ok(h) => h,
             Err(Transfer::Local(e)) => {
@@ -251,19 +247,80 @@ impl<'a> Fetcher<'a> {
     }
 }
 
-enum Transfer {
-    Retry(String),
-    Fatal(String),
-    /// Writing the download on this machine failed.
-    Local(Error),
+/// The missing-input entry of an image: where it was looked for, and the one command that adds
+/// it in any mode, `store add` of an archive of it (which `skopeo copy` makes where the registry
+/// can be reached).
+pub(crate) fn missing_image(
+    recipe: &str,
+    platform: &str,
+    repository: Option<&Reference>,
+    digest: Option<&Sha256Digest>,
+    file: &str,
+    reasons: Vec<String>,
+) -> MissingInput {
+    let pinned = |r: &Reference| match digest {
+        Some(d) => format!("{}@{d}", r.name()),
+        None => r.to_string(),
+    };
+    let copy = match repository {
+        Some(r) => format!(" ({file} from `skopeo copy docker://{} oci-archive:{file}`)", pinned(r)),
+        None => format!(" ({file}: an oci-archive or OCI layout holding it)"),
+    };
+    MissingInput {
+        recipe: recipe.to_string(),
+        platform: platform.to_string(),
+        // The digest is the entry's hash; the name says where the image lives.
+        file: format!(
+            "image {}",
+            repository.map_or_else(|| file.to_string(), |r| Reference { digest: None, ..r.clone() }.to_string())
+        ),
+        urls: repository.map(|r| format!("docker://{}", pinned(r))).into_iter().collect(),
+        hash: digest.map_or_else(|| "unknown".to_string(), |d| d.to_string()),
+        reasons,
+        add: format!("imgbuild store add {file}{copy}"),
+    }
 }
 
-fn io_fatal(path: &Path, e: io::Error) -> Transfer {
-    Transfer::Local(Error::io(path, e))
+/// Runs `work` on every item, at most `limit` at a time, and returns the results in the
+/// items' order (so what is reported does not depend on which finished first).
+pub(crate) fn run_bounded<T: Sync, R: Send>(items: &[T], limit: usize, work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..limit.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(i) else { break };
+                let result = work(item);
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.into_iter().map(|r| r.expect("every item was worked on")).collect()
 }
 
-fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {
-    let value = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
-    let range = value.strip_prefix("bytes ")?;
-    range.split('-').next()?.parse().ok()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_runs_keep_the_items_order_and_the_bound() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let items: Vec<u64> = (0..20).collect();
+        let out = run_bounded(&items, 4, |n| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20 - n));
+            running.fetch_sub(1, Ordering::SeqCst);
+            n * 2
+        });
+        assert_eq!(out, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+        assert!(most.load(Ordering::SeqCst) <= 4);
+        assert!(run_bounded(&Vec::<u8>::new(), 4, |_| ()).is_empty());
+    }
 }

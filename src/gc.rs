@@ -1,44 +1,18 @@
 //! Garbage collection of the store, with Nix's rule: what a root reaches stays.
 //!
-//! Roots are the outputs imgbuild wrote (`STORE/roots/<hash of the output path>.json`, listing
-//! the blobs the output holds); a root whose output path no longer exists is dead. Every build
-//! holds the store's *build lock* shared for its whole run and `gc` takes it exclusively, so a
-//! collection never runs while a build is using blobs it has not yet registered.
+//! Roots are the outputs imgbuild wrote, registered with [`Store::add_root`]; a root whose
+//! output path no longer exists is dead. Every build holds the store's *build lock* shared for
+//! its whole run and `gc` takes it exclusively, so a collection never runs while a build is
+//! using blobs it has not yet registered. This module only collects.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use crate::build::NodeImage;
 use crate::digest::{Hash, Sha256Digest};
 use crate::error::{IoContext, Result};
 use crate::image::BaseImage;
-use crate::image_def::ImageDef;
-use crate::platform::Platform;
 use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::store::Store;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Root {
-    output: PathBuf,
-    /// `sha256:…` and `sha512:…` names of the blobs the output holds or was built from.
-    blobs: Vec<String>,
-}
-
-fn roots_dir(store: &Store) -> PathBuf {
-    store.root().join("roots")
-}
-
-/// Records that the output at `path` needs `blobs` (what it holds, and what it was built from),
-/// so `gc` keeps them while it exists.
-pub fn register_root(store: &Store, output: &Path, blobs: impl IntoIterator<Item = Hash>) -> Result<()> {
-    let output = std::path::absolute(output).at(output)?;
-    let dir = roots_dir(store);
-    fs::create_dir_all(&dir).at(&dir)?;
-    let name = Sha256Digest::of(output.as_os_str().as_encoded_bytes()).hex();
-    let root = Root { output, blobs: blobs.into_iter().map(|h| h.to_string()).collect() };
-    store.write_atomic(&dir.join(format!("{name}.json")), &serde_json::to_vec(&root).expect("serializes"))
-}
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct GcReport {
@@ -59,19 +33,14 @@ pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport
     let _exclusive = store.build_lock_exclusive()?;
     let mut report = GcReport { pinned: pinned.len(), ..GcReport::default() };
     let mut keep: BTreeSet<String> = pinned.iter().map(|h| h.to_string()).collect();
-    let dir = roots_dir(store);
     let mut dead = Vec::new();
-    if dir.is_dir() {
-        for entry in fs::read_dir(&dir).at(&dir)? {
-            let path = entry.at(&dir)?.path();
-            let root: Option<Root> = fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok());
-            match root {
-                Some(root) if root.output.exists() => {
-                    report.live_roots += 1;
-                    keep.extend(root.blobs);
-                }
-                _ => dead.push(path),
+    for (path, root) in store.roots()? {
+        match root {
+            Some(root) if root.output.exists() => {
+                report.live_roots += 1;
+                keep.extend(root.blobs);
             }
+            _ => dead.push(path),
         }
     }
     report.dead_roots = dead.len();
@@ -115,44 +84,49 @@ pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport
 
 /// What one recipe source needs in the store: the source itself and, for a base image, its
 /// config and layers (the manifest is the source).
-fn source_blobs(store: &Store, recipe: &Recipe, source: &Source, hashes: &mut Vec<Hash>) {
-    hashes.push(source.hash.clone());
+pub fn source_blobs(store: &Store, recipe: &Recipe, source: &Source) -> Vec<Hash> {
+    let mut hashes = vec![source.hash.clone()];
     if recipe.kind == RecipeKind::Tarball {
-        return;
+        return hashes;
     }
     if let Some(base) = source.hash.as_sha256().and_then(|d| BaseImage::load(store, &d).ok()) {
         hashes.push(base.config_digest.to_hash());
         hashes.extend(base.layers.iter().map(|l| l.digest.0.to_hash()));
     }
-}
-
-/// What `recipes` pin, for every platform: kept by `gc` while the project is the current one.
-pub fn pinned_by(store: &Store, recipes: &[Recipe]) -> Vec<Hash> {
-    let mut hashes = Vec::new();
-    for recipe in recipes {
-        for source in &recipe.sources {
-            source_blobs(store, recipe, source, &mut hashes);
-        }
-    }
     hashes
 }
 
-/// Registers the output at `out`: the blobs of `images`, and what they were built from (the
-/// sources and base image of `def` for `platforms`), so `gc` keeps them while it exists.
-pub fn register_output(
-    store: &Store,
-    out: &Path,
-    def: &ImageDef,
-    images: &[NodeImage],
-    platforms: &[Platform],
-) -> Result<()> {
-    let mut hashes: Vec<Hash> = images.iter().flat_map(|i| i.output(&def.name).blobs).map(|d| d.to_hash()).collect();
-    for platform in platforms {
-        for recipe in def.recipes() {
-            if let Some(source) = recipe.source_for(platform) {
-                source_blobs(store, recipe, source, &mut hashes);
-            }
-        }
+/// What `recipes` pin, for every platform: kept by `gc` while the project is the current one.
+pub fn pinned_by<'r>(store: &Store, recipes: impl IntoIterator<Item = &'r Recipe>) -> Vec<Hash> {
+    recipes.into_iter().flat_map(|r| r.sources.iter().flat_map(move |s| source_blobs(store, r, s))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gc_keeps_what_live_roots_and_pins_reach_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let [held, pinned, dead_only, loose] =
+            ["held", "pin", "dead", "loose"].map(|b| store.add_bytes(b.as_bytes()).unwrap());
+        let live_out = dir.path().join("live");
+        fs::create_dir(&live_out).unwrap();
+        store.add_root(&live_out, [held.to_hash()]).unwrap();
+        store.add_root(&dir.path().join("gone"), [dead_only.to_hash()]).unwrap();
+        let mut w = std::fs::File::create(store.temp_path("left")).unwrap();
+        w.write_all(b"half").unwrap();
+
+        let dry = collect(&store, &[pinned.to_hash()], true).unwrap();
+        assert_eq!((dry.removed_blobs, dry.kept_blobs, dry.live_roots, dry.dead_roots), (2, 2, 1, 1));
+        assert!(store.has_sha256(&loose), "a dry run removes nothing");
+
+        let report = collect(&store, &[pinned.to_hash()], false).unwrap();
+        assert_eq!((report.removed_blobs, report.removed_temp_files), (2, 1));
+        assert!(store.has_sha256(&held) && store.has_sha256(&pinned));
+        assert!(!store.has_sha256(&dead_only) && !store.has_sha256(&loose));
+        assert_eq!(store.roots().unwrap().len(), 1, "the dead root is gone");
     }
-    register_root(store, out, hashes)
 }

@@ -29,6 +29,7 @@ pub struct ImageLayer {
 }
 
 /// A base image taken from the store, its layers used as they are.
+#[derive(Clone)]
 pub struct BaseImage {
     pub manifest_digest: Sha256Digest,
     pub config_digest: Sha256Digest,
@@ -87,6 +88,7 @@ pub struct ImageInputs<'a> {
     pub epoch: u64,
 }
 
+/// One platform's image, written to the store: its manifest, config and layers.
 #[derive(Debug, Clone, Serialize)]
 pub struct WrittenImage {
     pub platform: String,
@@ -94,6 +96,72 @@ pub struct WrittenImage {
     pub manifest_size: u64,
     pub config_digest: Sha256Digest,
     pub layers: Vec<ImageLayer>,
+}
+
+/// A tagged image whose every blob is in the store: one platform's manifest, or an index over
+/// several. What every output (layout, archive, registry) takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredImage {
+    pub tag: String,
+    /// The manifest (one platform) or index (several) the tag points at.
+    pub digest: Sha256Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub platforms: Vec<WrittenImage>,
+}
+
+impl StoredImage {
+    /// Writes `images` (one per platform, in order) as one image: the manifest itself for one
+    /// platform, else an index over them carrying `index_annotations`.
+    pub fn write(
+        store: &Store,
+        tag: String,
+        images: Vec<(WrittenImage, Platform)>,
+        index_annotations: &BTreeMap<String, String>,
+    ) -> Result<StoredImage> {
+        if let [(only, _)] = images.as_slice() {
+            return Ok(StoredImage {
+                tag,
+                digest: only.manifest_digest,
+                media_type: MediaType::ImageManifest.to_string(),
+                size: only.manifest_size,
+                platforms: vec![only.clone()],
+            });
+        }
+        let (digest, size) = write_index(store, &images, index_annotations)?;
+        Ok(StoredImage {
+            tag,
+            digest,
+            media_type: MediaType::ImageIndex.to_string(),
+            size,
+            platforms: images.into_iter().map(|(w, _)| w).collect(),
+        })
+    }
+
+    pub fn descriptor(&self) -> Descriptor {
+        descriptor(MediaType::from(self.media_type.as_str()), &self.digest, self.size)
+    }
+
+    /// Every blob the image needs (index, manifests, configs, layers), sorted, once each.
+    pub fn blobs(&self) -> Vec<Sha256Digest> {
+        let mut blobs = vec![self.digest];
+        for p in &self.platforms {
+            blobs.push(p.manifest_digest);
+            blobs.push(p.config_digest);
+            blobs.extend(p.layers.iter().map(|l| l.digest.0));
+        }
+        blobs.sort();
+        blobs.dedup();
+        blobs
+    }
+
+    /// The single platform's image, for formats that hold one (docker-archive).
+    pub fn single_platform(&self) -> Option<&WrittenImage> {
+        match self.platforms.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
 }
 
 /// Serializes any oci-spec document canonically: going through `serde_json::Value` sorts every

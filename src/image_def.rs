@@ -1,13 +1,24 @@
 //! Image definitions (`images/*.toml`): what a node is made of and the cluster's topology.
-//! The format is documented in `images/README.md`.
+//! The format, and every rule checked here, is documented in `images/README.md`.
+//!
+//! A definition is hostile input: what it names stays inside the project (template sources
+//! inside the definition's directory, targets away from imgbuild's own files), and what it
+//! hands the entrypoint is text the entrypoint renders exactly as the rules here say, so that
+//! anything `imgbuild check` accepts renders at boot.
+
+mod host;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{Error, Result};
+pub use self::host::is_host;
+use self::template::{Piece, TextError};
+use crate::error::{escape, line_col, Error, IoContext, Result};
 use crate::recipe::{Recipe, RecipeKind};
 use crate::toml_file::TomlFile;
 
@@ -51,7 +62,7 @@ struct ConfigToml {
     #[serde(default)]
     cmd: Vec<String>,
     #[serde(default)]
-    workdir: Option<String>,
+    workdir: Option<Spanned<String>>,
     #[serde(default)]
     user: Option<String>,
     #[serde(default)]
@@ -59,11 +70,11 @@ struct ConfigToml {
     #[serde(default)]
     volumes: Vec<Spanned<String>>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
-    stop_signal: Option<String>,
+    stop_signal: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -105,17 +116,65 @@ struct ServiceToml {
 #[serde(deny_unknown_fields)]
 struct ClusterToml {
     node: Vec<Spanned<NodeToml>>,
+    /// Whether a deployment may run fewer nodes than defined (`imgbuild deploy --replicas`).
+    #[serde(default)]
+    scalable: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeToml {
     id: u32,
-    host: String,
+    host: Spanned<String>,
 }
+
+type Doc = TomlFile<ImageToml>;
 
 /// The variables every template may use without declaring them; the entrypoint sets them at boot.
 pub const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
+/// The names a list's items use for the node they stand for.
+const ITEM_VARS: &[&str] = &["id", "host"];
+
+/// The largest template file: the entrypoint renders it line by line in the shell.
+pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+
+/// The entrypoint every node image runs unless the definition names another.
+pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
+
+/// Signals a runtime can be told to stop a container with (`stop_signal`), as Linux names them.
+const SIGNALS: &[&str] = &[
+    "SIGABRT",
+    "SIGALRM",
+    "SIGBUS",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGFPE",
+    "SIGHUP",
+    "SIGILL",
+    "SIGINT",
+    "SIGIO",
+    "SIGKILL",
+    "SIGPIPE",
+    "SIGPROF",
+    "SIGPWR",
+    "SIGQUIT",
+    "SIGSEGV",
+    "SIGSTKFLT",
+    "SIGSTOP",
+    "SIGSYS",
+    "SIGTERM",
+    "SIGTRAP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGVTALRM",
+    "SIGWINCH",
+    "SIGXCPU",
+    "SIGXFSZ",
+];
 
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
@@ -182,183 +241,31 @@ pub struct ImageDef {
     pub templates: Vec<Template>,
     pub services: Vec<Service>,
     pub identity_checks: Vec<IdentityCheck>,
+    /// In the order of `[[cluster.node]]` (a node's index is its place here).
     pub nodes: Vec<Node>,
+    /// A deployment may run fewer nodes than `nodes` (`[cluster] scalable = true`).
+    pub scalable: bool,
 }
-
-/// The entrypoint every node image runs unless the definition names another.
-pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
 
 impl ImageDef {
     pub fn load(path: &Path, recipes: &BTreeMap<String, Recipe>) -> Result<ImageDef> {
-        let file = TomlFile::<ImageToml>::read(path)?;
+        Self::parse(path, &crate::toml_file::read_text(path)?, recipes)
+    }
+
+    /// Parses and validates `text` as the definition at `path`; its templates are read from
+    /// the directory `path` is in.
+    pub fn parse(path: &Path, text: &str, recipes: &BTreeMap<String, Recipe>) -> Result<ImageDef> {
+        let file = TomlFile::<ImageToml>::parse(path, text.to_string())?;
         let t = &file.value;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let name = t.name.get_ref().clone();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
-            return Err(
-                file.error_at(t.name.span(), format!("field `name`: `{name}` must use only a-z, 0-9, `.`, `_`, `-`"))
-            );
-        }
-
-        let lookup = |r: &Spanned<String>| -> Result<Recipe> {
-            recipes.get(r.get_ref()).cloned().ok_or_else(|| {
-                let known: Vec<&str> = recipes.keys().map(String::as_str).collect();
-                file.error_at(r.span(), format!("unknown recipe `{}` (known: {})", r.get_ref(), known.join(", ")))
-            })
-        };
-        let base = t.base.as_ref().map(lookup).transpose()?;
-        if let (Some(b), Some(span)) = (&base, t.base.as_ref().map(|b| b.span())) {
-            // A root-filesystem tarball is a base too: it must unpack at `/`.
-            if b.kind == RecipeKind::Tarball && !b.unpack.prefix.is_empty() {
-                return Err(file.error_at(
-                    span,
-                    format!(
-                        "`base` must name an `oci-image` recipe or a root-filesystem tarball; `{}` unpacks at `/{}` (list it in `layers`)",
-                        b.name, b.unpack.prefix
-                    ),
-                ));
-            }
-        }
-        let mut layers = Vec::new();
-        for l in &t.layers {
-            let recipe = lookup(l)?;
-            if recipe.kind != RecipeKind::Tarball {
-                return Err(file.error_at(l.span(), format!("`{}` is an OCI image; use it as `base`", recipe.name)));
-            }
-            if layers.iter().any(|r: &Recipe| r.name == recipe.name) {
-                return Err(file.error_at(l.span(), format!("recipe `{}` is listed twice", recipe.name)));
-            }
-            layers.push(recipe);
-        }
-
-        let mut nodes: Vec<Node> = Vec::new();
-        for n in &t.cluster.node {
-            let node = n.get_ref();
-            if nodes.iter().any(|o| o.id == node.id) {
-                return Err(file.error_at(n.span(), format!("duplicate node id {}", node.id)));
-            }
-            if node.host.is_empty() || node.host.chars().any(|c| c.is_whitespace() || c == ',' || c == '/') {
-                return Err(
-                    file.error_at(n.span(), format!("node {}: `{}` is not a host name or address", node.id, node.host))
-                );
-            }
-            if nodes.iter().any(|o| o.host == node.host) {
-                return Err(file
-                    .error_at(n.span(), format!("duplicate host `{}`: every node needs its own address", node.host)));
-            }
-            nodes.push(Node { id: node.id, host: node.host.clone() });
-        }
-        if nodes.is_empty() {
-            return Err(file.error_at(0..0, "the cluster needs at least one `[[cluster.node]]`"));
-        }
-
-        let mut vars = BTreeMap::new();
-        for (k, v) in &t.vars {
-            check_var_name(&file, k, v.span())?;
-            if v.get_ref().contains('\n') {
-                return Err(file.error_at(v.span(), format!("var `{k}`: values are single lines")));
-            }
-            vars.insert(k.clone(), v.get_ref().clone());
-        }
-        let mut lists = BTreeMap::new();
-        for (k, l) in &t.lists {
-            check_var_name(&file, k, l.span())?;
-            if vars.contains_key(k) {
-                return Err(file.error_at(l.span(), format!("`{k}` is both a var and a list")));
-            }
-            let list = l.get_ref();
-            // Items may use a node's `id` and `host` and every var.
-            let mut item_scope: BTreeSet<&str> = vars.keys().map(String::as_str).collect();
-            item_scope.extend(["id", "host"]);
-            for text in std::iter::once(&list.item).chain(list.self_item.iter()) {
-                check_references(&file, l.span(), &format!("list `{k}`"), text, &item_scope)?;
-            }
-            lists.insert(
-                k.clone(),
-                PeerList { item: list.item.clone(), self_item: list.self_item.clone(), join: list.join.clone() },
-            );
-        }
-
-        let mut scope: BTreeSet<&str> = BUILTIN_VARS.iter().copied().collect();
-        scope.extend(vars.keys().map(String::as_str));
-        scope.extend(lists.keys().map(String::as_str));
-        let mut templates = Vec::new();
-        for tt in &t.template {
-            let tmpl = tt.get_ref();
-            let source_path = dir.join(tmpl.source.get_ref());
-            let text = std::fs::read_to_string(&source_path)
-                .map_err(|e| file.error_at(tmpl.source.span(), format!("template `{}`: {e}", source_path.display())))?;
-            check_references(&file, tmpl.source.span(), &format!("template {}", tmpl.source.get_ref()), &text, &scope)?;
-            let target = image_path(&file, &tmpl.target)?;
-            if templates.iter().any(|o: &Template| o.target == target) {
-                return Err(file.error_at(tmpl.target.span(), format!("two templates write /{target}")));
-            }
-            let mode = match &tmpl.mode {
-                None => 0o644,
-                Some(m) => u32::from_str_radix(m.get_ref(), 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| {
-                    file.error_at(
-                        m.span(),
-                        format!("field `mode`: `{}` is not an octal mode like \"0644\"", m.get_ref()),
-                    )
-                })?,
-            };
-            templates.push(Template { text, target, mode, guard: tmpl.guard });
-        }
-
-        let mut services = Vec::new();
-        for s in &t.service {
-            let svc = s.get_ref();
-            if svc.command.is_empty() {
-                return Err(file.error_at(s.span(), format!("service `{}`: `command` is empty", svc.name.get_ref())));
-            }
-            if services.iter().any(|o: &Service| &o.name == svc.name.get_ref()) {
-                return Err(
-                    file.error_at(svc.name.span(), format!("service `{}` is defined twice", svc.name.get_ref()))
-                );
-            }
-            check_var_name(&file, svc.name.get_ref(), svc.name.span())?;
-            let mut data_dirs = Vec::new();
-            for d in &svc.data_dirs {
-                data_dirs.push(format!("/{}", image_path(&file, d)?));
-            }
-            services.push(Service { name: svc.name.get_ref().clone(), command: svc.command.clone(), data_dirs });
-        }
-        let mut identity_checks = Vec::new();
-        for c in &t.identity_check {
-            let check = c.get_ref();
-            let key_ok =
-                !check.key.is_empty() && check.key.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
-            if !key_ok {
-                return Err(file.error_at(
-                    c.span(),
-                    format!("identity_check key `{}` must use only A-Z, a-z, 0-9, `.`, `_`, `-`", check.key),
-                ));
-            }
-            identity_checks
-                .push(IdentityCheck { file: format!("/{}", image_path(&file, &check.file)?), key: check.key.clone() });
-        }
-
-        let c = &t.config;
-        let mut ports = Vec::new();
-        for p in &c.ports {
-            ports.push(parse_port(&file, p)?);
-        }
-        let mut volumes = Vec::new();
-        for v in &c.volumes {
-            volumes.push(format!("/{}", image_path(&file, v)?));
-        }
-        let config = ImageConfig {
-            entrypoint: c.entrypoint.clone().unwrap_or_else(|| vec![DEFAULT_ENTRYPOINT.to_string()]),
-            cmd: c.cmd.clone(),
-            workdir: c.workdir.clone().unwrap_or_else(|| "/".into()),
-            user: c.user.clone().unwrap_or_else(|| "0:0".into()),
-            ports,
-            volumes,
-            env: c.env.clone(),
-            labels: c.labels.clone(),
-            stop_signal: c.stop_signal.clone(),
-        };
-
+        let name = parse_name(&file, &t.name)?;
+        let (base, layers) = parse_recipes(&file, t, recipes)?;
+        let nodes = parse_cluster(&file, &t.cluster)?;
+        let vars = parse_vars(&file, &t.vars)?;
+        let lists = parse_lists(&file, &t.lists, &vars)?;
+        let templates = parse_templates(&file, &t.template, &template_scope(&vars, &lists))?;
+        let services = parse_services(&file, &t.service, &templates)?;
+        let identity_checks = parse_identity_checks(&file, &t.identity_check)?;
+        let config = parse_config(&file, &t.config, &templates)?;
         Ok(ImageDef {
             name,
             description: t.description.clone(),
@@ -372,6 +279,7 @@ impl ImageDef {
             services,
             identity_checks,
             nodes,
+            scalable: t.cluster.scalable,
         })
     }
 
@@ -388,53 +296,430 @@ impl ImageDef {
     }
 }
 
-fn check_var_name<T>(file: &TomlFile<T>, name: &str, span: std::ops::Range<usize>) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if !ok {
-        return Err(file.error_at(span, format!("`{name}`: variable names use a-z, 0-9 and `_`")));
+/// An OCI repository path component (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`): usable in image
+/// references and as a file name (`out/NAME`; never `.`, `..` or an option-like `-x`).
+pub(crate) fn is_image_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let separator_ok = |s: &str| matches!(s, "." | "_" | "__") || s.chars().all(|c| c == '-');
+    (1..=128).contains(&name.len())
+        && name.chars().all(|c| alnum(c) || "._-".contains(c))
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.split(alnum).all(separator_ok)
+}
+
+fn parse_name(file: &Doc, name: &Spanned<String>) -> Result<String> {
+    if !is_image_name(name.get_ref()) {
+        return Err(file.error_at(
+            name.span(),
+            format!(
+                "field `name`: `{}` must be a-z and 0-9 words joined by `.`, `_`, `__` or `-` (at most 128 characters)",
+                escape(name.get_ref())
+            ),
+        ));
     }
-    if BUILTIN_VARS.contains(&name) || name == "id" || name == "host" || name.contains("__") {
+    Ok(name.get_ref().clone())
+}
+
+fn parse_recipes(
+    file: &Doc,
+    t: &ImageToml,
+    recipes: &BTreeMap<String, Recipe>,
+) -> Result<(Option<Recipe>, Vec<Recipe>)> {
+    let lookup = |r: &Spanned<String>| -> Result<Recipe> {
+        recipes.get(r.get_ref()).cloned().ok_or_else(|| {
+            let known: Vec<&str> = recipes.keys().map(String::as_str).collect();
+            file.error_at(r.span(), format!("unknown recipe `{}` (known: {})", escape(r.get_ref()), known.join(", ")))
+        })
+    };
+    let mut base = None;
+    if let Some(b) = &t.base {
+        let recipe = lookup(b)?;
+        // A root-filesystem tarball is a base too: it must unpack at `/`.
+        if recipe.kind == RecipeKind::Tarball && !recipe.unpack.prefix.is_empty() {
+            return Err(file.error_at(
+                b.span(),
+                format!(
+                    "`base` must name an `oci-image` recipe or a root-filesystem tarball; `{}` unpacks at `/{}` (list it in `layers`)",
+                    recipe.name,
+                    escape(&recipe.unpack.prefix)
+                ),
+            ));
+        }
+        base = Some(recipe);
+    }
+    let mut layers = Vec::new();
+    for l in &t.layers {
+        let recipe = lookup(l)?;
+        if recipe.kind != RecipeKind::Tarball {
+            return Err(file.error_at(l.span(), format!("`{}` is an OCI image; use it as `base`", recipe.name)));
+        }
+        if layers.iter().any(|r: &Recipe| r.name == recipe.name) {
+            return Err(file.error_at(l.span(), format!("recipe `{}` is listed twice", recipe.name)));
+        }
+        layers.push(recipe);
+    }
+    Ok((base, layers))
+}
+
+fn parse_cluster(file: &Doc, cluster: &ClusterToml) -> Result<Vec<Node>> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for n in &cluster.node {
+        let NodeToml { id, host } = n.get_ref();
+        if nodes.iter().any(|o| o.id == *id) {
+            return Err(file.error_at(n.span(), format!("duplicate node id {id}")));
+        }
+        if !is_host(host.get_ref()) {
+            return Err(file.error_at(
+                host.span(),
+                format!(
+                    "node {id}: `{}` is not an IP address or a host name (RFC 1123: dot-separated labels of letters, digits and `-`)",
+                    escape(host.get_ref())
+                ),
+            ));
+        }
+        if nodes.iter().any(|o| &o.host == host.get_ref()) {
+            return Err(file.error_at(
+                host.span(),
+                format!("duplicate host `{}`: every node needs its own address", host.get_ref()),
+            ));
+        }
+        nodes.push(Node { id: *id, host: host.get_ref().clone() });
+    }
+    if nodes.is_empty() {
+        return Err(file.error_at(0..0, "the cluster needs at least one `[[cluster.node]]`"));
+    }
+    Ok(nodes)
+}
+
+fn parse_vars(file: &Doc, vars: &BTreeMap<String, Spanned<String>>) -> Result<BTreeMap<String, String>> {
+    // A var's value may name this node, but no other var, so expansion always ends.
+    let scope: BTreeSet<&str> = BUILTIN_VARS.iter().copied().collect();
+    let mut out = BTreeMap::new();
+    for (k, v) in vars {
+        check_var_name(file, k, v.span())?;
+        check_text(file, v.span(), &format!("var `{k}`"), v.get_ref(), &[], &scope)?;
+        out.insert(k.clone(), v.get_ref().clone());
+    }
+    Ok(out)
+}
+
+fn parse_lists(
+    file: &Doc,
+    lists: &BTreeMap<String, Spanned<ListToml>>,
+    vars: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, PeerList>> {
+    // Items may use a node's `id` and `host` and every var.
+    let mut scope: BTreeSet<&str> = vars.keys().map(String::as_str).collect();
+    scope.extend(ITEM_VARS);
+    let mut out = BTreeMap::new();
+    for (k, l) in lists {
+        check_var_name(file, k, l.span())?;
+        if vars.contains_key(k) {
+            return Err(file.error_at(l.span(), format!("`{k}` is both a var and a list")));
+        }
+        let list = l.get_ref();
+        for text in std::iter::once(&list.item).chain(list.self_item.iter()) {
+            check_text(file, l.span(), &format!("list `{k}`"), text, &[], &scope)?;
+        }
+        check_characters(file, l.span(), &format!("list `{k}`: `join`"), &list.join, &['\n'])?;
+        out.insert(
+            k.clone(),
+            PeerList { item: list.item.clone(), self_item: list.self_item.clone(), join: list.join.clone() },
+        );
+    }
+    Ok(out)
+}
+
+/// What a template may use: this node's builtins, every var and every list.
+fn template_scope<'a>(vars: &'a BTreeMap<String, String>, lists: &'a BTreeMap<String, PeerList>) -> BTreeSet<&'a str> {
+    let mut scope: BTreeSet<&str> = BUILTIN_VARS.iter().copied().collect();
+    scope.extend(vars.keys().map(String::as_str));
+    scope.extend(lists.keys().map(String::as_str));
+    scope
+}
+
+fn parse_templates(file: &Doc, templates: &[Spanned<TemplateToml>], scope: &BTreeSet<&str>) -> Result<Vec<Template>> {
+    let dir = definition_dir(&file.path)?;
+    let mut out: Vec<Template> = Vec::new();
+    for tt in templates {
+        let tmpl = tt.get_ref();
+        let source = template_source(file, &dir, &tmpl.source)?;
+        let text = read_template(&source)?;
+        let target = image_path(file, &tmpl.target)?;
+        if let Some(own) = reserved_paths().into_iter().find(|r| nests(&target, r)) {
+            return Err(file.error_at(
+                tmpl.target.span(),
+                format!("template target /{target} would change /{own}, which imgbuild writes itself"),
+            ));
+        }
+        if let Some(other) = out.iter().find(|o| nests(&target, &o.target)) {
+            let how = if other.target == target {
+                "two templates write"
+            } else {
+                "one template's target is inside another's:"
+            };
+            return Err(file.error_at(tmpl.target.span(), format!("{how} /{target} and /{}", other.target)));
+        }
+        check_template_text(&source.shown, &text, &format!("the template for /{target}"), scope)?;
+        let mode = match &tmpl.mode {
+            None => 0o644,
+            Some(m) => parse_mode(m.get_ref()).ok_or_else(|| {
+                file.error_at(
+                    m.span(),
+                    format!("field `mode`: `{}` is not an octal mode like \"0644\"", escape(m.get_ref())),
+                )
+            })?,
+        };
+        out.push(Template { text, target, mode, guard: tmpl.guard });
+    }
+    Ok(out)
+}
+
+/// `"0644"` or `"644"`: three or four octal digits, at most 0777 (no setuid, setgid or sticky bit).
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits_ok = (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    digits_ok.then(|| u32::from_str_radix(text, 8).ok()).flatten().filter(|m| *m <= 0o777)
+}
+
+/// The directory templates are read from, with every link resolved.
+fn definition_dir(definition: &Path) -> Result<PathBuf> {
+    let dir = match definition.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    dir.canonicalize().at(dir)
+}
+
+/// A template's file: where messages say it is, and where it really is.
+struct TemplateSource {
+    shown: PathBuf,
+    real: PathBuf,
+}
+
+/// Resolves `source` (symlinks too) inside `dir`; anything that leads outside is refused, so a
+/// definition cannot put a file of the build host into an image.
+fn template_source(file: &Doc, dir: &Path, source: &Spanned<String>) -> Result<TemplateSource> {
+    let text = source.get_ref();
+    let shown = file.path.parent().unwrap_or(Path::new("")).join(text);
+    let refuse = |why: String| file.error_at(source.span(), format!("template `{}`: {why}", escape(text)));
+    if text.is_empty() || Path::new(text).is_absolute() {
+        return Err(refuse(format!("`source` is a path relative to {}", dir.display())));
+    }
+    let real = dir.join(text).canonicalize().map_err(|e| refuse(format!("{}: {e}", shown.display())))?;
+    if !real.starts_with(dir) {
+        return Err(refuse(format!(
+            "resolves to a file outside {} (templates stay inside the image definition's directory)",
+            dir.display()
+        )));
+    }
+    if !real.is_file() {
+        return Err(refuse(format!("{} is not a file", shown.display())));
+    }
+    Ok(TemplateSource { shown, real })
+}
+
+fn read_template(source: &TemplateSource) -> Result<String> {
+    let size = std::fs::metadata(&source.real).at(&source.shown)?.len();
+    if size > MAX_TEMPLATE_BYTES {
+        return Err(Error::Definition {
+            file: source.shown.clone(),
+            message: format!("a template of {size} bytes; at most {MAX_TEMPLATE_BYTES} are rendered at boot"),
+        });
+    }
+    let bytes = std::fs::read(&source.real).at(&source.shown)?;
+    crate::toml_file::decode_text(&source.shown, bytes)
+}
+
+/// A template file's text: errors name the template file and its line (not the definition's).
+fn check_template_text(path: &Path, text: &str, what: &str, scope: &BTreeSet<&str>) -> Result<()> {
+    let at = |e: TextError| {
+        let (line, column) = line_col(text, e.offset);
+        Error::Parse { file: path.to_path_buf(), line, column, message: format!("{what}: {}", e.message) }
+    };
+    template::check_characters(text, &['\t', '\n']).map_err(at)?;
+    let pieces = template::parse(text).map_err(at)?;
+    undefined_reference(&pieces, scope).map_or(Ok(()), |e| Err(at(e)))
+}
+
+/// A definition's value that the entrypoint renders: `allowed` control characters only,
+/// references only to `scope`.
+fn check_text(
+    file: &Doc,
+    span: Range<usize>,
+    what: &str,
+    text: &str,
+    allowed: &[char],
+    scope: &BTreeSet<&str>,
+) -> Result<()> {
+    check_characters(file, span.clone(), what, text, allowed)?;
+    let at = |e: TextError| file.error_at(span.clone(), format!("{what}: {}", e.message));
+    let pieces = template::parse(text).map_err(at)?;
+    undefined_reference(&pieces, scope).map_or(Ok(()), |e| Err(at(e)))
+}
+
+fn check_characters(file: &Doc, span: Range<usize>, what: &str, text: &str, allowed: &[char]) -> Result<()> {
+    template::check_characters(text, allowed).map_err(|e| file.error_at(span, format!("{what}: {}", e.message)))
+}
+
+fn undefined_reference(pieces: &[Piece<'_>], scope: &BTreeSet<&str>) -> Option<TextError> {
+    pieces.iter().find_map(|p| match p {
+        Piece::Reference { name, offset } if !scope.contains(name) => {
+            let known: Vec<&str> = scope.iter().copied().collect();
+            Some(TextError {
+                offset: *offset,
+                message: format!("`{{{{{name}}}}}` is not defined here (defined: {})", known.join(", ")),
+            })
+        }
+        _ => None,
+    })
+}
+
+fn parse_services(file: &Doc, services: &[Spanned<ServiceToml>], templates: &[Template]) -> Result<Vec<Service>> {
+    let mut out: Vec<Service> = Vec::new();
+    for s in services {
+        let svc = s.get_ref();
+        let name = svc.name.get_ref();
+        check_var_name(file, name, svc.name.span())?;
+        if svc.command.is_empty() {
+            return Err(file.error_at(s.span(), format!("service `{name}`: `command` is empty")));
+        }
+        for word in &svc.command {
+            check_characters(file, s.span(), &format!("service `{name}`: `command`"), word, &[])?;
+        }
+        if out.iter().any(|o| &o.name == name) {
+            return Err(file.error_at(svc.name.span(), format!("service `{name}` is defined twice")));
+        }
+        let mut data_dirs = Vec::new();
+        for d in &svc.data_dirs {
+            data_dirs.push(format!("/{}", directory_path(file, d, templates)?));
+        }
+        out.push(Service { name: name.clone(), command: svc.command.clone(), data_dirs });
+    }
+    Ok(out)
+}
+
+fn parse_identity_checks(file: &Doc, checks: &[Spanned<IdentityCheckToml>]) -> Result<Vec<IdentityCheck>> {
+    let mut out = Vec::new();
+    for c in checks {
+        let check = c.get_ref();
+        let key_ok =
+            !check.key.is_empty() && check.key.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+        if !key_ok {
+            return Err(file.error_at(
+                c.span(),
+                format!("identity_check key `{}` must use only A-Z, a-z, 0-9, `.`, `_`, `-`", escape(&check.key)),
+            ));
+        }
+        out.push(IdentityCheck { file: format!("/{}", image_path(file, &check.file)?), key: check.key.clone() });
+    }
+    Ok(out)
+}
+
+fn parse_config(file: &Doc, c: &ConfigToml, templates: &[Template]) -> Result<ImageConfig> {
+    let mut ports = Vec::new();
+    for p in &c.ports {
+        ports.push(parse_port(file, p)?);
+    }
+    let mut volumes = Vec::new();
+    for v in &c.volumes {
+        volumes.push(format!("/{}", directory_path(file, v, templates)?));
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in &c.env {
+        if k.is_empty() || k.contains('=') || k.chars().any(char::is_control) {
+            return Err(file.error_at(
+                v.span(),
+                format!(
+                    "[config.env]: `{}` is not a variable name (not empty, no `=`, no control characters)",
+                    escape(k)
+                ),
+            ));
+        }
+        if v.get_ref().contains('\0') {
+            return Err(file.error_at(v.span(), format!("[config.env]: the value of `{k}` holds a NUL character")));
+        }
+        env.insert(k.clone(), v.get_ref().clone());
+    }
+    let workdir = match &c.workdir {
+        None => "/".to_string(),
+        Some(w) if w.get_ref().starts_with('/') && !w.get_ref().chars().any(char::is_control) => w.get_ref().clone(),
+        Some(w) => {
+            return Err(file.error_at(w.span(), format!("`workdir`: `{}` is not an absolute path", escape(w.get_ref()))))
+        }
+    };
+    let stop_signal = c.stop_signal.as_ref().map(|s| parse_signal(file, s)).transpose()?;
+    Ok(ImageConfig {
+        entrypoint: c.entrypoint.clone().unwrap_or_else(|| vec![DEFAULT_ENTRYPOINT.to_string()]),
+        cmd: c.cmd.clone(),
+        workdir,
+        user: c.user.clone().unwrap_or_else(|| "0:0".into()),
+        ports,
+        volumes,
+        env,
+        labels: c.labels.clone(),
+        stop_signal,
+    })
+}
+
+/// `SIGTERM` (a name Linux knows) or a signal number from 1 to 64.
+fn parse_signal(file: &Doc, s: &Spanned<String>) -> Result<String> {
+    let text = s.get_ref();
+    let ok = SIGNALS.contains(&text.as_str())
+        || (!text.starts_with('0') && text.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n)));
+    if !ok {
+        return Err(file.error_at(
+            s.span(),
+            format!("`stop_signal`: `{}` is not a signal (a name such as \"SIGTERM\", or 1 to 64)", escape(text)),
+        ));
+    }
+    Ok(text.clone())
+}
+
+fn check_var_name(file: &Doc, name: &str, span: Range<usize>) -> Result<()> {
+    if !template::is_reference_name(name) {
+        return Err(file.error_at(span, format!("`{}`: names use a-z, 0-9 and `_`, not first a digit", escape(name))));
+    }
+    if BUILTIN_VARS.contains(&name) || ITEM_VARS.contains(&name) || name.contains("__") {
         return Err(file.error_at(span, format!("`{name}` is set by imgbuild at boot and cannot be redefined")));
     }
     Ok(())
 }
 
-/// The `{{name}}` references of a template text.
-pub fn template_references(text: &str) -> Vec<&str> {
-    let mut refs = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
-        refs.push(after[..end].trim());
-        rest = &after[end + 2..];
-    }
-    refs
+/// imgbuild's own files in every node image (without the leading `/`): the cluster layer's
+/// directory and the entrypoints. No template, data directory or volume may touch them.
+fn reserved_paths() -> [&'static str; 3] {
+    [crate::node::CONF_DIR, DEFAULT_ENTRYPOINT, crate::node::VM_INIT].map(|p| p.trim_start_matches('/'))
 }
 
-fn check_references<T>(
-    file: &TomlFile<T>,
-    span: std::ops::Range<usize>,
-    what: &str,
-    text: &str,
-    scope: &BTreeSet<&str>,
-) -> Result<()> {
-    for r in template_references(text) {
-        if !scope.contains(r) {
-            let known: Vec<&str> = scope.iter().copied().collect();
-            return Err(file.error_at(
-                span,
-                format!("{what} uses `{{{{{r}}}}}`, which is not defined (defined: {})", known.join(", ")),
-            ));
-        }
-    }
-    Ok(())
+/// Whether `a` and `b` (image paths without the leading `/`) are the same, or one is inside the other.
+fn nests(a: &str, b: &str) -> bool {
+    inside_or_at(a, b) || inside_or_at(b, a)
 }
 
-fn image_path<T>(file: &TomlFile<T>, p: &Spanned<String>) -> Result<String> {
+fn inside_or_at(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A directory the image or the entrypoint creates (a volume, a service's data directory):
+/// never at or inside a template's file or imgbuild's own files.
+fn directory_path(file: &Doc, p: &Spanned<String>, templates: &[Template]) -> Result<String> {
+    let path = image_path(file, p)?;
+    let files = templates.iter().map(|t| t.target.as_str()).chain(reserved_paths());
+    if let Some(clash) = files.into_iter().find(|f| inside_or_at(&path, f)) {
+        return Err(file.error_at(p.span(), format!("directory /{path} would be at or inside the file /{clash}")));
+    }
+    Ok(path)
+}
+
+fn image_path(file: &Doc, p: &Spanned<String>) -> Result<String> {
     let text = p.get_ref();
+    // The entrypoint lists these paths in shell variables: keep them to portable characters.
+    if !text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c)) {
+        return Err(
+            file.error_at(p.span(), format!("`{}`: use only A-Z, a-z, 0-9 and `/._-+@` in image paths", escape(text)))
+        );
+    }
     let path = Path::new(text);
     let mut parts = Vec::new();
     for c in path.components() {
@@ -447,19 +732,20 @@ fn image_path<T>(file: &TomlFile<T>, p: &Spanned<String>) -> Result<String> {
     if !path.is_absolute() || parts.is_empty() {
         return Err(file.error_at(p.span(), format!("`{text}` must be an absolute path inside the image")));
     }
-    // The entrypoint lists these paths in shell variables: keep them to portable characters.
-    if !text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c)) {
-        return Err(file.error_at(p.span(), format!("`{text}`: use only A-Z, a-z, 0-9 and `/._-+@` in image paths")));
-    }
     Ok(parts.join("/"))
 }
 
-fn parse_port<T>(file: &TomlFile<T>, p: &Spanned<String>) -> Result<String> {
+fn parse_port(file: &Doc, p: &Spanned<String>) -> Result<String> {
     let text = p.get_ref();
     let (num, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-    let ok = num.parse::<u16>().is_ok_and(|n| n > 0) && matches!(proto, "tcp" | "udp" | "sctp");
+    let ok = !num.starts_with(['+', '0'])
+        && num.parse::<u16>().is_ok_and(|n| n > 0)
+        && matches!(proto, "tcp" | "udp" | "sctp");
     if !ok {
-        return Err(file.error_at(p.span(), format!("port `{text}` is not PORT[/tcp|udp|sctp]")));
+        return Err(file.error_at(p.span(), format!("port `{}` is not PORT[/tcp|udp|sctp]", escape(text))));
     }
     Ok(format!("{num}/{proto}"))
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@
 pub mod build;
 pub mod cli;
 pub mod compress;
+pub(crate) mod deploy;
 pub mod digest;
 pub mod error;
 pub mod fetch;
@@ -19,6 +20,7 @@ pub mod oci_doc;
 pub mod output;
 pub mod platform;
 pub mod progress;
+pub mod project;
 pub mod recipe;
 pub mod registry;
 pub mod store;

@@ -23,56 +23,59 @@ fn sh_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// `/usr/local/zookeeper/conf/zoo.cfg` → `_usr_local_zookeeper_conf_zoo_cfg`, as the entrypoint derives it.
-fn mode_var(target: &str) -> String {
-    target.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
-}
-
-/// The cluster definition as the entrypoint reads it (`. /etc/imgbuild/cluster.env`).
+/// The cluster definition as the entrypoint reads it (`. /etc/imgbuild/cluster.env`): only
+/// assignments of quoted values, every variable the entrypoint reads assigned (so that none
+/// can come from the environment), names that hold no value from the definition but names
+/// the definition's parser checked.
 pub fn cluster_env(def: &ImageDef) -> String {
     let mut lines = vec![
         "# Written by imgbuild: the cluster this image belongs to. Read by imgbuild-init at boot.".to_string(),
         format!("IMGBUILD_CLUSTER={}", sh_quote(&def.name)),
-        format!(
-            "IMGBUILD_NODES={}",
-            sh_quote(&def.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(" "))
-        ),
+        format!("IMGBUILD_NODES={}", sh_quote(&words(def.nodes.iter().map(|n| n.id.to_string())))),
     ];
     for n in &def.nodes {
         lines.push(format!("IMGBUILD_HOST_{}={}", n.id, sh_quote(&n.host)));
     }
-    // Variables keep a value given in the environment at boot.
+    // A var's value at boot is IMGBUILD_VAR_<name> when set, else its default.
+    lines.push(format!("IMGBUILD_VARS={}", sh_quote(&words(def.vars.keys()))));
     for (k, v) in &def.vars {
-        lines.push(format!("[ -n \"${{IMGBUILD_VAR_{k}+set}}\" ] || IMGBUILD_VAR_{k}={}", sh_quote(v)));
+        lines.push(format!("IMGBUILD_DEFAULT_VAR_{k}={}", sh_quote(v)));
     }
+    lines.push(format!("IMGBUILD_LISTS={}", sh_quote(&words(def.lists.keys()))));
     for (k, l) in &def.lists {
         lines.push(format!("IMGBUILD_LIST_{k}_ITEM={}", sh_quote(&l.item)));
+        lines.push(format!("IMGBUILD_LIST_{k}_HAS_SELF={}", u8::from(l.self_item.is_some())));
         lines.push(format!("IMGBUILD_LIST_{k}_SELF={}", sh_quote(l.self_item.as_deref().unwrap_or(""))));
-        lines.push(format!("IMGBUILD_LIST_{k}_JOIN={}", sh_quote(&l.join.replace('\n', r"\n"))));
+        lines.push(format!("IMGBUILD_LIST_{k}_JOIN={}", sh_quote(&l.join)));
     }
-    let targets: Vec<String> = def.templates.iter().map(|t| format!("/{}", t.target)).collect();
-    lines.push(format!("IMGBUILD_TEMPLATES={}", sh_quote(&targets.join(" "))));
-    for t in &def.templates {
-        lines.push(format!(
-            "IMGBUILD_MODE_{}={}",
-            mode_var(&format!("/{}", t.target)),
-            sh_quote(&format!("{:o}", t.mode))
-        ));
-    }
-    let guarded: Vec<String> = def.templates.iter().filter(|t| t.guard).map(|t| format!("/{}", t.target)).collect();
-    lines.push(format!("IMGBUILD_GUARDED={}", sh_quote(&guarded.join(" "))));
-    let checks: Vec<String> = def.identity_checks.iter().map(|c| format!("{}:{}", c.file, c.key)).collect();
-    lines.push(format!("IMGBUILD_ID_CHECKS={}", sh_quote(&checks.join(" "))));
-    let data_dirs: Vec<&str> = def.services.iter().flat_map(|s| s.data_dirs.iter().map(String::as_str)).collect();
-    lines.push(format!("IMGBUILD_DATA_DIRS={}", sh_quote(&data_dirs.join(" "))));
-    let names: Vec<&str> = def.services.iter().map(|s| s.name.as_str()).collect();
-    lines.push(format!("IMGBUILD_DEFAULT_SERVICES={}", sh_quote(&names.join(" "))));
+    lines.push(format!(
+        "IMGBUILD_TEMPLATES={}",
+        sh_quote(&words(def.templates.iter().map(|t| format!("/{}", t.target))))
+    ));
+    // Each template's mode beside its target: targets hold no `:` (image paths are checked).
+    let modes = def.templates.iter().map(|t| format!("/{}:{:o}", t.target, t.mode));
+    lines.push(format!("IMGBUILD_TEMPLATE_MODES={}", sh_quote(&words(modes))));
+    let guarded = def.templates.iter().filter(|t| t.guard).map(|t| format!("/{}", t.target));
+    lines.push(format!("IMGBUILD_GUARDED={}", sh_quote(&words(guarded))));
+    let checks = def.identity_checks.iter().map(|c| format!("{}:{}", c.file, c.key));
+    lines.push(format!("IMGBUILD_ID_CHECKS={}", sh_quote(&words(checks))));
+    let data_dirs = def.services.iter().flat_map(|s| s.data_dirs.iter());
+    lines.push(format!("IMGBUILD_DATA_DIRS={}", sh_quote(&words(data_dirs))));
+    lines.push(format!("IMGBUILD_DEFAULT_SERVICES={}", sh_quote(&words(def.services.iter().map(|s| &s.name)))));
+    // A command is its words one by one, so that the entrypoint never parses it as shell.
     for s in &def.services {
-        let words: Vec<String> = s.command.iter().map(|w| sh_quote(w)).collect();
-        lines.push(format!("IMGBUILD_SERVICE_{}={}", s.name, sh_quote(&words.join(" "))));
+        lines.push(format!("IMGBUILD_SERVICE_{}_ARGC={}", s.name, s.command.len()));
+        for (i, word) in s.command.iter().enumerate() {
+            lines.push(format!("IMGBUILD_SERVICE_{}_ARG{}={}", s.name, i + 1, sh_quote(word)));
+        }
     }
     lines.push(String::new());
     lines.join("\n")
+}
+
+/// Items joined by spaces, as the entrypoint iterates them.
+fn words<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.as_ref().to_string()).collect::<Vec<_>>().join(" ")
 }
 
 /// Files of the runtime layer, or `None` when the image has an entrypoint of its own.

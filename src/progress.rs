@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Read};
 use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub trait Reporter: Send + Sync {
     /// A one-line status for humans (stderr).
@@ -20,14 +20,17 @@ pub trait Task: Send + Sync {
     fn set_position(&self, position: u64);
 }
 
-/// Bars on a terminal; plain status lines when stderr is not one.
+/// Bars on a terminal (one line each, drawn together so that concurrent downloads never
+/// interleave); plain status lines when stderr is not one.
 pub struct HumanReporter {
-    bars: bool,
+    bars: Option<MultiProgress>,
 }
 
 impl HumanReporter {
     pub fn new() -> Self {
-        HumanReporter { bars: std::io::stderr().is_terminal() }
+        let bars =
+            std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        HumanReporter { bars }
     }
 }
 
@@ -39,15 +42,20 @@ impl Default for HumanReporter {
 
 impl Reporter for HumanReporter {
     fn status(&self, message: &str) {
-        eprintln!("{message}");
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(message);
+            }
+            None => eprintln!("{message}"),
+        }
     }
 
     fn task(&self, label: &str, total: Option<u64>) -> Arc<dyn Task> {
-        if !self.bars {
+        let Some(bars) = &self.bars else {
             eprintln!("{label}");
             return Arc::new(NoTask);
-        }
-        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        };
+        let bar = bars.add(ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden()));
         let style =
             ProgressStyle::with_template("{msg:40!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar());

@@ -9,6 +9,7 @@ use toml::Spanned;
 use crate::digest::{Algorithm, Hash, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::platform::Platform;
+use crate::registry::Reference;
 use crate::toml_file::{toml_files_in, TomlFile};
 
 #[derive(Deserialize)]
@@ -24,9 +25,12 @@ struct RecipeToml {
     license: Option<String>,
     #[serde(default)]
     kind: Option<Spanned<String>>,
-    /// For `kind = "oci-image"`: where the image comes from (documentation and `pull`).
+    /// For `kind = "oci-image"`: the repository the image is fetched from.
     #[serde(default)]
-    image: Option<String>,
+    image: Option<Spanned<String>>,
+    /// For `kind = "oci-image"`: other repositories holding the same image, tried after `image`.
+    #[serde(default)]
+    mirrors: Vec<Spanned<String>>,
     #[serde(default)]
     index_digest: Option<Spanned<String>>,
     source: Vec<Spanned<SourceToml>>,
@@ -77,8 +81,9 @@ struct UnpackToml {
 pub enum RecipeKind {
     /// A tarball unpacked into one layer.
     Tarball,
-    /// An OCI image used as a base, its layers taken as they are.
-    OciImage { reference: Option<String>, index_digest: Option<Sha256Digest> },
+    /// An OCI image used as a base, its layers taken as they are: fetched by each source's
+    /// digest from `reference`, then from `mirrors`.
+    OciImage { reference: Option<Reference>, mirrors: Vec<Reference>, index_digest: Option<Sha256Digest> },
 }
 
 /// One downloadable file of a recipe.
@@ -144,7 +149,8 @@ impl Recipe {
         let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None | Some(("tarball", _)) => RecipeKind::Tarball,
             Some(("oci-image", _)) => RecipeKind::OciImage {
-                reference: r.image.clone(),
+                reference: r.image.as_ref().map(|i| parse_repository(&file, i, "image")).transpose()?,
+                mirrors: r.mirrors.iter().map(|m| parse_repository(&file, m, "mirrors")).collect::<Result<_>>()?,
                 index_digest: r
                     .index_digest
                     .as_ref()
@@ -158,12 +164,18 @@ impl Recipe {
                 ))
             }
         };
+        if let (RecipeKind::Tarball, Some(m)) = (&kind, r.mirrors.first()) {
+            return Err(file.error_at(
+                m.span(),
+                "a top-level `mirrors` list is for `kind = \"oci-image\"`; a tarball's mirrors go in its `[[source]]`",
+            ));
+        }
         if r.source.is_empty() {
             return Err(file.error_at(0..0, "missing `[[source]]`: a recipe needs at least one pinned source"));
         }
         let mut sources = Vec::new();
         for s in &r.source {
-            let source = parse_source(&file, s, &kind)?;
+            let source = parse_source(&file, s, &name, &kind)?;
             if sources.iter().any(|o: &Source| o.platform == source.platform) {
                 let which = source.platform.as_ref().map_or("every platform".to_string(), |p| p.to_string());
                 return Err(file.error_at(s.span(), format!("two sources for {which}")));
@@ -220,13 +232,34 @@ fn parse_sha256_digest<T>(file: &TomlFile<T>, d: &Spanned<String>, field: &str) 
         .map_err(|e| file.error_at(d.span(), format!("field `{field}`: `{}`: {e}", d.get_ref())))
 }
 
-fn parse_source<T>(file: &TomlFile<T>, s: &Spanned<SourceToml>, kind: &RecipeKind) -> Result<Source> {
+/// A repository (`docker.io/library/debian`): the digest of each source says what is fetched,
+/// so a tag or digest here would be a second, conflicting pin.
+fn parse_repository<T>(file: &TomlFile<T>, text: &Spanned<String>, field: &str) -> Result<Reference> {
+    let reference: Reference =
+        text.get_ref().parse().map_err(|e| file.error_at(text.span(), format!("field `{field}`: {e}")))?;
+    if reference.tag.is_some() || reference.digest.is_some() {
+        return Err(file.error_at(
+            text.span(),
+            format!("field `{field}`: name a repository (HOST/PATH), without a tag or digest: each `[[source]]` pins its `digest`"),
+        ));
+    }
+    Ok(reference)
+}
+
+fn parse_source<T>(file: &TomlFile<T>, s: &Spanned<SourceToml>, name: &str, kind: &RecipeKind) -> Result<Source> {
     let src = s.get_ref();
     let platform = src
         .platform
         .as_ref()
         .map(|p| p.get_ref().parse::<Platform>().map_err(|e| file.error_at(p.span(), format!("field `platform`: {e}"))))
         .transpose()?;
+    if let (RecipeKind::OciImage { .. }, Some(u)) = (kind, src.url.iter().chain(&src.mirrors).next()) {
+        return Err(file.error_at(
+            u.span(),
+            "an oci-image is fetched from the recipe's `image` and `mirrors` (repositories), \
+or from its `file` in a --mirror directory; `url` and `mirrors` in `[[source]]` are for tarballs",
+        ));
+    }
     let mut urls = Vec::new();
     for u in src.url.iter().chain(src.mirrors.iter()) {
         let url = u.get_ref();
@@ -273,7 +306,8 @@ fn parse_source<T>(file: &TomlFile<T>, s: &Spanned<SourceToml>, kind: &RecipeKin
             name.clone()
         }
         (None, Some(url)) => url_file_name(url).to_string(),
-        (None, None) => format!("{}-{}", hash.algorithm().name(), hash.hex()),
+        // An oci-image without `file`: an oci-archive (or layout) named after the recipe.
+        (None, None) => format!("{name}.tar"),
     };
     Ok(Source { platform, urls, file_name, hash })
 }
@@ -397,5 +431,45 @@ mod fuzz {
     #[test]
     fn the_seed_recipe_parses() {
         assert!(Recipe::parse(Path::new("r.toml"), VALID).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod oci_image_tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:362e64223cc0da95422b3b13c045186fc0a81250e765d31c025fbddf257f6143";
+
+    fn parse(head: &str, source: &str) -> Result<Recipe> {
+        let text = format!(
+            "name = \"base\"\nversion = \"1\"\nkind = \"oci-image\"\n{head}\n[[source]]\ndigest = \"{DIGEST}\"\n{source}"
+        );
+        Recipe::parse(Path::new("r.toml"), &text)
+    }
+
+    #[test]
+    fn an_image_is_fetched_from_its_repository_and_mirrors_by_its_file_name() {
+        let r = parse("image = \"docker.io/library/debian\"\nmirrors = [\"mirror.example:5000/debian\"]", "").unwrap();
+        let RecipeKind::OciImage { reference, mirrors, .. } = &r.kind else { panic!("not an image") };
+        assert_eq!(reference.as_ref().unwrap().to_string(), "docker.io/library/debian");
+        assert_eq!(mirrors[0].to_string(), "mirror.example:5000/debian");
+        assert_eq!(r.sources[0].file_name, "base.tar");
+        assert_eq!(parse("", "file = \"saved.tar\"").unwrap().sources[0].file_name, "saved.tar");
+    }
+
+    #[test]
+    fn what_a_build_could_not_use_is_refused_with_its_line() {
+        for (head, source, line, needle) in [
+            ("image = \"debian:bookworm\"", "", 4, "without a tag or digest"),
+            ("mirrors = [\"Not A Ref\"]", "", 4, "field `mirrors`"),
+            ("", "url = \"https://example.org/base.tar\"", 7, "for tarballs"),
+            ("", "mirrors = [\"https://example.org/base.tar\"]", 7, "for tarballs"),
+        ] {
+            let e = parse(head, source).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("r.toml:{line}:")) && e.contains(needle), "{e}");
+        }
+        let tarball = "name = \"t\"\nversion = \"1\"\nmirrors = [\"x\"]\n[[source]]\nurl = \"https://e.org/t.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n";
+        let e = Recipe::parse(Path::new("r.toml"), tarball).unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:3:") && e.contains("top-level `mirrors`"), "{e}");
     }
 }

@@ -3,6 +3,8 @@
 //! ```text
 //! STORE/blobs/<algorithm>/<hex>   sources, layers, configs, manifests (read-only once written)
 //! STORE/layers/<derivation>.json  which layer a recipe's derivation hash produced
+//! STORE/roots/<hash of path>.json an output imgbuild wrote and the blobs it needs (gc roots)
+//! STORE/registries/<host>.json    which repositories of a registry hold which blobs (mount hints)
 //! STORE/tmp/                      temporary files, on the same file system as blobs/
 //! STORE/locks/                    one lock file per entry being produced
 //! ```
@@ -48,7 +50,7 @@ impl Store {
     }
 
     pub fn open(root: &Path) -> Result<Store> {
-        for dir in ["blobs/sha256", "blobs/sha512", "layers", "tmp", "locks"] {
+        for dir in ["blobs/sha256", "blobs/sha512", "layers", "roots", "registries", "tmp", "locks"] {
             let d = root.join(dir);
             fs::create_dir_all(&d).at(&d)?;
         }
@@ -259,6 +261,45 @@ impl Store {
     }
 }
 
+/// A gc root: an output imgbuild wrote and the blobs it holds or was built from.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Root {
+    pub output: PathBuf,
+    /// `sha256:…` and `sha512:…` names of the blobs.
+    pub blobs: Vec<String>,
+}
+
+impl Store {
+    /// Records that the output at `output` needs `blobs`, so `store gc` keeps them while the
+    /// output exists.
+    pub fn add_root(&self, output: &Path, blobs: impl IntoIterator<Item = Hash>) -> Result<()> {
+        let output = std::path::absolute(output).at(output)?;
+        let name = Sha256Digest::of(output.as_os_str().as_encoded_bytes()).hex();
+        let root = Root { output, blobs: blobs.into_iter().map(|h| h.to_string()).collect() };
+        let data = serde_json::to_vec(&root).expect("a root serializes");
+        self.write_atomic(&self.root.join("roots").join(format!("{name}.json")), &data)
+    }
+
+    /// Every registered root, by file; `None` for a record that cannot be read (a dead root).
+    pub fn roots(&self) -> Result<Vec<(PathBuf, Option<Root>)>> {
+        let dir = self.root.join("roots");
+        let mut roots = Vec::new();
+        for entry in fs::read_dir(&dir).at(&dir)? {
+            let path = entry.at(&dir)?.path();
+            let root = fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok());
+            roots.push((path, root));
+        }
+        Ok(roots)
+    }
+
+    /// The file that remembers which repositories of `registry` hold which blobs.
+    pub fn registry_hints_path(&self, registry: &str) -> PathBuf {
+        let name: String =
+            registry.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+        self.root.join("registries").join(format!("{name}.json"))
+    }
+}
+
 /// Held while one entry is produced; released on drop or when the process dies.
 pub struct StoreLock {
     _file: File,
@@ -315,4 +356,86 @@ impl Drop for BlobWriter<'_> {
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn temp_files(store: &Store) -> usize {
+        fs::read_dir(store.root().join("tmp")).unwrap().count()
+    }
+
+    #[test]
+    fn a_blob_enters_only_under_the_hash_of_its_content() {
+        let (_d, store) = store();
+        let good = Sha256Digest::of(b"content").to_hash();
+        let mut w = store.writer(Algorithm::Sha256).unwrap();
+        w.write_all(b"other content").unwrap();
+        let err = w.commit(Some(&good), "test").unwrap_err();
+        assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
+        assert!(!store.has(&good));
+        assert_eq!(temp_files(&store), 0, "the rejected temporary file is gone");
+        let mut w = store.writer(Algorithm::Sha256).unwrap();
+        w.write_all(b"content").unwrap();
+        assert_eq!(w.commit(Some(&good), "test").unwrap(), good);
+        assert!(store.blob_path(&good).metadata().unwrap().permissions().readonly());
+    }
+
+    #[test]
+    fn an_abandoned_writer_leaves_nothing_behind() {
+        let (_d, store) = store();
+        let mut w = store.writer(Algorithm::Sha512).unwrap();
+        w.write_all(b"half").unwrap();
+        drop(w);
+        assert_eq!(temp_files(&store), 0);
+        assert!(store.blobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_layer_record_is_trusted_only_with_its_blob() {
+        let (_d, store) = store();
+        let blob = store.add_bytes(b"layer bytes").unwrap();
+        let record = LayerRecord { digest: BlobDigest(blob), diff_id: DiffId(blob), size: 11 };
+        let key = Sha256Digest::of(b"derivation");
+        store.record_layer(&key, &record).unwrap();
+        assert!(store.layer(&key).is_some());
+        fs::remove_file(store.sha256_path(&blob)).unwrap();
+        assert!(store.layer(&key).is_none(), "a record whose blob is gone means a rebuild");
+    }
+
+    #[test]
+    fn read_blob_checks_size_and_content() {
+        let (_d, store) = store();
+        let digest = store.add_bytes(b"{}").unwrap();
+        assert_eq!(store.read_blob(&digest).unwrap(), b"{}");
+        let path = store.sha256_path(&digest);
+        let mut perms = fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(&path, perms).unwrap();
+        fs::write(&path, b"[]").unwrap();
+        assert!(matches!(store.read_blob(&digest), Err(Error::Store { .. })));
+        assert_eq!(store.verify(|_, _| {}).unwrap(), vec![path]);
+    }
+
+    #[test]
+    fn roots_record_an_output_and_what_it_needs() {
+        let (d, store) = store();
+        let out = d.path().join("out/image");
+        let blob = Sha256Digest::of(b"x").to_hash();
+        store.add_root(&out, [blob.clone()]).unwrap();
+        store.add_root(&out, [blob.clone()]).unwrap(); // the same output again: one root
+        let roots = store.roots().unwrap();
+        assert_eq!(roots.len(), 1);
+        let root = roots[0].1.as_ref().unwrap();
+        assert_eq!(root.output, out);
+        assert_eq!(root.blobs, vec![blob.to_string()]);
+    }
 }

@@ -1,172 +1,347 @@
 #!/bin/sh
-# shellcheck disable=SC2154 # variables named at run time are assigned with eval
 # imgbuild-init: the entrypoint of every node image built by imgbuild.
 #
 # Finds which node of the cluster this is, renders the node's configuration from the
 # templates baked into the image, then runs the node's services (or the command given).
 # The same layers serve every node: only this script's findings differ, at boot.
 #
-# Identity, first found of:
+# Identity, first found of (a value found that is not a node id is an error, never skipped):
 #   NODE_ID (or ZOO_MY_ID, KAFKA_BROKER_ID)     environment
-#   imgbuild.node=N                             kernel command line
+#   imgbuild.node=N                             kernel command line (the last one counts)
 #   imgbuild_node_id: N                         NoCloud meta-data (seed directory or cidata)
-#   NAME-N                                      hostname ordinal, when N is a node of the cluster
+#   NAME-N                                      hostname ordinal: with IMGBUILD_HOSTNAME_ORDINAL
+#                                               unset or 'id', N is the node id when it is a
+#                                               node of the cluster (else the next source);
+#                                               with 'index', N is a 0-based index into the
+#                                               cluster's nodes in definition order (a
+#                                               Kubernetes StatefulSet's pod NAME-0 is the
+#                                               first node whatever its id), and an index
+#                                               outside the cluster is an error
 #   /etc/imgbuild/node-id                       the id baked by `imgbuild node --id N`
+# Ids are decimal: leading zeros are ignored (010 is node 10, never 8).
 # Overrides at boot:
-#   PEERS="0=host0,1=host1,..."   the address of every node
+#   PEERS="0=host0,1=host1,..."   the address of every node named (no spaces, no empty entry)
 #   ADVERTISED_HOST=addr          this node's own address
+#                                 (addresses: IPv4, IPv6, or RFC 1123 host names)
 #   IMGBUILD_VAR_<name>=value     any template variable of the image; the value may use
 #                                 {{node_id}} and {{node_host}} (bind_address='{{node_host}}'
 #                                 lets several nodes share one network namespace)
 #   IMGBUILD_SERVICES="a b"       which services to run, in order (empty: none)
 #   IMGBUILD_RENDER_ONLY=1        render the configuration and exit
+# Every value read is refused when it holds a control character (a line break could add a
+# line to a configuration file). No value from outside reaches `eval`: only variable names
+# checked by get/put/is_set do.
 # Exit codes: 0 services ended cleanly; 64 bad identity or configuration; 65 existing data
 # belongs to another node; 70 a service failed (its status is reported).
-set -eu
+set -euf
 
 CONF=${IMGBUILD_CONF_DIR:-/etc/imgbuild}
 ROOT=${IMGBUILD_ROOT:-}
+NL='
+'
+IFS=" 	$NL"
 
 say() { printf 'imgbuild-init: %s\n' "$*" >&2; }
 die() { code=$1; shift; say "error: $*"; exit "$code"; }
 
+# Character classes spelled out, so that no locale changes what they match.
+LOWER=abcdefghijklmnopqrstuvwxyz
+UPPER=ABCDEFGHIJKLMNOPQRSTUVWXYZ
+DIGITS=0123456789
+HEX=0123456789abcdefABCDEF
+CONTROL=$(printf '\001\002\003\004\005\006\007\010\011\012\013\014\015\016\017\020\021\022\023\024\025\026\027\030\031\032\033\034\035\036\037\177.')
+CONTROL=${CONTROL%.}
+C1_LEAD=$(printf '\302')
+C1_TAIL=$(printf '\200\201\202\203\204\205\206\207\210\211\212\213\214\215\216\217\220\221\222\223\224\225\226\227\230\231\232\233\234\235\236\237')
+
+# has_control TEXT: TEXT holds a control character (C0, DEL, or C1 in UTF-8).
+has_control() { case $1 in *["$CONTROL"]* | *"$C1_LEAD"["$C1_TAIL"]*) return 0 ;; esac; return 1; }
+is_name() { case $1 in '' | [!"$LOWER$UPPER"_]* | *[!"$LOWER$UPPER$DIGITS"_]*) return 1 ;; esac; }
+
+# get NAME: REPLY is the value of the shell variable NAME ('' when unset); put NAME VALUE;
+# is_set NAME. The only uses of eval, each on a name checked first.
+get() { is_name "$1" || die 70 "internal: not a variable name"; eval "REPLY=\${$1-}"; }
+put() { is_name "$1" || die 70 "internal: not a variable name"; eval "$1=\$2"; }
+is_set() { is_name "$1" || die 70 "internal: not a variable name"; eval "[ -n \"\${$1+set}\" ]"; }
+
+# decimal TEXT: REPLY is TEXT as a decimal number without leading zeros; false if TEXT is not one.
+decimal() {
+    case $1 in '' | *[!"$DIGITS"]*) return 1 ;; esac
+    REPLY=$1
+    while :; do case $REPLY in 0?*) REPLY=${REPLY#0} ;; *) return 0 ;; esac; done
+}
+
+# is_ipv4 TEXT: four decimal numbers 0-255, without leading zeros.
+is_ipv4() {
+    _v4_rest=$1. _v4_count=0
+    while [ -n "$_v4_rest" ]; do
+        _v4_part=${_v4_rest%%.*} _v4_rest=${_v4_rest#*.}
+        case $_v4_part in '' | *[!"$DIGITS"]* | 0?* | ????*) return 1 ;; esac
+        [ "$_v4_part" -le 255 ] || return 1
+        _v4_count=$((_v4_count + 1))
+    done
+    [ "$_v4_count" = 4 ]
+}
+
+# v6_groups TEXT LAST: adds the number of 16-bit groups of TEXT (colon-separated, 1 to 4 hex
+# digits; an IPv4 address counts two, only last, and only if LAST is 1) to _v6_count.
+v6_groups() {
+    [ -n "$1" ] || return 0
+    _v6_rest=$1:
+    while [ -n "$_v6_rest" ]; do
+        _v6_group=${_v6_rest%%:*} _v6_rest=${_v6_rest#*:}
+        case $_v6_group in
+            *.*) { [ "$2" = 1 ] && [ -z "$_v6_rest" ] && is_ipv4 "$_v6_group"; } || return 1
+                _v6_count=$((_v6_count + 2)) ;;
+            '' | ?????* | *[!"$HEX"]*) return 1 ;;
+            *) _v6_count=$((_v6_count + 1)) ;;
+        esac
+    done
+}
+
+# is_ipv6 TEXT: eight groups, or fewer with one `::` standing for at least one (no zone, no brackets).
+is_ipv6() {
+    case $1 in *:*) ;; *) return 1 ;; esac
+    case $1 in *[!"$HEX":.]* | *::*::* | *:::*) return 1 ;; esac
+    _v6_count=0
+    case $1 in
+        *::*)
+            v6_groups "${1%%::*}" 0 && v6_groups "${1#*::}" 1 && [ "$_v6_count" -le 7 ] ;;
+        *) v6_groups "$1" 1 && [ "$_v6_count" = 8 ] ;;
+    esac
+}
+
+# is_host_name TEXT: RFC 1123 labels of letters, digits and `-` (1 to 63, no `-` at either
+# end), at most 253 in all, no final dot, and a last label that is not all digits.
+is_host_name() {
+    case $1 in '' | *[!"$LOWER$UPPER$DIGITS".-]*) return 1 ;; esac
+    [ ${#1} -le 253 ] || return 1
+    _hn_rest=$1. _hn_label=
+    while [ -n "$_hn_rest" ]; do
+        _hn_label=${_hn_rest%%.*} _hn_rest=${_hn_rest#*.}
+        case $_hn_label in '' | -* | *-) return 1 ;; esac
+        [ ${#_hn_label} -le 63 ] || return 1
+    done
+    case $_hn_label in *[!"$DIGITS"]*) return 0 ;; esac
+    return 1
+}
+
+# is_host TEXT: what a node's address may be (the rule imgbuild checks definitions with).
+is_host() { is_ipv4 "$1" || is_ipv6 "$1" || is_host_name "$1"; }
+
+# in_list WORD LIST: WORD is one of the space-separated LIST.
+in_list() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }
+
 [ -r "$CONF/cluster.env" ] || die 64 "$CONF/cluster.env is missing: this image was not built by imgbuild"
 # shellcheck disable=SC1091
 . "$CONF/cluster.env"
+for n in $IMGBUILD_NODES; do
+    { decimal "$n" && [ "$REPLY" = "$n" ]; } || die 64 "$CONF/cluster.env: node id '$n' is not a decimal number"
+done
+[ -n "$IMGBUILD_NODES" ] || die 64 "$CONF/cluster.env names no nodes"
+for name in $IMGBUILD_VARS $IMGBUILD_LISTS $IMGBUILD_DEFAULT_SERVICES; do
+    is_name "$name" || die 64 "$CONF/cluster.env: '$name' is not a name"
+done
 
-is_number() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
-# (sh has no local variables: helpers use names of their own)
-in_cluster() { for _member in $IMGBUILD_NODES; do [ "$_member" = "$1" ] && return 0; done; return 1; }
+# --- 0. every value from outside, checked before any is used -----------------
+for var in NODE_ID ZOO_MY_ID KAFKA_BROKER_ID PEERS ADVERTISED_HOST IMGBUILD_SERVICES \
+    IMGBUILD_HOSTNAME_ORDINAL IMGBUILD_RENDER_ONLY HOSTNAME; do
+    get "$var"
+    ! has_control "$REPLY" || die 64 "$var holds a control character (such as a line break): refused"
+done
+for name in $IMGBUILD_VARS; do
+    get "IMGBUILD_VAR_$name"
+    ! has_control "$REPLY" || die 64 "IMGBUILD_VAR_$name holds a control character (such as a line break): refused"
+done
+case ${IMGBUILD_RENDER_ONLY:-0} in 0 | 1) ;; *) die 64 "IMGBUILD_RENDER_ONLY is '$IMGBUILD_RENDER_ONLY'; it is 1 or 0" ;; esac
+ordinal_mode=${IMGBUILD_HOSTNAME_ORDINAL:-id}
+case $ordinal_mode in
+    id | index) ;;
+    *) die 64 "IMGBUILD_HOSTNAME_ORDINAL is '$ordinal_mode'; it is 'id' (the default: NAME-N is node N) or 'index' (NAME-N is the cluster's node at index N, from 0)" ;;
+esac
+services=${IMGBUILD_SERVICES-$IMGBUILD_DEFAULT_SERVICES}
+seen=
+for s in $services; do
+    in_list "$s" "$IMGBUILD_DEFAULT_SERVICES" || die 64 "IMGBUILD_SERVICES names '$s', which is not a service of this image (its services: $IMGBUILD_DEFAULT_SERVICES)"
+    ! in_list "$s" "$seen" || die 64 "IMGBUILD_SERVICES names '$s' twice"
+    seen="$seen $s"
+done
 
 # --- 1. identity ------------------------------------------------------------
 id='' id_source=''
+# found VALUE SOURCE: the node's id is VALUE, which must be a decimal number.
+found() {
+    ! has_control "$1" || die 64 "the node id from $2 holds a control character: refused"
+    decimal "$1" || die 64 "node id '$1' (from $2) is not a decimal number"
+    id=$REPLY id_source=$2
+}
 for var in NODE_ID ZOO_MY_ID KAFKA_BROKER_ID; do
-    eval "val=\${$var:-}"
-    if [ -n "$val" ]; then id=$val id_source="environment variable $var"; break; fi
+    get "$var"
+    if [ -n "$REPLY" ]; then found "$REPLY" "environment variable $var"; break; fi
 done
 if [ -z "$id" ] && [ -r "$ROOT/proc/cmdline" ]; then
+    arg='' arg_seen=''
     # shellcheck disable=SC2013 # the command line is words, not lines
     for word in $(cat "$ROOT/proc/cmdline"); do
-        case $word in imgbuild.node=*) id=${word#imgbuild.node=} id_source="kernel command line" ;; esac
+        case $word in imgbuild.node=*) arg=${word#imgbuild.node=} arg_seen=1 ;; esac
     done
+    if [ -n "$arg_seen" ]; then found "$arg" "kernel command line"; fi
 fi
 if [ -z "$id" ]; then
     for seed in ${IMGBUILD_SEED_DIRS:-$ROOT/var/lib/cloud/seed/nocloud $ROOT/var/lib/cloud/seed/nocloud-net $ROOT/run/imgbuild/cidata}; do
         if [ -r "$seed/meta-data" ]; then
-            val=$(sed -n 's/^imgbuild_node_id:[[:space:]]*"\{0,1\}\([0-9]*\)"\{0,1\}[[:space:]]*$/\1/p' "$seed/meta-data" | head -n 1)
-            if [ -n "$val" ]; then id=$val id_source="NoCloud seed $seed/meta-data"; break; fi
+            # `=` marks that the key is there, even with an empty value.
+            val=$(sed -n '/^imgbuild_node_id:/{s/^imgbuild_node_id:[[:space:]]*/=/;s/[[:space:]]*$//;p;q;}' "$seed/meta-data")
+            if [ -n "$val" ]; then
+                val=${val#=}
+                case $val in \"*\" | \'*\') val=${val#?} val=${val%?} ;; esac
+                found "$val" "NoCloud seed $seed/meta-data"
+                break
+            fi
         fi
     done
 fi
 if [ -z "$id" ]; then
     # shellcheck disable=SC3028 # container runtimes set HOSTNAME; hostname(1) is the fallback
     host=${HOSTNAME:-$(hostname 2>/dev/null || cat "$ROOT/etc/hostname" 2>/dev/null || true)}
+    ! has_control "$host" || die 64 "the hostname holds a control character: refused"
     ordinal=${host##*-}
-    if [ "$ordinal" != "$host" ] && is_number "$ordinal" && in_cluster "$ordinal"; then
-        id=$ordinal id_source="hostname $host"
+    if [ "$ordinal" != "$host" ] && decimal "$ordinal"; then
+        if [ "$ordinal_mode" = index ]; then
+            index=$REPLY i=0 at=
+            for n in $IMGBUILD_NODES; do
+                if [ "$i" = "$index" ]; then at=$n; break; fi
+                i=$((i + 1))
+            done
+            [ -n "$at" ] || die 64 "hostname $host: index $index is not a node of cluster $IMGBUILD_CLUSTER (IMGBUILD_HOSTNAME_ORDINAL=index; its $i nodes are indexes 0 to $((i - 1)))"
+            id=$at id_source="hostname $host (index $index of the cluster's nodes)"
+        elif in_list "$REPLY" "$IMGBUILD_NODES"; then
+            id=$REPLY id_source="hostname $host"
+        fi
     fi
 fi
 if [ -z "$id" ] && [ -r "$CONF/node-id" ]; then
-    id=$(cat "$CONF/node-id") id_source="the id baked into the image ($CONF/node-id)"
+    found "$(cat "$CONF/node-id")" "the id baked into the image ($CONF/node-id)"
 fi
 [ -n "$id" ] || die 64 "no node identity: set NODE_ID, boot with imgbuild.node=N, or build with 'imgbuild node --id N'"
-is_number "$id" || die 64 "node id '$id' (from $id_source) is not a number"
-id=$((id + 0))
-in_cluster "$id" || die 64 "node id $id (from $id_source) is not a node of cluster $IMGBUILD_CLUSTER (nodes: $IMGBUILD_NODES)"
+in_list "$id" "$IMGBUILD_NODES" || die 64 "node id $id (from $id_source) is not a node of cluster $IMGBUILD_CLUSTER (nodes: $IMGBUILD_NODES)"
 say "node $id of cluster $IMGBUILD_CLUSTER (identity from $id_source)"
 
 # --- 2. peers and addresses -------------------------------------------------
 if [ -n "${PEERS:-}" ]; then
+    case $PEERS in ,* | *, | *,,*) die 64 "PEERS '$PEERS' has an empty entry (it is ID=HOST,ID=HOST,...)" ;; esac
     seen=
-    for pair in $(printf '%s' "$PEERS" | tr ',' ' '); do
+    IFS=,
+    for pair in $PEERS; do
         n=${pair%%=*} h=${pair#*=}
-        { [ "$n" != "$pair" ] && is_number "$n" && [ -n "$h" ]; } || die 64 "PEERS entry '$pair' is not ID=HOST"
-        in_cluster "$n" || die 64 "PEERS names node $n, which is not in the cluster ($IMGBUILD_NODES)"
-        case " $seen " in *" $n "*) die 64 "PEERS names node $n twice" ;; esac
+        { [ "$n" != "$pair" ] && decimal "$n"; } || die 64 "PEERS entry '$pair' is not ID=HOST"
+        n=$REPLY
+        in_list "$n" "$IMGBUILD_NODES" || die 64 "PEERS names node $n, which is not in the cluster ($IMGBUILD_NODES)"
+        ! in_list "$n" "$seen" || die 64 "PEERS names node $n twice"
+        is_host "$h" || die 64 "PEERS: '$h' (node $n) is not an IP address or a host name"
         seen="$seen $n"
-        eval "IMGBUILD_HOST_$n=\$h"
+        put "IMGBUILD_HOST_$n" "$h"
     done
+    IFS=" 	$NL"
 fi
-if [ -n "${ADVERTISED_HOST:-}" ]; then eval "IMGBUILD_HOST_$id=\$ADVERTISED_HOST"; fi
+if [ -n "${ADVERTISED_HOST:-}" ]; then
+    is_host "$ADVERTISED_HOST" || die 64 "ADVERTISED_HOST '$ADVERTISED_HOST' is not an IP address or a host name"
+    put "IMGBUILD_HOST_$id" "$ADVERTISED_HOST"
+fi
 hosts=
 for n in $IMGBUILD_NODES; do
-    eval "h=\$IMGBUILD_HOST_$n"
-    case " $hosts " in *" $h "*) die 64 "two nodes have the address $h" ;; esac
-    hosts="$hosts $h"
+    get "IMGBUILD_HOST_$n"
+    is_host "$REPLY" || die 64 "node $n's address '$REPLY' ($CONF/cluster.env) is not an IP address or a host name"
+    ! in_list "$REPLY" "$hosts" || die 64 "two nodes have the address $REPLY"
+    hosts="$hosts $REPLY"
 done
-eval "node_host=\$IMGBUILD_HOST_$id"
+get "IMGBUILD_HOST_$id"
+node_host=$REPLY
 
 # --- 3. render ----------------------------------------------------------------
-# lookup NAME [ITEM_ID ITEM_HOST]: the value of a template variable.
-lookup() {
-    # Names reach eval below: only what imgbuild itself accepts in a definition.
-    case $1 in '' | *[!a-z0-9_]*) die 64 "'{{$1}}' is not a template variable name" ;; esac
-    if [ "${restricted:-0}" = 1 ]; then
-        case $1 in
-            node_id | node_host) ;;
-            *) die 64 "a variable's value may refer only to {{node_id}} and {{node_host}}, not {{$1}}" ;;
-        esac
-    fi
-    case $1 in
-        node_id) printf '%s' "$id" ;;
-        node_host) printf '%s' "$node_host" ;;
-        id) printf '%s' "$2" ;;
-        host) printf '%s' "$3" ;;
+# The language is the one imgbuild checks templates with: every `{{` opens a reference
+# `{{name}}` (spaces around the name allowed) that ends at the first `}}`.
+
+# value_of NAME SCOPE: REPLY is NAME's value; false when NAME is not in SCOPE: `value` (a
+# var's value: node_id, node_host), `item` (a list's item: id, host, every var) or
+# `template` (node_id, node_host, every var and list).
+value_of() {
+    case $1 in '' | [!"$LOWER"_]* | *[!"$LOWER$DIGITS"_]*) return 1 ;; esac
+    case $2:$1 in
+        value:node_id | template:node_id) REPLY=$id ;;
+        value:node_host | template:node_host) REPLY=$node_host ;;
+        item:id) REPLY=$item_id ;;
+        item:host) REPLY=$item_host ;;
+        value:*) return 1 ;;
         *)
-            if eval "[ -n \"\${IMGBUILD_LIST_$1_ITEM+set}\" ]"; then
-                render_list "$1"
-            elif eval "[ -n \"\${IMGBUILD_VAR_$1+set}\" ]"; then
-                # A value may name this node (IMGBUILD_VAR_bind_address='{{node_host}}'),
-                # but no other variable, so expansion always ends.
-                eval "value=\$IMGBUILD_VAR_$1"
-                restricted=1 # this runs in a subshell: the flag ends with it
-                render "$value"
-            else
-                die 64 "template variable '$1' is not defined"
-            fi
+            in_list "$1" "$IMGBUILD_VARS" || { [ "$2" = template ] && in_list "$1" "$IMGBUILD_LISTS"; } || return 1
+            get "IMGBUILD_VALUE_$1"
             ;;
     esac
 }
 
-# render TEXT [ITEM_ID ITEM_HOST]: TEXT with every {{name}} replaced.
+# render TEXT SCOPE WHERE: REPLY is TEXT with every reference replaced (see value_of);
+# WHERE names TEXT in errors.
 render() {
-    rest=$1 out=
+    _rest=$1 _out=
     while :; do
-        case $rest in
-            *'{{'*'}}'*)
-                out=$out${rest%%'{{'*}
-                rest=${rest#*'{{'}
-                name=${rest%%'}}'*}
-                rest=${rest#*'}}'}
-                name=$(printf '%s' "$name" | tr -d ' ')
-                out=$out$(lookup "$name" "${2:-}" "${3:-}")
-                ;;
-            *) out=$out$rest; break ;;
-        esac
+        case $_rest in *'{{'*) ;; *) REPLY=$_out$_rest && return 0 ;; esac
+        _out=$_out${_rest%%'{{'*}
+        _rest=${_rest#*'{{'}
+        case $_rest in *'}}'*) ;; *) die 64 "$3: '{{' without a closing '}}'" ;; esac
+        _name=${_rest%%'}}'*}
+        _rest=${_rest#*'}}'}
+        while :; do case $_name in ' '*) _name=${_name# } ;; *' ') _name=${_name% } ;; *) break ;; esac; done
+        value_of "$_name" "$2" || die 64 "$3: '{{$_name}}' is not a variable it may use"
+        _out=$_out$REPLY
     done
-    printf '%s' "$out"
 }
 
-# render_list NAME: one item per node, joined.
-render_list() {
-    eval "item=\$IMGBUILD_LIST_$1_ITEM self_item=\$IMGBUILD_LIST_$1_SELF join=\$IMGBUILD_LIST_$1_JOIN"
-    [ "$join" = '\n' ] && join='
-'
-    first=1
-    for n in $IMGBUILD_NODES; do
-        eval "h=\$IMGBUILD_HOST_$n"
-        t=$item
-        [ "$n" = "$id" ] && [ -n "$self_item" ] && t=$self_item
-        [ $first = 1 ] || printf '%s' "$join"
-        first=0
-        (render "$t" "$n" "$h")
+# Every var's value, then every list, once: templates then take them as they are.
+for name in $IMGBUILD_VARS; do
+    if is_set "IMGBUILD_VAR_$name"; then
+        get "IMGBUILD_VAR_$name"
+        where="IMGBUILD_VAR_$name"
+    else
+        get "IMGBUILD_DEFAULT_VAR_$name"
+        where="the variable $name of $CONF/cluster.env"
+    fi
+    render "$REPLY" value "$where (a value may use only {{node_id}} and {{node_host}})"
+    put "IMGBUILD_VALUE_$name" "$REPLY"
+done
+for name in $IMGBUILD_LISTS; do
+    get "IMGBUILD_LIST_${name}_ITEM" && item=$REPLY
+    get "IMGBUILD_LIST_${name}_SELF" && self_item=$REPLY
+    get "IMGBUILD_LIST_${name}_HAS_SELF" && has_self=$REPLY
+    get "IMGBUILD_LIST_${name}_JOIN" && join=$REPLY
+    joined='' first=1
+    for item_id in $IMGBUILD_NODES; do
+        get "IMGBUILD_HOST_$item_id" && item_host=$REPLY
+        if [ "$item_id" = "$id" ] && [ "$has_self" = 1 ]; then text=$self_item; else text=$item; fi
+        render "$text" item "the list $name"
+        if [ $first = 1 ]; then joined=$REPLY first=0; else joined=$joined$join$REPLY; fi
     done
+    put "IMGBUILD_VALUE_$name" "$joined"
+done
+
+# render_file TEMPLATE TARGET: the rendered TEMPLATE on stdout, line by line, keeping a last
+# line without a line break as it is.
+render_file() {
+    _line_number=0
+    while :; do
+        _end=$NL
+        IFS= read -r _line || { [ -n "$_line" ] || break; _end=; }
+        _line_number=$((_line_number + 1))
+        render "$_line" template "$2 (line $_line_number of $1)"
+        printf '%s%s' "$REPLY" "$_end"
+        [ -n "$_end" ] || break
+    done <"$1"
 }
 
 # Identity files (such as ZooKeeper's myid) are never overwritten with another node's value.
 for target in $IMGBUILD_GUARDED; do
     if [ -f "$ROOT$target" ]; then
-        want=$(render "$(cat "$CONF/templates$target")")
+        want=$(render_file "$CONF/templates$target" "$target") || exit
         have=$(cat "$ROOT$target")
         [ "$want" = "$have" ] || die 65 "$target holds '$have' but this node would write '$want' (identity from $id_source): refusing to take over another node's data"
     fi
@@ -174,22 +349,22 @@ done
 for check in $IMGBUILD_ID_CHECKS; do
     file=${check%%:*} key=${check#*:}
     if [ -f "$ROOT$file" ]; then
-        have=$(sed -n "s/^$key=//p" "$ROOT$file" | head -n 1)
+        have=
+        while IFS= read -r line || [ -n "$line" ]; do
+            case $line in "$key="*) have=${line#"$key="} && break ;; esac
+        done <"$ROOT$file"
         if [ -n "$have" ] && [ "$have" != "$id" ]; then
             die 65 "$file says $key=$have but this is node $id (identity from $id_source): refusing to take over another node's data"
         fi
     fi
 done
 
-for target in $IMGBUILD_TEMPLATES; do
+for entry in $IMGBUILD_TEMPLATE_MODES; do
+    target=${entry%:*} mode=${entry##*:}
+    case $mode in [0-7][0-7][0-7] | [0-7][0-7][0-7][0-7]) ;; *) die 64 "$CONF/cluster.env: '$mode' is not the mode of $target" ;; esac
     mkdir -p "$(dirname "$ROOT$target")"
     tmp="$ROOT$target.imgbuild-tmp"
-    : >"$tmp"
-    while IFS= read -r line || [ -n "$line" ]; do
-        rendered=$(render "$line")
-        printf '%s\n' "$rendered" >>"$tmp"
-    done <"$CONF/templates$target"
-    eval "mode=\$IMGBUILD_MODE_$(printf '%s' "$target" | tr -c 'A-Za-z0-9\n' '_')"
+    render_file "$CONF/templates$target" "$target" >"$tmp"
     chmod "$mode" "$tmp"
     mv "$tmp" "$ROOT$target"
     say "rendered $target"
@@ -200,7 +375,6 @@ if [ "${IMGBUILD_RENDER_ONLY:-0}" = 1 ]; then exit 0; fi
 if [ $# -gt 0 ]; then exec "$@"; fi
 
 # --- 4. services --------------------------------------------------------------
-services=${IMGBUILD_SERVICES-$IMGBUILD_DEFAULT_SERVICES}
 pids=
 stop_all() {
     for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
@@ -208,21 +382,27 @@ stop_all() {
 }
 trap 'say "stopping"; stop_all; exit 0' TERM INT
 for s in $services; do
-    eval "cmd=\${IMGBUILD_SERVICE_$s-}"
-    [ -n "$cmd" ] || die 64 "unknown service '$s' (known: $IMGBUILD_DEFAULT_SERVICES)"
+    get "IMGBUILD_SERVICE_${s}_ARGC"
+    { decimal "$REPLY" && [ "$REPLY" != 0 ]; } || die 64 "$CONF/cluster.env: service $s has no command"
+    argc=$REPLY i=1
+    set --
+    while [ "$i" -le "$argc" ]; do
+        get "IMGBUILD_SERVICE_${s}_ARG$i"
+        set -- "$@" "$REPLY"
+        i=$((i + 1))
+    done
     say "starting $s"
-    eval "set -- $cmd"
     "$@" &
     pids="$pids $!"
-    eval "pid_$s=\$!"
+    put "pid_$s" "$!"
 done
 [ -n "$pids" ] || { say "no services to run"; exit 0; }
 while :; do
     for s in $services; do
-        eval "p=\$pid_$s"
-        if ! kill -0 "$p" 2>/dev/null; then
+        get "pid_$s"
+        if ! kill -0 "$REPLY" 2>/dev/null; then
             status=0
-            wait "$p" || status=$?
+            wait "$REPLY" || status=$?
             say "service $s exited with status $status; stopping the others"
             stop_all
             [ "$status" = 0 ] && exit 0

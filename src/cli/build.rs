@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use crate::build::{build, BuildResult, BuildSettings, Project};
+use crate::build::{build, BuildResult, BuildSettings};
 use crate::compress::{default_threads, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
-use crate::output::{self, Format};
+use crate::output::{self, Destination, Force, Format};
 use crate::platform::Platform;
+use crate::project::Project;
 
 use super::GlobalArgs;
 
@@ -36,7 +37,8 @@ pub struct BuildOptions {
     /// Output format
     #[arg(long, value_enum, default_value = "oci")]
     pub format: Format,
-    /// Output path [default: out/IMAGE (build) or out/IMAGE-node-N (node), `.tar` for archives]
+    /// Output path, replaced only if imgbuild wrote it [default: out/IMAGE (build) or
+    /// out/IMAGE-node-N (node), `.tar` for archives]
     #[arg(long, short, value_name = "PATH")]
     pub out: Option<PathBuf>,
 }
@@ -109,26 +111,33 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     if let Some(id) = node {
         def.node(id)?;
     }
+    let out = options.out.clone().unwrap_or_else(|| default_out(def, node, options.format));
+    // Before any work: a path that is not imgbuild's own output is refused, untouched.
+    let dest = Destination::check(&out, options.format.shape(), Force::NotOffered)?;
     let store = global.open_store()?;
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
     let nodes: Vec<u32> = node.into_iter().collect();
     let result = build(&store, def, &nodes, &settings, reporter.as_ref())?;
-    let images = &result.nodes;
+    // `node --id N` writes that node's image; `build` also the node-less `cluster` image.
+    let images = match node {
+        Some(_) => result.nodes.iter().map(|n| n.image.clone()).collect(),
+        None => result.images(),
+    };
+    output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
+    store.add_root(&out, result.needs(&store, def, &images))?;
+    report(global, def, &out, options.format, &result);
+    Ok(())
+}
 
+/// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
+fn default_out(def: &crate::image_def::ImageDef, node: Option<u32>, format: Format) -> PathBuf {
     let stem = match node {
         Some(id) => format!("{}-node-{id}", def.name),
         None => def.name.clone(),
     };
-    let out = options.out.clone().unwrap_or_else(|| {
-        let name = if options.format.is_archive() { format!("{stem}.tar") } else { stem };
-        PathBuf::from("out").join(name)
-    });
-    let outputs: Vec<_> = images.iter().map(|i| i.output(&def.name)).collect();
-    output::write(&store, &out, options.format, &outputs, settings.layer.epoch)?;
-    crate::gc::register_output(&store, &out, def, images, &settings.platforms)?;
-    report(global, def, &out, options.format, &result);
-    Ok(())
+    let name = if format.is_archive() { format!("{stem}.tar") } else { stem };
+    PathBuf::from("out").join(name)
 }
 
 fn report(
@@ -145,17 +154,16 @@ fn report(
             "output": out,
             "format": format,
             "layers_built": result.layers_built,
+            "cluster": result.cluster,
             "nodes": images,
         }));
         return;
     }
     for img in images {
-        println!("{}\t{}\t{}", img.tag, img.digest, out.display());
+        println!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display());
     }
     if !global.quiet {
-        let shared: u64 = images.first().map_or(0, |i| {
-            i.platforms.iter().map(|p| p.layers.iter().rev().skip(1).map(|l| l.size).sum::<u64>()).sum()
-        });
+        let shared: u64 = result.shared.iter().flat_map(|s| s.layers.iter().map(|l| l.size)).sum();
         eprintln!(
             "wrote {} node image(s) of `{}` to {} ({} of shared layers)",
             images.len(),

@@ -1,7 +1,7 @@
 //! `imgbuild check`: loads and validates every recipe and the image definition.
 
-use crate::build::Project;
 use crate::error::Result;
+use crate::project::Project;
 
 use super::GlobalArgs;
 

@@ -3,6 +3,8 @@
 
 mod build;
 mod check;
+mod deploy;
+mod load;
 mod prefetch;
 mod push;
 mod store;
@@ -14,8 +16,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::fetch::FetchSettings;
+use crate::fetch::{FetchSettings, RegistryAccess};
 use crate::progress::{HumanReporter, Reporter, SilentReporter};
+use crate::registry::reference::RegistryMirror;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +55,17 @@ pub struct GlobalArgs {
     /// A directory of upstream files, named as upstream, tried before any URL (repeatable)
     #[arg(long, global = true, env = "IMGBUILD_MIRROR", value_name = "DIR", value_delimiter = ':')]
     pub mirror: Vec<PathBuf>,
+    /// Also look for the base images of registry HOST at MIRROR (host[:port][/path]), before
+    /// HOST itself (repeatable; as registries.conf mirrors)
+    #[arg(long, global = true, env = "IMGBUILD_REGISTRY_MIRROR", value_name = "HOST=MIRROR", value_delimiter = ',')]
+    pub registry_mirror: Vec<RegistryMirror>,
+    /// Speak plain HTTP to this registry when fetching base images (loopback only; repeatable)
+    #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// A PEM file of certificates to trust for registries, besides the system's and certs.d
+    /// (repeatable)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Vec<PathBuf>,
     /// Seconds to wait for a connection or for the next bytes of a download
     #[arg(long, global = true, env = "IMGBUILD_HTTP_TIMEOUT", value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
@@ -67,6 +81,11 @@ pub enum Command {
     Push(push::PushArgs),
     /// Pull an image pinned by digest from a registry into the store (for use as a base)
     Pull(push::PullArgs),
+    /// Load node images into the local Podman or Docker (localhost/IMAGE:node-N)
+    Load(load::LoadArgs),
+    /// Write a deployment of the cluster: a Compose file or Kubernetes manifests
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
     Vm(vm::VmArgs),
     /// Download a URL into the store and print the hash to pin in a recipe
@@ -96,10 +115,20 @@ impl GlobalArgs {
         if self.timeout == 0 {
             return Err(Error::Usage("--timeout must be at least 1 second".into()));
         }
+        if let Some(host) = self.insecure_registry.iter().find(|h| !crate::registry::reference::is_loopback_host(h)) {
+            return Err(Error::Usage(format!(
+                "--insecure-registry {host}: plain HTTP is only allowed for registries on loopback"
+            )));
+        }
         Ok(FetchSettings {
             offline: self.offline,
             mirror_dirs: self.mirror.clone(),
             timeout: Duration::from_secs(self.timeout),
+            registries: RegistryAccess {
+                mirrors: self.registry_mirror.clone(),
+                insecure: self.insecure_registry.clone(),
+                ca_files: self.ca_file.clone(),
+            },
         })
     }
 }
@@ -115,6 +144,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => build::run_node(&cli.global, args),
         Command::Push(args) => push::run_push(&cli.global, args),
         Command::Pull(args) => push::run_pull(&cli.global, args),
+        Command::Load(args) => load::run(&cli.global, args),
+        Command::Deploy(cmd) => deploy::run(&cli.global, cmd),
         Command::Vm(args) => vm::run(&cli.global, args),
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),

@@ -1,14 +1,18 @@
 //! `imgbuild push` and `imgbuild pull`.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::build::{build, Project};
+use crate::build::build;
+use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::platform::Platform;
-use crate::registry::auth::{self, Credentials, Secret};
-use crate::registry::{pull, push, Client, Reference, RegistrySettings};
+use crate::progress::Reporter;
+use crate::project::Project;
+use crate::registry::auth::{Credentials, Secret};
+use crate::registry::{pull, push, Access, Client, Reference, RegistrySettings};
+use crate::store::Store;
 
 use super::build::ImageChoice;
 use super::GlobalArgs;
@@ -16,15 +20,13 @@ use super::GlobalArgs;
 #[derive(clap::Args)]
 pub struct RegistryArgs {
     /// Registry user name (the password is read from standard input with --password-stdin,
-    /// or from IMGBUILD_REGISTRY_PASSWORD)
+    /// or from IMGBUILD_REGISTRY_PASSWORD); without it, podman's and Docker's credential
+    /// files and helpers are read
     #[arg(long, env = "IMGBUILD_REGISTRY_USERNAME", value_name = "USER")]
     pub username: Option<String>,
     /// Read the registry password from standard input
     #[arg(long, requires = "username")]
     pub password_stdin: bool,
-    /// Extra CA certificates (PEM) to trust, besides the system's
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
     /// Use plain HTTP (allowed only for registries on loopback)
     #[arg(long)]
     pub insecure: bool,
@@ -34,37 +36,38 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn credentials(&self, reference: &Reference) -> Result<Option<Credentials>> {
-        if let Some(username) = &self.username {
-            let password = if self.password_stdin {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|e| Error::Usage(format!("reading the password from stdin: {e}")))?;
-                text.trim_end_matches(['\n', '\r']).to_string()
-            } else {
-                std::env::var("IMGBUILD_REGISTRY_PASSWORD").map_err(|_| {
-                    Error::Usage(
-                        "--username needs a password: pass --password-stdin or set IMGBUILD_REGISTRY_PASSWORD".into(),
-                    )
-                })?
-            };
-            return Ok(Some(Credentials { username: username.clone(), password: Secret::new(password) }));
-        }
-        auth::from_docker_config(&reference.registry)
+    /// The command line's credentials, if it gives any (they win over every file).
+    fn credentials(&self) -> Result<Option<Credentials>> {
+        let Some(username) = &self.username else { return Ok(None) };
+        let (password, origin) = if self.password_stdin {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Error::Usage(format!("reading the password from stdin: {e}")))?;
+            (text.trim_end_matches(['\n', '\r']).to_string(), "--password-stdin")
+        } else {
+            let password = std::env::var("IMGBUILD_REGISTRY_PASSWORD").map_err(|_| {
+                Error::Usage(
+                    "--username needs a password: pass --password-stdin or set IMGBUILD_REGISTRY_PASSWORD".into(),
+                )
+            })?;
+            (password, "IMGBUILD_REGISTRY_PASSWORD")
+        };
+        Ok(Some(Credentials::new(username, Secret::new(password), origin)))
     }
 
-    pub fn connect(&self, global: &GlobalArgs, reference: &Reference) -> Result<Client> {
+    pub fn connect(&self, global: &GlobalArgs, reference: &Reference, access: Access) -> Result<Client> {
         if self.chunk_size == 0 {
             return Err(Error::Usage("--chunk-size must be at least 1".into()));
         }
         let settings = RegistrySettings {
-            credentials: self.credentials(reference)?,
-            ca_file: self.ca_file.clone(),
+            credentials: self.credentials()?,
+            ca_files: global.ca_file.clone(),
             insecure: self.insecure,
             timeout: Duration::from_secs(global.timeout),
             chunk_size: self.chunk_size,
             attempts: 5,
+            access,
         };
         Client::connect(reference, &settings)
     }
@@ -72,12 +75,13 @@ impl RegistryArgs {
 
 #[derive(clap::Args)]
 pub struct PushArgs {
-    /// Where to: REGISTRY/REPO[:TAG]; with --all, REGISTRY/REPO (each node is tagged node-N)
+    /// Where to: REGISTRY/REPO[:TAG]; with --all, REGISTRY/REPO (each node is tagged node-N,
+    /// the node-less image `cluster`)
     pub reference: String,
     /// Build and push this node's image (tagged node-N unless the reference has a tag)
     #[arg(long, conflicts_with_all = ["all", "from"])]
     pub id: Option<u32>,
-    /// Build and push every node of the cluster
+    /// Build and push every node of the cluster, and the node-less `cluster` image
     #[arg(long, conflicts_with = "from")]
     pub all: bool,
     /// Push an existing OCI layout directory or oci-archive instead of building
@@ -97,6 +101,9 @@ fn parse_reference(text: &str) -> Result<Reference> {
 }
 
 pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
+    if global.offline {
+        return Err(Error::Usage("push sends images to a registry: it cannot run with --offline".into()));
+    }
     let reference = parse_reference(&args.reference)?;
     if reference.digest.is_some() {
         return Err(Error::Usage("push to a tag (REPO:TAG), not a digest: the digest is what push prints".into()));
@@ -104,53 +111,16 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     let store = global.open_store()?;
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
-    // What to push: (destination, manifest or index digest).
-    let mut targets = Vec::new();
-    if let Some(from) = &args.from {
-        let imported = crate::import::import(&store, from)?;
-        let top = match (&args.from_tag, imported.tops.as_slice()) {
-            (Some(tag), tops) => tops.iter().find(|(t, _)| t.as_deref() == Some(tag.as_str())).map(|(_, d)| *d),
-            (None, [(_, only)]) => Some(*only),
-            (None, _) => None,
-        };
-        let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.clone()).collect();
-        let top = top.ok_or_else(|| {
-            Error::Usage(format!("choose a tag of {} with --from-tag (it has: {})", from.display(), tags.join(", ")))
-        })?;
-        targets.push((reference.clone(), top));
-    } else {
-        if args.id.is_none() && !args.all {
-            return Err(Error::Usage("say what to push: --id N, --all, or --from PATH".into()));
-        }
-        if args.all && reference.tag.is_some() {
-            return Err(Error::Usage("with --all, give a repository without a tag: each node is tagged node-N".into()));
-        }
-        let settings = super::build::settings(global, &args.choice)?;
-        let project = Project::load(&global.project, args.choice.image.as_deref())?;
-        let nodes: Vec<u32> = args.id.into_iter().collect();
-        let result = build(&store, &project.image, &nodes, &settings, reporter.as_ref())?;
-        for node in &result.nodes {
-            let dest = if args.id.is_some() && reference.tag.is_some() {
-                reference.clone()
-            } else {
-                reference.with_tag(&node.tag)
-            };
-            targets.push((dest, node.digest));
-        }
-    }
-    let client = args.registry.connect(global, &reference)?;
+    let targets = match &args.from {
+        Some(from) => vec![(reference.clone(), layout_top(&store, from, args.from_tag.as_deref())?)],
+        None => built_targets(global, args, &store, &reference, reporter.as_ref())?,
+    };
+    let client = args.registry.connect(global, &reference, Access::Push)?;
     let mut pushed = Vec::new();
     for (dest, digest) in &targets {
         let result = push::push(&store, &client, dest, digest, reporter.as_ref())?;
         if !global.json {
-            println!("{}", result.reference);
-            if !global.quiet {
-                let s = &result.stats;
-                eprintln!(
-                    "  {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
-                    s.blobs_uploaded, s.bytes_uploaded, s.blobs_skipped, s.blobs_mounted
-                );
-            }
+            print_pushed(global, &result);
         }
         pushed.push(result);
     }
@@ -159,6 +129,63 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
         super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
     }
     Ok(())
+}
+
+/// The manifest or index of an existing layout or archive (`--from`, `--from-tag`).
+fn layout_top(store: &Store, from: &Path, tag: Option<&str>) -> Result<Sha256Digest> {
+    let imported = crate::import::import(store, from)?;
+    let top = match (tag, imported.tops.as_slice()) {
+        (Some(tag), tops) => tops.iter().find(|(t, _)| t.as_deref() == Some(tag)).map(|(_, d)| *d),
+        (None, [(_, only)]) => Some(*only),
+        (None, _) => None,
+    };
+    let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.clone()).collect();
+    top.ok_or_else(|| {
+        Error::Usage(format!("choose a tag of {} with --from-tag (it has: {})", from.display(), tags.join(", ")))
+    })
+}
+
+/// Builds the nodes asked for and names where each goes: `--id N` (under the reference's tag
+/// if it has one) or `--all` (each tagged node-N).
+fn built_targets(
+    global: &GlobalArgs,
+    args: &PushArgs,
+    store: &Store,
+    reference: &Reference,
+    reporter: &dyn Reporter,
+) -> Result<Vec<(Reference, Sha256Digest)>> {
+    if args.id.is_none() && !args.all {
+        return Err(Error::Usage("say what to push: --id N, --all, or --from PATH".into()));
+    }
+    if args.all && reference.tag.is_some() {
+        return Err(Error::Usage("with --all, give a repository without a tag: each node is tagged node-N".into()));
+    }
+    let settings = super::build::settings(global, &args.choice)?;
+    let project = Project::load(&global.project, args.choice.image.as_deref())?;
+    let nodes: Vec<u32> = args.id.into_iter().collect();
+    let result = build(store, &project.image, &nodes, &settings, reporter)?;
+    let keep_tag = args.id.is_some() && reference.tag.is_some();
+    let mut targets: Vec<_> = result
+        .nodes
+        .iter()
+        .map(|node| (if keep_tag { reference.clone() } else { reference.with_tag(&node.image.tag) }, node.image.digest))
+        .collect();
+    // Every node's image and the `cluster` image, which `deploy kubernetes` runs in every pod.
+    if args.all {
+        targets.push((reference.with_tag(&result.cluster.tag), result.cluster.digest));
+    }
+    Ok(targets)
+}
+
+fn print_pushed(global: &GlobalArgs, result: &push::Pushed) {
+    println!("{}", result.reference);
+    if !global.quiet {
+        let s = &result.stats;
+        eprintln!(
+            "  {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
+            s.blobs_uploaded, s.bytes_uploaded, s.blobs_skipped, s.blobs_mounted
+        );
+    }
 }
 
 #[derive(clap::Args)]
@@ -177,9 +204,12 @@ pub fn run_pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
     let platforms = args.platform.as_deref().map(Platform::parse_list).transpose().map_err(Error::Usage)?;
     let store = global.open_store()?;
     let _importing = store.build_lock_shared()?;
-    let reporter = global.reporter();
-    let client = args.registry.connect(global, &reference)?;
-    let imported = pull::pull(&store, &client, &reference, platforms.as_deref(), reporter.as_ref())?;
+    let imported = if global.offline {
+        pull::from_store(&store, &reference, platforms.as_deref())?
+    } else {
+        let client = args.registry.connect(global, &reference, Access::Pull)?;
+        pull::pull(&store, &client, &reference, platforms.as_deref(), global.reporter().as_ref())?
+    };
     let recipes = super::store::project_recipes(global)?;
     let matched = super::store::matching_image_recipes(&recipes, &imported);
     if global.json {

@@ -89,11 +89,7 @@ pub fn matching_image_recipes(recipes: &[Recipe], imported: &crate::import::Impo
 
 /// The recipes of the project, if there is one here: `store add` works without.
 pub fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
-    let dir = global.project.join("recipes");
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    Ok(crate::recipe::load_dir(&dir)?.into_values().collect())
+    Ok(crate::project::Project::recipes_in(&global.project)?.into_values().collect())
 }
 
 fn hash_both(path: &Path) -> Result<(Hash, Hash)> {
@@ -116,73 +112,74 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
     // Like a build: a concurrent `store gc` waits until the import is complete.
     let _importing = store.build_lock_shared()?;
     let recipes = project_recipes(global)?;
+    let say = !global.json && !global.quiet;
     let mut results = Vec::new();
     for path in paths {
         if !path.exists() {
             return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
         }
-        let oci = path.is_dir() || crate::import::is_oci_archive(path);
-        if oci {
-            let imported = crate::import::import(store, path)?;
-            let matched = matching_image_recipes(&recipes, &imported);
-            if !global.json && !global.quiet {
-                for (d, p) in &imported.manifests {
-                    eprintln!(
-                        "imported image {d} ({}) from {}",
-                        p.as_deref().unwrap_or("platform not given"),
-                        path.display()
-                    );
-                }
-                if matched.is_empty() {
-                    eprintln!("warning: {} matches no oci-image recipe's digest", path.display());
-                }
-            }
-            results.push(
-                serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }),
-            );
-            continue;
-        }
-        let (sha256, sha512) = hash_both(path)?;
-        let mut matched = Vec::new();
-        let mut algorithms = Vec::new();
-        for r in &recipes {
-            for s in &r.sources {
-                if s.hash == sha256 || s.hash == sha512 {
-                    matched.push(format!(
-                        "{} ({})",
-                        r.name,
-                        s.platform.as_ref().map_or("any".into(), |p| p.to_string())
-                    ));
-                    if !algorithms.contains(&s.hash.algorithm()) {
-                        algorithms.push(s.hash.algorithm());
-                    }
-                }
-            }
-        }
-        if algorithms.is_empty() {
-            algorithms.push(Algorithm::Sha256);
-        }
-        for algorithm in &algorithms {
-            let expected = if *algorithm == Algorithm::Sha256 { &sha256 } else { &sha512 };
-            store.add_file(path, *algorithm, Some(expected))?;
-        }
-        if !global.json && !global.quiet {
-            if matched.is_empty() {
-                eprintln!(
-                    "added {} as {sha256}; warning: no recipe pins this file (sha512 {})",
-                    path.display(),
-                    sha512.hex()
-                );
-            } else {
-                eprintln!("added {} for {}", path.display(), matched.join(", "));
-            }
-        }
-        results.push(serde_json::json!({ "path": path, "kind": "file", "sha256": sha256.to_string(), "sha512": sha512.to_string(), "recipes": matched }));
+        let added = if path.is_dir() || crate::import::is_oci_archive(path) {
+            add_image(store, path, &recipes, say)?
+        } else {
+            add_file(store, path, &recipes, say)?
+        };
+        results.push(added);
     }
     if global.json {
         super::print_json(&serde_json::json!({ "added": results }));
     }
     Ok(())
+}
+
+/// Imports an OCI layout or oci-archive blob by blob; says which recipes' digests it holds.
+fn add_image(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result<serde_json::Value> {
+    let imported = crate::import::import(store, path)?;
+    let matched = matching_image_recipes(recipes, &imported);
+    if say {
+        for (d, p) in &imported.manifests {
+            eprintln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
+        }
+        if matched.is_empty() {
+            eprintln!("warning: {} matches no oci-image recipe's digest", path.display());
+        }
+    }
+    Ok(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }))
+}
+
+/// Stores a file under every hash a recipe pins it by (sha256 when none does).
+fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result<serde_json::Value> {
+    let (sha256, sha512) = hash_both(path)?;
+    let mut matched = Vec::new();
+    let mut algorithms = Vec::new();
+    for r in recipes {
+        for s in r.sources.iter().filter(|s| s.hash == sha256 || s.hash == sha512) {
+            matched.push(format!("{} ({})", r.name, s.platform.as_ref().map_or("any".into(), |p| p.to_string())));
+            if !algorithms.contains(&s.hash.algorithm()) {
+                algorithms.push(s.hash.algorithm());
+            }
+        }
+    }
+    if algorithms.is_empty() {
+        algorithms.push(Algorithm::Sha256);
+    }
+    for algorithm in algorithms {
+        let expected = if algorithm == Algorithm::Sha256 { &sha256 } else { &sha512 };
+        store.add_file(path, algorithm, Some(expected))?;
+    }
+    if say {
+        if matched.is_empty() {
+            eprintln!(
+                "added {} as {sha256}; warning: no recipe pins this file (sha512 {})",
+                path.display(),
+                sha512.hex()
+            );
+        } else {
+            eprintln!("added {} for {}", path.display(), matched.join(", "));
+        }
+    }
+    Ok(
+        serde_json::json!({ "path": path, "kind": "file", "sha256": sha256.to_string(), "sha512": sha512.to_string(), "recipes": matched }),
+    )
 }
 
 fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {

@@ -6,21 +6,20 @@ use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
 
-use super::OutputImage;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::image::canonical_json;
+use crate::image::{canonical_json, StoredImage};
 use crate::store::Store;
 
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The layout's top-level `index.json`: one entry per tag, in the order given.
-pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
+pub fn index_json(images: &[StoredImage]) -> Result<Vec<u8>> {
     let manifests: Vec<Descriptor> = images
         .iter()
         .map(|img| {
-            let mut d = img.descriptor.clone();
+            let mut d = img.descriptor();
             let mut annotations: BTreeMap<String, String> =
                 d.annotations().clone().unwrap_or_default().into_iter().collect();
             annotations.insert(REF_NAME.to_string(), img.tag.clone());
@@ -38,16 +37,14 @@ pub fn index_json(images: &[OutputImage]) -> Result<Vec<u8>> {
 }
 
 /// Every blob of every image, once, sorted.
-pub fn all_blobs(images: &[OutputImage]) -> BTreeSet<Sha256Digest> {
-    images.iter().flat_map(|i| i.blobs.iter().copied()).collect()
+pub fn all_blobs(images: &[StoredImage]) -> BTreeSet<Sha256Digest> {
+    images.iter().flat_map(StoredImage::blobs).collect()
 }
 
-pub fn write(store: &Store, dest: &Path, images: &[OutputImage]) -> Result<()> {
-    let temp = super::temp_sibling(dest);
-    if temp.exists() {
-        fs::remove_dir_all(&temp).at(&temp)?;
-    }
-    let blob_dir = temp.join("blobs/sha256");
+/// Writes the layout of `images` into the directory `dir` (a temporary path the caller renames
+/// into place).
+pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
+    let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).at(&blob_dir)?;
     for digest in all_blobs(images) {
         let from = store.sha256_path(&digest);
@@ -57,7 +54,6 @@ pub fn write(store: &Store, dest: &Path, images: &[OutputImage]) -> Result<()> {
             fs::copy(&from, &to).at(&from)?;
         }
     }
-    fs::write(temp.join("oci-layout"), OCI_LAYOUT).at(&temp)?;
-    fs::write(temp.join("index.json"), index_json(images)?).at(&temp)?;
-    super::replace(&temp, dest)
+    fs::write(dir.join("oci-layout"), OCI_LAYOUT).at(dir)?;
+    fs::write(dir.join("index.json"), index_json(images)?).at(dir)
 }

@@ -1,16 +1,15 @@
 //! Outputs: where finished images go. Each format writes to a temporary path beside the
-//! destination and renames it into place, so a reader never sees half an output.
+//! destination and renames it into place, so a reader never sees half an output; and only an
+//! output imgbuild wrote is ever replaced ([`destination`]).
 
 pub mod archive;
+pub(crate) mod destination;
 pub mod layout;
 pub mod vm;
 
-use std::path::{Path, PathBuf};
-
-use oci_spec::image::Descriptor;
-
-use crate::digest::Sha256Digest;
-use crate::error::{IoContext, Result};
+use crate::error::Result;
+use crate::image::StoredImage;
+pub(crate) use destination::{Destination, Force, Shape, TempPath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -28,66 +27,41 @@ impl Format {
     pub fn is_archive(self) -> bool {
         self != Format::OciLayout
     }
-}
 
-/// One tagged image of an output.
-#[derive(Debug, Clone)]
-pub struct OutputImage {
-    /// The tag (`node-1`), written as `org.opencontainers.image.ref.name`.
-    pub tag: String,
-    /// The manifest or index the tag points at.
-    pub descriptor: Descriptor,
-    /// Every blob the image needs (manifests, configs, layers, index).
-    pub blobs: Vec<Sha256Digest>,
-    /// For docker-archive: the single-platform config and layers.
-    pub docker: Option<DockerImage>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DockerImage {
-    pub repo_tag: String,
-    pub config: Sha256Digest,
-    pub layers: Vec<Sha256Digest>,
-}
-
-/// A temporary sibling of `dest`, unique to this process.
-pub fn temp_sibling(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Replaces `dest` (file or directory) with `temp`.
-pub fn replace(temp: &Path, dest: &Path) -> Result<()> {
-    if dest.is_dir() {
-        let old = dest.with_file_name(format!(
-            ".{}.old-{}",
-            dest.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        std::fs::rename(dest, &old).at(dest)?;
-        std::fs::rename(temp, dest).at(dest)?;
-        std::fs::remove_dir_all(&old).at(&old)?;
-    } else {
-        std::fs::rename(temp, dest).at(dest)?;
-    }
-    Ok(())
-}
-
-/// Writes `images` to `dest` in `format`.
-pub fn write(
-    store: &crate::store::Store,
-    dest: &Path,
-    format: Format,
-    images: &[OutputImage],
-    epoch: u64,
-) -> Result<()> {
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
-    match format {
-        Format::OciLayout => layout::write(store, dest, images),
-        Format::OciArchive | Format::DockerArchive => {
-            archive::write(store, dest, images, format == Format::DockerArchive, epoch)
+    pub(crate) fn shape(self) -> Shape {
+        if self.is_archive() {
+            Shape::Archive
+        } else {
+            Shape::Directory
         }
     }
+}
+
+/// Whether `name` is 64 lowercase hex digits: a sha256 blob's file name.
+pub(crate) fn is_sha256_hex(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Writes `images` in `format` to `dest` (checked before the build), replacing it whole;
+/// `name` is the repository a docker-archive tags them in.
+pub(crate) fn write(
+    store: &crate::store::Store,
+    dest: &Destination,
+    format: Format,
+    images: &[StoredImage],
+    name: &str,
+    epoch: u64,
+) -> Result<()> {
+    let temp = TempPath::beside(dest.path())?;
+    match format {
+        Format::OciLayout => {
+            layout::write(store, temp.path(), images)?;
+            Destination::record(temp.path())?;
+        }
+        Format::OciArchive | Format::DockerArchive => {
+            let docker = (format == Format::DockerArchive).then_some(name);
+            archive::write(store, temp.path(), images, docker, epoch)?
+        }
+    }
+    dest.replace_with(temp)
 }

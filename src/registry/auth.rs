@@ -2,11 +2,8 @@
 //! realm the registry names). Secrets live in `Secret`, which never prints its value.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use base64::Engine as _;
-
-use crate::error::{Error, Result};
 
 /// A password or token: shown as `***` by `Debug` and `Display`, so it cannot reach a log or an error.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,43 +31,45 @@ impl fmt::Display for Secret {
     }
 }
 
+/// What answers a registry's challenge: a user name and password, or (user name `<token>`, as
+/// Docker's credential helpers say it) an identity token to exchange for access tokens.
 #[derive(Clone, Debug)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,
+    /// Where they came from (a file, a helper, the command line), for messages.
+    pub origin: String,
 }
 
+/// The user name that marks an identity token.
+const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credentials {
+    pub fn new(username: &str, password: Secret, origin: impl Into<String>) -> Self {
+        Credentials { username: username.to_string(), password, origin: origin.into() }
+    }
+
+    pub fn identity_token(token: Secret, origin: impl Into<String>) -> Self {
+        Credentials::new(IDENTITY_TOKEN_USER, token, origin)
+    }
+
+    /// The identity token, when these credentials are one.
+    pub fn as_identity_token(&self) -> Option<&Secret> {
+        (self.username == IDENTITY_TOKEN_USER).then_some(&self.password)
+    }
+
     pub fn basic_header(&self) -> Secret {
         let raw = format!("{}:{}", self.username, self.password.expose());
         Secret(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
     }
-}
 
-/// Credentials for `registry` from the user's Docker config (`auths.<host>.auth`), if any.
-pub fn from_docker_config(registry: &str) -> Result<Option<Credentials>> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-    let Some(path) = dir.map(|d| d.join("config.json")) else { return Ok(None) };
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
-    let bad = |message: &str| Error::Definition { file: path.clone(), message: message.into() };
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|_| bad("not valid JSON"))?;
-    let auths = config.get("auths").and_then(|a| a.as_object());
-    let candidates = [registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
-    let hub = ["https://index.docker.io/v1/".to_string()];
-    let entry = auths.and_then(|a| {
-        candidates
-            .iter()
-            .chain(if registry == "docker.io" { hub.iter() } else { [].iter() })
-            .find_map(|k| a.get(k.as_str()))
-    });
-    let Some(auth) = entry.and_then(|e| e.get("auth")).and_then(|a| a.as_str()) else { return Ok(None) };
-    let decoded =
-        base64::engine::general_purpose::STANDARD.decode(auth).map_err(|_| bad("an `auth` entry is not base64"))?;
-    let decoded = String::from_utf8(decoded).map_err(|_| bad("an `auth` entry is not UTF-8"))?;
-    let (username, password) = decoded.split_once(':').ok_or_else(|| bad("an `auth` entry is not USER:PASSWORD"))?;
-    Ok(Some(Credentials { username: username.to_string(), password: Secret(password.to_string()) }))
+    /// Who is authenticating, for messages: never the secret.
+    pub fn describe(&self) -> String {
+        match self.as_identity_token() {
+            Some(_) => format!("an identity token from {}", self.origin),
+            None => format!("user `{}` from {}", crate::error::escape(&self.username), self.origin),
+        }
+    }
 }
 
 /// A parsed `WWW-Authenticate` header.
@@ -147,8 +146,8 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let c = Credentials { username: "u".into(), password: Secret::new("hunter2".into()) };
-        assert!(!format!("{c:?} {}", c.password).contains("hunter2"));
+        let c = Credentials::new("u", Secret::new("hunter2".into()), "test");
+        assert!(!format!("{c:?} {} {}", c.password, c.describe()).contains("hunter2"));
         assert!(!format!("{:?}", c.basic_header()).contains("aHVudGVyMg"));
     }
 }

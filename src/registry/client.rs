@@ -1,34 +1,41 @@
 //! An OCI distribution API client over reqwest: the `/v2/` ping, Basic and Bearer auth,
-//! blob HEAD / mount / upload (monolithic or chunked), manifests, and bounded retries.
+//! manifests and blobs, and bounded retries of what a retry can fix. Uploads are in `upload`.
 
-use std::cell::RefCell;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::cell::{OnceCell, RefCell};
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::blocking::{RequestBuilder, Response};
-use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
-};
-use reqwest::{Method, StatusCode};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
 
 use super::auth::{parse_challenge, Challenge, Credentials, Secret};
 use super::reference::Reference;
+use super::token::{Refusal, TokenRequest};
+use super::transport::{backoff, classify, explain, http_client, registry_error, retryable, Failure};
 use crate::digest::Sha256Digest;
-use crate::error::{http_cause as describe, Error, IoContext, Result};
-use crate::progress::{ProgressReader, Task};
-use std::sync::Arc;
+use crate::error::{escape, Error, Result};
 
 /// Every manifest type imgbuild reads or writes.
 pub const MANIFEST_TYPES: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
+/// What a connection may do: the token scope it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
 pub struct RegistrySettings {
+    /// Credentials from the command line; without them, the user's credential files are read
+    /// (`credentials::lookup`) when the registry first asks.
     pub credentials: Option<Credentials>,
-    /// A PEM file of extra CA certificates, trusted with the system's.
-    pub ca_file: Option<PathBuf>,
+    /// PEM files of certificates to trust besides the system's (`--ca-file`); the registry's
+    /// certs.d directory is added for each connection.
+    pub ca_files: Vec<PathBuf>,
     /// Plain HTTP; only for registries on loopback.
     pub insecure: bool,
     pub timeout: Duration,
@@ -36,15 +43,17 @@ pub struct RegistrySettings {
     pub chunk_size: u64,
     /// Attempts per request (and per blob upload) on 5xx, 429 and connection failures.
     pub attempts: u32,
+    pub access: Access,
 }
 
 pub struct Client {
-    http: reqwest::blocking::Client,
-    base: String,
-    registry: String,
-    repository: String,
-    credentials: Option<Credentials>,
-    attempts: u32,
+    pub(super) http: reqwest::blocking::Client,
+    pub(super) base: String,
+    pub(crate) reference: Reference,
+    explicit_credentials: Option<Credentials>,
+    /// The credentials in use, looked up once when the registry first asks.
+    credentials: OnceCell<Option<Credentials>>,
+    pub(super) attempts: u32,
     pub chunk_size: u64,
     /// The `Authorization` value in use, once the registry has asked for one.
     authorization: RefCell<Option<Secret>>,
@@ -52,93 +61,55 @@ pub struct Client {
     scopes: RefCell<Vec<String>>,
 }
 
-fn registry_error(registry: &str, message: impl Into<String>) -> Error {
-    Error::Registry { registry: registry.to_string(), message: message.into() }
-}
-
-/// The registry's own explanation, from its JSON error body, if it gave one.
-fn explain(response: Response) -> String {
-    let status = response.status();
-    let body = response.text().unwrap_or_default();
-    let detail = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| format!("{}: {}", e["code"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|d| !d.is_empty());
-    match detail {
-        Some(d) => format!("HTTP {status}: {d}"),
-        None => format!("HTTP {status}"),
-    }
-}
-
-fn retryable(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((100u64 << attempt.min(5)).min(2000))
-}
-
 impl Client {
     /// Connects to the registry of `reference` and checks it speaks the distribution API.
     pub fn connect(reference: &Reference, settings: &RegistrySettings) -> Result<Client> {
-        if settings.insecure && !reference.is_loopback() {
-            return Err(Error::Usage(format!(
-                "--insecure (plain HTTP) is only allowed for registries on loopback, not {}",
-                reference.registry
-            )));
-        }
-        let mut builder = reqwest::blocking::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca).at(ca)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Definition {
-                file: ca.clone(),
-                message: format!("not a PEM certificate bundle: {e}"),
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
+        let http = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout)?;
         let scheme = if settings.insecure { "http" } else { "https" };
+        let actions = match settings.access {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        };
         let client = Client {
             http,
             base: format!("{scheme}://{}", reference.api_host()),
-            registry: reference.registry.clone(),
-            repository: reference.repository.clone(),
-            credentials: settings.credentials.clone(),
+            reference: reference.clone(),
+            explicit_credentials: settings.credentials.clone(),
+            credentials: OnceCell::new(),
             attempts: settings.attempts.max(1),
             chunk_size: settings.chunk_size.max(1),
             authorization: RefCell::new(None),
             challenge: RefCell::new(None),
-            scopes: RefCell::new(vec![format!("repository:{}:pull,push", reference.repository)]),
+            scopes: RefCell::new(vec![format!("repository:{}:{actions}", reference.repository)]),
         };
         let response = client.send(|| client.http.get(format!("{}/v2/", client.base)))?;
+        if response.status() == StatusCode::BAD_REQUEST && settings.insecure {
+            return Err(Error::Registry {
+                registry: client.reference.registry.clone(),
+                message: format!("/v2/ answered {} to plain HTTP", explain(response)),
+                hint: Some("the registry may serve HTTPS: leave out --insecure".into()),
+            });
+        }
         if !response.status().is_success() {
-            return Err(registry_error(&client.registry, format!("/v2/ answered {}", explain(response))));
+            return Err(client.error(format!("/v2/ answered {}", explain(response))));
         }
         Ok(client)
     }
 
     pub fn registry(&self) -> &str {
-        &self.registry
+        &self.reference.registry
     }
 
     pub fn repository(&self) -> &str {
-        &self.repository
+        &self.reference.repository
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/v2/{}/{path}", self.base, self.repository)
+    pub(crate) fn error(&self, message: impl Into<String>) -> Error {
+        registry_error(&self.reference.registry, message)
+    }
+
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.reference.repository)
     }
 
     /// Asks for pull access to another repository too (for cross-repository mounts).
@@ -153,49 +124,48 @@ impl Client {
         Ok(())
     }
 
+    /// The command line's credentials, or the user's for this registry (read once).
+    fn credentials(&self) -> Result<Option<&Credentials>> {
+        if self.credentials.get().is_none() {
+            let found = match &self.explicit_credentials {
+                Some(c) => Some(c.clone()),
+                None => super::credentials::lookup(&self.reference.registry, &self.reference.repository)?,
+            };
+            let _ = self.credentials.set(found);
+        }
+        Ok(self.credentials.get().and_then(Option::as_ref))
+    }
+
     /// Sets the `Authorization` value for the challenge the registry gave.
     fn authenticate(&self) -> Result<()> {
         let challenge = self.challenge.borrow().clone();
         let value = match challenge {
             None => return Ok(()),
             Some(Challenge::Basic) => {
-                let creds = self.credentials.as_ref().ok_or_else(|| self.needs_credentials())?;
+                let creds = self.credentials()?.ok_or_else(|| self.needs_credentials())?;
+                if creds.as_identity_token().is_some() {
+                    return Err(self.error(format!(
+                        "the registry asks for a password (Basic auth), but {} is an identity token",
+                        creds.origin
+                    )));
+                }
                 creds.basic_header()
             }
             Some(Challenge::Bearer { realm, service }) => {
-                let mut request = self.http.get(&realm);
-                let mut query: Vec<(&str, String)> = Vec::new();
-                if let Some(s) = service {
-                    query.push(("service", s));
+                let scopes = self.scopes.borrow().clone();
+                let request = TokenRequest {
+                    http: &self.http,
+                    reference: &self.reference,
+                    realm: &realm,
+                    service: service.as_deref(),
+                    scopes: &scopes,
+                    credentials: self.credentials()?,
+                };
+                match request.fetch() {
+                    Ok(token) => token,
+                    Err(Refusal::Unauthorized) => return Err(self.auth_failed()),
+                    Err(Refusal::Other(e)) => return Err(e),
                 }
-                for scope in self.scopes.borrow().iter() {
-                    query.push(("scope", scope.clone()));
-                }
-                request = request.query(&query);
-                if let Some(c) = &self.credentials {
-                    request = request.header(AUTHORIZATION, c.basic_header().expose());
-                }
-                let response = request.send().map_err(|e| {
-                    registry_error(&self.registry, format!("token request to {realm}: {}", describe(&e)))
-                })?;
-                if response.status() == StatusCode::UNAUTHORIZED || response.status() == StatusCode::FORBIDDEN {
-                    return Err(self.auth_failed());
-                }
-                if !response.status().is_success() {
-                    return Err(registry_error(
-                        &self.registry,
-                        format!("token request to {realm}: {}", explain(response)),
-                    ));
-                }
-                let text = response.text().unwrap_or_default();
-                let body: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
-                    registry_error(&self.registry, format!("token request to {realm}: the answer is not JSON"))
-                })?;
-                let token =
-                    body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).ok_or_else(
-                        || registry_error(&self.registry, format!("token request to {realm}: no token in the answer")),
-                    )?;
-                Secret::new(format!("Bearer {token}"))
             }
         };
         *self.authorization.borrow_mut() = Some(value);
@@ -203,27 +173,37 @@ impl Client {
     }
 
     fn needs_credentials(&self) -> Error {
-        registry_error(
-            &self.registry,
-            "the registry asks for credentials; give --username with --password-stdin, set IMGBUILD_REGISTRY_USERNAME and IMGBUILD_REGISTRY_PASSWORD, or log in with docker",
-        )
+        Error::Registry {
+            registry: self.reference.registry.clone(),
+            message: "the registry asks for credentials and none were found".into(),
+            hint: Some(format!(
+                "log in with `podman login {0}` or `docker login {0}` (imgbuild reads {1}); \
+                 push and pull also take --username with --password-stdin",
+                self.reference.registry,
+                super::credentials::auth_files().iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+            )),
+        }
     }
 
     fn auth_failed(&self) -> Error {
-        let who = self
-            .credentials
-            .as_ref()
-            .map_or_else(|| "no credentials".to_string(), |c| format!("user `{}`", c.username));
-        registry_error(&self.registry, format!("authentication failed ({who}): check the username and password"))
+        let who = match self.credentials.get().and_then(Option::as_ref) {
+            Some(c) => c.describe(),
+            None => "no credentials".to_string(),
+        };
+        self.error(format!("authentication failed ({who}): check the username and password"))
     }
 
-    /// Sends one request once, answering an auth challenge once.
-    fn send_once(&self, make: &dyn Fn() -> RequestBuilder) -> std::result::Result<Response, reqwest::Error> {
-        self.authorized(make()).send()
+    pub(super) fn authorized(&self, r: RequestBuilder) -> RequestBuilder {
+        match self.authorization.borrow().as_ref() {
+            Some(a) => r.header(AUTHORIZATION, a.expose()),
+            None => r,
+        }
     }
 
-    /// Sends a request, authenticating when challenged and retrying (bounded) on 5xx, 429
-    /// and connection failures. `make` builds the request afresh for every attempt.
+    /// Sends a request, authenticating when challenged and retrying (bounded) what a retry can
+    /// fix: 5xx, 429, refused or dropped connections, timeouts. A certificate error, a refused
+    /// login (401 after authenticating) or a 403 fails at once. `make` builds the request afresh
+    /// for every attempt.
     pub fn send(&self, make: impl Fn() -> RequestBuilder) -> Result<Response> {
         let mut authenticated_now = false;
         let mut last = String::new();
@@ -233,7 +213,7 @@ impl Client {
                 std::thread::sleep(backoff(attempt));
             }
             attempt += 1;
-            match self.send_once(&make) {
+            match self.authorized(make()).send() {
                 Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
                     if authenticated_now || (self.authorization.borrow().is_some() && self.challenge.borrow().is_none())
                     {
@@ -242,23 +222,32 @@ impl Client {
                     let challenge =
                         r.headers().get(WWW_AUTHENTICATE).and_then(|h| h.to_str().ok()).and_then(parse_challenge);
                     let Some(challenge) = challenge else {
-                        return Err(registry_error(
-                            &self.registry,
-                            "HTTP 401 without a usable WWW-Authenticate challenge",
-                        ));
+                        return Err(self.error("HTTP 401 without a usable WWW-Authenticate challenge"));
                     };
                     *self.challenge.borrow_mut() = Some(challenge);
                     self.authenticate()?;
                     authenticated_now = true;
                     attempt -= 1; // answering a challenge is not a failed attempt
                 }
+                Ok(r) if r.status() == StatusCode::FORBIDDEN => return Err(self.forbidden(r)),
                 Ok(r) if retryable(r.status()) => last = explain(r),
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_builder() => return Err(registry_error(&self.registry, describe(&e))),
-                Err(e) => last = describe(&e),
+                Err(e) => match classify(&self.reference, &e) {
+                    Failure::Fatal(e) => return Err(e),
+                    Failure::Transient(why) => last = why,
+                },
             }
         }
-        Err(registry_error(&self.registry, format!("{last} (after {} attempts)", self.attempts)))
+        Err(self.error(format!("{last} (after {} attempts)", self.attempts)))
+    }
+
+    fn forbidden(&self, r: Response) -> Error {
+        let who = match self.credentials.get().and_then(Option::as_ref) {
+            Some(c) => c.describe(),
+            None => "anonymous".to_string(),
+        };
+        let scopes = self.scopes.borrow().join(" ");
+        self.error(format!("{} for {who} (asked for {})", explain(r), escape(&scopes)))
     }
 
     pub fn blob_exists(&self, digest: &Sha256Digest) -> Result<bool> {
@@ -266,143 +255,21 @@ impl Client {
         match r.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(registry_error(&self.registry, format!("checking blob {digest}: {}", explain(r)))),
+            _ => Err(self.error(format!("checking blob {digest}: {}", explain(r)))),
         }
     }
 
-    /// Asks the registry to link a blob from another repository; false when it cannot.
-    pub fn mount(&self, digest: &Sha256Digest, from: &str) -> Result<bool> {
-        self.add_pull_scope(from)?;
-        let url = self.url("blobs/uploads/");
-        let r = self.send(|| {
-            self.http
-                .post(&url)
-                .query(&[("mount", digest.to_string()), ("from", from.to_string())])
-                .header(CONTENT_LENGTH, 0)
-        })?;
-        match r.status() {
-            StatusCode::CREATED => Ok(true),
-            // 202: the registry started an ordinary upload instead; abandon it.
-            StatusCode::ACCEPTED => Ok(false),
-            _ => Err(registry_error(&self.registry, format!("mounting {digest} from {from}: {}", explain(r)))),
-        }
-    }
-
-    fn location(&self, r: &Response) -> Result<String> {
-        let loc = r
-            .headers()
-            .get(LOCATION)
-            .and_then(|l| l.to_str().ok())
-            .ok_or_else(|| registry_error(&self.registry, "upload answer without a Location"))?;
-        Ok(if loc.starts_with("http://") || loc.starts_with("https://") {
-            loc.to_string()
-        } else {
-            format!("{}{loc}", self.base)
-        })
-    }
-
-    fn with_digest(location: &str, digest: &Sha256Digest) -> String {
-        let sep = if location.contains('?') { '&' } else { '?' };
-        format!("{location}{sep}digest={digest}")
-    }
-
-    /// Uploads a blob from `path` (in the store), whole or in chunks. The whole protocol is
-    /// started again, bounded, when any step fails in a way a retry can fix.
-    pub fn upload(&self, digest: &Sha256Digest, path: &std::path::Path, size: u64, task: &Arc<dyn Task>) -> Result<()> {
-        let mut last = None;
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(backoff(attempt));
-                task.set_position(0);
-            }
-            match self.upload_once(digest, path, size, task) {
-                Ok(()) => return Ok(()),
-                Err(e @ Error::Registry { .. }) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
-    }
-
-    fn upload_once(
-        &self,
-        digest: &Sha256Digest,
-        path: &std::path::Path,
-        size: u64,
-        task: &Arc<dyn Task>,
-    ) -> Result<()> {
-        let start = self.send(|| self.http.post(self.url("blobs/uploads/")).header(CONTENT_LENGTH, 0))?;
-        if start.status() != StatusCode::ACCEPTED {
-            return Err(registry_error(&self.registry, format!("starting the upload of {digest}: {}", explain(start))));
-        }
-        let mut location = self.location(&start)?;
-        if size > self.chunk_size {
-            let mut offset = 0u64;
-            while offset < size {
-                let len = self.chunk_size.min(size - offset);
-                let body = file_part(path, offset, len, task)?;
-                // A streamed body cannot be sent twice, so chunks are not retried one by one:
-                // a failure starts the whole upload again (see `upload`).
-                let response = self
-                    .authorized(self.http.request(Method::PATCH, &location))
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
-                    .header(CONTENT_LENGTH, len)
-                    .body(body)
-                    .send()
-                    .map_err(|e| registry_error(&self.registry, format!("uploading {digest}: {}", describe(&e))))?;
-                if response.status() != StatusCode::ACCEPTED {
-                    return Err(registry_error(
-                        &self.registry,
-                        format!("uploading a chunk of {digest}: {}", explain(response)),
-                    ));
-                }
-                location = self.location(&response)?;
-                offset += len;
-            }
-            let done =
-                self.authorized(self.http.put(Self::with_digest(&location, digest))).header(CONTENT_LENGTH, 0).send();
-            return self.finished(done, digest);
-        }
-        let body = file_part(path, 0, size, task)?;
-        let done = self
-            .authorized(self.http.put(Self::with_digest(&location, digest)))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, size)
-            .body(body)
-            .send();
-        self.finished(done, digest)
-    }
-
-    fn authorized(&self, r: RequestBuilder) -> RequestBuilder {
-        match self.authorization.borrow().as_ref() {
-            Some(a) => r.header(AUTHORIZATION, a.expose()),
-            None => r,
-        }
-    }
-
-    fn finished(&self, done: std::result::Result<Response, reqwest::Error>, digest: &Sha256Digest) -> Result<()> {
-        let r = done.map_err(|e| registry_error(&self.registry, format!("uploading {digest}: {}", describe(&e))))?;
-        if r.status() != StatusCode::CREATED {
-            return Err(registry_error(&self.registry, format!("completing the upload of {digest}: {}", explain(r))));
-        }
-        Ok(())
-    }
-
-    /// PUTs a manifest or index; returns the digest the registry computed (checked against ours).
+    /// PUTs a manifest or index, and checks that the registry stored it under our digest.
     pub fn put_manifest(&self, target: &str, media_type: &str, bytes: &[u8]) -> Result<()> {
         let url = self.url(&format!("manifests/{target}"));
         let r = self.send(|| self.http.put(&url).header(CONTENT_TYPE, media_type).body(bytes.to_vec()))?;
         if r.status() != StatusCode::CREATED {
-            return Err(registry_error(&self.registry, format!("putting manifest {target}: {}", explain(r))));
+            return Err(self.error(format!("putting manifest {target}: {}", explain(r))));
         }
         let ours = Sha256Digest::of(bytes);
         if let Some(theirs) = digest_header(r.headers()) {
             if theirs != ours {
-                return Err(registry_error(
-                    &self.registry,
-                    format!("the registry stored manifest {target} as {theirs}, not {ours}"),
-                ));
+                return Err(self.error(format!("the registry stored manifest {target} as {theirs}, not {ours}")));
             }
         }
         Ok(())
@@ -412,39 +279,48 @@ impl Client {
     pub fn get_manifest(&self, target: &str) -> Result<(Vec<u8>, String)> {
         let url = self.url(&format!("manifests/{target}"));
         let r = self.send(|| self.http.get(&url).header(ACCEPT, MANIFEST_TYPES))?;
+        if r.status() == StatusCode::NOT_FOUND {
+            return Err(self.error(format!("{} has no manifest {target}", self.reference.name())));
+        }
         if !r.status().is_success() {
-            return Err(registry_error(&self.registry, format!("getting manifest {target}: {}", explain(r))));
+            return Err(self.error(format!("getting manifest {target}: {}", explain(r))));
         }
         let media_type = r.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let mut bytes = Vec::new();
         r.take(crate::store::MAX_DOCUMENT + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| registry_error(&self.registry, format!("reading manifest {target}: {e}")))?;
+            .map_err(|e| self.error(format!("reading manifest {target}: {e}")))?;
         if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
-            return Err(registry_error(&self.registry, format!("manifest {target} is larger than 4 MiB")));
+            return Err(self.error(format!("manifest {target} is larger than 4 MiB")));
         }
         Ok((bytes, media_type))
     }
 
-    /// GETs a blob as a stream.
-    pub fn get_blob(&self, digest: &Sha256Digest) -> Result<Response> {
+    /// GETs a blob as a stream, from byte `offset` on (a resumed download). Returns the
+    /// response and whether it starts at `offset` (else it is the whole blob).
+    pub fn get_blob(&self, digest: &Sha256Digest, offset: u64) -> Result<(Response, bool)> {
         let url = self.url(&format!("blobs/{digest}"));
-        let r = self.send(|| self.http.get(&url))?;
+        let r = self.send(|| {
+            let request = self.http.get(&url);
+            if offset > 0 {
+                request.header(RANGE, format!("bytes={offset}-"))
+            } else {
+                request
+            }
+        })?;
         if !r.status().is_success() {
-            return Err(registry_error(&self.registry, format!("getting blob {digest}: {}", explain(r))));
+            return Err(self.error(format!("getting blob {digest}: {}", explain(r))));
         }
-        Ok(r)
+        let resumed = offset > 0
+            && r.status() == StatusCode::PARTIAL_CONTENT
+            && crate::fetch::resume::range_start(r.headers()) == Some(offset);
+        if offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && !resumed {
+            return Err(self.error(format!("getting blob {digest}: the registry sent a range that was not asked for")));
+        }
+        Ok((r, resumed))
     }
 }
 
 fn digest_header(headers: &HeaderMap) -> Option<Sha256Digest> {
     headers.get("docker-content-digest")?.to_str().ok()?.parse().ok()
-}
-
-/// `len` bytes of a file from `offset`, as a streamed request body that advances `task`.
-fn file_part(path: &std::path::Path, offset: u64, len: u64, task: &Arc<dyn Task>) -> Result<reqwest::blocking::Body> {
-    let mut file = File::open(path).at(path)?;
-    file.seek(SeekFrom::Start(offset)).at(path)?;
-    task.set_position(offset);
-    Ok(reqwest::blocking::Body::sized(ProgressReader::new(file.take(len), Arc::clone(task)), len))
 }

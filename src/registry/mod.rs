@@ -3,9 +3,14 @@
 
 pub mod auth;
 pub mod client;
+pub(crate) mod credentials;
 pub mod pull;
 pub mod push;
 pub mod reference;
+mod tls;
+mod token;
+mod transport;
+mod upload;
 
-pub use client::{Client, RegistrySettings};
+pub use client::{Access, Client, RegistrySettings};
 pub use reference::Reference;

@@ -1,17 +1,176 @@
 //! Pulling an image from a registry into the store, checking every digest, so an image
-//! definition can start from a base pinned by digest.
+//! definition can start from a base pinned by digest; and, offline, finding that an image is
+//! already whole in the store.
 
-use std::io;
+use std::io::Read;
+use std::sync::Arc;
 
 use super::client::Client;
 use super::reference::Reference;
-use crate::digest::{Algorithm, Hash, Sha256Digest};
+use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::fetch::resume::{write_resumable, Body, Transfer};
 use crate::import::Imported;
 use crate::oci_doc::{Descriptor, DescriptorPlatform, Document};
 use crate::platform::Platform;
-use crate::progress::Reporter;
+use crate::progress::{Reporter, Task};
 use crate::store::Store;
+
+/// Attempts per blob after dropped connections, each resuming where the last stopped.
+const BLOB_ATTEMPTS: u32 = 3;
+
+/// Where a pull reads from: a registry, or the store itself (offline).
+trait Origin {
+    /// The manifest or index `target`, checked against `expected` when pinned.
+    fn manifest(&mut self, target: &str, expected: Option<&Sha256Digest>) -> Result<(Sha256Digest, Document)>;
+    /// Makes sure a config or layer is in the store.
+    fn blob(&mut self, desc: &Descriptor) -> Result<()>;
+    fn invalid(&self, message: String) -> Error;
+}
+
+/// The children of an index a pull keeps: those of `platforms` (all when `None`).
+fn wanted<'d>(children: &'d [Descriptor], platforms: Option<&[Platform]>) -> Vec<&'d Descriptor> {
+    children
+        .iter()
+        .filter(|child| {
+            let platform = child.platform.as_ref().map(DescriptorPlatform::text);
+            match (platforms, &platform) {
+                (None, _) => true,
+                (Some(list), Some(p)) => list.iter().any(|w| w.to_string() == *p),
+                (Some(_), None) => false,
+            }
+        })
+        .collect()
+}
+
+/// The walk of every pull: the top document; for an index, the manifests of the platforms
+/// asked for; for each manifest, its config and layers.
+fn walk(origin: &mut dyn Origin, reference: &Reference, platforms: Option<&[Platform]>) -> Result<Imported> {
+    let mut imported = Imported::default();
+    let (digest, doc) = origin.manifest(&reference.target(), reference.digest.as_ref())?;
+    let mut images = Vec::new();
+    match &doc.manifests {
+        Some(children) => {
+            imported.indexes.push(digest);
+            for child in wanted(children, platforms) {
+                let (d, doc) = origin.manifest(&child.digest.to_string(), Some(&child.digest))?;
+                images.push((d, child.platform.as_ref().map(DescriptorPlatform::text), doc));
+            }
+            if images.is_empty() {
+                return Err(Error::Usage(format!("{reference} has no manifest for the platforms asked for")));
+            }
+        }
+        None => images.push((digest, None, doc)),
+    }
+    for (digest, platform, doc) in images {
+        let config = doc
+            .config
+            .as_ref()
+            .ok_or_else(|| origin.invalid(format!("{digest} is neither an image index nor an image manifest")))?;
+        for d in std::iter::once(config).chain(&doc.layers) {
+            origin.blob(d)?;
+            imported.blobs += 1;
+        }
+        imported.manifests.push((digest, platform));
+    }
+    Ok(imported)
+}
+
+struct RegistryOrigin<'a> {
+    store: &'a Store,
+    client: &'a Client,
+    reporter: &'a dyn Reporter,
+}
+
+impl Origin for RegistryOrigin<'_> {
+    fn manifest(&mut self, target: &str, expected: Option<&Sha256Digest>) -> Result<(Sha256Digest, Document)> {
+        manifest(self.store, self.client, target, expected)
+    }
+
+    fn blob(&mut self, desc: &Descriptor) -> Result<()> {
+        blob(self.store, self.client, desc, self.reporter)
+    }
+
+    fn invalid(&self, message: String) -> Error {
+        self.client.error(message)
+    }
+}
+
+/// Pulls `reference` into the store: an index and the manifests of `platforms` (all when
+/// `None`), or a single manifest, with their configs and layers.
+pub fn pull(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    platforms: Option<&[Platform]>,
+    reporter: &dyn Reporter,
+) -> Result<Imported> {
+    walk(&mut RegistryOrigin { store, client, reporter }, reference, platforms)
+}
+
+struct StoreOrigin<'a> {
+    store: &'a Store,
+    reference: &'a Reference,
+    /// What the store lacks.
+    missing: Vec<String>,
+}
+
+impl StoreOrigin<'_> {
+    fn missing_error(&self) -> Error {
+        let reasons = self.missing.iter().map(|m| format!("offline, and not in the store: {m}")).collect();
+        let file = format!("{}.tar", self.reference.repository.rsplit('/').next().unwrap_or("image"));
+        let digest = self.reference.digest.as_ref();
+        Error::MissingInputs(vec![crate::fetch::missing_image(
+            "pull",
+            "-",
+            Some(self.reference),
+            digest,
+            &file,
+            reasons,
+        )])
+    }
+}
+
+impl Origin for StoreOrigin<'_> {
+    fn manifest(&mut self, target: &str, _: Option<&Sha256Digest>) -> Result<(Sha256Digest, Document)> {
+        let digest: Sha256Digest = target.parse().map_err(|e| Error::Internal(format!("{target}: {e}")))?;
+        if !self.store.has_sha256(&digest) {
+            self.missing.push(format!("{digest} (manifest)"));
+            return Err(self.missing_error());
+        }
+        let bytes = self.store.read_blob(&digest)?;
+        let doc = serde_json::from_slice(&bytes).map_err(|e| self.invalid(format!("{digest}: {e}")))?;
+        Ok((digest, doc))
+    }
+
+    fn blob(&mut self, desc: &Descriptor) -> Result<()> {
+        if !self.store.has_sha256(&desc.digest) {
+            self.missing.push(desc.digest.to_string());
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, message: String) -> Error {
+        Error::Store { path: self.store.root().to_path_buf(), message }
+    }
+}
+
+/// `pull --offline`: what `pull` would have stored, when the store already holds all of it.
+pub(crate) fn from_store(store: &Store, reference: &Reference, platforms: Option<&[Platform]>) -> Result<Imported> {
+    let mut origin = StoreOrigin { store, reference, missing: Vec::new() };
+    if reference.digest.is_none() {
+        origin
+            .missing
+            .push("what the tag points at (only the registry knows; offline, name the digest: REF@sha256:…)".into());
+        return Err(origin.missing_error());
+    }
+    let imported = walk(&mut origin, reference, platforms)?;
+    if origin.missing.is_empty() {
+        Ok(imported)
+    } else {
+        Err(origin.missing_error())
+    }
+}
 
 /// Fetches a manifest, checks it against `expected` (when pinned) and stores it.
 fn manifest(
@@ -31,74 +190,67 @@ fn manifest(
             });
         }
     }
-    let doc: Document = serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
-        registry: client.registry().into(),
-        message: format!("{target} is not an OCI manifest: {e}"),
-    })?;
+    let doc: Document =
+        serde_json::from_slice(&bytes).map_err(|e| client.error(format!("{target} is not an OCI manifest: {e}")))?;
     store.add_bytes(&bytes)?;
     Ok((found, doc))
 }
 
 fn blob(store: &Store, client: &Client, desc: &Descriptor, reporter: &dyn Reporter) -> Result<()> {
-    let hash: Hash = desc.digest.to_hash();
-    if store.has(&hash) {
+    if store.has_sha256(&desc.digest) {
         return Ok(());
     }
     let task = reporter.task(&format!("pull {}", &desc.digest.hex()[..12]), Some(desc.size));
-    let mut response = client.get_blob(&desc.digest)?;
-    let mut writer = store.writer(Algorithm::Sha256)?;
-    io::copy(&mut response, &mut writer).map_err(|e| Error::Registry {
-        registry: client.registry().into(),
-        message: format!("reading blob {}: {e}", desc.digest),
-    })?;
-    task.set_position(writer.size());
-    writer.commit(Some(&hash), &format!("{}/{}@{}", client.registry(), client.repository(), desc.digest))?;
-    Ok(())
+    fetch_blob(store, client, desc, &|n| task.set_position(n))
 }
 
-/// Pulls `reference` into the store: an index and the manifests of `platforms` (all when
-/// `None`), or a single manifest, with their configs and layers.
-pub fn pull(
-    store: &Store,
-    client: &Client,
-    reference: &Reference,
-    platforms: Option<&[Platform]>,
-    reporter: &dyn Reporter,
-) -> Result<Imported> {
-    let mut imported = Imported::default();
-    let (digest, doc) = manifest(store, client, &reference.target(), reference.digest.as_ref())?;
-    let mut images = Vec::new();
-    match doc.manifests {
-        Some(children) => {
-            imported.indexes.push(digest);
-            for child in children {
-                let platform = child.platform.as_ref().map(DescriptorPlatform::text);
-                let wanted = match (platforms, &platform) {
-                    (None, _) => true,
-                    (Some(list), Some(p)) => list.iter().any(|w| w.to_string() == *p),
-                    (Some(_), None) => false,
-                };
-                if wanted {
-                    let (d, doc) = manifest(store, client, &child.digest.to_string(), Some(&child.digest))?;
-                    images.push((d, platform, doc));
-                }
-            }
-            if images.is_empty() {
-                return Err(Error::Usage(format!("{reference} has no manifest for the platforms asked for")));
-            }
-        }
-        None => images.push((digest, None, doc)),
+/// Fetches one blob into the store, checked against its digest and resumed (bounded) after a
+/// dropped connection. `progress` is told how many of its bytes are there.
+fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn Fn(u64)) -> Result<()> {
+    let hash = desc.digest.to_hash();
+    if store.has(&hash) {
+        progress(desc.size);
+        return Ok(());
     }
-    for (digest, platform, doc) in images {
-        let config = doc.config.as_ref().ok_or_else(|| Error::Registry {
-            registry: client.registry().into(),
-            message: format!("{digest} is neither an image index nor an image manifest"),
-        })?;
-        for d in std::iter::once(config).chain(&doc.layers) {
-            blob(store, client, d, reporter)?;
-            imported.blobs += 1;
-        }
-        imported.manifests.push((digest, platform));
+    // The same lock as a tarball download of this hash: one partial file, one writer.
+    let _lock = store.lock(&format!("fetch-sha256-{}", desc.digest.hex()))?;
+    if store.has(&hash) {
+        progress(desc.size);
+        return Ok(());
     }
-    Ok(imported)
+    let partial = store.partial_path(&hash);
+    let what = format!("{}@{}", client.reference.name(), desc.digest);
+    let mut last = String::new();
+    for attempt in 0..BLOB_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+        }
+        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let (response, resumed) = client.get_blob(&desc.digest, have)?;
+        let start = if resumed { have } else { 0 };
+        let length = response.content_length();
+        // Never more than the manifest says (and one byte to notice a longer blob).
+        let reader = response.take(desc.size.saturating_sub(start) + 1);
+        match write_resumable(&partial, Body { reader, start, length }, Algorithm::Sha256, progress) {
+            Ok(found) => return store.commit_file(&partial, found, Some(&hash), &what).map(drop),
+            Err(Transfer::Retry(why)) => last = why,
+            Err(Transfer::Fatal(why)) => return Err(client.error(format!("blob {}: {why}", desc.digest))),
+            Err(Transfer::Local(e)) => return Err(e),
+        }
+    }
+    Err(client.error(format!("blob {}: {last} (after {BLOB_ATTEMPTS} attempts)", desc.digest)))
+}
+
+/// Fetches the image manifest `digest` and every blob it names into the store (a build's base
+/// image): each checked against its digest, resumed after a dropped connection, and counted
+/// in `task` as one download. An index is stored as it is; the caller refuses it.
+pub(crate) fn fetch_image(store: &Store, client: &Client, digest: &Sha256Digest, task: &Arc<dyn Task>) -> Result<()> {
+    let (_, doc) = manifest(store, client, &digest.to_string(), Some(digest))?;
+    task.set_total(doc.blobs().map(|d| d.size).sum());
+    let mut done = 0;
+    for desc in doc.blobs() {
+        fetch_blob(store, client, desc, &|n| task.set_position(done + n))?;
+        done += desc.size;
+    }
+    Ok(())
 }

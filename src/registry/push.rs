@@ -40,9 +40,7 @@ struct MountHints {
 
 impl MountHints {
     fn load(store: &Store, registry: &str) -> MountHints {
-        let name: String =
-            registry.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
-        let path = store.root().join("registries").join(format!("{name}.json"));
+        let path = store.registry_hints_path(registry);
         let repos = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
         MountHints { path, repos }
     }
@@ -56,8 +54,6 @@ impl MountHints {
     }
 
     fn save(&self, store: &Store) -> Result<()> {
-        let dir = self.path.parent().expect("has parent");
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         store.write_atomic(&self.path, &serde_json::to_vec(&self.repos).expect("serializes"))
     }
 }

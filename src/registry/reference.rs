@@ -30,12 +30,7 @@ impl Reference {
 
     /// Whether the registry is on this machine's loopback, where plain HTTP may be allowed.
     pub fn is_loopback(&self) -> bool {
-        let host = match self.registry.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => &self.registry,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        is_loopback_host(&self.registry)
     }
 
     /// What a manifest is put under or fetched by: the digest if there is one, else the tag.
@@ -55,6 +50,16 @@ impl Reference {
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
     }
+}
+
+/// Whether `HOST[:PORT]` names this machine's loopback.
+pub(crate) fn is_loopback_host(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl FromStr for Reference {
@@ -120,6 +125,56 @@ impl fmt::Display for Reference {
     }
 }
 
+/// `--registry-mirror HOST=MIRROR`: images of registry `HOST` are also looked for at `MIRROR`
+/// (`host[:port][/path]`), as a `[[registry.mirror]]` of containers' `registries.conf` says:
+/// `docker.io=mirror.example:5000/hub` finds `docker.io/library/debian` at
+/// `mirror.example:5000/hub/library/debian`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryMirror {
+    pub registry: String,
+    /// The mirror's registry host and the path its repositories are under (may be empty).
+    pub host: String,
+    pub prefix: String,
+}
+
+impl RegistryMirror {
+    /// Where `reference` is on this mirror, if the mirror is for its registry.
+    pub fn apply(&self, reference: &Reference) -> Option<Reference> {
+        (reference.registry == self.registry).then(|| Reference {
+            registry: self.host.clone(),
+            repository: match self.prefix.as_str() {
+                "" => reference.repository.clone(),
+                prefix => format!("{prefix}/{}", reference.repository),
+            },
+            ..reference.clone()
+        })
+    }
+}
+
+impl FromStr for RegistryMirror {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("`{s}` is not a registry mirror ({why}); expected HOST=MIRROR, e.g. docker.io=mirror.example:5000")
+        };
+        let (registry, mirror) = s.split_once('=').ok_or_else(|| bad("no `=`"))?;
+        let registry = registry.trim().trim_end_matches('/');
+        // Both sides must read as a registry host: the same rules as references.
+        let host_of = |text: &str| -> Result<Reference, String> {
+            let r: Reference = format!("{text}/x").parse().map_err(|e: String| bad(&e))?;
+            if r.tag.is_some() || r.digest.is_some() || !text.starts_with(r.registry.as_str()) {
+                return Err(bad("name a host (with its port), as in image references"));
+            }
+            Ok(r)
+        };
+        let registry = host_of(registry)?.registry;
+        let mirror = host_of(mirror.trim().trim_end_matches('/'))?;
+        let prefix = mirror.repository.strip_suffix("x").unwrap_or("").trim_end_matches('/').to_string();
+        Ok(RegistryMirror { registry, host: mirror.registry, prefix })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +199,21 @@ mod tests {
         assert!(!"ghcr.io/x/y:tag".parse::<Reference>().unwrap().is_loopback());
         assert!("Upper/case".parse::<Reference>().is_err());
         assert!("host/repo:bad tag".parse::<Reference>().is_err());
+    }
+
+    #[test]
+    fn registry_mirrors_move_a_repository_to_another_host_and_prefix() {
+        let debian: Reference = "docker.io/library/debian".parse().unwrap();
+        let m: RegistryMirror = "docker.io=127.0.0.1:5000/hub".parse().unwrap();
+        assert_eq!(m.apply(&debian).unwrap().to_string(), "127.0.0.1:5000/hub/library/debian");
+        let m: RegistryMirror = "docker.io=mirror.example".parse().unwrap();
+        assert_eq!(m.apply(&debian).unwrap().to_string(), "mirror.example/library/debian");
+        let other: Reference = "ghcr.io/a/b".parse().unwrap();
+        assert_eq!(m.apply(&other), None);
+        for bad in
+            ["docker.io", "docker.io=", "=mirror.example", "docker.io=Mirror.example/UP", "docker.io=m.example:t@x"]
+        {
+            assert!(bad.parse::<RegistryMirror>().is_err(), "{bad}");
+        }
     }
 }

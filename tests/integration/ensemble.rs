@@ -16,7 +16,7 @@ use super::http::Fault;
 const HOSTS: [&str; 3] = ["127.0.1.1", "127.0.1.2", "127.0.1.3"];
 const KAFKA_1_0_CONFIGS: &str = include_str!("kafka-1.0-broker-configs.txt");
 
-fn podman() -> Command {
+pub(super) fn podman() -> Command {
     let mut c = Command::new("podman");
     c.args(["--runtime", "runc", "--cgroup-manager=cgroupfs"]);
     c
@@ -86,7 +86,7 @@ fn zk_cli(container: &str, host: &str, args: &[&str]) -> Output {
 }
 
 /// Writes the seed's recipes (same names as `recipes/`) pinned to real inputs from Debian.
-fn pin_real_inputs(p: &TestProject, work: &Path) {
+pub(super) fn pin_real_inputs(p: &TestProject, work: &Path) {
     let root = work.join("base-root");
     debian::debian_root(&root, BASE_PACKAGES);
     let base = work.join("base-layout");

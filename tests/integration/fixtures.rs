@@ -260,28 +260,47 @@ pub fn layout_from_root(dir: &Path, root: &Path) -> String {
     write_layout(dir, &[("amd64", tar_of_root(root, &[]))]).remove(0).1
 }
 
+/// An amd64 OCI layout whose image has `layers` (uncompressed tars, lowest first).
+pub fn layered_layout(dir: &Path, layers: &[Vec<u8>]) -> String {
+    write_layers(dir, &[("amd64", layers)]).remove(0).1
+}
+
 /// Writes an OCI layout with one single-layer image per (architecture, uncompressed tar).
 fn write_layout(dir: &Path, images: &[(&str, Vec<u8>)]) -> Vec<(String, String)> {
+    let layered: Vec<(&str, &[Vec<u8>])> = images.iter().map(|(a, l)| (*a, std::slice::from_ref(l))).collect();
+    write_layers(dir, &layered)
+}
+
+/// Writes an OCI layout with one image per (architecture, its layers as uncompressed tars).
+fn write_layers(dir: &Path, images: &[(&str, &[Vec<u8>])]) -> Vec<(String, String)> {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut manifests = Vec::new();
     let mut out = Vec::new();
-    for (arch, raw) in images {
-        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(raw).unwrap();
-        let layer = gz.finish().unwrap();
-        let (layer_digest, layer_size) = put_blob(dir, &layer);
+    for (arch, raws) in images {
+        let mut layers = Vec::new();
+        for raw in raws.iter() {
+            let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(raw).unwrap();
+            let (digest, size) = put_blob(dir, &gz.finish().unwrap());
+            layers.push(serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size }));
+        }
+        let diff_ids: Vec<String> = raws.iter().map(|raw| format!("sha256:{}", sha256_hex(raw))).collect();
+        let history: Vec<_> = raws
+            .iter()
+            .map(|_| serde_json::json!({ "created": "2026-08-03T00:00:00Z", "created_by": "test base" }))
+            .collect();
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
             "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "BASE=1"] },
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(raw))] },
-            "history": [{ "created": "2026-08-03T00:00:00Z", "created_by": "test base" }],
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": history,
         });
         let (config_digest, config_size) = put_blob(dir, config.to_string().as_bytes());
         let manifest = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
-            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size }],
+            "layers": layers,
         });
         let (manifest_digest, manifest_size) = put_blob(dir, manifest.to_string().as_bytes());
         manifests.push(serde_json::json!({

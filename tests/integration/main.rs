@@ -7,10 +7,16 @@ mod harness;
 mod http;
 mod registry_server;
 
+mod base_image;
 mod core;
+mod definitions;
+mod deploy;
 mod ensemble;
+mod entrypoint;
 mod failures;
 mod hostile_layers;
+mod outputs;
 mod registry;
+mod registry_access;
 mod reliability;
 mod vm;

@@ -8,6 +8,7 @@ use super::debian;
 use super::fixtures;
 use super::harness::*;
 
+/// The tools every VM test needs (installed by .ci/install): a test without them fails.
 fn vm_tools() -> bool {
     ["mke2fs", "debugfs", "e2fsck", "qemu-img", "xorriso"].iter().all(|t| have_tool(t))
 }
@@ -20,28 +21,51 @@ fn debugfs(image: &Path, request: &str) -> String {
     tool(Command::new("debugfs").arg("-R").arg(request).arg(image).stderr(Stdio::null()))
 }
 
+/// `imgbuild` as `p.cmd()` runs it, under `umask`.
+fn with_umask(p: &TestProject, umask: &str) -> Command {
+    let template = p.cmd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(BIN);
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.current_dir(template.get_current_dir().unwrap());
+    cmd
+}
+
 #[test]
 fn vm_disks_are_reproducible_and_read_back_by_independent_tools() {
-    if !vm_tools() {
-        return;
-    }
+    assert!(vm_tools(), "the VM tools are installed by .ci/install");
     let p = TestProject::new();
     p.add_base();
     let a = json(&p.run(&["--json", "vm", "--all", "--raw", "--out", "vm-a"]));
-    // Again, from another store, into another directory: the same bytes, file by file.
-    let store_b = p.path("store-b");
+    // Again, from another store and working directory, under another umask, time zone and
+    // locale, into another directory: the same bytes, file by file.
+    let store_b = p.path("elsewhere/store-b");
     assert_ok(&p.cmd().env("IMGBUILD_STORE", &store_b).args(["store", "add"]).arg(&p.base_layout).output().unwrap());
+    let cwd_b = p.path("elsewhere/cwd");
+    std::fs::create_dir_all(&cwd_b).unwrap();
+    let dir_b = p.path("elsewhere/vm-b");
     json(
-        &p.cmd()
+        &with_umask(&p, "077")
+            .current_dir(&cwd_b)
             .env("IMGBUILD_STORE", &store_b)
-            .args(["--json", "vm", "--all", "--raw", "--out", "vm-b"])
+            .env("TZ", "Asia/Shanghai")
+            .env("LANG", "de_DE.UTF-8")
+            .env("LC_ALL", "de_DE.UTF-8")
+            .args(["--json", "--project", p.root.to_str().unwrap(), "vm", "--all", "--raw", "--out"])
+            .arg(&dir_b)
             .output()
             .unwrap(),
     );
-    let (dir_a, dir_b) = (p.root.join("vm-a"), p.root.join("vm-b"));
+    let dir_a = p.root.join("vm-a");
     let mut files = tree(&dir_a);
     assert_eq!(files, tree(&dir_b));
-    files.sort_by_key(|f| f != "base.raw"); // the file system first: a difference there explains the rest
+    // The file system first (a difference there explains the rest), the record of them all last.
+    files.sort_by_key(|f| (f != "base.raw", f == ".imgbuild-output.json"));
     for f in &files {
         assert!(
             std::fs::read(dir_a.join(f)).unwrap() == std::fs::read(dir_b.join(f)).unwrap(),
@@ -133,6 +157,18 @@ fn debian_kernel() -> Option<(PathBuf, PathBuf)> {
     initrd.exists().then_some((kernel, initrd))
 }
 
+/// A VM the test started: stopped (by its process id) when the test ends, however it ends.
+struct RunningVm(std::process::Child);
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Boots `script` with the given extra kernel arguments; returns the console, bounded in time.
 fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
     let console = std::fs::File::create(log).unwrap();
@@ -141,22 +177,19 @@ fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
         cmd.env("IMGBUILD_IDENTITY", "");
     }
     // Software emulation: this machine's /dev/kvm is nested and hangs a guest kernel.
-    let mut child = cmd
-        .env("IMGBUILD_APPEND", append)
-        .env("IMGBUILD_ACCEL", "tcg")
-        .stdin(Stdio::null())
-        .stdout(console.try_clone().unwrap())
-        .stderr(console)
-        .spawn()
-        .unwrap();
+    let mut vm = RunningVm(
+        cmd.env("IMGBUILD_APPEND", append)
+            .env("IMGBUILD_ACCEL", "tcg")
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
+    while vm.0.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(vm);
             panic!("the VM did not power off in time:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -166,17 +199,9 @@ fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
 
 #[test]
 fn nodes_boot_under_qemu_and_render_their_own_identity() {
-    if !vm_tools() || !have_tool("qemu-system-x86_64") || !debian::available() {
-        return;
-    }
-    let Some((kernel, initrd)) = debian_kernel() else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "no kernel in /boot: .ci/install must install linux-image-amd64"
-        );
-        eprintln!("skipping: no kernel in /boot");
-        return;
-    };
+    let tools = vm_tools() && have_tool("qemu-system-x86_64") && debian::available();
+    assert!(tools, "the VM and Debian tools are installed by .ci/install");
+    let (kernel, initrd) = debian_kernel().expect("no kernel in /boot: .ci/install installs linux-image-amd64");
     let p = TestProject::new();
     // A base with a shell and the tools the entrypoint uses, from this machine's Debian packages,
     // plus mount and the ISO 9660 driver of the booted kernel, to read the NoCloud seed.
@@ -191,8 +216,7 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
         .unwrap();
     tool(Command::new("depmod").arg("-b").arg(&root).arg(&version));
     let digest = fixtures::layout_from_root(&p.path("debian-layout"), &root);
-    p.write_recipe("debian-bookworm-slim.toml", &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"));
-    assert_ok(&p.run(&["store", "add", p.path("debian-layout").to_str().unwrap()]));
+    pin_base(&p, &p.path("debian-layout"), &digest);
     json(&p.run(&[
         "--json",
         "vm",
@@ -222,4 +246,194 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
         assert!(console.contains(&format!("imgbuild-vm:   broker.id={n}")), "{console}");
         assert!(console.contains("entrypoint exited with status 0"), "{console}");
     }
+    // Node 0 again, now unable to read its seed (the kernel may not load isofs): it says why,
+    // and shows nothing of what its first boot rendered.
+    let append = "imgbuild.render_only=1 panic=-1 quiet module_blacklist=isofs";
+    let console = boot(&dir.join("node-0.sh"), append, true, &p.path("console-0-again.log"));
+    assert!(console.contains("the kernel has no iso9660 driver"), "{console}");
+    assert!(console.contains("not showing the configuration: the entrypoint failed"), "{console}");
+    assert!(!console.contains("rendered /var/lib/zookeeper/myid"), "{console}");
+    assert!(console.contains("node-0.sh: accelerator tcg (from IMGBUILD_ACCEL)"), "{console}");
+}
+
+/// Pins the project's base image to the layout at `dir` (image `digest`) and adds it to the store.
+fn pin_base(p: &TestProject, dir: &Path, digest: &str) {
+    p.write_recipe(
+        "debian-bookworm-slim.toml",
+        &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+    );
+    assert_ok(&p.run(&["store", "add", dir.to_str().unwrap()]));
+}
+
+/// An uncompressed tar of (type, raw name, link target or content), written header by header
+/// so that no library refuses the hostile names on the way.
+fn raw_tar(entries: &[(tar::EntryType, &str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (kind, name, extra) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        let data: &[u8] = if *kind == tar::EntryType::Regular { extra.as_bytes() } else { b"" };
+        if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+            h.as_old_mut().linkname[..extra.len()].copy_from_slice(extra.as_bytes());
+        }
+        h.set_entry_type(*kind);
+        h.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o640 });
+        h.set_uid(1000);
+        h.set_gid(100);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// The tree under `dir` of an ext4 image, read back with debugfs: path → kind, mode, owner,
+/// size or link target, and inode (to see hard links).
+fn ext4_tree(image: &Path, dir: &str) -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_string()];
+    while let Some(d) = stack.pop() {
+        // `ls -p`: /inode/mode/uid/gid/name/size/
+        for line in debugfs(image, &format!("ls -p \"{d}\"")).lines().filter(|l| l.starts_with('/')) {
+            let f: Vec<&str> = line.split('/').collect();
+            let (inode, mode, uid, gid, name, size) = (f[1], f[2], f[3], f[4], f[5], f[6]);
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = format!("{d}/{name}");
+            let what = match &mode[..mode.len() - 4] {
+                "04" => {
+                    stack.push(path.clone());
+                    format!("dir {} {uid}:{gid}", &mode[2..])
+                }
+                "12" => {
+                    let stat = debugfs(image, &format!("stat \"{path}\""));
+                    let target = stat.split("Fast link dest: \"").nth(1).and_then(|t| t.split('"').next()).unwrap();
+                    format!("link -> {target} {uid}:{gid}")
+                }
+                _ => format!("file {} {uid}:{gid} {size} bytes", &mode[mode.len() - 4..]),
+            };
+            out.insert(path, (what, inode.parse().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_base_layers_stay_inside_the_disk_and_the_disk_is_what_the_layers_say() {
+    assert!(vm_tools(), "the VM tools are installed by .ci/install");
+    let p = TestProject::new();
+    // A canary beside the output (and so beside its temporary directory and rootfs).
+    let canary = p.root.join("canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    std::fs::write(canary.join("keep"), "canary").unwrap();
+    let canary_abs = canary.display().to_string();
+    use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
+    let lower = raw_tar(&[
+        (D, "h/", ""),
+        (F, "h/keep/a", "kept"),
+        (F, "h/gone/x", "lower"),
+        (F, "h/opq/old", "lower"),
+        (F, "h/opq/sub/deep", "lower"),
+        (F, "h/file", "content"),
+        (S, "h/to-host", &canary_abs),
+        (S, "h/up", "../../../canary"),
+    ]);
+    let upper = raw_tar(&[
+        (F, "h/.wh.gone", ""),
+        (F, "h/opq/new", "upper"),
+        (F, "h/opq/.wh..wh..opq", ""),
+        (H, "h/hard", "h/file"),
+        (S, "h/etc", "/etc"),
+        (F, "h/.wh.missing", ""),
+    ]);
+    let layout = p.path("base-ok");
+    pin_base(&p, &layout, &super::fixtures::layered_layout(&layout, &[lower.clone(), upper]));
+    json(&p.run(&["--json", "vm", "--id", "0", "--raw", "--out", "vm"]));
+    let raw = p.root.join("vm/base.raw");
+    tool(Command::new("e2fsck").arg("-fn").arg(&raw));
+    let tree = ext4_tree(&raw, "/h");
+    let shown: Vec<(&str, &str)> = tree.iter().map(|(p, (w, _))| (p.as_str(), w.as_str())).collect();
+    let to_host = format!("link -> {canary_abs} 1000:100");
+    assert_eq!(
+        shown,
+        [
+            ("/h/etc", "link -> /etc 1000:100"),
+            ("/h/file", "file 0640 1000:100 7 bytes"),
+            ("/h/hard", "file 0640 1000:100 7 bytes"),
+            ("/h/keep", "dir 0755 0:0"),
+            ("/h/keep/a", "file 0640 1000:100 4 bytes"),
+            ("/h/opq", "dir 0755 0:0"),
+            ("/h/opq/new", "file 0640 1000:100 5 bytes"),
+            ("/h/to-host", to_host.as_str()),
+            ("/h/up", "link -> ../../../canary 1000:100"),
+        ]
+    );
+    assert_eq!(tree["/h/hard"].1, tree["/h/file"].1, "a hard link is the same inode");
+    assert_eq!(debugfs(&raw, "cat /h/hard"), "content");
+
+    // Each hostile upper layer is refused, naming the entry; nothing outside changes.
+    for (entry, why) in [
+        ((F, "h/to-host/evil", "x"), "through the symlink /h/to-host"),
+        ((F, "h/up/.wh.keep", ""), "through the symlink /h/up"),
+        ((F, "h/to-host/.wh..wh..opq", ""), "through the symlink /h/to-host"),
+        ((F, "../canary/evil", "x"), "`..`"),
+        ((F, "/tmp/evil", "x"), "absolute path"),
+        ((F, "h/.wh..", ""), "no file name"),
+        ((H, "h/steal", canary_abs.as_str()), "absolute path"),
+        ((H, "h/steal", "h/to-host/keep"), "not in the archive"),
+        ((H, "h/steal", "h/keep"), "a directory"),
+    ] {
+        let layout = p.path(&format!("base-{}", entry.1.replace('/', "_")));
+        pin_base(&p, &layout, &super::fixtures::layered_layout(&layout, &[lower.clone(), raw_tar(&[entry])]));
+        let out = p.run(&["vm", "--id", "0", "--out", "vm"]);
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains(why) && stderr(&out).contains(entry.1), "{entry:?}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read_dir(&canary).unwrap().count(), 1, "nothing was added beside the canary");
+    assert_eq!(std::fs::read_to_string(canary.join("keep")).unwrap(), "canary");
+    let beside: Vec<String> =
+        std::fs::read_dir(&p.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(beside.iter().all(|n| !n.contains(".tmp-")), "a temporary directory was left: {beside:?}");
+    assert_eq!(ext4_tree(&raw, "/h").len(), 9, "a refused build leaves the previous output as it was");
+}
+
+#[test]
+fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
+    assert!(vm_tools(), "the VM tools are installed by .ci/install");
+    let p = TestProject::new();
+    p.add_base();
+    // A platform without a VM machine is refused before any work, not given an x86 one.
+    let out = p.run(&["vm", "--all", "--platform", "linux/arm/v7", "--out", "vm-arm"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("linux/arm/v7 has no VM template"), "{}", stderr(&out));
+    assert!(!p.root.join("vm-arm").exists() && p.server.total_requests() == 0, "no work was done");
+
+    let out = p.run(&["--json", "vm", "--id", "1", "--kernel", "/nonexistent/vmlinuz", "--out", "vm"]);
+    let summary = json(&out);
+    let warnings: Vec<&str> = summary["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 2, "the initrd is the host's own: {warnings:?}");
+    assert!(warnings[0].contains("kernel /nonexistent/vmlinuz, which does not exist here"), "{warnings:?}");
+    assert!(warnings[1].contains("loopback addresses"), "{warnings:?}");
+    assert!(stderr(&out).contains("warning: network.xml hands out no addresses"), "{}", stderr(&out));
+    assert_eq!(summary["boot"]["kernel"], "/nonexistent/vmlinuz");
+    let script = std::fs::read_to_string(p.root.join("vm/node-1.sh")).unwrap();
+    assert!(script.contains("kernel=${IMGBUILD_KERNEL:-/nonexistent/vmlinuz}"), "{script}");
+    let network = std::fs::read_to_string(p.root.join("vm/network.xml")).unwrap();
+    assert!(!network.contains("127.0.1"), "no loopback address is handed out: {network}");
+    if have_tool("virt-xml-validate") {
+        tool(Command::new("virt-xml-validate").arg(p.root.join("vm/network.xml")).arg("network"));
+    }
+    // Without --kernel: /boot/vmlinuz if there is one, else the newest versioned kernel, said.
+    let out = p.run(&["--json", "vm", "--id", "1", "--out", "vm"]);
+    let summary = json(&out);
+    let kernel = summary["boot"]["kernel"].as_str().unwrap();
+    if !Path::new("/boot/vmlinuz").exists() {
+        let newest = debian_kernel().map(|(k, _)| k.display().to_string());
+        assert_eq!(Some(kernel.to_string()), newest);
+    }
+    assert!(summary["warnings"].as_array().unwrap().len() == 1, "only the network: {summary}");
 }

@@ -1,0 +1,50 @@
+//! A node's NoCloud seed (`cidata`): `meta-data` naming the node and cloud-init `user-data`, as
+//! an ISO 9660 volume whose bytes depend on nothing but the node (not the umask, the user or
+//! the clock).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use super::run;
+use crate::error::{IoContext, Result};
+use crate::image_def::ImageDef;
+
+/// The seed's `meta-data` and `user-data` for node `id`.
+pub(crate) fn seed_files(def: &ImageDef, id: u32) -> (String, String) {
+    let meta = format!(
+        "instance-id: {name}-node-{id}\nlocal-hostname: {name}-{id}\nimgbuild_node_id: {id}\n",
+        name = def.name
+    );
+    let user = format!(
+        "#cloud-config\n# Node {id} of cluster {name}, written by imgbuild. imgbuild-init reads the id from\n# meta-data (imgbuild_node_id) or the kernel command line (imgbuild.node={id}).\nhostname: {name}-{id}\nwrite_files:\n  - path: /etc/imgbuild/node-id\n    content: \"{id}\\n\"\n    permissions: \"0644\"\n    owner: root:root\n",
+        name = def.name
+    );
+    (meta, user)
+}
+
+/// Writes the seed ISO `iso` from the two files, staged in the new directory `staging`.
+pub(crate) fn make_seed(staging: &Path, iso: &Path, meta: &str, user: &str, epoch: u64) -> Result<()> {
+    fs::create_dir(staging).at(staging)?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    for (name, text) in [("meta-data", meta), ("user-data", user)] {
+        let path = staging.join(name);
+        fs::write(&path, text).at(&path)?;
+        // The umask chose the mode: set it, and the times, so nothing of the host is recorded.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).at(&path)?;
+        let f = fs::File::options().write(true).open(&path).at(&path)?;
+        f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).at(&path)?;
+    }
+    let mut xorriso = Command::new("xorriso");
+    // `-r` (rational Rock Ridge): owner 0:0 and modes readable by all, whoever runs this.
+    xorriso
+        .args(["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-r", "-o"])
+        .arg(iso)
+        .arg(staging.join("meta-data"))
+        .arg(staging.join("user-data"))
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("LC_ALL", "C");
+    run(&mut xorriso, "xorriso", "xorriso")?;
+    fs::remove_dir_all(staging).at(staging)
+}

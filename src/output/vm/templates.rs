@@ -1,0 +1,209 @@
+//! The VM templates: a libvirt domain and a qemu launch script per node, and the cluster's
+//! libvirt network, for the machine the image's platform needs.
+
+use std::net::Ipv4Addr;
+
+use crate::digest::Sha256Digest;
+use crate::error::{Error, Result};
+use crate::image_def::ImageDef;
+use crate::node::VM_INIT;
+use crate::platform::Platform;
+
+/// The virtual machine a platform's image boots in. Every architecture imgbuild can build an
+/// image for either has one here or is refused: a VM never silently gets another machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Machine {
+    /// `qemu-system-NAME`, and libvirt's `<type arch=…>`.
+    pub arch: &'static str,
+    /// qemu's and libvirt's machine type.
+    pub machine: &'static str,
+    /// The serial console the kernel writes to.
+    pub console: &'static str,
+    /// Whether the machine has a SATA/IDE bus for the seed as a CD-ROM (else a read-only virtio disk).
+    pub cdrom: bool,
+    /// qemu's `-cpu` under KVM and under TCG, when the machine's default CPU will not do.
+    pub cpu: Option<(&'static str, &'static str)>,
+}
+
+const AMD64: Machine = Machine { arch: "x86_64", machine: "q35", console: "ttyS0", cdrom: true, cpu: None };
+/// `virt`'s default CPU is a 32-bit Cortex-A15: a 64-bit kernel needs `host` or `max`.
+const ARM64: Machine =
+    Machine { arch: "aarch64", machine: "virt", console: "ttyAMA0", cdrom: false, cpu: Some(("host", "max")) };
+
+impl Machine {
+    pub(crate) fn for_platform(platform: &Platform) -> Result<Machine> {
+        match (platform.architecture.as_str(), platform.variant.as_deref()) {
+            ("amd64", None) => Ok(AMD64),
+            ("arm64", None) => Ok(ARM64),
+            _ => Err(Error::Usage(format!(
+                "VM disks are made for linux/amd64 and linux/arm64; {platform} has no VM template yet \
+                 (its images build as usual with `imgbuild build --platform {platform}`)"
+            ))),
+        }
+    }
+}
+
+/// A locally administered MAC, derived from the cluster and the node id.
+pub(crate) fn mac(cluster: &str, id: u32) -> String {
+    let h = Sha256Digest::of(format!("{cluster}/{id}").as_bytes()).hex();
+    format!("52:54:00:{}:{}:{}", &h[0..2], &h[2..4], &h[4..6])
+}
+
+/// The kernel and initrd the templates boot (direct kernel boot: the disk has no boot loader).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Boot {
+    pub kernel: String,
+    pub initrd: String,
+}
+
+/// What one node's templates need.
+pub(crate) struct NodeTemplate<'a> {
+    pub def: &'a ImageDef,
+    pub id: u32,
+    pub mac: &'a str,
+    pub machine: Machine,
+    pub boot: &'a Boot,
+    pub memory_mib: u32,
+    /// Where the libvirt templates expect the disks (libvirt wants absolute paths).
+    pub libvirt_dir: Option<&'a str>,
+}
+
+impl NodeTemplate<'_> {
+    /// The kernel command line, without the node's identity (`imgbuild.node=N`).
+    fn cmdline(&self) -> String {
+        format!("root=/dev/vda rw console={} init={VM_INIT}", self.machine.console)
+    }
+
+    pub(crate) fn domain_xml(&self) -> String {
+        let (name, id, m) = (&self.def.name, self.id, self.machine);
+        let dir = self.libvirt_dir.map_or_else(|| format!("/var/lib/libvirt/images/{name}"), str::to_string);
+        let seed = if m.cdrom {
+            format!("    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{dir}/seed-node-{id}.iso'/>\n      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n")
+        } else {
+            format!("    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{dir}/seed-node-{id}.iso'/>\n      <target dev='vdb' bus='virtio'/>\n      <readonly/>\n    </disk>\n")
+        };
+        let cpu = if m.cpu.is_some() { "  <cpu mode='host-passthrough'/>\n" } else { "" };
+        format!(
+            "<!-- Node {id} of cluster {name}, written by imgbuild: copy this directory's files to {dir},\n     then `virsh define node-{id}.xml`. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n{cpu}  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline} imgbuild.node={id}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n{seed}    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
+            mem = self.memory_mib,
+            arch = m.arch,
+            machine = m.machine,
+            kernel = self.boot.kernel,
+            initrd = self.boot.initrd,
+            cmdline = self.cmdline(),
+            mac = self.mac,
+        )
+    }
+
+    pub(crate) fn qemu_script(&self) -> String {
+        let (id, m) = (self.id, self.machine);
+        let seed = if m.cdrom { "media=cdrom" } else { "if=virtio" };
+        let cpu = match m.cpu {
+            Some((kvm, tcg)) => format!("cpu={tcg}\nif [ \"$accel\" = kvm ]; then cpu={kvm}; fi\n"),
+            None => String::new(),
+        };
+        let cpu_arg = if m.cpu.is_some() { " -cpu \"$cpu\"" } else { "" };
+        format!(
+            r#"#!/bin/sh
+# Boots node {id} of cluster {name} with qemu, from this directory's disks (written by imgbuild).
+# IMGBUILD_ACCEL: kvm or tcg (default: kvm when /dev/kvm is writable). Under nested
+#   virtualization a KVM guest can hang right after "Probing EDD": IMGBUILD_ACCEL=tcg then.
+# IMGBUILD_KERNEL, IMGBUILD_INITRD: the kernel and initrd to boot (default: the ones below).
+# IMGBUILD_APPEND: more kernel arguments (imgbuild.render_only=1 renders the configuration,
+#   shows it and powers off). IMGBUILD_IDENTITY='': boot without imgbuild.node={id}, so the
+#   node finds its id in its NoCloud seed. Extra arguments go to qemu.
+set -eu
+dir=$(cd "$(dirname "$0")" && pwd)
+kernel=${{IMGBUILD_KERNEL:-{kernel}}}
+initrd=${{IMGBUILD_INITRD:-{initrd}}}
+if [ -n "${{IMGBUILD_ACCEL:-}}" ]; then
+    accel=$IMGBUILD_ACCEL why="from IMGBUILD_ACCEL"
+elif [ -w /dev/kvm ]; then
+    accel=kvm why="/dev/kvm is writable; if the guest hangs, IMGBUILD_ACCEL=tcg"
+else
+    accel=tcg why="no writable /dev/kvm: software emulation; IMGBUILD_ACCEL=kvm to insist"
+fi
+{cpu}for file in "$kernel" "$initrd"; do
+    if [ ! -r "$file" ]; then
+        echo "node-{id}.sh: cannot read $file: choose a kernel and initrd with IMGBUILD_KERNEL and IMGBUILD_INITRD" >&2
+        exit 66
+    fi
+done
+echo "node-{id}.sh: accelerator $accel ($why)" >&2
+echo "node-{id}.sh: kernel $kernel, initrd $initrd (IMGBUILD_KERNEL, IMGBUILD_INITRD to choose others)" >&2
+exec qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp 2 -nographic -no-reboot \
+    -kernel "$kernel" -initrd "$initrd" \
+    -append "{cmdline} ${{IMGBUILD_IDENTITY-imgbuild.node={id}}} ${{IMGBUILD_APPEND:-}}" \
+    -drive file="$dir/node-{id}.qcow2",if=virtio,format=qcow2 \
+    -drive file="$dir/seed-node-{id}.iso",{seed},format=raw,readonly=on \
+    -nic user,model=virtio-net-pci,mac={mac} "$@"
+"#,
+            name = self.def.name,
+            arch = m.arch,
+            machine = m.machine,
+            mem = self.memory_mib,
+            kernel = self.boot.kernel,
+            initrd = self.boot.initrd,
+            cmdline = self.cmdline(),
+            mac = self.mac,
+        )
+    }
+}
+
+/// libvirt's network for the cluster: each node's MAC gets the address the cluster names. The
+/// second value says why the cluster's hosts cannot be handed out that way, if they cannot.
+pub(crate) fn network_xml(def: &ImageDef) -> (String, Option<String>) {
+    let ips: Vec<Option<Ipv4Addr>> = def.nodes.iter().map(|n| n.host.parse().ok()).collect();
+    let first = ips.first().copied().flatten();
+    let same_net =
+        |ip: &Option<Ipv4Addr>| matches!((ip, first), (Some(a), Some(b)) if a.octets()[..3] == b.octets()[..3]);
+    let problem = match first {
+        _ if ips.iter().any(Option::is_none) => Some("some of the cluster's hosts are names, not IPv4 addresses"),
+        Some(ip) if ip.is_loopback() => {
+            Some("the cluster's hosts are loopback addresses, which no VM network hands out")
+        }
+        _ if !ips.iter().all(same_net) => Some("the cluster's hosts are not in one /24 network"),
+        _ => None,
+    };
+    let gateway = match (problem, first) {
+        (None, Some(ip)) => {
+            let o = ip.octets();
+            format!("{}.{}.{}.1", o[0], o[1], o[2])
+        }
+        _ => "192.168.150.1".to_string(),
+    };
+    let mut hosts = String::new();
+    for (n, ip) in def.nodes.iter().zip(&ips) {
+        let (mac, name) = (mac(&def.name, n.id), format!("{}-{}", def.name, n.id));
+        match (problem, ip) {
+            (None, _) => hosts.push_str(&format!("      <host mac='{mac}' name='{name}' ip='{}'/>\n", n.host)),
+            _ => hosts.push_str(&format!("      <!-- <host mac='{mac}' name='{name}' ip='ADDRESS'/> -->\n")),
+        }
+    }
+    let note = problem.map_or_else(String::new, |p| {
+        format!("\n     {p}: set them in the image definition to addresses of this network (192.168.150.0/24).")
+    });
+    let xml = format!(
+        "<!-- The network of cluster {name}, written by imgbuild: `virsh net-define network.xml`.{note} -->\n<network>\n  <name>imgbuild-{name}</name>\n  <forward mode='nat'/>\n  <ip address='{gateway}' netmask='255.255.255.0'>\n    <dhcp>\n{hosts}    </dhcp>\n  </ip>\n</network>\n",
+        name = def.name
+    );
+    (xml, problem.map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_buildable_architecture_gets_its_own_machine_or_a_refusal() {
+        let machine = |p: &str| Machine::for_platform(&p.parse().unwrap()).map(|m| m.arch);
+        assert_eq!(machine("linux/amd64").unwrap(), "x86_64");
+        assert_eq!(machine("linux/arm64").unwrap(), "aarch64");
+        assert_eq!(machine("linux/arm64/v8").unwrap(), "aarch64");
+        for other in ["linux/arm/v7", "linux/arm", "linux/386", "linux/ppc64le", "linux/s390x", "linux/riscv64"] {
+            let err = machine(other).unwrap_err();
+            assert_eq!(err.exit_code() as i32, 2, "{other}");
+            assert!(err.to_string().contains(other), "{err}");
+        }
+    }
+}

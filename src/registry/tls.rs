@@ -1,0 +1,311 @@
+//! Which certificates a registry connection trusts, as the containers tools and Docker decide:
+//! the system's roots, `--ca-file`, and the first of `~/.config/containers/certs.d/HOST[:PORT]`,
+//! `/etc/containers/certs.d/HOST[:PORT]` and `/etc/docker/certs.d/HOST[:PORT]` that exists
+//! (its `*.crt` files).
+//!
+//! A certificate the user trusts is also accepted as the server's own certificate when it is
+//! byte for byte what the server presents: that is the self-signed `CA:TRUE` certificate
+//! Docker's registry documentation has users make, which a chain check refuses
+//! (`CaUsedAsEndEntity`). The handshake signature is still verified with its key, the name must
+//! still match and the certificate must be within its validity period; only the chain is
+//! replaced by equality with a certificate the user chose to trust.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The per-host certificate directories, in the order the containers tools look (the first
+/// that exists for the host is used).
+pub(crate) fn cert_dirs(registry: &str) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        roots.push(PathBuf::from(home).join(".config/containers/certs.d"));
+    }
+    roots.push(PathBuf::from("/etc/containers/certs.d"));
+    roots.push(PathBuf::from("/etc/docker/certs.d"));
+    roots.into_iter().map(|r| r.join(registry)).collect()
+}
+
+/// The certificate files the user trusts for `registry`: `ca_files`, then the `*.crt` files of
+/// its certs.d directory (sorted, so the order never depends on the file system).
+pub(crate) fn trusted_files(registry: &str, ca_files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = ca_files.to_vec();
+    if let Some(dir) = cert_dirs(registry).into_iter().find(|d| d.is_dir()) {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let path = entry.at(&dir)?.path();
+            if path.extension().is_some_and(|e| e == "crt") {
+                found.push(path);
+            }
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).at(path)?;
+    let bad = |message: String| Error::Definition { file: path.to_path_buf(), message };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)".into()));
+    }
+    Ok(certs)
+}
+
+/// The system's roots (read once per process) and Mozilla's, built in.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS configuration for connections to `registry`.
+pub(crate) fn client_config(registry: &str, ca_files: &[PathBuf]) -> Result<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // A system certificate rustls cannot use is skipped, as reqwest does.
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    let mut pinned = Vec::new();
+    for file in trusted_files(registry, ca_files)? {
+        for cert in read_certificates(&file)? {
+            roots.add(cert.clone()).map_err(|e| Error::Definition {
+                file: file.clone(),
+                message: format!("a certificate cannot be used as a trust anchor: {e}"),
+            })?;
+            pinned.push(cert);
+        }
+    }
+    let provider = provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .build()
+        .map_err(|e| Error::Internal(format!("TLS verifier: {e}")))?;
+    let verifier = Arc::new(TrustedVerifier { webpki, pinned });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The chain check, or equality with a certificate the user trusts (see the module comment).
+#[derive(Debug)]
+struct TrustedVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for TrustedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let chained = self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if chained.is_ok() || !self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            return chained;
+        }
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
+        within_validity(end_entity.as_ref(), now.as_secs())?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+fn within_validity(der: &[u8], now: u64) -> std::result::Result<(), rustls::Error> {
+    let (not_before, not_after) = validity(der).ok_or(CertificateError::BadEncoding)?;
+    if now < not_before {
+        return Err(CertificateError::NotValidYet.into());
+    }
+    if now > not_after {
+        return Err(CertificateError::Expired.into());
+    }
+    Ok(())
+}
+
+/// One DER element: its tag, its content, and what follows it.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A certificate's `notBefore` and `notAfter`, in seconds since the epoch (RFC 5280 4.1.2.5).
+fn validity(der: &[u8]) -> Option<(u64, u64)> {
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, certificate, _) = element(der)? else { return None };
+    let (SEQUENCE, tbs, _) = element(certificate)? else { return None };
+    let (tag, _, mut rest) = element(tbs)?;
+    if tag == 0xa0 {
+        (_, _, rest) = element(rest)?; // the serial number follows the explicit version
+    }
+    (_, _, rest) = element(rest)?; // signature algorithm
+    (_, _, rest) = element(rest)?; // issuer
+    let (SEQUENCE, validity, _) = element(rest)? else { return None };
+    let (tag, not_before, rest) = element(validity)?;
+    let not_before = time(tag, not_before)?;
+    let (tag, not_after, _) = element(rest)?;
+    Some((not_before, time(tag, not_after)?))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 0x18).
+fn time(tag: u8, text: &[u8]) -> Option<u64> {
+    let digits = |s: &[u8]| -> Option<u64> {
+        s.iter().try_fold(0u64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0')))
+    };
+    let (year, rest) = match tag {
+        0x17 if text.len() == 13 => {
+            let yy = digits(&text[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        0x18 if text.len() == 15 => (digits(&text[..4])?, &text[4..]),
+        _ => return None,
+    };
+    if rest[10] != b'Z' {
+        return None;
+    }
+    let field = |i: usize| digits(&rest[i..i + 2]);
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a date in the Gregorian calendar (Howard Hinnant's algorithm);
+/// `None` before 1970.
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let y = if month <= 2 { year.checked_sub(1)? } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn times_convert_to_unix_seconds() {
+        assert_eq!(time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(time(0x17, b"000229120000Z"), Some(951_825_600));
+        assert_eq!(time(0x18, b"20380119031408Z"), Some(2_147_483_648));
+        assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(time(0x17, b"701301000000Z"), None, "month 13");
+        assert_eq!(time(0x17, b"7001010000001"), None, "no Z");
+        assert_eq!(time(0x18, b"700101000000Z"), None, "UTCTime text under the GeneralizedTime tag");
+    }
+
+    /// A certificate's outline, as DER: version, serial, algorithm, issuer, validity.
+    fn certificate(not_before: &[u8], not_after: &[u8]) -> Vec<u8> {
+        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            if content.len() < 0x80 {
+                out.push(content.len() as u8);
+            } else {
+                out.extend([0x82, (content.len() >> 8) as u8, content.len() as u8]);
+            }
+            out.extend_from_slice(content);
+            out
+        }
+        let validity = [tlv(0x17, not_before), tlv(0x17, not_after)].concat();
+        let tbs = [
+            tlv(0xa0, &tlv(0x02, &[2])),
+            tlv(0x02, &[1; 20]),
+            tlv(0x30, &[0x06, 0x01, 0x01]),
+            tlv(0x30, &[0u8; 200]),
+            tlv(0x30, &validity),
+        ]
+        .concat();
+        tlv(0x30, &tlv(0x30, &tbs))
+    }
+
+    #[test]
+    fn the_validity_of_a_certificate_is_read_and_checked() {
+        let der = certificate(b"240101000000Z", b"240102000000Z");
+        assert_eq!(validity(&der), Some((1_704_067_200, 1_704_153_600)));
+        assert!(within_validity(&der, 1_704_100_000).is_ok());
+        assert_eq!(within_validity(&der, 1_704_000_000), Err(CertificateError::NotValidYet.into()));
+        assert_eq!(within_validity(&der, 1_704_200_000), Err(CertificateError::Expired.into()));
+        assert_eq!(within_validity(&der[..der.len() - 3], 0), Err(CertificateError::BadEncoding.into()));
+    }
+
+    #[test]
+    fn certs_d_follows_the_containers_order() {
+        let dirs = cert_dirs("127.0.0.1:5000");
+        let n = dirs.len();
+        assert_eq!(dirs[n - 2], Path::new("/etc/containers/certs.d/127.0.0.1:5000"));
+        assert_eq!(dirs[n - 1], Path::new("/etc/docker/certs.d/127.0.0.1:5000"));
+    }
+
+    proptest! {
+        /// Any bytes: a validity or nothing, never a panic.
+        #[test]
+        fn arbitrary_der_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = validity(&bytes);
+        }
+
+        #[test]
+        fn truncated_certificates_never_panic(cut in 0usize..400) {
+            let der = certificate(b"240101000000Z", b"340101000000Z");
+            let _ = validity(&der[..cut.min(der.len())]);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Putting blobs into a registry: cross-repository mounts, and uploads whole or in chunks,
+//! started again (bounded) when a step fails in a way a retry can fix.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+
+use reqwest::blocking::Response;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, StatusCode};
+
+use super::client::Client;
+use super::transport::{backoff, classify, explain, retryable, Failure};
+use crate::digest::Sha256Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::{ProgressReader, Task};
+
+/// One failed upload attempt: whether starting again can help.
+enum Attempt {
+    Retry(Error),
+    Stop(Error),
+}
+
+impl From<Error> for Attempt {
+    /// Errors of `Client::send` already had their retries (or cannot be retried).
+    fn from(e: Error) -> Self {
+        Attempt::Stop(e)
+    }
+}
+
+impl Client {
+    /// Asks the registry to link a blob from another repository; false when it cannot.
+    pub fn mount(&self, digest: &Sha256Digest, from: &str) -> Result<bool> {
+        self.add_pull_scope(from)?;
+        let url = self.url("blobs/uploads/");
+        let r = self.send(|| {
+            self.http
+                .post(&url)
+                .query(&[("mount", digest.to_string()), ("from", from.to_string())])
+                .header(CONTENT_LENGTH, 0)
+        })?;
+        match r.status() {
+            StatusCode::CREATED => Ok(true),
+            // 202: the registry started an ordinary upload instead; abandon it.
+            StatusCode::ACCEPTED => Ok(false),
+            _ => Err(self.error(format!("mounting {digest} from {from}: {}", explain(r)))),
+        }
+    }
+
+    /// Uploads a blob from `path` (in the store), whole or in chunks.
+    pub fn upload(&self, digest: &Sha256Digest, path: &Path, size: u64, task: &Arc<dyn Task>) -> Result<()> {
+        let mut last = None;
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                std::thread::sleep(backoff(attempt));
+                task.set_position(0);
+            }
+            match self.upload_once(digest, path, size, task) {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Retry(e)) => last = Some(e),
+                Err(Attempt::Stop(e)) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn upload_once(
+        &self,
+        digest: &Sha256Digest,
+        path: &Path,
+        size: u64,
+        task: &Arc<dyn Task>,
+    ) -> std::result::Result<(), Attempt> {
+        let start = self.send(|| self.http.post(self.url("blobs/uploads/")).header(CONTENT_LENGTH, 0))?;
+        if start.status() != StatusCode::ACCEPTED {
+            return Err(Attempt::Stop(self.error(format!("starting the upload of {digest}: {}", explain(start)))));
+        }
+        let mut location = self.location(&start)?;
+        if size > self.chunk_size {
+            let mut offset = 0u64;
+            while offset < size {
+                let len = self.chunk_size.min(size - offset);
+                let body = file_part(path, offset, len, task)?;
+                // A streamed body cannot be sent twice, so chunks are not retried one by one:
+                // a failure starts the whole upload again (see `upload`).
+                let sent = self
+                    .authorized(self.http.request(Method::PATCH, &location))
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
+                    .header(CONTENT_LENGTH, len)
+                    .body(body)
+                    .send();
+                let response = self.answered(sent, digest, StatusCode::ACCEPTED, "uploading a chunk of")?;
+                location = self.location(&response)?;
+                offset += len;
+            }
+            let done = self.authorized(self.http.put(with_digest(&location, digest))).header(CONTENT_LENGTH, 0).send();
+            return self.answered(done, digest, StatusCode::CREATED, "completing the upload of").map(drop);
+        }
+        let body = file_part(path, 0, size, task)?;
+        let done = self
+            .authorized(self.http.put(with_digest(&location, digest)))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body)
+            .send();
+        self.answered(done, digest, StatusCode::CREATED, "uploading").map(drop)
+    }
+
+    /// The answer to one step of an upload, when it is `expected`.
+    fn answered(
+        &self,
+        sent: std::result::Result<Response, reqwest::Error>,
+        digest: &Sha256Digest,
+        expected: StatusCode,
+        doing: &str,
+    ) -> std::result::Result<Response, Attempt> {
+        let response = sent.map_err(|e| match classify(&self.reference, &e) {
+            Failure::Fatal(e) => Attempt::Stop(e),
+            Failure::Transient(why) => Attempt::Retry(self.error(format!("{doing} {digest}: {why}"))),
+        })?;
+        if response.status() == expected {
+            return Ok(response);
+        }
+        let status = response.status();
+        let e = self.error(format!("{doing} {digest}: {}", explain(response)));
+        // A 401 here is an access token that expired during a long upload: the next attempt
+        // starts with `send`, which answers the new challenge.
+        let again = retryable(status) || status == StatusCode::UNAUTHORIZED;
+        Err(if again { Attempt::Retry(e) } else { Attempt::Stop(e) })
+    }
+
+    fn location(&self, r: &Response) -> Result<String> {
+        let loc = r
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| self.error("upload answer without a Location"))?;
+        Ok(if loc.starts_with("http://") || loc.starts_with("https://") {
+            loc.to_string()
+        } else {
+            format!("{}{loc}", self.base)
+        })
+    }
+}
+
+fn with_digest(location: &str, digest: &Sha256Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
+/// `len` bytes of a file from `offset`, as a streamed request body that advances `task`.
+fn file_part(path: &Path, offset: u64, len: u64, task: &Arc<dyn Task>) -> Result<reqwest::blocking::Body> {
+    let mut file = File::open(path).at(path)?;
+    file.seek(SeekFrom::Start(offset)).at(path)?;
+    task.set_position(offset);
+    Ok(reqwest::blocking::Body::sized(ProgressReader::new(file.take(len), Arc::clone(task)), len))
+}
