@@ -20,6 +20,8 @@
           # In the sandbox: the unit and property tests. The integration suite needs root, mounts,
           # Podman and qemu; `nix develop` then `cargo test` runs it, as `.ci/run` does.
           cargoTestFlags = [ "--lib" ];
+          # The layer tests compress their sources with the reference tools.
+          nativeCheckInputs = [ pkgs.xz pkgs.bzip2 pkgs.zstd ];
           meta = {
             description = "Reproducible, Nix-style OCI image and VM disk builder";
             license = pkgs.lib.licenses.asl20;

@@ -133,6 +133,8 @@ fn platform_inputs(
     reporter: &dyn Reporter,
 ) -> Result<PlatformInputs> {
     let base = match &def.base {
+        // A root-filesystem tarball base is the first recipe layer.
+        Some(recipe) if recipe.kind == RecipeKind::Tarball => None,
         Some(recipe) => {
             let source = source_for(recipe, platform)?;
             let digest = source.hash.as_sha256().expect("oci-image sources are sha256");
@@ -142,7 +144,8 @@ fn platform_inputs(
     };
     let mut layers = Vec::new();
     let mut built = 0;
-    for recipe in &def.layers {
+    let tarball_base = def.base.iter().filter(|b| b.kind == RecipeKind::Tarball);
+    for recipe in tarball_base.chain(&def.layers) {
         let source = source_for(recipe, platform)?;
         let (record, fresh) = recipe_layer(store, &recipe.name, source, &recipe.unpack, settings, reporter)?;
         built += usize::from(fresh);

@@ -335,10 +335,15 @@ fn parse_recipes(
     let mut base = None;
     if let Some(b) = &t.base {
         let recipe = lookup(b)?;
-        if recipe.kind == RecipeKind::Tarball {
+        // A root-filesystem tarball is a base too: it must unpack at `/`.
+        if recipe.kind == RecipeKind::Tarball && !recipe.unpack.prefix.is_empty() {
             return Err(file.error_at(
                 b.span(),
-                format!("`base` must name an `oci-image` recipe; `{}` is a tarball (list it in `layers`)", recipe.name),
+                format!(
+                    "`base` must name an `oci-image` recipe or a root-filesystem tarball; `{}` unpacks at `/{}` (list it in `layers`)",
+                    recipe.name,
+                    escape(&recipe.unpack.prefix)
+                ),
             ));
         }
         base = Some(recipe);

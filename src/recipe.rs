@@ -71,6 +71,10 @@ struct UnpackToml {
     prefix: Option<Spanned<String>>,
     #[serde(default)]
     exclude: Vec<Spanned<String>>,
+    #[serde(default)]
+    whiteouts: bool,
+    #[serde(default)]
+    skip_devices: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +104,11 @@ pub struct Unpack {
     /// Absolute install directory inside the image, without the leading `/`; empty for `/`.
     pub prefix: String,
     pub exclude: Vec<String>,
+    /// OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) in the source are kept, so the layer deletes
+    /// files of the layers below; otherwise they are an error.
+    pub whiteouts: bool,
+    /// Device nodes and FIFOs in the source are left out (with a note); otherwise an error.
+    pub skip_devices: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -338,7 +347,13 @@ fn parse_unpack<T>(file: &TomlFile<T>, u: &UnpackToml) -> Result<Unpack> {
             .map_err(|e| file.error_at(pattern.span(), format!("field `unpack.exclude`: {e}")))?;
         exclude.push(pattern.get_ref().clone());
     }
-    Ok(Unpack { strip_components: u.strip_components, prefix, exclude })
+    Ok(Unpack {
+        strip_components: u.strip_components,
+        prefix,
+        exclude,
+        whiteouts: u.whiteouts,
+        skip_devices: u.skip_devices,
+    })
 }
 
 /// An absolute path without `.`/`..`, returned without its leading `/`.
@@ -385,7 +400,7 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    const VALID: &str = "name = \"zk\"\nversion = \"1\"\nenv = { A = \"b\" }\npath = [\"/opt/zk/bin\"]\n\n[[source]]\nplatform = \"linux/amd64\"\nurl = \"https://example.org/zk.tgz\"\nmirrors = [\"http://mirror.example.org/zk.tgz\"]\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n\n[unpack]\nstrip_components = 1\nprefix = \"/opt/zk\"\nexclude = [\"docs\"]\n";
+    const VALID: &str = "name = \"zk\"\nversion = \"1\"\nenv = { A = \"b\" }\npath = [\"/opt/zk/bin\"]\n\n[[source]]\nplatform = \"linux/amd64\"\nurl = \"https://example.org/zk.tgz\"\nmirrors = [\"http://mirror.example.org/zk.tgz\"]\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n\n[unpack]\nstrip_components = 1\nprefix = \"/opt/zk\"\nexclude = [\"docs\"]\nwhiteouts = false\nskip_devices = true\n";
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]

@@ -60,15 +60,21 @@ impl TreePath {
         if raw.contains(&0) {
             return Err(BadName::Nul);
         }
-        let mut path = TreePath::root();
+        // One pass, one buffer: a hostile name may have thousands of components.
+        let mut bytes = Vec::with_capacity(raw.len());
         for part in raw.split(|b| *b == b'/') {
             match part {
                 b"" | b"." => {}
                 b".." => return Err(BadName::ParentDir),
-                name => path = path.join(name),
+                name => {
+                    if !bytes.is_empty() {
+                        bytes.push(b'/');
+                    }
+                    bytes.extend_from_slice(name);
+                }
             }
         }
-        Ok(path)
+        Ok(TreePath(bytes))
     }
 
     /// `self/name`; `name` must be one normal component (no `/`, not `.` or `..`).
@@ -86,13 +92,20 @@ impl TreePath {
     /// `self` with its first `n` components removed (`--strip-components`), or `None` when
     /// nothing is left.
     pub fn strip(&self, n: usize) -> Option<TreePath> {
-        let rest: Vec<&[u8]> = self.components().skip(n).collect();
-        (!rest.is_empty()).then(|| TreePath(rest.join(&b'/')))
+        if n == 0 {
+            return (!self.is_root()).then(|| self.clone());
+        }
+        // Components are separated by single `/`: the rest starts after the n-th one.
+        let at = self.0.iter().enumerate().filter(|(_, b)| **b == b'/').nth(n - 1)?.0;
+        Some(TreePath(self.0[at + 1..].to_vec()))
     }
 
     /// `prefix/self`.
     pub fn under(&self, prefix: &TreePath) -> TreePath {
-        self.components().fold(prefix.clone(), |p, c| p.join(c))
+        if prefix.is_root() || self.is_root() {
+            return if prefix.is_root() { self.clone() } else { prefix.clone() };
+        }
+        TreePath([&prefix.0[..], b"/", &self.0[..]].concat())
     }
 
     pub fn is_root(&self) -> bool {
@@ -281,19 +294,22 @@ impl<M: Clone + Default> Tree<M> {
     /// The parents `path` needs that do not exist yet, refusing a parent that is a symlink or
     /// not a directory.
     fn missing_parents(&self, path: &TreePath) -> Result<Vec<TreePath>, Refusal> {
+        // Every path of the tree has directories for ancestors, so the deepest ancestor that
+        // exists decides: walk up from the parent to it (usually one lookup).
         let mut missing = Vec::new();
-        for ancestor in path.ancestors() {
-            if !missing.is_empty() {
-                missing.push(ancestor);
-                continue;
-            }
+        let mut next = path.parent();
+        while let Some(ancestor) = next.filter(|a| !a.is_root()) {
             match self.nodes.get(&ancestor).map(|n| &n.kind) {
-                None => missing.push(ancestor),
-                Some(Kind::Dir) => {}
+                None => {
+                    next = ancestor.parent();
+                    missing.push(ancestor);
+                }
+                Some(Kind::Dir) => break,
                 Some(Kind::Symlink(_)) => return Err(Refusal::ThroughSymlink { link: ancestor }),
                 Some(other) => return Err(Refusal::UnderNonDirectory { parent: ancestor, kind: other.describe() }),
             }
         }
+        missing.reverse();
         Ok(missing)
     }
 
@@ -474,6 +490,8 @@ mod tests {
         assert_eq!(p("a/b/c").strip(1), Some(p("b/c")));
         assert_eq!(p("a").strip(1), None);
         assert_eq!(p("x/y").under(&p("opt/app")), p("opt/app/x/y"));
+        assert_eq!((p("a/b").strip(2), p("a/b").strip(0)), (None, Some(p("a/b"))));
+        assert_eq!((TreePath::root().under(&p("x")), p("x").under(&TreePath::root())), (p("x"), p("x")));
     }
 
     #[test]
@@ -558,15 +576,16 @@ mod tests {
 /// The model against the kernel: a random tree of directories, files and symlinks is made on
 /// disk, and every symlink is resolved by `openat2(RESOLVE_IN_ROOT)` and by the model.
 #[cfg(test)]
-mod against_the_kernel {
+pub(crate) mod against_the_kernel {
     use super::*;
     use proptest::prelude::*;
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    /// Where the kernel resolves `path` (relative to `root`) inside `root`; `None` if it does not.
-    fn kernel_resolve(root: &std::fs::File, root_path: &Path, path: &TreePath) -> Option<TreePath> {
-        let c = CString::new(path.as_bytes()).unwrap();
+    /// `openat2(root, path, O_PATH, RESOLVE_IN_ROOT)`: `path` resolved by the kernel inside `root`
+    /// (the final symlink followed), as a container runtime resolves it.
+    pub(crate) fn open_in_root(root: &std::fs::File, path: &[u8]) -> std::io::Result<OwnedFd> {
+        let c = CString::new(path).map_err(std::io::Error::other)?;
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
         how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
         how.resolve = 0x10; // RESOLVE_IN_ROOT
@@ -581,13 +600,22 @@ mod against_the_kernel {
             )
         };
         if fd < 0 {
-            return None;
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the syscall returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Where an open descriptor is, relative to `root_path`; `None` outside it.
+    pub(crate) fn location(fd: &OwnedFd, root_path: &Path) -> Option<TreePath> {
         let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
         let rel = real.strip_prefix(root_path).ok()?;
         Some(TreePath::from_member(rel.as_os_str().as_bytes()).unwrap())
+    }
+
+    /// Where the kernel resolves `path` (relative to `root`) inside `root`; `None` if it does not.
+    fn kernel_resolve(root: &std::fs::File, root_path: &Path, path: &TreePath) -> Option<TreePath> {
+        location(&open_in_root(root, path.as_bytes()).ok()?, root_path)
     }
 
     #[derive(Debug, Clone)]

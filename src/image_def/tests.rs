@@ -35,7 +35,7 @@ host = "zk-1"
 const ZOO_CFG: &str = "clientPort={{port}}\n{{ servers }}\n";
 
 fn recipes() -> BTreeMap<String, Recipe> {
-    let zk = "name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"https://example.org/zk.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n";
+    let zk = "name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"https://example.org/zk.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n[unpack]\nprefix = \"/opt/zk\"\n";
     let base = "name = \"base\"\nversion = \"1\"\nkind = \"oci-image\"\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"sha256:7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n";
     [zk, base]
         .iter()
@@ -122,7 +122,8 @@ fn recipes_must_exist_and_be_of_the_right_kind() {
     );
     refused_at(&p, &edited("[\"zookeeper\"]", "[\"base\"]"), 2, "is an OCI image; use it as `base`");
     refused_at(&p, &edited("[\"zookeeper\"]", "[\"zookeeper\", \"zookeeper\"]"), 2, "listed twice");
-    refused_at(&p, &format!("base = \"zookeeper\"\n{DEF}"), 1, "`base` must name an `oci-image` recipe");
+    // A tarball is a base only as a root filesystem, unpacked at `/`.
+    refused_at(&p, &format!("base = \"zookeeper\"\n{DEF}"), 1, "`zookeeper` unpacks at `/opt/zk`");
 }
 
 #[test]

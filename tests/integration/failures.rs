@@ -196,15 +196,77 @@ fn expect_unsafe(entries: &[Entry], needle: &str) {
 #[test]
 fn unsafe_tar_entries_are_refused() {
     let ok = || Entry::File("zookeeper-3.4.10/bin/zkServer.sh".into(), b"#!/bin/sh\n".to_vec(), 0o755);
+    let link = |p: &str, t: &str| Entry::Symlink(format!("zookeeper-3.4.10/{p}"), t.into());
+    let outside = "outside /usr/local/zookeeper";
     expect_unsafe(&[ok(), Entry::RawFile(b"zookeeper-3.4.10/../../etc/cron.d/x".to_vec(), b"evil".to_vec())], "`..`");
     expect_unsafe(&[ok(), Entry::RawFile(b"/etc/passwd".to_vec(), b"evil".to_vec())], "absolute path");
-    expect_unsafe(
-        &[ok(), Entry::Symlink("zookeeper-3.4.10/conf/escape".into(), "../../../etc".into())],
-        "escapes the unpack root",
-    );
-    expect_unsafe(&[ok(), Entry::Symlink("zookeeper-3.4.10/conf/abs".into(), "/etc/shadow".into())], "absolute path");
+    expect_unsafe(&[ok(), link("conf/escape", "../../../etc")], outside);
+    expect_unsafe(&[ok(), link("conf/abs", "/etc/shadow")], outside);
     expect_unsafe(&[ok(), Entry::Hardlink("zookeeper-3.4.10/conf/pw".into(), "etc/passwd".into())], "hard link");
     expect_unsafe(&[ok(), Entry::CharDevice("zookeeper-3.4.10/dev/mem".into())], "device nodes");
+}
+
+/// Issue #11: what each entry alone does not show, the tree they build together does.
+#[test]
+fn regression_11_links_whiteouts_and_impossible_trees_are_refused() {
+    let link = |p: &str, t: &str| Entry::Symlink(format!("zk/{p}"), t.into());
+    let file = |p: &str| Entry::File(format!("zk/{p}"), b"evil".to_vec(), 0o644);
+    let hard = |p: &str, t: &str| Entry::Hardlink(format!("zk/{p}"), format!("zk/{t}"));
+    // Chained links: `a/b/s` and `t` each stay inside; `t/etc/x` would write /etc/x.
+    expect_unsafe(&[link("a/b/s", "../.."), link("t", "a/b/s/../../.."), file("t/etc/x")], "through the symlink");
+    expect_unsafe(&[link("a/b/s", "../.."), link("t", "a/b/s/../../..")], "leads to /, outside /usr/local/zookeeper");
+    // A later entry redirects an earlier link.
+    expect_unsafe(&[link("x", "d/passwd"), link("d", "/etc")], "zk/x");
+    // Whiteouts would delete the base image's files.
+    expect_unsafe(&[file("etc/.wh.passwd")], "whiteouts = true");
+    expect_unsafe(&[Entry::Dir("zk/dir/"), file("dir/.wh..wh..opq")], "whiteouts = true");
+    // Trees no runtime unpacks.
+    expect_unsafe(&[Entry::Dir("zk/d/"), hard("h", "d")], "hard link to /usr/local/zookeeper/d");
+    expect_unsafe(&[hard("h", "h")], "not an earlier regular file");
+    expect_unsafe(&[file("f"), file("f/g")], "is a file, not a directory");
+    expect_unsafe(&[file("f"), file("f")], "already a file");
+    // Names are printed escaped, never as raw control characters.
+    let p = TestProject::new();
+    p.add_base();
+    p.serve_as_zookeeper(
+        "evil.tar.gz",
+        fixtures::tar_gz(&[Entry::RawFile(b"zk/\x1b]2;pwned\x07/../x".to_vec(), vec![])]),
+    );
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("zk/\\u{1b}]2;pwned\\u{7}/../x") && !err.contains('\x1b') && !err.contains('\x07'), "{err}");
+}
+
+/// Serves `data` as the ZooKeeper source and expects exit 1 with `needle`, and no layer recorded.
+fn expect_bad_source(data: Vec<u8>, needle: &str) {
+    let p = TestProject::new();
+    p.add_base();
+    p.serve_as_zookeeper("zk.tar.gz", data);
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("zk.tar.gz (zookeeper)") && err.contains(needle), "`{needle}` not in: {err}");
+    assert_eq!(tree(&p.store.join("layers")).len(), 1, "only the JDK layer (built first) is recorded");
+}
+
+#[test]
+fn a_gzip_source_whose_trailer_does_not_match_is_refused() {
+    let good = fixtures::zookeeper();
+    let n = good.len();
+    // flate2 compares the trailer's CRC-32 and length only when read to the end, which a tar
+    // reader never does by itself: imgbuild reads past the tar's end marker.
+    for at in [n - 8, n - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        expect_bad_source(bad, "gzip data: corrupt gzip stream");
+    }
+}
+
+#[test]
+fn an_empty_source_and_a_source_without_entries_are_refused() {
+    expect_bad_source(Vec::new(), "empty (0 bytes)");
+    expect_bad_source(fixtures::tar_gz(&[]), "no entries");
 }
 
 #[test]

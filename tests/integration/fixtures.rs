@@ -36,58 +36,99 @@ pub fn text(word: &str, len: usize) -> Vec<u8> {
     word.bytes().cycle().take(len).collect()
 }
 
-pub fn tar_gz(entries: &[Entry]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), flate2::Compression::default()));
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        // Upstream tarballs carry real owners, names and times: the layer must drop them.
-        h.set_uid(1001);
-        h.set_gid(1001);
-        h.set_username("builder").unwrap();
-        h.set_groupname("staff").unwrap();
-        h.set_mtime(1_500_000_000);
-        match e {
-            Entry::Dir(p) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o775);
-                h.set_size(0);
-                builder.append_data(&mut h, p, std::io::empty()).unwrap();
-            }
-            Entry::File(p, data, mode) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(data.len() as u64);
-                builder.append_data(&mut h, p, &data[..]).unwrap();
-            }
-            Entry::Symlink(p, target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_size(0);
-                builder.append_link(&mut h, p, target).unwrap();
-            }
-            Entry::Hardlink(p, target) => {
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(0o644);
-                h.set_size(0);
-                builder.append_link(&mut h, p, target).unwrap();
-            }
-            Entry::RawFile(name, data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(data.len() as u64);
-                h.as_old_mut().name[..name.len()].copy_from_slice(name);
-                h.set_cksum();
-                builder.append(&h, &data[..]).unwrap();
-            }
-            Entry::CharDevice(p) => {
-                h.set_entry_type(tar::EntryType::Char);
-                h.set_mode(0o666);
-                h.set_size(0);
-                builder.append_data(&mut h, p, std::io::empty()).unwrap();
-            }
+/// Appends one entry with the owners, names and times an upstream tarball carries (the layer
+/// must drop them).
+fn append(builder: &mut tar::Builder<Vec<u8>>, e: &Entry) {
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(1001);
+    h.set_gid(1001);
+    h.set_username("builder").unwrap();
+    h.set_groupname("staff").unwrap();
+    h.set_mtime(1_500_000_000);
+    match e {
+        Entry::Dir(p) => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o775);
+            h.set_size(0);
+            builder.append_data(&mut h, p, std::io::empty()).unwrap();
+        }
+        Entry::File(p, data, mode) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(*mode);
+            h.set_size(data.len() as u64);
+            builder.append_data(&mut h, p, &data[..]).unwrap();
+        }
+        Entry::Symlink(p, target) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            builder.append_link(&mut h, p, target).unwrap();
+        }
+        Entry::Hardlink(p, target) => {
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_mode(0o644);
+            h.set_size(0);
+            builder.append_link(&mut h, p, target).unwrap();
+        }
+        Entry::RawFile(name, data) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            builder.append(&h, &data[..]).unwrap();
+        }
+        Entry::CharDevice(p) => {
+            h.set_entry_type(tar::EntryType::Char);
+            h.set_mode(0o666);
+            h.set_size(0);
+            builder.append_data(&mut h, p, std::io::empty()).unwrap();
         }
     }
-    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// An uncompressed tar of `entries`, in order.
+pub fn tar(entries: &[Entry]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for e in entries {
+        append(&mut builder, e);
+    }
+    builder.into_inner().unwrap()
+}
+
+pub fn tar_gz(entries: &[Entry]) -> Vec<u8> {
+    gzip(&tar(entries))
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// `data` compressed as `format` (`gz`, `xz`, `bz2`, `zst`), the last three by their reference
+/// tools, as upstreams make them.
+pub fn compressed(format: &str, data: &[u8]) -> Vec<u8> {
+    let (tool, args): (&str, &[&str]) = match format {
+        "gz" => return gzip(data),
+        "xz" => ("xz", &["-c", "-T1"]),
+        "bz2" => ("bzip2", &["-c"]),
+        "zst" => ("zstd", &["-c", "-q"]),
+        other => panic!("no compressor for {other}"),
+    };
+    let mut child = std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool} (installed by .ci/install): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    out.stdout
 }
 
 fn file(p: &str, data: Vec<u8>, mode: u32) -> Entry {
@@ -190,8 +231,9 @@ pub fn base_layout(dir: &Path, platforms: &[&str]) -> Vec<(String, String)> {
     write_layout(dir, &layers)
 }
 
-/// An OCI layout whose one layer is the directory `root` (symlinks kept, entries sorted).
-pub fn layout_from_root(dir: &Path, root: &Path) -> String {
+/// A tar of the directory `root` as a root-filesystem tarball: entries sorted, symlinks kept
+/// as links, then `extra`.
+pub fn tar_of_root(root: &Path, extra: &[Entry]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     fn walk(tar: &mut tar::Builder<Vec<u8>>, base: &Path, dir: &Path) {
@@ -207,8 +249,15 @@ pub fn layout_from_root(dir: &Path, root: &Path) -> String {
         }
     }
     walk(&mut tar, root, root);
-    let raw = tar.into_inner().unwrap();
-    write_layout(dir, &[("amd64", raw)]).remove(0).1
+    for e in extra {
+        append(&mut tar, e);
+    }
+    tar.into_inner().unwrap()
+}
+
+/// An OCI layout whose one layer is the directory `root` (symlinks kept, entries sorted).
+pub fn layout_from_root(dir: &Path, root: &Path) -> String {
+    write_layout(dir, &[("amd64", tar_of_root(root, &[]))]).remove(0).1
 }
 
 /// An amd64 OCI layout whose image has `layers` (uncompressed tars, lowest first).
