@@ -43,7 +43,7 @@ impl BaseImage {
         let manifest: ImageManifest = serde_json::from_slice(&store.read_blob(manifest_digest)?)
             .map_err(|e| store_err(format!("base manifest {manifest_digest} is not an OCI image manifest: {e}")))?;
         let config_digest = Sha256Digest::from_oci(manifest.config().digest()).map_err(|e| store_err(e.to_string()))?;
-        let config: ImageConfiguration = serde_json::from_slice(&store.read_blob(&config_digest)?)
+        let config = parse_config(&store.read_blob(&config_digest)?)
             .map_err(|e| store_err(format!("base config {config_digest}: {e}")))?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
@@ -74,6 +74,16 @@ impl BaseImage {
         let env = self.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
         env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
     }
+}
+
+/// An image configuration as other tools write it. The spec makes `history` optional (many
+/// minimal images have none); the oci-spec types require it, so a missing one reads as empty.
+pub(crate) fn parse_config(bytes: &[u8]) -> serde_json::Result<ImageConfiguration> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.entry("history").or_insert_with(|| serde_json::json!([]));
+    }
+    serde_json::from_value(value)
 }
 
 /// Everything one platform's image of one node is made of.
