@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use base64::Engine as _;
+
 use super::harness::*;
 
 const SPDX: &str = "application/spdx+json";
@@ -175,4 +177,182 @@ fn validate_cyclonedx(p: &TestProject, text: &str) {
 errors = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\n\
 if errors:\n    print(errors)\n    sys.exit(1)\n";
     tool(Command::new(venv_tool("python")).arg("-c").arg(script).arg(&file));
+}
+
+/// Writes `data` as a blob of the layout; returns its digest.
+fn put(layout: &Path, data: &[u8]) -> String {
+    let digest = format!("sha256:{}", super::fixtures::sha256_hex(data));
+    std::fs::write(blob(layout, &digest), data).unwrap();
+    digest
+}
+
+/// Edits a layout's `index.json`.
+fn edit_index(layout: &Path, f: impl FnOnce(&mut Vec<serde_json::Value>)) {
+    let path = layout.join("index.json");
+    let mut index = read_json(&path);
+    f(index["manifests"].as_array_mut().unwrap());
+    std::fs::write(&path, index.to_string()).unwrap();
+}
+
+/// Points `tag` at `digest` (size `size`).
+fn retag(layout: &Path, tag: &str, digest: &str, size: usize) {
+    edit_index(layout, |entries| {
+        let e = entries.iter_mut().find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag).unwrap();
+        e["digest"] = digest.into();
+        e["size"] = size.into();
+    });
+}
+
+/// The provenance statement attached to `subject` in `layout`.
+fn statement_of(layout: &Path, subject: &str) -> serde_json::Value {
+    let (_, artifact, _) = referrers(layout).into_iter().find(|(k, _, s)| k == IN_TOTO && s == subject).unwrap();
+    read_json(&blob(layout, &read_json(&blob(layout, &artifact))["layers"][0].digest_str()))
+}
+
+/// What someone passing off `subject` as something else would do: take away its provenance and
+/// attach `statement` instead, its subject rewritten to `claims` (by default, `subject`).
+fn attach_statement(layout: &Path, subject: &str, mut statement: serde_json::Value, claims: Option<&str>) {
+    statement["subject"][0]["digest"]["sha256"] = claims.unwrap_or(subject).trim_start_matches("sha256:").into();
+    let document = put(layout, statement.to_string().as_bytes());
+    let size = std::fs::metadata(blob(layout, subject)).unwrap().len();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": IN_TOTO,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2 },
+        "layers": [{ "mediaType": IN_TOTO, "digest": document, "size": statement.to_string().len() }],
+        "subject": { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": size },
+    });
+    let bytes = manifest.to_string();
+    let digest = put(layout, bytes.as_bytes());
+    let old: Vec<String> =
+        referrers(layout).into_iter().filter(|(k, _, s)| k == IN_TOTO && s == subject).map(|(_, d, _)| d).collect();
+    edit_index(layout, |entries| {
+        entries.retain(|m| !old.contains(&m.digest_str()));
+        entries.push(serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": bytes.len(), "artifactType": IN_TOTO }));
+    });
+}
+
+/// Replaces `path`'s content in the layer of node `tag` that holds it: a new layer, config and
+/// manifest, consistent with each other, and `tag` pointed at them. Returns the new manifest.
+fn change_file(layout: &Path, tag: &str, path: &str, content: &[u8]) -> String {
+    let manifest_digest = tagged(layout, tag);
+    let mut manifest = read_json(&blob(layout, &manifest_digest));
+    let mut config = read_json(&blob(layout, &manifest["config"].digest_str()));
+    let layers = manifest["layers"].as_array().unwrap().clone();
+    let (n, raw) = layers
+        .iter()
+        .enumerate()
+        .find_map(|(n, l)| {
+            let gz = std::fs::read(blob(layout, &l.digest_str())).unwrap();
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+            let mut archive = tar::Archive::new(&raw[..]);
+            let holds = archive.entries().unwrap().any(|e| e.unwrap().path().unwrap().to_str() == Some(path));
+            holds.then_some((n, raw))
+        })
+        .unwrap_or_else(|| panic!("no layer of {tag} holds {path}"));
+    let mut out = tar::Builder::new(Vec::new());
+    for entry in tar::Archive::new(&raw[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        if entry.path().unwrap().to_str() == Some(path) {
+            header.set_size(content.len() as u64);
+            header.set_cksum();
+            out.append(&header, content).unwrap();
+        } else {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            out.append(&header, &data[..]).unwrap();
+        }
+    }
+    let raw = out.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let gz = gz.finish().unwrap();
+    manifest["layers"][n]["digest"] = put(layout, &gz).into();
+    manifest["layers"][n]["size"] = gz.len().into();
+    config["rootfs"]["diff_ids"][n] = format!("sha256:{}", super::fixtures::sha256_hex(&raw)).into();
+    let config_bytes = config.to_string();
+    manifest["config"]["digest"] = put(layout, config_bytes.as_bytes()).into();
+    manifest["config"]["size"] = config_bytes.len().into();
+    let bytes = manifest.to_string();
+    let digest = put(layout, bytes.as_bytes());
+    retag(layout, tag, &digest, bytes.len());
+    digest
+}
+
+/// `verify`'s exit code and what it said.
+fn verify(p: &TestProject, image: &str) -> (Option<i32>, String) {
+    let out = p.run(&["verify", image]);
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn verify_names_the_file_the_level_or_the_node_that_differs() {
+    let p = TestProject::new();
+    p.add_base();
+    assert_ok(&p.run(&["build"]));
+    let built = p.root.join("out/zk-kafka");
+    let fresh = |name: &str| {
+        let dir = p.path(name);
+        copy_dir(&built, &dir);
+        dir
+    };
+
+    // A layer changed, its image made consistent again and the provenance re-attached to it.
+    let changed = fresh("changed");
+    let node1 = tagged(&changed, "node-1");
+    let statement = statement_of(&changed, &node1);
+    let tampered = change_file(&changed, "node-1", "usr/local/zookeeper/bin/zkServer.sh", b"#!/bin/sh\nevil\n");
+    attach_statement(&changed, &tampered, statement.clone(), None);
+    let (code, err) = verify(&p, &format!("oci:{}:node-1", changed.display()));
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("layer 3 of 7 (imgbuild recipe zookeeper 3.4.10"), "{err}");
+    assert!(err.contains("`usr/local/zookeeper/bin/zkServer.sh`: the content differs"), "{err}");
+
+    // Built with another --level than its provenance says.
+    assert_ok(&p.run(&["build", "--level", "9", "--out", "out/level9"]));
+    let level9 = p.root.join("out/level9");
+    assert_ok(&p.run(&["verify", "oci:out/level9:node-1"]));
+    attach_statement(&level9, &tagged(&level9, "node-1"), statement.clone(), None);
+    let (code, err) = verify(&p, "oci:out/level9:node-1");
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("layer 2 of 7 (imgbuild recipe temurin-jdk8"), "{err}");
+    assert!(err.contains("the same files and the same tar stream, compressed differently"), "{err}");
+
+    // node-1's tag on node 2's manifest: its own provenance names another subject; node 1's
+    // provenance re-attached to it rebuilds node 1, whose identity layer differs.
+    let swapped = fresh("swapped");
+    let node2 = tagged(&swapped, "node-2");
+    let size = std::fs::metadata(blob(&swapped, &node2)).unwrap().len() as usize;
+    retag(&swapped, "node-1", &node2, size);
+    attach_statement(&swapped, &node2, statement.clone(), Some(&node1));
+    let (code, err) = verify(&p, &format!("oci:{}:node-1", swapped.display()));
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("names another image as its subject"), "{err}");
+    attach_statement(&swapped, &node2, statement.clone(), None);
+    let (code, err) = verify(&p, &format!("oci:{}:node-1", swapped.display()));
+    assert_eq!(code, Some(7), "{err}");
+    assert!(
+        err.contains("layer 7 of 7 (imgbuild identity of node 1) differs: `etc/imgbuild/node-id`: the content differs"),
+        "{err}"
+    );
+
+    // A provenance whose carried files do not hash to what it records is refused outright.
+    let forged = fresh("forged");
+    let mut bad = statement.clone();
+    let deps = bad["predicate"]["buildDefinition"]["resolvedDependencies"].as_array_mut().unwrap();
+    let zk = deps.iter_mut().find(|d| d["name"] == "recipes/zookeeper.toml").unwrap();
+    zk["content"] = base64::engine::general_purpose::STANDARD.encode(b"name = \"zookeeper\"\n").into();
+    attach_statement(&forged, &node1, bad, None);
+    let (code, err) = verify(&p, &format!("oci:{}:node-1", forged.display()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`recipes/zookeeper.toml`: the content carried does not hash"), "{err}");
+
+    // No provenance at all: nothing to verify against.
+    let bare = fresh("bare");
+    edit_index(&bare, |entries| entries.retain(|m| m["artifactType"].is_null()));
+    let (code, err) = verify(&p, &format!("oci:{}:node-1", bare.display()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("carries no provenance"), "{err}");
 }
