@@ -9,6 +9,7 @@ use std::process::Command;
 use base64::Engine as _;
 
 use super::harness::*;
+use super::registry_server::{require, Registry};
 
 const SPDX: &str = "application/spdx+json";
 const CYCLONEDX: &str = "application/vnd.cyclonedx+json";
@@ -355,4 +356,199 @@ fn verify_names_the_file_the_level_or_the_node_that_differs() {
     let (code, err) = verify(&p, &format!("oci:{}:node-1", bare.display()));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("carries no provenance"), "{err}");
+}
+
+#[test]
+fn pushed_images_carry_their_referrers_and_verify_from_the_registry() {
+    let p = TestProject::new();
+    p.add_base();
+    let registry = Registry::plain(&p.path("registry"));
+    let repo = format!("{}/team/zk-kafka", registry.host());
+    let pushed = json(&p.run(&["--json", "push", "--insecure", "--all", &repo]));
+    for image in pushed["pushed"].as_array().unwrap() {
+        assert_eq!(image["referrers"], 3, "{image}");
+    }
+    let node1 = pushed["pushed"][1]["digest"].as_str().unwrap().to_string();
+
+    // docker-registry 2.8 has no referrers API: the fallback tag lists the three documents.
+    require("skopeo");
+    let fallback = format!("docker://{repo}:sha256-{}", node1.trim_start_matches("sha256:"));
+    let raw = tool(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &fallback]));
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let mut kinds: Vec<&str> =
+        index["manifests"].as_array().unwrap().iter().map(|m| m["artifactType"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(kinds, [SPDX, CYCLONEDX, IN_TOTO]);
+
+    // Pushing again adds nothing to it.
+    assert_ok(&p.run(&["push", "--insecure", "--all", &repo]));
+    let again = tool(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &fallback]));
+    assert_eq!(again, raw);
+
+    // skopeo still copies the image itself, unchanged.
+    let copy = p.path("copy");
+    tool(
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{repo}:node-1"))
+            .arg(format!("oci:{}:node-1", copy.display())),
+    );
+    assert_eq!(tagged(&copy, "node-1"), node1);
+
+    // Read back from the registry, by another store: the SBOM, and a rebuild that matches.
+    let reader = p.path("reader-store");
+    assert_ok(&p.cmd().env("IMGBUILD_STORE", &reader).args(["store", "add"]).arg(&p.base_layout).output().unwrap());
+    let remote = format!("docker://{repo}:node-1");
+    let sbom = p
+        .cmd()
+        .env("IMGBUILD_STORE", &reader)
+        .args(["sbom", "--insecure", "--format", "cyclonedx", &remote])
+        .output()
+        .unwrap();
+    let sbom: serde_json::Value = serde_json::from_slice(&stdout(&sbom).into_bytes()).unwrap();
+    assert_eq!(sbom["metadata"]["component"]["hashes"][0]["content"], node1.trim_start_matches("sha256:"));
+    let out = p.cmd().env("IMGBUILD_STORE", &reader).args(["verify", "--insecure", &remote]).output().unwrap();
+    assert!(stdout(&out).starts_with(&node1), "{}", stderr(&out));
+    let out = p.cmd().env("IMGBUILD_STORE", &reader).args(["--offline", "verify", &remote]).output().unwrap();
+    assert_exit(&out, 2);
+}
+
+/// An uncompressed layer of `(path, content)` files (an empty content and a `/`: a directory).
+fn layer(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut h = tar::Header::new_ustar();
+        if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            tar.append_data(&mut h, path, std::io::empty()).unwrap();
+        } else {
+            h.set_mode(0o644);
+            h.set_size(content.len() as u64);
+            tar.append_data(&mut h, path, content.as_bytes()).unwrap();
+        }
+    }
+    tar.into_inner().unwrap()
+}
+
+fn stanza(name: &str, version: &str, status: &str) -> String {
+    format!("Package: {name}\nStatus: {status}\nPriority: required\nArchitecture: amd64\nVersion: {version}\nDescription: {name}\n more text\n\n")
+}
+
+#[test]
+fn a_debian_base_lists_its_installed_packages_read_through_whiteouts_and_cached() {
+    let p = TestProject::new();
+    let installed = "install ok installed";
+    let first = [stanza("base-files", "12.4", installed), stanza("removed-pkg", "1.0", installed)].concat();
+    let last = [
+        stanza("base-files", "12.4+deb12u5", installed),
+        stanza("libc6", "2.36-9+deb12u4", installed),
+        stanza("zlib1g", "1:1.2.13.dfsg-1", installed),
+        stanza("leftover", "3", "deinstall ok config-files"),
+    ]
+    .concat();
+    let layers = [
+        layer(&[
+            ("etc/", ""),
+            ("etc/os-release", "PRETTY_NAME=\"Debian 12\"\nID=debian\n"),
+            ("var/lib/dpkg/", ""),
+            ("var/lib/dpkg/status", &first),
+        ]),
+        layer(&[("var/lib/dpkg/.wh.status", "")]),
+        layer(&[("var/lib/dpkg/status", &last), ("var/lib/dpkg/status-old", &first)]),
+        layer(&[("var/lib/apt/", ""), ("var/lib/apt/.wh..wh..opq", "")]),
+    ];
+    let base = p.path("debian-layout");
+    let digest = super::fixtures::layered_layout(&base, &layers);
+    p.write_recipe(
+        "debian-bookworm-slim.toml",
+        &format!("name = \"debian-bookworm-slim\"\nversion = \"12\"\nkind = \"oci-image\"\nimage = \"docker.io/library/debian\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+    );
+    assert_ok(&p.run(&["store", "add", base.to_str().unwrap()]));
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64"]));
+
+    let spdx: serde_json::Value = serde_json::from_str(&stdout(&p.run(&["sbom", "oci:out/zk-kafka:node-0"]))).unwrap();
+    let debs: Vec<&str> = spdx["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["externalRefs"][0]["referenceLocator"].as_str().filter(|u| u.starts_with("pkg:deb/")))
+        .collect();
+    assert_eq!(
+        debs,
+        [
+            "pkg:deb/debian/base-files@12.4%2Bdeb12u5?arch=amd64",
+            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64",
+            "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64",
+        ]
+    );
+    let base_purl = format!("pkg:oci/debian@{}?repository_url=docker.io/library/debian", digest.replace(':', "%3A"));
+    assert!(spdx.to_string().contains(&base_purl), "{spdx}");
+    let spdx_file = p.path("debian.spdx.json");
+    std::fs::write(&spdx_file, spdx.to_string()).unwrap();
+    tool(Command::new(venv_tool("pyspdxtools")).arg("-i").arg(&spdx_file));
+    validate_cyclonedx(&p, &stdout(&p.run(&["sbom", "--format", "cyclonedx", "oci:out/zk-kafka:node-0"])));
+
+    // The base's packages are kept in the store by its digest: a rebuild reads no layer again.
+    let cache = p.store.join("supply").join(format!("dpkg-v1-{}.json", digest.trim_start_matches("sha256:")));
+    let mut cached = read_json(&cache);
+    cached["debs"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "name": "from-the-cache", "version": "1", "arch": "all" }));
+    std::fs::write(&cache, cached.to_string()).unwrap();
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64", "--out", "out/second"]));
+    let again = stdout(&p.run(&["sbom", "oci:out/second:node-0"]));
+    assert!(again.contains("pkg:deb/debian/from-the-cache@1?arch=all"), "{again}");
+}
+
+#[test]
+fn a_multi_platform_archive_verifies_offline_from_a_mirror_and_nothing_else() {
+    let p = TestProject::new();
+    p.add_base();
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64,linux/arm64", "--format", "oci-archive"]));
+    let archive = "oci-archive:out/zk-kafka.tar:cluster";
+
+    // One SBOM per platform manifest, the provenance on the index.
+    let arm = stdout(&p.run(&["sbom", "--platform", "linux/arm64", archive]));
+    assert!(arm.contains("OpenJDK8U-jdk_aarch64_linux_hotspot_8u392b08.tar.gz"), "{arm}");
+    let out = p.run(&["sbom", archive]);
+    if std::env::consts::ARCH == "x86_64" {
+        assert!(stdout(&out).contains("OpenJDK8U-jdk_x64_linux_hotspot_8u392b08.tar.gz"));
+    }
+    let out = p.run(&["sbom", "--platform", "linux/s390x", archive]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("has no linux/s390x manifest (it has: linux/amd64, linux/arm64)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A machine with an empty store, offline: the inputs are named, with where to get them.
+    let empty = p.path("empty-store");
+    let offline = |mirror: Option<&Path>| {
+        let mut cmd = p.cmd();
+        cmd.env("IMGBUILD_STORE", &empty).current_dir(p.tmp.path());
+        if let Some(m) = mirror {
+            cmd.arg("--mirror").arg(m);
+        }
+        cmd.args(["--offline", "verify"])
+            .arg(format!("oci-archive:{}:cluster", p.root.join("out/zk-kafka.tar").display()));
+        cmd.output().unwrap()
+    };
+    let out = offline(None);
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("zookeeper-3.4.10.tar.gz"), "{}", stderr(&out));
+
+    // With the upstream files in a mirror directory (and the base as its oci layout), it passes.
+    let mirror = p.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    for (name, data) in &p.inputs {
+        std::fs::write(mirror.join(name), data).unwrap();
+    }
+    copy_dir(&p.base_layout, &mirror.join("debian-bookworm-slim.tar"));
+    let out = offline(Some(&mirror));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("(tag cluster, linux/amd64, linux/arm64)"), "{}", stderr(&out));
 }
