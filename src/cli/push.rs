@@ -125,7 +125,7 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
         pushed.push(result);
     }
     if global.json {
-        let bytes: u64 = pushed.iter().map(|p| p.stats.bytes_uploaded).sum();
+        let bytes: u64 = pushed.iter().map(|p| p.stats.bytes_uploaded + p.referrers.bytes_uploaded).sum();
         super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
     }
     Ok(())

@@ -21,7 +21,6 @@ pub struct PushStats {
     pub blobs_skipped: usize,
     pub blobs_mounted: usize,
     pub manifests: usize,
-    pub referrers: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -32,6 +31,8 @@ pub struct Pushed {
     pub media_type: String,
     #[serde(flatten)]
     pub stats: PushStats,
+    /// The SBOMs and provenance attached to it: their manifests and blobs.
+    pub referrers: PushStats,
 }
 
 /// Which repositories of a registry are known to hold a blob: the sources of cross-repository
@@ -157,7 +158,7 @@ impl Pusher<'_> {
             self.blob(d)?;
         }
         super::referrers::put(self.client, &bytes, &subject, &artifact_type)?;
-        self.stats.referrers += 1;
+        self.stats.manifests += 1;
         Ok(())
     }
 }
@@ -180,12 +181,21 @@ pub fn push(
         done: HashSet::new(),
         stats: PushStats::default(),
     };
-    let result = pusher
-        .manifest(digest, &reference.target())
-        .and_then(|media_type| referrers.iter().try_for_each(|r| pusher.referrer(r)).map(|()| media_type));
+    let result = pusher.manifest(digest, &reference.target());
+    // The referrers are counted apart from the image.
+    let image_stats = std::mem::take(&mut pusher.stats);
+    let result =
+        result.and_then(|media_type| referrers.iter().try_for_each(|r| pusher.referrer(r)).map(|()| media_type));
+    let referrer_stats = std::mem::replace(&mut pusher.stats, image_stats);
     // What reached the registry is worth remembering even when a later step failed.
     pusher.hints.save(store)?;
     let media_type = result?;
     let pinned = Reference { digest: Some(*digest), ..reference.clone() };
-    Ok(Pushed { reference: pinned.to_string(), digest: *digest, media_type, stats: pusher.stats })
+    Ok(Pushed {
+        reference: pinned.to_string(),
+        digest: *digest,
+        media_type,
+        stats: pusher.stats,
+        referrers: referrer_stats,
+    })
 }
