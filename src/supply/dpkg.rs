@@ -183,3 +183,127 @@ Package: half\nStatus: install ok half-installed\nVersion: 2\n\nPackage: noversi
         assert_eq!(os_release_id("NAME=x\n"), None);
     }
 }
+
+#[cfg(test)]
+mod merge_model {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::digest::{BlobDigest, DiffId};
+
+    /// Paths the generated layers use; the three files followed are among them.
+    const PATHS: [&str; 5] = ["a", "a/s", "a/b", "a/b/s", "c"];
+    const FOLLOWED: [&str; 3] = ["a/s", "a/b/s", "c"];
+    const DIRS: [&str; 3] = ["", "a", "a/b"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        File(usize, u8),
+        Dir(usize),
+        Symlink(usize),
+        Whiteout(usize),
+        Opaque(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..PATHS.len(), any::<u8>()).prop_map(|(p, c)| Op::File(p, c)),
+            (0..PATHS.len()).prop_map(Op::Dir),
+            (0..PATHS.len()).prop_map(Op::Symlink),
+            (0..PATHS.len()).prop_map(Op::Whiteout),
+            (0..DIRS.len()).prop_map(Op::Opaque),
+        ]
+    }
+
+    fn join(dir: &str, name: &str) -> String {
+        if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        }
+    }
+
+    fn tar_of(ops: &[Op]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for op in ops {
+            let mut h = tar::Header::new_ustar();
+            let (kind, path, data) = match op {
+                Op::File(p, c) => (EntryType::Regular, PATHS[*p].to_string(), vec![*c]),
+                Op::Dir(p) => (EntryType::Directory, format!("{}/", PATHS[*p]), vec![]),
+                Op::Symlink(p) => (EntryType::Symlink, PATHS[*p].to_string(), vec![]),
+                Op::Whiteout(p) => {
+                    let (dir, name) = PATHS[*p].rsplit_once('/').unwrap_or(("", PATHS[*p]));
+                    (EntryType::Regular, join(dir, &format!(".wh.{name}")), vec![])
+                }
+                Op::Opaque(d) => (EntryType::Regular, join(DIRS[*d], ".wh..wh..opq"), vec![]),
+            };
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            if kind == EntryType::Symlink {
+                tar.append_link(&mut h, &path, "elsewhere").unwrap();
+            } else {
+                tar.append_data(&mut h, &path, &data[..]).unwrap();
+            }
+        }
+        tar.into_inner().unwrap()
+    }
+
+    /// The merged tree as overlay file systems define it: path → (layer, file content if a file).
+    fn model(layers: &[Vec<Op>]) -> Vec<Option<Vec<u8>>> {
+        let mut tree: BTreeMap<String, (usize, Option<Vec<u8>>)> = BTreeMap::new();
+        let below = |tree: &mut BTreeMap<String, (usize, Option<Vec<u8>>)>, dir: &str, keep: &dyn Fn(usize) -> bool| {
+            tree.retain(|p, (layer, _)| !inside(p, dir) || keep(*layer));
+        };
+        for (n, ops) in layers.iter().enumerate() {
+            for op in ops {
+                match op {
+                    Op::File(p, c) => {
+                        below(&mut tree, PATHS[*p], &|_| false);
+                        tree.insert(PATHS[*p].into(), (n, Some(vec![*c])));
+                    }
+                    Op::Dir(p) => {
+                        tree.insert(PATHS[*p].into(), (n, None));
+                    }
+                    Op::Symlink(p) => {
+                        below(&mut tree, PATHS[*p], &|_| false);
+                        tree.insert(PATHS[*p].into(), (n, None));
+                    }
+                    Op::Whiteout(p) => {
+                        below(&mut tree, PATHS[*p], &|_| false);
+                        tree.remove(PATHS[*p]);
+                    }
+                    Op::Opaque(d) => below(&mut tree, DIRS[*d], &|layer| layer == n),
+                }
+            }
+        }
+        FOLLOWED.iter().map(|f| tree.get(*f).and_then(|(_, c)| c.clone())).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Followed through any stack of layers, a file has the content the merged tree gives it.
+        #[test]
+        fn merged_files_are_what_the_layers_make(layers in prop::collection::vec(prop::collection::vec(op(), 0..6), 1..5)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let image_layers: Vec<ImageLayer> = layers
+                .iter()
+                .map(|ops| {
+                    let digest = store.add_bytes(&tar_of(ops)).unwrap();
+                    ImageLayer {
+                        digest: BlobDigest(digest),
+                        diff_id: DiffId(digest),
+                        size: 0,
+                        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                        created_by: String::new(),
+                    }
+                })
+                .collect();
+            let merged = merged_files(&store, &image_layers, &FOLLOWED).unwrap();
+            prop_assert_eq!(merged, model(&layers));
+        }
+    }
+}
