@@ -17,13 +17,13 @@ const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The fallback tag of `subject`'s referrers: `sha256-<hex>`.
-pub fn fallback_tag(subject: &Sha256Digest) -> String {
+pub(crate) fn fallback_tag(subject: &Sha256Digest) -> String {
     format!("sha256-{}", subject.hex())
 }
 
 /// The artifact manifests attached to `subject`, by digest: from the referrers API, or from
 /// the fallback tag when the registry has no such API. Each is still to be fetched and checked.
-pub fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Sha256Digest>> {
+pub(crate) fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Sha256Digest>> {
     let url = client.url(&format!("referrers/{subject}"));
     let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
     let index = if r.status().is_success() {
@@ -62,7 +62,7 @@ fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str) -> Re
 /// Puts the artifact manifest `bytes` (attached to `subject`) by its digest. A registry with the
 /// referrers API says so with `OCI-Subject`; for any other, the manifest is added to the
 /// fallback tag's index (created when missing; left alone when it lists the manifest already).
-pub fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifact_type: &str) -> Result<()> {
+pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifact_type: &str) -> Result<()> {
     let digest = Sha256Digest::of(bytes);
     let url = client.url(&format!("manifests/{digest}"));
     let r = client.send(|| client.http.put(&url).header(CONTENT_TYPE, MANIFEST).body(bytes.to_vec()))?;

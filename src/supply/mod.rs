@@ -21,9 +21,9 @@ use crate::image_def::{ImageDef, Node};
 use crate::platform::Platform;
 use crate::store::Store;
 
-pub const SPDX_TYPE: &str = "application/spdx+json";
-pub const CYCLONEDX_TYPE: &str = "application/vnd.cyclonedx+json";
-pub const IN_TOTO_TYPE: &str = "application/vnd.in-toto+json";
+pub(crate) const SPDX_TYPE: &str = "application/spdx+json";
+pub(crate) const CYCLONEDX_TYPE: &str = "application/vnd.cyclonedx+json";
+pub(crate) const IN_TOTO_TYPE: &str = "application/vnd.in-toto+json";
 
 /// What a build knows about every image it writes, for their documents.
 pub(crate) struct BuildFacts<'a> {

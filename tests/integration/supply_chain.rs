@@ -385,6 +385,19 @@ fn pushed_images_carry_their_referrers_and_verify_from_the_registry() {
     let again = tool(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &fallback]));
     assert_eq!(again, raw);
 
+    // `push --from` a layout sends the layout's referrers of the image too.
+    assert_ok(&p.run(&["build"]));
+    let other = format!("{}/team/from-layout:one", registry.host());
+    let from =
+        json(&p.run(&["--json", "push", "--insecure", "--from", "out/zk-kafka", "--from-tag", "node-1", &other]));
+    assert_eq!(from["pushed"][0]["referrers"]["manifests"], 3, "{from}");
+    let listed = tool(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!(
+        "docker://{}/team/from-layout:sha256-{}",
+        registry.host(),
+        node1.trim_start_matches("sha256:")
+    )));
+    assert_eq!(listed, raw, "the same three referrers");
+
     // skopeo still copies the image itself, unchanged.
     let copy = p.path("copy");
     tool(
