@@ -146,7 +146,7 @@ pub(crate) fn project_files(def: &ImageDef) -> Result<Vec<ProjectFile>> {
     files.extend(recipes);
     // Templates as the definition names them (relative to its directory), with the text built.
     for (source, template) in template_sources(def, &def_text)?.into_iter().zip(&def.templates) {
-        let path = format!("images/{}", source.trim_start_matches("./"));
+        let path = format!("images/{source}");
         files.push(ProjectFile { path, role: "template".into(), content: template.text.clone().into_bytes() });
     }
     Ok(files)
@@ -326,18 +326,32 @@ fn project_file(d: &DependencyDoc, bad: &dyn Fn(String) -> Error) -> Result<Proj
     if d.digest.get("sha256") != Some(&found) {
         return Err(bad(format!("`{}`: the content carried does not hash to the digest recorded", escape(&path))));
     }
-    let parts: Vec<Component<'_>> = Path::new(&path).components().collect();
-    let safe = parts.len() >= 2
-        && parts.iter().all(|c| matches!(c, Component::Normal(_)))
-        && matches!(parts[0].as_os_str().to_str(), Some("images" | "recipes"));
-    if !safe {
+    if !inside_project(&path) {
         return Err(bad(format!("`{}` is not a path under images/ or recipes/", escape(&path))));
     }
     let role = d.annotations.get(ROLE).and_then(Value::as_str).unwrap_or_default().to_string();
     Ok(ProjectFile { path, role, content })
 }
 
-/// Writes the carried files into the empty directory `dir`; returns the definition's path.
+/// Whether `path`, relative and read lexically (`a/../b` is `b`, as a template's `source` may
+/// name it), is a file under `images/` or `recipes/`: never above them, never absolute.
+fn inside_project(path: &str) -> bool {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::CurDir => {}
+            Component::ParentDir if parts.len() > 1 => {
+                parts.pop();
+            }
+            _ => return false,
+        }
+    }
+    parts.len() >= 2 && matches!(parts[0].to_str(), Some("images" | "recipes"))
+}
+
+/// Writes the carried files into the empty directory `dir` (each at its path as recorded, so a
+/// template's `source` resolves as the definition names it); returns the definition's path.
 pub(crate) fn materialize(provenance: &Provenance, dir: &Path) -> Result<PathBuf> {
     for f in &provenance.files {
         let path = dir.join(&f.path);
@@ -346,4 +360,19 @@ pub(crate) fn materialize(provenance: &Provenance, dir: &Path) -> Result<PathBuf
         std::fs::write(&path, &f.content).at(&path)?;
     }
     Ok(dir.join(&provenance.definition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inside_project;
+
+    #[test]
+    fn carried_files_stay_under_images_or_recipes() {
+        for ok in ["images/zk.toml", "recipes/zk.toml", "images/zk/zoo.cfg", "images/sub/../zoo.cfg", "images/./x"] {
+            assert!(inside_project(ok), "{ok}");
+        }
+        for bad in ["/etc/passwd", "images", "images/..", "images/../x", "images/a/../../x", "other/x", "../images/x", ""] {
+            assert!(!inside_project(bad), "{bad}");
+        }
+    }
 }
