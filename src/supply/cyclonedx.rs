@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::inventory::Inventory;
+use super::inventory::{BasePackage, Inventory, RecipePackage};
 use super::spdx::is_license_expression;
 use crate::digest::{Algorithm, Hash, Sha256Digest};
 use crate::image::rfc3339;
@@ -13,57 +13,14 @@ const IMAGE_REF: &str = "image";
 /// The document, serialized canonically.
 pub(crate) fn document(inv: &Inventory) -> Vec<u8> {
     let i = &inv.image;
-    let mut components = Vec::new();
-    let mut image_needs = Vec::new();
-    for r in &inv.recipes {
-        let bom_ref = format!("recipe:{}", r.name);
-        let mut c = json!({
-            "type": "application",
-            "bom-ref": bom_ref,
-            "name": r.name,
-            "version": r.version,
-            "purl": r.purl(),
-            "hashes": [hash(&r.hash)],
-        });
-        if let Some(l) = &r.license {
-            c["licenses"] = licenses(l);
-        }
-        let mut references = Vec::new();
-        if let Some(url) = &r.url {
-            references.push(json!({ "type": "distribution", "url": url }));
-        }
-        if let Some(home) = &r.homepage {
-            references.push(json!({ "type": "website", "url": home }));
-        }
-        if !references.is_empty() {
-            c["externalReferences"] = Value::Array(references);
-        }
-        components.push(c);
-        image_needs.push(bom_ref);
-    }
+    let mut components: Vec<Value> = inv.recipes.iter().map(recipe_component).collect();
+    let mut image_needs: Vec<Value> = components.iter().map(|c| c["bom-ref"].clone()).collect();
     let mut dependencies = Vec::new();
     if let Some(base) = &inv.base {
-        let base_ref = format!("base:{}", base.name);
-        let debs: Vec<Value> = base
-            .debs
-            .iter()
-            .map(|d| {
-                let purl = base.deb_purl(d);
-                json!({ "type": "library", "bom-ref": purl, "name": d.name, "version": d.version, "purl": purl })
-            })
-            .collect();
-        let deb_refs: Vec<Value> = debs.iter().map(|d| d["bom-ref"].clone()).collect();
-        components.push(json!({
-            "type": "container",
-            "bom-ref": base_ref,
-            "name": base.name,
-            "version": base.version,
-            "purl": base.purl(),
-            "hashes": [hash(&base.digest.to_hash())],
-            "components": debs,
-        }));
-        dependencies.push(json!({ "ref": base_ref, "dependsOn": deb_refs }));
-        image_needs.push(base_ref);
+        let (component, needs) = base_component(base);
+        image_needs.push(component["bom-ref"].clone());
+        dependencies.push(json!({ "ref": component["bom-ref"], "dependsOn": needs }));
+        components.push(component);
     }
     dependencies.insert(0, json!({ "ref": IMAGE_REF, "dependsOn": image_needs }));
     let doc = json!({
@@ -88,6 +45,52 @@ pub(crate) fn document(inv: &Inventory) -> Vec<u8> {
         "dependencies": dependencies,
     });
     crate::image::canonical_json(&doc)
+}
+
+/// A recipe: its pinned hash, declared license, URL and homepage.
+fn recipe_component(r: &RecipePackage) -> Value {
+    let mut c = json!({
+        "type": "application",
+        "bom-ref": format!("recipe:{}", r.name),
+        "name": r.name,
+        "version": r.version,
+        "purl": r.purl(),
+        "hashes": [hash(&r.hash)],
+    });
+    if let Some(l) = &r.license {
+        c["licenses"] = licenses(l);
+    }
+    let references: Vec<Value> = [("distribution", &r.url), ("website", &r.homepage)]
+        .into_iter()
+        .filter_map(|(kind, url)| url.as_ref().map(|u| json!({ "type": kind, "url": u })))
+        .collect();
+    if !references.is_empty() {
+        c["externalReferences"] = Value::Array(references);
+    }
+    c
+}
+
+/// The base image, holding its Debian packages; and their references, which it depends on.
+fn base_component(base: &BasePackage) -> (Value, Vec<Value>) {
+    let debs: Vec<Value> = base
+        .debs
+        .iter()
+        .map(|d| {
+            let purl = base.deb_purl(d);
+            json!({ "type": "library", "bom-ref": purl, "name": d.name, "version": d.version, "purl": purl })
+        })
+        .collect();
+    let needs = debs.iter().map(|d| d["bom-ref"].clone()).collect();
+    let component = json!({
+        "type": "container",
+        "bom-ref": format!("base:{}", base.name),
+        "name": base.name,
+        "version": base.version,
+        "purl": base.purl(),
+        "hashes": [hash(&base.digest.to_hash())],
+        "components": debs,
+    });
+    (component, needs)
 }
 
 fn hash(h: &Hash) -> Value {

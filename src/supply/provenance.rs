@@ -371,7 +371,9 @@ mod tests {
         for ok in ["images/zk.toml", "recipes/zk.toml", "images/zk/zoo.cfg", "images/sub/../zoo.cfg", "images/./x"] {
             assert!(inside_project(ok), "{ok}");
         }
-        for bad in ["/etc/passwd", "images", "images/..", "images/../x", "images/a/../../x", "other/x", "../images/x", ""] {
+        for bad in
+            ["/etc/passwd", "images", "images/..", "images/../x", "images/a/../../x", "other/x", "../images/x", ""]
+        {
             assert!(!inside_project(bad), "{bad}");
         }
     }

@@ -4,82 +4,51 @@
 
 use serde_json::{json, Value};
 
-use super::inventory::Inventory;
+use super::inventory::{Inventory, RecipePackage};
 use crate::digest::{Algorithm, Hash};
 use crate::image::rfc3339;
 
 const IMAGE_ID: &str = "SPDXRef-Image";
 const BASE_ID: &str = "SPDXRef-Base";
 
+/// The packages of a document and how they relate.
+#[derive(Default)]
+struct Packages {
+    packages: Vec<Value>,
+    relationships: Vec<Value>,
+    /// Declared licenses that are not SPDX expressions, as text.
+    extracted: Vec<Value>,
+}
+
+impl Packages {
+    /// Adds `package`, which `from` relates to as `kind` (`CONTAINS`, `DESCRIBES`).
+    fn add(&mut self, from: &str, kind: &str, package: Value) {
+        let id = package["SPDXID"].as_str().expect("every package has an id").to_string();
+        self.relationships.push(json!({ "spdxElementId": from, "relationshipType": kind, "relatedSpdxElement": id }));
+        self.packages.push(package);
+    }
+}
+
 /// The document, serialized canonically.
 pub(crate) fn document(inv: &Inventory) -> Vec<u8> {
     let i = &inv.image;
-    let mut packages = vec![image_package(inv)];
-    let mut relationships = vec![relationship("SPDXRef-DOCUMENT", "DESCRIBES", IMAGE_ID)];
-    let mut extracted = Vec::new();
+    let mut all = Packages::default();
+    let mut image = package(IMAGE_ID, &i.name, &i.tag, &inv.image_purl());
+    image["primaryPackagePurpose"] = json!("CONTAINER");
+    image["checksums"] = json!([checksum(&i.digest.to_hash())]);
+    all.add("SPDXRef-DOCUMENT", "DESCRIBES", image);
     for (n, r) in inv.recipes.iter().enumerate() {
-        let id = format!("SPDXRef-Recipe-{n}-{}", id_part(&r.name));
-        let license = match r.license.as_deref() {
-            None => "NOASSERTION".to_string(),
-            Some(l) if is_license_expression(l) => l.to_string(),
-            Some(l) => {
-                let license_id = format!("LicenseRef-{}", id_part(&r.name));
-                extracted.push(json!({ "licenseId": license_id, "extractedText": l }));
-                license_id
-            }
-        };
-        let mut p = json!({
-            "SPDXID": id,
-            "name": r.name,
-            "versionInfo": r.version,
-            "packageFileName": r.file_name,
-            "downloadLocation": r.url.as_deref().filter(|u| is_spdx_url(u)).unwrap_or("NOASSERTION"),
-            "filesAnalyzed": false,
-            "checksums": [checksum(&r.hash)],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": license,
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [purl_ref(&r.purl())],
-        });
-        if let Some(home) = r.homepage.as_deref().filter(|h| is_spdx_url(h)) {
-            p["homepage"] = json!(home);
-        }
-        if let Some(url) = &r.url {
-            // Kept whole where SPDX's URL grammar has no place for it (an address, a port).
-            p["sourceInfo"] = json!(format!("downloaded from {url}"));
-        }
-        packages.push(p);
-        relationships.push(relationship(IMAGE_ID, "CONTAINS", &id));
+        let recipe = recipe_package(n, r, &mut all.extracted);
+        all.add(IMAGE_ID, "CONTAINS", recipe);
     }
     if let Some(base) = &inv.base {
-        packages.push(json!({
-            "SPDXID": BASE_ID,
-            "name": base.name,
-            "versionInfo": base.version,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "primaryPackagePurpose": "CONTAINER",
-            "checksums": [checksum(&base.digest.to_hash())],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [purl_ref(&base.purl())],
-        }));
-        relationships.push(relationship(IMAGE_ID, "CONTAINS", BASE_ID));
+        let mut p = package(BASE_ID, &base.name, &base.version, &base.purl());
+        p["primaryPackagePurpose"] = json!("CONTAINER");
+        p["checksums"] = json!([checksum(&base.digest.to_hash())]);
+        all.add(IMAGE_ID, "CONTAINS", p);
         for (n, deb) in base.debs.iter().enumerate() {
             let id = format!("SPDXRef-Deb-{n}-{}", id_part(&deb.name));
-            packages.push(json!({
-                "SPDXID": id,
-                "name": deb.name,
-                "versionInfo": deb.version,
-                "downloadLocation": "NOASSERTION",
-                "filesAnalyzed": false,
-                "licenseConcluded": "NOASSERTION",
-                "licenseDeclared": "NOASSERTION",
-                "copyrightText": "NOASSERTION",
-                "externalRefs": [purl_ref(&base.deb_purl(deb))],
-            }));
-            relationships.push(relationship(BASE_ID, "CONTAINS", &id));
+            all.add(BASE_ID, "CONTAINS", package(&id, &deb.name, &deb.version, &base.deb_purl(deb)));
         }
     }
     let mut doc = json!({
@@ -94,30 +63,57 @@ pub(crate) fn document(inv: &Inventory) -> Vec<u8> {
             "creators": [format!("Tool: imgbuild-{}", env!("CARGO_PKG_VERSION"))],
         },
         "documentDescribes": [IMAGE_ID],
-        "packages": packages,
-        "relationships": relationships,
+        "packages": all.packages,
+        "relationships": all.relationships,
     });
-    if !extracted.is_empty() {
-        doc["hasExtractedLicensingInfos"] = Value::Array(extracted);
+    if !all.extracted.is_empty() {
+        doc["hasExtractedLicensingInfos"] = Value::Array(all.extracted);
     }
     crate::image::canonical_json(&doc)
 }
 
-fn image_package(inv: &Inventory) -> Value {
-    let i = &inv.image;
+/// A package with what every package here shares: its purl, no files analyzed, nothing
+/// concluded or asserted that imgbuild does not know.
+fn package(id: &str, name: &str, version: &str, purl: &str) -> Value {
     json!({
-        "SPDXID": IMAGE_ID,
-        "name": i.name,
-        "versionInfo": i.tag,
+        "SPDXID": id,
+        "name": name,
+        "versionInfo": version,
         "downloadLocation": "NOASSERTION",
         "filesAnalyzed": false,
-        "primaryPackagePurpose": "CONTAINER",
-        "checksums": [checksum(&i.digest.to_hash())],
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
         "copyrightText": "NOASSERTION",
-        "externalRefs": [purl_ref(&inv.image_purl())],
+        "externalRefs": [{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl }],
     })
+}
+
+/// The `n`th recipe: its file, pinned hash, URL and declared license (a license that is not an
+/// SPDX expression goes to `extracted`, as text).
+fn recipe_package(n: usize, r: &RecipePackage, extracted: &mut Vec<Value>) -> Value {
+    let mut p = package(&format!("SPDXRef-Recipe-{n}-{}", id_part(&r.name)), &r.name, &r.version, &r.purl());
+    p["packageFileName"] = json!(r.file_name);
+    p["checksums"] = json!([checksum(&r.hash)]);
+    if let Some(url) = &r.url {
+        if is_spdx_url(url) {
+            p["downloadLocation"] = json!(url);
+        }
+        // Kept whole where SPDX's URL grammar has no place for it (an address, a port).
+        p["sourceInfo"] = json!(format!("downloaded from {url}"));
+    }
+    if let Some(home) = r.homepage.as_deref().filter(|h| is_spdx_url(h)) {
+        p["homepage"] = json!(home);
+    }
+    match r.license.as_deref() {
+        None => {}
+        Some(l) if is_license_expression(l) => p["licenseDeclared"] = json!(l),
+        Some(l) => {
+            let id = format!("LicenseRef-{}", id_part(&r.name));
+            extracted.push(json!({ "licenseId": id, "extractedText": l }));
+            p["licenseDeclared"] = json!(id);
+        }
+    }
+    p
 }
 
 fn checksum(hash: &Hash) -> Value {
@@ -126,14 +122,6 @@ fn checksum(hash: &Hash) -> Value {
         Algorithm::Sha512 => "SHA512",
     };
     json!({ "algorithm": algorithm, "checksumValue": hash.hex() })
-}
-
-fn purl_ref(purl: &str) -> Value {
-    json!({ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl })
-}
-
-fn relationship(from: &str, kind: &str, to: &str) -> Value {
-    json!({ "spdxElementId": from, "relationshipType": kind, "relatedSpdxElement": to })
 }
 
 /// A name reduced to what SPDX identifiers may hold (`[A-Za-z0-9.-]`).

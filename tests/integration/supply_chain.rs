@@ -426,6 +426,16 @@ fn pushed_images_carry_their_referrers_and_verify_from_the_registry() {
     assert_exit(&out, 2);
 }
 
+/// Adds top-level `lines` to a recipe of the project (after its `version`).
+fn declare(p: &TestProject, recipe: &str, lines: &str) {
+    let path = p.root.join("recipes").join(recipe);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, tail) = text.split_once('\n').unwrap();
+    let (version, rest) = tail.split_once('\n').unwrap();
+    assert!(version.starts_with("version"), "{text}");
+    std::fs::write(&path, format!("{head}\n{version}\n{lines}\n{rest}")).unwrap();
+}
+
 /// An uncompressed layer of `(path, content)` files (an empty content and a `/`: a directory).
 fn layer(files: &[(&str, &str)]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
@@ -479,6 +489,9 @@ fn a_debian_base_lists_its_installed_packages_read_through_whiteouts_and_cached(
         &format!("name = \"debian-bookworm-slim\"\nversion = \"12\"\nkind = \"oci-image\"\nimage = \"docker.io/library/debian\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
     );
     assert_ok(&p.run(&["store", "add", base.to_str().unwrap()]));
+    // Licenses as recipes declare them: an SPDX expression, and free text.
+    declare(&p, "zookeeper.toml", "license = \"Apache-2.0\"\nhomepage = \"https://zookeeper.apache.org/\"");
+    declare(&p, "kafka.toml", "license = \"Apache 2, see the LICENSE file\"");
     assert_ok(&p.run(&["build", "--platform", "linux/amd64"]));
 
     let spdx: serde_json::Value = serde_json::from_str(&stdout(&p.run(&["sbom", "oci:out/zk-kafka:node-0"]))).unwrap();
@@ -496,6 +509,11 @@ fn a_debian_base_lists_its_installed_packages_read_through_whiteouts_and_cached(
             "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64",
         ]
     );
+    let package = |name: &str| spdx["packages"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(package("zookeeper")["licenseDeclared"], "Apache-2.0");
+    assert_eq!(package("zookeeper")["homepage"], "https://zookeeper.apache.org/");
+    assert_eq!(package("kafka")["licenseDeclared"], "LicenseRef-kafka");
+    assert_eq!(spdx["hasExtractedLicensingInfos"][0]["extractedText"], "Apache 2, see the LICENSE file");
     let base_purl = format!("pkg:oci/debian@{}?repository_url=docker.io/library/debian", digest.replace(':', "%3A"));
     assert!(spdx.to_string().contains(&base_purl), "{spdx}");
     let spdx_file = p.path("debian.spdx.json");
