@@ -36,39 +36,20 @@ pub(crate) struct ProjectFile {
 
 /// The statement for `image` (tagged `cluster`, or a node's), serialized canonically.
 pub(crate) fn statement(facts: &BuildFacts<'_>, image: &StoredImage, node: Option<&Node>) -> Result<Vec<u8>> {
-    let def = facts.def;
-    let mut subject = vec![json!({ "name": format!("{}:{}", def.name, image.tag), "digest": sha256(&image.digest) })];
-    if image.platforms.len() > 1 {
-        for p in &image.platforms {
-            let name = format!("{}:{}@{}", def.name, image.tag, p.platform);
-            subject.push(json!({ "name": name, "digest": sha256(&p.manifest_digest) }));
-        }
-    }
-    let files = project_files(def)?;
-    let mut dependencies: Vec<Value> = files
-        .iter()
-        .map(|f| {
-            json!({
-                "name": f.path,
-                "digest": sha256(&Sha256Digest::of(&f.content)),
-                "content": base64::engine::general_purpose::STANDARD.encode(&f.content),
-                "annotations": { ROLE: f.role },
-            })
-        })
-        .collect();
+    let files = project_files(facts.def)?;
+    let mut dependencies: Vec<Value> = files.iter().map(carried).collect();
     dependencies.extend(inputs(facts));
     let platforms: Vec<String> = facts.platforms.iter().map(|(p, _)| p.to_string()).collect();
-    let definition = files.first().map(|f| f.path.clone()).unwrap_or_default();
     let doc = json!({
         "_type": STATEMENT_TYPE,
-        "subject": subject,
+        "subject": subjects(facts.def, image),
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
                 "externalParameters": {
-                    "image": def.name,
-                    "definition": definition,
+                    "image": facts.def.name,
+                    "definition": files[0].path,
                     "tag": image.tag,
                     "node": node.map(|n| n.id),
                     "platforms": platforms,
@@ -85,6 +66,28 @@ pub(crate) fn statement(facts: &BuildFacts<'_>, image: &StoredImage, node: Optio
         },
     });
     Ok(crate::image::canonical_json(&doc))
+}
+
+/// The image by its digest and, for an index, each platform's manifest.
+fn subjects(def: &ImageDef, image: &StoredImage) -> Vec<Value> {
+    let mut subject = vec![json!({ "name": format!("{}:{}", def.name, image.tag), "digest": sha256(&image.digest) })];
+    if image.platforms.len() > 1 {
+        for p in &image.platforms {
+            let name = format!("{}:{}@{}", def.name, image.tag, p.platform);
+            subject.push(json!({ "name": name, "digest": sha256(&p.manifest_digest) }));
+        }
+    }
+    subject
+}
+
+/// A project file as a resolved dependency that carries its content.
+fn carried(f: &ProjectFile) -> Value {
+    json!({
+        "name": f.path,
+        "digest": sha256(&Sha256Digest::of(&f.content)),
+        "content": base64::engine::general_purpose::STANDARD.encode(&f.content),
+        "annotations": { ROLE: f.role },
+    })
 }
 
 fn sha256(d: &Sha256Digest) -> Value {

@@ -132,6 +132,22 @@ pub(crate) fn compare(
             image.digest, rebuilt.digest
         )));
     }
+    let documents = compare_documents(store, image, rebuilt)?;
+    Ok(Verified {
+        digest: image.digest,
+        image: provenance.image.clone(),
+        tag: provenance.tag.clone(),
+        node: provenance.node,
+        platforms: rebuilt.platforms.iter().map(|p| p.platform.clone()).collect(),
+        layers: rebuilt.platforms.iter().map(|p| p.layers.len()).sum(),
+        documents,
+        built_by: provenance.imgbuild.clone(),
+    })
+}
+
+/// Every document imgbuild writes that is attached to the image (or its platform manifests)
+/// must be the one the rebuild attached; returns how many there are.
+fn compare_documents(store: &Store, image: &OpenedImage, rebuilt: &StoredImage) -> Result<usize> {
     let subjects = subjects(store, &image.digest)?;
     let mut documents = 0;
     for attached in image.referrers.iter().filter(|r| subjects.contains(&r.subject)) {
@@ -158,16 +174,7 @@ pub(crate) fn compare(
         }
         documents += 1;
     }
-    Ok(Verified {
-        digest: image.digest,
-        image: provenance.image.clone(),
-        tag: provenance.tag.clone(),
-        node: provenance.node,
-        platforms: rebuilt.platforms.iter().map(|p| p.platform.clone()).collect(),
-        layers: rebuilt.platforms.iter().map(|p| p.layers.len()).sum(),
-        documents,
-        built_by: provenance.imgbuild.clone(),
-    })
+    Ok(documents)
 }
 
 /// What differs first between the image `theirs` and its rebuild.

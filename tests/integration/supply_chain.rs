@@ -214,21 +214,27 @@ fn statement_of(layout: &Path, subject: &str) -> serde_json::Value {
 /// attach `statement` instead, its subject rewritten to `claims` (by default, `subject`).
 fn attach_statement(layout: &Path, subject: &str, mut statement: serde_json::Value, claims: Option<&str>) {
     statement["subject"][0]["digest"]["sha256"] = claims.unwrap_or(subject).trim_start_matches("sha256:").into();
-    let document = put(layout, statement.to_string().as_bytes());
+    attach(layout, subject, IN_TOTO, &statement);
+}
+
+/// Replaces the `kind` documents attached to `subject` with `document`.
+fn attach(layout: &Path, subject: &str, kind: &str, document: &serde_json::Value) {
+    let text = document.to_string();
+    let document = put(layout, text.as_bytes());
     let size = std::fs::metadata(blob(layout, subject)).unwrap().len();
     let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": IN_TOTO,
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": kind,
         "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2 },
-        "layers": [{ "mediaType": IN_TOTO, "digest": document, "size": statement.to_string().len() }],
+        "layers": [{ "mediaType": kind, "digest": document, "size": text.len() }],
         "subject": { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": size },
     });
     let bytes = manifest.to_string();
     let digest = put(layout, bytes.as_bytes());
     let old: Vec<String> =
-        referrers(layout).into_iter().filter(|(k, _, s)| k == IN_TOTO && s == subject).map(|(_, d, _)| d).collect();
+        referrers(layout).into_iter().filter(|(k, _, s)| k == kind && s == subject).map(|(_, d, _)| d).collect();
     edit_index(layout, |entries| {
         entries.retain(|m| !old.contains(&m.digest_str()));
-        entries.push(serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": bytes.len(), "artifactType": IN_TOTO }));
+        entries.push(serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": bytes.len(), "artifactType": kind }));
     });
 }
 
@@ -349,6 +355,21 @@ fn verify_names_the_file_the_level_or_the_node_that_differs() {
     let (code, err) = verify(&p, &format!("oci:{}:node-1", forged.display()));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("`recipes/zookeeper.toml`: the content carried does not hash"), "{err}");
+
+    // An SBOM that says other than the rebuild's: the first field that differs is named.
+    let sbom_edited = fresh("sbom-edited");
+    let mut spdx: serde_json::Value =
+        serde_json::from_str(&stdout(&p.run(&["sbom", "oci:out/zk-kafka:node-1"]))).unwrap();
+    let zk = spdx["packages"].as_array_mut().unwrap().iter_mut().find(|p| p["name"] == "zookeeper").unwrap();
+    zk["versionInfo"] = "3.9.9".into();
+    attach(&sbom_edited, &node1, SPDX, &spdx);
+    let (code, err) = verify(&p, &format!("oci:{}:node-1", sbom_edited.display()));
+    assert_eq!(code, Some(7), "{err}");
+    assert!(
+        err.contains(&format!("the application/spdx+json document attached to {node1} differs from the rebuilt one")),
+        "{err}"
+    );
+    assert!(err.contains(r#"versionInfo`: "3.9.9" in the image, "3.4.10" rebuilt"#), "{err}");
 
     // No provenance at all: nothing to verify against.
     let bare = fresh("bare");
