@@ -7,7 +7,7 @@ use super::GlobalArgs;
 use crate::error::{Error, IoContext, Result};
 use crate::platform::Platform;
 use crate::registry::Access;
-use crate::supply::image_name::{open, read_document, ImageName, OpenedImage};
+use crate::supply::image_name::{open, read_document, Fetch, ImageName, OpenedImage};
 use crate::supply::{CYCLONEDX_TYPE, SPDX_TYPE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,11 +34,12 @@ pub struct SbomArgs {
 }
 
 /// Opens an image named on the command line: a layout or archive from disk, a registry image
-/// over the network (never with --offline).
+/// over the network (never with --offline), as much of it as `fetch` says.
 pub(super) fn open_named(
     global: &GlobalArgs,
     text: &str,
     registry: &RegistryArgs,
+    fetch: Fetch,
 ) -> Result<(crate::store::Store, OpenedImage)> {
     let name: ImageName = text.parse().map_err(Error::Usage)?;
     let store = global.open_store()?;
@@ -51,13 +52,13 @@ pub(super) fn open_named(
     };
     let opened = {
         let _importing = store.build_lock_shared()?;
-        open(&store, &name, client.as_ref(), global.reporter().as_ref())?
+        open(&store, &name, client.as_ref(), fetch, global.reporter().as_ref())?
     };
     Ok((store, opened))
 }
 
 pub fn run(global: &GlobalArgs, args: &SbomArgs) -> Result<()> {
-    let (store, image) = open_named(global, &args.image, &args.registry)?;
+    let (store, image) = open_named(global, &args.image, &args.registry, Fetch::Documents)?;
     let subject = platform_manifest(&store, &image, args.platform.as_ref())?;
     let wanted = match args.format {
         SbomFormat::Spdx => SPDX_TYPE,

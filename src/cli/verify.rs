@@ -5,6 +5,7 @@ use super::push::RegistryArgs;
 use super::sbom::open_named;
 use super::GlobalArgs;
 use crate::error::Result;
+use crate::supply::image_name::Fetch;
 use crate::supply::verify::{compare, provenance_of, rebuild};
 
 #[derive(clap::Args)]
@@ -21,7 +22,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
-    let (store, image) = open_named(global, &args.image, &args.registry)?;
+    let (store, image) = open_named(global, &args.image, &args.registry, Fetch::Whole)?;
     let provenance = provenance_of(&store, &image)?;
     // The options that change bytes are the provenance's, never this machine's.
     let platforms: Vec<String> = provenance.platforms.iter().map(ToString::to_string).collect();

@@ -62,11 +62,21 @@ pub(crate) struct OpenedImage {
     pub referrers: Vec<ImportedReferrer>,
 }
 
+/// How much of a registry image to bring into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetch {
+    /// Every blob (what `verify` compares).
+    Whole,
+    /// Its manifests and referrers only (what `sbom` reads).
+    Documents,
+}
+
 /// Brings `name` into the store (a registry image needs `client`).
 pub(crate) fn open(
     store: &Store,
     name: &ImageName,
     client: Option<&Client>,
+    fetch: Fetch,
     reporter: &dyn Reporter,
 ) -> Result<OpenedImage> {
     match name {
@@ -86,22 +96,32 @@ pub(crate) fn open(
         }
         ImageName::Registry(reference) => {
             let client = client.ok_or_else(|| Error::Internal("a registry image without a client".into()))?;
-            open_remote(store, client, reference, reporter)
+            open_remote(store, client, reference, fetch, reporter)
         }
     }
 }
 
-fn open_remote(store: &Store, client: &Client, reference: &Reference, reporter: &dyn Reporter) -> Result<OpenedImage> {
-    let imported = pull::pull(store, client, reference, None, reporter)?;
-    let digest = match (imported.indexes.first(), imported.manifests.first()) {
-        (Some(index), _) => *index,
-        (None, Some((manifest, _))) => *manifest,
-        (None, None) => return Err(client.error(format!("{reference} holds no image"))),
-    };
-    let mut subjects = vec![digest];
-    if !imported.indexes.is_empty() {
-        subjects.extend(imported.manifests.iter().map(|(d, _)| *d));
+fn open_remote(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    fetch: Fetch,
+    reporter: &dyn Reporter,
+) -> Result<OpenedImage> {
+    let (digest, doc) = pull::manifest(store, client, &reference.target(), reference.digest.as_ref())?;
+    let children: Vec<Sha256Digest> = doc.manifests.iter().flatten().map(|d| d.digest).collect();
+    match fetch {
+        Fetch::Whole => {
+            let pinned = Reference { digest: Some(digest), tag: None, ..reference.clone() };
+            pull::pull(store, client, &pinned, None, reporter)?;
+        }
+        Fetch::Documents => {
+            for child in &children {
+                pull::manifest(store, client, &child.to_string(), Some(child))?;
+            }
+        }
     }
+    let subjects = std::iter::once(digest).chain(children);
     let mut found = Vec::new();
     for subject in subjects {
         for artifact in referrers::list(client, &subject)? {

@@ -441,8 +441,14 @@ fn pushed_images_carry_their_referrers_and_verify_from_the_registry() {
         .unwrap();
     let sbom: serde_json::Value = serde_json::from_slice(&stdout(&sbom).into_bytes()).unwrap();
     assert_eq!(sbom["metadata"]["component"]["hashes"][0]["content"], node1.trim_start_matches("sha256:"));
+    // Printing an SBOM downloads the documents, not the image's layers.
+    let manifest = tool(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(&remote));
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let jdk_layer = manifest["layers"][1].digest_str();
+    assert!(!blob(&reader, &jdk_layer).exists(), "sbom fetched {jdk_layer}");
     let out = p.cmd().env("IMGBUILD_STORE", &reader).args(["verify", "--insecure", &remote]).output().unwrap();
     assert!(stdout(&out).starts_with(&node1), "{}", stderr(&out));
+    assert!(blob(&reader, &jdk_layer).exists(), "after verify the layer is there: the path checked above is right");
     let out = p.cmd().env("IMGBUILD_STORE", &reader).args(["--offline", "verify", &remote]).output().unwrap();
     assert_exit(&out, 2);
 }
