@@ -249,7 +249,14 @@ pub fn build(
         inputs.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
     }
     let own = own_shared_layers(store, def, &settings.layer)?;
-    let images = ImageWriter { store, def, inputs: &inputs, own: &own, epoch: settings.layer.epoch };
+    let images = ImageWriter {
+        store,
+        def,
+        inputs: &inputs,
+        own: &own,
+        epoch: settings.layer.epoch,
+        level: settings.layer.level,
+    };
     let cluster = images.write(None)?;
     let mut node_images = Vec::new();
     for node in nodes {
@@ -298,6 +305,7 @@ struct ImageWriter<'a> {
     inputs: &'a [PlatformInputs],
     own: &'a [ImageLayer],
     epoch: u64,
+    level: u8,
 }
 
 impl ImageWriter<'_> {
@@ -325,7 +333,16 @@ impl ImageWriter<'_> {
             }
             None => (CLUSTER_TAG.to_string(), BTreeMap::new()),
         };
-        StoredImage::write(self.store, tag, written, &annotations)
+        let mut image = StoredImage::write(self.store, tag, written, &annotations)?;
+        // Its SBOMs and provenance, attached as referrers.
+        let facts = crate::supply::BuildFacts {
+            def: self.def,
+            platforms: self.inputs.iter().map(|i| (&i.platform, i.base.as_ref())).collect(),
+            level: self.level,
+            epoch: self.epoch,
+        };
+        crate::supply::attach(self.store, &facts, &mut image, node.map(|(n, _)| n))?;
+        Ok(image)
     }
 
     fn base_annotations(&self, base: Option<&BaseImage>) -> BTreeMap<String, String> {

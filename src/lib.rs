@@ -25,5 +25,6 @@ pub mod project;
 pub mod recipe;
 pub mod registry;
 pub mod store;
+pub(crate) mod supply;
 pub mod toml_file;
 pub mod tree;

@@ -20,4 +20,5 @@ mod outputs;
 mod registry;
 mod registry_access;
 mod reliability;
+mod supply_chain;
 mod vm;
