@@ -154,16 +154,15 @@ fn every_image_carries_sboms_and_provenance_that_validate_and_verify() {
     );
 
     // skopeo copies the image itself, unchanged.
-    if have_tool("skopeo") {
-        let copy = p.path("copy");
-        tool(
-            Command::new("skopeo")
-                .arg("copy")
-                .arg(format!("oci:{}:node-1", layout.display()))
-                .arg(format!("oci:{}:node-1", copy.display())),
-        );
-        assert_eq!(tagged(&copy, "node-1"), node1);
-    }
+    require_tool("skopeo");
+    let copy = p.path("copy");
+    tool(
+        Command::new("skopeo")
+            .arg("copy")
+            .arg(format!("oci:{}:node-1", layout.display()))
+            .arg(format!("oci:{}:node-1", copy.display())),
+    );
+    assert_eq!(tagged(&copy, "node-1"), node1);
 
     // verify: rebuilt from the provenance alone, every digest matches.
     let out = p.run(&["verify", "oci:out/zk-kafka:node-1"]);
