@@ -79,6 +79,12 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// Stdout's reader went away (`imgbuild check | head -1`): the command ends quietly, as
+    /// `ls` and ripgrep do, with exit code 0 (what it did is done; only the rest of its output
+    /// is not printed).
+    #[error("stdout was closed")]
+    StdoutClosed,
 }
 
 fn missing_list(missing: &[MissingInput]) -> String {
@@ -119,6 +125,7 @@ impl Error {
             Error::Registry { .. } => ExitCode::Registry,
             Error::Tool { .. } => ExitCode::Tool,
             Error::Internal(_) => ExitCode::Internal,
+            Error::StdoutClosed => ExitCode::Ok,
         }
     }
 

@@ -116,12 +116,12 @@ fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
             .iter()
             .map(|p| serde_json::json!({ "node": p.node, "host_port": p.host_port, "port": p.port.number, "protocol": p.port.protocol }))
             .collect();
-        super::print_json(&serde_json::json!({ "file": path, "services": cluster.running.len(), "published": ports }));
+        super::print_json(&serde_json::json!({ "file": path, "services": cluster.running.len(), "published": ports }))?;
     } else {
-        println!("{}", path.display());
+        outln!("{}", path.display())?;
         if !global.quiet {
             for p in &published {
-                eprintln!("  node {}: port {}/{} on host port {}", p.node, p.port.number, p.port.protocol, p.host_port);
+                errln!("  node {}: port {}/{} on host port {}", p.node, p.port.number, p.port.protocol, p.host_port);
             }
         }
     }
@@ -146,9 +146,9 @@ fn run_kubernetes(global: &GlobalArgs, args: &KubernetesArgs) -> Result<()> {
     if global.json {
         super::print_json(
             &serde_json::json!({ "file": path, "image": options.image, "replicas": cluster.running.len() }),
-        );
+        )?;
     } else {
-        println!("{}", path.display());
+        outln!("{}", path.display())?;
     }
     Ok(())
 }

@@ -57,10 +57,10 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<()> {
     write_all(&dir, &files)?;
     let written: Vec<String> = files.iter().map(|(rel, _)| rel.display().to_string()).collect();
     if global.json {
-        super::print_json(&serde_json::json!({ "dir": dir, "image": name, "files": written }));
+        super::print_json(&serde_json::json!({ "dir": dir, "image": name, "files": written }))?;
     } else if !global.quiet {
-        eprintln!("wrote {} in {}", written.join(", "), escape(&dir.display().to_string()));
-        eprintln!("{}", next_steps(&dir, &name));
+        errln!("wrote {} in {}", written.join(", "), escape(&dir.display().to_string()));
+        errln!("{}", next_steps(&dir, &name));
     }
     Ok(())
 }

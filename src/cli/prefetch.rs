@@ -25,11 +25,11 @@ pub fn run(global: &GlobalArgs, args: &PrefetchArgs) -> Result<()> {
     if global.json {
         super::print_json(
             &serde_json::json!({ "url": args.url, "hash": hash.to_string(), "sri": hash.sri(), "size": size }),
-        );
+        )?;
     } else {
-        println!("{} = \"{}\"", algorithm.name(), hash.hex());
+        outln!("{} = \"{}\"", algorithm.name(), hash.hex())?;
         if !global.quiet {
-            eprintln!("{} bytes, SRI {}; the file is now in the store", size, hash.sri());
+            errln!("{} bytes, SRI {}; the file is now in the store", size, hash.sri());
         }
     }
     Ok(())

@@ -119,14 +119,26 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     let mut pushed = Vec::new();
     for (dest, digest) in &targets {
         let result = push::push(&store, &client, dest, digest, reporter.as_ref())?;
-        if !global.json {
-            print_pushed(global, &result);
+        if !global.quiet && !global.json {
+            let s = &result.stats;
+            errln!(
+                "{}: {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
+                result.reference,
+                s.blobs_uploaded,
+                s.bytes_uploaded,
+                s.blobs_skipped,
+                s.blobs_mounted
+            );
         }
         pushed.push(result);
     }
+    // Printed once every image is pushed: a reader that stops early cannot cut the pushes short.
     if global.json {
         let bytes: u64 = pushed.iter().map(|p| p.stats.bytes_uploaded).sum();
-        super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
+        return super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
+    }
+    for result in &pushed {
+        outln!("{}", result.reference)?;
     }
     Ok(())
 }
@@ -177,17 +189,6 @@ fn built_targets(
     Ok(targets)
 }
 
-fn print_pushed(global: &GlobalArgs, result: &push::Pushed) {
-    println!("{}", result.reference);
-    if !global.quiet {
-        let s = &result.stats;
-        eprintln!(
-            "  {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
-            s.blobs_uploaded, s.bytes_uploaded, s.blobs_skipped, s.blobs_mounted
-        );
-    }
-}
-
 #[derive(clap::Args)]
 pub struct PullArgs {
     /// What to pull, pinned: REGISTRY/REPO@sha256:DIGEST (a tag is accepted, and its digest printed)
@@ -215,13 +216,13 @@ pub fn run_pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
     if global.json {
         super::print_json(
             &serde_json::json!({ "reference": reference.to_string(), "imported": imported, "recipes": matched }),
-        );
+        )?;
     } else {
         for (d, p) in &imported.manifests {
-            println!("{}@{d}\t{}", reference.name(), p.as_deref().unwrap_or("-"));
+            outln!("{}@{d}\t{}", reference.name(), p.as_deref().unwrap_or("-"))?;
         }
         if !global.quiet && reference.digest.is_none() {
-            eprintln!("warning: {reference} is a tag, which can move; pin the digest above in a recipe");
+            errln!("warning: {reference} is a tag, which can move; pin the digest above in a recipe");
         }
     }
     Ok(())

@@ -93,16 +93,16 @@ fn print_results(global: &GlobalArgs, results: &[(Proposal, bool)]) -> Result<()
                 v
             })
             .collect();
-        super::print_json(&serde_json::json!({ "recipes": recipes }));
+        super::print_json(&serde_json::json!({ "recipes": recipes }))?;
         return Ok(());
     }
     let blocks: Vec<String> = results.iter().map(|(p, _)| pin::render(p)).collect();
-    super::completions::write_stdout(blocks.join("\n").as_bytes())?;
+    super::write_stdout(blocks.join("\n").as_bytes())?;
     if !global.quiet {
         for (p, added) in results {
-            eprintln!("{}", summary(p, *added));
+            errln!("{}", summary(p, *added));
         }
-        eprintln!(
+        errln!(
             "next: save each recipe as the file its first line names; list a tarball's recipe in an image's `layers`, an image's as its `base`; then `imgbuild check`"
         );
     }

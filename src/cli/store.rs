@@ -44,10 +44,10 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
             let pinned = crate::gc::pinned_by(&store, &project_recipes(global)?);
             let report = crate::gc::collect(&store, &pinned, *dry_run)?;
             if global.json {
-                super::print_json(&serde_json::to_value(&report).expect("serializes"));
+                super::print_json(&serde_json::to_value(&report).expect("serializes"))?;
             } else if !global.quiet {
                 let verb = if *dry_run { "would remove" } else { "removed" };
-                eprintln!(
+                errln!(
                     "{verb} {} blob(s) ({} bytes) and {} temporary file(s); kept {} blob(s) of {} live output(s)",
                     report.removed_blobs,
                     report.removed_bytes,
@@ -59,7 +59,7 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
             Ok(())
         }
         StoreCommand::Path => {
-            println!("{}", store.root().display());
+            outln!("{}", store.root().display())?;
             Ok(())
         }
     }
@@ -126,7 +126,7 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
         results.push(added);
     }
     if global.json {
-        super::print_json(&serde_json::json!({ "added": results }));
+        super::print_json(&serde_json::json!({ "added": results }))?;
     }
     Ok(())
 }
@@ -137,12 +137,12 @@ fn add_image(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Resul
     let matched = matching_image_recipes(recipes, &imported);
     if say {
         for (d, p) in &imported.manifests {
-            eprintln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
+            errln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
         }
         if matched.is_empty() {
             let shown = crate::error::escape(&path.display().to_string());
-            eprintln!("warning: {shown} matches no oci-image recipe's digest");
-            eprintln!("hint: `imgbuild recipe {shown}` prints its recipe (digest and platform)");
+            errln!("warning: {shown} matches no oci-image recipe's digest");
+            errln!("hint: `imgbuild recipe {shown}` prints its recipe (digest and platform)");
         }
     }
     Ok(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }))
@@ -170,13 +170,13 @@ fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result
     }
     if say {
         if matched.is_empty() {
-            eprintln!(
+            errln!(
                 "added {} as {sha256}; warning: no recipe pins this file (sha512 {}); `imgbuild recipe {0}` prints one",
                 crate::error::escape(&path.display().to_string()),
                 sha512.hex()
             );
         } else {
-            eprintln!("added {} for {}", path.display(), matched.join(", "));
+            errln!("added {} for {}", path.display(), matched.join(", "));
         }
     }
     Ok(
@@ -189,7 +189,7 @@ fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {
     let bad = store.verify(|path, ok| {
         count += 1;
         if !ok && !global.json {
-            eprintln!("corrupt: {}", path.display());
+            errln!("corrupt: {}", path.display());
         }
     })?;
     if repair {
@@ -198,9 +198,9 @@ fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {
         }
     }
     if global.json {
-        super::print_json(&serde_json::json!({ "checked": count, "corrupt": bad, "repaired": repair }));
+        super::print_json(&serde_json::json!({ "checked": count, "corrupt": bad, "repaired": repair }))?;
     } else if !global.quiet {
-        eprintln!(
+        errln!(
             "checked {count} blob(s): {} corrupt{}",
             bad.len(),
             if repair && !bad.is_empty() { ", removed" } else { "" }

@@ -15,6 +15,7 @@ mod ensemble;
 mod entrypoint;
 mod failures;
 mod first_hour;
+mod first_hour_fixes;
 mod outputs;
 mod registry;
 mod registry_access;
