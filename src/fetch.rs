@@ -237,7 +237,8 @@ impl<'a> Fetcher<'a> {
                     urls: vec![url.into()],
                     hash: "unknown".into(),
                     reasons: vec![why],
-                    add: format!("imgbuild prefetch {url}"),
+                    // The file, had by other means, is read where it is: this works in any mode.
+                    add: format!("imgbuild prefetch {}", crate::recipe::url_file_name(url)),
                 }]));
             }
         };

@@ -104,7 +104,7 @@ pub enum Command {
     Deploy(deploy::DeployCommand),
     /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
     Vm(vm::VmArgs),
-    /// Download a URL into the store and print the hash to pin in a recipe
+    /// Print the hash to pin in a recipe for a URL or a file you have, and put the file into the store
     Prefetch(prefetch::PrefetchArgs),
     /// Check the recipes and the image definition without building
     Check(check::CheckArgs),
@@ -212,7 +212,66 @@ pub fn report_error(e: &Error, json: bool) {
     }
 }
 
+/// What a path named on the command line must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathKind {
+    File,
+    Directory,
+    /// A file or a directory (an OCI layout, an archive, a tarball).
+    Any,
+}
+
+/// A path named on the command line must exist (as `kind`) before any work: one error for every
+/// command and option, exit 2 (usage), naming the option and the path.
+pub(crate) fn existing(option: Option<&str>, path: &std::path::Path, kind: PathKind) -> Result<()> {
+    let named = match option {
+        Some(option) => format!("{option} {}", crate::error::escape(&path.display().to_string())),
+        None => crate::error::escape(&path.display().to_string()),
+    };
+    // A dangling link is as missing as no entry; a path that cannot be examined (permissions)
+    // is left to the command, which says why when it opens it.
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Usage(format!("{named}: no such {}", kind.noun())))
+        }
+        Err(_) => Ok(()),
+        Ok(meta) if kind == PathKind::File && meta.is_dir() => {
+            Err(Error::Usage(format!("{named}: a directory, not a file")))
+        }
+        Ok(meta) if kind == PathKind::Directory && !meta.is_dir() => {
+            Err(Error::Usage(format!("{named}: not a directory")))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+impl PathKind {
+    fn noun(self) -> &'static str {
+        match self {
+            PathKind::File => "file",
+            PathKind::Directory => "directory",
+            PathKind::Any => "file or directory",
+        }
+    }
+}
+
+/// The paths every command may be given (`--project`, `--mirror`, `--ca-file`), checked before
+/// it starts; `init` makes its project directory.
+fn check_global_paths(global: &GlobalArgs, command: &Command) -> Result<()> {
+    if !matches!(command, Command::Init(_)) {
+        existing(Some("--project (IMGBUILD_PROJECT)"), &global.project, PathKind::Directory)?;
+    }
+    for dir in &global.mirror {
+        existing(Some("--mirror (IMGBUILD_MIRROR)"), dir, PathKind::Directory)?;
+    }
+    for file in &global.ca_file {
+        existing(Some("--ca-file"), file, PathKind::File)?;
+    }
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
+    check_global_paths(&cli.global, &cli.command)?;
     match &cli.command {
         Command::Build(args) => build::run_build(&cli.global, args),
         Command::Node(args) => build::run_node(&cli.global, args),

@@ -104,6 +104,9 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     if global.offline {
         return Err(Error::Usage("push sends images to a registry: it cannot run with --offline".into()));
     }
+    if let Some(from) = &args.from {
+        super::existing(Some("--from"), from, super::PathKind::Any)?;
+    }
     let reference = parse_reference(&args.reference)?;
     if reference.digest.is_some() {
         return Err(Error::Usage("push to a tag (REPO:TAG), not a digest: the digest is what push prints".into()));

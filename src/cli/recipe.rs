@@ -5,7 +5,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::digest::Algorithm;
+use crate::digest::{Algorithm, Hash};
 use crate::error::{escape, Error, MissingInput, Result};
 use crate::fetch::Fetcher;
 use crate::pin::{self, tarball::Layout, Choices, Location, Proposal, ProposalKind};
@@ -41,13 +41,17 @@ pub struct RecipeArgs {
 }
 
 /// The store, opened only when a download or `--add` needs it, and held against `store gc`.
-struct LazyStore<'g> {
+pub(super) struct LazyStore<'g> {
     global: &'g GlobalArgs,
     opened: Option<(Store, StoreLock)>,
 }
 
-impl LazyStore<'_> {
-    fn get(&mut self) -> Result<&Store> {
+impl<'g> LazyStore<'g> {
+    pub(super) fn new(global: &'g GlobalArgs) -> Self {
+        LazyStore { global, opened: None }
+    }
+
+    pub(super) fn get(&mut self) -> Result<&Store> {
         if self.opened.is_none() {
             let store = self.global.open_store()?;
             let lock = store.build_lock_shared()?;
@@ -58,22 +62,47 @@ impl LazyStore<'_> {
 }
 
 /// A file to pin: where it is on this machine, and how the recipe will name it.
-struct Found {
-    path: PathBuf,
-    location: Location,
-    /// Downloaded now: it is in the store already.
-    in_store: bool,
+pub(super) struct Found {
+    pub(super) path: PathBuf,
+    pub(super) location: Location,
+    /// Downloaded now, with this hash and size: it is in the store already.
+    pub(super) downloaded: Option<(Hash, u64)>,
+}
+
+/// The command that found a file, for the `add it` line of what it could not find: a command
+/// that works in any mode, given the file.
+#[derive(Clone, Copy)]
+pub(super) enum Finder {
+    Recipe,
+    Prefetch,
+}
+
+impl Finder {
+    fn add_command(self, file_name: &str) -> String {
+        match self {
+            Finder::Recipe => format!("imgbuild recipe --add {file_name}"),
+            Finder::Prefetch => format!("imgbuild prefetch {file_name}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Finder::Recipe => "recipe",
+            Finder::Prefetch => "prefetch",
+        }
+    }
 }
 
 pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
     let choices = choices(args)?;
-    let mut store = LazyStore { global, opened: None };
+    let mut store = LazyStore::new(global);
     let mut results = Vec::new();
     for input in &args.inputs {
-        let found = find(global, &mut store, input, choices.algorithm.unwrap_or(Algorithm::Sha256))?;
+        let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
+        let found = find(global, &mut store, input, algorithm, Finder::Recipe)?;
         let proposals = propose(&found, input, &choices)?;
         // A downloaded image is imported too: its blobs, not only the archive, serve a build.
-        let added = if args.add || found.in_store { add(&mut store, &found, &proposals)? } else { false };
+        let added = if args.add || found.downloaded.is_some() { add(&mut store, &found, &proposals)? } else { false };
         for p in proposals {
             check_parses(&p)?;
             results.push((p, added));
@@ -156,10 +185,17 @@ fn choices(args: &RecipeArgs) -> Result<Choices> {
     })
 }
 
-/// Finds `input` on this machine, downloading an http(s) URL that no mirror directory has.
-fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algorithm) -> Result<Found> {
+/// Finds `input` (a path, a `file://` URL, a name in a `--mirror` directory, or an http(s) URL)
+/// on this machine, downloading an http(s) URL that no mirror directory has, unless offline.
+pub(super) fn find(
+    global: &GlobalArgs,
+    store: &mut LazyStore,
+    input: &str,
+    algorithm: Algorithm,
+    finder: Finder,
+) -> Result<Found> {
     if input.starts_with("http://") || input.starts_with("https://") {
-        return find_url(global, store, input, algorithm);
+        return find_url(global, store, input, algorithm, finder);
     }
     let path = match input.split_once("://") {
         Some(("file", rest)) => file_url_path(input, rest)?,
@@ -174,17 +210,17 @@ fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algo
     };
     if path.exists() {
         let location = Location::File(local_name(&path)?);
-        return Ok(Found { path, location, in_store: false });
+        return Ok(Found { path, location, downloaded: None });
     }
     // A bare name: the file as it is called upstream, in a mirror directory.
     if !input.contains('/') {
         if let Some(path) = global.mirror.iter().map(|d| d.join(input)).find(|p| p.exists()) {
-            return Ok(Found { path, location: Location::File(input.to_string()), in_store: false });
+            return Ok(Found { path, location: Location::File(input.to_string()), downloaded: None });
         }
     }
     let mirrors: Vec<String> = global.mirror.iter().map(|d| d.display().to_string()).collect();
     Err(Error::Usage(format!(
-        "{}: no such file{}",
+        "{}: no such file or directory{}",
         escape(&path.display().to_string()),
         if mirrors.is_empty() || input.contains('/') {
             String::new()
@@ -194,33 +230,44 @@ fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algo
     )))
 }
 
-fn find_url(global: &GlobalArgs, store: &mut LazyStore, url: &str, algorithm: Algorithm) -> Result<Found> {
+fn find_url(
+    global: &GlobalArgs,
+    store: &mut LazyStore,
+    url: &str,
+    algorithm: Algorithm,
+    finder: Finder,
+) -> Result<Found> {
     let file_name = crate::recipe::url_file_name(url);
     let location = Location::Url(url.to_string());
     if let Some(path) = global.mirror.iter().map(|d| d.join(file_name)).find(|p| p.is_file()) {
-        return Ok(Found { path, location, in_store: false });
+        return Ok(Found { path, location, downloaded: None });
     }
-    if global.offline {
-        return Err(Error::MissingInputs(vec![MissingInput {
-            recipe: "recipe".into(),
+    let not_there = global.mirror.iter().map(|d| format!("{}: not there", d.join(file_name).display()));
+    let missing = |reasons: Vec<String>| {
+        Error::MissingInputs(vec![MissingInput {
+            recipe: finder.name().into(),
             platform: "-".into(),
             file: file_name.to_string(),
             urls: vec![url.to_string()],
             hash: "unknown".into(),
-            reasons: global
-                .mirror
-                .iter()
-                .map(|d| format!("{}: not there", d.join(file_name).display()))
-                .chain(["offline: not downloaded".to_string()])
-                .collect(),
-            add: format!("imgbuild recipe --add {file_name}"),
-        }]));
+            reasons,
+            add: finder.add_command(file_name),
+        }])
+    };
+    if global.offline {
+        return Err(missing(not_there.chain(["offline: not downloaded".to_string()]).collect()));
     }
     let settings = global.fetch_settings()?;
     let reporter = global.reporter();
     let store = store.get()?;
-    let (hash, _) = Fetcher::new(store, &settings, reporter.as_ref()).prefetch(url, algorithm)?;
-    Ok(Found { path: store.blob_path(&hash), location, in_store: true })
+    match Fetcher::new(store, &settings, reporter.as_ref()).prefetch(url, algorithm) {
+        Ok((hash, size)) => Ok(Found { path: store.blob_path(&hash), location, downloaded: Some((hash, size)) }),
+        // Named again with what adds the file here once it is had by other means.
+        Err(Error::MissingInputs(tried)) => {
+            Err(missing(not_there.chain(tried.into_iter().flat_map(|m| m.reasons)).collect()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `file:///abs/path` or `file://localhost/abs/path`, percent-decoded.
@@ -289,7 +336,7 @@ fn add(store: &mut LazyStore, found: &Found, proposals: &[Proposal]) -> Result<b
     let store = store.get()?;
     match proposals.first().map(|p| &p.kind) {
         // A download is in the store already, under its hash.
-        Some(ProposalKind::Tarball { .. }) if found.in_store => {}
+        Some(ProposalKind::Tarball { .. }) if found.downloaded.is_some() => {}
         Some(ProposalKind::Tarball { hash, .. }) => {
             store.add_file(&found.path, hash.algorithm(), Some(hash))?;
         }

@@ -36,6 +36,11 @@ pub enum StoreCommand {
 }
 
 pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
+    if let StoreCommand::Add { paths } = cmd {
+        for path in paths {
+            super::existing(None, path, super::PathKind::Any)?;
+        }
+    }
     let store = global.open_store()?;
     match cmd {
         StoreCommand::Add { paths } => add(global, &store, paths),
@@ -115,9 +120,6 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
     let say = !global.json && !global.quiet;
     let mut results = Vec::new();
     for path in paths {
-        if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-        }
         let added = if path.is_dir() || crate::import::is_oci_archive(path) {
             add_image(store, path, &recipes, say)?
         } else {

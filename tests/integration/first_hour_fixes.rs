@@ -5,7 +5,7 @@
 use std::process::{Command, Output, Stdio};
 
 use super::fixtures;
-use super::harness::{assert_ok, stderr, TestProject};
+use super::harness::{assert_exit, assert_ok, stderr, TestProject};
 
 /// A pipe whose reader is already gone: every write to it fails with `EPIPE`, as when the
 /// reader of `imgbuild … | head -1` has read its line and exited.
@@ -67,4 +67,98 @@ fn every_command_ends_quietly_when_its_reader_goes_away() {
     let out = p.cmd().args(["build", "--out", "out/again"]).stderr(closed_pipe()).output().unwrap();
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("node-2"));
+}
+
+#[test]
+fn a_path_that_does_not_exist_is_a_usage_error_naming_it_everywhere() {
+    let p = TestProject::new();
+    let nope = p.path("nope.tar.gz");
+    let nope = nope.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["store", "add", nope], nope),
+        (vec!["recipe", nope], nope),
+        (vec!["prefetch", nope], nope),
+        (vec!["push", "--from", nope, "127.0.0.1:9/x/y"], "--from"),
+        (vec!["--mirror", nope, "--offline", "build"], "--mirror"),
+        (vec!["--mirror", nope, "recipe", "zookeeper-3.4.10.tar.gz"], "--mirror"),
+        (vec!["--ca-file", nope, "pull", "127.0.0.1:9/x/y:tag"], "--ca-file"),
+        (vec!["--project", nope, "check"], "--project"),
+    ];
+    for (args, names) in cases {
+        let out = p.run(&args);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(err.contains(names) && err.contains(nope) && err.contains("no such"), "{args:?}: {err}");
+    }
+    // A file where a directory is meant, and the other way round.
+    let file = p.path("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = p.run(&["--mirror", file.to_str().unwrap(), "check"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+    let out = p.run(&["--ca-file", p.tmp.path().to_str().unwrap(), "check"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("a directory, not a file"), "{}", stderr(&out));
+    assert!(!p.store.exists(), "nothing was done before the paths were checked");
+}
+
+/// The `add it:` command of a missing-input error.
+fn add_it(err: &str) -> String {
+    let line = err.lines().find_map(|l| l.trim().strip_prefix("add it: ")).unwrap_or_else(|| panic!("{err}"));
+    line.split(" (").next().unwrap().to_string()
+}
+
+#[test]
+fn prefetch_pins_local_files_offline_honours_mirrors_and_never_goes_online_offline() {
+    let p = TestProject::new();
+    let name = "zookeeper-3.4.10.tar.gz";
+    let data = p.input(name).to_vec();
+    let sha256 = format!("sha256 = \"{}\"", fixtures::sha256_hex(&data));
+    let downloads = p.path("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let file = downloads.join(name);
+    std::fs::write(&file, &data).unwrap();
+    let url = p.server.url(&format!("dist/{name}"));
+    let file_url = format!("file://{}", file.display());
+    let stdout = |out: &Output| String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    // A path, a file:// URL, and a URL a --mirror directory holds: pinned offline, no request.
+    let mirror = downloads.to_str().unwrap();
+    for args in [
+        vec!["--offline", "prefetch", file.to_str().unwrap()],
+        vec!["--offline", "prefetch", &file_url],
+        vec!["--offline", "--mirror", mirror, "prefetch", &url],
+        vec!["--offline", "--mirror", mirror, "prefetch", name],
+    ] {
+        let out = p.run(&args);
+        assert_ok(&out);
+        assert_eq!(stdout(&out), sha256, "{args:?}");
+    }
+    assert_eq!(p.server.total_requests(), 0);
+    let sha512 = p.run(&["--json", "--offline", "prefetch", "--sha512", file.to_str().unwrap()]);
+    assert_ok(&sha512);
+    let v: serde_json::Value = serde_json::from_slice(&sha512.stdout).unwrap();
+    assert_eq!(v["hash"], format!("sha512:{}", fixtures::sha512_hex(&data)));
+    assert!(p.store.join("blobs/sha512").join(fixtures::sha512_hex(&data)).is_file(), "in the store");
+
+    // Offline, a URL no mirror has: exit 3, no request, and the command it names works as
+    // named, offline, where the file is.
+    let out = p.run(&["--offline", "prefetch", &url]);
+    assert_exit(&out, 3);
+    assert_eq!(p.server.total_requests(), 0, "--offline went to the network");
+    let command = add_it(&stderr(&out));
+    assert_eq!(command, format!("imgbuild prefetch {name}"));
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let again = p.cmd().current_dir(&downloads).arg("--offline").args(&words).output().unwrap();
+    assert_ok(&again);
+    assert_eq!(stdout(&again), sha256);
+
+    // Online, a URL that fails names the same command, never the one that just failed.
+    let gone = p.server.url("dist/gone-1.0.tar.gz");
+    let out = p.run(&["prefetch", &gone]);
+    assert_exit(&out, 3);
+    assert_eq!(add_it(&stderr(&out)), "imgbuild prefetch gone-1.0.tar.gz");
+    let out = p.run(&["--offline", "recipe", &gone]);
+    assert_exit(&out, 3);
+    assert_eq!(add_it(&stderr(&out)), "imgbuild recipe --add gone-1.0.tar.gz");
 }
