@@ -5,6 +5,8 @@
 mod image;
 pub(crate) mod resume;
 
+pub(crate) use image::{named_archive, NamedArchive};
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Algorithm, Hash, Hasher};
 use crate::error::{Error, IoContext, Result};
-use crate::recipe::{Recipe, RecipeKind};
+use crate::fetch::{named_archive, NamedArchive};
+use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::store::Store;
 
 use super::GlobalArgs;
@@ -97,6 +98,10 @@ pub fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
     Ok(crate::project::Project::recipes_in(&global.project)?.into_values().collect())
 }
 
+fn platform_of(source: &Source) -> String {
+    source.platform.as_ref().map_or("any platform".into(), |p| p.to_string())
+}
+
 fn hash_both(path: &Path) -> Result<(Hash, Hash)> {
     let mut reader = BufReader::with_capacity(256 * 1024, File::open(path).at(path)?);
     let mut a = Hasher::new(Algorithm::Sha256);
@@ -133,8 +138,28 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// The sources of `recipes` that expect a file named as `path` is (`--mirror` and `store add`
+/// find files by that name), by recipe.
+fn named_sources<'r>(recipes: &'r [Recipe], path: &Path) -> Vec<(&'r Recipe, Vec<&'r Source>)> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Vec::new() };
+    recipes
+        .iter()
+        .map(|r| (r, r.sources.iter().filter(|s| s.file_name == name).collect::<Vec<_>>()))
+        .filter(|(_, sources)| !sources.is_empty())
+        .collect()
+}
+
 /// Imports an OCI layout or oci-archive blob by blob; says which recipes' digests it holds.
+/// One named as an image recipe's source expects must hold an image it pins: else nothing is
+/// imported (its name promises what its content is not).
 fn add_image(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result<serde_json::Value> {
+    for (recipe, sources) in named_sources(recipes, path) {
+        if matches!(recipe.kind, RecipeKind::OciImage { .. }) {
+            if let NamedArchive::Mismatch(e) = named_archive(path, recipe, &sources)? {
+                return Err(e);
+            }
+        }
+    }
     let imported = crate::import::import(store, path)?;
     let matched = matching_image_recipes(recipes, &imported);
     if say {
@@ -150,9 +175,12 @@ fn add_image(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Resul
     Ok(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }))
 }
 
-/// Stores a file under every hash a recipe pins it by (sha256 when none does).
+/// Stores a file under every hash a recipe pins it by (sha256 when none does). A file no recipe
+/// pins but named as a recipe's source expects is refused, nothing stored: its name promises
+/// what its content is not (a wrong pin, or the wrong file).
 fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result<serde_json::Value> {
     let (sha256, sha512) = hash_both(path)?;
+    let in_algorithm = |a: Algorithm| if a == Algorithm::Sha256 { &sha256 } else { &sha512 };
     let mut matched = Vec::new();
     let mut algorithms = Vec::new();
     for r in recipes {
@@ -163,22 +191,43 @@ fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result
             }
         }
     }
+    if matched.is_empty() {
+        if let Some((recipe, sources)) = named_sources(recipes, path).into_iter().next() {
+            let source = sources[0];
+            return Err(Error::HashMismatch {
+                what: format!(
+                    "{} (named as recipe {}'s source for {} in {}); nothing was stored",
+                    path.display(),
+                    recipe.name,
+                    platform_of(source),
+                    recipe.file.display()
+                ),
+                expected: source.hash.clone(),
+                found: in_algorithm(source.hash.algorithm()).clone(),
+            });
+        }
+    }
     if algorithms.is_empty() {
         algorithms.push(Algorithm::Sha256);
     }
     for algorithm in algorithms {
-        let expected = if algorithm == Algorithm::Sha256 { &sha256 } else { &sha512 };
-        store.add_file(path, algorithm, Some(expected))?;
+        store.add_file(path, algorithm, Some(in_algorithm(algorithm)))?;
     }
     if say {
+        let shown = crate::error::escape(&path.display().to_string());
         if matched.is_empty() {
+            // In each algorithm the project's recipes pin by, to compare with a pin at a glance.
+            let mut pinned_by: Vec<Algorithm> =
+                recipes.iter().flat_map(|r| &r.sources).map(|s| s.hash.algorithm()).collect();
+            pinned_by.retain(|a| *a != Algorithm::Sha256);
+            pinned_by.dedup();
+            let also: Vec<String> = pinned_by.iter().map(|a| format!(", {}", in_algorithm(*a))).collect();
             errln!(
-                "added {} as {sha256}; warning: no recipe pins this file (sha512 {}); `imgbuild recipe {0}` prints one",
-                crate::error::escape(&path.display().to_string()),
-                sha512.hex()
+                "added {shown} as {sha256}{}; warning: no recipe pins this file; `imgbuild recipe {shown}` prints one",
+                also.concat()
             );
         } else {
-            errln!("added {} for {}", path.display(), matched.join(", "));
+            errln!("added {shown} for {}", matched.join(", "));
         }
     }
     Ok(

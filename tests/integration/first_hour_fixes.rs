@@ -162,3 +162,93 @@ fn prefetch_pins_local_files_offline_honours_mirrors_and_never_goes_online_offli
     assert_exit(&out, 3);
     assert_eq!(add_it(&stderr(&out)), "imgbuild recipe --add gone-1.0.tar.gz");
 }
+
+/// The blobs of the store, by path.
+fn blobs(p: &TestProject) -> Vec<String> {
+    super::harness::tree(&p.store.join("blobs"))
+}
+
+#[test]
+fn a_file_named_as_a_recipe_expects_but_not_its_pin_is_a_hash_mismatch_and_adds_nothing() {
+    let p = TestProject::new();
+    p.add_base();
+    let before = blobs(&p);
+    let downloads = p.path("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    // ZooKeeper is pinned by sha256, Kafka by sha512: other bytes under their names.
+    let zk = downloads.join("zookeeper-3.4.10.tar.gz");
+    let other_zk = fixtures::tar_gz(&[fixtures::Entry::Dir("zookeeper-3.4.9/")]);
+    std::fs::write(&zk, &other_zk).unwrap();
+    let kafka = downloads.join("kafka_2.11-1.0.0.tgz");
+    let other_kafka = fixtures::tar_gz(&[fixtures::Entry::Dir("kafka_2.11-0.11/")]);
+    std::fs::write(&kafka, &other_kafka).unwrap();
+
+    // Offline, the pin names the file missing and says how to add it ...
+    let missing = p.run(&["--offline", "build"]);
+    assert_exit(&missing, 3);
+    assert!(stderr(&missing).contains("imgbuild store add zookeeper-3.4.10.tar.gz"), "{}", stderr(&missing));
+    // ... and adding the wrong file says so, with both hashes in the pin's algorithm: exit 1.
+    let pinned_zk = fixtures::sha256_hex(p.input("zookeeper-3.4.10.tar.gz"));
+    let pinned_kafka = fixtures::sha512_hex(p.input("kafka_2.11-1.0.0.tgz"));
+    for (file, expected, got) in [
+        (&zk, format!("sha256:{pinned_zk}"), format!("sha256:{}", fixtures::sha256_hex(&other_zk))),
+        (&kafka, format!("sha512:{pinned_kafka}"), format!("sha512:{}", fixtures::sha512_hex(&other_kafka))),
+    ] {
+        let out = p.run(&["store", "add", file.to_str().unwrap()]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains(&format!("expected: {expected}")) && err.contains(&format!("got:      {got}")), "{err}");
+        assert!(err.contains("hash mismatch") && err.contains("nothing was stored"), "{err}");
+    }
+    assert_eq!(blobs(&p), before, "a refused file added nothing");
+
+    // The same files in a --mirror directory: the same mismatch, exit 1, nothing stored.
+    let out = p.run(&["--offline", "--mirror", downloads.to_str().unwrap(), "build"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains(&format!("expected: sha256:{pinned_zk}")), "{}", stderr(&out));
+    assert_eq!(blobs(&p), before);
+
+    // A file no recipe expects is added, with its hash in each algorithm the recipes pin by.
+    let unrelated = downloads.join("notes-1.0.tar.gz");
+    std::fs::write(&unrelated, &other_zk).unwrap();
+    let out = p.run(&["store", "add", unrelated.to_str().unwrap()]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("sha256:{}", fixtures::sha256_hex(&other_zk))), "{err}");
+    assert!(err.contains(&format!("sha512:{}", fixtures::sha512_hex(&other_zk))), "{err}");
+    assert!(err.contains("no recipe pins this file"), "{err}");
+}
+
+#[test]
+fn an_image_archive_named_as_a_recipe_expects_must_hold_its_image() {
+    let p = TestProject::new();
+    // Another amd64 image, saved under the name the base recipe's source expects.
+    let root = p.path("other-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/os-release"), "ID=other\n").unwrap();
+    let mirror = p.path("mirror");
+    let archive = mirror.join("debian-bookworm-slim.tar");
+    let other = fixtures::layout_from_root(&archive, &root);
+    let pinned = &p.base_digests.iter().find(|(a, _)| a == "amd64").unwrap().1;
+
+    let out = p.run(&["store", "add", archive.to_str().unwrap()]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("expected: {pinned}")) && err.contains(&format!("got:      {other}")), "{err}");
+    assert!(err.contains("debian-bookworm-slim") && err.contains("nothing was imported"), "{err}");
+    assert!(blobs(&p).is_empty(), "nothing imported: {:?}", blobs(&p));
+
+    let out =
+        p.run(&["--offline", "--mirror", mirror.to_str().unwrap(), "node", "--id", "0", "--platform", "linux/amd64"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains(&format!("got:      {other}")), "{}", stderr(&out));
+    let other_hex = other.strip_prefix("sha256:").unwrap();
+    assert!(!blobs(&p).iter().any(|b| b.contains(other_hex)), "the other image was not imported");
+
+    // Under another name it is an image no recipe pins: imported, with the hint.
+    let elsewhere = p.path("saved");
+    std::fs::rename(&archive, &elsewhere).unwrap();
+    let out = p.run(&["store", "add", elsewhere.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("matches no oci-image recipe's digest"), "{}", stderr(&out));
+}
