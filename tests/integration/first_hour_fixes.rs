@@ -252,3 +252,62 @@ fn an_image_archive_named_as_a_recipe_expects_must_hold_its_image() {
     assert_ok(&out);
     assert!(stderr(&out).contains("matches no oci-image recipe's digest"), "{}", stderr(&out));
 }
+
+/// The `-e NAME='VALUE'` settings of the README's one-machine `podman run` loop.
+fn readme_podman_run_env() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme.lines().find(|l| l.contains("podman run -d") && l.contains("--network=host")).expect("the loop");
+    let settings: Vec<(String, String)> = line
+        .split(" -e ")
+        .skip(1)
+        .map(|rest| {
+            let (name, value) = rest.split_once('=').unwrap();
+            let value = value.strip_prefix('\'').and_then(|v| v.split_once('\'')).map(|(v, _)| v).unwrap();
+            (name.to_string(), value.to_string())
+        })
+        .collect();
+    assert!(!settings.is_empty(), "the README's loop sets no variable: {line}");
+    settings
+}
+
+/// A setting's value in a rendered `zoo.cfg`.
+fn setting<'t>(cfg: &'t str, key: &str) -> &'t str {
+    cfg.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or_else(|| panic!("no {key} in:\n{cfg}"))
+}
+
+#[test]
+fn inits_project_runs_three_nodes_in_one_network_namespace_as_the_readme_runs_them() {
+    use super::entrypoint::{err, Boot, SHELLS};
+    let tmp = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new(super::harness::BIN)
+        .current_dir(tmp.path())
+        .env("IMGBUILD_STORE", tmp.path().join("store"))
+        .args(["init", "one-host"])
+        .output()
+        .unwrap();
+    assert_ok(&init);
+    let project = imgbuild::project::Project::load(&tmp.path().join("one-host"), None).unwrap();
+    let boot = Boot::with_files(&imgbuild::node::cluster_layer_files(&project.image));
+    let env = readme_podman_run_env();
+    for shell in SHELLS {
+        let mut listening: Vec<(String, String)> = Vec::new();
+        for node in &project.image.nodes {
+            boot.forget(&["var/lib/zookeeper/myid"]);
+            let id = node.id.to_string();
+            let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            vars.push(("NODE_ID", &id));
+            let out = boot.render(shell, &vars);
+            assert!(out.status.success(), "{shell:?} node {id}: {}", err(&out));
+            let cfg = boot.read("opt/zookeeper/conf/zoo.cfg");
+            // Every port a node listens on is on its own address: the client port, and its own
+            // server line's peer and election ports.
+            let own = setting(&cfg, &format!("server.{id}"));
+            let own_address = own.rsplitn(3, ':').last().unwrap().to_string();
+            assert_eq!(setting(&cfg, "clientPortAddress"), node.host, "{shell:?}:\n{cfg}");
+            assert_eq!(own_address, node.host, "{shell:?}:\n{cfg}");
+            listening.push((setting(&cfg, "clientPortAddress").to_string(), own_address));
+        }
+        let addresses: std::collections::BTreeSet<&String> = listening.iter().map(|(client, _)| client).collect();
+        assert_eq!(addresses.len(), project.image.nodes.len(), "{shell:?}: {listening:?}");
+    }
+}
