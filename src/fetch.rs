@@ -194,7 +194,11 @@ impl<'a> Fetcher<'a> {
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request.send().map_err(|e| Transfer::Retry(describe(&e)))?;
+        // A certificate refused is refused again: said in a sentence, and not retried.
+        let response = request.send().map_err(|e| match crate::registry::tls::tls_cause(&e) {
+            Some(tls) => Transfer::Fatal(crate::registry::tls::sentence(tls)),
+            None => Transfer::Retry(describe(&e)),
+        })?;
         let status = response.status();
         let resumed = have > 0
             && status == reqwest::StatusCode::PARTIAL_CONTENT

@@ -149,15 +149,20 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
 /// The manifest or index of an existing layout or archive (`--from`, `--from-tag`).
 fn layout_top(store: &Store, from: &Path, tag: Option<&str>) -> Result<Sha256Digest> {
     let imported = crate::import::import(store, from)?;
-    let top = match (tag, imported.tops.as_slice()) {
-        (Some(tag), tops) => tops.iter().find(|(t, _)| t.as_deref() == Some(tag)).map(|(_, d)| *d),
-        (None, [(_, only)]) => Some(*only),
-        (None, _) => None,
-    };
-    let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.clone()).collect();
-    top.ok_or_else(|| {
-        Error::Usage(format!("choose a tag of {} with --from-tag (it has: {})", from.display(), tags.join(", ")))
-    })
+    let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.as_deref().map(crate::error::escape)).collect();
+    let has = if tags.is_empty() { "it has no tags".to_string() } else { format!("its tags: {}", tags.join(", ")) };
+    let shown = crate::error::escape(&from.display().to_string());
+    match (tag, imported.tops.as_slice()) {
+        (Some(tag), tops) => tops
+            .iter()
+            .find(|(t, _)| t.as_deref() == Some(tag))
+            .map(|(_, d)| *d)
+            .ok_or_else(|| Error::Usage(format!("{shown} has no tag `{}` ({has})", crate::error::escape(tag)))),
+        (None, [(_, only)]) => Ok(*only),
+        (None, tops) => {
+            Err(Error::Usage(format!("{shown} holds {} images: choose one with --from-tag ({has})", tops.len())))
+        }
+    }
 }
 
 /// Builds the nodes asked for and names where each goes: `--id N` (under the reference's tag

@@ -7,7 +7,7 @@ pub(crate) mod credentials;
 pub mod pull;
 pub mod push;
 pub mod reference;
-mod tls;
+pub(crate) mod tls;
 mod token;
 mod transport;
 mod upload;

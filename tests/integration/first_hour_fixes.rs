@@ -311,3 +311,20 @@ fn inits_project_runs_three_nodes_in_one_network_namespace_as_the_readme_runs_th
         assert_eq!(addresses.len(), project.image.nodes.len(), "{shell:?}: {listening:?}");
     }
 }
+
+#[test]
+fn push_from_an_archive_says_when_the_tag_given_is_not_there() {
+    let p = TestProject::new();
+    p.add_base();
+    assert_ok(&p.run(&["build", "--format", "oci-archive"]));
+    // 127.0.0.1:9 refuses connections: nothing may be sent before the tag is found.
+    let push = |extra: &[&str]| p.run(&[&["push", "--from", "out/zk-kafka.tar"], extra, &["127.0.0.1:9/x/y"]].concat());
+    let out = push(&["--from-tag", "node-9"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("has no tag `node-9` (its tags: cluster, node-0, node-1, node-2)"), "{err}");
+    assert!(!err.contains("choose"), "a tag was given: {err}");
+    let out = push(&[]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("holds 4 images: choose one with --from-tag"), "{}", stderr(&out));
+}
