@@ -112,9 +112,9 @@ fn next_steps(dir: &Path, name: &str) -> String {
         if dir == Path::new(".") { String::new() } else { format!("\n  cd {}", escape(&dir.display().to_string())) };
     format!(
         "next:{cd}
-  imgbuild check                                   # valid as written: base image, Java, ZooKeeper, three nodes
-  imgbuild recipe --add FILE > recipes/NAME.toml   # pin a file you have instead (README: \"Your own cluster\")
-  imgbuild build                                   # one image per node in out/{name}
+  imgbuild check                                       # valid as written: base image, Java, ZooKeeper, three nodes
+  imgbuild recipe --add --update recipes/NAME.toml FILE  # pin a file you have instead (README: \"Your own cluster\")
+  imgbuild build                                       # one image per node in out/{name}
 then put your hosts in images/{name}.toml"
     )
 }

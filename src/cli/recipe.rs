@@ -35,9 +35,13 @@ pub struct RecipeArgs {
     /// aarch64, …), else any]
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
-    /// Pin tarballs with sha512 instead of sha256
+    /// Pin tarballs with sha512 instead of sha256 [default with --update: as the recipe pins]
     #[arg(long)]
     pub sha512: bool,
+    /// Make the files given the sources of this existing recipe (recipes/NAME.toml), in place,
+    /// keeping the rest of it as written: env, path, [unpack] and its excludes, comments
+    #[arg(long, value_name = "RECIPE", conflicts_with_all = ["name", "prefix"])]
+    pub update: Option<PathBuf>,
 }
 
 /// The store, opened only when a download or `--add` needs it, and held against `store gc`.
@@ -94,21 +98,111 @@ impl Finder {
 }
 
 pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
+    if let Some(recipe_file) = &args.update {
+        return run_update(global, args, recipe_file);
+    }
     let choices = choices(args)?;
     let mut store = LazyStore::new(global);
     let mut results = Vec::new();
-    for input in &args.inputs {
-        let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
-        let found = find(global, &mut store, input, algorithm, Finder::Recipe)?;
-        let proposals = propose(&found, input, &choices)?;
-        // A downloaded image is imported too: its blobs, not only the archive, serve a build.
-        let added = if args.add || found.downloaded.is_some() { add(&mut store, &found, &proposals)? } else { false };
-        for p in proposals {
-            check_parses(&p)?;
-            results.push((p, added));
-        }
+    for (found, proposals) in pin_inputs(global, &mut store, args, &choices)? {
+        let added = store_if_asked(&mut store, args, &found, &proposals)?;
+        results.extend(proposals.into_iter().map(|p| (p, added)));
     }
     print_results(global, &results)
+}
+
+/// Each input found and pinned: its recipes, checked to be ones imgbuild accepts.
+fn pin_inputs(
+    global: &GlobalArgs,
+    store: &mut LazyStore,
+    args: &RecipeArgs,
+    choices: &Choices,
+) -> Result<Vec<(Found, Vec<Proposal>)>> {
+    let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
+    let mut pinned = Vec::new();
+    for input in &args.inputs {
+        let found = find(global, store, input, algorithm, Finder::Recipe)?;
+        let proposals = propose(&found, input, choices)?;
+        proposals.iter().try_for_each(check_parses)?;
+        pinned.push((found, proposals));
+    }
+    Ok(pinned)
+}
+
+/// With `--add`, puts the file into the store; a downloaded image is imported too, since its
+/// blobs, not only the archive, serve a build. Whether the file is in the store now.
+fn store_if_asked(store: &mut LazyStore, args: &RecipeArgs, found: &Found, proposals: &[Proposal]) -> Result<bool> {
+    if args.add || found.downloaded.is_some() {
+        add(store, found, proposals)
+    } else {
+        Ok(false)
+    }
+}
+
+/// `--update RECIPE`: the recipe's sources become the files given, the rest of it is kept; the
+/// file is replaced whole (written beside it, then renamed), and only once everything is pinned.
+fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Result<()> {
+    super::existing(Some("--update"), recipe_file, super::PathKind::File)?;
+    let text = std::fs::read_to_string(recipe_file).map_err(|e| Error::io(recipe_file, e))?;
+    let recipe = crate::recipe::Recipe::parse(recipe_file, &text)?;
+    let mut choices = choices(args)?;
+    if !args.sha512 {
+        // The algorithm the recipe pins by, so that a file it already pins is recognized.
+        choices.algorithm = recipe.sources.first().map(|s| s.hash.algorithm()).or(choices.algorithm);
+    }
+    let mut store = LazyStore::new(global);
+    let pinned = pin_inputs(global, &mut store, args, &choices)?;
+    let proposals: Vec<Proposal> = pinned.iter().flat_map(|(_, p)| p.clone()).collect();
+    let updated = pin::update::update(recipe_file, &text, &proposals)?;
+    let mut added = false;
+    for (found, proposals) in &pinned {
+        added |= store_if_asked(&mut store, args, found, proposals)?;
+    }
+    replace_file(recipe_file, &updated.text)?;
+    let shown = escape(&recipe_file.display().to_string());
+    if global.json {
+        return super::print_json(&serde_json::json!({
+            "updated": recipe_file,
+            "sources_kept": updated.kept,
+            "sources_new": updated.replaced,
+            "version": updated.version.as_ref().map(|(_, v)| v),
+            "added": added,
+            "warnings": updated.warnings,
+        }));
+    }
+    outln!("{shown}")?;
+    if !global.quiet {
+        let version = updated
+            .version
+            .as_ref()
+            .map_or(String::new(), |(old, new)| format!("; version {} → {}", escape(old), escape(new)));
+        errln!(
+            "updated {shown} (recipe {}): {} new source(s), {} kept as they were{version}; its other fields and comments are as they were{}",
+            recipe.name,
+            updated.replaced,
+            updated.kept,
+            if added { "; the files are in the store" } else { "" }
+        );
+        for w in &updated.warnings {
+            errln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `text`: written to a temporary file beside it, synced, then renamed
+/// over it, so the recipe is the old one or the new one, never a part.
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.imgbuild-tmp-{}", std::process::id()));
+    let written = std::fs::File::create(&temp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(|e| Error::io(path, e))
 }
 
 /// The recipes on stdout (TOML, or JSON with `--json`), a line about each on stderr.

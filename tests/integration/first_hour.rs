@@ -463,6 +463,13 @@ fn readme_your_own_cluster_runs_as_written() {
     assert_eq!(field(&recipe, "digest").as_deref(), Some(base.as_str()));
     let jdk = std::fs::read_to_string(project.join("recipes/jdk.toml")).unwrap();
     assert_eq!(field(&jdk, "platform").as_deref(), Some("linux/amd64"), "x64 in its name:\n{jdk}");
+    // What init's recipes say beyond the files is kept: JAVA_HOME, the excludes, the base's version.
+    let recipes = imgbuild::recipe::load_dir(&project.join("recipes")).unwrap();
+    assert_eq!(recipes["jdk"].env.get("JAVA_HOME").map(String::as_str), Some("/opt/java"), "{jdk}");
+    assert_eq!(recipes["jdk"].unpack.exclude, ["src.zip"]);
+    assert_eq!(recipes["zookeeper"].unpack.exclude, ["docs", "src"]);
+    assert_eq!(recipes["base"].version, "bookworm-slim");
+    assert!(recipes.values().all(|r| r.version != "unknown"));
     let layout = format!("oci:{}:node-2", project.join("out/my-cluster").display());
     let inspect: serde_json::Value =
         serde_json::from_str(&tool(Command::new("skopeo").args(["inspect", "--config", &layout]))).unwrap();

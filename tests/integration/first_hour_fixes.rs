@@ -328,3 +328,65 @@ fn push_from_an_archive_says_when_the_tag_given_is_not_there() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("holds 4 images: choose one with --from-tag"), "{}", stderr(&out));
 }
+
+#[test]
+fn recipe_update_replaces_only_the_sources_and_refuses_before_changing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(super::harness::BIN)
+            .current_dir(dir)
+            .env("IMGBUILD_STORE", &store)
+            .env_remove("IMGBUILD_MIRROR")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_ok(&run(tmp.path(), &["init", "proj"]));
+    let proj = tmp.path().join("proj");
+    let zk = tmp.path().join("zookeeper-3.4.10.tar.gz");
+    std::fs::write(&zk, fixtures::zookeeper()).unwrap();
+    let recipe = proj.join("recipes/zookeeper.toml");
+    let before = std::fs::read_to_string(&recipe).unwrap();
+
+    // Refused, with nothing changed and nothing stored: an image recipe, a missing recipe,
+    // options that would describe another recipe.
+    let base = std::fs::read_to_string(proj.join("recipes/base.toml")).unwrap();
+    for (args, says) in [
+        (vec!["recipe", "--add", "--update", "recipes/base.toml", zk.to_str().unwrap()], "is an image recipe"),
+        (vec!["recipe", "--update", "recipes/nope.toml", zk.to_str().unwrap()], "no such file"),
+        (vec!["recipe", "--update", "recipes/zookeeper.toml", "--name", "x", zk.to_str().unwrap()], "--name"),
+    ] {
+        let out = run(&proj, &args);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read_to_string(proj.join("recipes/base.toml")).unwrap(), base);
+    assert!(!store.join("blobs").exists(), "nothing was stored");
+
+    let out = run(&proj, &["recipe", "--add", "--update", "recipes/zookeeper.toml", zk.to_str().unwrap()]);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "recipes/zookeeper.toml");
+    let after = std::fs::read_to_string(&recipe).unwrap();
+    let parsed = imgbuild::recipe::Recipe::parse(&recipe, &after).unwrap();
+    assert_eq!(parsed.sources.len(), 1);
+    assert_eq!(parsed.sources[0].hash.hex(), fixtures::sha256_hex(&fixtures::zookeeper()));
+    assert_eq!(parsed.sources[0].file_name, "zookeeper-3.4.10.tar.gz");
+    // Everything but the source is as init wrote it.
+    let outside_sources = |text: &str| -> String {
+        let (head, rest) = text.split_once("[[source]]").unwrap();
+        format!("{head}{}", &rest[rest.find("[unpack]").unwrap()..])
+    };
+    assert_eq!(outside_sources(&after), outside_sources(&before));
+    assert!(store.join("blobs/sha256").join(fixtures::sha256_hex(&fixtures::zookeeper())).is_file());
+    assert!(!std::fs::read_dir(proj.join("recipes")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
+
+    // Again with the same file: the recipe already pins it, and stays byte for byte.
+    assert_ok(&run(&proj, &["recipe", "--update", "recipes/zookeeper.toml", zk.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&recipe).unwrap(), after);
+    assert_ok(&run(&proj, &["check"]));
+}
