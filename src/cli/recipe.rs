@@ -1,7 +1,8 @@
 //! `imgbuild recipe FILE|URL…`: a ready recipe for each file. Local files, `file://` URLs and
 //! files of `--mirror` directories are read where they are (no network, no store); `http(s)://`
 //! URLs are downloaded into the store unless `--offline`. `--add` also puts the files into the
-//! store, so the next build finds them offline.
+//! store, so the next build finds them offline. `--update RECIPE` writes the files into an
+//! existing recipe as its sources instead of printing a new one.
 
 use std::path::{Component, Path, PathBuf};
 

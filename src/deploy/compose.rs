@@ -121,7 +121,7 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
         doc["volumes"] = Value::Object(volumes);
     }
     let header = format!(
-        "# Written by `imgbuild deploy compose` for cluster {}: one service per node.\n# Run: podman-compose up -d (or docker compose up -d)\n",
+        "# Written by `imgbuild deploy compose` for cluster {0}: one service per node.\n# Run: podman-compose up -d (or docker compose up -d)\n# Stop: podman-compose down -t 60 (podman-compose 1.0 then leaves the network: podman network rm {0})\n",
         cluster.label()
     );
     Ok((format!("{header}{}", yaml::document(&escape_interpolation(doc))), published))
