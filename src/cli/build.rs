@@ -126,8 +126,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     };
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
-    report(global, def, &out, options.format, &result);
-    Ok(())
+    report(global, def, &out, options.format, &result)
 }
 
 /// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
@@ -146,10 +145,10 @@ fn report(
     out: &std::path::Path,
     format: Format,
     result: &BuildResult,
-) {
+) -> Result<()> {
     let images = &result.nodes;
     if global.json {
-        super::print_json(&serde_json::json!({
+        return super::print_json(&serde_json::json!({
             "image": def.name,
             "output": out,
             "format": format,
@@ -157,14 +156,13 @@ fn report(
             "cluster": result.cluster,
             "nodes": images,
         }));
-        return;
     }
     for img in images {
-        println!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display());
+        outln!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display())?;
     }
     if !global.quiet {
         let shared: u64 = result.shared.iter().flat_map(|s| s.layers.iter().map(|l| l.size)).sum();
-        eprintln!(
+        errln!(
             "wrote {} node image(s) of `{}` to {} ({} of shared layers)",
             images.len(),
             def.name,
@@ -172,6 +170,7 @@ fn report(
             human_bytes(shared)
         );
     }
+    Ok(())
 }
 
 pub fn human_bytes(n: u64) -> String {
