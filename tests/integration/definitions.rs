@@ -43,6 +43,18 @@ fn characters_ok(text: &str, allowed: &[char]) -> bool {
     text.chars().all(|c| !c.is_control() || allowed.contains(&c))
 }
 
+/// A string of the definition's TOML: no control character nor one that reorders or hides
+/// text, except those `allowed`.
+fn toml_characters_ok(text: &str, allowed: &[char]) -> bool {
+    text.chars().all(|c| !imgbuild::error::is_unsafe_char(c) || allowed.contains(&c))
+}
+
+/// A value substituted into a properties file: it may not end with a backslash, which would
+/// join the next line to it.
+fn no_final_backslash(text: &str) -> bool {
+    !text.ends_with('\\')
+}
+
 /// Pieces of text an attacker (or a careless user) would try; `names` are references likely
 /// to be in scope.
 fn fragment(names: &[&str]) -> impl Strategy<Value = String> {
@@ -210,10 +222,13 @@ impl GenDef {
         let renders = |text: &str, allowed: &[char], scope: &dyn Fn(&str) -> Option<String>| {
             characters_ok(text, allowed) && reference_render(text, scope).is_some()
         };
-        self.vars.iter().all(|(_, v)| renders(v, &[], &value_scope))
+        let value_ok = |text: &str, scope: &dyn Fn(&str) -> Option<String>| {
+            toml_characters_ok(text, &[]) && no_final_backslash(text) && renders(text, &[], scope)
+        };
+        self.vars.iter().all(|(_, v)| value_ok(v, &value_scope))
             && self.lists.iter().all(|l| {
-                std::iter::once(&l.item).chain(&l.self_item).all(|t| renders(t, &[], &item_scope))
-                    && l.join.as_deref().is_none_or(|j| characters_ok(j, &['\n']))
+                std::iter::once(&l.item).chain(&l.self_item).all(|t| value_ok(t, &item_scope))
+                    && l.join.as_deref().is_none_or(|j| toml_characters_ok(j, &['\n']))
             })
             && self
                 .templates
@@ -335,4 +350,67 @@ fn the_seed_definition_renders_the_same_under_every_shell() {
     assert!(outputs[0][0]
         .ends_with("server.0=127.0.1.1:2888:3888\nserver.1=0.0.0.0:2888:3888\nserver.2=127.0.1.3:2888:3888\n"));
     assert_eq!(outputs[0][2], "1\n");
+}
+
+/// Through the binary: a recipe whose version would drive the terminal, a prefix that would
+/// make whiteouts or write imgbuild's own files, an environment that would give every
+/// container the same identity: `imgbuild check` refuses each with exit 1 at its line, and
+/// prints nothing raw.
+#[test]
+fn check_refuses_hostile_recipe_and_definition_values_with_their_line() {
+    let p = super::harness::TestProject::new();
+    let zk = p.root.join("recipes/zookeeper.toml");
+    let good = std::fs::read_to_string(&zk).unwrap();
+    let def = p.root.join("images/zk-kafka.toml");
+    let good_def = std::fs::read_to_string(&def).unwrap();
+    for (file, from, to, needle) in [
+        (
+            &zk,
+            "version = \"3.4.10\"",
+            "version = \"1\\u001b]0;PWNED\\u0007\\u001b[31mRED\\nfake line\"",
+            "zookeeper.toml:2:11: field `version`",
+        ),
+        (
+            &zk,
+            "prefix = \"/usr/local/zookeeper\"",
+            "prefix = \"/opt/.wh.y\"",
+            "zookeeper.toml:12:10: field `unpack.prefix`: `/opt/.wh.y` has a component `.wh.y` that is an OCI whiteout",
+        ),
+        (&zk, "prefix = \"/usr/local/zookeeper\"", "prefix = \"/.wh..wh..opq\"", "zookeeper.toml:12:10"),
+        (&zk, "prefix = \"/usr/local/zookeeper\"", "prefix = \"/etc/imgbuild\"", "which imgbuild writes itself"),
+        (
+            &def,
+            "stop_signal = \"SIGTERM\"",
+            "stop_signal = \"SIGTERM\"\nenv = { NODE_ID = \"1\" }",
+            "zk-kafka.toml:12:19: [config.env]: `NODE_ID` is read by the entrypoint at boot",
+        ),
+        (
+            &def,
+            "stop_signal = \"SIGTERM\"",
+            "stop_signal = \"SIGTERM\"\nenv = { A = \"x\\u0085y\" }",
+            "zk-kafka.toml:12:13: field `config.env.A`",
+        ),
+        (
+            &def,
+            "target = \"/var/lib/zookeeper/myid\"",
+            "target = \"/etc/.wh.passwd\"",
+            "`/etc/.wh.passwd` has a component `.wh.passwd` that is an OCI whiteout",
+        ),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+        let out = p.run(&["check"]);
+        super::harness::assert_exit(&out, 1);
+        let e = super::harness::stderr(&out);
+        assert!(e.contains(needle), "`{needle}` not in: {e}");
+        let all = [&out.stdout[..], &out.stderr[..]].concat();
+        assert!(
+            !String::from_utf8_lossy(&all).chars().any(|c| imgbuild::error::is_unsafe_char(c) && c != '\n'),
+            "{e:?}"
+        );
+        std::fs::write(&zk, &good).unwrap();
+        std::fs::write(&def, &good_def).unwrap();
+    }
+    super::harness::assert_ok(&p.run(&["check"]));
 }
