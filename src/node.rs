@@ -17,6 +17,10 @@ pub const ENTRYPOINT_SCRIPT: &str = include_str!("assets/imgbuild-init.sh");
 pub const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");
 pub const VM_INIT: &str = "/usr/local/sbin/imgbuild-vm-init";
 pub const CONF_DIR: &str = "etc/imgbuild";
+/// An OCI opaque whiteout: the cluster layer makes `/etc/imgbuild/` hold only what imgbuild
+/// writes there, hiding whatever a base image or a recipe put in it (it applies to lower layers
+/// only, so the cluster layer's own files and the identity layer above stay).
+pub const CONF_DIR_OPAQUE: &str = "etc/imgbuild/.wh..wh..opq";
 
 /// imgbuild's own paths in every node image (without the leading `/`): the cluster layer's
 /// directory and the entrypoints. No recipe, template, data directory or volume may write them.
@@ -122,6 +126,7 @@ pub fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedE
 /// Files of the layer every node of the cluster shares.
 pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
     let mut files = BTreeMap::new();
+    files.insert(CONF_DIR_OPAQUE.to_string(), GeneratedEntry::File { data: Vec::new(), mode: 0o644 });
     files.insert(
         format!("{CONF_DIR}/cluster.env"),
         GeneratedEntry::File { data: cluster_env(def).into_bytes(), mode: 0o644 },

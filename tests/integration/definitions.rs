@@ -352,6 +352,141 @@ fn the_seed_definition_renders_the_same_under_every_shell() {
     assert_eq!(outputs[0][2], "1\n");
 }
 
+/// A Podman whose images and containers live in the test's directory, reading a layout
+/// through a lowercase link (Podman names the image after the path); what the test created
+/// is removed when dropped, also when the test fails.
+struct OwnPodman {
+    storage: std::path::PathBuf,
+    containers: Vec<String>,
+    link: std::path::PathBuf,
+}
+
+impl OwnPodman {
+    fn new(dir: &Path, layout: &Path) -> OwnPodman {
+        let link = std::env::temp_dir().join(format!("imgbuild-opaque-{}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(layout, &link).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let storage = dir.join("storage.conf");
+        let conf = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("podman/root").display(),
+            dir.join("podman/run").display()
+        );
+        std::fs::write(&storage, conf).unwrap();
+        OwnPodman { storage, containers: Vec::new(), link }
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut c = super::ensemble::podman();
+        c.env("CONTAINERS_STORAGE_CONF", &self.storage);
+        c
+    }
+
+    /// The files of the layout's image `tag` as a container of it sees them (`podman export`).
+    fn files(&mut self, tag: &str) -> Vec<String> {
+        let name = format!("imgbuild-opaque-{}-{tag}", std::process::id());
+        self.containers.push(name.clone());
+        let image = format!("oci:{}:{tag}", self.link.display());
+        super::harness::tool(self.cmd().args(["create", "--name", &name, &image]));
+        let exported = self.cmd().args(["export", &name]).output().unwrap();
+        assert!(exported.status.success(), "podman export: {}", String::from_utf8_lossy(&exported.stderr));
+        let mut archive = tar::Archive::new(&exported.stdout[..]);
+        let entries = archive.entries().unwrap();
+        entries.map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+}
+
+impl Drop for OwnPodman {
+    fn drop(&mut self) {
+        if !self.containers.is_empty() {
+            let _ = self.cmd().args(["rm", "--force"]).args(&self.containers).output();
+        }
+        let _ = self.cmd().args(["rmi", "--all", "--force"]).output();
+        let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+/// Files in `dir` (a relative path ending in `/`) of a list of paths, without `dir` itself.
+fn under(paths: &[String], dir: &str) -> Vec<String> {
+    let mut found: Vec<String> = paths
+        .iter()
+        .map(|p| p.trim_start_matches("./").to_string())
+        .filter(|p| p.starts_with(dir) && p.len() > dir.len())
+        .map(|p| p[dir.len()..].trim_end_matches('/').to_string())
+        .filter(|p| !p.contains('/'))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// A base image whose own `/etc/imgbuild/` holds a baked node id and other files: the cluster
+/// layer makes that directory opaque, so the node-less `cluster` image has no id, a node's
+/// image only its own, and umoci, Podman and `imgbuild vm` show nothing of the base there.
+#[test]
+fn nothing_a_base_puts_in_imgbuilds_directory_survives_in_images_or_disks() {
+    use super::fixtures::Entry;
+    use super::harness::{assert_ok, require_tool, tool, TestProject};
+
+    let p = TestProject::new();
+    let file = |path: &str, data: &str| Entry::File(path.into(), data.as_bytes().to_vec(), 0o644);
+    let layer = super::fixtures::tar(&[
+        Entry::Dir("etc/"),
+        file("etc/os-release", "ID=testbase\n"),
+        Entry::Dir("etc/imgbuild/"),
+        file("etc/imgbuild/node-id", "2\n"),
+        file("etc/imgbuild/leftover", "from the base\n"),
+        Entry::Dir("etc/imgbuild/templates/"),
+        file("etc/imgbuild/templates/stale.cfg", "old\n"),
+    ]);
+    let base = p.path("hostile-base");
+    let digest = super::fixtures::layered_layout(&base, &[layer]);
+    p.write_recipe(
+        "debian-bookworm-slim.toml",
+        &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+    );
+    assert_ok(&p.run(&["store", "add", base.to_str().unwrap()]));
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64"]));
+    let layout = p.root.join("out/zk-kafka");
+    let own = ["cluster.env", "templates"];
+
+    require_tool("umoci");
+    let cluster = super::core::unpack(&layout, "cluster", &p.path("bundle-cluster"));
+    let listed = |dir: &Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(&cluster.join("etc/imgbuild")), own, "umoci: the cluster image");
+    assert!(!cluster.join("etc/imgbuild/templates/stale.cfg").exists());
+    assert_eq!(std::fs::read_to_string(cluster.join("etc/os-release")).unwrap(), "ID=testbase\n", "the rest stays");
+    let node = super::core::unpack(&layout, "node-1", &p.path("bundle-node"));
+    assert_eq!(listed(&node.join("etc/imgbuild")), ["cluster.env", "node-id", "templates"], "umoci: node 1");
+    assert_eq!(std::fs::read_to_string(node.join("etc/imgbuild/node-id")).unwrap(), "1\n");
+
+    require_tool("podman");
+    let mut podman = OwnPodman::new(&p.path("own-podman"), &layout);
+    let cluster = podman.files("cluster");
+    assert_eq!(under(&cluster, "etc/imgbuild/"), own, "podman: the cluster image");
+    let node = podman.files("node-1");
+    assert_eq!(under(&node, "etc/imgbuild/"), ["cluster.env", "node-id", "templates"], "podman: node 1");
+    assert_eq!(under(&node, "etc/imgbuild/templates/"), ["usr", "var"], "podman: only the definition's templates");
+
+    for t in ["mke2fs", "debugfs", "qemu-img", "xorriso"] {
+        require_tool(t);
+    }
+    assert_ok(&p.run(&["vm", "--all", "--raw", "--out", "vm"]));
+    let ls =
+        tool(std::process::Command::new("debugfs").args(["-R", "ls /etc/imgbuild"]).arg(p.root.join("vm/base.raw")));
+    let mut names: Vec<&str> =
+        ls.split_whitespace().filter(|w| !w.chars().all(|c| c.is_ascii_digit() || c == '(' || c == ')')).collect();
+    names.retain(|n| *n != "." && *n != "..");
+    names.sort();
+    assert_eq!(names, own, "imgbuild vm: the shared disk");
+}
+
 /// Through the binary: a recipe whose version would drive the terminal, a prefix that would
 /// make whiteouts or write imgbuild's own files, an environment that would give every
 /// container the same identity: `imgbuild check` refuses each with exit 1 at its line, and
