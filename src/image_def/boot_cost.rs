@@ -5,7 +5,8 @@
 //! each template a few processes. The bounds (stated in `images/README.md`):
 //!
 //! - at most [`MAX_NODES`] nodes and [`MAX_TEMPLATES`] templates;
-//! - template files of at most [`super::MAX_TEMPLATE_BYTES`] together;
+//! - template files of at most [`super::MAX_TEMPLATE_BYTES`] together, and as much again for the
+//!   text of vars and lists (the entrypoint reads them all at every boot);
 //! - at most [`MAX_REFERENCES`] references rendered per boot: each one in a template or a var's
 //!   value once, each one in a list's item once per node;
 //! - at most [`MAX_RENDERED`] bytes rendered per boot, counting every address as long as the
@@ -54,6 +55,17 @@ pub(crate) fn check(
         "node_id" | "id" => longest_id,
         _ => LONGEST_HOST,
     };
+    let texts = vars.values().map(String::len).sum::<usize>()
+        + lists
+            .values()
+            .map(|l| l.item.len() + l.self_item.as_ref().map_or(0, String::len) + l.join.len())
+            .sum::<usize>();
+    if texts as u64 > super::MAX_TEMPLATE_BYTES {
+        return Err(format!(
+            "the vars and lists hold {texts} bytes of text; at most {} are read at every boot",
+            super::MAX_TEMPLATE_BYTES
+        ));
+    }
     let mut total = Cost::default();
     let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
     for (name, value) in vars {

@@ -175,6 +175,10 @@ fn what_a_boot_renders_is_bounded() {
         (0..101).map(|i| format!("\n[[template]]\nsource = \"demo/zoo.cfg\"\ntarget = \"/t/{i}\"\n")).collect();
     refused_at(&p, &format!("{DEF}{templates}"), 424, "more than 100 templates");
 
+    let var = edited("port = \"2181\"", &format!("port = \"{}\"", "9".repeat(MAX_TEMPLATE_BYTES as usize)));
+    let e = p.parse(&var).unwrap_err().to_string();
+    assert!(e.contains("the vars and lists hold 1048621 bytes of text; at most 1048576"), "{e}");
+
     let half = "x".repeat((MAX_TEMPLATE_BYTES / 2) as usize + 1);
     let two =
         Project::new(&[("demo/zoo.cfg", ZOO_CFG.as_bytes()), ("demo/a", half.as_bytes()), ("demo/b", half.as_bytes())]);
