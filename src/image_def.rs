@@ -6,12 +6,13 @@
 //! hands the entrypoint is text the entrypoint renders exactly as the rules here say, so that
 //! anything `imgbuild check` accepts renders at boot.
 
+mod boot_cost;
 mod host;
 pub(crate) mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -19,6 +20,7 @@ use toml::Spanned;
 pub use self::host::is_host;
 use self::template::{Piece, TextError};
 use crate::error::{escape, line_col, Error, IoContext, Result};
+use crate::image_path::{inside_or_at, nests};
 use crate::recipe::{Recipe, RecipeKind};
 use crate::toml_file::TomlFile;
 
@@ -135,7 +137,8 @@ pub const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
 /// The names a list's items use for the node they stand for.
 const ITEM_VARS: &[&str] = &["id", "host"];
 
-/// The largest template file: the entrypoint renders it line by line in the shell.
+/// The most template text a definition may have, in one file or all together: the entrypoint
+/// renders every template at every boot.
 pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
 /// The entrypoint every node image runs unless the definition names another.
@@ -255,7 +258,7 @@ impl ImageDef {
     /// Parses and validates `text` as the definition at `path`; its templates are read from
     /// the directory `path` is in.
     pub fn parse(path: &Path, text: &str, recipes: &BTreeMap<String, Recipe>) -> Result<ImageDef> {
-        let file = TomlFile::<ImageToml>::parse(path, text.to_string())?;
+        let file = TomlFile::<ImageToml>::parse_allowing_line_breaks(path, text.to_string(), &["lists.*.join"])?;
         let t = &file.value;
         let name = parse_name(&file, &t.name)?;
         let (base, layers) = parse_recipes(&file, t, recipes)?;
@@ -263,6 +266,8 @@ impl ImageDef {
         let vars = parse_vars(&file, &t.vars)?;
         let lists = parse_lists(&file, &t.lists, &vars)?;
         let templates = parse_templates(&file, &t.template, &template_scope(&vars, &lists))?;
+        boot_cost::check(&vars, &lists, &templates, &nodes)
+            .map_err(|message| Error::Definition { file: path.to_path_buf(), message })?;
         let services = parse_services(&file, &t.service, &templates)?;
         let identity_checks = parse_identity_checks(&file, &t.identity_check)?;
         let config = parse_config(&file, &t.config, &templates)?;
@@ -389,6 +394,11 @@ fn parse_cluster(file: &Doc, cluster: &ClusterToml) -> Result<Vec<Node>> {
     if nodes.is_empty() {
         return Err(file.error_at(0..0, "the cluster needs at least one `[[cluster.node]]`"));
     }
+    if let Some(n) = cluster.node.get(boot_cost::MAX_NODES) {
+        return Err(
+            file.error_at(n.span(), format!("more than {} nodes: each boot reads them all", boot_cost::MAX_NODES))
+        );
+    }
     Ok(nodes)
 }
 
@@ -399,6 +409,7 @@ fn parse_vars(file: &Doc, vars: &BTreeMap<String, Spanned<String>>) -> Result<BT
     for (k, v) in vars {
         check_var_name(file, k, v.span())?;
         check_text(file, v.span(), &format!("var `{k}`"), v.get_ref(), &[], &scope)?;
+        check_no_final_backslash(file, v.span(), &format!("var `{k}`"), v.get_ref())?;
         out.insert(k.clone(), v.get_ref().clone());
     }
     Ok(out)
@@ -421,6 +432,7 @@ fn parse_lists(
         let list = l.get_ref();
         for text in std::iter::once(&list.item).chain(list.self_item.iter()) {
             check_text(file, l.span(), &format!("list `{k}`"), text, &[], &scope)?;
+            check_no_final_backslash(file, l.span(), &format!("list `{k}`"), text)?;
         }
         check_characters(file, l.span(), &format!("list `{k}`: `join`"), &list.join, &['\n'])?;
         out.insert(
@@ -441,13 +453,34 @@ fn template_scope<'a>(vars: &'a BTreeMap<String, String>, lists: &'a BTreeMap<St
 
 fn parse_templates(file: &Doc, templates: &[Spanned<TemplateToml>], scope: &BTreeSet<&str>) -> Result<Vec<Template>> {
     let dir = definition_dir(&file.path)?;
+    if let Some(t) = templates.get(boot_cost::MAX_TEMPLATES) {
+        let most = boot_cost::MAX_TEMPLATES;
+        return Err(file.error_at(t.span(), format!("more than {most} templates: each boot renders them all")));
+    }
     let mut out: Vec<Template> = Vec::new();
+    let mut bytes = 0;
     for tt in templates {
         let tmpl = tt.get_ref();
-        let source = template_source(file, &dir, &tmpl.source)?;
-        let text = read_template(&source)?;
+        let (source, text) = read_template_source(file, &dir, &tmpl.source)?;
+        bytes += text.len() as u64;
+        if bytes > MAX_TEMPLATE_BYTES {
+            return Err(file.error_at(
+                tmpl.source.span(),
+                format!(
+                    "the templates hold {bytes} bytes up to this one; at most {MAX_TEMPLATE_BYTES} in all are rendered at every boot"
+                ),
+            ));
+        }
         let target = image_path(file, &tmpl.target)?;
-        if let Some(own) = reserved_paths().into_iter().find(|r| nests(&target, r)) {
+        // The cluster layer keeps the template under imgbuild's directory: that path too.
+        let kept = format!("/{}/templates/{target}", crate::node::CONF_DIR);
+        if kept.len() >= crate::image_path::PATH_MAX {
+            return Err(file.error_at(
+                tmpl.target.span(),
+                format!("template target /{target}: imgbuild keeps the template at a path as long as it ({} bytes), which Linux cannot hold", kept.len()),
+            ));
+        }
+        if let Some(own) = crate::node::own_paths().into_iter().find(|r| nests(&target, r)) {
             return Err(file.error_at(
                 tmpl.target.span(),
                 format!("template target /{target} would change /{own}, which imgbuild writes itself"),
@@ -461,7 +494,7 @@ fn parse_templates(file: &Doc, templates: &[Spanned<TemplateToml>], scope: &BTre
             };
             return Err(file.error_at(tmpl.target.span(), format!("{how} /{target} and /{}", other.target)));
         }
-        check_template_text(&source.shown, &text, &format!("the template for /{target}"), scope)?;
+        check_template_text(&source, &text, &format!("the template for /{target}"), scope)?;
         let mode = match &tmpl.mode {
             None => 0o644,
             Some(m) => parse_mode(m.get_ref()).ok_or_else(|| {
@@ -491,44 +524,51 @@ fn definition_dir(definition: &Path) -> Result<PathBuf> {
     dir.canonicalize().at(dir)
 }
 
-/// A template's file: where messages say it is, and where it really is.
-struct TemplateSource {
-    shown: PathBuf,
-    real: PathBuf,
-}
+/// A template's text, read from `source` inside `dir` (links followed); a file anywhere else is
+/// refused, so a definition cannot put a file of the build host into an image. What is checked
+/// is the file actually opened (its path as the kernel resolved it, `/proc/self/fd/N`), so
+/// swapping a link in between cannot change what is read. Returns where messages say it is.
+fn read_template_source(file: &Doc, dir: &Path, source: &Spanned<String>) -> Result<(PathBuf, String)> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
 
-/// Resolves `source` (symlinks too) inside `dir`; anything that leads outside is refused, so a
-/// definition cannot put a file of the build host into an image.
-fn template_source(file: &Doc, dir: &Path, source: &Spanned<String>) -> Result<TemplateSource> {
     let text = source.get_ref();
     let shown = file.path.parent().unwrap_or(Path::new("")).join(text);
     let refuse = |why: String| file.error_at(source.span(), format!("template `{}`: {why}", escape(text)));
     if text.is_empty() || Path::new(text).is_absolute() {
         return Err(refuse(format!("`source` is a path relative to {}", dir.display())));
     }
-    let real = dir.join(text).canonicalize().map_err(|e| refuse(format!("{}: {e}", shown.display())))?;
+    // Non-blocking, so that a FIFO put there neither blocks nor is read.
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
+    let opened = rustix::fs::open(dir.join(text), flags, rustix::fs::Mode::empty())
+        .map_err(|e| refuse(format!("{}: {}", shown.display(), std::io::Error::from(e))))?;
+    let mut opened = std::fs::File::from(opened);
+    let fd_link = PathBuf::from(format!("/proc/self/fd/{}", opened.as_raw_fd()));
+    let real = std::fs::read_link(&fd_link).at(&fd_link)?;
     if !real.starts_with(dir) {
         return Err(refuse(format!(
             "resolves to a file outside {} (templates stay inside the image definition's directory)",
             dir.display()
         )));
     }
-    if !real.is_file() {
+    let metadata = opened.metadata().at(&shown)?;
+    if !metadata.is_file() {
         return Err(refuse(format!("{} is not a file", shown.display())));
     }
-    Ok(TemplateSource { shown, real })
-}
-
-fn read_template(source: &TemplateSource) -> Result<String> {
-    let size = std::fs::metadata(&source.real).at(&source.shown)?.len();
-    if size > MAX_TEMPLATE_BYTES {
-        return Err(Error::Definition {
-            file: source.shown.clone(),
-            message: format!("a template of {size} bytes; at most {MAX_TEMPLATE_BYTES} are rendered at boot"),
-        });
+    let too_big = |size: u64| Error::Definition {
+        file: shown.clone(),
+        message: format!("a template of {size} bytes; at most {MAX_TEMPLATE_BYTES} are rendered at boot"),
+    };
+    if metadata.len() > MAX_TEMPLATE_BYTES {
+        return Err(too_big(metadata.len()));
     }
-    let bytes = std::fs::read(&source.real).at(&source.shown)?;
-    crate::toml_file::decode_text(&source.shown, bytes)
+    let mut bytes = Vec::new();
+    (&mut opened).take(MAX_TEMPLATE_BYTES + 1).read_to_end(&mut bytes).at(&shown)?;
+    if bytes.len() as u64 > MAX_TEMPLATE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    let text = crate::toml_file::decode_text(&shown, bytes)?;
+    Ok((shown, text))
 }
 
 /// A template file's text: errors name the template file and its line (not the definition's).
@@ -556,6 +596,18 @@ fn check_text(
     let at = |e: TextError| file.error_at(span.clone(), format!("{what}: {}", e.message));
     let pieces = template::parse(text).map_err(at)?;
     undefined_reference(&pieces, scope).map_or(Ok(()), |e| Err(at(e)))
+}
+
+/// A value substituted into a configuration file may not end with a backslash: Java's
+/// properties reader (ZooKeeper's, Kafka's) would join the next line of the file to it.
+fn check_no_final_backslash(file: &Doc, span: Range<usize>, what: &str, text: &str) -> Result<()> {
+    if text.ends_with('\\') {
+        return Err(file.error_at(
+            span,
+            format!("{what}: ends with a backslash, which would join the next line of a properties file to it"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_characters(file: &Doc, span: Range<usize>, what: &str, text: &str, allowed: &[char]) -> Result<()> {
@@ -627,26 +679,19 @@ fn parse_config(file: &Doc, c: &ConfigToml, templates: &[Template]) -> Result<Im
     }
     let mut env = BTreeMap::new();
     for (k, v) in &c.env {
-        if k.is_empty() || k.contains('=') || k.chars().any(char::is_control) {
-            return Err(file.error_at(
-                v.span(),
-                format!(
-                    "[config.env]: `{}` is not a variable name (not empty, no `=`, no control characters)",
-                    escape(k)
-                ),
-            ));
-        }
-        if v.get_ref().contains('\0') {
-            return Err(file.error_at(v.span(), format!("[config.env]: the value of `{k}` holds a NUL character")));
+        // Control characters in values are refused with every other string of the file.
+        if let Some(problem) = crate::node::env_name_problem(k) {
+            return Err(file.error_at(v.span(), format!("[config.env]: {problem}")));
         }
         env.insert(k.clone(), v.get_ref().clone());
     }
     let workdir = match &c.workdir {
         None => "/".to_string(),
-        Some(w) if w.get_ref().starts_with('/') && !w.get_ref().chars().any(char::is_control) => w.get_ref().clone(),
-        Some(w) => {
-            return Err(file.error_at(w.span(), format!("`workdir`: `{}` is not an absolute path", escape(w.get_ref()))))
-        }
+        Some(w) => format!(
+            "/{}",
+            crate::image_path::parse(w.get_ref())
+                .map_err(|why| file.error_at(w.span(), format!("`workdir`: `{}` {why}", escape(w.get_ref()))))?
+        ),
     };
     let stop_signal = c.stop_signal.as_ref().map(|s| parse_signal(file, s)).transpose()?;
     Ok(ImageConfig {
@@ -686,32 +731,18 @@ fn check_var_name(file: &Doc, name: &str, span: Range<usize>) -> Result<()> {
     Ok(())
 }
 
-/// imgbuild's own files in every node image (without the leading `/`): the cluster layer's
-/// directory and the entrypoints. No template, data directory or volume may touch them.
-fn reserved_paths() -> [&'static str; 3] {
-    [crate::node::CONF_DIR, DEFAULT_ENTRYPOINT, crate::node::VM_INIT].map(|p| p.trim_start_matches('/'))
-}
-
-/// Whether `a` and `b` (image paths without the leading `/`) are the same, or one is inside the other.
-fn nests(a: &str, b: &str) -> bool {
-    inside_or_at(a, b) || inside_or_at(b, a)
-}
-
-fn inside_or_at(path: &str, dir: &str) -> bool {
-    path.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
 /// A directory the image or the entrypoint creates (a volume, a service's data directory):
 /// never at or inside a template's file or imgbuild's own files.
 fn directory_path(file: &Doc, p: &Spanned<String>, templates: &[Template]) -> Result<String> {
     let path = image_path(file, p)?;
-    let files = templates.iter().map(|t| t.target.as_str()).chain(reserved_paths());
+    let files = templates.iter().map(|t| t.target.as_str()).chain(crate::node::own_paths());
     if let Some(clash) = files.into_iter().find(|f| inside_or_at(&path, f)) {
         return Err(file.error_at(p.span(), format!("directory /{path} would be at or inside the file /{clash}")));
     }
     Ok(path)
 }
 
+/// A path the entrypoint writes or reads at boot ([`crate::image_path`]'s rule, and not `/`).
 fn image_path(file: &Doc, p: &Spanned<String>) -> Result<String> {
     let text = p.get_ref();
     // The entrypoint lists these paths in shell variables: keep them to portable characters.
@@ -720,19 +751,13 @@ fn image_path(file: &Doc, p: &Spanned<String>) -> Result<String> {
             file.error_at(p.span(), format!("`{}`: use only A-Z, a-z, 0-9 and `/._-+@` in image paths", escape(text)))
         );
     }
-    let path = Path::new(text);
-    let mut parts = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::RootDir if parts.is_empty() => {}
-            Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
-            _ => return Err(file.error_at(p.span(), format!("`{text}` must be an absolute path without `.` or `..`"))),
+    match crate::image_path::parse(text) {
+        Err(why) => Err(file.error_at(p.span(), format!("`{text}` {why}"))),
+        Ok(path) if path.is_empty() => {
+            Err(file.error_at(p.span(), format!("`{text}` must be an absolute path inside the image, not `/`")))
         }
+        Ok(path) => Ok(path),
     }
-    if !path.is_absolute() || parts.is_empty() {
-        return Err(file.error_at(p.span(), format!("`{text}` must be an absolute path inside the image")));
-    }
-    Ok(parts.join("/"))
 }
 
 fn parse_port(file: &Doc, p: &Spanned<String>) -> Result<String> {
@@ -749,3 +774,6 @@ fn parse_port(file: &Doc, p: &Spanned<String>) -> Result<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hostile_tests;

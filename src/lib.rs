@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod gc;
 pub mod image;
 pub mod image_def;
+pub(crate) mod image_path;
 pub mod import;
 pub mod layer;
 pub mod node;

@@ -17,6 +17,39 @@ pub const ENTRYPOINT_SCRIPT: &str = include_str!("assets/imgbuild-init.sh");
 pub const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");
 pub const VM_INIT: &str = "/usr/local/sbin/imgbuild-vm-init";
 pub const CONF_DIR: &str = "etc/imgbuild";
+/// An OCI opaque whiteout: the cluster layer makes `/etc/imgbuild/` hold only what imgbuild
+/// writes there, hiding whatever a base image or a recipe put in it (it applies to lower layers
+/// only, so the cluster layer's own files and the identity layer above stay).
+pub const CONF_DIR_OPAQUE: &str = "etc/imgbuild/.wh..wh..opq";
+
+/// imgbuild's own paths in every node image (without the leading `/`): the cluster layer's
+/// directory and the entrypoints. No recipe, template, data directory or volume may write them.
+pub(crate) fn own_paths() -> [&'static str; 3] {
+    [CONF_DIR, DEFAULT_ENTRYPOINT, VM_INIT].map(|p| p.trim_start_matches('/'))
+}
+
+/// What the entrypoint reads from its environment at boot besides `IMGBUILD_*` (see
+/// `src/assets/imgbuild-init.sh`).
+const READ_AT_BOOT: &[&str] = &["NODE_ID", "ZOO_MY_ID", "KAFKA_BROKER_ID", "PEERS", "ADVERTISED_HOST", "HOSTNAME"];
+
+/// Why `name` cannot be a variable of an image's environment (a recipe's `env`, the
+/// definition's `[config] env`), if it cannot: it must be a name a process can be given, and
+/// not one the entrypoint reads at boot, which would give every container of the image the
+/// same identity or override (the image tagged `node-0` booting as node 1).
+pub(crate) fn env_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains('=') || name.chars().any(char::is_control) {
+        return Some(format!(
+            "`{}` is not a variable name (not empty, no `=`, no control characters)",
+            crate::error::escape(name)
+        ));
+    }
+    (READ_AT_BOOT.contains(&name) || name.starts_with("IMGBUILD_")).then(|| {
+        format!(
+            "`{name}` is read by the entrypoint at boot ({}, IMGBUILD_*): set it when a node runs, not in the image",
+            READ_AT_BOOT.join(", ")
+        )
+    })
+}
 
 /// Quotes a value for POSIX sh.
 fn sh_quote(value: &str) -> String {
@@ -93,6 +126,7 @@ pub fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedE
 /// Files of the layer every node of the cluster shares.
 pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
     let mut files = BTreeMap::new();
+    files.insert(CONF_DIR_OPAQUE.to_string(), GeneratedEntry::File { data: Vec::new(), mode: 0o644 });
     files.insert(
         format!("{CONF_DIR}/cluster.env"),
         GeneratedEntry::File { data: cluster_env(def).into_bytes(), mode: 0o644 },

@@ -1,13 +1,14 @@
 //! Recipes: one TOML file per upstream artifact, pinned by hash (format in `recipes/README.md`).
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::digest::{Algorithm, Hash, Sha256Digest};
-use crate::error::{Error, Result};
+use crate::error::{escape, Error, Result};
+use crate::image_path::inside_or_at;
 use crate::platform::Platform;
 use crate::registry::Reference;
 use crate::toml_file::{toml_files_in, TomlFile};
@@ -37,7 +38,7 @@ struct RecipeToml {
     #[serde(default)]
     unpack: UnpackToml,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     path: Vec<Spanned<String>>,
 }
@@ -188,18 +189,25 @@ impl Recipe {
         let unpack = parse_unpack(&file, &r.unpack)?;
         let mut path_dirs = Vec::new();
         for p in &r.path {
-            path_dirs.push(format!("/{}", normalize_abs(&file, p, "path")?));
+            let dir = image_path(&file, p, "path")?;
+            // `PATH` separates its entries with `:`.
+            if dir.contains(':') {
+                return Err(file.error_at(p.span(), "field `path`: a directory of `PATH` cannot hold a `:`"));
+            }
+            path_dirs.push(format!("/{dir}"));
         }
-        for key in r.env.keys() {
+        let mut env = BTreeMap::new();
+        for (key, value) in &r.env {
             if key == "PATH" {
                 return Err(file.error_at(
-                    0..0,
+                    value.span(),
                     "field `env`: set `PATH` entries with the `path` list, so recipes can be combined",
                 ));
             }
-            if key.is_empty() || key.contains('=') {
-                return Err(file.error_at(0..0, format!("field `env`: `{key}` is not a valid variable name")));
+            if let Some(problem) = crate::node::env_name_problem(key) {
+                return Err(file.error_at(value.span(), format!("field `env`: {problem}")));
             }
+            env.insert(key.clone(), value.get_ref().clone());
         }
         Ok(Recipe {
             name,
@@ -211,7 +219,7 @@ impl Recipe {
             kind,
             sources,
             unpack,
-            env: r.env.clone(),
+            env,
             path: path_dirs,
         })
     }
@@ -341,9 +349,18 @@ impl LowercaseHex for String {
 
 fn parse_unpack<T>(file: &TomlFile<T>, u: &UnpackToml) -> Result<Unpack> {
     let prefix = match &u.prefix {
-        Some(p) => normalize_abs(file, p, "unpack.prefix")?,
+        Some(p) => image_path(file, p, "unpack.prefix")?,
         None => String::new(),
     };
+    if let (Some(p), Some(own)) = (&u.prefix, crate::node::own_paths().into_iter().find(|o| inside_or_at(&prefix, o))) {
+        return Err(file.error_at(
+            p.span(),
+            format!(
+                "field `unpack.prefix`: `/{}` is at or inside /{own}, which imgbuild writes itself",
+                escape(&prefix)
+            ),
+        ));
+    }
     let mut exclude = Vec::new();
     for pattern in &u.exclude {
         globset::Glob::new(pattern.get_ref())
@@ -359,22 +376,10 @@ fn parse_unpack<T>(file: &TomlFile<T>, u: &UnpackToml) -> Result<Unpack> {
     })
 }
 
-/// An absolute path without `.`/`..`, returned without its leading `/`.
-fn normalize_abs<T>(file: &TomlFile<T>, p: &Spanned<String>, field: &str) -> Result<String> {
-    let text = p.get_ref();
-    let path = Path::new(text);
-    if !path.is_absolute() {
-        return Err(file.error_at(p.span(), format!("field `{field}`: `{text}` must be an absolute path")));
-    }
-    let mut parts = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::RootDir => {}
-            Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
-            _ => return Err(file.error_at(p.span(), format!("field `{field}`: `{text}` must not contain `.` or `..`"))),
-        }
-    }
-    Ok(parts.join("/"))
+/// A path in the image ([`crate::image_path`]), returned without its leading `/`.
+fn image_path<T>(file: &TomlFile<T>, p: &Spanned<String>, field: &str) -> Result<String> {
+    crate::image_path::parse(p.get_ref())
+        .map_err(|why| file.error_at(p.span(), format!("field `{field}`: `{}` {why}", escape(p.get_ref()))))
 }
 
 /// A recipe's name: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit
@@ -500,5 +505,95 @@ mod names {
         for bad in ["", ".", "..", "-x", "_x", "Kafka", "a/b", "a b", "zk\u{1b}"] {
             assert!(!is_recipe_name(bad), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod image_paths {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A recipe whose `[unpack]` is `unpack` (line 7 on), with `head` after its version (line 3).
+    fn recipe(head: &str, unpack: &str) -> Result<Recipe> {
+        let text = format!(
+            "name = \"r\"\nversion = \"1\"\n{head}\n[[source]]\nurl = \"https://example.org/r.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n[unpack]\n{unpack}\n"
+        );
+        Recipe::parse(Path::new("r.toml"), &text)
+    }
+
+    fn component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => "[a-z0-9][a-z0-9._-]{0,10}",
+            2 => prop::sample::select(vec![".wh.etc", ".wh..wh..opq", ".wh.y", "a.wh.", ":", "bin:x"]).prop_map(String::from),
+            1 => prop::sample::select(vec![".", "..", "a\u{1b}b"]).prop_map(String::from),
+            2 => (250usize..=260).prop_map(|n| "c".repeat(n)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// `prefix` and every `path` entry follow the one image-path rule; a `path` entry holds
+        /// no `:` either (PATH would split it).
+        #[test]
+        fn prefix_and_path_follow_the_image_path_rule(parts in prop::collection::vec(component(), 1..20)) {
+            let path = format!("/opt/{}", parts.join("/"));
+            let rule = crate::image_path::parse(&path);
+            match recipe("", &format!("prefix = {}", crate::toml_file::quoted(&path))) {
+                Ok(r) => prop_assert_eq!(Ok(r.unpack.prefix), rule.clone()),
+                Err(e) => {
+                    prop_assert!(rule.is_err(), "{}", e);
+                    prop_assert!(e.to_string().starts_with("r.toml:8:"), "{}", e);
+                }
+            }
+            match recipe(&format!("path = [{}]", crate::toml_file::quoted(&path)), "") {
+                Ok(r) => prop_assert!(rule.is_ok() && !path.contains(':') && r.path == [path.clone()]),
+                Err(e) => {
+                    prop_assert!(rule.is_err() || path.contains(':'), "{}", e);
+                    prop_assert!(e.to_string().starts_with("r.toml:3:"), "{}", e);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefix_never_writes_imgbuilds_own_files() {
+        for own in [
+            "/etc/imgbuild",
+            "/etc/imgbuild/templates",
+            "/usr/local/bin/imgbuild-init",
+            "/usr/local/sbin/imgbuild-vm-init",
+            "/usr/local/sbin/imgbuild-vm-init/x",
+        ] {
+            let e = recipe("", &format!("prefix = \"{own}\"")).unwrap_err().to_string();
+            assert!(e.starts_with("r.toml:8:") && e.contains("which imgbuild writes itself"), "{own}: {e}");
+        }
+        for fine in ["/", "/etc", "/etc/imgbuild-x", "/usr/local/bin", "/usr/local/sbin/other"] {
+            assert!(recipe("", &format!("prefix = \"{fine}\"")).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn a_recipe_environment_never_sets_what_a_boot_reads() {
+        for name in
+            ["NODE_ID", "ZOO_MY_ID", "KAFKA_BROKER_ID", "PEERS", "ADVERTISED_HOST", "HOSTNAME", "IMGBUILD_VAR_x"]
+        {
+            let e = recipe(&format!("env = {{ {name} = \"1\" }}"), "").unwrap_err().to_string();
+            assert!(e.starts_with("r.toml:3:") && e.contains("read by the entrypoint at boot"), "{e}");
+        }
+        let e = recipe("env = { \"A=B\" = \"1\" }", "").unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:3:") && e.contains("not a variable name"), "{e}");
+        assert_eq!(recipe("env = { JAVA_HOME = \"/opt/java\" }", "").unwrap().env["JAVA_HOME"], "/opt/java");
+    }
+
+    #[test]
+    fn no_string_of_a_recipe_holds_a_control_or_reordering_character() {
+        let e = recipe("description = \"x\"\nlicense = \"MIT\\u001b[31m\"", "").unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:4:11: field `license`: `MIT\\u{1b}[31m` holds an escape character"), "{e}");
+        let text = "name = \"r\"\nversion = \"1\\u001b]0;PWNED\\u0007\\nfake line\"\n[[source]]\nurl = \"https://example.org/r.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n";
+        let e = Recipe::parse(Path::new("r.toml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:2:11: field `version`:") && !e.contains('\u{1b}'), "{e}");
+        let e = recipe("", "exclude = [\"docs\", \"a\u{202e}b\"]").unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:8:22: field `unpack.exclude[1]`"), "{e}");
     }
 }

@@ -1,11 +1,18 @@
 //! Reading the TOML files of `recipes/` and `images/` with errors that name file, line and field.
+//!
+//! Every string of such a file (every value and every key, whatever its field) is refused when
+//! it holds a control character (C0, DEL, C1) or an invisible character that reorders or hides
+//! text ([`crate::error::is_unsafe_char`]): these strings end up in labels, SBOMs, shell files
+//! and terminals. Only the fields a format names may hold a line break (a list's `join`).
 
+use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
-use crate::error::{line_col, Error, IoContext, Result};
+use crate::error::{escape, line_col, Error, IoContext, Result};
 
 /// A parsed file, kept with its text so later checks can point at a line.
 pub struct TomlFile<T> {
@@ -21,12 +28,22 @@ impl<T: DeserializeOwned> TomlFile<T> {
 
     /// Parses `text` as the contents of `path` (which is only used in messages).
     pub fn parse(path: &Path, text: String) -> Result<Self> {
-        let value = toml::from_str(&text).map_err(|e| {
+        Self::parse_allowing_line_breaks(path, text, &[])
+    }
+
+    /// As [`TomlFile::parse`], where the fields `line_breaks` names (dotted keys, `*` for any
+    /// key: `lists.*.join`) may hold line breaks.
+    pub fn parse_allowing_line_breaks(path: &Path, text: String, line_breaks: &[&str]) -> Result<Self> {
+        let syntax_error = |e: toml::de::Error| {
             let offset = e.span().map_or(0, |s| s.start);
             let (line, column) = line_col(&text, offset);
             Error::Parse { file: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
-        })?;
-        Ok(TomlFile { path: path.to_path_buf(), text, value })
+        };
+        let value = toml::from_str(&text).map_err(syntax_error)?;
+        let strings: Located = toml::from_str(&text).map_err(syntax_error)?;
+        let file = TomlFile { path: path.to_path_buf(), text, value };
+        file.check_strings(&strings, &mut Vec::new(), line_breaks)?;
+        Ok(file)
     }
 }
 
@@ -36,6 +53,214 @@ impl<T> TomlFile<T> {
         let (line, column) = line_col(&self.text, span.start);
         Error::Parse { file: self.path.clone(), line, column, message: message.into() }
     }
+
+    /// Every string and key under `value` (at the key path `field`) follows this module's rule.
+    fn check_strings(&self, value: &Located, field: &mut Vec<String>, line_breaks: &[&str]) -> Result<()> {
+        match &value.value {
+            Walked::Text(text) => self.check_string(text, value.span.clone(), field, line_breaks),
+            Walked::Other => Ok(()),
+            Walked::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    field.push(format!("[{i}]"));
+                    self.check_strings(item, field, line_breaks)?;
+                    field.pop();
+                }
+                Ok(())
+            }
+            Walked::Table(entries) => {
+                for (key, item) in entries {
+                    field.push(key.clone());
+                    if let Some(c) = key.chars().find(|c| crate::error::is_unsafe_char(*c)) {
+                        let at = self.raw_offset(item.span.clone(), c);
+                        return Err(self.error_at(at..at, format!("key `{}`: {}", shown(field), forbidden(c))));
+                    }
+                    self.check_strings(item, field, line_breaks)?;
+                    field.pop();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn check_string(
+        &self,
+        text: &str,
+        span: Option<Range<usize>>,
+        field: &[String],
+        line_breaks: &[&str],
+    ) -> Result<()> {
+        let breaks_ok = line_breaks.iter().any(|pattern| field_matches(field, pattern));
+        match text.chars().find(|c| crate::error::is_unsafe_char(*c) && !(breaks_ok && *c == '\n')) {
+            None => Ok(()),
+            Some(c) => {
+                let at = self.raw_offset(span, c);
+                let mut value = escape(text);
+                if value.chars().count() > 60 {
+                    value = value.chars().take(57).chain("...".chars()).collect();
+                }
+                Err(self.error_at(at..at, format!("field `{}`: `{value}` {}", shown(field), forbidden(c))))
+            }
+        }
+    }
+
+    /// Where `c` is written in the value at `span`: the character itself when it is there raw,
+    /// else the value's start (it is written as an escape); the file's start without a span.
+    fn raw_offset(&self, span: Option<Range<usize>>, c: char) -> usize {
+        let Some(span) = span else { return 0 };
+        let raw = self.text.get(span.clone()).and_then(|t| t.find(c));
+        raw.map_or(span.start, |at| span.start + at)
+    }
+}
+
+/// `lists.servers.join`, `template[1].target`: a key path as the user reads it.
+fn shown(field: &[String]) -> String {
+    let mut out = String::new();
+    for part in field {
+        if !out.is_empty() && !part.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(&escape(part));
+    }
+    out
+}
+
+/// Whether the key path `field` is the one `pattern` names (`*` standing for any one key).
+fn field_matches(field: &[String], pattern: &str) -> bool {
+    let keys: Vec<&String> = field.iter().filter(|p| !p.starts_with('[')).collect();
+    let parts: Vec<&str> = pattern.split('.').collect();
+    keys.len() == parts.len() && keys.iter().zip(parts).all(|(k, p)| p == "*" || k.as_str() == p)
+}
+
+/// Why `c` cannot be in a string here.
+fn forbidden(c: char) -> String {
+    let code = format!("U+{:04X}", c as u32);
+    match c {
+        '\n' => format!("holds a line break ({code}), which this field cannot hold"),
+        '\t' => format!("holds a tab ({code}): control characters are not allowed"),
+        '\u{1b}' => format!("holds an escape character ({code}): control characters are not allowed"),
+        c if c.is_control() => format!("holds a control character ({code}), which is not allowed"),
+        _ => format!("holds an invisible character that reorders or hides text ({code}), which is not allowed"),
+    }
+}
+
+/// A TOML document as far as its strings go: each value kept with where it is in the text
+/// (`None` for the tables TOML implies without writing them, such as `lists` in `[lists.x]`).
+struct Located {
+    span: Option<Range<usize>>,
+    value: Walked,
+}
+
+enum Walked {
+    Text(String),
+    List(Vec<Located>),
+    Table(Vec<(String, Located)>),
+    Other,
+}
+
+/// The names by which toml's deserializer hands out a value's span (`toml::Spanned` asks with
+/// them; they are serde_spanned's, pinned by Cargo.lock). Asked this way, a value without a
+/// span comes as it is, where `toml::Spanned` would fail.
+const SPANNED: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+
+impl<'de> Deserialize<'de> for Located {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_struct(SPANNED, &[SPANNED_START, SPANNED_END, SPANNED_VALUE], WalkVisitor)
+    }
+}
+
+/// The value inside a span, read as it is (asking for its span again would never end).
+struct Inner(Located);
+
+impl<'de> Deserialize<'de> for Inner {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(WalkVisitor).map(Inner)
+    }
+}
+
+struct WalkVisitor;
+
+impl WalkVisitor {
+    fn unlocated(value: Walked) -> Located {
+        Located { span: None, value }
+    }
+}
+
+impl<'de> Visitor<'de> for WalkVisitor {
+    type Value = Located;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Located, E> {
+        Ok(Self::unlocated(Walked::Text(v.to_string())))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Located, E> {
+        Ok(Self::unlocated(Walked::Other))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Located, E> {
+        Ok(Self::unlocated(Walked::Other))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Located, E> {
+        Ok(Self::unlocated(Walked::Other))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Located, E> {
+        Ok(Self::unlocated(Walked::Other))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Located, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Self::unlocated(Walked::List(items)))
+    }
+
+    /// A span (start, end, then the value), or a table.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Located, A::Error> {
+        let Some(first) = map.next_key::<String>()? else { return Ok(Self::unlocated(Walked::Table(Vec::new()))) };
+        if first == SPANNED_START {
+            let start: usize = map.next_value()?;
+            let (Some(_), end) = (map.next_key::<String>()?, map.next_value::<usize>()?) else {
+                return Err(serde::de::Error::custom("a span without its end"));
+            };
+            let (Some(_), Inner(located)) = (map.next_key::<String>()?, map.next_value::<Inner>()?) else {
+                return Err(serde::de::Error::custom("a span without its value"));
+            };
+            return Ok(Located { span: Some(start..end), value: located.value });
+        }
+        let mut entries = vec![(first, map.next_value()?)];
+        while let Some(key) = map.next_key()? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Self::unlocated(Walked::Table(entries)))
+    }
+}
+
+/// A TOML basic string on one line: control and invisible characters escaped (`\u001B`), so
+/// a value can neither break the line nor reach a terminal raw.
+pub(crate) fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if crate::error::is_unsafe_char(c) => {
+                out.push_str(&format!("\\U{:08X}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The text of a file the user wrote (a recipe, a definition, a template). A binary or

@@ -7,8 +7,10 @@
 #
 # Identity, first found of (a value found that is not a node id is an error, never skipped):
 #   NODE_ID (or ZOO_MY_ID, KAFKA_BROKER_ID)     environment
-#   imgbuild.node=N                             kernel command line (the last one counts)
-#   imgbuild_node_id: N                         NoCloud meta-data (seed directory or cidata)
+#   imgbuild.node=N                             kernel command line (the last one before a
+#                                               `--`, after which words are init's)
+#   imgbuild_node_id: N                         NoCloud meta-data (seed directory or cidata;
+#                                               the last one counts, as YAML readers take it)
 #   NAME-N                                      hostname ordinal: with IMGBUILD_HOSTNAME_ORDINAL
 #                                               unset or 'id', N is the node id when it is a
 #                                               node of the cluster (else the next source);
@@ -30,17 +32,27 @@
 #   IMGBUILD_SERVICES="a b"       which services to run, in order (empty: none)
 #   IMGBUILD_RENDER_ONLY=1        render the configuration and exit
 # Every value read is refused when it holds a control character (a line break could add a
-# line to a configuration file). No value from outside reaches `eval`: only variable names
-# checked by get/put/is_set do.
+# line to a configuration file), and a variable's value when it ends with a backslash (Java's
+# properties reader would join the next line to it). No value from outside reaches `eval`:
+# only variable names checked by get/put/is_set do.
+# Every path it writes (template targets, data directories) is checked before anything is
+# written: no existing component under the root may be a symlink, every parent that exists is
+# a directory, a target is a regular file or absent. Files are written to a new temporary file
+# beside the target (mktemp: never an existing one) and renamed over it.
 # Exit codes: 0 services ended cleanly; 64 bad identity or configuration; 65 existing data
 # belongs to another node; 70 a service failed (its status is reported).
 set -euf
+# An empty or unset PATH would find no command at all.
+PATH=${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}
+export PATH
 
 CONF=${IMGBUILD_CONF_DIR:-/etc/imgbuild}
 ROOT=${IMGBUILD_ROOT:-}
 NL='
 '
-IFS=" 	$NL"
+# The shell's own field separators, restored after each split on another character.
+WORDS=" 	$NL"
+IFS=$WORDS
 
 say() { printf 'imgbuild-init: %s\n' "$*" >&2; }
 die() { code=$1; shift; say "error: $*"; exit "$code"; }
@@ -53,6 +65,9 @@ HEX=0123456789abcdefABCDEF
 CONTROL=$(printf '\001\002\003\004\005\006\007\010\011\012\013\014\015\016\017\020\021\022\023\024\025\026\027\030\031\032\033\034\035\036\037\177.')
 CONTROL=${CONTROL%.}
 C1_LEAD=$(printf '\302')
+CR=$(printf '\r')
+# The white space of a properties file (space, tab, form feed).
+PROPERTY_SPACE=$(printf ' \t\f')
 C1_TAIL=$(printf '\200\201\202\203\204\205\206\207\210\211\212\213\214\215\216\217\220\221\222\223\224\225\226\227\230\231\232\233\234\235\236\237')
 
 # has_control TEXT: TEXT holds a control character (C0, DEL, or C1 in UTF-8).
@@ -127,8 +142,9 @@ is_host_name() {
     return 1
 }
 
-# is_host TEXT: what a node's address may be (the rule imgbuild checks definitions with).
-is_host() { is_ipv4 "$1" || is_ipv6 "$1" || is_host_name "$1"; }
+# is_host TEXT: what a node's address may be (the rule imgbuild checks definitions with). No
+# address is longer than a host name: the length goes first, so no check below is slow.
+is_host() { [ ${#1} -le 253 ] && { is_ipv4 "$1" || is_ipv6 "$1" || is_host_name "$1"; }; }
 
 # in_list WORD LIST: WORD is one of the space-separated LIST.
 in_list() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -202,15 +218,20 @@ if [ -z "$id" ] && [ -r "$ROOT/proc/cmdline" ]; then
     arg='' arg_seen=''
     # shellcheck disable=SC2013 # the command line is words, not lines
     for word in $(cat "$ROOT/proc/cmdline"); do
-        case $word in imgbuild.node=*) arg=${word#imgbuild.node=} arg_seen=1 ;; esac
+        case $word in
+            --) break ;; # the rest is for init, not the kernel
+            imgbuild.node=*) arg=${word#imgbuild.node=} arg_seen=1 ;;
+        esac
     done
     if [ -n "$arg_seen" ]; then found "$arg" "kernel command line"; fi
 fi
 if [ -z "$id" ]; then
     for seed in ${IMGBUILD_SEED_DIRS:-$ROOT/var/lib/cloud/seed/nocloud $ROOT/var/lib/cloud/seed/nocloud-net $ROOT/run/imgbuild/cidata}; do
         if [ -r "$seed/meta-data" ]; then
-            # `=` marks that the key is there, even with an empty value.
-            val=$(sed -n '/^imgbuild_node_id:/{s/^imgbuild_node_id:[[:space:]]*/=/;s/[[:space:]]*$//;p;q;}' "$seed/meta-data")
+            # The last `imgbuild_node_id:` line, without a trailing comment; `=` marks that the
+            # key is there, even with an empty value.
+            # shellcheck disable=SC2016 # `$` is sed's last line
+            val=$(sed -n '/^imgbuild_node_id[[:space:]]*:/h;${x;/./{s/^imgbuild_node_id[[:space:]]*:[[:space:]]*/=/;s/[[:space:]][[:space:]]*#.*$//;s/[[:space:]]*$//;p;};}' "$seed/meta-data")
             if [ -n "$val" ]; then
                 val=${val#=}
                 case $val in \"*\" | \'*\') val=${val#?} val=${val%?} ;; esac
@@ -261,7 +282,7 @@ if [ -n "${PEERS:-}" ]; then
         seen="$seen $n"
         put "IMGBUILD_HOST_$n" "$h"
     done
-    IFS=" 	$NL"
+    IFS=$WORDS
 fi
 if [ -n "${ADVERTISED_HOST:-}" ]; then
     is_host "$ADVERTISED_HOST" || die 64 "ADVERTISED_HOST '$ADVERTISED_HOST' is not an IP address or a host name"
@@ -299,24 +320,64 @@ value_of() {
     esac
 }
 
-# render TEXT SCOPE WHERE: REPLY is TEXT with every reference replaced (see value_of);
-# WHERE names TEXT in errors.
+# References are found by one sed pass that writes each `{{ name }}` as SOH name STX (bytes
+# no checked text holds); the shell then splits the text at those bytes only. Every step is
+# linear in the text and in what it prints: nothing rescans or copies the rest of the text
+# (as `${text#*'{{'}` would, once per reference).
+SOH=$(printf '\001') STX=$(printf '\002')
+# `{{{` never opens a reference (its name would start with `{`): a space keeps it unmarked.
+MARK="s/{{{/{{ {/g;s/{{ *\\([${LOWER}_][${LOWER}${DIGITS}_]*\\) *}}/$SOH\\1$STX/g"
+
+# marked TEXT WHERE: REPLY is TEXT (one line, no line break) with its references marked.
+marked() {
+    REPLY=$(printf '%s\n' "$1" | LC_ALL=C sed "$MARK")
+    check_marked "$REPLY" "$2"
+}
+
+# check_marked TEXT WHERE: a `{{` left unmarked is one that opens no valid reference.
+check_marked() {
+    case $1 in
+        *'{{'*'}}'*) die 64 "$2: a '{{' that does not open a reference '{{name}}'" ;;
+        *'{{'*) die 64 "$2: '{{' without a closing '}}'" ;;
+    esac
+}
+
+# render MARKED SCOPE WHERE: prints MARKED with every reference replaced (see value_of);
+# WHERE names the text in errors.
 render() {
-    _rest=$1 _out=
-    while :; do
-        case $_rest in *'{{'*) ;; *) REPLY=$_out$_rest && return 0 ;; esac
-        _out=$_out${_rest%%'{{'*}
-        _rest=${_rest#*'{{'}
-        case $_rest in *'}}'*) ;; *) die 64 "$3: '{{' without a closing '}}'" ;; esac
-        _name=${_rest%%'}}'*}
-        _rest=${_rest#*'}}'}
-        while :; do case $_name in ' '*) _name=${_name# } ;; *' ') _name=${_name% } ;; *) break ;; esac; done
-        value_of "$_name" "$2" || die 64 "$3: '{{$_name}}' is not a variable it may use"
-        _out=$_out$REPLY
+    _r_scope=$2 _r_where=$3
+    IFS=$SOH
+    # shellcheck disable=SC2086 # split on purpose (no globbing: set -f)
+    set -- $1
+    IFS=$WORDS
+    [ $# = 0 ] && return 0
+    printf '%s' "$1"
+    shift
+    for _r_field; do
+        IFS=$STX
+        # shellcheck disable=SC2086 # NAME STX TEXT
+        set -- $_r_field
+        IFS=$WORDS
+        value_of "$1" "$_r_scope" || die 64 "$_r_where: '{{$1}}' is not a variable it may use"
+        printf '%s%s' "$REPLY" "${2-}"
     done
 }
 
-# Every var's value, then every list, once: templates then take them as they are.
+# render_list: prints the list $name (its item and self_item marked), one item per node
+# joined by $join.
+render_list() {
+    _rl_first=1
+    for item_id in $IMGBUILD_NODES; do
+        get "IMGBUILD_HOST_$item_id" && item_host=$REPLY
+        if [ "$item_id" = "$id" ] && [ "$has_self" = 1 ]; then text=$self_item; else text=$item; fi
+        [ "$_rl_first" = 1 ] || printf '%s' "$join"
+        _rl_first=0
+        render "$text" item "the list $name"
+    done
+}
+
+# Every var's value, then every list, once: templates then take them as they are. A `.` after
+# each command substitution keeps what it prints whole (it would drop final line breaks).
 for name in $IMGBUILD_VARS; do
     if is_set "IMGBUILD_VAR_$name"; then
         get "IMGBUILD_VAR_$name"
@@ -325,67 +386,167 @@ for name in $IMGBUILD_VARS; do
         get "IMGBUILD_DEFAULT_VAR_$name"
         where="the variable $name of $CONF/cluster.env"
     fi
-    render "$REPLY" value "$where (a value may use only {{node_id}} and {{node_host}})"
+    case $REPLY in *\\) die 64 "$where ends with a backslash, which would join the next line of a properties file to it: refused" ;; esac
+    case $REPLY in
+        *'{{'*)
+            where="$where (a value may use only {{node_id}} and {{node_host}})"
+            marked "$REPLY" "$where"
+            REPLY=$(render "$REPLY" value "$where" && printf .)
+            REPLY=${REPLY%.}
+            ;;
+    esac
     put "IMGBUILD_VALUE_$name" "$REPLY"
 done
 for name in $IMGBUILD_LISTS; do
-    get "IMGBUILD_LIST_${name}_ITEM" && item=$REPLY
-    get "IMGBUILD_LIST_${name}_SELF" && self_item=$REPLY
+    get "IMGBUILD_LIST_${name}_ITEM" && marked "$REPLY" "the list $name" && item=$REPLY
+    get "IMGBUILD_LIST_${name}_SELF" && marked "$REPLY" "the list $name" && self_item=$REPLY
     get "IMGBUILD_LIST_${name}_HAS_SELF" && has_self=$REPLY
     get "IMGBUILD_LIST_${name}_JOIN" && join=$REPLY
-    joined='' first=1
-    for item_id in $IMGBUILD_NODES; do
-        get "IMGBUILD_HOST_$item_id" && item_host=$REPLY
-        if [ "$item_id" = "$id" ] && [ "$has_self" = 1 ]; then text=$self_item; else text=$item; fi
-        render "$text" item "the list $name"
-        if [ $first = 1 ]; then joined=$REPLY first=0; else joined=$joined$join$REPLY; fi
-    done
-    put "IMGBUILD_VALUE_$name" "$joined"
+    joined=$(render_list && printf .)
+    put "IMGBUILD_VALUE_$name" "${joined%.}"
 done
 
-# render_file TEMPLATE TARGET: the rendered TEMPLATE on stdout, line by line, keeping a last
-# line without a line break as it is.
-render_file() {
-    _line_number=0
-    while :; do
-        _end=$NL
-        IFS= read -r _line || { [ -n "$_line" ] || break; _end=; }
-        _line_number=$((_line_number + 1))
-        render "$_line" template "$2 (line $_line_number of $1)"
-        printf '%s%s' "$REPLY" "$_end"
-        [ -n "$_end" ] || break
-    done <"$1"
+# check_path PATH KIND WHAT: nothing is in the way of writing $ROOT$PATH: no existing component
+# under the root is a symlink (nothing is written through a link), every parent that exists
+# is a directory, and PATH itself is absent or a KIND (`file`: a regular file, `dir`: a
+# directory). WHAT names PATH in errors.
+check_path() {
+    _cp_path=$1 _cp_kind=$2 _cp_what=$3 _cp_at=$ROOT _cp_shown=
+    IFS=/
+    # shellcheck disable=SC2086 # split on purpose (image paths: checked when imgbuild built the image)
+    set -- $1
+    IFS=$WORDS
+    _cp_n=$# _cp_i=0
+    for _cp_part; do
+        _cp_i=$((_cp_i + 1))
+        [ -n "$_cp_part" ] || continue
+        _cp_at=$_cp_at/$_cp_part _cp_shown=$_cp_shown/$_cp_part
+        [ ! -L "$_cp_at" ] || die 64 "$_cp_what $_cp_path: $_cp_shown is a symbolic link (imgbuild-init never writes through one)"
+        [ -e "$_cp_at" ] || return 0
+        if [ "$_cp_i" != "$_cp_n" ]; then
+            [ -d "$_cp_at" ] || die 64 "$_cp_what $_cp_path: $_cp_shown is not a directory"
+        elif [ "$_cp_kind" = file ]; then
+            [ ! -d "$_cp_at" ] || die 64 "$_cp_what $_cp_path is a directory, not a file"
+            [ -f "$_cp_at" ] || die 64 "$_cp_what $_cp_path is not a regular file"
+        else
+            [ -d "$_cp_at" ] || die 64 "$_cp_what $_cp_path is not a directory"
+        fi
+    done
 }
 
-# Identity files (such as ZooKeeper's myid) are never overwritten with another node's value.
-for target in $IMGBUILD_GUARDED; do
-    if [ -f "$ROOT$target" ]; then
-        want=$(render_file "$CONF/templates$target" "$target") || exit
+for target in $IMGBUILD_TEMPLATES; do check_path "$target" file "the template target"; done
+for d in $IMGBUILD_DATA_DIRS; do check_path "$d" dir "the data directory"; done
+for check in $IMGBUILD_ID_CHECKS; do check_path "${check%%:*}" file "the identity check file"; done
+
+# Every template rendered (kept in memory) before anything is written. Identity files (such
+# as ZooKeeper's myid) are never overwritten with another node's value.
+n=0
+for entry in $IMGBUILD_TEMPLATE_MODES; do
+    target=${entry%:*} mode=${entry##*:} n=$((n + 1))
+    case $mode in [0-7][0-7][0-7] | [0-7][0-7][0-7][0-7]) ;; *) die 64 "$CONF/cluster.env: '$mode' is not the mode of $target" ;; esac
+    where="the template for $target ($CONF/templates$target)"
+    rendered=$(LC_ALL=C sed "$MARK" "$CONF/templates$target" && printf .)
+    check_marked "$rendered" "$where"
+    rendered=$(render "${rendered%.}" template "$where" && printf .)
+    rendered=${rendered%.}
+    put "rendered_$n" "$rendered"
+    if in_list "$target" "$IMGBUILD_GUARDED" && [ -f "$ROOT$target" ]; then
+        want=$(printf '%s' "$rendered")
         have=$(cat "$ROOT$target")
         [ "$want" = "$have" ] || die 65 "$target holds '$have' but this node would write '$want' (identity from $id_source): refusing to take over another node's data"
     fi
 done
+
+# property FILE KEY: REPLY is the last value of KEY in FILE, read as Java reads properties
+# (java.util.Properties.load); false when KEY is not there.
+property() {
+    _pr_found=1 _pr_more=0 _pr_logical=
+    while IFS= read -r _pr_line || [ -n "$_pr_line" ]; do
+        _pr_line=${_pr_line%"$CR"}
+        _pr_line=${_pr_line#"${_pr_line%%[!"$PROPERTY_SPACE"]*}"}
+        if [ "$_pr_more" = 1 ]; then
+            _pr_logical=$_pr_logical$_pr_line
+        else
+            case $_pr_line in '' | '#'* | '!'*) continue ;; esac
+            _pr_logical=$_pr_line
+        fi
+        # A line ending in an odd number of backslashes goes on on the next line.
+        _pr_tail=${_pr_logical##*[!\\]}
+        if [ $((${#_pr_tail} % 2)) = 1 ]; then
+            _pr_logical=${_pr_logical%?} _pr_more=1
+            continue
+        fi
+        _pr_more=0
+        property_line "$_pr_logical" "$2" && _pr_found=0 _pr_value=$REPLY
+    done <"$1"
+    # A continued line the file ends in is a line too.
+    if [ "$_pr_more" = 1 ] && property_line "$_pr_logical" "$2"; then _pr_found=0 _pr_value=$REPLY; fi
+    [ "$_pr_found" = 0 ] && REPLY=$_pr_value
+}
+
+# property_line LINE KEY: REPLY is LINE's value when LINE's key is KEY: the key ends at the first
+# `=`, `:` or white space that no backslash escapes; then white space, at most one `=` or `:`,
+# and white space again come before the value.
+property_line() {
+    _pl_key=${1%%[=:"$PROPERTY_SPACE"]*}
+    _pl_rest=${1#"$_pl_key"}
+    _pl_tail=${_pl_key##*[!\\]}
+    # An escaped separator belongs to the key: no such key is a key imgbuild checks.
+    [ $((${#_pl_tail} % 2)) = 0 ] || return 1
+    case $_pl_key in *\\*) unescape "$_pl_key" && _pl_key=$REPLY ;; esac
+    [ "$_pl_key" = "$2" ] || return 1
+    _pl_rest=${_pl_rest#"${_pl_rest%%[!"$PROPERTY_SPACE"]*}"}
+    case $_pl_rest in [=:]*) _pl_rest=${_pl_rest#?} ;; esac
+    REPLY=${_pl_rest#"${_pl_rest%%[!"$PROPERTY_SPACE"]*}"}
+    case $REPLY in *\\*) unescape "$REPLY" ;; esac
+    return 0
+}
+
+# unescape TEXT: REPLY is TEXT with the escapes of a properties file read (`\X` is X, `\uXXXX`
+# an ASCII character); only short texts are read (an id and a key are short), others stay.
+unescape() {
+    REPLY=$1
+    [ ${#1} -le 256 ] || return 0
+    _ue_rest=$1 REPLY=
+    while [ -n "$_ue_rest" ]; do
+        _ue_char=${_ue_rest%"${_ue_rest#?}"} _ue_rest=${_ue_rest#?}
+        if [ "$_ue_char" = \\ ] && [ -n "$_ue_rest" ]; then
+            _ue_char=${_ue_rest%"${_ue_rest#?}"} _ue_rest=${_ue_rest#?}
+            case $_ue_char$_ue_rest in
+                u00[0-7][0-9a-fA-F]*)
+                    _ue_hex=${_ue_rest%"${_ue_rest#????}"} _ue_rest=${_ue_rest#????}
+                    # shellcheck disable=SC2059 # the format is the character's octal escape
+                    _ue_char=$(printf "\\$(printf %o "$((0x$_ue_hex))")")
+                    ;;
+                [tnrfu]*) _ue_char='?' ;; # a character no key or id holds
+            esac
+        fi
+        REPLY=$REPLY$_ue_char
+    done
+}
+
 for check in $IMGBUILD_ID_CHECKS; do
     file=${check%%:*} key=${check#*:}
-    if [ -f "$ROOT$file" ]; then
-        have=
-        while IFS= read -r line || [ -n "$line" ]; do
-            case $line in "$key="*) have=${line#"$key="} && break ;; esac
-        done <"$ROOT$file"
-        if [ -n "$have" ] && [ "$have" != "$id" ]; then
+    if [ -f "$ROOT$file" ] && property "$ROOT$file" "$key" && [ -n "$REPLY" ]; then
+        have=$REPLY
+        if ! { decimal "$have" && [ "$REPLY" = "$id" ]; }; then
+            has_control "$have" && have='(a value holding control characters)'
             die 65 "$file says $key=$have but this is node $id (identity from $id_source): refusing to take over another node's data"
         fi
     fi
 done
 
+# Then written: each into a new temporary file beside its target, renamed over it.
+n=0
 for entry in $IMGBUILD_TEMPLATE_MODES; do
-    target=${entry%:*} mode=${entry##*:}
-    case $mode in [0-7][0-7][0-7] | [0-7][0-7][0-7][0-7]) ;; *) die 64 "$CONF/cluster.env: '$mode' is not the mode of $target" ;; esac
-    mkdir -p "$(dirname "$ROOT$target")"
-    tmp="$ROOT$target.imgbuild-tmp"
-    render_file "$CONF/templates$target" "$target" >"$tmp"
+    target=${entry%:*} mode=${entry##*:} n=$((n + 1))
+    dir=${ROOT}${target%/*}
+    mkdir -p "${dir:-/}"
+    tmp=$(mktemp "${dir:-}/.imgbuild-XXXXXX")
+    get "rendered_$n"
+    printf '%s' "$REPLY" >"$tmp"
     chmod "$mode" "$tmp"
-    mv "$tmp" "$ROOT$target"
+    mv -f "$tmp" "$ROOT$target"
     say "rendered $target"
 done
 for d in $IMGBUILD_DATA_DIRS; do mkdir -p "$ROOT$d"; done

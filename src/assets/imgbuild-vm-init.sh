@@ -14,7 +14,10 @@ say() { printf 'imgbuild-vm: %s\n' "$*" >/dev/console 2>/dev/null || printf 'img
 [ -r /proc/cmdline ] || mount -t proc proc /proc 2>/dev/null
 # shellcheck disable=SC2013 # the command line is words, not lines
 for word in $(cat /proc/cmdline); do
-    case $word in imgbuild.render_only=1) IMGBUILD_RENDER_ONLY=1 && export IMGBUILD_RENDER_ONLY ;; esac
+    case $word in
+        --) break ;; # the rest is for init, not the kernel
+        imgbuild.render_only=1) IMGBUILD_RENDER_ONLY=1 && export IMGBUILD_RENDER_ONLY ;;
+    esac
 done
 
 # Mounts the seed on $1, or says why it cannot be read.

@@ -1,6 +1,6 @@
 //! `imgbuild check`: loads and validates every recipe and the image definition.
 
-use crate::error::Result;
+use crate::error::{escape, Result};
 use crate::project::Project;
 
 use super::GlobalArgs;
@@ -30,18 +30,20 @@ pub fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<()> {
         }))?;
         return Ok(());
     }
+    // Parsing refused control characters already; what reaches a terminal is escaped anyway.
     for r in project.recipes.values() {
-        outln!("recipe {} {} [{}]", r.name, r.version, r.platforms().join(", "))?;
+        outln!("recipe {} {} [{}]", escape(&r.name), escape(&r.version), escape(&r.platforms().join(", ")))?;
     }
     let layers: Vec<&str> = def.layers.iter().map(|r| r.name.as_str()).collect();
-    outln!(
+    let line = format!(
         "image {}: base {}, layers {}",
         def.name,
         def.base.as_ref().map_or("none", |b| b.name.as_str()),
         layers.join(" → ")
-    )?;
+    );
+    outln!("{}", escape(&line))?;
     for n in &def.nodes {
-        outln!("node {} at {}", n.id, n.host)?;
+        outln!("node {} at {}", n.id, escape(&n.host))?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::error::ExitCode;
 use crate::recipe::Recipe;
 
-const DEF: &str = r#"name = "demo"
+pub(super) const DEF: &str = r#"name = "demo"
 layers = ["zookeeper"]
 
 [config]
@@ -32,9 +32,9 @@ id = 1
 host = "zk-1"
 "#;
 
-const ZOO_CFG: &str = "clientPort={{port}}\n{{ servers }}\n";
+pub(super) const ZOO_CFG: &str = "clientPort={{port}}\n{{ servers }}\n";
 
-fn recipes() -> BTreeMap<String, Recipe> {
+pub(super) fn recipes() -> BTreeMap<String, Recipe> {
     let zk = "name = \"zookeeper\"\nversion = \"1\"\n[[source]]\nurl = \"https://example.org/zk.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n[unpack]\nprefix = \"/opt/zk\"\n";
     let base = "name = \"base\"\nversion = \"1\"\nkind = \"oci-image\"\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"sha256:7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n";
     [zk, base]
@@ -45,12 +45,12 @@ fn recipes() -> BTreeMap<String, Recipe> {
 }
 
 /// A project holding `images/demo.toml` and its files (paths relative to `images/`).
-struct Project {
-    dir: tempfile::TempDir,
+pub(super) struct Project {
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Project {
-    fn new(files: &[(&str, &[u8])]) -> Project {
+    pub(super) fn new(files: &[(&str, &[u8])]) -> Project {
         let dir = tempfile::tempdir().unwrap();
         for (rel, data) in files {
             let path = dir.path().join("images").join(rel);
@@ -60,27 +60,27 @@ impl Project {
         Project { dir }
     }
 
-    fn images(&self) -> PathBuf {
+    pub(super) fn images(&self) -> PathBuf {
         self.dir.path().join("images")
     }
 
-    fn parse(&self, def: &str) -> Result<ImageDef> {
+    pub(super) fn parse(&self, def: &str) -> Result<ImageDef> {
         ImageDef::parse(&self.images().join("demo.toml"), def, &recipes())
     }
 }
 
-fn demo() -> Project {
+pub(super) fn demo() -> Project {
     Project::new(&[("demo/zoo.cfg", ZOO_CFG.as_bytes())])
 }
 
 /// `DEF` with `from` replaced by `to` (which must change it).
-fn edited(from: &str, to: &str) -> String {
+pub(super) fn edited(from: &str, to: &str) -> String {
     assert!(DEF.contains(from), "the fixture has no {from:?}");
     DEF.replacen(from, to, 1)
 }
 
 /// The error `def` gives, which must be bad input at `images/demo.toml:LINE` mentioning `needle`.
-fn refused_at(p: &Project, def: &str, line: usize, needle: &str) {
+pub(super) fn refused_at(p: &Project, def: &str, line: usize, needle: &str) {
     let e = p.parse(def).err().unwrap_or_else(|| panic!("accepted: {def}"));
     let text = e.to_string();
     assert_eq!(e.exit_code(), ExitCode::Input, "{text}");
@@ -166,7 +166,7 @@ fn targets_never_touch_imgbuilds_own_files_or_nest_in_each_other() {
     refused_at(&p, &with_template("/etc/zk/zoo.cfg/x"), 21, "inside another's");
     refused_at(&p, &with_template("/etc/zk"), 21, "inside another's");
     refused_at(&p, &with_template("etc/zk/x"), 21, "absolute path");
-    refused_at(&p, &with_template("/etc/zk/../x"), 21, "without `.` or `..`");
+    refused_at(&p, &with_template("/etc/zk/../x"), 21, "must not contain `.` or `..`");
     refused_at(&p, &with_template("/etc/zk/a b"), 21, "image paths");
     for fine in ["/etc/zk/other.cfg", "/etc/imgbuild-extra", "/etc/zk.cfg", "/usr/local/bin/other"] {
         assert!(p.parse(&with_template(fine)).is_ok(), "{fine}");
@@ -220,7 +220,7 @@ fn hosts_are_ip_addresses_or_rfc_1123_names() {
     for good in ["zk-1.example.org", "10.0.0.1", "fd00::1", "::ffff:10.0.0.1", "ZK1"] {
         assert_eq!(p.parse(&edited("\"zk-1\"", &format!("{good:?}"))).unwrap().nodes[0].host, good);
     }
-    for bad in ["", "zk_1", "zk-1.", "-zk", "zk 1", "a,b", "a/b", "1.2.3", "256.0.0.1", "[::1]", "zk\n1"] {
+    for bad in ["", "zk_1", "zk-1.", "-zk", "zk 1", "a,b", "a/b", "1.2.3", "256.0.0.1", "[::1]"] {
         refused_at(&p, &edited("\"zk-1\"", &format!("{bad:?}")), 26, "is not an IP address or a host name");
     }
     refused_at(&p, &format!("{DEF}\n[[cluster.node]]\nid = 1\nhost = \"zk-2\"\n"), 28, "duplicate node id 1");
@@ -233,8 +233,8 @@ fn config_env_workdir_and_stop_signal_are_checked() {
     let with_config = |extra: &str| edited("[config]\n", &format!("[config]\n{extra}\n"));
     refused_at(&p, &with_config("env = { \"A=B\" = \"x\" }"), 5, "`A=B` is not a variable name");
     refused_at(&p, &with_config("env = { \"\" = \"x\" }"), 5, "is not a variable name");
-    refused_at(&p, &with_config("env = { A = \"x\\u0000\" }"), 5, "NUL");
-    refused_at(&p, &with_config("workdir = \"opt/app\""), 5, "not an absolute path");
+    refused_at(&p, &with_config("env = { A = \"x\\u0000\" }"), 5, "U+0000");
+    refused_at(&p, &with_config("workdir = \"opt/app\""), 5, "must be an absolute path");
     refused_at(&p, &with_config("stop_signal = \"SIGTERMINATE\""), 5, "not a signal");
     refused_at(&p, &with_config("stop_signal = \"65\""), 5, "not a signal");
     refused_at(&p, &with_config("ports = [\"+80\"]"), 5, "is not PORT");
@@ -257,12 +257,12 @@ fn values_the_entrypoint_renders_follow_its_language() {
         9,
         "var `bind`: `{{port}}` is not defined here (defined: node_host, node_id)",
     );
-    refused_at(&p, &edited("\"{{node_host}}\"", "\"{{\\tnode_host}}\""), 9, "U+0009 (tab)");
-    refused_at(&p, &edited("\"{{node_host}}\"", "\"a\\nb\""), 9, "U+000A (line break)");
+    refused_at(&p, &edited("\"{{node_host}}\"", "\"{{\\tnode_host}}\""), 9, "holds a tab (U+0009)");
+    refused_at(&p, &edited("\"{{node_host}}\"", "\"a\\nb\""), 9, "holds a line break (U+000A)");
     refused_at(&p, &edited("\"{{node_host}}\"", "\"{{node_host\""), 9, "without a closing");
     refused_at(&p, &edited(":{{port}}\"", ":{{nowhere}}\""), 11, "list `servers`: `{{nowhere}}` is not defined here");
     refused_at(&p, &edited(":{{port}}\"", ":{{node_id}}\""), 11, "`{{node_id}}` is not defined here");
-    refused_at(&p, &edited("join = \"\\n\"", "join = \"\\r\\n\""), 11, "carriage return");
+    refused_at(&p, &edited("join = \"\\n\"", "join = \"\\r\\n\""), 13, "U+000D");
     refused_at(&p, &edited("port = \"2181\"", "node_id = \"2181\""), 8, "set by imgbuild at boot");
     refused_at(&p, &edited("port = \"2181\"", "port = \"2181\"\nservers = \"x\""), 12, "both a var and a list");
     assert_eq!(

@@ -70,6 +70,7 @@ pub struct Choices {
 
 /// The recipe for a tarball at `path` (read once: hashed and listed).
 pub fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Proposal> {
+    check_file_name(&location)?;
     let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
     let inspected = tarball::inspect(path, algorithm, crate::layer::DEFAULT_MAX_UNPACKED)?;
     if inspected.layout == tarball::Layout::DockerArchive {
@@ -100,6 +101,7 @@ pub fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) 
 /// The recipes for the images of an OCI archive or layout at `path`: one recipe with a source
 /// per platform, or one per entry of its `index.json` when two entries share a platform.
 pub fn images(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Vec<Proposal>> {
+    check_file_name(&location)?;
     let tops = oci::read(path)?;
     let guess = name::guess(file_name_of(&location));
     let all: Vec<&oci::Image> = tops.iter().flat_map(|t| &t.images).collect();
@@ -170,6 +172,19 @@ fn images_of(path: &Path, group: &[&oci::TopEntry]) -> Result<(Vec<oci::Image>, 
         return Err(bad(format!("holds no linux image imgbuild can use (left out: {})", skipped.join("; "))));
     }
     Ok((images, skipped))
+}
+
+/// A recipe's `file` holds no control or invisible character (recipes/README.md), so a file
+/// so named cannot be pinned as it is.
+fn check_file_name(location: &Location) -> Result<()> {
+    let name = file_name_of(location);
+    if name.chars().any(crate::error::is_unsafe_char) {
+        return Err(Error::Usage(format!(
+            "`{}`: a recipe cannot name a file whose name holds control or invisible characters; rename it",
+            crate::error::escape(name)
+        )));
+    }
+    Ok(())
 }
 
 fn file_name_of(location: &Location) -> &str {

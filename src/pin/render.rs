@@ -7,25 +7,7 @@ use std::fmt::Write as _;
 use super::tarball::Layout;
 use super::{Location, Proposal, ProposalKind};
 use crate::error::escape;
-
-/// A TOML basic string on one line: control and invisible characters escaped (`\u001B`), so
-/// a value can neither break the line nor reach a terminal raw.
-fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if crate::error::is_unsafe_char(c) => {
-                let _ = write!(out, "\\U{:08X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+use crate::toml_file::quoted;
 
 /// The recipe file's text.
 pub fn render(p: &Proposal) -> String {
@@ -229,6 +211,16 @@ mod tests {
         assert!(r.sources[0].urls.is_empty());
     }
 
+    #[test]
+    fn a_file_name_no_recipe_can_hold_is_refused_before_anything_is_read() {
+        for name in ["zk\u{1b}[31m.tgz", "zk\u{202e}zgt.tgz", "a\nb.tgz"] {
+            let location = Location::File(name.into());
+            let e = crate::pin::tarball(Path::new("/nonexistent"), name, location, &Choices::default()).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::ExitCode::Usage, "{e}");
+            assert!(e.to_string().contains(&crate::error::escape(name)), "{e}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -245,7 +237,8 @@ mod tests {
         /// the parser accepts, and it pins the hash it printed.
         #[test]
         fn every_block_parses(
-            file in "[^/\\x00]{1,30}",
+            // Any name a recipe's `file` can hold (no control or invisible character).
+            file in "[^/\\x00-\\x1f\\x7f-\\x9f\\x{200b}-\\x{200f}\\x{202a}-\\x{202e}\\x{2060}-\\x{2069}\\x{feff}]{1,30}",
             top in proptest::option::of("\\PC{1,20}"),
             unreadable in "\\PC{0,30}",
             listed in any::<bool>(),

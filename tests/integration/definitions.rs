@@ -43,6 +43,18 @@ fn characters_ok(text: &str, allowed: &[char]) -> bool {
     text.chars().all(|c| !c.is_control() || allowed.contains(&c))
 }
 
+/// A string of the definition's TOML: no control character nor one that reorders or hides
+/// text, except those `allowed`.
+fn toml_characters_ok(text: &str, allowed: &[char]) -> bool {
+    text.chars().all(|c| !imgbuild::error::is_unsafe_char(c) || allowed.contains(&c))
+}
+
+/// A value substituted into a properties file: it may not end with a backslash, which would
+/// join the next line to it.
+fn no_final_backslash(text: &str) -> bool {
+    !text.ends_with('\\')
+}
+
 /// Pieces of text an attacker (or a careless user) would try; `names` are references likely
 /// to be in scope.
 fn fragment(names: &[&str]) -> impl Strategy<Value = String> {
@@ -210,10 +222,13 @@ impl GenDef {
         let renders = |text: &str, allowed: &[char], scope: &dyn Fn(&str) -> Option<String>| {
             characters_ok(text, allowed) && reference_render(text, scope).is_some()
         };
-        self.vars.iter().all(|(_, v)| renders(v, &[], &value_scope))
+        let value_ok = |text: &str, scope: &dyn Fn(&str) -> Option<String>| {
+            toml_characters_ok(text, &[]) && no_final_backslash(text) && renders(text, &[], scope)
+        };
+        self.vars.iter().all(|(_, v)| value_ok(v, &value_scope))
             && self.lists.iter().all(|l| {
-                std::iter::once(&l.item).chain(&l.self_item).all(|t| renders(t, &[], &item_scope))
-                    && l.join.as_deref().is_none_or(|j| characters_ok(j, &['\n']))
+                std::iter::once(&l.item).chain(&l.self_item).all(|t| value_ok(t, &item_scope))
+                    && l.join.as_deref().is_none_or(|j| toml_characters_ok(j, &['\n']))
             })
             && self
                 .templates
@@ -335,4 +350,202 @@ fn the_seed_definition_renders_the_same_under_every_shell() {
     assert!(outputs[0][0]
         .ends_with("server.0=127.0.1.1:2888:3888\nserver.1=0.0.0.0:2888:3888\nserver.2=127.0.1.3:2888:3888\n"));
     assert_eq!(outputs[0][2], "1\n");
+}
+
+/// A Podman whose images and containers live in the test's directory, reading a layout
+/// through a lowercase link (Podman names the image after the path); what the test created
+/// is removed when dropped, also when the test fails.
+struct OwnPodman {
+    storage: std::path::PathBuf,
+    containers: Vec<String>,
+    link: std::path::PathBuf,
+}
+
+impl OwnPodman {
+    fn new(dir: &Path, layout: &Path) -> OwnPodman {
+        let link = std::env::temp_dir().join(format!("imgbuild-opaque-{}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(layout, &link).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let storage = dir.join("storage.conf");
+        let conf = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("podman/root").display(),
+            dir.join("podman/run").display()
+        );
+        std::fs::write(&storage, conf).unwrap();
+        OwnPodman { storage, containers: Vec::new(), link }
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut c = super::ensemble::podman();
+        c.env("CONTAINERS_STORAGE_CONF", &self.storage);
+        c
+    }
+
+    /// The files of the layout's image `tag` as a container of it sees them (`podman export`).
+    fn files(&mut self, tag: &str) -> Vec<String> {
+        let name = format!("imgbuild-opaque-{}-{tag}", std::process::id());
+        self.containers.push(name.clone());
+        let image = format!("oci:{}:{tag}", self.link.display());
+        super::harness::tool(self.cmd().args(["create", "--name", &name, &image]));
+        let exported = self.cmd().args(["export", &name]).output().unwrap();
+        assert!(exported.status.success(), "podman export: {}", String::from_utf8_lossy(&exported.stderr));
+        let mut archive = tar::Archive::new(&exported.stdout[..]);
+        let entries = archive.entries().unwrap();
+        entries.map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+}
+
+impl Drop for OwnPodman {
+    fn drop(&mut self) {
+        if !self.containers.is_empty() {
+            let _ = self.cmd().args(["rm", "--force"]).args(&self.containers).output();
+        }
+        let _ = self.cmd().args(["rmi", "--all", "--force"]).output();
+        let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+/// Files in `dir` (a relative path ending in `/`) of a list of paths, without `dir` itself.
+fn under(paths: &[String], dir: &str) -> Vec<String> {
+    let mut found: Vec<String> = paths
+        .iter()
+        .map(|p| p.trim_start_matches("./").to_string())
+        .filter(|p| p.starts_with(dir) && p.len() > dir.len())
+        .map(|p| p[dir.len()..].trim_end_matches('/').to_string())
+        .filter(|p| !p.contains('/'))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// A base image whose own `/etc/imgbuild/` holds a baked node id and other files: the cluster
+/// layer makes that directory opaque, so the node-less `cluster` image has no id, a node's
+/// image only its own, and umoci, Podman and `imgbuild vm` show nothing of the base there.
+#[test]
+fn nothing_a_base_puts_in_imgbuilds_directory_survives_in_images_or_disks() {
+    use super::fixtures::Entry;
+    use super::harness::{assert_ok, require_tool, tool, TestProject};
+
+    let p = TestProject::new();
+    let file = |path: &str, data: &str| Entry::File(path.into(), data.as_bytes().to_vec(), 0o644);
+    let layer = super::fixtures::tar(&[
+        Entry::Dir("etc/"),
+        file("etc/os-release", "ID=testbase\n"),
+        Entry::Dir("etc/imgbuild/"),
+        file("etc/imgbuild/node-id", "2\n"),
+        file("etc/imgbuild/leftover", "from the base\n"),
+        Entry::Dir("etc/imgbuild/templates/"),
+        file("etc/imgbuild/templates/stale.cfg", "old\n"),
+    ]);
+    let base = p.path("hostile-base");
+    let digest = super::fixtures::layered_layout(&base, &[layer]);
+    p.write_recipe(
+        "debian-bookworm-slim.toml",
+        &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+    );
+    assert_ok(&p.run(&["store", "add", base.to_str().unwrap()]));
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64"]));
+    let layout = p.root.join("out/zk-kafka");
+    let own = ["cluster.env", "templates"];
+
+    require_tool("umoci");
+    let cluster = super::core::unpack(&layout, "cluster", &p.path("bundle-cluster"));
+    let listed = |dir: &Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(&cluster.join("etc/imgbuild")), own, "umoci: the cluster image");
+    assert!(!cluster.join("etc/imgbuild/templates/stale.cfg").exists());
+    assert_eq!(std::fs::read_to_string(cluster.join("etc/os-release")).unwrap(), "ID=testbase\n", "the rest stays");
+    let node = super::core::unpack(&layout, "node-1", &p.path("bundle-node"));
+    assert_eq!(listed(&node.join("etc/imgbuild")), ["cluster.env", "node-id", "templates"], "umoci: node 1");
+    assert_eq!(std::fs::read_to_string(node.join("etc/imgbuild/node-id")).unwrap(), "1\n");
+
+    require_tool("podman");
+    let mut podman = OwnPodman::new(&p.path("own-podman"), &layout);
+    let cluster = podman.files("cluster");
+    assert_eq!(under(&cluster, "etc/imgbuild/"), own, "podman: the cluster image");
+    let node = podman.files("node-1");
+    assert_eq!(under(&node, "etc/imgbuild/"), ["cluster.env", "node-id", "templates"], "podman: node 1");
+    assert_eq!(under(&node, "etc/imgbuild/templates/"), ["usr", "var"], "podman: only the definition's templates");
+
+    for t in ["mke2fs", "debugfs", "qemu-img", "xorriso"] {
+        require_tool(t);
+    }
+    assert_ok(&p.run(&["vm", "--all", "--raw", "--out", "vm"]));
+    let ls =
+        tool(std::process::Command::new("debugfs").args(["-R", "ls /etc/imgbuild"]).arg(p.root.join("vm/base.raw")));
+    let mut names: Vec<&str> =
+        ls.split_whitespace().filter(|w| !w.chars().all(|c| c.is_ascii_digit() || c == '(' || c == ')')).collect();
+    names.retain(|n| *n != "." && *n != "..");
+    names.sort();
+    assert_eq!(names, own, "imgbuild vm: the shared disk");
+}
+
+/// Through the binary: a recipe whose version would drive the terminal, a prefix that would
+/// make whiteouts or write imgbuild's own files, an environment that would give every
+/// container the same identity: `imgbuild check` refuses each with exit 1 at its line, and
+/// prints nothing raw.
+#[test]
+fn check_refuses_hostile_recipe_and_definition_values_with_their_line() {
+    let p = super::harness::TestProject::new();
+    let zk = p.root.join("recipes/zookeeper.toml");
+    let good = std::fs::read_to_string(&zk).unwrap();
+    let def = p.root.join("images/zk-kafka.toml");
+    let good_def = std::fs::read_to_string(&def).unwrap();
+    for (file, from, to, needle) in [
+        (
+            &zk,
+            "version = \"3.4.10\"",
+            "version = \"1\\u001b]0;PWNED\\u0007\\u001b[31mRED\\nfake line\"",
+            "zookeeper.toml:2:11: field `version`",
+        ),
+        (
+            &zk,
+            "prefix = \"/usr/local/zookeeper\"",
+            "prefix = \"/opt/.wh.y\"",
+            "zookeeper.toml:12:10: field `unpack.prefix`: `/opt/.wh.y` has a component `.wh.y` that is an OCI whiteout",
+        ),
+        (&zk, "prefix = \"/usr/local/zookeeper\"", "prefix = \"/.wh..wh..opq\"", "zookeeper.toml:12:10"),
+        (&zk, "prefix = \"/usr/local/zookeeper\"", "prefix = \"/etc/imgbuild\"", "which imgbuild writes itself"),
+        (
+            &def,
+            "stop_signal = \"SIGTERM\"",
+            "stop_signal = \"SIGTERM\"\nenv = { NODE_ID = \"1\" }",
+            "zk-kafka.toml:12:19: [config.env]: `NODE_ID` is read by the entrypoint at boot",
+        ),
+        (
+            &def,
+            "stop_signal = \"SIGTERM\"",
+            "stop_signal = \"SIGTERM\"\nenv = { A = \"x\\u0085y\" }",
+            "zk-kafka.toml:12:13: field `config.env.A`",
+        ),
+        (
+            &def,
+            "target = \"/var/lib/zookeeper/myid\"",
+            "target = \"/etc/.wh.passwd\"",
+            "`/etc/.wh.passwd` has a component `.wh.passwd` that is an OCI whiteout",
+        ),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+        let out = p.run(&["check"]);
+        super::harness::assert_exit(&out, 1);
+        let e = super::harness::stderr(&out);
+        assert!(e.contains(needle), "`{needle}` not in: {e}");
+        let all = [&out.stdout[..], &out.stderr[..]].concat();
+        assert!(
+            !String::from_utf8_lossy(&all).chars().any(|c| imgbuild::error::is_unsafe_char(c) && c != '\n'),
+            "{e:?}"
+        );
+        std::fs::write(&zk, &good).unwrap();
+        std::fs::write(&def, &good_def).unwrap();
+    }
+    super::harness::assert_ok(&p.run(&["check"]));
 }

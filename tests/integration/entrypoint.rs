@@ -519,6 +519,8 @@ fn expected(e: &BootEnv) -> Option<String> {
     }
     let node_host = hosts[&id].clone();
     let bind = match &e.bind {
+        // Java's properties reader would join the next line to it.
+        Some(v) if v.ends_with('\\') => return None,
         None => "0.0.0.0".to_string(),
         Some(v) => super::definitions::reference_render(v, &|name| match name {
             "node_id" => Some(id.clone()),
@@ -713,6 +715,342 @@ fn host_edges_agree() {
             boot.forget(&RENDERED);
             let out = boot.render(shell, &[("NODE_ID", "8"), ("ADVERTISED_HOST", host)]);
             assert_eq!(out.status.success(), is_host(host), "{shell:?} {host:?}: {}", err(&out));
+        }
+    }
+}
+
+/// What a path of the demo root is before a boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Obstacle {
+    Absent,
+    Dir,
+    File,
+    LinkToDir,
+    LinkToFile,
+}
+
+/// The paths the demo's templates, data directories and identity check go through, parents first.
+const WRITTEN: [&str; 6] = ["conf", "conf/node.cfg", "data", "data/myid", "data/meta.properties", "logs"];
+
+/// How each written path must be found: a directory (`d`) or a file (`f`) when it exists.
+fn must_be(path: &str) -> char {
+    if ["conf", "data", "logs"].contains(&path) {
+        'd'
+    } else {
+        'f'
+    }
+}
+
+/// Puts `kind` at `rel` (when its parent is a directory): files hold what this node would write.
+fn place(boot: &Boot, rel: &str, kind: Obstacle) {
+    let path = boot.path(rel);
+    if !path.parent().unwrap().is_dir() || std::fs::symlink_metadata(path.parent().unwrap()).unwrap().is_symlink() {
+        return;
+    }
+    let content: &[u8] = if rel.ends_with("meta.properties") { b"broker.id=8\n" } else { b"8" };
+    match kind {
+        Obstacle::Absent => {}
+        Obstacle::Dir => std::fs::create_dir(&path).unwrap(),
+        Obstacle::File => std::fs::write(&path, content).unwrap(),
+        Obstacle::LinkToDir => std::os::unix::fs::symlink(boot.tmp.path().join("elsewhere"), &path).unwrap(),
+        Obstacle::LinkToFile => std::os::unix::fs::symlink(boot.tmp.path().join("elsewhere/file"), &path).unwrap(),
+    }
+}
+
+/// Every path under `dir` with what it is (links not followed): the state a refused boot keeps.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let what = if meta.is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if meta.is_dir() {
+                walk(base, &p, out);
+                "dir".to_string()
+            } else {
+                format!("{:o} {:?}", meta.permissions().mode() & 0o777, std::fs::read(&p).unwrap())
+            };
+            out.push((rel, what));
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Whether the boot must be refused: some path it writes goes through a link, under something
+/// that is not a directory, or is not what it writes (a directory for a file, or the reverse).
+fn blocked(obstacles: &BTreeMap<&str, Obstacle>) -> bool {
+    let exists = |rel: &str| {
+        let parent_ok = rel.rsplit_once('/').is_none_or(|(parent, _)| obstacles[parent] == Obstacle::Dir);
+        parent_ok && obstacles[rel] != Obstacle::Absent
+    };
+    WRITTEN.iter().any(|rel| {
+        exists(rel)
+            && matches!(
+                (obstacles[rel], must_be(rel)),
+                (Obstacle::LinkToDir | Obstacle::LinkToFile, _) | (Obstacle::File, 'd') | (Obstacle::Dir, 'f')
+            )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever stands where a boot writes (directories, files, links to either), each shell
+    /// either writes every file as a new regular file, or exits 64 naming the path with the root
+    /// (and what links lead to) exactly as it was.
+    #[test]
+    fn every_path_is_checked_before_anything_is_written(
+        kinds in prop::collection::vec(prop::sample::select(vec![
+            Obstacle::Absent, Obstacle::Dir, Obstacle::Dir, Obstacle::File, Obstacle::LinkToDir, Obstacle::LinkToFile,
+        ]), WRITTEN.len()),
+    ) {
+        let obstacles: BTreeMap<&str, Obstacle> = WRITTEN.iter().copied().zip(kinds.iter().copied()).collect();
+        for shell in SHELLS {
+            let boot = demo();
+            std::fs::create_dir_all(boot.tmp.path().join("elsewhere")).unwrap();
+            std::fs::write(boot.tmp.path().join("elsewhere/file"), "outside\n").unwrap();
+            for rel in WRITTEN {
+                place(&boot, rel, obstacles[rel]);
+            }
+            let before = snapshot(boot.tmp.path());
+            let out = boot.render(shell, &[("NODE_ID", "8")]);
+            if blocked(&obstacles) {
+                prop_assert_eq!(out.status.code(), Some(64), "{:?} {:?}: {}", shell, obstacles, err(&out));
+                prop_assert_eq!(snapshot(boot.tmp.path()), before, "{:?} {:?}: changed", shell, obstacles);
+            } else {
+                prop_assert!(out.status.success(), "{:?} {:?}: {}", shell, obstacles, err(&out));
+                prop_assert_eq!(boot.read("data/myid"), "8");
+                prop_assert!(boot.read("conf/node.cfg").starts_with("id=8\n"));
+                prop_assert!(boot.path("logs").is_dir());
+                let left: Vec<String> = ["conf", "data"].iter().flat_map(|d| std::fs::read_dir(boot.path(d)).unwrap())
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".imgbuild")).collect();
+                prop_assert!(left.is_empty(), "temporary files left: {:?}", left);
+                prop_assert_eq!(std::fs::read_to_string(boot.tmp.path().join("elsewhere/file")).unwrap(), "outside\n");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refused_path_is_named_and_a_planted_temporary_link_is_never_followed() {
+    for shell in SHELLS {
+        for (setup, needle) in [
+            ("conf/node.cfg/", "the template target /conf/node.cfg is a directory, not a file"),
+            ("conf", "the template target /conf/node.cfg: /conf is not a directory"),
+            ("logs", "the data directory /logs is not a directory"),
+            ("data -> elsewhere", "the template target /data/myid: /data is a symbolic link"),
+        ] {
+            let boot = demo();
+            std::fs::create_dir_all(boot.tmp.path().join("elsewhere")).unwrap();
+            match setup.split_once(" -> ") {
+                Some((link, to)) => std::os::unix::fs::symlink(boot.tmp.path().join(to), boot.path(link)).unwrap(),
+                None if setup.ends_with('/') => std::fs::create_dir_all(boot.path(setup)).unwrap(),
+                None => boot.write(setup, b"a file\n"),
+            }
+            refused(&boot.render(shell, &[("NODE_ID", "8")]), shell, needle);
+        }
+        // The old temporary name, planted as a link to the entrypoint: nothing follows it.
+        let boot = demo();
+        std::fs::create_dir_all(boot.path("data")).unwrap();
+        std::os::unix::fs::symlink("../usr/local/bin/imgbuild-init", boot.path("data/myid.imgbuild-tmp")).unwrap();
+        let out = boot.render(shell, &[("NODE_ID", "8")]);
+        assert!(out.status.success(), "{shell:?}: {}", err(&out));
+        assert_eq!(boot.read("usr/local/bin/imgbuild-init"), imgbuild::node::ENTRYPOINT_SCRIPT);
+        assert!(!std::fs::symlink_metadata(boot.path("data/myid")).unwrap().is_symlink());
+        assert_eq!(boot.read("data/myid"), "8");
+    }
+}
+
+/// java.util.Properties' reading of `text` (Properties.load: LineReader and loadConvert), as
+/// far as the value of `key` goes: the last one, or None.
+fn java_property(text: &str, key: &str) -> Option<String> {
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\u{c}');
+    let mut logical: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line).trim_start_matches(is_space);
+        let mut joined = match current.take() {
+            Some(before) => before + line,
+            None if line.is_empty() || line.starts_with(['#', '!']) => continue,
+            None => line.to_string(),
+        };
+        let backslashes = joined.chars().rev().take_while(|c| *c == '\\').count();
+        if backslashes % 2 == 1 {
+            joined.pop();
+            current = Some(joined);
+        } else {
+            logical.push(joined);
+        }
+    }
+    logical.extend(current);
+    let unescape = |s: &str| -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('u') => {
+                    let hex: String = chars.clone().take(4).collect();
+                    match u32::from_str_radix(&hex, 16).ok().filter(|_| hex.len() == 4).and_then(char::from_u32) {
+                        Some(ch) => {
+                            out.push(ch);
+                            chars.nth(3);
+                        }
+                        None => out.push('?'),
+                    }
+                }
+                Some('t' | 'n' | 'r' | 'f') => out.push('?'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        }
+        out
+    };
+    let mut found = None;
+    for line in logical {
+        let chars: Vec<char> = line.chars().collect();
+        let (mut end, mut escaped) = (chars.len(), false);
+        for (i, c) in chars.iter().enumerate() {
+            if !escaped && (matches!(c, '=' | ':') || is_space(*c)) {
+                end = i;
+                break;
+            }
+            escaped = *c == '\\' && !escaped;
+        }
+        let mut rest = &chars[end..];
+        while rest.first().is_some_and(|c| is_space(*c)) {
+            rest = &rest[1..];
+        }
+        if rest.first().is_some_and(|c| matches!(c, '=' | ':')) {
+            rest = &rest[1..];
+        }
+        while rest.first().is_some_and(|c| is_space(*c)) {
+            rest = &rest[1..];
+        }
+        if unescape(&chars[..end].iter().collect::<String>()) == key {
+            found = Some(unescape(&rest.iter().collect::<String>()));
+        }
+    }
+    found
+}
+
+/// Properties files as Kafka writes them and as people edit them.
+fn properties_text() -> impl Strategy<Value = String> {
+    let space = prop::sample::select(vec!["", " ", "  ", "\t", "\u{c}"]);
+    let key = prop::sample::select(vec![
+        "broker.id",
+        "broker.id",
+        "broker\\.id",
+        "\\u0062roker.id",
+        "broker.idx",
+        "xbroker.id",
+        "broker.i\\d",
+        "broker\\ id",
+        "version",
+    ]);
+    let sep = prop::sample::select(vec!["=", ":", " ", " = ", "\t:\t", "==", " =:", "\\="]);
+    let value = prop::sample::select(vec![
+        "8",
+        "10",
+        "08",
+        "0",
+        "",
+        " 8",
+        "8 ",
+        "\\u0038",
+        "\\u0031\\u0030",
+        "x",
+        "1\\\n  0",
+        "8\\\\",
+    ]);
+    let line = prop_oneof![
+        6 => (space.clone(), key, sep, value).prop_map(|(s, k, p, v)| format!("{s}{k}{p}{v}")),
+        1 => prop::sample::select(vec!["#broker.id=10", "  ! broker.id=10", "", "   ", "# tail \\", "a=b\\", "a=b\\\\"]).prop_map(String::from),
+    ];
+    (prop::collection::vec(line, 0..6), prop::sample::select(vec!["\n", "\r\n"]), any::<bool>())
+        .prop_map(|(lines, end, last)| lines.join(end) + if last { end } else { "" })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// An identity check reads the file as Java does: node 8 boots exactly when the last
+    /// `broker.id` Java would read is absent, empty, or 8 (as a decimal number).
+    #[test]
+    fn identity_checks_read_a_properties_file_as_java_does(text in properties_text()) {
+        let want_ok = match java_property(&text, "broker.id") {
+            None => true,
+            Some(v) if v.is_empty() => true,
+            Some(v) => decimal(&v).as_deref() == Some("8"),
+        };
+        let boot = demo();
+        boot.write("data/meta.properties", text.as_bytes());
+        for shell in SHELLS {
+            boot.forget(&RENDERED);
+            let out = boot.render(shell, &[("NODE_ID", "8")]);
+            if want_ok {
+                prop_assert!(out.status.success(), "{:?} {:?}: {}", shell, text, err(&out));
+            } else {
+                prop_assert_eq!(out.status.code(), Some(65), "{:?} {:?}: {}", shell, text, err(&out));
+                prop_assert!(!err(&out).chars().any(|c| c.is_control() && c != '\n'));
+            }
+        }
+    }
+}
+
+#[test]
+fn boot_sources_are_read_as_their_formats_say() {
+    let boot = demo();
+    let seed = boot.path("seed").display().to_string();
+    for shell in SHELLS {
+        // YAML takes the last of a repeated key; a comment is not part of the value.
+        for (meta, node) in [
+            ("imgbuild_node_id: 3\nimgbuild_node_id: 10\n", "10"),
+            ("imgbuild_node_id: 10 # the second node\n", "10"),
+            ("imgbuild_node_id : '8'\n", "8"),
+        ] {
+            boot.write("seed/meta-data", meta.as_bytes());
+            boot.forget(&RENDERED);
+            assert_eq!(booted_as(&boot.render(shell, &[("IMGBUILD_SEED_DIRS", &seed)]), shell), node, "{meta:?}");
+        }
+        std::fs::remove_file(boot.path("seed/meta-data")).unwrap();
+        // Words after `--` on the kernel command line are init's.
+        boot.write("etc/imgbuild/node-id", b"8\n");
+        for (cmdline, node) in [("imgbuild.node=3 -- imgbuild.node=10\n", "3"), ("quiet -- imgbuild.node=10\n", "8")] {
+            boot.write("proc/cmdline", cmdline.as_bytes());
+            boot.forget(&RENDERED);
+            assert_eq!(booted_as(&boot.render(shell, &[]), shell), node, "{cmdline:?}");
+        }
+        std::fs::remove_file(boot.path("proc/cmdline")).unwrap();
+        std::fs::remove_file(boot.path("etc/imgbuild/node-id")).unwrap();
+        // A value that would continue onto the next line of a properties file.
+        boot.forget(&RENDERED);
+        let out = boot.render(shell, &[("NODE_ID", "8"), ("IMGBUILD_VAR_port", "2181\\")]);
+        refused(&out, shell, "IMGBUILD_VAR_port ends with a backslash");
+        // An empty or missing PATH: the entrypoint still finds its tools.
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {}", shell[0])).output().unwrap();
+        let program = String::from_utf8(found.stdout).unwrap().trim().to_string();
+        for path in [Some(""), None] {
+            boot.forget(&RENDERED);
+            let absolute: Vec<&str> = std::iter::once(program.as_str()).chain(shell[1..].iter().copied()).collect();
+            let mut cmd = boot.command(&absolute, &[("NODE_ID", "8"), ("IMGBUILD_RENDER_ONLY", "1")]);
+            match path {
+                Some(p) => cmd.env("PATH", p),
+                None => cmd.env_remove("PATH"),
+            };
+            let out = run(cmd, shell);
+            assert!(out.status.success(), "{shell:?} PATH={path:?}: {}", err(&out));
+            assert_eq!(boot.read("data/myid"), "8");
         }
     }
 }

@@ -315,16 +315,18 @@ fn recipe_refuses_what_it_cannot_pin_and_escapes_what_it_prints() {
     assert!(stdout(&out).contains("# strip_components = ?  # could not list the entries"));
     assert!(stderr(&out).contains("warning: could not list its entries"));
 
-    // A hostile file name: the block stays a recipe and nothing raw reaches the terminal.
+    // A hostile file name: no recipe may hold it (recipes/README.md), so none is written, and
+    // nothing raw reaches the terminal.
     let evil = "evil\n[unpack]\u{1b}[31m-1.0.tar.gz";
     std::fs::write(tmp.path().join(evil), fixtures::zookeeper()).unwrap();
     let out = run(&["recipe", evil]);
-    assert_ok(&out);
-    let block = stdout(&out);
-    assert!(!stderr(&out).contains('\u{1b}') && !block.contains('\u{1b}'));
-    assert_eq!(field(&block, "file").as_deref(), Some(evil));
-    let recipe: toml::Value = toml::from_str(&block).unwrap();
-    assert!(recipe.get("unpack").is_none(), "{block}");
+    assert_exit(&out, 2);
+    assert!(stdout(&out).is_empty() && !stderr(&out).contains('\u{1b}'), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("evil\\n[unpack]\\u{1b}[31m-1.0.tar.gz`: a recipe cannot name a file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Fails the test, saying why, when a tool it needs is missing (`.ci/install` installs them).
