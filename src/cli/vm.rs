@@ -89,6 +89,7 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
         memory_mib: args.memory,
         libvirt_dir: args.libvirt_dir.clone(),
         epoch: settings.layer.epoch,
+        max_unpacked: settings.layer.max_unpacked,
     };
     let [shared] = result.shared.as_slice() else {
         return Err(Error::Internal("a VM build has one platform".into()));
