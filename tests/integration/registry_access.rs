@@ -603,3 +603,53 @@ fn nothing_imgbuild_sends_for_a_registry_goes_over_plain_http_unless_insecure_al
     assert!(err.contains("refusing plain HTTP to http://registry.example.invalid/token: --insecure allows it only to hosts on loopback"), "{err}");
     assert_eq!(seen.lock().unwrap().len(), 1, "only the registry itself was asked");
 }
+
+#[test]
+fn a_password_in_a_reference_or_a_helpers_output_is_never_printed() {
+    let p = TestProject::new();
+    let home = Home::new(&p);
+    let secret = "PW-in-reference-77e1";
+    // Given as userinfo, wherever a registry image is named: refused (usage), repeated nowhere.
+    let named = format!("ci:{secret}@127.0.0.1:5443/team/t");
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["push".to_string(), "--id".into(), "0".into(), named.clone()],
+        vec!["--json".into(), "push".into(), "--all".into(), named.clone()],
+        vec!["--json".into(), "pull".into(), format!("{named}@sha256:{}", "1".repeat(64))],
+        vec!["sbom".into(), format!("docker://{named}:node-1")],
+        vec!["verify".into(), named.clone()],
+        vec!["--registry-mirror".into(), format!("docker.io={named}"), "check".into()],
+    ] {
+        let out = home.cmd(&p).args(&args).output().unwrap();
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("--password-stdin") || stderr(&out).contains("user name or password"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        outputs.push(out);
+    }
+    assert_no_secret(&p, &outputs, &[secret.to_string()]);
+
+    // A credential helper that fails saying the secret: said to have failed, and how, only.
+    let registry = Registry::basic_tls(&p.path("registry"));
+    let helper = home.bin.join("docker-credential-leaky");
+    std::fs::write(&helper, format!("#!/bin/sh\necho 'token={PASSWORD}' >&2\nexit 3\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = home.dir.join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), r#"{"credsStore":"leaky"}"#).unwrap();
+    let ca = registry.ca.clone().unwrap();
+    let out = home
+        .cmd(&p)
+        .args(["push", "--ca-file", ca.to_str().unwrap(), "--from-tag", "bookworm-amd64", "--from"])
+        .arg(&p.base_layout)
+        .arg(format!("{}/team/t:x", registry.host()))
+        .output()
+        .unwrap();
+    assert_exit(&out, 6);
+    let err = stderr(&out);
+    assert!(err.contains("docker-credential-leaky") && err.contains("exited with 3"), "{err}");
+    assert_no_secret(&p, &[out], &[PASSWORD.to_string()]);
+}
