@@ -394,7 +394,7 @@ fn hostile_base_layers_stay_inside_the_disk_and_the_disk_is_what_the_layers_say(
     assert_eq!(std::fs::read_to_string(canary.join("keep")).unwrap(), "canary");
     let beside: Vec<String> =
         std::fs::read_dir(&p.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(beside.iter().all(|n| !n.contains(".tmp-")), "a temporary directory was left: {beside:?}");
+    assert!(beside.iter().all(|n| !n.contains(".imgbuild-tmp-")), "a temporary directory was left: {beside:?}");
     assert_eq!(ext4_tree(&raw, "/h").len(), 9, "a refused build leaves the previous output as it was");
 }
 
