@@ -130,9 +130,10 @@ impl Destination {
             return Ok(Existing::EmptyDir);
         }
         let record_path = self.path.join(RECORD);
-        let record: Record = match fs::read(&record_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        let record: Record = match read_regular(&record_path, MAX_RECORD) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|_| self.refuse(format!("holds a {RECORD} that imgbuild cannot read")))?,
+            Ok(None) => return Err(self.refuse(format!("holds a {RECORD} that is not a file imgbuild wrote"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(self.refuse(format!(
                     "is a non-empty directory that imgbuild did not write (no {RECORD}; an output of an \
@@ -248,9 +249,34 @@ fn content_addressed(rel: &str) -> bool {
 }
 
 fn hash_file(path: &Path) -> Result<String> {
-    let file = fs::File::open(path).at(path)?;
+    let file = open_regular(path).at(path)?.ok_or_else(|| Error::io(path, io::Error::other("not a regular file")))?;
     let (hash, _) = hash_reader(Algorithm::Sha256, file).at(path)?;
     Ok(hash.hex())
+}
+
+/// The largest record read: one line per file of the output.
+const MAX_RECORD: u64 = 64 << 20;
+
+/// Opens `path` if it is a regular file: never through a link (`O_NOFOLLOW`), never waiting on
+/// a FIFO (`O_NONBLOCK`); `None` when it is something else.
+fn open_regular(path: &Path) -> io::Result<Option<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW.bits() | rustix::fs::OFlags::NONBLOCK.bits();
+    match fs::OpenOptions::new().read(true).custom_flags(flags as i32).open(path) {
+        Ok(file) if file.metadata()?.is_file() => Ok(Some(file)),
+        Ok(_) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A regular file's bytes, at most `limit` of them (`None`: not a regular file, or larger).
+fn read_regular(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Some(file) = open_regular(path)? else { return Ok(None) };
+    let mut data = Vec::new();
+    file.take(limit + 1).read_to_end(&mut data)?;
+    Ok((data.len() as u64 <= limit).then_some(data))
 }
 
 enum Entry {
@@ -418,14 +444,8 @@ fn remove_stale(dir: &Path, prefix: &str) {
             continue;
         }
         let lock_path = entry.path();
-        let flags = rustix::fs::OFlags::NOFOLLOW.bits() | rustix::fs::OFlags::NONBLOCK.bits();
-        let opened = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new().read(true).custom_flags(flags as i32).open(&lock_path)
-        };
-        let Ok(lock) = opened else { continue };
-        let unheld = lock.metadata().is_ok_and(|m| m.is_file()) && lock.try_lock().is_ok();
-        if !unheld || !same_file(&lock, &lock_path) {
+        let Ok(Some(lock)) = open_regular(&lock_path) else { continue };
+        if lock.try_lock().is_err() || !same_file(&lock, &lock_path) {
             continue;
         }
         let path = dir.join(format!("{prefix}{random}"));
@@ -497,6 +517,28 @@ mod tests {
         fs::remove_dir(out.join("extra")).unwrap();
         fs::remove_file(out.join("blobs/sha256").join("a".repeat(64))).unwrap();
         assert_eq!(check(Force::No), 2, "a removed file");
+    }
+
+    #[test]
+    fn a_record_that_is_a_link_a_fifo_or_endless_is_refused_without_reading_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("index.json"), "{}").unwrap();
+        let record = out.join(RECORD);
+        let make: [&dyn Fn(); 3] = [
+            &|| std::os::unix::fs::symlink("/dev/zero", &record).unwrap(),
+            &|| rustix::fs::mknodat(rustix::fs::CWD, &record, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap(),
+            &|| std::os::unix::fs::symlink(tmp.path().join("elsewhere.json"), &record).unwrap(),
+        ];
+        fs::write(tmp.path().join("elsewhere.json"), r#"{"files":{"index.json":{"size":2}}}"#).unwrap();
+        for made in make {
+            made();
+            let err = Destination::check(&out, Shape::Directory, Force::Yes).unwrap_err();
+            assert_eq!(err.exit_code() as i32, 2, "{err}");
+            assert!(err.to_string().contains("not a file imgbuild wrote"), "{err}");
+            fs::remove_file(&record).unwrap();
+        }
     }
 
     #[test]
