@@ -31,7 +31,7 @@ use crate::image::ImageLayer;
 use crate::image_def::{ImageDef, Node};
 use crate::store::Store;
 pub use templates::Boot;
-pub(crate) use templates::Machine;
+pub(crate) use templates::{check_values, Machine};
 
 pub(crate) struct VmOptions {
     pub(crate) out: Destination,
