@@ -1,15 +1,20 @@
 //! Importing OCI images made by other tools (an OCI image layout directory or an oci-archive,
 //! such as `skopeo copy docker://… oci-archive:F` writes) into the store. Every blob is
-//! re-hashed on the way in; nothing enters the store under a digest it does not have.
+//! re-hashed on the way in; nothing enters the store under a digest it does not have. The
+//! layout is hostile input: [`source`] reads only its regular files, each to its descriptor's
+//! size and no further.
 
-use std::fs::File;
-use std::io::{self, Read};
+mod source;
+
+use std::io::{self, Read, Write};
 use std::path::Path;
+
+pub(crate) use source::OciSource;
 
 use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::oci_doc::{Descriptor, Document};
-use crate::store::{Store, MAX_DOCUMENT};
+use crate::store::Store;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Imported {
@@ -33,109 +38,63 @@ pub struct ImportedReferrer {
 
 /// Whether a file is a tar archive holding an OCI layout (an oci-archive).
 pub fn is_oci_archive(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    let mut archive = tar::Archive::new(file);
-    let Ok(entries) = archive.entries() else {
-        return false;
-    };
-    // The layout's marker files are at the top; a few entries are enough to tell.
-    for entry in entries.take(10_000) {
-        let Ok(entry) = entry else { return false };
-        let Ok(p) = entry.path() else { return false };
-        let p = p.to_string_lossy().trim_start_matches("./").to_string();
-        if p == "oci-layout" || p == "index.json" {
-            return true;
-        }
-    }
-    false
+    source::is_oci_archive(path)
 }
 
+/// Imports the OCI layout directory or oci-archive at `path`: every blob its `index.json`
+/// leads to, each read as the regular file it must be, to its descriptor's size and no further,
+/// and checked against its digest ([`OciSource`]).
 pub fn import(store: &Store, path: &Path) -> Result<Imported> {
-    if path.is_dir() {
-        import_layout(store, path)
-    } else {
-        import_archive(store, path)
-    }
-}
-
-fn bad(path: &Path, message: impl Into<String>) -> Error {
-    Error::BadArchive { archive: path.display().to_string(), message: message.into() }
-}
-
-fn import_layout(store: &Store, dir: &Path) -> Result<Imported> {
-    let index_path = dir.join("index.json");
-    let text = read_limited(File::open(&index_path).at(&index_path)?, &index_path)?;
-    let add = |digest: &Sha256Digest| -> Result<()> {
-        if store.has_sha256(digest) {
-            return Ok(());
-        }
-        let blob = dir.join("blobs/sha256").join(digest.hex());
-        store.add_file(&blob, Algorithm::Sha256, Some(&digest.to_hash())).map(|_| ())
-    };
-    walk_index(store, dir, &text, &add)
-}
-
-fn import_archive(store: &Store, path: &Path) -> Result<Imported> {
-    let file = File::open(path).at(path)?;
-    let mut archive = tar::Archive::new(io::BufReader::new(file));
-    let mut index = None;
-    for entry in archive.entries().map_err(|e| bad(path, format!("not a tar archive: {e}")))? {
-        let mut entry = entry.map_err(|e| bad(path, format!("corrupt tar: {e}")))?;
-        let name =
-            entry.path().map_err(|e| bad(path, e.to_string()))?.to_string_lossy().trim_start_matches("./").to_string();
-        if name == "index.json" {
-            index = Some(read_limited(&mut entry, path)?);
-        } else if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
-            let digest: Sha256Digest =
-                format!("sha256:{hex}").parse().map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
-            if !store.has_sha256(&digest) {
-                let mut w = store.writer(Algorithm::Sha256)?;
-                io::copy(&mut entry, &mut w).map_err(|e| bad(path, format!("entry `{name}`: {e}")))?;
-                w.commit(Some(&digest.to_hash()), &format!("{} entry {name}", path.display()))?;
-            }
-        }
-    }
-    let index = index.ok_or_else(|| bad(path, "no index.json: not an OCI archive"))?;
-    let present = |digest: &Sha256Digest| -> Result<()> {
-        if store.has_sha256(digest) {
-            Ok(())
-        } else {
-            Err(bad(path, format!("blob {digest} is referenced but not in the archive")))
-        }
-    };
-    walk_index(store, path, &index, &present)
-}
-
-fn read_limited(reader: impl Read, path: &Path) -> Result<String> {
-    let mut text = String::new();
-    reader.take(MAX_DOCUMENT + 1).read_to_string(&mut text).map_err(|e| bad(path, format!("index.json: {e}")))?;
-    if text.len() as u64 > MAX_DOCUMENT {
-        return Err(bad(path, "index.json is larger than 4 MiB"));
-    }
-    Ok(text)
-}
-
-fn walk_index(
-    store: &Store,
-    origin: &Path,
-    index_text: &str,
-    ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
-) -> Result<Imported> {
-    let doc: Document = serde_json::from_str(index_text).map_err(|e| bad(origin, format!("index.json: {e}")))?;
+    let source = OciSource::open(path)?;
+    let index = source.index()?;
+    let doc: Document = serde_json::from_slice(&index).map_err(|e| bad(path, format!("index.json: {e}")))?;
     let mut imported = Imported::default();
     for desc in doc.manifests.unwrap_or_default() {
-        if walk(store, origin, &desc, ensure, &mut imported, 0)? == Walked::Referrer {
+        if walk(store, &source, &desc, &mut imported, 0)? == Walked::Referrer {
             continue;
         }
         let tag = desc.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
         imported.tops.push((tag, desc.digest));
     }
     if imported.manifests.is_empty() {
-        return Err(bad(origin, "holds no image manifest"));
+        return Err(bad(path, "holds no image manifest"));
     }
     Ok(imported)
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> Error {
+    Error::BadArchive { archive: path.display().to_string(), message: message.into() }
+}
+
+/// The manifest or index `desc` names, from the store or else from the layout (then stored).
+fn document(store: &Store, source: &OciSource, desc: &Descriptor) -> Result<Vec<u8>> {
+    if store.has_sha256(&desc.digest) {
+        return store.read_blob(&desc.digest);
+    }
+    let data = source.document(desc)?;
+    store.add_bytes(&data)?;
+    Ok(data)
+}
+
+/// Puts the config or layer `desc` names into the store, unless it is there.
+fn blob(store: &Store, source: &OciSource, desc: &Descriptor) -> Result<()> {
+    if store.has_sha256(&desc.digest) {
+        return Ok(());
+    }
+    let mut reader = source.blob(desc)?;
+    let mut writer = store.writer(Algorithm::Sha256)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(bad(source.path(), e.to_string())),
+        };
+        writer.write_all(&buf[..n]).at(store.root())?;
+    }
+    writer.commit(Some(&desc.digest.to_hash()), &format!("{} blob {}", source.path().display(), desc.digest))?;
+    Ok(())
 }
 
 /// What a walked descriptor was.
@@ -145,26 +104,19 @@ enum Walked {
     Referrer,
 }
 
-fn walk(
-    store: &Store,
-    origin: &Path,
-    desc: &Descriptor,
-    ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
-    out: &mut Imported,
-    depth: u32,
-) -> Result<Walked> {
+fn walk(store: &Store, source: &OciSource, desc: &Descriptor, out: &mut Imported, depth: u32) -> Result<Walked> {
+    let origin = source.path();
     if depth > 4 {
         return Err(bad(origin, "indexes nested more than 4 deep"));
     }
     let digest = desc.digest;
-    ensure(&digest)?;
+    let data = document(store, source, desc)?;
     out.blobs += 1;
-    let data = store.read_blob(&digest)?;
     let doc: Document = serde_json::from_slice(&data).map_err(|e| bad(origin, format!("{digest}: {e}")))?;
     if doc.is_index() {
         out.indexes.push(digest);
         for child in doc.manifests.iter().flatten() {
-            walk(store, origin, child, ensure, out, depth + 1)?;
+            walk(store, source, child, out, depth + 1)?;
         }
         return Ok(Walked::Image);
     }
@@ -172,7 +124,7 @@ fn walk(
         return Err(bad(origin, format!("{digest} is neither an image index nor an image manifest")));
     }
     for d in doc.blobs() {
-        ensure(&d.digest)?;
+        blob(store, source, d)?;
         out.blobs += 1;
     }
     if let Some(subject) = &doc.subject {

@@ -75,7 +75,14 @@ pub struct GlobalArgs {
     pub mirror: Vec<PathBuf>,
     /// Also look for the base images of registry HOST at MIRROR (host[:port][/path]), before
     /// HOST itself (repeatable; as registries.conf mirrors)
-    #[arg(long, global = true, env = "IMGBUILD_REGISTRY_MIRROR", value_name = "HOST=MIRROR", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "IMGBUILD_REGISTRY_MIRROR",
+        value_name = "HOST=MIRROR",
+        value_delimiter = ',',
+        value_parser = MirrorParser
+    )]
     pub registry_mirror: Vec<RegistryMirror>,
     /// Speak plain HTTP to this registry when fetching base images (loopback only; repeatable)
     #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
@@ -160,6 +167,27 @@ impl GlobalArgs {
                 ca_files: self.ca_file.clone(),
             },
         })
+    }
+}
+
+/// `--registry-mirror` values, refused with their own message only: clap's would repeat the
+/// value, which may hold a password.
+#[derive(Clone)]
+struct MirrorParser;
+
+impl clap::builder::TypedValueParser for MirrorParser {
+    type Value = RegistryMirror;
+
+    fn parse_ref(
+        &self,
+        _: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<RegistryMirror, clap::Error> {
+        let refuse = |why: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("--registry-mirror: {why}\n"))
+        };
+        value.to_str().ok_or_else(|| refuse("not UTF-8".into()))?.parse().map_err(refuse)
     }
 }
 

@@ -75,6 +75,7 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
     let dest = Destination::check(&out, Shape::Directory, force)?;
     let mut notes = Vec::new();
     let boot = boot(args, &mut notes);
+    vm::check_values(&boot, args.libvirt_dir.as_deref())?;
     let store = global.open_store()?;
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
@@ -89,6 +90,7 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
         memory_mib: args.memory,
         libvirt_dir: args.libvirt_dir.clone(),
         epoch: settings.layer.epoch,
+        max_unpacked: settings.layer.max_unpacked,
     };
     let [shared] = result.shared.as_slice() else {
         return Err(Error::Internal("a VM build has one platform".into()));

@@ -12,7 +12,8 @@
 //!   differs.
 //!
 //! An output is written into a temporary sibling ([`TempPath`], removed on drop, so no failure
-//! leaves it behind) and swapped into place in one rename.
+//! leaves it behind) and swapped into place in one rename. What a killed run left there goes
+//! once nothing holds its lock: only names imgbuild made, never another live writer's.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -129,9 +130,10 @@ impl Destination {
             return Ok(Existing::EmptyDir);
         }
         let record_path = self.path.join(RECORD);
-        let record: Record = match fs::read(&record_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        let record: Record = match read_regular(&record_path, MAX_RECORD) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|_| self.refuse(format!("holds a {RECORD} that imgbuild cannot read")))?,
+            Ok(None) => return Err(self.refuse(format!("holds a {RECORD} that is not a file imgbuild wrote"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(self.refuse(format!(
                     "is a non-empty directory that imgbuild did not write (no {RECORD}; an output of an \
@@ -247,9 +249,34 @@ fn content_addressed(rel: &str) -> bool {
 }
 
 fn hash_file(path: &Path) -> Result<String> {
-    let file = fs::File::open(path).at(path)?;
+    let file = open_regular(path).at(path)?.ok_or_else(|| Error::io(path, io::Error::other("not a regular file")))?;
     let (hash, _) = hash_reader(Algorithm::Sha256, file).at(path)?;
     Ok(hash.hex())
+}
+
+/// The largest record read: one line per file of the output.
+const MAX_RECORD: u64 = 64 << 20;
+
+/// Opens `path` if it is a regular file: never through a link (`O_NOFOLLOW`), never waiting on
+/// a FIFO (`O_NONBLOCK`); `None` when it is something else.
+fn open_regular(path: &Path) -> io::Result<Option<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW.bits() | rustix::fs::OFlags::NONBLOCK.bits();
+    match fs::OpenOptions::new().read(true).custom_flags(flags as i32).open(path) {
+        Ok(file) if file.metadata()?.is_file() => Ok(Some(file)),
+        Ok(_) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A regular file's bytes, at most `limit` of them (`None`: not a regular file, or larger).
+fn read_regular(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Some(file) = open_regular(path)? else { return Ok(None) };
+    let mut data = Vec::new();
+    file.take(limit + 1).read_to_end(&mut data)?;
+    Ok((data.len() as u64 <= limit).then_some(data))
 }
 
 enum Entry {
@@ -311,28 +338,46 @@ fn exchange(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// A temporary sibling of an output, unique to this process, removed when dropped (whatever is
-/// there then: the unfinished output after a failure, the old output after a swap).
+/// A temporary sibling of an output: `.NAME.imgbuild-tmp-RANDOM`, a name only imgbuild makes,
+/// beside its lock file `.NAME.imgbuild-tmp-RANDOM.lock`, which the writer holds (`flock`) for
+/// as long as the temporary path is in use. Removed when dropped (whatever is there then: the
+/// unfinished output after a failure, the old output after a swap), then the lock file.
 #[derive(Debug)]
 pub(crate) struct TempPath {
     path: PathBuf,
+    lock_path: PathBuf,
+    /// Held (flock) until the temporary path is gone; the kernel releases it when the process
+    /// dies, so a free lock means the writer is gone, in any PID namespace.
+    lock: fs::File,
 }
 
+/// What marks imgbuild's temporary siblings of an output named NAME: `.NAME` then this.
+const TEMP_MARK: &str = ".imgbuild-tmp-";
+
 impl TempPath {
-    /// The temporary path for `dest`, emptied first (an earlier run with the same process id
-    /// may have been killed while writing it). What killed runs left beside `dest` under
-    /// their own process ids goes too, once those processes are gone.
+    /// A new temporary path for `dest`, locked. What killed runs left beside `dest` goes first,
+    /// but only what imgbuild made there and nobody holds locked any more ([`remove_stale`]).
     pub(crate) fn beside(dest: &Path) -> Result<TempPath> {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-        let prefix = format!(".{name}.tmp-");
-        let path = dest.with_file_name(format!("{prefix}{}", std::process::id()));
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).at(parent)?;
+        let prefix = format!(".{name}{TEMP_MARK}");
+        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).at(dir)?;
+        remove_stale(dir, &prefix);
+        for _ in 0..16 {
+            let path = dir.join(format!("{prefix}{}", random_part()));
+            let lock_path = lock_path_of(&path);
+            let lock = match fs::OpenOptions::new().write(true).create_new(true).open(&lock_path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&lock_path, e)),
+            };
+            // A cleaner may take the lock file between its creation and our lock, and remove
+            // it: then this one is no longer at its name, and we start again with another.
+            if lock.try_lock().is_ok() && same_file(&lock, &lock_path) {
+                return Ok(TempPath { path, lock_path, lock });
+            }
         }
-        remove_stale(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")), &prefix);
-        let temp = TempPath { path };
-        temp.remove().at(&temp.path)?;
-        Ok(temp)
+        Err(Error::io(dir, io::Error::other("no temporary path could be made and locked beside the output")))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -340,35 +385,85 @@ impl TempPath {
     }
 
     fn remove(&self) -> io::Result<()> {
-        match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&self.path),
-            Ok(_) => fs::remove_file(&self.path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        remove_any(&self.path)
     }
 }
 
-/// Removes `dir/PREFIX{pid}` (and its `-old`) whose process no longer runs: what a run killed
-/// before its guard could act left behind. Without `/proc`, nothing is removed.
-fn remove_stale(dir: &Path, prefix: &str) {
-    if !Path::new("/proc/self").exists() {
-        return;
+fn lock_path_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// 16 hex digits that no other run picks: hashed from a per-process random key, the process,
+/// the time and a counter.
+fn random_part() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("{:016x}", h.finish())
+}
+
+fn is_random_part(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `file` is still what `path` names (not removed, not replaced).
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
+}
+
+/// Removes a directory tree or a file at `path` (a link itself, never what it points to).
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes what runs killed before their guard could act left in `dir`: for each lock file
+/// `PREFIX{random}.lock` that is a regular file nobody holds locked, its temporary path (and
+/// that path's `-old`), then the lock file. Anything else is left alone: names imgbuild did
+/// not make, and paths whose writer still holds the lock, whatever its process or namespace.
+fn remove_stale(dir: &Path, prefix: &str) {
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let file = entry.file_name();
-        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(prefix)) else { continue };
-        let pid = pid.strip_suffix("-old").unwrap_or(pid);
-        let gone = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
-        if gone {
-            drop(TempPath { path: entry.path() });
+        let file_name = entry.file_name();
+        let Some(random) = file_name.to_str().and_then(|f| f.strip_prefix(prefix)?.strip_suffix(".lock")) else {
+            continue;
+        };
+        if !is_random_part(random) {
+            continue;
+        }
+        let lock_path = entry.path();
+        let Ok(Some(lock)) = open_regular(&lock_path) else { continue };
+        if lock.try_lock().is_err() || !same_file(&lock, &lock_path) {
+            continue;
+        }
+        let path = dir.join(format!("{prefix}{random}"));
+        let mut old = path.as_os_str().to_owned();
+        old.push("-old");
+        let old = PathBuf::from(old);
+        if remove_any(&path).is_ok() && remove_any(&old).is_ok() {
+            let _ = fs::remove_file(&lock_path);
         }
     }
 }
 
 impl Drop for TempPath {
     fn drop(&mut self) {
-        let _ = self.remove();
+        // The path first, then its lock file, while still holding the lock.
+        if self.remove().is_ok() && same_file(&self.lock, &self.lock_path) {
+            let _ = fs::remove_file(&self.lock_path);
+        }
     }
 }
 
@@ -425,6 +520,28 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_is_a_link_a_fifo_or_endless_is_refused_without_reading_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("index.json"), "{}").unwrap();
+        let record = out.join(RECORD);
+        let make: [&dyn Fn(); 3] = [
+            &|| std::os::unix::fs::symlink("/dev/zero", &record).unwrap(),
+            &|| rustix::fs::mknodat(rustix::fs::CWD, &record, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap(),
+            &|| std::os::unix::fs::symlink(tmp.path().join("elsewhere.json"), &record).unwrap(),
+        ];
+        fs::write(tmp.path().join("elsewhere.json"), r#"{"files":{"index.json":{"size":2}}}"#).unwrap();
+        for made in make {
+            made();
+            let err = Destination::check(&out, Shape::Directory, Force::Yes).unwrap_err();
+            assert_eq!(err.exit_code() as i32, 2, "{err}");
+            assert!(err.to_string().contains("not a file imgbuild wrote"), "{err}");
+            fs::remove_file(&record).unwrap();
+        }
+    }
+
+    #[test]
     fn the_temporary_path_goes_away_on_drop() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
@@ -436,19 +553,71 @@ mod tests {
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
+    /// Names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn what_a_killed_run_left_goes_once_its_process_is_gone() {
+    fn what_a_killed_run_left_goes_once_nothing_holds_its_lock_and_nothing_else_ever() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
-        // Beyond Linux's largest process id: no such process. Process 1 always runs.
-        for stale in [".out.tmp-999999999", ".out.tmp-999999998-old", ".out.tmp-1", ".other.tmp-999999999"] {
-            fs::create_dir_all(tmp.path().join(stale).join("rootfs")).unwrap();
+        let mark = |random: &str| format!(".out{TEMP_MARK}{random}");
+        let (dead, live, unlocked) = ("0123456789abcdef", "fedcba9876543210", "00000000000000ff");
+        for made in [mark(dead), format!("{}-old", mark(dead)), mark(live), mark(unlocked)] {
+            fs::create_dir_all(tmp.path().join(made).join("rootfs")).unwrap();
         }
-        let _temp = TempPath::beside(&dest).unwrap();
-        let mut left: Vec<String> =
-            fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        left.sort();
-        assert_eq!(left, [".other.tmp-999999999", ".out.tmp-1"]);
+        // Its writer is gone: the lock file is there, and nobody holds it.
+        fs::write(tmp.path().join(format!("{}.lock", mark(dead))), "").unwrap();
+        // Its writer holds the lock (another open file: flock locks are per open file).
+        let held = tmp.path().join(format!("{}.lock", mark(live)));
+        fs::write(&held, "").unwrap();
+        let holder = fs::File::open(&held).unwrap();
+        holder.lock().unwrap();
+        // Not imgbuild's (no lock file, an older name, another output's, a name not random,
+        // a lock file that is a link).
+        let others =
+            [".out.tmp-999999999", ".out.tmp-1", ".other.imgbuild-tmp-0123456789abcdef", ".out.imgbuild-tmp-x"];
+        for other in others {
+            fs::write(tmp.path().join(other), "mine").unwrap();
+        }
+        fs::write(tmp.path().join(format!("{}.lock", others[3])), "").unwrap();
+        std::os::unix::fs::symlink(&held, tmp.path().join(format!("{}.lock", mark("aaaaaaaaaaaaaaaa")))).unwrap();
+        fs::create_dir(tmp.path().join(mark("aaaaaaaaaaaaaaaa"))).unwrap();
+        let before = names(tmp.path());
+        let temp = TempPath::beside(&dest).unwrap();
+        let gone = [mark(dead), format!("{}-old", mark(dead)), format!("{}.lock", mark(dead))];
+        let mut expected: Vec<String> = before.into_iter().filter(|n| !gone.contains(n)).collect();
+        expected.push(format!("{}.lock", temp.path().file_name().unwrap().to_string_lossy()));
+        expected.sort();
+        assert_eq!(names(tmp.path()), expected);
+        // Once the live writer's lock is free, its leftovers go too.
+        drop(holder);
+        let again = TempPath::beside(&dest).unwrap();
+        assert!(!tmp.path().join(mark(live)).exists() && !held.exists());
+        assert!(tmp.path().join(".out.tmp-999999999").exists(), "never a name imgbuild did not make");
+        let locks = [temp.lock_path.clone(), again.lock_path.clone()];
+        drop((temp, again));
+        assert!(locks.iter().all(|l| !l.exists()), "a finished run leaves no lock file");
+    }
+
+    #[test]
+    fn a_temporary_path_in_use_is_never_taken_for_a_stale_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("out");
+        let first = TempPath::beside(&dest).unwrap();
+        fs::create_dir(first.path()).unwrap();
+        fs::write(first.path().join("work"), "in progress").unwrap();
+        // Another run beside the same output, as in another PID namespace: the lock says it is in use.
+        let second = TempPath::beside(&dest).unwrap();
+        assert_ne!(first.path(), second.path());
+        assert_eq!(fs::read_to_string(first.path().join("work")).unwrap(), "in progress");
+        drop(second);
+        drop(first);
+        assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::image::ImageLayer;
 use crate::image_def::{ImageDef, Node};
 use crate::store::Store;
 pub use templates::Boot;
-pub(crate) use templates::Machine;
+pub(crate) use templates::{check_values, Machine};
 
 pub(crate) struct VmOptions {
     pub(crate) out: Destination,
@@ -44,6 +44,8 @@ pub(crate) struct VmOptions {
     /// Where the libvirt templates expect the disks (libvirt wants absolute paths).
     pub(crate) libvirt_dir: Option<String>,
     pub(crate) epoch: u64,
+    /// What the base layers may unpack, all together (`IMGBUILD_MAX_UNPACKED`).
+    pub(crate) max_unpacked: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -92,7 +94,7 @@ fn run(cmd: &mut Command, tool: &str, package: &str) -> Result<String> {
 
 /// `base.raw` and `base.qcow2` in `dir`, from the shared layers; `base.raw` stays if asked.
 fn base_disk(store: &Store, layers: &[ImageLayer], dir: &Path, opts: &VmOptions) -> Result<()> {
-    let mut rootfs = rootfs::Rootfs::create(&dir.join(".rootfs"))?;
+    let mut rootfs = rootfs::Rootfs::create(&dir.join(".rootfs"), opts.max_unpacked)?;
     for layer in layers {
         rootfs.apply(store, layer)?;
     }

@@ -1,18 +1,17 @@
 //! The images in an OCI archive or layout (what `podman save --format oci-archive` and
 //! `skopeo copy … oci:DIR` write), read without the store: each image's manifest digest and
 //! platform. The platform comes from the image's config, which every image has (an archive's
-//! index often does not say it). Every document read is checked against its digest.
+//! index often does not say it). Every document is read as [`OciSource`] reads a hostile
+//! layout (regular files only, to its descriptor's size) and checked against its digest.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::Path;
 
 use crate::digest::Sha256Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::import::OciSource;
 use crate::oci_doc::{Descriptor, Document};
 use crate::platform::Platform;
-use crate::store::MAX_DOCUMENT;
 
 /// Indexes nested deeper than this are refused (a real one has at most two levels).
 const MAX_DEPTH: usize = 4;
@@ -37,27 +36,21 @@ pub struct TopEntry {
     pub skipped: Vec<String>,
 }
 
-/// Where the documents are read from.
-enum Origin<'a> {
-    Layout(&'a Path),
-    Archive(&'a Path),
-}
-
 fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::BadArchive { archive: path.display().to_string(), message: message.into() }
 }
 
 /// The top-level entries of the OCI archive or layout at `path`, with their images.
 pub fn read(path: &Path) -> Result<Vec<TopEntry>> {
-    let origin = if path.is_dir() { Origin::Layout(path) } else { Origin::Archive(path) };
+    let source = OciSource::open(path)?;
     let index: Document =
-        serde_json::from_slice(&origin.index()?).map_err(|e| bad(path, format!("index.json: {e}")))?;
+        serde_json::from_slice(&source.index()?).map_err(|e| bad(path, format!("index.json: {e}")))?;
     let tops = index.manifests.unwrap_or_default();
     if tops.is_empty() {
         return Err(bad(path, "index.json lists no image"));
     }
-    let docs = origin.walk(&tops)?;
-    let configs = origin.configs(&docs)?;
+    let docs = walk(&source, &tops)?;
+    let configs = configs(&source, &docs)?;
     let mut entries = Vec::new();
     for top in &tops {
         let mut entry = TopEntry {
@@ -148,122 +141,58 @@ fn is_attestation(desc: &Descriptor) -> bool {
     unknown || marked
 }
 
-impl Origin<'_> {
-    fn path(&self) -> &Path {
-        match self {
-            Origin::Layout(p) | Origin::Archive(p) => p,
-        }
+/// Every manifest and index below the top entries, each read as its descriptor says
+/// ([`OciSource::document`]) and once.
+fn walk(source: &OciSource, tops: &[Descriptor]) -> Result<BTreeMap<Sha256Digest, Document>> {
+    let mut docs = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for top in tops {
+        read_tree(source, top, &mut docs, &mut seen, 0)?;
     }
-
-    /// Every manifest and index below the top entries, level by level.
-    fn walk(&self, tops: &[Descriptor]) -> Result<BTreeMap<Sha256Digest, Document>> {
-        let mut docs = BTreeMap::new();
-        let mut wanted: BTreeSet<Sha256Digest> = tops.iter().map(|d| d.digest).collect();
-        for _ in 0..=MAX_DEPTH {
-            if wanted.is_empty() {
-                return Ok(docs);
-            }
-            let mut next = BTreeSet::new();
-            for (digest, data) in self.documents(&wanted)? {
-                let doc: Document =
-                    serde_json::from_slice(&data).map_err(|e| bad(self.path(), format!("{digest}: {e}")))?;
-                if doc.is_index() {
-                    next.extend(doc.manifests.iter().flatten().filter(|d| !is_attestation(d)).map(|d| d.digest));
-                } else if doc.config.is_none() {
-                    return Err(bad(self.path(), format!("{digest} is neither an image index nor an image manifest")));
-                }
-                docs.insert(digest, doc);
-            }
-            next.retain(|d| !docs.contains_key(d));
-            wanted = next;
-        }
-        Err(bad(self.path(), format!("indexes nested more than {MAX_DEPTH} deep")))
-    }
-
-    fn configs(&self, docs: &BTreeMap<Sha256Digest, Document>) -> Result<BTreeMap<Sha256Digest, ConfigPlatform>> {
-        let wanted: BTreeSet<Sha256Digest> =
-            docs.values().filter_map(|d| d.config.as_ref()).map(|c| c.digest).collect();
-        let mut configs = BTreeMap::new();
-        for (digest, data) in self.documents(&wanted)? {
-            let config: ConfigPlatform =
-                serde_json::from_slice(&data).map_err(|e| bad(self.path(), format!("image config {digest}: {e}")))?;
-            configs.insert(digest, config);
-        }
-        Ok(configs)
-    }
-
-    fn index(&self) -> Result<Vec<u8>> {
-        match self {
-            Origin::Layout(dir) => {
-                let path = dir.join("index.json");
-                read_document(File::open(&path).at(&path)?, &path, "index.json")
-            }
-            Origin::Archive(path) => {
-                let mut found = None;
-                self.each_entry(|name, entry| {
-                    if name == "index.json" {
-                        found = Some(read_document(entry, path, "index.json")?);
-                        return Ok(false);
-                    }
-                    Ok(true)
-                })?;
-                found.ok_or_else(|| bad(path, "no index.json: not an OCI archive"))
-            }
-        }
-    }
-
-    /// The blobs `wanted`, each checked against its digest.
-    fn documents(&self, wanted: &BTreeSet<Sha256Digest>) -> Result<BTreeMap<Sha256Digest, Vec<u8>>> {
-        let mut found = BTreeMap::new();
-        match self {
-            Origin::Layout(dir) => {
-                for digest in wanted {
-                    let path = dir.join("blobs/sha256").join(digest.hex());
-                    let file = File::open(&path)
-                        .map_err(|e| bad(dir, format!("blob {digest} is referenced but cannot be read: {e}")))?;
-                    found.insert(*digest, read_document(file, dir, &digest.to_string())?);
-                }
-            }
-            Origin::Archive(path) => self.each_entry(|name, entry| {
-                let digest = name.strip_prefix("blobs/sha256/").and_then(|hex| format!("sha256:{hex}").parse().ok());
-                if let Some(digest) = digest.filter(|d| wanted.contains(d) && !found.contains_key(d)) {
-                    found.insert(digest, read_document(entry, path, &digest.to_string())?);
-                }
-                Ok(found.len() < wanted.len())
-            })?,
-        }
-        for (digest, data) in &found {
-            if Sha256Digest::of(data) != *digest {
-                return Err(bad(self.path(), format!("blob {digest} does not match its digest")));
-            }
-        }
-        if let Some(missing) = wanted.iter().find(|d| !found.contains_key(d)) {
-            return Err(bad(self.path(), format!("blob {missing} is referenced but not in the archive")));
-        }
-        Ok(found)
-    }
-
-    /// Calls `visit` with each entry of the archive until it returns false.
-    fn each_entry(&self, mut visit: impl FnMut(&str, &mut dyn Read) -> Result<bool>) -> Result<()> {
-        let path = self.path();
-        let mut archive = tar::Archive::new(BufReader::new(File::open(path).at(path)?));
-        for entry in archive.entries().map_err(|e| bad(path, format!("not a tar archive: {e}")))? {
-            let mut entry = entry.map_err(|e| bad(path, format!("corrupt tar: {e}")))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
-            if !visit(&name, &mut entry)? {
-                break;
-            }
-        }
-        Ok(())
-    }
+    Ok(docs)
 }
 
-/// A JSON document, read whole only when it is no larger than documents are.
-fn read_document(reader: impl Read, origin: &Path, what: &str) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    reader.take(MAX_DOCUMENT + 1).read_to_end(&mut data).map_err(|e| bad(origin, format!("{what}: {e}")))?;
-    if data.len() as u64 > MAX_DOCUMENT {
-        return Err(bad(origin, format!("{what} is larger than 4 MiB: not an OCI document")));
+fn read_tree(
+    source: &OciSource,
+    desc: &Descriptor,
+    docs: &mut BTreeMap<Sha256Digest, Document>,
+    seen: &mut BTreeSet<Sha256Digest>,
+    depth: usize,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(bad(source.path(), format!("indexes nested more than {MAX_DEPTH} deep")));
     }
-    Ok(data)
+    if !seen.insert(desc.digest) {
+        return Ok(());
+    }
+    let digest = desc.digest;
+    let doc: Document =
+        serde_json::from_slice(&source.document(desc)?).map_err(|e| bad(source.path(), format!("{digest}: {e}")))?;
+    if doc.is_index() {
+        for child in doc.manifests.iter().flatten().filter(|d| !is_attestation(d)) {
+            read_tree(source, child, docs, seen, depth + 1)?;
+        }
+    } else if doc.config.is_none() {
+        return Err(bad(source.path(), format!("{digest} is neither an image index nor an image manifest")));
+    }
+    docs.insert(digest, doc);
+    Ok(())
+}
+
+/// The platform of each image config the manifests name.
+fn configs(
+    source: &OciSource,
+    docs: &BTreeMap<Sha256Digest, Document>,
+) -> Result<BTreeMap<Sha256Digest, ConfigPlatform>> {
+    let mut configs = BTreeMap::new();
+    for desc in docs.values().filter_map(|d| d.config.as_ref()) {
+        if configs.contains_key(&desc.digest) {
+            continue;
+        }
+        let digest = desc.digest;
+        let config: ConfigPlatform = serde_json::from_slice(&source.document(desc)?)
+            .map_err(|e| bad(source.path(), format!("image config {digest}: {e}")))?;
+        configs.insert(digest, config);
+    }
+    Ok(configs)
 }

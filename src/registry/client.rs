@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{parse_challenge, Challenge, Credentials, Secret};
 use super::reference::Reference;
 use super::token::{Refusal, TokenRequest};
-use super::transport::{backoff, classify, explain, http_client, registry_error, retryable, Failure};
+use super::transport::{
+    backoff, classify, explain, http_client, registry_error, retryable, same_origin, Failure, Transport,
+};
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, Result};
 
@@ -49,6 +51,8 @@ pub struct RegistrySettings {
 pub struct Client {
     pub(super) http: reqwest::blocking::Client,
     pub(super) base: String,
+    /// Where plain HTTP is allowed: only with `--insecure`, only on loopback.
+    pub(super) transport: Transport,
     pub(crate) reference: Reference,
     explicit_credentials: Option<Credentials>,
     /// The credentials in use, looked up once when the registry first asks.
@@ -73,6 +77,7 @@ impl Client {
         let client = Client {
             http,
             base: format!("{scheme}://{}", reference.api_host()),
+            transport: Transport { plain_http: settings.insecure },
             reference: reference.clone(),
             explicit_credentials: settings.credentials.clone(),
             credentials: OnceCell::new(),
@@ -153,6 +158,7 @@ impl Client {
             }
             Some(Challenge::Bearer { realm, service }) => {
                 let scopes = self.scopes.borrow().clone();
+                let realm = self.resolve("token realm", &realm)?;
                 let request = TokenRequest {
                     http: &self.http,
                     reference: &self.reference,
@@ -198,6 +204,23 @@ impl Client {
             Some(a) => r.header(AUTHORIZATION, a.expose()),
             None => r,
         }
+    }
+
+    /// A request to `url`, which the registry gave (an upload location, checked by
+    /// [`Client::resolve`]): with the registry's `Authorization` only when it is the registry
+    /// itself (same scheme, host and port), so a token never goes to another host.
+    pub(super) fn request_to(&self, method: Method, url: &Url) -> RequestBuilder {
+        let request = self.http.request(method, url.clone());
+        match Url::parse(&self.base) {
+            Ok(base) if same_origin(&base, url) => self.authorized(request),
+            _ => request,
+        }
+    }
+
+    /// A URL the registry gave as `what` (absolute, or relative to it), if it may be
+    /// requested: HTTPS, or plain HTTP only as `--insecure` allows. The refusal names it.
+    pub(super) fn resolve(&self, what: &str, url: &str) -> Result<Url> {
+        self.transport.resolve(&self.base, url).map_err(|why| self.error(format!("{what}: {why}")))
     }
 
     /// Sends a request, authenticating when challenged and retrying (bounded) what a retry can

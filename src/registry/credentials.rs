@@ -84,7 +84,10 @@ type Helper<'a> = &'a dyn Fn(&str, &str, &Path) -> Result<Option<Credentials>>;
 
 fn from_file(file: &Path, text: &str, registry: &str, repository: &str, helper: Helper) -> Result<Option<Credentials>> {
     let bad = |message: String| Error::Definition { file: file.to_path_buf(), message };
-    let parsed: AuthFile = serde_json::from_str(text).map_err(|e| bad(format!("not a credentials file: {e}")))?;
+    // serde's message can quote a value of the file (a password): say only where it failed.
+    let parsed: AuthFile = serde_json::from_str(text).map_err(|e| {
+        bad(format!("not a credentials file (unexpected JSON at line {}, column {})", e.line(), e.column()))
+    })?;
     let server = if registry == "docker.io" { DOCKER_HUB_KEY } else { registry };
     let helper_for = parsed.cred_helpers.get(registry).or_else(|| parsed.cred_helpers.get(server));
     for name in helper_for.into_iter().chain(&parsed.creds_store) {
@@ -174,9 +177,13 @@ fn run_helper(name: &str, server: &str, file: &Path) -> Result<Option<Credential
         if stdout.contains("credentials not found") {
             return Ok(None);
         }
-        // A helper's own message, shortened; it explains a failure and holds no secret.
-        let said: String = String::from_utf8_lossy(&out.stderr).trim().chars().take(200).collect();
-        return Err(Error::tool(&program, HELPERS_PACKAGE, format!("`get` failed ({named_by}): {}", escape(&said))));
+        // Nothing a helper prints is repeated: its output may hold the very secret it guards.
+        let status = out.status.code().map_or_else(|| "was killed by a signal".into(), |c| format!("exited with {c}"));
+        return Err(Error::tool(
+            &program,
+            HELPERS_PACKAGE,
+            format!("`get` failed ({named_by}): it {status} (its output is not shown: it may hold secrets)"),
+        ));
     }
     parse_helper_answer(&stdout, &program)
 }
@@ -263,6 +270,11 @@ mod tests {
         let f = Path::new("/x/auth.json");
         let e = from_file(f, "{not json", "r", "a", &no_helper).unwrap_err().to_string();
         assert!(e.starts_with("/x/auth.json: "), "{e}");
+        // A value of the wrong type is not quoted back (serde would).
+        let e = from_file(f, r#"{"auths": {"r": "hunter2"}}"#, "r", "a", &no_helper).unwrap_err().to_string();
+        assert!(!e.contains("hunter2") && e.contains("line 1"), "{e}");
+        let e = from_file(f, r#"{"credsStore": ["hunter2"]}"#, "r", "a", &no_helper).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
         let text = r#"{"auths": {"r": {"auth": "bm8tY29sb24taGVyZQ=="}}}"#;
         let e = from_file(f, text, "r", "a", &no_helper).unwrap_err().to_string();
         assert!(e.contains("USER:PASSWORD") && !e.contains("no-colon-here"), "{e}");

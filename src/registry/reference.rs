@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::Sha256Digest;
+use crate::error::escape;
 
 const DOCKER_HUB: &str = "docker.io";
 
@@ -62,12 +63,29 @@ pub(crate) fn is_loopback_host(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Refuses text that may carry a user name and password (`USER:PASSWORD@HOST/…`), without
+/// repeating any of it: an `@` is only ever the start of a digest, `@sha256:…`, after the path.
+pub(crate) fn refuse_userinfo(text: &str) -> Result<(), String> {
+    let Some((before, after)) = text.split_once('@') else { return Ok(()) };
+    if !before.contains('/') && text.contains('/') || !after.starts_with("sha256:") {
+        return Err("`@` in an image reference only starts a digest (`REPO@sha256:…`), and a user name or \
+             password (`USER:PASSWORD@HOST/…`) is refused without repeating the reference: give the user with \
+             --username and the password on standard input with --password-stdin (or log in with `podman login`)"
+            .into());
+    }
+    Ok(())
+}
+
 impl FromStr for Reference {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        refuse_userinfo(s)?;
         let bad = |why: &str| {
-            format!("`{s}` is not an image reference ({why}); expected [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]")
+            format!(
+                "`{}` is not an image reference ({why}); expected [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]",
+                escape(s)
+            )
         };
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(d.parse::<Sha256Digest>().map_err(|e| bad(&e.to_string()))?)),
@@ -155,8 +173,16 @@ impl FromStr for RegistryMirror {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('@') {
+            return Err("a registry mirror cannot hold a user name or password (`HOST=USER:PASSWORD@MIRROR`); it \
+                 is not repeated here: mirrors use the credentials found for their host"
+                .into());
+        }
         let bad = |why: &str| {
-            format!("`{s}` is not a registry mirror ({why}); expected HOST=MIRROR, e.g. docker.io=mirror.example:5000")
+            format!(
+                "`{}` is not a registry mirror ({why}); expected HOST=MIRROR, e.g. docker.io=mirror.example:5000",
+                escape(s)
+            )
         };
         let (registry, mirror) = s.split_once('=').ok_or_else(|| bad("no `=`"))?;
         let registry = registry.trim().trim_end_matches('/');
@@ -199,6 +225,31 @@ mod tests {
         assert!(!"ghcr.io/x/y:tag".parse::<Reference>().unwrap().is_loopback());
         assert!("Upper/case".parse::<Reference>().is_err());
         assert!("host/repo:bad tag".parse::<Reference>().is_err());
+    }
+
+    proptest::proptest! {
+        /// A reference carrying a user name and password is refused, and the error repeats
+        /// none of it (`--json` prints the error too).
+        #[test]
+        fn userinfo_is_refused_and_never_repeated(
+            user in "[a-z]{1,8}",
+            password in "[A-Za-z0-9!#%&*+=?~@/:.-]{6,24}",
+            host in proptest::prop_oneof![
+                proptest::strategy::Just("127.0.0.1:5443".to_string()),
+                "[a-z]{1,8}\\.example(:[0-9]{2,5})?",
+            ],
+            path in "[a-z]{1,6}(/[a-z]{1,6}){0,2}(:[a-z0-9]{1,5})?",
+        ) {
+            for text in [format!("{user}:{password}@{host}/{path}"), format!("{user}:{password}@{host}")] {
+                let err = text.parse::<Reference>().unwrap_err();
+                proptest::prop_assert!(!err.contains(&password), "{}", err);
+                proptest::prop_assert!(err.contains("--password-stdin"), "{}", err);
+                let mirror = format!("docker.io={text}").parse::<RegistryMirror>().unwrap_err();
+                proptest::prop_assert!(!mirror.contains(&password), "{}", mirror);
+            }
+            let digest = format!("{host}/{}@sha256:{}", path.split(':').next().unwrap(), "a".repeat(64));
+            proptest::prop_assert!(digest.parse::<Reference>().is_ok(), "{}", digest);
+        }
     }
 
     #[test]

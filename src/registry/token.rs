@@ -3,7 +3,7 @@
 //! `refresh_token` POST Docker uses.
 
 use reqwest::header::AUTHORIZATION;
-use reqwest::StatusCode;
+use reqwest::{StatusCode, Url};
 
 use super::auth::{Credentials, Secret};
 use super::transport::{classify, explain, registry_error, Failure};
@@ -14,7 +14,8 @@ pub(crate) struct TokenRequest<'a> {
     pub http: &'a reqwest::blocking::Client,
     /// The registry asking (for messages and error classification).
     pub reference: &'a Reference,
-    pub realm: &'a str,
+    /// The realm the registry named, already checked against the connection's `Transport`.
+    pub realm: &'a Url,
     pub service: Option<&'a str>,
     pub scopes: &'a [String],
     pub credentials: Option<&'a Credentials>,
@@ -33,7 +34,7 @@ impl TokenRequest<'_> {
             Some(token) => self.refresh_token_request(token),
             None => self.get_request(),
         };
-        let realm = escape(self.realm);
+        let realm = escape(self.realm.as_str());
         let response = request.send().map_err(|e| {
             Refusal::Other(match classify(self.reference, &e) {
                 Failure::Fatal(e) => e,
@@ -64,7 +65,7 @@ impl TokenRequest<'_> {
         let mut query: Vec<(&str, &str)> = Vec::new();
         query.extend(self.service.map(|s| ("service", s)));
         query.extend(self.scopes.iter().map(|s| ("scope", s.as_str())));
-        let request = self.http.get(self.realm).query(&query);
+        let request = self.http.get(self.realm.clone()).query(&query);
         match self.credentials {
             Some(c) => request.header(AUTHORIZATION, c.basic_header().expose()),
             None => request,
@@ -80,6 +81,6 @@ impl TokenRequest<'_> {
             ("scope", scope.as_str()),
         ];
         form.extend(self.service.map(|s| ("service", s)));
-        self.http.post(self.realm).form(&form)
+        self.http.post(self.realm.clone()).form(&form)
     }
 }

@@ -1,21 +1,70 @@
-//! The HTTP side of a registry connection: the reqwest client with the trust of `tls`, and what
-//! a failed request means: worth another attempt (a dropped connection, a timeout) or not (a
-//! certificate, a server that does not speak TLS), with the next step to take.
+//! The HTTP side of a registry connection: the reqwest client with the trust of `tls`, the one
+//! rule for plain HTTP ([`Transport`]), and what a failed request means: worth another attempt
+//! (a dropped connection, a timeout) or not (a certificate, a server that does not speak TLS, a
+//! scheme downgrade), with the next step to take.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::blocking::Response;
+use reqwest::Url;
 
-use super::reference::Reference;
+use super::reference::{is_loopback_host, Reference};
 use crate::error::{escape, http_cause, Error, Result};
 
 pub(crate) fn registry_error(registry: &str, message: impl Into<String>) -> Error {
     Error::Registry { registry: registry.to_string(), message: message.into(), hint: None }
 }
 
+/// Which URLs a registry connection may use. Every request imgbuild makes for a registry (to
+/// it, to the token realm it names, to an upload location it gives, to where it redirects) is
+/// HTTPS, unless `--insecure` allowed plain HTTP, which it does only for a loopback registry
+/// and then only to loopback hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transport {
+    pub plain_http: bool,
+}
+
+/// Redirects followed per request, as reqwest's default.
+const MAX_REDIRECTS: usize = 10;
+
+impl Transport {
+    /// Whether `url` may be requested; the refusal names it (escaped) and says why.
+    pub(crate) fn check(&self, url: &Url) -> std::result::Result<(), String> {
+        let loopback = url.host_str().is_some_and(is_loopback_host);
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.plain_http && loopback => Ok(()),
+            "http" if self.plain_http => Err(format!(
+                "refusing plain HTTP to {}: --insecure allows it only to hosts on loopback",
+                escape(url.as_str())
+            )),
+            "http" => Err(format!(
+                "refusing plain HTTP to {}: the registry is spoken to over HTTPS, and nothing it names \
+                 may downgrade that (--insecure allows plain HTTP only to a registry on loopback)",
+                escape(url.as_str())
+            )),
+            other => Err(format!("refusing {}: `{}` is not HTTPS", escape(url.as_str()), escape(other))),
+        }
+    }
+
+    /// `url` (absolute, or relative to `base`), if it may be requested.
+    pub(crate) fn resolve(&self, base: &str, url: &str) -> std::result::Result<Url, String> {
+        let base = Url::parse(base).map_err(|e| format!("{}: {e}", escape(base)))?;
+        let url = base.join(url).map_err(|e| format!("`{}` is not a URL: {e}", escape(url)))?;
+        self.check(&url)?;
+        Ok(url)
+    }
+}
+
+/// Whether two URLs are the same origin: scheme, host and port.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// An HTTP client for one registry: plain HTTP when `insecure` (loopback only), else TLS that
-/// trusts what `tls::client_config` says.
+/// trusts what `tls::client_config` says. Redirects are followed only as [`Transport`] allows
+/// (reqwest drops `Authorization` on a redirect to another host).
 pub(crate) fn http_client(
     reference: &Reference,
     insecure: bool,
@@ -28,9 +77,21 @@ pub(crate) fn http_client(
             escape(&reference.registry)
         )));
     }
+    let transport = Transport { plain_http: insecure };
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            let why = format!("more than {MAX_REDIRECTS} redirects");
+            return attempt.error(why);
+        }
+        match transport.check(attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(format!("redirected: {why}")),
+        }
+    });
     let mut builder = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
+        .redirect(redirects)
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
     if !insecure {
         builder = builder.use_preconfigured_tls(super::tls::client_config(&reference.registry, ca_files)?);
@@ -49,7 +110,7 @@ pub(crate) enum Failure {
 /// What a failed request to `reference`'s registry means.
 pub(crate) fn classify(reference: &Reference, e: &reqwest::Error) -> Failure {
     let registry = &reference.registry;
-    if e.is_builder() {
+    if e.is_builder() || e.is_redirect() {
         return Failure::Fatal(registry_error(registry, http_cause(e)));
     }
     let Some(tls) = super::tls::tls_cause(e) else { return Failure::Transient(http_cause(e)) };
@@ -85,4 +146,68 @@ pub(crate) fn retryable(status: reqwest::StatusCode) -> bool {
 
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(5)).min(2000))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn host() -> impl Strategy<Value = (String, bool)> {
+        prop_oneof![
+            Just(("127.0.0.1".to_string(), true)),
+            Just(("127.0.0.2".to_string(), true)),
+            Just(("localhost".to_string(), true)),
+            Just(("[::1]".to_string(), true)),
+            Just(("registry.example.org".to_string(), false)),
+            Just(("10.0.0.1".to_string(), false)),
+            Just(("[2001:db8::1]".to_string(), false)),
+            "[a-z]{1,8}\\.example".prop_map(|h| (h, false)),
+        ]
+    }
+
+    proptest! {
+        /// HTTPS always; plain HTTP only with --insecure and only to loopback; nothing else.
+        #[test]
+        fn only_https_or_insecure_loopback_http_is_requested(
+            scheme in prop_oneof![Just("https"), Just("http"), Just("ftp"), Just("file")],
+            (host, loopback) in host(),
+            port in proptest::option::of(1u16..65535),
+            path in "(/[a-z0-9%]{0,6}){0,3}",
+            plain_http: bool,
+        ) {
+            let port = port.map_or_else(String::new, |p| format!(":{p}"));
+            let Ok(url) = Url::parse(&format!("{scheme}://{host}{port}{path}")) else { return Ok(()) };
+            let allowed = Transport { plain_http }.check(&url);
+            let expected = scheme == "https" || (scheme == "http" && plain_http && loopback);
+            prop_assert_eq!(allowed.is_ok(), expected, "{}: {:?}", url, allowed);
+            if let Err(why) = allowed {
+                prop_assert!(why.contains(&escape(url.as_str())), "{}", why);
+            }
+        }
+    }
+
+    #[test]
+    fn a_url_the_registry_gives_is_resolved_against_it_and_checked() {
+        let tls = Transport { plain_http: false };
+        let base = "https://127.0.0.1:5000";
+        assert_eq!(
+            tls.resolve(base, "/v2/x/blobs/uploads/u1").unwrap().as_str(),
+            "https://127.0.0.1:5000/v2/x/blobs/uploads/u1"
+        );
+        assert_eq!(tls.resolve(base, "//other.example/u").unwrap().as_str(), "https://other.example/u");
+        let refused = tls.resolve(base, "http://127.0.0.2:5002/upload/u1\u{1b}[2J").unwrap_err();
+        assert!(
+            refused.contains("refusing plain HTTP to http://127.0.0.2:5002/upload/u1") && !refused.contains('\u{1b}')
+        );
+        let plain = Transport { plain_http: true };
+        assert!(plain.resolve("http://127.0.0.1:5000", "/token").is_ok());
+        assert!(plain.resolve("http://127.0.0.1:5000", "http://registry.example.org/token").is_err());
+        let a = Url::parse("https://127.0.0.1:5000/v2/").unwrap();
+        assert!(same_origin(&a, &Url::parse("https://127.0.0.1:5000/upload?x=1").unwrap()));
+        for other in ["https://localhost:5000/", "https://127.0.0.1:5001/", "http://127.0.0.1:5000/"] {
+            assert!(!same_origin(&a, &Url::parse(other).unwrap()), "{other}");
+        }
+    }
 }

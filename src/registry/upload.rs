@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use reqwest::blocking::Response;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 
 use super::client::Client;
 use super::transport::{backoff, classify, explain, retryable, Failure};
@@ -85,7 +85,7 @@ impl Client {
                 // A streamed body cannot be sent twice, so chunks are not retried one by one:
                 // a failure starts the whole upload again (see `upload`).
                 let sent = self
-                    .authorized(self.http.request(Method::PATCH, &location))
+                    .request_to(Method::PATCH, &location)
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
                     .header(CONTENT_LENGTH, len)
@@ -95,12 +95,12 @@ impl Client {
                 location = self.location(&response)?;
                 offset += len;
             }
-            let done = self.authorized(self.http.put(with_digest(&location, digest))).header(CONTENT_LENGTH, 0).send();
+            let done = self.request_to(Method::PUT, &with_digest(&location, digest)).header(CONTENT_LENGTH, 0).send();
             return self.answered(done, digest, StatusCode::CREATED, "completing the upload of").map(drop);
         }
         let body = file_part(path, 0, size, task)?;
         let done = self
-            .authorized(self.http.put(with_digest(&location, digest)))
+            .request_to(Method::PUT, &with_digest(&location, digest))
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size)
             .body(body)
@@ -131,23 +131,22 @@ impl Client {
         Err(if again { Attempt::Retry(e) } else { Attempt::Stop(e) })
     }
 
-    fn location(&self, r: &Response) -> Result<String> {
+    /// Where the upload goes on: the answer's `Location`, absolute or relative to the
+    /// registry, and only as the connection's transport allows (never a downgrade to HTTP).
+    fn location(&self, r: &Response) -> Result<Url> {
         let loc = r
             .headers()
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
             .ok_or_else(|| self.error("upload answer without a Location"))?;
-        Ok(if loc.starts_with("http://") || loc.starts_with("https://") {
-            loc.to_string()
-        } else {
-            format!("{}{loc}", self.base)
-        })
+        self.resolve("upload location", loc)
     }
 }
 
-fn with_digest(location: &str, digest: &Sha256Digest) -> String {
-    let sep = if location.contains('?') { '&' } else { '?' };
-    format!("{location}{sep}digest={digest}")
+fn with_digest(location: &Url, digest: &Sha256Digest) -> Url {
+    let mut url = location.clone();
+    url.query_pairs_mut().append_pair("digest", &digest.to_string());
+    url
 }
 
 /// `len` bytes of a file from `offset`, as a streamed request body that advances `task`.

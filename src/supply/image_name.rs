@@ -45,6 +45,8 @@ impl FromStr for ImageName {
             Ok(ImageName::Archive { path, tag })
         } else if let Some(rest) = text.strip_prefix("docker://") {
             Ok(ImageName::Registry(rest.parse()?))
+        } else if let Err(refused) = crate::registry::reference::refuse_userinfo(text) {
+            Err(refused) // a user name and password, never repeated
         } else {
             Err(format!(
                 "`{}` is not an image name: use oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REGISTRY/REPO[:TAG]",
@@ -180,6 +182,10 @@ mod tests {
         assert!(matches!(remote, ImageName::Registry(r) if r.tag.as_deref() == Some("node-0")));
         for bad in ["out/zk-kafka", "oci:", "oci:dir:", "docker://Bad Name", "dir:x"] {
             assert!(bad.parse::<ImageName>().is_err(), "{bad}");
+        }
+        for secret in ["docker://ci:PW-1@127.0.0.1:5443/team/t", "ci:PW-1@127.0.0.1:5443/team/t"] {
+            let err = secret.parse::<ImageName>().unwrap_err();
+            assert!(!err.contains("PW-1") && err.contains("--password-stdin"), "{err}");
         }
     }
 }

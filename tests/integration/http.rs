@@ -48,7 +48,12 @@ pub struct Acceptor {
 
 impl Acceptor {
     pub fn spawn(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Acceptor {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        Acceptor::spawn_at("127.0.0.1", handler)
+    }
+
+    /// The same on another loopback address (`127.0.0.2` stands for another host).
+    pub fn spawn_at(ip: &str, handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Acceptor {
+        let listener = TcpListener::bind((ip, 0)).expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);

@@ -34,12 +34,12 @@ fn snapshot(path: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Temporary siblings an output left in `dir`.
+/// Temporary siblings (and their lock files) an output left in `dir`.
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-") || n.ends_with("-old"))
+        .filter(|n| n.contains(".imgbuild-tmp-") || n.ends_with("-old"))
         .collect()
 }
 
@@ -200,21 +200,90 @@ impl Drop for Started {
     }
 }
 
+/// The temporary directory an output `name` is being written into in `dir`, once there is one.
+fn temporary_of(dir: &Path, name: &str, child: &mut Started) -> std::path::PathBuf {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let found = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&format!(".{name}.imgbuild-tmp-")) && !n.ends_with(".lock") && p.is_dir()
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "the build ended before writing anything");
+        assert!(std::time::Instant::now() < deadline, "no temporary directory appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn what_a_killed_vm_build_left_is_removed_by_the_next_run() {
     let p = TestProject::new();
     p.add_base();
     let mut child = Started(p.cmd().args(["--quiet", "vm", "--all", "--out", "vm"]).spawn().unwrap());
-    let temp = p.root.join(format!(".vm.tmp-{}", child.0.id()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !temp.exists() {
-        assert!(child.0.try_wait().unwrap().is_none(), "the build ended before writing anything");
-        assert!(std::time::Instant::now() < deadline, "no temporary directory appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let temp = temporary_of(&p.root, "vm", &mut child);
     child.0.kill().unwrap(); // SIGKILL: no destructor runs
     child.0.wait().unwrap();
     assert!(temp.exists(), "a killed run cannot clean up after itself");
     json(&p.run(&["--json", "vm", "--all", "--out", "vm"]));
     assert!(leftovers(&p.root).is_empty(), "{:?}", leftovers(&p.root));
+}
+
+/// Issue #11: what sits beside an output is removed only when imgbuild made it and nothing
+/// holds it: another tool's files under names like imgbuild's old ones stay, and so does a
+/// run in progress in another PID namespace (its lock held), until it is gone.
+#[test]
+fn only_what_imgbuild_made_and_no_live_run_holds_is_removed_beside_an_output() {
+    let p = TestProject::new();
+    p.add_base();
+    let mine = [".pl.tmp-999999/mine", ".pl3.tar.tmp-999997", ".pl.imgbuild-tmp-notrandom/mine", ".pl.tmp-1-old/mine"];
+    for file in mine {
+        let path = p.root.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "mine\n").unwrap();
+    }
+    // A run writing `pl` from another PID namespace: its temporary directory and held lock.
+    let live = p.root.join(".pl.imgbuild-tmp-0123456789abcdef");
+    std::fs::create_dir(&live).unwrap();
+    std::fs::write(live.join("layer"), "in progress").unwrap();
+    let lock = p.root.join(".pl.imgbuild-tmp-0123456789abcdef.lock");
+    std::fs::write(&lock, "").unwrap();
+    require_tool("unshare");
+    require_tool("flock");
+    let mut holder = Started(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "flock", "--exclusive"])
+            .arg(&lock)
+            .args(["sleep", "120"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_locked(&lock, &mut holder);
+    json(&p.run(&["--json", "build", "-o", "pl"]));
+    json(&p.run(&["--json", "build", "--format", "oci-archive", "-o", "pl3.tar"]));
+    for file in mine {
+        assert_eq!(std::fs::read_to_string(p.root.join(file)).unwrap(), "mine\n", "{file} was touched");
+    }
+    assert_eq!(std::fs::read_to_string(live.join("layer")).unwrap(), "in progress", "a live run's work was lost");
+    // That run is gone (killed): its lock is free, and the next build removes what it left.
+    drop(holder);
+    json(&p.run(&["--json", "build", "-o", "pl"]));
+    assert!(!live.exists() && !lock.exists(), "a dead run's temporary directory stayed");
+    assert!(p.root.join(mine[0]).exists());
+}
+
+/// Waits (bounded) until another process holds `lock`.
+fn wait_until_locked(lock: &Path, holder: &mut Started) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let probe = std::fs::File::open(lock).unwrap();
+        if probe.try_lock().is_err() {
+            return;
+        }
+        drop(probe);
+        assert!(holder.0.try_wait().unwrap().is_none(), "flock ended early");
+        assert!(std::time::Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

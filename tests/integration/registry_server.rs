@@ -178,7 +178,7 @@ fn self_signed(dir: &Path, common_name: &str, key: &str, cert: &str) {
 }
 
 /// A CA, and a server certificate for 127.0.0.1 and localhost signed by it; returns the CA's.
-fn make_ca_and_server_cert(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
+pub fn make_ca_and_server_cert(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     self_signed(dir, "imgbuild test CA", "ca.key", "ca.pem");
     openssl(

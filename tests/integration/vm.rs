@@ -1,5 +1,6 @@
 //! VM disks and templates: reproducible, read back by independent tools, and booted under qemu.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -394,7 +395,7 @@ fn hostile_base_layers_stay_inside_the_disk_and_the_disk_is_what_the_layers_say(
     assert_eq!(std::fs::read_to_string(canary.join("keep")).unwrap(), "canary");
     let beside: Vec<String> =
         std::fs::read_dir(&p.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(beside.iter().all(|n| !n.contains(".tmp-")), "a temporary directory was left: {beside:?}");
+    assert!(beside.iter().all(|n| !n.contains(".imgbuild-tmp-")), "a temporary directory was left: {beside:?}");
     assert_eq!(ext4_tree(&raw, "/h").len(), 9, "a refused build leaves the previous output as it was");
 }
 
@@ -432,4 +433,159 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
         assert_eq!(Some(kernel.to_string()), newest);
     }
     assert!(summary["warnings"].as_array().unwrap().len() == 1, "only the network: {summary}");
+}
+
+/// Pieces of paths that shells, XML and YAML give a meaning: a generated path is a few of them.
+const HOSTILE: [&str; 16] = [
+    "$(touch PWN)",
+    "`touch PWN`",
+    "'",
+    "\"",
+    "&",
+    "&amp;",
+    "<x>",
+    "]]>",
+    "--",
+    " ",
+    ";touch PWN;",
+    "${IFS}",
+    "\\",
+    "ü",
+    "R&D'",
+    "#",
+];
+
+/// A path component made of `count` hostile pieces, chosen by `seed`.
+fn hostile_name(seed: usize, count: usize) -> String {
+    (0..count).map(|i| HOSTILE[(seed * 7 + i * 5 + i * i) % HOSTILE.len()]).collect()
+}
+
+/// A stub `qemu-system-x86_64` on `dir`, writing each argument it gets to `$ARGS`, NUL-ended.
+fn qemu_stub(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let stub = dir.join("qemu-system-x86_64");
+    std::fs::write(&stub, "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > \"$ARGS\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn xpath(file: &Path, expression: &str) -> String {
+    let out = tool(Command::new("xmllint").args(["--xpath", expression]).arg(file));
+    out.strip_suffix('\n').unwrap_or(&out).to_string()
+}
+
+/// Issue #11: paths with shell, XML and YAML syntax in them are values, never code or markup.
+#[test]
+fn hostile_paths_are_quoted_in_the_script_and_escaped_in_the_xml() {
+    require_vm_tools();
+    ["xmllint", "cloud-init", "virt-xml-validate"].iter().for_each(|t| require_tool(t));
+    let p = TestProject::new();
+    p.add_base();
+    let stubs = p.path("stubs");
+    qemu_stub(&stubs);
+    for round in 0..3 {
+        let boot = p.path(&format!("boot-{round}")).join(hostile_name(round, 4));
+        std::fs::create_dir_all(&boot).unwrap();
+        let (kernel, initrd) =
+            (boot.join(format!("vmlinuz{}", hostile_name(round + 3, 3))), boot.join(hostile_name(round + 5, 5)));
+        std::fs::write(&kernel, "kernel").unwrap();
+        std::fs::write(&initrd, "initrd").unwrap();
+        let libvirt_dir = format!("/srv/R&D'/{}", hostile_name(round + 11, 6));
+        let out = p.path(&format!("vm-{round}"));
+        let result = p
+            .cmd()
+            .args(["--quiet", "vm", "--id", "0", "--kernel"])
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .args(["--libvirt-dir", &libvirt_dir, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_ok(&result);
+        let script = out.join("node-0.sh");
+        tool(Command::new("sh").arg("-n").arg(&script));
+        let (domain, network) = (out.join("node-0.xml"), out.join("network.xml"));
+        tool(Command::new("xmllint").arg("--noout").arg(&domain).arg(&network));
+        tool(Command::new("virt-xml-validate").arg(&domain).arg("domain"));
+        tool(Command::new("virt-xml-validate").arg(&network).arg("network"));
+        assert_eq!(xpath(&domain, "string(/domain/os/kernel)"), kernel.to_str().unwrap());
+        assert_eq!(xpath(&domain, "string(/domain/os/initrd)"), initrd.to_str().unwrap());
+        assert_eq!(
+            xpath(&domain, "string(/domain/devices/disk[1]/source/@file)"),
+            format!("{libvirt_dir}/node-0.qcow2")
+        );
+        tool(Command::new("cloud-init").args(["schema", "--config-file"]).arg(out.join("user-data-node-0")));
+        // Run as a user would, with qemu replaced by the stub: it gets the paths as they are,
+        // and nothing in them ran.
+        let scratch = p.path(&format!("scratch-{round}"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let args_file = scratch.join("args");
+        let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
+        let ran = Command::new(&script)
+            .current_dir(&scratch)
+            .env("PATH", path)
+            .env("ARGS", &args_file)
+            .env("IMGBUILD_ACCEL", "tcg")
+            .env_remove("IMGBUILD_KERNEL")
+            .env_remove("IMGBUILD_INITRD")
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "node-0.sh: {}", String::from_utf8_lossy(&ran.stderr));
+        let args = std::fs::read(&args_file).unwrap();
+        let args: Vec<&[u8]> = args.split(|b| *b == 0).collect();
+        let after = |flag: &str| args.iter().position(|a| *a == flag.as_bytes()).map(|i| args[i + 1]);
+        assert_eq!(after("-kernel"), Some(kernel.as_os_str().as_encoded_bytes()));
+        assert_eq!(after("-initrd"), Some(initrd.as_os_str().as_encoded_bytes()));
+        for dir in [&scratch, &p.root, &out] {
+            assert!(!dir.join("PWN").exists(), "code in a path ran (in {})", dir.display());
+        }
+    }
+    // A control character cannot be carried by a line-based template: refused before any work.
+    let out = p
+        .cmd()
+        .args(["vm", "--id", "0", "--kernel", "/boot/vm\nlinuz", "--out"])
+        .arg(p.path("vm-nl"))
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("control character") && !p.path("vm-nl").exists(), "{}", stderr(&out));
+}
+
+/// Issue #11: a small base layer that unpacks past IMGBUILD_MAX_UNPACKED (a gzip of zeros) is
+/// refused while it is unpacked, and nothing of it stays on disk.
+#[test]
+fn the_unpack_limit_bounds_the_vm_base_layers() {
+    require_vm_tools();
+    let p = TestProject::new();
+    let layout = p.path("zeros-base");
+    let mut zeros = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(64 << 20);
+    h.set_mode(0o644);
+    zeros.append_data(&mut h, "zeros", std::io::repeat(0).take(64 << 20)).unwrap();
+    let base = fixtures::layered_layout(&layout, &[zeros.into_inner().unwrap()]);
+    pin_base(&p, &layout, &base);
+    let gzipped: u64 = tree(&layout.join("blobs/sha256"))
+        .iter()
+        .map(|b| layout.join("blobs/sha256").join(b).metadata().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(gzipped < 1 << 20, "the layer is small: {gzipped} bytes");
+    let out =
+        p.cmd().env("IMGBUILD_MAX_UNPACKED", "10000000").args(["vm", "--id", "0", "--out", "vm"]).output().unwrap();
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("more than 10000000 bytes (IMGBUILD_MAX_UNPACKED)") && err.contains("sha256:"), "{err}");
+    let beside: Vec<String> =
+        std::fs::read_dir(&p.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(beside.iter().all(|n| !n.contains("imgbuild-tmp")) && !p.root.join("vm").exists(), "{beside:?}");
+    // Within the limit, the same layer makes a disk.
+    let out = p
+        .cmd()
+        .env("IMGBUILD_MAX_UNPACKED", "200000000")
+        .args(["--json", "vm", "--id", "0", "--out", "vm"])
+        .output()
+        .unwrap();
+    json(&out);
 }

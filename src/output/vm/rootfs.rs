@@ -13,8 +13,14 @@
 //!
 //! The model keeps each path's owner, mode, size and inode: the ext4 step sets owners, modes and
 //! times from it, never from the host copy.
+//!
+//! What the layers unpack is bounded (`IMGBUILD_MAX_UNPACKED`, [`Budget`]): all the layers
+//! together may neither stream more tar bytes nor write more file bytes than the limit, so a
+//! small gzip layer of zeros (or a sparse entry) cannot fill the disk.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::cell::Cell;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::rc::Rc;
 
 use tar::EntryType;
 
@@ -51,6 +57,52 @@ pub(crate) struct Rootfs {
     /// The layer being applied, counted from 1.
     layer: usize,
     inodes: u64,
+    budget: Budget,
+}
+
+/// How much the layers may unpack, all together, and how much they have: the bytes of their
+/// decompressed tar streams, and the bytes written to files (more than the stream for a
+/// sparse entry).
+struct Budget {
+    limit: u64,
+    streamed: Rc<Cell<u64>>,
+    written: u64,
+}
+
+impl Budget {
+    fn exceeded(&self) -> bool {
+        self.streamed.get() > self.limit || self.written > self.limit
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "the VM's layers unpack to more than {} bytes (IMGBUILD_MAX_UNPACKED): a decompression bomb, \
+             or set IMGBUILD_MAX_UNPACKED higher",
+            self.limit
+        )
+    }
+
+    fn refusal(&self, layer: &str) -> Error {
+        Error::BadArchive { archive: layer.to_string(), message: self.message() }
+    }
+}
+
+/// A layer's tar stream, counted into the budget; past the limit it fails.
+struct Counted<R> {
+    inner: R,
+    streamed: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.streamed.set(self.streamed.get() + n as u64);
+        if self.streamed.get() > self.limit {
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "past IMGBUILD_MAX_UNPACKED"));
+        }
+        Ok(n)
+    }
 }
 
 /// A whiteout entry's meaning.
@@ -64,9 +116,11 @@ enum Whiteout {
 }
 
 impl Rootfs {
-    /// An empty rootfs written into the new directory `dir`.
-    pub(crate) fn create(dir: &std::path::Path) -> Result<Rootfs> {
-        Ok(Rootfs { tree: Tree::new(), host: HostDir::create(dir).at(dir)?, layer: 0, inodes: 0 })
+    /// An empty rootfs written into the new directory `dir`, whose layers may unpack at most
+    /// `max_unpacked` bytes all together.
+    pub(crate) fn create(dir: &std::path::Path, max_unpacked: u64) -> Result<Rootfs> {
+        let budget = Budget { limit: max_unpacked, streamed: Rc::new(Cell::new(0)), written: 0 };
+        Ok(Rootfs { tree: Tree::new(), host: HostDir::create(dir).at(dir)?, layer: 0, inodes: 0, budget })
     }
 
     pub(crate) fn host_path(&self) -> &std::path::Path {
@@ -86,10 +140,14 @@ impl Rootfs {
     /// Applies the layer `name`, a tar stream, over the ones before.
     fn apply_tar(&mut self, input: impl Read, name: &str) -> Result<()> {
         self.layer += 1;
-        let bad = |message: String| Error::BadArchive { archive: name.to_string(), message };
+        let bad = |budget: &Budget, message: String| match budget.exceeded() {
+            true => budget.refusal(name),
+            false => Error::BadArchive { archive: name.to_string(), message },
+        };
+        let input = Counted { inner: input, streamed: Rc::clone(&self.budget.streamed), limit: self.budget.limit };
         let mut archive = tar::Archive::new(input);
-        for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
-            let mut entry = entry.map_err(|e| bad(format!("corrupt layer: {e}")))?;
+        for entry in archive.entries().map_err(|e| bad(&self.budget, e.to_string()))? {
+            let mut entry = entry.map_err(|e| bad(&self.budget, format!("corrupt layer: {e}")))?;
             self.entry(&mut entry, name)?;
         }
         Ok(())
@@ -114,6 +172,7 @@ impl Rootfs {
         let failed = |f: Failure| match f {
             Failure::Refused(r) => unsafe_entry(r.to_string()),
             Failure::Io(e) => e,
+            Failure::Unpacked(message) => Error::BadArchive { archive: layer_name.to_string(), message },
         };
         if let Some(whiteout) = whiteout(&path).map_err(unsafe_entry)? {
             return self.whiteout(whiteout).map_err(failed);
@@ -153,7 +212,7 @@ impl Rootfs {
             Kind::Dir => self.host.create_dir(path).map_err(io)?,
             Kind::File => {
                 let mut file = self.host.create_file(path).map_err(io)?;
-                let size = io::copy(content, &mut file).map_err(io)?;
+                let size = self.write_content(content, &mut file, &shown)?;
                 self.inodes += 1;
                 let meta = &mut self.tree.get_mut(path).expect("placed above").meta;
                 (meta.inode, meta.size) = (self.inodes, size);
@@ -164,6 +223,33 @@ impl Rootfs {
             }
         }
         Ok(())
+    }
+
+    /// Copies an entry's content into its host file, within the budget. A read that fails
+    /// is the layer's (corrupt, or past the limit), a write that fails is the host's.
+    fn write_content(
+        &mut self,
+        content: &mut impl Read,
+        file: &mut std::fs::File,
+        shown: &std::path::Path,
+    ) -> Result<u64, Failure> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = match content.read(&mut buf) {
+                Ok(0) => return Ok(size),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) if self.budget.exceeded() => return Err(Failure::Unpacked(self.budget.message())),
+                Err(e) => return Err(Failure::Unpacked(format!("corrupt layer: {e}"))),
+            };
+            self.budget.written += n as u64;
+            if self.budget.exceeded() {
+                return Err(Failure::Unpacked(self.budget.message()));
+            }
+            file.write_all(&buf[..n]).map_err(|e| Failure::Io(Error::io(shown, e)))?;
+            size += n as u64;
+        }
     }
 
     /// A hard link: another name of a regular file already in the tree.
@@ -270,6 +356,8 @@ impl Rootfs {
 enum Failure {
     Refused(Refusal),
     Io(Error),
+    /// The entry's content could not be read, or unpacks past the limit.
+    Unpacked(String),
 }
 
 /// What a whiteout entry hides, or `None` for an ordinary entry.

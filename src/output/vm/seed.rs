@@ -8,18 +8,31 @@ use std::path::Path;
 use std::process::Command;
 
 use super::run;
+use crate::deploy::yaml;
 use crate::error::{IoContext, Result};
 use crate::image_def::ImageDef;
 
-/// The seed's `meta-data` and `user-data` for node `id`.
+/// The seed's `meta-data` and `user-data` for node `id`: YAML written by [`yaml::document`],
+/// every string a double-quoted scalar with its escapes, so no name can end a value or start
+/// another key. `imgbuild_node_id` stays a plain number (the entrypoint reads that line).
 pub(crate) fn seed_files(def: &ImageDef, id: u32) -> (String, String) {
-    let meta = format!(
-        "instance-id: {name}-node-{id}\nlocal-hostname: {name}-{id}\nimgbuild_node_id: {id}\n",
-        name = def.name
-    );
+    let name = &def.name;
+    let meta = yaml::document(&serde_json::json!({
+        "instance-id": format!("{name}-node-{id}"),
+        "local-hostname": format!("{name}-{id}"),
+        "imgbuild_node_id": id,
+    }));
+    let config = yaml::document(&serde_json::json!({
+        "hostname": format!("{name}-{id}"),
+        "write_files": [{
+            "path": "/etc/imgbuild/node-id",
+            "content": format!("{id}\n"),
+            "permissions": "0644",
+            "owner": "root:root",
+        }],
+    }));
     let user = format!(
-        "#cloud-config\n# Node {id} of cluster {name}, written by imgbuild. imgbuild-init reads the id from\n# meta-data (imgbuild_node_id) or the kernel command line (imgbuild.node={id}).\nhostname: {name}-{id}\nwrite_files:\n  - path: /etc/imgbuild/node-id\n    content: \"{id}\\n\"\n    permissions: \"0644\"\n    owner: root:root\n",
-        name = def.name
+        "#cloud-config\n# Node {id} of this cluster, written by imgbuild. imgbuild-init reads the id from\n# meta-data (imgbuild_node_id) or the kernel command line (imgbuild.node={id}).\n{config}"
     );
     (meta, user)
 }

@@ -1,10 +1,15 @@
 //! The VM templates: a libvirt domain and a qemu launch script per node, and the cluster's
 //! libvirt network, for the machine the image's platform needs.
+//!
+//! Paths come from the command line (`--kernel`, `--initrd`, `--libvirt-dir`) and may hold any
+//! character: every value is shell-quoted in the script ([`sh_quote`]) and escaped in the XML
+//! ([`xml_escape`]); one with a control character, which a line-based file cannot carry, is
+//! refused before any work ([`check_values`]).
 
 use std::net::Ipv4Addr;
 
 use crate::digest::Sha256Digest;
-use crate::error::{Error, Result};
+use crate::error::{escape, is_unsafe_char, Error, Result};
 use crate::image_def::ImageDef;
 use crate::node::VM_INIT;
 use crate::platform::Platform;
@@ -43,6 +48,46 @@ impl Machine {
     }
 }
 
+/// Refuses a path no template can carry: one with a control character (a line break would end
+/// the script's line, and neither libvirt nor a terminal shows one for what it is).
+pub(crate) fn check_values(boot: &Boot, libvirt_dir: Option<&str>) -> Result<()> {
+    let values = [
+        ("--kernel", Some(boot.kernel.as_str())),
+        ("--initrd", Some(boot.initrd.as_str())),
+        ("--libvirt-dir", libvirt_dir),
+    ];
+    for (option, value) in values {
+        if let Some(value) = value.filter(|v| v.chars().any(is_unsafe_char) || v.is_empty()) {
+            return Err(Error::Usage(format!(
+                "{option} `{}`: the VM templates cannot hold an empty path or one with a control character",
+                escape(value)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `value` as one POSIX shell word that expands to exactly itself.
+pub(crate) fn sh_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// `value` as XML character data or an attribute value (in either quotes).
+pub(crate) fn xml_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A locally administered MAC, derived from the cluster and the node id.
 pub(crate) fn mac(cluster: &str, id: u32) -> String {
     let h = Sha256Digest::of(format!("{cluster}/{id}").as_bytes()).hex();
@@ -75,8 +120,8 @@ impl NodeTemplate<'_> {
     }
 
     pub(crate) fn domain_xml(&self) -> String {
-        let (name, id, m) = (&self.def.name, self.id, self.machine);
-        let dir = self.libvirt_dir.map_or_else(|| format!("/var/lib/libvirt/images/{name}"), str::to_string);
+        let (name, id, m) = (xml_escape(&self.def.name), self.id, self.machine);
+        let dir = self.libvirt_dir.map_or_else(|| format!("/var/lib/libvirt/images/{name}"), xml_escape);
         let seed = if m.cdrom {
             format!("    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{dir}/seed-node-{id}.iso'/>\n      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n")
         } else {
@@ -84,12 +129,12 @@ impl NodeTemplate<'_> {
         };
         let cpu = if m.cpu.is_some() { "  <cpu mode='host-passthrough'/>\n" } else { "" };
         format!(
-            "<!-- Node {id} of cluster {name}, written by imgbuild: copy this directory's files to {dir},\n     then `virsh define node-{id}.xml`. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n{cpu}  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline} imgbuild.node={id}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n{seed}    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
+            "<!-- Node {id} of the cluster named below, written by imgbuild: copy this directory's files where\n     the disks' source files say, then `virsh define node-{id}.xml`. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n{cpu}  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline} imgbuild.node={id}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n{seed}    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
             mem = self.memory_mib,
             arch = m.arch,
             machine = m.machine,
-            kernel = self.boot.kernel,
-            initrd = self.boot.initrd,
+            kernel = xml_escape(&self.boot.kernel),
+            initrd = xml_escape(&self.boot.initrd),
             cmdline = self.cmdline(),
             mac = self.mac,
         )
@@ -114,8 +159,10 @@ impl NodeTemplate<'_> {
 #   node finds its id in its NoCloud seed. Extra arguments go to qemu.
 set -eu
 dir=$(cd "$(dirname "$0")" && pwd)
-kernel=${{IMGBUILD_KERNEL:-{kernel}}}
-initrd=${{IMGBUILD_INITRD:-{initrd}}}
+default_kernel={kernel}
+default_initrd={initrd}
+kernel=${{IMGBUILD_KERNEL:-$default_kernel}}
+initrd=${{IMGBUILD_INITRD:-$default_initrd}}
 if [ -n "${{IMGBUILD_ACCEL:-}}" ]; then
     accel=$IMGBUILD_ACCEL why="from IMGBUILD_ACCEL"
 elif [ -w /dev/kvm ]; then
@@ -142,8 +189,8 @@ exec qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp
             arch = m.arch,
             machine = m.machine,
             mem = self.memory_mib,
-            kernel = self.boot.kernel,
-            initrd = self.boot.initrd,
+            kernel = sh_quote(&self.boot.kernel),
+            initrd = sh_quote(&self.boot.initrd),
             cmdline = self.cmdline(),
             mac = self.mac,
         )
@@ -174,25 +221,90 @@ pub(crate) fn network_xml(def: &ImageDef) -> (String, Option<String>) {
     };
     let mut hosts = String::new();
     for (n, ip) in def.nodes.iter().zip(&ips) {
-        let (mac, name) = (mac(&def.name, n.id), format!("{}-{}", def.name, n.id));
+        let (mac, name) = (mac(&def.name, n.id), xml_escape(&format!("{}-{}", def.name, n.id)));
         match (problem, ip) {
             (None, _) => hosts.push_str(&format!("      <host mac='{mac}' name='{name}' ip='{}'/>\n", n.host)),
-            _ => hosts.push_str(&format!("      <!-- <host mac='{mac}' name='{name}' ip='ADDRESS'/> -->\n")),
+            // A comment cannot hold `--` (a name may): it is only a template for the user.
+            _ => {
+                let mut shown = name.clone();
+                while shown.contains("--") {
+                    shown = shown.replace("--", "- -");
+                }
+                hosts.push_str(&format!("      <!-- <host mac='{mac}' name='{shown}' ip='ADDRESS'/> -->\n"));
+            }
         }
     }
     let note = problem.map_or_else(String::new, |p| {
         format!("\n     {p}: set them in the image definition to addresses of this network (192.168.150.0/24).")
     });
     let xml = format!(
-        "<!-- The network of cluster {name}, written by imgbuild: `virsh net-define network.xml`.{note} -->\n<network>\n  <name>imgbuild-{name}</name>\n  <forward mode='nat'/>\n  <ip address='{gateway}' netmask='255.255.255.0'>\n    <dhcp>\n{hosts}    </dhcp>\n  </ip>\n</network>\n",
-        name = def.name
+        "<!-- The cluster's network, written by imgbuild: `virsh net-define network.xml`.{note} -->\n<network>\n  <name>imgbuild-{name}</name>\n  <forward mode='nat'/>\n  <ip address='{gateway}' netmask='255.255.255.0'>\n    <dhcp>\n{hosts}    </dhcp>\n  </ip>\n</network>\n",
+        name = xml_escape(&def.name)
     );
     (xml, problem.map(str::to_string))
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Text with what shells and XML treat specially, and any other character but NUL.
+    fn hostile() -> impl Strategy<Value = String> {
+        let pieces = prop_oneof![
+            Just("$(touch PWN)".to_string()),
+            Just("`touch PWN`".to_string()),
+            Just("'".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("${IFS}".to_string()),
+            Just("&amp;<>]]>--".to_string()),
+            Just(";|&*?[ ]~#!".to_string()),
+            "[^\\x00]{0,4}",
+        ];
+        proptest::collection::vec(pieces, 0..6).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// A quoted word is read by sh as exactly the value, and nothing in it runs.
+        #[test]
+        fn a_shell_quoted_value_is_that_value_to_sh(value in hostile()) {
+            let script = format!("x={}\nprintf %s \"$x\"", sh_quote(&value));
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new("sh").arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
+            prop_assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            prop_assert_eq!(String::from_utf8_lossy(&out.stdout), value);
+            prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "something ran");
+        }
+
+        /// An escaped value holds no markup, and reads back as itself.
+        #[test]
+        fn an_xml_escaped_value_has_no_markup_and_reads_back(value in hostile()) {
+            let escaped = xml_escape(&value);
+            prop_assert!(!escaped.contains(['<', '>', '\'', '"']), "{}", escaped);
+            let unescaped = escaped
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&apos;", "'")
+                .replace("&quot;", "\"")
+                .replace("&amp;", "&");
+            prop_assert_eq!(unescaped, value);
+        }
+    }
+
+    #[test]
+    fn a_path_no_template_can_carry_is_refused() {
+        let boot = |k: &str| Boot { kernel: k.into(), initrd: "/boot/initrd.img".into() };
+        assert!(check_values(&boot("/boot/vmlinuz$(touch PWN) 'x'"), Some("/srv/R&D'/x")).is_ok());
+        for (kernel, dir) in [("/boot/vm\nlinuz", None), ("/boot/vmlinuz", Some("/srv/\u{1b}[2Jx")), ("", None)] {
+            let err = check_values(&boot(kernel), dir).unwrap_err();
+            assert_eq!(err.exit_code() as i32, 2);
+            assert!(!err.to_string().contains(['\n', '\u{1b}']), "{err}");
+        }
+    }
 
     #[test]
     fn every_buildable_architecture_gets_its_own_machine_or_a_refusal() {

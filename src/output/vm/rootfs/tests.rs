@@ -52,7 +52,7 @@ fn setup() -> (tempfile::TempDir, Rootfs) {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("canary")).unwrap();
     std::fs::write(tmp.path().join("canary/keep"), "canary").unwrap();
-    let rootfs = Rootfs::create(&tmp.path().join("root")).unwrap();
+    let rootfs = Rootfs::create(&tmp.path().join("root"), u64::MAX).unwrap();
     (tmp, rootfs)
 }
 
@@ -254,4 +254,90 @@ fn a_hard_link_names_a_regular_file_of_the_tree_and_shares_its_content() {
     assert_eq!(rootfs.tree.get(&TreePath::from_member(b"h").unwrap()).unwrap().meta.uid, 7);
     assert!(!root.join("d/fifo").exists(), "special files are not written");
     assert_eq!(paths(&rootfs), ["d", "d/f", "h"]);
+}
+
+/// The bytes of every regular file under `root`.
+fn bytes_on_disk(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// A tar holding one file of `size` zero bytes.
+fn zeros(name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.resize(out.len() + size.div_ceil(512) as usize * 512 + 1024, 0);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Layers of files of zeros against a limit: applied while they stay within it, refused
+    /// (exit 1, naming the limit) once they would pass it, and never more on disk than it.
+    #[test]
+    fn the_layers_together_unpack_at_most_the_limit(
+        sizes in proptest::collection::vec(0u64..200_000, 1..5),
+        limit in 1_000u64..400_000,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rootfs = Rootfs::create(&tmp.path().join("root"), limit).unwrap();
+        let mut streamed = 0;
+        for (i, size) in sizes.iter().enumerate() {
+            let layer = zeros(&format!("f{i}"), *size);
+            streamed += layer.len() as u64;
+            match rootfs.apply_tar(&layer[..], &format!("layer {i}")) {
+                Ok(()) => prop_assert!(streamed <= limit, "{} streamed past {}", streamed, limit),
+                Err(e) => {
+                    prop_assert!(streamed > limit, "refused within the limit: {}", e);
+                    prop_assert_eq!(e.exit_code() as i32, 1);
+                    prop_assert!(e.to_string().contains("IMGBUILD_MAX_UNPACKED"), "{}", e);
+                    break;
+                }
+            }
+        }
+        prop_assert!(bytes_on_disk(&tmp.path().join("root")) <= limit + 4096);
+    }
+}
+
+#[test]
+fn a_sparse_entry_is_counted_by_what_it_writes() {
+    // A GNU sparse file of 8 MiB whose one data block is its last: 2 KiB of tar.
+    let real: u64 = 8 << 20;
+    let mut h = tar::Header::new_gnu();
+    h.set_path("sparse").unwrap();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(512);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].offset.copy_from_slice(format!("{:011o}\0", real - 512).as_bytes());
+    gnu.sparse[0].numbytes.copy_from_slice(b"00000001000\0");
+    gnu.realsize.copy_from_slice(format!("{real:011o}\0").as_bytes());
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.extend_from_slice(&[b'x'; 512]);
+    layer.extend_from_slice(&[0u8; 1024]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rootfs = Rootfs::create(&tmp.path().join("root"), 1 << 20).unwrap();
+    let err = rootfs.apply_tar(&layer[..], "sparse layer").unwrap_err();
+    assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
+    let mut roomy = Rootfs::create(&tmp.path().join("roomy"), 1 << 30).unwrap();
+    roomy.apply_tar(&layer[..], "sparse layer").unwrap();
+    assert_eq!(std::fs::metadata(tmp.path().join("roomy/sparse")).unwrap().len(), real, "within the limit it is whole");
 }

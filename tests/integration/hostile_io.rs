@@ -1,0 +1,307 @@
+//! Hostile OCI layouts and archives (issue #11): a blob replaced by a link to `/dev/zero` or
+//! to a host file, a FIFO, a longer file, a linked `blobs/sha256`, an `index.json` that never
+//! ends; archive entries that are links or say more than their descriptor. Every command that
+//! reads a layout or archive (`store add`, a base in a `--mirror` directory, `push --from`,
+//! `sbom` and `verify` of `oci:`/`oci-archive:` names, `recipe`) refuses each at once, names
+//! it, prints nothing of a host file, and leaves nothing in the store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::fixtures;
+use super::harness::*;
+
+/// A host file no layout may read: its sha256 must never be printed.
+const SECRET: &[u8] = b"root:$6$the-host's-shadow-line:19000:0:99999:7:::\n";
+
+/// Runs `cmd` to its end, at most `limit`; a command still running then is killed (by its
+/// PID) and the test fails: a FIFO must never make imgbuild wait.
+fn bounded(cmd: &mut Command, scratch: &Path, limit: Duration) -> Output {
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (out_path, err_path) = (scratch.join("stdout"), scratch.join("stderr"));
+    let stdout = std::fs::File::create(&out_path).unwrap();
+    let stderr = std::fs::File::create(&err_path).unwrap();
+    let mut child = Guard(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().unwrap());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{cmd:?} still runs after {limit:?}: it waits on what it reads");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: std::fs::read(out_path).unwrap(), stderr: std::fs::read(err_path).unwrap() }
+}
+
+/// The layer blob of the layout's amd64 image, and its config blob.
+fn amd64_blobs(layout: &Path) -> (PathBuf, PathBuf) {
+    let read = |p: PathBuf| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap();
+    let blob = |digest: &serde_json::Value| layout.join("blobs/sha256").join(&digest.as_str().unwrap()[7..]);
+    let index = read(layout.join("index.json"));
+    let top = index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == "amd64");
+    let manifest = read(blob(&top.unwrap()["digest"]));
+    (blob(&manifest["layers"][0]["digest"]), blob(&manifest["config"]["digest"]))
+}
+
+/// What an attacker puts in a layout directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayoutSwap {
+    LayerLinkedToDevZero,
+    LayerIsAFifo,
+    LayerLinkedToHostFile,
+    ConfigLinkedToHostFile,
+    LayerLonger,
+    BlobsDirLinked,
+    IndexLinkedToDevZero,
+}
+
+impl LayoutSwap {
+    const ALL: [LayoutSwap; 7] = [
+        LayoutSwap::LayerLinkedToDevZero,
+        LayoutSwap::LayerIsAFifo,
+        LayoutSwap::LayerLinkedToHostFile,
+        LayoutSwap::ConfigLinkedToHostFile,
+        LayoutSwap::LayerLonger,
+        LayoutSwap::BlobsDirLinked,
+        LayoutSwap::IndexLinkedToDevZero,
+    ];
+
+    /// What the refusal says.
+    fn says(self) -> &'static str {
+        match self {
+            LayoutSwap::LayerIsAFifo => "is a FIFO, not a regular file",
+            LayoutSwap::LayerLonger => "but its descriptor says",
+            LayoutSwap::BlobsDirLinked => "under a symbolic link",
+            _ => "is a symbolic link, not a regular file",
+        }
+    }
+
+    /// What `recipe` answers: it reads manifests, indexes and configs, never a layer.
+    fn recipe_answer(self) -> (i32, &'static str) {
+        match self {
+            LayoutSwap::ConfigLinkedToHostFile | LayoutSwap::BlobsDirLinked => (1, self.says()),
+            // Its first look finds no index.json it can use, and reads nothing.
+            LayoutSwap::IndexLinkedToDevZero => (2, "not an OCI layout"),
+            _ => (0, "(oci-image)"),
+        }
+    }
+
+    fn apply(self, layout: &Path, secret: &Path) {
+        let (layer, config) = amd64_blobs(layout);
+        let replace = |path: &Path, with: &dyn Fn(&Path)| {
+            std::fs::remove_file(path).unwrap();
+            with(path);
+        };
+        let link_to = |target: PathBuf| move |p: &Path| std::os::unix::fs::symlink(&target, p).unwrap();
+        match self {
+            LayoutSwap::LayerLinkedToDevZero => replace(&layer, &link_to("/dev/zero".into())),
+            LayoutSwap::LayerIsAFifo => replace(&layer, &|p| {
+                tool(Command::new("mkfifo").arg(p));
+            }),
+            LayoutSwap::LayerLinkedToHostFile => replace(&layer, &link_to(secret.into())),
+            LayoutSwap::ConfigLinkedToHostFile => replace(&config, &link_to(secret.into())),
+            LayoutSwap::LayerLonger => {
+                let mut data = std::fs::read(&layer).unwrap();
+                data.extend(std::iter::repeat_n(0u8, 1 << 20));
+                std::fs::write(&layer, data).unwrap();
+            }
+            LayoutSwap::BlobsDirLinked => {
+                let elsewhere = layout.with_extension("blobs-elsewhere");
+                std::fs::rename(layout.join("blobs/sha256"), &elsewhere).unwrap();
+                std::os::unix::fs::symlink(&elsewhere, layout.join("blobs/sha256")).unwrap();
+            }
+            LayoutSwap::IndexLinkedToDevZero => replace(&layout.join("index.json"), &link_to("/dev/zero".into())),
+        }
+    }
+}
+
+/// Runs `args` against the hostile `path` with a store of its own, and checks what every
+/// refusal must be: bounded, the expected exit code and words, no host file's hash, and a store
+/// that holds nothing of the refused blob and no temporary file.
+struct Attempt<'a> {
+    p: &'a TestProject,
+    secret_hash: String,
+    refused_blob: String,
+}
+
+impl Attempt<'_> {
+    fn run(&self, name: &str, args: &[String], code: i32, says: &str) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let scratch = self.p.path(&format!("scratch-{name}"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let store = scratch.join("store");
+        let mut cmd = self.p.cmd();
+        cmd.env("IMGBUILD_STORE", &store).args(&args);
+        let out = bounded(&mut cmd, &scratch, Duration::from_secs(60));
+        assert_exit(&out, code);
+        let (err, stdout) = (stderr(&out), String::from_utf8_lossy(&out.stdout).into_owned());
+        assert!(err.contains(says), "{name}: expected `{says}`: {err}");
+        assert!(
+            !err.contains(&self.secret_hash) && !stdout.contains(&self.secret_hash),
+            "{name}: a host file's hash: {err}"
+        );
+        assert!(!err.contains("the host's-shadow"), "{name}: {err}");
+        if store.exists() {
+            assert!(tree(&store.join("tmp")).is_empty(), "{name}: left in the store: {:?}", tree(&store.join("tmp")));
+            assert!(
+                !store.join("blobs/sha256").join(&self.refused_blob).exists(),
+                "{name}: the refused blob was stored"
+            );
+        }
+    }
+}
+
+/// The commands that read a layout or archive at `path` (`oci` or `oci-archive`), with what each
+/// must answer: exit code and words (a `--mirror` base that cannot be read is a place that did
+/// not have it: exit 3, with the refusal as the reason).
+fn readers(kind: &str, path: &Path, mirror: &Path) -> Vec<(&'static str, Vec<String>, i32)> {
+    let path = path.to_str().unwrap().to_string();
+    let unreachable = "127.0.0.1:9/hostile/image:x".to_string();
+    vec![
+        ("store-add", vec!["store".into(), "add".into(), path.clone()], 1),
+        (
+            "push-from",
+            vec![
+                "push".into(),
+                "--from".into(),
+                path.clone(),
+                "--from-tag".into(),
+                "bookworm-amd64".into(),
+                unreachable,
+            ],
+            1,
+        ),
+        ("sbom", vec!["sbom".into(), format!("{kind}:{path}:bookworm-amd64")], 1),
+        ("verify", vec!["verify".into(), "--offline".into(), format!("{kind}:{path}:bookworm-amd64")], 1),
+        (
+            "mirror-base",
+            vec![
+                "--offline".into(),
+                "--mirror".into(),
+                mirror.to_str().unwrap().into(),
+                "node".into(),
+                "--id".into(),
+                "0".into(),
+            ],
+            3,
+        ),
+    ]
+}
+
+/// The project's tarballs in a `--mirror` directory, and the hostile base named as its recipe's.
+fn mirror_with(p: &TestProject, name: &str, base: &Path) -> PathBuf {
+    let mirror = p.path(&format!("mirror-{name}"));
+    std::fs::create_dir_all(&mirror).unwrap();
+    for (file, data) in &p.inputs {
+        std::fs::write(mirror.join(file), data).unwrap();
+    }
+    let named = mirror.join("debian-bookworm-slim.tar");
+    if base.is_dir() {
+        // A copy would follow the hostile links: move the layout itself under the name.
+        std::fs::rename(base, &named).unwrap();
+        std::os::unix::fs::symlink(&named, base).unwrap();
+    } else {
+        std::fs::copy(base, &named).unwrap();
+    }
+    mirror
+}
+
+#[test]
+fn every_reader_of_a_layout_directory_refuses_what_is_not_its_regular_files_of_their_size() {
+    require_tool("mkfifo");
+    let p = TestProject::new();
+    let secret = p.path("host-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let secret_hash = fixtures::sha256_hex(SECRET);
+    let (layer, _) = amd64_blobs(&p.base_layout);
+    let refused_blob = layer.file_name().unwrap().to_string_lossy().into_owned();
+    let attempt = Attempt { p: &p, secret_hash, refused_blob };
+    for swap in LayoutSwap::ALL {
+        let name = format!("{swap:?}");
+        let layout = p.path(&format!("layout-{name}"));
+        copy_dir(&p.base_layout, &layout);
+        swap.apply(&layout, &secret);
+        let mirror = mirror_with(&p, &name, &layout);
+        for (reader, args, code) in readers("oci", &layout, &mirror) {
+            attempt.run(&format!("{name}-{reader}"), &args, code, swap.says());
+        }
+        let (code, says) = swap.recipe_answer();
+        attempt.run(&format!("{name}-recipe"), &["recipe".into(), layout.to_str().unwrap().into()], code, says);
+    }
+}
+
+/// An oci-archive of `layout` (blobs first, as skopeo writes one), with its amd64 layer's entry
+/// as `entry` makes it: a link, or more bytes than the descriptor says.
+fn archive(layout: &Path, out: &Path, entry: Option<ArchiveSwap>) {
+    let (layer, _) = amd64_blobs(layout);
+    let mut tar = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let mut names = tree(layout);
+    names.sort_by_key(|n| n == "index.json"); // blobs first, as skopeo writes them
+    for name in names {
+        let path = layout.join(&name);
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        match entry {
+            Some(swap @ (ArchiveSwap::Symlink | ArchiveSwap::HardLink)) if path == layer => {
+                let link = if swap == ArchiveSwap::Symlink { tar::EntryType::Symlink } else { tar::EntryType::Link };
+                h.set_entry_type(link);
+                h.set_size(0);
+                tar.append_link(&mut h, &name, "/dev/zero").unwrap();
+            }
+            Some(ArchiveSwap::Longer) if path == layer => {
+                let mut data = std::fs::read(&path).unwrap();
+                data.extend(std::iter::repeat_n(7u8, 1 << 20));
+                h.set_size(data.len() as u64);
+                tar.append_data(&mut h, &name, &data[..]).unwrap();
+            }
+            _ => {
+                let data = std::fs::read(&path).unwrap();
+                h.set_size(data.len() as u64);
+                tar.append_data(&mut h, &name, &data[..]).unwrap();
+            }
+        }
+    }
+    tar.finish().unwrap();
+}
+
+/// What an attacker makes of the amd64 layer's entry in an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArchiveSwap {
+    Symlink,
+    HardLink,
+    Longer,
+}
+
+#[test]
+fn every_reader_of_an_oci_archive_refuses_entries_that_are_links_or_longer_than_their_descriptor() {
+    let p = TestProject::new();
+    let (layer, _) = amd64_blobs(&p.base_layout);
+    let refused_blob = layer.file_name().unwrap().to_string_lossy().into_owned();
+    let attempt = Attempt { p: &p, secret_hash: fixtures::sha256_hex(SECRET), refused_blob };
+    for (swap, says) in [
+        (ArchiveSwap::Symlink, "is not a regular file"),
+        (ArchiveSwap::HardLink, "is not a regular file"),
+        (ArchiveSwap::Longer, "but its descriptor says"),
+    ] {
+        let name = format!("{swap:?}");
+        let file = p.path(&format!("{name}.tar"));
+        archive(&p.base_layout, &file, Some(swap));
+        let mirror = mirror_with(&p, &name, &file);
+        for (reader, args, code) in readers("oci-archive", &file, &mirror) {
+            attempt.run(&format!("{name}-{reader}"), &args, code, says);
+        }
+    }
+    // The same archive, intact, is read.
+    let intact = p.path("intact.tar");
+    archive(&p.base_layout, &intact, None);
+    let added = json(&p.run(&["--json", "store", "add", intact.to_str().unwrap()]));
+    assert_eq!(added["added"][0]["imported"]["manifests"].as_array().unwrap().len(), 2, "{added}");
+    assert_ok(&p.run(&["recipe", intact.to_str().unwrap()]));
+}
