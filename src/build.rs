@@ -125,6 +125,10 @@ fn source_for<'r>(recipe: &'r Recipe, platform: &Platform) -> Result<&'r recipe:
     })
 }
 
+/// At most this many recipe layers are built at once: each holds a few MiB of buffers, and
+/// beyond the cores more layers only share the same CPUs.
+const MAX_PARALLEL_LAYERS: usize = 4;
+
 fn platform_inputs(
     store: &Store,
     def: &ImageDef,
@@ -142,18 +146,28 @@ fn platform_inputs(
         }
         None => None,
     };
+    let tarball_base = def.base.iter().filter(|b| b.kind == RecipeKind::Tarball);
+    let recipes = tarball_base
+        .chain(&def.layers)
+        .map(|recipe| Ok((recipe, source_for(recipe, platform)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // Independent inputs are built side by side (each decompresses on its own thread, and the
+    // largest no longer waits for the others); the layers keep the definition's order.
+    let at_once = settings.parallelism.threads.clamp(1, MAX_PARALLEL_LAYERS).min(recipes.len().max(1));
+    let shared = LayerSettings { parallelism: settings.parallelism.shared_by(at_once), ..settings.clone() };
+    let built_layers = crate::fetch::run_bounded(&recipes, at_once, |(recipe, source)| {
+        recipe_layer(store, &recipe.name, source, &recipe.unpack, &shared, reporter)
+    });
     let mut layers = Vec::new();
     let mut built = 0;
-    let tarball_base = def.base.iter().filter(|b| b.kind == RecipeKind::Tarball);
-    for recipe in tarball_base.chain(&def.layers) {
-        let source = source_for(recipe, platform)?;
-        let (record, fresh) = recipe_layer(store, &recipe.name, source, &recipe.unpack, settings, reporter)?;
+    for ((recipe, source), result) in recipes.iter().zip(built_layers) {
+        let (record, fresh) = result?;
         built += usize::from(fresh);
         layers.push(ImageLayer {
             digest: record.digest,
             diff_id: record.diff_id,
             size: record.size,
-            media_type: MEDIA_TYPE_GZIP.into(),
+            media_type: settings.compressor.media_type().into(),
             created_by: format!("imgbuild recipe {} {} ({})", recipe.name, recipe.version, source.file_name),
         });
     }
@@ -204,7 +218,7 @@ fn labels(
     labels
 }
 
-/// A layer of files imgbuild writes itself (cluster or identity), described for the image.
+/// A layer of files imgbuild writes itself (cluster or identity, always gzip), described for the image.
 fn own_layer(
     store: &Store,
     files: &BTreeMap<String, crate::layer::GeneratedEntry>,
