@@ -151,16 +151,21 @@ fn platform_inputs(
         .chain(&def.layers)
         .map(|recipe| Ok((recipe, source_for(recipe, platform)?)))
         .collect::<Result<Vec<_>>>()?;
-    // Independent inputs are built side by side (each decompresses on its own thread, and the
-    // largest no longer waits for the others); the layers keep the definition's order.
+    // Independent inputs are built side by side (each decompresses on its own thread), the
+    // largest source first so that it never starts last; the layers keep the definition's order.
     let at_once = settings.parallelism.threads.clamp(1, MAX_PARALLEL_LAYERS).min(recipes.len().max(1));
     let shared = LayerSettings { parallelism: settings.parallelism.shared_by(at_once), ..settings.clone() };
-    let built_layers = crate::fetch::run_bounded(&recipes, at_once, |(recipe, source)| {
-        recipe_layer(store, &recipe.name, source, &recipe.unpack, &shared, reporter)
+    let size = |source: &recipe::Source| std::fs::metadata(store.blob_path(&source.hash)).map_or(0, |m| m.len());
+    let mut largest_first: Vec<usize> = (0..recipes.len()).collect();
+    largest_first.sort_by_key(|&i| std::cmp::Reverse(size(recipes[i].1)));
+    let mut built_layers: Vec<_> = crate::fetch::run_bounded(&largest_first, at_once, |&i| {
+        let (recipe, source) = recipes[i];
+        (i, recipe_layer(store, &recipe.name, source, &recipe.unpack, &shared, reporter))
     });
+    built_layers.sort_by_key(|(i, _)| *i);
     let mut layers = Vec::new();
     let mut built = 0;
-    for ((recipe, source), result) in recipes.iter().zip(built_layers) {
+    for ((recipe, source), (_, result)) in recipes.iter().zip(built_layers) {
         let (record, fresh) = result?;
         built += usize::from(fresh);
         layers.push(ImageLayer {

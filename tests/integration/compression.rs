@@ -122,7 +122,7 @@ fn podman() -> Command {
     c
 }
 
-/// Removes the image Podman pulled, also when the test fails.
+/// Removes an image Podman pulled or loaded, also when the test fails.
 struct Pulled(String);
 
 impl Drop for Pulled {
@@ -132,7 +132,7 @@ impl Drop for Pulled {
 }
 
 #[test]
-fn podman_pulls_a_zstd_image_from_a_registry_and_runs_it() {
+fn podman_pulls_a_zstd_image_from_a_registry_runs_it_and_loads_it() {
     ["podman", "runc", "docker-registry"].iter().for_each(|t| require_tool(t));
     let p = project();
     let registry = Registry::plain(&p.path("registry"));
@@ -156,4 +156,11 @@ fn podman_pulls_a_zstd_image_from_a_registry_and_runs_it() {
     let seen = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "podman run: {}\n{seen}", stderr(&run));
     assert_eq!(seen, format!("hello from a zstd layer\n{}\n", 3 << 20));
+
+    // `imgbuild load` streams the same zstd layers into `podman load` as a docker-archive.
+    let loaded = json(&p.run(&["--json", "load", "--compression", "zstd", "--id", "0"]));
+    let config = loaded["loaded"][0]["config_digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let _loaded = Pulled(config.clone());
+    let ids = tool(podman().args(["images", "--no-trunc", "--format", "{{.ID}}"]));
+    assert!(ids.lines().any(|id| id.trim_start_matches("sha256:") == config), "{config} not in {ids}");
 }
