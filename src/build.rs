@@ -158,15 +158,23 @@ fn platform_inputs(
     let size = |source: &recipe::Source| std::fs::metadata(store.blob_path(&source.hash)).map_or(0, |m| m.len());
     let mut largest_first: Vec<usize> = (0..recipes.len()).collect();
     largest_first.sort_by_key(|&i| std::cmp::Reverse(size(recipes[i].1)));
+    // Once a layer fails, no other starts (those under way finish and are kept in the store).
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let mut built_layers: Vec<_> = crate::fetch::run_bounded(&largest_first, at_once, |&i| {
+        if failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return (i, None);
+        }
         let (recipe, source) = recipes[i];
-        (i, recipe_layer(store, &recipe.name, source, &recipe.unpack, &shared, reporter))
+        let result = recipe_layer(store, &recipe.name, source, &recipe.unpack, &shared, reporter);
+        failed.fetch_or(result.is_err(), std::sync::atomic::Ordering::SeqCst);
+        (i, Some(result))
     });
     built_layers.sort_by_key(|(i, _)| *i);
+    // The first failure in the definition's order is the one reported.
+    let results: Vec<_> = built_layers.into_iter().filter_map(|(_, result)| result).collect::<Result<_>>()?;
     let mut layers = Vec::new();
     let mut built = 0;
-    for ((recipe, source), (_, result)) in recipes.iter().zip(built_layers) {
-        let (record, fresh) = result?;
+    for ((recipe, source), (record, fresh)) in recipes.iter().zip(results) {
         built += usize::from(fresh);
         layers.push(ImageLayer {
             digest: record.digest,
