@@ -317,7 +317,11 @@ mod tests {
     }
 
     fn compress(compressor: Compressor, data: &[u8], threads: usize) -> Vec<u8> {
-        let mut w = LayerWriter::new(Vec::new(), compressor, Parallelism::threads(threads)).unwrap();
+        compress_with(compressor, data, Parallelism::threads(threads))
+    }
+
+    fn compress_with(compressor: Compressor, data: &[u8], parallelism: Parallelism) -> Vec<u8> {
+        let mut w = LayerWriter::new(Vec::new(), compressor, parallelism).unwrap();
         // Odd write sizes: chunking must not depend on how the caller splits writes.
         for piece in data.chunks(77_777) {
             w.write_all(piece).unwrap();
@@ -351,6 +355,8 @@ mod tests {
             let one = compress(compressor, &data, 1);
             assert_eq!(one, compress(compressor, &data, 2), "{compressor:?}");
             assert_eq!(one, compress(compressor, &data, 8), "{compressor:?}");
+            // Eight threads sharing the chunks in flight with three other layers.
+            assert_eq!(one, compress_with(compressor, &data, Parallelism::threads(8).shared_by(4)));
             let back = if compressor.codec == Codec::Gzip { gunzip(&one) } else { unzstd(&one) };
             assert_eq!(back, data, "{compressor:?}");
             assert!(one.len() < data.len());
