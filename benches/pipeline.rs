@@ -475,36 +475,37 @@ fn main() {
     let gzip = Compressor::new(Codec::Gzip, None).unwrap();
     let store = work.join(format!("store-cold-{nproc}"));
     let zstd_store = work.join("store-zstd");
-    let (mut gzip_runs, mut zstd_runs, mut gzip_bounds, mut zstd_bounds) = (vec![], vec![], vec![], vec![]);
     let (mut cold_rss, mut zstd_rss, mut gzip_json, mut zstd_json) = (0, 0, String::new(), String::new());
-    let mut cpu: [Vec<Duration>; 4] = Default::default();
+    // Per round: the gzip build, its bound, the zstd build, its bound.
+    let (mut wall, mut cpu): ([Vec<Duration>; 4], [Vec<Duration>; 4]) = Default::default();
+    let mut record = |i: usize, (w, c): (Duration, Duration)| {
+        wall[i].push(w);
+        cpu[i].push(c);
+    };
     for _ in 0..if quick { 3 } else { 5 } {
         let _ = std::fs::remove_dir_all(&store);
         let run = imgbuild_run(&project, &store, &mirror, nproc, &["build", "--out", &out("out")]);
         (cold_rss, gzip_json) = (cold_rss.max(run.rss_kib), run.stdout);
-        (gzip_runs.push(run.wall), cpu[0].push(run.cpu));
-        let (wall, used) = bound(&sources, &raw, gzip, nproc);
-        (gzip_bounds.push(wall), cpu[1].push(used));
+        record(0, (run.wall, run.cpu));
+        record(1, bound(&sources, &raw, gzip, nproc));
         let _ = std::fs::remove_dir_all(&zstd_store);
         let args = ["build", "--compression", "zstd", "--out", &out("out-zstd")];
         let run = imgbuild_run(&project, &zstd_store, &mirror, nproc, &args);
         (zstd_rss, zstd_json) = (zstd_rss.max(run.rss_kib), run.stdout);
-        (zstd_runs.push(run.wall), cpu[2].push(run.cpu));
-        let (wall, used) = bound(&sources, &raw, zstd, nproc);
-        (zstd_bounds.push(wall), cpu[3].push(used));
+        record(2, (run.wall, run.cpu));
+        record(3, bound(&sources, &raw, zstd, nproc));
     }
-    let rounds = gzip_runs.len();
+    let rounds = wall[0].len();
     let every =
         |runs: &[Duration]| runs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>().join(", ");
     let all_rounds = format!(
         "Every round (s): gzip {}; its bound {}; zstd {}; its bound {}.",
-        every(&gzip_runs),
-        every(&gzip_bounds),
-        every(&zstd_runs),
-        every(&zstd_bounds)
+        every(&wall[0]),
+        every(&wall[1]),
+        every(&wall[2]),
+        every(&wall[3])
     );
-    let (cold_all, zstd_cold) = (median(gzip_runs), median(zstd_runs));
-    let (gzip_bound, zstd_bound) = (median(gzip_bounds), median(zstd_bounds));
+    let [cold_all, gzip_bound, zstd_cold, zstd_bound] = wall.map(median);
     let [gzip_cpu, gzip_bound_cpu, zstd_cpu, zstd_bound_cpu] = cpu.map(median);
     for (name, d) in [("imgbuild", cold_all), ("imgbuild `--compression zstd`", zstd_cold)] {
         line(format!(
