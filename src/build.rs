@@ -125,6 +125,10 @@ fn source_for<'r>(recipe: &'r Recipe, platform: &Platform) -> Result<&'r recipe:
     })
 }
 
+/// At most this many recipe layers are built at once: each holds a few MiB of buffers, and
+/// beyond the cores more layers only share the same CPUs.
+const MAX_PARALLEL_LAYERS: usize = 4;
+
 fn platform_inputs(
     store: &Store,
     def: &ImageDef,
@@ -142,18 +146,41 @@ fn platform_inputs(
         }
         None => None,
     };
+    let tarball_base = def.base.iter().filter(|b| b.kind == RecipeKind::Tarball);
+    let recipes = tarball_base
+        .chain(&def.layers)
+        .map(|recipe| Ok((recipe, source_for(recipe, platform)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // Independent inputs are built side by side (each decompresses on its own thread), the
+    // largest source first so that it never starts last; the layers keep the definition's order.
+    let at_once = settings.parallelism.threads.clamp(1, MAX_PARALLEL_LAYERS).min(recipes.len().max(1));
+    let shared = LayerSettings { parallelism: settings.parallelism.shared_by(at_once), ..settings.clone() };
+    let size = |source: &recipe::Source| std::fs::metadata(store.blob_path(&source.hash)).map_or(0, |m| m.len());
+    let mut largest_first: Vec<usize> = (0..recipes.len()).collect();
+    largest_first.sort_by_key(|&i| std::cmp::Reverse(size(recipes[i].1)));
+    // Once a layer fails, no other starts (those under way finish and are kept in the store).
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let mut built_layers: Vec<_> = crate::fetch::run_bounded(&largest_first, at_once, |&i| {
+        if failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return (i, None);
+        }
+        let (recipe, source) = recipes[i];
+        let result = recipe_layer(store, &recipe.name, source, &recipe.unpack, &shared, reporter);
+        failed.fetch_or(result.is_err(), std::sync::atomic::Ordering::SeqCst);
+        (i, Some(result))
+    });
+    built_layers.sort_by_key(|(i, _)| *i);
+    // The first failure in the definition's order is the one reported.
+    let results: Vec<_> = built_layers.into_iter().filter_map(|(_, result)| result).collect::<Result<_>>()?;
     let mut layers = Vec::new();
     let mut built = 0;
-    let tarball_base = def.base.iter().filter(|b| b.kind == RecipeKind::Tarball);
-    for recipe in tarball_base.chain(&def.layers) {
-        let source = source_for(recipe, platform)?;
-        let (record, fresh) = recipe_layer(store, &recipe.name, source, &recipe.unpack, settings, reporter)?;
+    for ((recipe, source), (record, fresh)) in recipes.iter().zip(results) {
         built += usize::from(fresh);
         layers.push(ImageLayer {
             digest: record.digest,
             diff_id: record.diff_id,
             size: record.size,
-            media_type: MEDIA_TYPE_GZIP.into(),
+            media_type: settings.compressor.media_type().into(),
             created_by: format!("imgbuild recipe {} {} ({})", recipe.name, recipe.version, source.file_name),
         });
     }
@@ -204,7 +231,7 @@ fn labels(
     labels
 }
 
-/// A layer of files imgbuild writes itself (cluster or identity), described for the image.
+/// A layer of files imgbuild writes itself (cluster or identity, always gzip), described for the image.
 fn own_layer(
     store: &Store,
     files: &BTreeMap<String, crate::layer::GeneratedEntry>,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! source blob → gunzip/unxz/bunzip2/unzstd (own thread) → tar reader → tree model → tar writer
-//!             → sha256 (diff_id) → deterministic gzip → sha256 (digest) → store blob writer
+//!             → sha256 (diff_id) → pinned gzip or zstd → sha256 (digest) → store blob writer
 //! ```
 //! Normalizing means: paths re-rooted under the recipe's prefix after stripping components,
 //! uid/gid 0, no user or group names, mtimes clamped to the build epoch, modes reduced to
@@ -21,28 +21,29 @@ use std::path::Path;
 
 use tar::{EntryType, Header};
 
-use crate::compress::GzipWriter;
+use crate::compress::{Compressor, LayerWriter, Parallelism};
 use crate::digest::{BlobDigest, DiffId, Hash, HashingWriter, Sha256Digest};
 use crate::error::{escape, Error, IoContext, Result};
 use crate::progress::Reporter;
 use crate::recipe::{Source, Unpack};
 use crate::store::{BlobWriter, LayerRecord, Store};
-use decompress::Compression;
+pub(crate) use decompress::Compression;
 pub use normalize::Counts;
 use normalize::{Normalize, Normalizer};
 
 /// Bumped whenever a change here changes the bytes of a layer, so cached layers are not reused.
 pub const FORMAT_VERSION: u32 = 2;
 
-pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub use crate::compress::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD};
 
 #[derive(Debug, Clone)]
 pub struct LayerSettings {
     /// `SOURCE_DATE_EPOCH`: every mtime is clamped to it.
     pub epoch: u64,
-    pub level: u8,
-    /// Compression threads; changes speed only, never bytes.
-    pub threads: usize,
+    /// The pinned compressor and its level (`--compression`, `--level`).
+    pub compressor: Compressor,
+    /// Compression threads and chunks in flight; changes speed only, never bytes.
+    pub parallelism: Parallelism,
     /// Largest unpacked size of one source: a gzip bomb stops here (`IMGBUILD_MAX_UNPACKED`).
     pub max_unpacked: u64,
 }
@@ -54,7 +55,7 @@ pub const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
 pub fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> Sha256Digest {
     let canonical = serde_json::json!({
         "format": FORMAT_VERSION,
-        "compressor": { "name": "miniz_oxide-chunked-gzip", "chunk": crate::compress::CHUNK_SIZE, "level": settings.level },
+        "compressor": settings.compressor.derivation(),
         "epoch": settings.epoch,
         "source": source.to_string(),
         "unpack": unpack,
@@ -62,24 +63,24 @@ pub fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> S
     Sha256Digest::of(canonical.to_string().as_bytes())
 }
 
-/// The tar → diff_id → gzip → digest → store chain.
+/// The tar → diff_id → compressor → digest → store chain.
 struct LayerSink<'s> {
-    tar: tar::Builder<HashingWriter<GzipWriter<BlobWriter<'s>>>>,
+    tar: tar::Builder<HashingWriter<LayerWriter<BlobWriter<'s>>>>,
 }
 
 impl<'s> LayerSink<'s> {
     fn new(store: &'s Store, settings: &LayerSettings) -> Result<Self> {
         let blob = store.writer(crate::digest::Algorithm::Sha256)?;
-        let gz = GzipWriter::new(blob, settings.level, settings.threads).at(store.root())?;
-        let mut tar = tar::Builder::new(HashingWriter::new(gz));
+        let compressed = LayerWriter::new(blob, settings.compressor, settings.parallelism).at(store.root())?;
+        let mut tar = tar::Builder::new(HashingWriter::new(compressed));
         tar.mode(tar::HeaderMode::Deterministic);
         Ok(LayerSink { tar })
     }
 
     fn finish(self, store: &Store, what: &str) -> Result<LayerRecord> {
         let hashing = self.tar.into_inner().at(store.root())?;
-        let (gz, diff_id, _) = hashing.finish();
-        let blob = gz.finish().at(store.root())?;
+        let (compressed, diff_id, _) = hashing.finish();
+        let blob = compressed.finish().at(store.root())?;
         let size = blob.size();
         let digest = blob.commit(None, what)?;
         let digest = digest.as_sha256().expect("layers are sha256");
@@ -215,8 +216,10 @@ pub fn generated_layer(
     // One sorted list of directories and files, so parents precede children.
     let mut all: BTreeMap<String, Option<&GeneratedEntry>> = dirs.into_iter().map(|d| (d, None)).collect();
     all.extend(files.iter().map(|(p, e)| (p.clone(), Some(e))));
-    // These layers are a few KiB: the best compression costs nothing and saves bytes on every push.
-    let single = LayerSettings { threads: 1, level: 9, ..settings.clone() };
+    // These layers are a few KiB: the best gzip costs nothing, saves bytes on every push, and
+    // every runtime reads it whatever the recipe layers' compression.
+    let single =
+        LayerSettings { parallelism: Parallelism::threads(1), compressor: Compressor::gzip(9), ..settings.clone() };
     let mut sink = LayerSink::new(store, &single)?;
     for (path, entry) in &all {
         let result = match entry {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::build::{build, BuildResult, BuildSettings};
-use crate::compress::{default_threads, DEFAULT_LEVEL};
+use crate::compress::{default_threads, Codec, Compressor, Parallelism};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
 use crate::output::{self, Destination, Force, Format};
@@ -24,10 +24,13 @@ pub struct ImageChoice {
     /// Compression threads (only the speed changes, never the bytes) [default: every core]
     #[arg(long, env = "IMGBUILD_THREADS", value_name = "N")]
     pub threads: Option<usize>,
-    /// gzip level of the layers, 1 (fastest) to 9 (smallest); part of every layer's digest
-    #[arg(long, env = "IMGBUILD_LEVEL", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=9),
-          default_value_t = DEFAULT_LEVEL)]
-    pub level: u8,
+    /// Compression of the recipe layers; part of every layer's digest
+    #[arg(long, env = "IMGBUILD_COMPRESSION", value_enum, default_value_t = Codec::Gzip)]
+    pub compression: Codec,
+    /// Compression level: gzip 1 (fastest) to 9 (smallest), zstd 1 to 19; part of every
+    /// layer's digest [default: gzip 1, zstd 3]
+    #[arg(long, env = "IMGBUILD_LEVEL", value_name = "N")]
+    pub level: Option<u8>,
 }
 
 #[derive(clap::Args)]
@@ -93,8 +96,8 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
         platforms,
         layer: LayerSettings {
             epoch: source_date_epoch()?,
-            level: choice.level,
-            threads,
+            compressor: Compressor::new(choice.compression, choice.level).map_err(Error::Usage)?,
+            parallelism: Parallelism::threads(threads),
             max_unpacked: max_unpacked()?,
         },
         fetch: global.fetch_settings()?,

@@ -51,7 +51,7 @@ fn plain() -> Vec<Entry> {
 }
 
 /// Writes a recipe for `data` (served at `dist/{file}`).
-fn recipe(p: &TestProject, name: &str, file: &str, data: Vec<u8>, unpack: &str) {
+pub(super) fn recipe(p: &TestProject, name: &str, file: &str, data: Vec<u8>, unpack: &str) {
     let hex = fixtures::sha256_hex(&data);
     p.server.serve(&format!("dist/{file}"), data, Fault::None);
     let url = p.server.url(&format!("dist/{file}"));
@@ -61,9 +61,9 @@ fn recipe(p: &TestProject, name: &str, file: &str, data: Vec<u8>, unpack: &str) 
     );
 }
 
-/// A project whose image has a root-filesystem tarball (`.tar.xz`, made of this machine's
-/// Debian files, with a device node) as its base, and one layer per other format.
-fn project() -> TestProject {
+/// A project without the seed's recipes and images, and a root of this machine's Debian files
+/// (a shell and coreutils) in the directory returned.
+pub(super) fn project_with_debian_root() -> (TestProject, PathBuf) {
     let p = TestProject::new();
     for f in std::fs::read_dir(p.root.join("recipes")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
@@ -72,6 +72,13 @@ fn project() -> TestProject {
     std::fs::create_dir_all(p.root.join("images")).unwrap();
     let root = p.path("rootfs");
     debian::debian_root(&root, debian::BASE_PACKAGES);
+    (p, root)
+}
+
+/// A project whose image has a root-filesystem tarball (`.tar.xz`, made of this machine's
+/// Debian files, with a device node) as its base, and one layer per other format.
+fn project() -> TestProject {
+    let (p, root) = project_with_debian_root();
     let rootfs = fixtures::tar_of_root(&root, &[Entry::CharDevice("dev/null".into())]);
     recipe(&p, "rootfs", "rootfs.tar.xz", fixtures::compressed("xz", &rootfs), "skip_devices = true\n");
     let tricky = fixtures::compressed("zst", &fixtures::tar(&tricky()));

@@ -127,14 +127,12 @@ impl Rootfs {
         self.host.path()
     }
 
-    /// Applies one layer (gzip or plain tar) over the ones before.
+    /// Applies one layer (gzip, zstd or plain tar, told apart by content) over the ones before.
     pub(crate) fn apply(&mut self, store: &Store, layer: &ImageLayer) -> Result<()> {
         let file = store.open_blob(&layer.digest.0.to_hash())?;
         let mut reader = BufReader::with_capacity(256 * 1024, file);
-        let gzipped = reader.fill_buf().at(self.host.path())?.starts_with(&[0x1f, 0x8b]);
-        let input: Box<dyn Read> =
-            if gzipped { Box::new(flate2::bufread::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
-        self.apply_tar(input, &layer.digest.to_string())
+        let compression = crate::layer::Compression::detect(reader.fill_buf().at(self.host.path())?);
+        self.apply_tar(compression.reader(reader, u64::MAX), &layer.digest.to_string())
     }
 
     /// Applies the layer `name`, a tar stream, over the ones before.
