@@ -85,12 +85,14 @@ const PARALLEL_FETCHES: usize = 4;
 /// Makes sure every source of every platform is in the store (tarballs and base images alike,
 /// up to `PARALLEL_FETCHES` at once); reports all that are missing at once.
 pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<()> {
+    // A source whose every layer is in the store, or the cache (`--cache`) gave, is not needed.
+    let substituted = crate::cache::substitute(store, def, &settings.platforms, &settings.layer, reporter);
     // Each pinned input once, in a fixed order (a file that serves every platform is one input).
     let mut inputs: Vec<(&Recipe, &Platform, &recipe::Source)> = Vec::new();
     for platform in &settings.platforms {
         for recipe in def.recipes() {
             let source = source_for(recipe, platform)?;
-            if !inputs.iter().any(|(_, _, s)| s.hash == source.hash) {
+            if !inputs.iter().any(|(_, _, s)| s.hash == source.hash) && !substituted.contains(&source.hash) {
                 inputs.push((recipe, platform, source));
             }
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::build::{build, BuildResult, BuildSettings};
+use crate::cache::CacheReport;
 use crate::compress::{default_threads, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
@@ -96,6 +97,7 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
             level: choice.level,
             threads,
             max_unpacked: max_unpacked()?,
+            cache: global.cache()?,
         },
         fetch: global.fetch_settings()?,
     })
@@ -126,7 +128,8 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     };
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
-    report(global, def, &out, options.format, &result);
+    let cache = settings.layer.cache.as_ref().map(|c| c.report());
+    report(global, def, &out, options.format, &result, cache.as_ref());
     Ok(())
 }
 
@@ -146,6 +149,7 @@ fn report(
     out: &std::path::Path,
     format: Format,
     result: &BuildResult,
+    cache: Option<&CacheReport>,
 ) {
     let images = &result.nodes;
     if global.json {
@@ -154,6 +158,7 @@ fn report(
             "output": out,
             "format": format,
             "layers_built": result.layers_built,
+            "cache": cache,
             "cluster": result.cluster,
             "nodes": images,
         }));
@@ -171,6 +176,17 @@ fn report(
             out.display(),
             human_bytes(shared)
         );
+        if let Some(c) = cache {
+            eprintln!(
+                "cache {}: {} layer(s) pulled, {} pushed, {} missing, {} refused{}",
+                c.repository,
+                c.pulled,
+                c.pushed,
+                c.missing,
+                c.refused,
+                if c.unavailable.is_some() { " (unavailable)" } else { "" }
+            );
+        }
     }
 }
 

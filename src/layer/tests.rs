@@ -55,7 +55,7 @@ pub(crate) fn raw_tar(entries: &[(String, Kind)]) -> Vec<u8> {
 }
 
 fn settings() -> LayerSettings {
-    LayerSettings { epoch: 1_000, level: 1, threads: 1, max_unpacked: 1 << 20 }
+    LayerSettings { epoch: 1_000, level: 1, threads: 1, max_unpacked: 1 << 20, cache: None }
 }
 
 fn unpack(strip: u32, prefix: &str, whiteouts: bool) -> Unpack {

@@ -8,6 +8,7 @@ mod http;
 mod registry_server;
 
 mod base_image;
+mod cache;
 mod core;
 mod definitions;
 mod deploy;
