@@ -251,7 +251,14 @@ pub fn build(
         inputs.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
     }
     let own = own_shared_layers(store, def, &settings.layer)?;
-    let images = ImageWriter { store, def, inputs: &inputs, own: &own, epoch: settings.layer.epoch };
+    let images = ImageWriter {
+        store,
+        def,
+        inputs: &inputs,
+        own: &own,
+        epoch: settings.layer.epoch,
+        level: settings.layer.level,
+    };
     let cluster = images.write(None)?;
     let mut node_images = Vec::new();
     for node in nodes {
@@ -300,6 +307,7 @@ struct ImageWriter<'a> {
     inputs: &'a [PlatformInputs],
     own: &'a [ImageLayer],
     epoch: u64,
+    level: u8,
 }
 
 impl ImageWriter<'_> {
@@ -327,7 +335,16 @@ impl ImageWriter<'_> {
             }
             None => (CLUSTER_TAG.to_string(), BTreeMap::new()),
         };
-        StoredImage::write(self.store, tag, written, &annotations)
+        let mut image = StoredImage::write(self.store, tag, written, &annotations)?;
+        // Its SBOMs and provenance, attached as referrers.
+        let facts = crate::supply::BuildFacts {
+            def: self.def,
+            platforms: self.inputs.iter().map(|i| (&i.platform, i.base.as_ref())).collect(),
+            level: self.level,
+            epoch: self.epoch,
+        };
+        crate::supply::attach(self.store, &facts, &mut image, node.map(|(n, _)| n))?;
+        Ok(image)
     }
 
     fn base_annotations(&self, base: Option<&BaseImage>) -> BTreeMap<String, String> {
@@ -339,5 +356,73 @@ impl ImageWriter<'_> {
             }
         }
         annotations
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const SHA: &str = "7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27";
+
+    fn recipe(name: &str, extra: &str) -> Recipe {
+        let text = format!(
+            "name = \"{name}\"\nversion = \"1.{name}\"\n{extra}\n[[source]]\nurl = \"https://example.org/{name}.tgz\"\nsha256 = \"{SHA}\"\n[unpack]\nprefix = \"/opt/{name}\"\n"
+        );
+        Recipe::parse(Path::new("r.toml"), &text).unwrap()
+    }
+
+    /// A definition over a JDK-like and an app recipe, with `config` as its `[config]` table.
+    fn def(config: &str) -> ImageDef {
+        let recipes: BTreeMap<String, Recipe> = [
+            recipe("jdk", "env = { JAVA_HOME = \"/opt/jdk\", SHARED = \"jdk\" }\npath = [\"/opt/jdk/bin\"]"),
+            recipe("app", "env = { SHARED = \"app\" }\npath = [\"/opt/app/bin\"]"),
+        ]
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+        let text = format!(
+            "name = \"demo\"\nlayers = [\"jdk\", \"app\"]\n[config]\n{config}\n[[cluster.node]]\nid = 1\nhost = \"h1\"\n[[cluster.node]]\nid = 2\nhost = \"h2\"\n"
+        );
+        ImageDef::parse(Path::new("images/demo.toml"), &text, &recipes).unwrap()
+    }
+
+    fn base(env: &[&str]) -> BaseImage {
+        // No `history`: optional in the spec, and absent from many minimal images.
+        let json = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": { "Env": env },
+            "rootfs": { "type": "layers", "diff_ids": [] },
+        });
+        let config = crate::image::parse_config(json.to_string().as_bytes()).unwrap();
+        let digest = crate::digest::Sha256Digest::of(b"base");
+        BaseImage { manifest_digest: digest, config_digest: digest, config, layers: vec![] }
+    }
+
+    #[test]
+    fn the_environment_is_the_bases_then_each_recipes_in_layer_order_then_the_images() {
+        let env = environment(&def(""), Some(&base(&["PATH=/usr/bin:/bin", "LANG=C.UTF-8", "SHARED=base"])));
+        assert_eq!(env["PATH"], "/opt/jdk/bin:/opt/app/bin:/usr/bin:/bin", "recipes' dirs first, in layer order");
+        assert_eq!(env["SHARED"], "app", "a later layer's recipe wins");
+        assert_eq!((env["LANG"].as_str(), env["JAVA_HOME"].as_str()), ("C.UTF-8", "/opt/jdk"));
+        let own = environment(&def("env = { SHARED = \"image\" }"), None);
+        assert_eq!(own["SHARED"], "image", "the image's own env is set last");
+        assert!(own["PATH"].ends_with(DEFAULT_PATH), "without a base, the usual PATH follows the recipes'");
+    }
+
+    #[test]
+    fn labels_name_every_input_and_the_node_only_in_a_node_image() {
+        let d = def("labels = { \"org.imgbuild.cluster\" = \"spoofed\", team = \"infra\" }");
+        let platform: Platform = "linux/amd64".parse().unwrap();
+        let node = d.node(2).unwrap().clone();
+        let node_labels = labels(&d, Some(&node), &platform, None, 86_400);
+        assert_eq!(node_labels["org.imgbuild.node.id"], "2");
+        assert_eq!(node_labels["org.imgbuild.input.jdk"], format!("sha256:{SHA}"));
+        assert_eq!(node_labels["org.imgbuild.input.app.version"], "1.app");
+        assert_eq!(node_labels["org.opencontainers.image.created"], "1970-01-02T00:00:00Z");
+        assert_eq!(node_labels["team"], "infra");
+        assert_eq!(node_labels["org.imgbuild.cluster"], "demo", "imgbuild's own labels cannot be overridden");
+        let cluster_labels = labels(&d, None, &platform, None, 0);
+        assert!(!cluster_labels.contains_key("org.imgbuild.node.id"));
     }
 }

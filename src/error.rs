@@ -23,6 +23,8 @@ pub enum ExitCode {
     Registry = 5,
     /// An external tool imgbuild needs (mke2fs, qemu-img, xorriso, …) is missing or failed.
     Tool = 6,
+    /// `verify`: the image is not what its recorded inputs build.
+    Mismatch = 7,
     /// A bug in imgbuild: an invariant did not hold (sysexits' EX_SOFTWARE).
     Internal = 70,
 }
@@ -77,6 +79,10 @@ pub enum Error {
     #[error("{tool}: {message}")]
     Tool { tool: String, package: String, message: String },
 
+    /// `verify` rebuilt the image and got other bytes: what differs, first.
+    #[error("{0}")]
+    Mismatch(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -118,6 +124,7 @@ impl Error {
             Error::Usage(_) => ExitCode::Usage,
             Error::Registry { .. } => ExitCode::Registry,
             Error::Tool { .. } => ExitCode::Tool,
+            Error::Mismatch(_) => ExitCode::Mismatch,
             Error::Internal(_) => ExitCode::Internal,
         }
     }

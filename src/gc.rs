@@ -61,7 +61,12 @@ pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport
         let path = entry.at(&tmp)?.path();
         report.removed_temp_files += 1;
         if !dry_run {
-            fs::remove_file(&path).at(&path)?;
+            // A killed run may leave a directory (an unpacked tree) as well as files.
+            let removed = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
+            removed.at(&path)?;
         }
     }
     if !dry_run {
@@ -118,13 +123,17 @@ mod tests {
         store.add_root(&dir.path().join("gone"), [dead_only.to_hash()]).unwrap();
         let mut w = std::fs::File::create(store.temp_path("left")).unwrap();
         w.write_all(b"half").unwrap();
+        let left_dir = store.temp_path("tree");
+        fs::create_dir_all(left_dir.join("a/b")).unwrap();
 
         let dry = collect(&store, &[pinned.to_hash()], true).unwrap();
         assert_eq!((dry.removed_blobs, dry.kept_blobs, dry.live_roots, dry.dead_roots), (2, 2, 1, 1));
+        assert_eq!(dry.removed_temp_files, 2);
         assert!(store.has_sha256(&loose), "a dry run removes nothing");
 
         let report = collect(&store, &[pinned.to_hash()], false).unwrap();
-        assert_eq!((report.removed_blobs, report.removed_temp_files), (2, 1));
+        assert_eq!((report.removed_blobs, report.removed_temp_files), (2, 2));
+        assert!(!left_dir.exists(), "a directory left in tmp/ goes too");
         assert!(store.has_sha256(&held) && store.has_sha256(&pinned));
         assert!(!store.has_sha256(&dead_only) && !store.has_sha256(&loose));
         assert_eq!(store.roots().unwrap().len(), 1, "the dead root is gone");

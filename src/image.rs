@@ -43,7 +43,7 @@ impl BaseImage {
         let manifest: ImageManifest = serde_json::from_slice(&store.read_blob(manifest_digest)?)
             .map_err(|e| store_err(format!("base manifest {manifest_digest} is not an OCI image manifest: {e}")))?;
         let config_digest = Sha256Digest::from_oci(manifest.config().digest()).map_err(|e| store_err(e.to_string()))?;
-        let config: ImageConfiguration = serde_json::from_slice(&store.read_blob(&config_digest)?)
+        let config = parse_config(&store.read_blob(&config_digest)?)
             .map_err(|e| store_err(format!("base config {config_digest}: {e}")))?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
@@ -74,6 +74,16 @@ impl BaseImage {
         let env = self.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
         env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
     }
+}
+
+/// An image configuration as other tools write it. The spec makes `history` optional (many
+/// minimal images have none); the oci-spec types require it, so a missing one reads as empty.
+pub(crate) fn parse_config(bytes: &[u8]) -> serde_json::Result<ImageConfiguration> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.entry("history").or_insert_with(|| serde_json::json!([]));
+    }
+    serde_json::from_value(value)
 }
 
 /// Everything one platform's image of one node is made of.
@@ -108,7 +118,26 @@ pub struct StoredImage {
     pub media_type: String,
     pub size: u64,
     pub platforms: Vec<WrittenImage>,
+    /// Documents attached to the image or its platform manifests (SBOMs, provenance).
+    pub referrers: Vec<Referrer>,
 }
+
+/// An OCI 1.1 artifact attached to an image: one document (an SBOM, a provenance statement)
+/// carried as the single layer of an artifact manifest whose `subject` is the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Referrer {
+    pub artifact_type: String,
+    /// The artifact manifest's digest and size.
+    pub digest: Sha256Digest,
+    pub size: u64,
+    /// The manifest or index it is attached to.
+    pub subject: Sha256Digest,
+    /// The document it carries.
+    pub document: Sha256Digest,
+}
+
+/// The empty JSON object the image spec's artifact guidance uses as an artifact's config.
+pub const EMPTY_JSON: &[u8] = b"{}";
 
 impl StoredImage {
     /// Writes `images` (one per platform, in order) as one image: the manifest itself for one
@@ -126,6 +155,7 @@ impl StoredImage {
                 media_type: MediaType::ImageManifest.to_string(),
                 size: only.manifest_size,
                 platforms: vec![only.clone()],
+                referrers: Vec::new(),
             });
         }
         let (digest, size) = write_index(store, &images, index_annotations)?;
@@ -135,6 +165,7 @@ impl StoredImage {
             media_type: MediaType::ImageIndex.to_string(),
             size,
             platforms: images.into_iter().map(|(w, _)| w).collect(),
+            referrers: Vec::new(),
         })
     }
 
@@ -142,17 +173,37 @@ impl StoredImage {
         descriptor(MediaType::from(self.media_type.as_str()), &self.digest, self.size)
     }
 
-    /// Every blob the image needs (index, manifests, configs, layers), sorted, once each.
-    pub fn blobs(&self) -> Vec<Sha256Digest> {
+    /// Every blob the image needs (index, manifests, configs, layers) and, with
+    /// `with_referrers`, every blob of its referrers; sorted, once each.
+    pub fn blobs_of(&self, with_referrers: bool) -> Vec<Sha256Digest> {
         let mut blobs = vec![self.digest];
         for p in &self.platforms {
             blobs.push(p.manifest_digest);
             blobs.push(p.config_digest);
             blobs.extend(p.layers.iter().map(|l| l.digest.0));
         }
+        if with_referrers {
+            for r in &self.referrers {
+                blobs.extend([r.digest, r.document, Sha256Digest::of(EMPTY_JSON)]);
+            }
+        }
         blobs.sort();
         blobs.dedup();
         blobs
+    }
+
+    /// Every blob of the image and its referrers.
+    pub fn blobs(&self) -> Vec<Sha256Digest> {
+        self.blobs_of(true)
+    }
+
+    /// The descriptor of the manifest or index `digest` of this image (the top or a platform's).
+    pub fn subject_descriptor(&self, digest: &Sha256Digest) -> Option<Descriptor> {
+        if *digest == self.digest {
+            return Some(self.descriptor());
+        }
+        let p = self.platforms.iter().find(|p| p.manifest_digest == *digest)?;
+        Some(descriptor(MediaType::ImageManifest, &p.manifest_digest, p.manifest_size))
     }
 
     /// The single platform's image, for formats that hold one (docker-archive).
@@ -255,6 +306,40 @@ pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenIma
         manifest_size: manifest_bytes.len() as u64,
         config_digest,
         layers: all_layers,
+    })
+}
+
+/// Stores `document` and an artifact manifest of `artifact_type` carrying it, attached to
+/// `subject`; `created` (from `SOURCE_DATE_EPOCH`) is its only timestamp.
+pub fn write_artifact(
+    store: &Store,
+    artifact_type: &str,
+    subject: &Descriptor,
+    document: &[u8],
+    created: &str,
+) -> Result<Referrer> {
+    let document_digest = store.add_bytes(document)?;
+    let empty = store.add_bytes(EMPTY_JSON)?;
+    let layer = descriptor(MediaType::Other(artifact_type.to_string()), &document_digest, document.len() as u64);
+    let annotations = [("org.opencontainers.image.created".to_string(), created.to_string())];
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::Other(artifact_type.to_string()))
+        .config(descriptor(MediaType::EmptyJSON, &empty, EMPTY_JSON.len() as u64))
+        .layers(vec![layer])
+        .subject(subject.clone())
+        .annotations(annotations.into_iter().collect::<std::collections::HashMap<_, _>>())
+        .build()
+        .map_err(spec_err)?;
+    let bytes = canonical_json(&manifest);
+    let subject = Sha256Digest::from_oci(subject.digest()).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Referrer {
+        artifact_type: artifact_type.to_string(),
+        digest: store.add_bytes(&bytes)?,
+        size: bytes.len() as u64,
+        subject,
+        document: document_digest,
     })
 }
 

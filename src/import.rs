@@ -19,6 +19,16 @@ pub struct Imported {
     pub manifests: Vec<(Sha256Digest, Option<String>)>,
     pub indexes: Vec<Sha256Digest>,
     pub blobs: usize,
+    /// Artifact manifests the layout lists (OCI 1.1 referrers): not images, never a top.
+    pub referrers: Vec<ImportedReferrer>,
+}
+
+/// An artifact manifest attached to a manifest or index (`subject`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportedReferrer {
+    pub digest: Sha256Digest,
+    pub artifact_type: String,
+    pub subject: Sha256Digest,
 }
 
 /// Whether a file is a tar archive holding an OCI layout (an oci-archive).
@@ -116,7 +126,9 @@ fn walk_index(
     let doc: Document = serde_json::from_str(index_text).map_err(|e| bad(origin, format!("index.json: {e}")))?;
     let mut imported = Imported::default();
     for desc in doc.manifests.unwrap_or_default() {
-        walk(store, origin, &desc, ensure, &mut imported, 0)?;
+        if walk(store, origin, &desc, ensure, &mut imported, 0)? == Walked::Referrer {
+            continue;
+        }
         let tag = desc.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
         imported.tops.push((tag, desc.digest));
     }
@@ -126,6 +138,13 @@ fn walk_index(
     Ok(imported)
 }
 
+/// What a walked descriptor was.
+#[derive(PartialEq, Eq)]
+enum Walked {
+    Image,
+    Referrer,
+}
+
 fn walk(
     store: &Store,
     origin: &Path,
@@ -133,7 +152,7 @@ fn walk(
     ensure: &dyn Fn(&Sha256Digest) -> Result<()>,
     out: &mut Imported,
     depth: u32,
-) -> Result<()> {
+) -> Result<Walked> {
     if depth > 4 {
         return Err(bad(origin, "indexes nested more than 4 deep"));
     }
@@ -147,7 +166,7 @@ fn walk(
         for child in doc.manifests.iter().flatten() {
             walk(store, origin, child, ensure, out, depth + 1)?;
         }
-        return Ok(());
+        return Ok(Walked::Image);
     }
     if doc.config.is_none() {
         return Err(bad(origin, format!("{digest} is neither an image index nor an image manifest")));
@@ -156,6 +175,15 @@ fn walk(
         ensure(&d.digest)?;
         out.blobs += 1;
     }
+    if let Some(subject) = &doc.subject {
+        let artifact_type = doc.artifact_type.clone().or_else(|| doc.config.as_ref().map(|c| c.media_type.clone()));
+        out.referrers.push(ImportedReferrer {
+            digest,
+            artifact_type: artifact_type.unwrap_or_default(),
+            subject: subject.digest,
+        });
+        return Ok(Walked::Referrer);
+    }
     out.manifests.push((digest, desc.platform.as_ref().map(|p| p.text())));
-    Ok(())
+    Ok(Walked::Image)
 }

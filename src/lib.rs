@@ -26,5 +26,6 @@ pub mod project;
 pub mod recipe;
 pub mod registry;
 pub mod store;
+pub(crate) mod supply;
 pub mod toml_file;
 pub mod tree;

@@ -20,6 +20,11 @@ pub struct Document {
     pub config: Option<Descriptor>,
     #[serde(default)]
     pub layers: Vec<Descriptor>,
+    /// An OCI 1.1 artifact manifest: the manifest it is attached to, and what it carries.
+    #[serde(default)]
+    pub subject: Option<Descriptor>,
+    #[serde(rename = "artifactType", default)]
+    pub artifact_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +38,8 @@ pub struct Descriptor {
     pub platform: Option<DescriptorPlatform>,
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(rename = "artifactType", default)]
+    pub artifact_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

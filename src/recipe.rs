@@ -140,10 +140,13 @@ impl Recipe {
     fn from_file(file: TomlFile<RecipeToml>) -> Result<Recipe> {
         let r = &file.value;
         let name = r.name.get_ref().clone();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if !is_recipe_name(&name) {
             return Err(file.error_at(
                 r.name.span(),
-                format!("field `name`: `{name}` must be non-empty and use only a-z, 0-9, `.`, `_`, `-`"),
+                format!(
+                    "field `name`: `{}` must start with a-z or 0-9 and use only a-z, 0-9, `.`, `_`, `-`",
+                    crate::error::escape(&name)
+                ),
             ));
         }
         let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
@@ -374,6 +377,13 @@ fn normalize_abs<T>(file: &TomlFile<T>, p: &Spanned<String>, field: &str) -> Res
     Ok(parts.join("/"))
 }
 
+/// A recipe's name: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit
+/// (so never `.`, `..` or an option-like `-x`); it appears in labels, SBOMs and file names.
+pub fn is_recipe_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+}
+
 pub fn url_file_name(url: &str) -> &str {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     without_query.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download")
@@ -475,5 +485,20 @@ mod oci_image_tests {
         let tarball = "name = \"t\"\nversion = \"1\"\nmirrors = [\"x\"]\n[[source]]\nurl = \"https://e.org/t.tgz\"\nsha256 = \"7f7f5414e044ac11fee2a1e0bc225469f51fb0cdf821e67df762a43098223f27\"\n";
         let e = Recipe::parse(Path::new("r.toml"), tarball).unwrap_err().to_string();
         assert!(e.starts_with("r.toml:3:") && e.contains("top-level `mirrors`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::is_recipe_name;
+
+    #[test]
+    fn recipe_names_are_what_the_docs_say() {
+        for ok in ["zookeeper", "temurin-jdk8", "debian-bookworm-slim", "a", "0day", "x.y_z"] {
+            assert!(is_recipe_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "-x", "_x", "Kafka", "a/b", "a b", "zk\u{1b}"] {
+            assert!(!is_recipe_name(bad), "{bad:?}");
+        }
     }
 }

@@ -10,7 +10,9 @@ mod load;
 mod prefetch;
 mod push;
 mod recipe;
+mod sbom;
 mod store;
+mod verify;
 mod vm;
 
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ use crate::registry::reference::RegistryMirror;
     version,
     about = "Reproducible OCI images and VM disks for pinned clusters",
     max_term_width = 100,
-    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 70 internal\nerror. With --json, errors are also printed as JSON."
+    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 70 internal error. With --json, errors are also printed as JSON."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -107,6 +109,10 @@ pub enum Command {
     Init(init::InitArgs),
     /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
     Recipe(recipe::RecipeArgs),
+    /// Print the SBOM attached to an image (SPDX 2.3 or CycloneDX 1.5 JSON)
+    Sbom(sbom::SbomArgs),
+    /// Rebuild an image from its provenance and check it is the same, byte for byte
+    Verify(verify::VerifyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::CompletionsArgs),
     /// Print the manual page (roff), or write one per command with --dir
@@ -189,6 +195,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Store(cmd) => store::run(&cli.global, cmd),
         Command::Init(args) => init::run(&cli.global, args),
         Command::Recipe(args) => recipe::run(&cli.global, args),
+        Command::Sbom(args) => sbom::run(&cli.global, args),
+        Command::Verify(args) => verify::run(&cli.global, args),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
     }

@@ -112,27 +112,35 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();
     let targets = match &args.from {
-        Some(from) => vec![(reference.clone(), layout_top(&store, from, args.from_tag.as_deref())?)],
+        Some(from) => vec![layout_top(&store, &reference, from, args.from_tag.as_deref())?],
         None => built_targets(global, args, &store, &reference, reporter.as_ref())?,
     };
     let client = args.registry.connect(global, &reference, Access::Push)?;
     let mut pushed = Vec::new();
-    for (dest, digest) in &targets {
-        let result = push::push(&store, &client, dest, digest, reporter.as_ref())?;
+    for target in &targets {
+        let result = push::push(&store, &client, &target.to, &target.digest, &target.referrers, reporter.as_ref())?;
         if !global.json {
             print_pushed(global, &result);
         }
         pushed.push(result);
     }
     if global.json {
-        let bytes: u64 = pushed.iter().map(|p| p.stats.bytes_uploaded).sum();
+        let bytes: u64 = pushed.iter().map(|p| p.stats.bytes_uploaded + p.referrers.bytes_uploaded).sum();
         super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
     }
     Ok(())
 }
 
-/// The manifest or index of an existing layout or archive (`--from`, `--from-tag`).
-fn layout_top(store: &Store, from: &Path, tag: Option<&str>) -> Result<Sha256Digest> {
+/// An image to push: where to, its manifest or index, and the artifact manifests attached to it.
+struct Target {
+    to: Reference,
+    digest: Sha256Digest,
+    referrers: Vec<Sha256Digest>,
+}
+
+/// The manifest or index of an existing layout or archive (`--from`, `--from-tag`), with
+/// the layout's referrers of it.
+fn layout_top(store: &Store, to: &Reference, from: &Path, tag: Option<&str>) -> Result<Target> {
     let imported = crate::import::import(store, from)?;
     let top = match (tag, imported.tops.as_slice()) {
         (Some(tag), tops) => tops.iter().find(|(t, _)| t.as_deref() == Some(tag)).map(|(_, d)| *d),
@@ -140,9 +148,11 @@ fn layout_top(store: &Store, from: &Path, tag: Option<&str>) -> Result<Sha256Dig
         (None, _) => None,
     };
     let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.clone()).collect();
-    top.ok_or_else(|| {
+    let digest = top.ok_or_else(|| {
         Error::Usage(format!("choose a tag of {} with --from-tag (it has: {})", from.display(), tags.join(", ")))
-    })
+    })?;
+    let referrers = crate::supply::image_name::referrers_of(store, &digest, &imported.referrers)?;
+    Ok(Target { to: to.clone(), digest, referrers })
 }
 
 /// Builds the nodes asked for and names where each goes: `--id N` (under the reference's tag
@@ -153,7 +163,7 @@ fn built_targets(
     store: &Store,
     reference: &Reference,
     reporter: &dyn Reporter,
-) -> Result<Vec<(Reference, Sha256Digest)>> {
+) -> Result<Vec<Target>> {
     if args.id.is_none() && !args.all {
         return Err(Error::Usage("say what to push: --id N, --all, or --from PATH".into()));
     }
@@ -165,14 +175,19 @@ fn built_targets(
     let nodes: Vec<u32> = args.id.into_iter().collect();
     let result = build(store, &project.image, &nodes, &settings, reporter)?;
     let keep_tag = args.id.is_some() && reference.tag.is_some();
+    let target = |to: Reference, image: &crate::image::StoredImage| Target {
+        to,
+        digest: image.digest,
+        referrers: image.referrers.iter().map(|r| r.digest).collect(),
+    };
     let mut targets: Vec<_> = result
         .nodes
         .iter()
-        .map(|node| (if keep_tag { reference.clone() } else { reference.with_tag(&node.image.tag) }, node.image.digest))
+        .map(|node| target(if keep_tag { reference.clone() } else { reference.with_tag(&node.image.tag) }, &node.image))
         .collect();
     // Every node's image and the `cluster` image, which `deploy kubernetes` runs in every pod.
     if args.all {
-        targets.push((reference.with_tag(&result.cluster.tag), result.cluster.digest));
+        targets.push(target(reference.with_tag(&result.cluster.tag), &result.cluster));
     }
     Ok(targets)
 }

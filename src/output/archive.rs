@@ -72,12 +72,13 @@ pub fn write_to<W: Write>(
     epoch: u64,
 ) -> Result<W> {
     let docker_json = docker.map(|name| docker_manifest(images, name)).transpose()?;
-    let index = index_json(images)?;
+    // Referrers belong to the OCI layout; `manifest.json` has no place for them.
+    let index = index_json(images, oci_layout)?;
     let mut tar = tar::Builder::new(out);
     for dir in ["blobs/", "blobs/sha256/"] {
         tar.append_data(&mut header(EntryType::Directory, 0o755, epoch, 0), dir, io::empty()).at(dest)?;
     }
-    for digest in all_blobs(images) {
+    for digest in all_blobs(images, oci_layout) {
         let path = store.sha256_path(&digest);
         let blob = File::open(&path).at(&path)?;
         let size = blob.metadata().at(&path)?.len();

@@ -8,15 +8,16 @@ use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
 
 use crate::digest::Sha256Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::image::{canonical_json, StoredImage};
+use crate::image::{canonical_json, descriptor, Referrer, StoredImage};
 use crate::store::Store;
 
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// The layout's top-level `index.json`: one entry per tag, in the order given.
-pub fn index_json(images: &[StoredImage]) -> Result<Vec<u8>> {
-    let manifests: Vec<Descriptor> = images
+/// The layout's top-level `index.json`: one entry per tag, in the order given, then (with
+/// `with_referrers`) every image's referrers, untagged, each with its `artifactType`.
+pub fn index_json(images: &[StoredImage], with_referrers: bool) -> Result<Vec<u8>> {
+    let mut manifests: Vec<Descriptor> = images
         .iter()
         .map(|img| {
             let mut d = img.descriptor();
@@ -27,6 +28,9 @@ pub fn index_json(images: &[StoredImage]) -> Result<Vec<u8>> {
             d
         })
         .collect();
+    if with_referrers {
+        manifests.extend(images.iter().flat_map(|img| &img.referrers).map(referrer_descriptor));
+    }
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
@@ -36,9 +40,16 @@ pub fn index_json(images: &[StoredImage]) -> Result<Vec<u8>> {
     Ok(canonical_json(&index))
 }
 
-/// Every blob of every image, once, sorted.
-pub fn all_blobs(images: &[StoredImage]) -> BTreeSet<Sha256Digest> {
-    images.iter().flat_map(StoredImage::blobs).collect()
+/// How an index lists an artifact manifest: by its digest, with its `artifactType`.
+fn referrer_descriptor(r: &Referrer) -> Descriptor {
+    let mut d = descriptor(MediaType::ImageManifest, &r.digest, r.size);
+    d.set_artifact_type(Some(MediaType::Other(r.artifact_type.clone())));
+    d
+}
+
+/// Every blob of every image (and, with `with_referrers`, of their referrers), once, sorted.
+pub fn all_blobs(images: &[StoredImage], with_referrers: bool) -> BTreeSet<Sha256Digest> {
+    images.iter().flat_map(|img| img.blobs_of(with_referrers)).collect()
 }
 
 /// Writes the layout of `images` into the directory `dir` (a temporary path the caller renames
@@ -46,7 +57,7 @@ pub fn all_blobs(images: &[StoredImage]) -> BTreeSet<Sha256Digest> {
 pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).at(&blob_dir)?;
-    for digest in all_blobs(images) {
+    for digest in all_blobs(images, true) {
         let from = store.sha256_path(&digest);
         let to = blob_dir.join(digest.hex());
         // Store blobs are immutable: a hard link costs nothing; copy across file systems.
@@ -55,5 +66,5 @@ pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
         }
     }
     fs::write(dir.join("oci-layout"), OCI_LAYOUT).at(dir)?;
-    fs::write(dir.join("index.json"), index_json(images)?).at(dir)
+    fs::write(dir.join("index.json"), index_json(images, true)?).at(dir)
 }

@@ -116,10 +116,7 @@ pub fn clean_name(text: &str) -> String {
     name.trim_matches(|c| "._-".contains(c)).to_string()
 }
 
-/// Whether `name` is one the recipe parser accepts (the rule of `recipe.rs`).
-pub fn is_recipe_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
+pub use crate::recipe::is_recipe_name;
 
 #[cfg(test)]
 mod tests {

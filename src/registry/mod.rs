@@ -7,6 +7,7 @@ pub(crate) mod credentials;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub(crate) mod referrers;
 mod tls;
 mod token;
 mod transport;

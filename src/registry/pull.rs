@@ -173,7 +173,7 @@ pub(crate) fn from_store(store: &Store, reference: &Reference, platforms: Option
 }
 
 /// Fetches a manifest, checks it against `expected` (when pinned) and stores it.
-fn manifest(
+pub(crate) fn manifest(
     store: &Store,
     client: &Client,
     target: &str,

@@ -1,5 +1,7 @@
 //! Pushing an image (manifest or index) from the store: each blob is checked with HEAD first,
 //! mounted from a sibling repository when one is known to hold it, and uploaded otherwise.
+//! Then its referrers (SBOMs, provenance): through the registry's referrers API, or the
+//! fallback tag where it has none (`referrers.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ pub struct Pushed {
     pub media_type: String,
     #[serde(flatten)]
     pub stats: PushStats,
+    /// The SBOMs and provenance attached to it: their manifests and blobs.
+    pub referrers: PushStats,
 }
 
 /// Which repositories of a registry are known to hold a blob: the sources of cross-repository
@@ -139,14 +143,34 @@ impl Pusher<'_> {
         self.stats.manifests += 1;
         Ok(media_type)
     }
+
+    /// An artifact manifest attached to a manifest already pushed: its blobs, then itself.
+    fn referrer(&mut self, digest: &Sha256Digest) -> Result<()> {
+        let (bytes, doc) = read_doc(self.store, digest)?;
+        let not_artifact = || Error::Store {
+            path: self.store.sha256_path(digest),
+            message: "a referrer that is not an artifact manifest with a `subject`".into(),
+        };
+        let subject = doc.subject.as_ref().ok_or_else(not_artifact)?.digest;
+        let artifact_type = doc.artifact_type.clone().ok_or_else(not_artifact)?;
+        self.check_present(&doc)?;
+        for d in doc.blobs() {
+            self.blob(d)?;
+        }
+        super::referrers::put(self.client, &bytes, &subject, &artifact_type)?;
+        self.stats.manifests += 1;
+        Ok(())
+    }
 }
 
-/// Pushes the manifest or index `digest` from the store to `reference` (its tag, or its digest).
+/// Pushes the manifest or index `digest` from the store to `reference` (its tag, or its
+/// digest), then the artifact manifests `referrers` attached to it or its platform manifests.
 pub fn push(
     store: &Store,
     client: &Client,
     reference: &Reference,
     digest: &Sha256Digest,
+    referrers: &[Sha256Digest],
     reporter: &dyn Reporter,
 ) -> Result<Pushed> {
     let mut pusher = Pusher {
@@ -158,9 +182,20 @@ pub fn push(
         stats: PushStats::default(),
     };
     let result = pusher.manifest(digest, &reference.target());
+    // The referrers are counted apart from the image.
+    let image_stats = std::mem::take(&mut pusher.stats);
+    let result =
+        result.and_then(|media_type| referrers.iter().try_for_each(|r| pusher.referrer(r)).map(|()| media_type));
+    let referrer_stats = std::mem::replace(&mut pusher.stats, image_stats);
     // What reached the registry is worth remembering even when a later step failed.
     pusher.hints.save(store)?;
     let media_type = result?;
     let pinned = Reference { digest: Some(*digest), ..reference.clone() };
-    Ok(Pushed { reference: pinned.to_string(), digest: *digest, media_type, stats: pusher.stats })
+    Ok(Pushed {
+        reference: pinned.to_string(),
+        digest: *digest,
+        media_type,
+        stats: pusher.stats,
+        referrers: referrer_stats,
+    })
 }

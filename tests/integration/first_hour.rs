@@ -454,7 +454,7 @@ fn readme_your_own_cluster_runs_as_written() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap())
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
         .collect();
     assert_eq!(tags, ["cluster", "node-1", "node-2", "node-3"]);
     let recipe = std::fs::read_to_string(project.join("recipes/base.toml")).unwrap();

@@ -21,4 +21,5 @@ mod outputs;
 mod registry;
 mod registry_access;
 mod reliability;
+mod supply_chain;
 mod vm;

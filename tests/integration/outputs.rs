@@ -127,7 +127,8 @@ fn a_build_replaces_its_own_output_whatever_its_format() {
     // A single node into the same layout: replaced whole, it holds only that node.
     json(&p.cmd().args(["--json", "node", "--id", "2", "--out"]).arg(&layout).output().unwrap());
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let images = index["manifests"].as_array().unwrap().iter().filter(|m| m["artifactType"].is_null()).count();
+    assert_eq!(images, 1);
     for format in ["oci-archive", "docker-archive", "oci-archive"] {
         json(&p.cmd().args(["--json", "build", "--format", format, "--out"]).arg(&archive).output().unwrap());
     }

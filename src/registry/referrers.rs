@@ -1,0 +1,90 @@
+//! OCI 1.1 referrers on a registry: listed through the referrers API where the registry has
+//! one, else through the fallback tag `sha256-<hex>` (an index of the referrers) that
+//! registries without it (Debian's `docker-registry` 2.8) serve; pushed the same two ways.
+
+use std::io::Read;
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::transport::explain;
+use crate::digest::Sha256Digest;
+use crate::error::Result;
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The fallback tag of `subject`'s referrers: `sha256-<hex>`.
+pub(crate) fn fallback_tag(subject: &Sha256Digest) -> String {
+    format!("sha256-{}", subject.hex())
+}
+
+/// The artifact manifests attached to `subject`, by digest: from the referrers API, or from
+/// the fallback tag when the registry has no such API. Each is still to be fetched and checked.
+pub(crate) fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Sha256Digest>> {
+    let url = client.url(&format!("referrers/{subject}"));
+    let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
+    let index = if r.status().is_success() {
+        Some(read_index(client, r, "the referrers API")?)
+    } else if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
+        fallback_index(client, subject)?
+    } else {
+        return Err(client.error(format!("listing the referrers of {subject}: {}", explain(r))));
+    };
+    let manifests = index.as_ref().and_then(|i| i["manifests"].as_array()).cloned().unwrap_or_default();
+    Ok(manifests.iter().filter_map(|d| d["digest"].as_str()?.parse().ok()).collect())
+}
+
+/// The index the fallback tag of `subject` holds, if there is one.
+fn fallback_index(client: &Client, subject: &Sha256Digest) -> Result<Option<Value>> {
+    let url = client.url(&format!("manifests/{}", fallback_tag(subject)));
+    let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
+    match r.status() {
+        StatusCode::NOT_FOUND => Ok(None),
+        s if s.is_success() => Ok(Some(read_index(client, r, "the referrers tag")?)),
+        _ => Err(client.error(format!("getting {}: {}", fallback_tag(subject), explain(r)))),
+    }
+}
+
+fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str) -> Result<Value> {
+    let mut bytes = Vec::new();
+    r.take(crate::store::MAX_DOCUMENT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| client.error(format!("reading {what}: {e}")))?;
+    if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
+        return Err(client.error(format!("{what} answered more than 4 MiB")));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| client.error(format!("{what} answered what is not an index: {e}")))
+}
+
+/// Puts the artifact manifest `bytes` (attached to `subject`) by its digest. A registry with the
+/// referrers API says so with `OCI-Subject`; for any other, the manifest is added to the
+/// fallback tag's index (created when missing; left alone when it lists the manifest already).
+pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifact_type: &str) -> Result<()> {
+    let digest = Sha256Digest::of(bytes);
+    let url = client.url(&format!("manifests/{digest}"));
+    let r = client.send(|| client.http.put(&url).header(CONTENT_TYPE, MANIFEST).body(bytes.to_vec()))?;
+    if r.status() != StatusCode::CREATED {
+        return Err(client.error(format!("putting referrer {digest}: {}", explain(r))));
+    }
+    let indexed = r.headers().get("oci-subject").and_then(|v| v.to_str().ok()) == Some(&subject.to_string());
+    if indexed {
+        return Ok(());
+    }
+    let mut index = fallback_index(client, subject)?
+        .unwrap_or_else(|| json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": [] }));
+    let listed = index["manifests"].as_array().is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()));
+    if listed {
+        return Ok(());
+    }
+    let entry = json!({ "mediaType": MANIFEST, "digest": digest.to_string(), "size": bytes.len(), "artifactType": artifact_type });
+    match index["manifests"].as_array_mut() {
+        Some(manifests) => manifests.push(entry),
+        None => index["manifests"] = json!([entry]),
+    }
+    let body = crate::image::canonical_json(&index);
+    let tag = fallback_tag(subject);
+    client.put_manifest(&tag, INDEX, &body)
+}
