@@ -34,6 +34,9 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     };
     let mut settings = settings(global, &choice)?;
     settings.layer.epoch = provenance.epoch;
+    // Rebuilt from the pins alone: never a layer a cache (`--cache`) gives, which is what
+    // catches a poisoned cache entry.
+    settings.layer.cache = None;
     let reporter = global.reporter();
     let rebuilt = {
         let _building = store.build_lock_shared()?;

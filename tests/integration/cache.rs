@@ -236,9 +236,17 @@ fn a_consistent_lie_is_used_only_by_builds_that_name_the_cache() {
     assert_eq!(layers_built(&b), 0, "{b}");
     let poisoned = recipe_layers(&b);
     assert_eq!(poisoned.iter().filter(|(_, d)| *d == digest_of("kafka")).count(), 2, "{poisoned:?}");
+    // `imgbuild verify` rebuilds from the pins without any cache (even when given one), so it
+    // names the poisoned layer.
+    let image = format!("oci-archive:{}:node-1", p.path("b.tar").display());
+    let verify = on_store(&p, &second)
+        .args(["--cache", &cache.repo, "--insecure-registry", &cache.registry.host(), "verify", &image])
+        .output()
+        .unwrap();
+    assert_exit(&verify, 7);
+    assert!(stderr(&verify).contains("(imgbuild recipe zookeeper 3.4.10"), "{}", stderr(&verify));
     // A build without the cache trusts only the layers it built: it rebuilds ZooKeeper's from
-    // its pinned source, and gets the true image (as `imgbuild verify`, which never uses a
-    // cache, does).
+    // its pinned source, and gets the true image.
     let own = json(&build(&p, &second, None, "b-own.tar"));
     assert_eq!(recipe_layers(&own), layers, "{own}");
     same_file(&p.path("a.tar"), &p.path("b-own.tar"));
