@@ -139,13 +139,26 @@ fn timed_sh(script: &str) -> Duration {
 
 /// Runs imgbuild under GNU time; returns wall time, peak RSS in KiB and stdout.
 fn imgbuild(project: &Path, store: &Path, mirror: &Path, threads: usize, args: &[&str]) -> (Duration, u64, String) {
+    imgbuild_with(project, store, mirror, threads, &["--offline"], args)
+}
+
+/// The same, with the global options `global` (`--offline` for `imgbuild`).
+fn imgbuild_with(
+    project: &Path,
+    store: &Path,
+    mirror: &Path,
+    threads: usize,
+    global: &[&str],
+    args: &[&str],
+) -> (Duration, u64, String) {
     let rss_file = project.join("rss.txt");
     let start = Instant::now();
     let out = Command::new("/usr/bin/time")
         .args(["-f", "%M", "-o"])
         .arg(&rss_file)
         .arg(BIN)
-        .args(["--offline", "--json", "--project"])
+        .args(global)
+        .args(["--json", "--project"])
         .arg(project)
         .arg("--store")
         .arg(store)
@@ -468,32 +481,16 @@ fn main() {
     if have("docker-registry") {
         line("\n### Push to a local registry (docker-registry on 127.0.0.1)\n".into());
         line("| push | uploaded | blobs uploaded / skipped | wall time | goal |\n|---|---|---|---|---|".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let regdir = work.join("registry");
-        std::fs::create_dir_all(&regdir).unwrap();
-        std::fs::write(
-            regdir.join("config.yml"),
-            format!("version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", regdir.join("data").display()),
-        )
-        .unwrap();
-        let mut registry = Command::new("docker-registry")
-            .arg("serve")
-            .arg(regdir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let repo = format!("127.0.0.1:{port}/bench/zk-kafka");
+        let registry = LocalRegistry::start(&work.join("registry"));
+        let repo = format!("{}/bench/zk-kafka", registry.host);
         for (case, id, goal) in [
             ("first node", "0", ""),
             ("second node", "1", "< 16 KiB"),
             ("second node again, unchanged", "1", "0 blobs"),
         ] {
-            let (d, _, out) = imgbuild(&project, &store, &mirror, nproc, &["push", "--insecure", "--id", id, &repo]);
+            // push refuses --offline: the inputs come from --mirror.
+            let (d, _, out) =
+                imgbuild_with(&project, &store, &mirror, nproc, &[], &["push", "--insecure", "--id", id, &repo]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let p = &v["pushed"][0];
             line(format!(
@@ -504,11 +501,97 @@ fn main() {
                 d.as_secs_f64()
             ));
         }
-        let _ = registry.kill();
-        let _ = registry.wait();
+        drop(registry);
+    }
+
+    if have("docker-registry") {
+        for l in cache_figures(&work, &project, &mirror, nproc, cold_all) {
+            line(l);
+        }
     }
 
     let out = work.join("BENCHMARKS-run.md");
     std::fs::write(&out, &report).unwrap();
     eprintln!("\nreport written to {}", out.display());
+}
+
+/// A docker-registry serving plain HTTP on a free loopback port, killed when dropped.
+struct LocalRegistry {
+    child: std::process::Child,
+    host: String,
+}
+
+impl LocalRegistry {
+    fn start(dir: &Path) -> LocalRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = empty_dir(dir).join("data");
+        let config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            data.display()
+        );
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = LocalRegistry { child, host: format!("127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A team's shared cache (`--cache`) in a docker-registry on loopback: a cold build that fills
+/// it, then cold builds (each on an empty store) that take every layer from it, against the
+/// cold build without a cache (`cold`).
+fn cache_figures(work: &Path, project: &Path, mirror: &Path, threads: usize, cold: Duration) -> Vec<String> {
+    let registry = LocalRegistry::start(&work.join("cache-registry"));
+    let repo = format!("{}/bench/layer-cache", registry.host);
+    let global = ["--cache", &repo, "--insecure-registry", &registry.host];
+    let out = work.join("out-cache");
+    let build = |store: &str| {
+        let store = work.join(store);
+        let _ = std::fs::remove_dir_all(&store);
+        imgbuild_with(project, &store, mirror, threads, &global, &["build", "--out", out.to_str().unwrap()])
+    };
+    let (fill, _, json) = build("store-cache-fill");
+    assert!(json.contains("\"pushed\": 3"), "the first build did not fill the cache: {json}");
+    let mut from_cache = Vec::new();
+    let mut peak = 0;
+    for _ in 0..3 {
+        let (d, rss, json) = build("store-cache-cold");
+        assert!(json.contains("\"layers_built\": 0") && json.contains("\"pulled\": 3"), "{json}");
+        from_cache.push(d);
+        peak = peak.max(rss);
+    }
+    let warm_cache = median(from_cache);
+    vec![
+        "\n### A team's shared cache (`--cache`, docker-registry on 127.0.0.1)\n".into(),
+        "| cold build (empty store) | wall time | vs cold build without a cache | goal |\n|---|---|---|---|".into(),
+        format!("| no cache | {:.2} s | 1.00 | |", cold.as_secs_f64()),
+        format!(
+            "| filling the cache (building and pushing every layer) | {:.2} s | {:.2} | |",
+            fill.as_secs_f64(),
+            fill.as_secs_f64() / cold.as_secs_f64()
+        ),
+        format!(
+            "| from a warm cache (median of 3; peak RSS {:.1} MiB) | {:.2} s | {:.2} | ≤ 0.30 |",
+            peak as f64 / 1024.0,
+            warm_cache.as_secs_f64(),
+            warm_cache.as_secs_f64() / cold.as_secs_f64()
+        ),
+    ]
 }
