@@ -70,12 +70,51 @@ impl Store {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
+    /// Whether the store holds `hash`'s blob, intact (see [`Store::intact`]).
     pub fn has(&self, hash: &Hash) -> bool {
-        self.blob_path(hash).is_file()
+        self.intact(hash).unwrap_or(false)
     }
 
     pub fn has_sha256(&self, digest: &Sha256Digest) -> bool {
-        self.sha256_path(digest).is_file()
+        self.has(&digest.to_hash())
+    }
+
+    /// Whether `hash`'s blob is there with the content its name says. Every blob is stamped with
+    /// the modification time [`BLOB_STAMP`] when it is stored; outputs share blobs by hard link,
+    /// so a write to an output's copy is a write to the store's, and it moves that time. A blob
+    /// whose stamp moved is hashed again: kept (and stamped again) if it still matches, removed
+    /// if not, so what a later build uses is always what its name says. Costs one `stat`.
+    pub fn intact(&self, hash: &Hash) -> Result<bool> {
+        let path = self.blob_path(hash);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if meta.modified().at(&path)? == BLOB_STAMP {
+            return Ok(true);
+        }
+        let (found, _) = hash_reader(hash.algorithm(), io::BufReader::new(File::open(&path).at(&path)?)).at(&path)?;
+        if found == *hash {
+            stamp(&path)?;
+            return Ok(true);
+        }
+        fs::remove_file(&path).at(&path)?;
+        Ok(false)
+    }
+
+    /// The path of an intact blob, for writers that copy or link it into an output or upload it.
+    pub fn intact_path(&self, digest: &Sha256Digest) -> Result<PathBuf> {
+        if self.intact(&digest.to_hash())? {
+            return Ok(self.sha256_path(digest));
+        }
+        Err(Error::Store {
+            path: self.sha256_path(digest),
+            message: format!(
+                "blob {digest} is missing, or was changed after it was stored (and has been removed); build again"
+            ),
+        })
     }
 
     /// A new temporary file in the store, unique to this process and call.
@@ -140,6 +179,7 @@ impl Store {
             let _ = fs::remove_file(temp);
             return Ok(found);
         }
+        stamp(temp)?;
         let mut perms = fs::metadata(temp).at(temp)?.permissions();
         perms.set_readonly(true);
         fs::set_permissions(temp, perms).at(temp)?;
@@ -172,6 +212,9 @@ impl Store {
 
     pub fn open_blob(&self, hash: &Hash) -> Result<File> {
         let path = self.blob_path(hash);
+        if !self.intact(hash)? && path.exists() {
+            return Err(Error::Store { path, message: format!("blob {hash} does not match its name") });
+        }
         File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::Store {
                 path: path.clone(),
@@ -354,6 +397,14 @@ impl Drop for BlobWriter<'_> {
     }
 }
 
+/// The modification time of every stored blob: a blob whose time differs was written to since.
+pub const BLOB_STAMP: std::time::SystemTime = std::time::UNIX_EPOCH;
+
+fn stamp(path: &Path) -> Result<()> {
+    let file = File::open(path).at(path)?;
+    file.set_times(fs::FileTimes::new().set_modified(BLOB_STAMP)).at(path)
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
@@ -420,9 +471,33 @@ mod tests {
         #[allow(clippy::permissions_set_readonly_false)]
         perms.set_readonly(false);
         fs::set_permissions(&path, perms).unwrap();
+        // Corrupted with its time stamp kept (as bit rot would): reading checks the content.
         fs::write(&path, b"[]").unwrap();
+        stamp(&path).unwrap();
         assert!(matches!(store.read_blob(&digest), Err(Error::Store { .. })));
         assert_eq!(store.verify(|_, _| {}).unwrap(), vec![path]);
+    }
+
+    #[test]
+    fn a_blob_written_through_a_hard_link_is_noticed_and_dropped() {
+        let (d, store) = store();
+        let digest = store.add_bytes(b"layer bytes").unwrap();
+        let output = d.path().join("output-blob");
+        fs::hard_link(store.sha256_path(&digest), &output).unwrap();
+        // Touched but unchanged: hashed again, kept, stamped again.
+        let f = File::options().write(true).open(&output).unwrap();
+        f.set_times(fs::FileTimes::new().set_modified(std::time::SystemTime::now())).unwrap();
+        assert!(store.has_sha256(&digest));
+        assert_eq!(fs::metadata(store.sha256_path(&digest)).unwrap().modified().unwrap(), BLOB_STAMP);
+        // Written through the output's link: the store's blob is no longer what its name says.
+        let mut f = File::options().write(true).open(&output).unwrap();
+        f.write_all(b"LAYER").unwrap();
+        drop(f);
+        assert!(!store.has_sha256(&digest), "a changed blob is not trusted");
+        assert!(!store.sha256_path(&digest).exists(), "and is removed, so the next build makes it again");
+        assert!(store.intact_path(&digest).is_err());
+        assert_eq!(store.add_bytes(b"layer bytes").unwrap(), digest);
+        assert!(store.has_sha256(&digest));
     }
 
     #[test]

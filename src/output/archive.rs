@@ -79,7 +79,7 @@ pub fn write_to<W: Write>(
         tar.append_data(&mut header(EntryType::Directory, 0o755, epoch, 0), dir, io::empty()).at(dest)?;
     }
     for digest in all_blobs(images, oci_layout) {
-        let path = store.sha256_path(&digest);
+        let path = store.intact_path(&digest)?;
         let blob = File::open(&path).at(&path)?;
         let size = blob.metadata().at(&path)?.len();
         let name = format!("blobs/sha256/{}", digest.hex());

@@ -58,7 +58,7 @@ pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).at(&blob_dir)?;
     for digest in all_blobs(images, true) {
-        let from = store.sha256_path(&digest);
+        let from = store.intact_path(&digest)?;
         let to = blob_dir.join(digest.hex());
         // Store blobs are immutable: a hard link costs nothing; copy across file systems.
         if fs::hard_link(&from, &to).is_err() {

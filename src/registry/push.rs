@@ -120,7 +120,7 @@ impl Pusher<'_> {
     fn upload(&mut self, desc: &Descriptor) -> Result<()> {
         let short = &desc.digest.hex()[..12];
         let task = self.reporter.task(&format!("push {short}"), Some(desc.size));
-        self.client.upload(&desc.digest, &self.store.sha256_path(&desc.digest), desc.size, &task)?;
+        self.client.upload(&desc.digest, &self.store.intact_path(&desc.digest)?, desc.size, &task)?;
         self.stats.blobs_uploaded += 1;
         self.stats.bytes_uploaded += desc.size;
         Ok(())

@@ -285,3 +285,31 @@ fn gc_keeps_what_kept_outputs_need_and_waits_for_running_builds() {
     assert_eq!(rebuilt["layers_built"], 0);
     assert_eq!(rebuilt["nodes"], built["nodes"]);
 }
+
+/// Outputs share the store's blobs by hard link: a write to an output's blob must never become
+/// what a later build (of this or any project) uses.
+#[test]
+fn writing_into_an_outputs_blob_never_corrupts_a_later_build() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = TestProject::new();
+    p.add_base();
+    assert_ok(&p.run(&["build", "--out", "out/first"]));
+    let blobs = p.root.join("out/first/blobs/sha256");
+    let largest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .unwrap();
+    let size = std::fs::metadata(&largest).unwrap().len() as usize;
+    std::fs::set_permissions(&largest, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&largest, super::fixtures::noise(7, size)).unwrap();
+
+    let again = p.run(&["build", "--out", "out/second"]);
+    assert_ok(&again);
+    for entry in std::fs::read_dir(p.root.join("out/second/blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(super::fixtures::sha256_hex(&std::fs::read(&path).unwrap()), name, "{} is corrupt", path.display());
+    }
+    assert_ok(&p.run(&["store", "verify"]));
+}
