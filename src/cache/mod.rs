@@ -234,7 +234,7 @@ impl Cache {
             for (digest, size) in [(empty, record::EMPTY_CONFIG.len() as u64), (layer.digest.0, layer.size)] {
                 if !client.blob_exists(&digest)? {
                     let task = reporter.task(&format!("cache push {recipe}"), Some(size));
-                    client.upload(&digest, &store.sha256_path(&digest), size, &task)?;
+                    client.upload(&digest, &store.intact_path(&digest)?, size, &task)?;
                 }
             }
             client.put_manifest(&record::tag(derivation), record::MANIFEST_TYPE, &manifest)
