@@ -231,9 +231,11 @@ impl Cache {
         let empty = store.add_bytes(record::EMPTY_CONFIG)?;
         let manifest = record::manifest(derivation, layer)?;
         let pushed = self.with_client(Access::Push, |client| {
-            for (digest, size) in [(empty, record::EMPTY_CONFIG.len() as u64), (layer.digest.0, layer.size)] {
+            // The two-byte config goes up unannounced; the layer with its progress.
+            let config = (empty, record::EMPTY_CONFIG.len() as u64, &crate::progress::SilentReporter as &dyn Reporter);
+            for (digest, size, shown) in [config, (layer.digest.0, layer.size, reporter)] {
                 if !client.blob_exists(&digest)? {
-                    let task = reporter.task(&format!("cache push {recipe}"), Some(size));
+                    let task = shown.task(&format!("cache push {recipe}"), Some(size));
                     client.upload(&digest, &store.intact_path(&digest)?, size, &task)?;
                 }
             }
