@@ -167,6 +167,22 @@ fn a_second_store_builds_no_layer_and_fetches_no_source_from_a_warm_cache() {
 }
 
 #[test]
+fn layers_a_store_built_before_fill_the_cache_once() {
+    let p = TestProject::new();
+    let cache = SharedCache::plain(&p);
+    let store = new_store(&p, "store-a");
+    assert_eq!(layers_built(&json(&build(&p, &store, None, "a.tar"))), 3);
+    let filling = json(&build(&p, &store, Some(&cache.repo), "a.tar"));
+    assert_eq!((layers_built(&filling), filling["cache"]["pushed"].as_u64()), (0, Some(3)), "{filling}");
+    assert_eq!(cache.records().len(), 3);
+    let again = json(&build(&p, &store, Some(&cache.repo), "a.tar"));
+    assert_eq!(again["cache"]["pushed"], 0, "the store knows the cache holds them: {again}");
+    let other = json(&build(&p, &new_store(&p, "store-b"), Some(&cache.repo), "b.tar"));
+    assert_eq!((layers_built(&other), other["cache"]["pulled"].as_u64()), (0, Some(3)), "{other}");
+    same_file(&p.path("a.tar"), &p.path("b.tar"));
+}
+
+#[test]
 fn entries_that_lie_about_their_blob_are_refused_and_the_layers_built() {
     let p = TestProject::new();
     let cache = SharedCache::plain(&p);
