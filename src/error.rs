@@ -85,6 +85,12 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// Stdout's reader went away (`imgbuild check | head -1`): the command ends quietly, as
+    /// `ls` and ripgrep do, with exit code 0 (what it did is done; only the rest of its output
+    /// is not printed).
+    #[error("stdout was closed")]
+    StdoutClosed,
 }
 
 fn missing_list(missing: &[MissingInput]) -> String {
@@ -126,6 +132,7 @@ impl Error {
             Error::Tool { .. } => ExitCode::Tool,
             Error::Mismatch(_) => ExitCode::Mismatch,
             Error::Internal(_) => ExitCode::Internal,
+            Error::StdoutClosed => ExitCode::Ok,
         }
     }
 

@@ -5,6 +5,8 @@
 mod image;
 pub(crate) mod resume;
 
+pub(crate) use image::{named_archive, NamedArchive};
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -192,7 +194,11 @@ impl<'a> Fetcher<'a> {
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request.send().map_err(|e| Transfer::Retry(describe(&e)))?;
+        // A certificate refused is refused again: said in a sentence, and not retried.
+        let response = request.send().map_err(|e| match crate::registry::tls::tls_cause(&e) {
+            Some(tls) => Transfer::Fatal(crate::registry::tls::sentence(tls)),
+            None => Transfer::Retry(describe(&e)),
+        })?;
         let status = response.status();
         let resumed = have > 0
             && status == reqwest::StatusCode::PARTIAL_CONTENT
@@ -237,7 +243,8 @@ impl<'a> Fetcher<'a> {
                     urls: vec![url.into()],
                     hash: "unknown".into(),
                     reasons: vec![why],
-                    add: format!("imgbuild prefetch {url}"),
+                    // The file, had by other means, is read where it is: this works in any mode.
+                    add: format!("imgbuild prefetch {}", crate::recipe::url_file_name(url)),
                 }]));
             }
         };

@@ -1,7 +1,7 @@
 //! Progress reporting. Pipeline stages report through the `Reporter` trait and never draw; the
 //! CLI picks the implementation (bars on a terminal, plain lines otherwise, nothing for `--json`).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,13 +46,16 @@ impl Reporter for HumanReporter {
             Some(bars) => {
                 let _ = bars.println(message);
             }
-            None => eprintln!("{message}"),
+            // Never a panic when nobody reads stderr any more (`2>&1 | head`): the work goes on.
+            None => {
+                let _ = writeln!(std::io::stderr(), "{message}");
+            }
         }
     }
 
     fn task(&self, label: &str, total: Option<u64>) -> Arc<dyn Task> {
         let Some(bars) = &self.bars else {
-            eprintln!("{label}");
+            let _ = writeln!(std::io::stderr(), "{label}");
             return Arc::new(NoTask);
         };
         let bar = bars.add(ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden()));

@@ -25,7 +25,8 @@
 #                                 (addresses: IPv4, IPv6, or RFC 1123 host names)
 #   IMGBUILD_VAR_<name>=value     any template variable of the image; the value may use
 #                                 {{node_id}} and {{node_host}} (bind_address='{{node_host}}'
-#                                 lets several nodes share one network namespace)
+#                                 lets several nodes share one network namespace); a name
+#                                 that is not a variable of the image is refused
 #   IMGBUILD_SERVICES="a b"       which services to run, in order (empty: none)
 #   IMGBUILD_RENDER_ONLY=1        render the configuration and exit
 # Every value read is refused when it holds a control character (a line break could add a
@@ -153,6 +154,24 @@ for name in $IMGBUILD_VARS; do
     get "IMGBUILD_VAR_$name"
     ! has_control "$REPLY" || die 64 "IMGBUILD_VAR_$name holds a control character (such as a line break): refused"
 done
+# An override of a variable the image does not have would change nothing, silently (a typo,
+# or a definition without it): refused. The names come from the environment this script was
+# started with, NUL-separated, so a line break inside a value cannot pass for a variable;
+# without /proc, from the shell's exported variables (names a shell can hold).
+if [ -r "/proc/$$/environ" ]; then
+    given=$(tr '\n\000' '\001\n' <"/proc/$$/environ" | sed -n 's/^IMGBUILD_VAR_\([^=]*\)=.*/=\1/p')
+else
+    given=$(export -p | sed -n 's/^export IMGBUILD_VAR_\([A-Za-z0-9_]*\)=.*/=\1/p')
+fi
+IFS=$NL
+for name in $given; do
+    name=${name#=} # `=` keeps an empty name a word
+    ! has_control "$name" || die 64 "an environment variable IMGBUILD_VAR_... has a control character in its name: refused"
+    if ! is_name "$name" || ! in_list "$name" "$IMGBUILD_VARS"; then
+        die 64 "IMGBUILD_VAR_$name: cluster $IMGBUILD_CLUSTER has no variable '$name' (its variables: ${IMGBUILD_VARS:-none})"
+    fi
+done
+IFS=" 	$NL"
 case ${IMGBUILD_RENDER_ONLY:-0} in 0 | 1) ;; *) die 64 "IMGBUILD_RENDER_ONLY is '$IMGBUILD_RENDER_ONLY'; it is 1 or 0" ;; esac
 ordinal_mode=${IMGBUILD_HOSTNAME_ORDINAL:-id}
 case $ordinal_mode in

@@ -129,8 +129,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
     let cache = settings.layer.cache.as_ref().map(|c| c.report());
-    report(global, def, &out, options.format, &result, cache.as_ref());
-    Ok(())
+    report(global, def, &out, options.format, &result, cache.as_ref())
 }
 
 /// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
@@ -150,10 +149,10 @@ fn report(
     format: Format,
     result: &BuildResult,
     cache: Option<&CacheReport>,
-) {
+) -> Result<()> {
     let images = &result.nodes;
     if global.json {
-        super::print_json(&serde_json::json!({
+        return super::print_json(&serde_json::json!({
             "image": def.name,
             "output": out,
             "format": format,
@@ -162,14 +161,13 @@ fn report(
             "cluster": result.cluster,
             "nodes": images,
         }));
-        return;
     }
     for img in images {
-        println!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display());
+        outln!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display())?;
     }
     if !global.quiet {
         let shared: u64 = result.shared.iter().flat_map(|s| s.layers.iter().map(|l| l.size)).sum();
-        eprintln!(
+        errln!(
             "wrote {} node image(s) of `{}` to {} ({} of shared layers)",
             images.len(),
             def.name,
@@ -177,7 +175,7 @@ fn report(
             human_bytes(shared)
         );
         if let Some(c) = cache {
-            eprintln!(
+            errln!(
                 "cache {}: {} layer(s) pulled, {} pushed, {} missing, {} refused{}",
                 c.repository,
                 c.pulled,
@@ -188,6 +186,7 @@ fn report(
             );
         }
     }
+    Ok(())
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -27,21 +27,21 @@ pub fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<()> {
             "layers": def.layers.iter().map(|r| &r.name).collect::<Vec<_>>(),
             "base": def.base.as_ref().map(|b| &b.name),
             "nodes": def.nodes,
-        }));
+        }))?;
         return Ok(());
     }
     for r in project.recipes.values() {
-        println!("recipe {} {} [{}]", r.name, r.version, r.platforms().join(", "));
+        outln!("recipe {} {} [{}]", r.name, r.version, r.platforms().join(", "))?;
     }
     let layers: Vec<&str> = def.layers.iter().map(|r| r.name.as_str()).collect();
-    println!(
+    outln!(
         "image {}: base {}, layers {}",
         def.name,
         def.base.as_ref().map_or("none", |b| b.name.as_str()),
         layers.join(" → ")
-    );
+    )?;
     for n in &def.nodes {
-        println!("node {} at {}", n.id, n.host);
+        outln!("node {} at {}", n.id, n.host)?;
     }
     Ok(())
 }

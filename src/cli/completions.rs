@@ -2,7 +2,6 @@
 //! generated from the clap definition the parser itself uses, so they list exactly the
 //! commands and options there are.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::CommandFactory;
@@ -37,7 +36,7 @@ fn command() -> clap::Command {
 pub fn completions(args: &CompletionsArgs) -> Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut command(), "imgbuild", &mut script);
-    write_stdout(&script)
+    super::write_stdout(&script)
 }
 
 pub fn man(args: &ManArgs) -> Result<()> {
@@ -57,14 +56,5 @@ pub fn man(args: &ManArgs) -> Result<()> {
     }
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd).render(&mut page).map_err(|e| Error::Internal(format!("man page: {e}")))?;
-    write_stdout(&page)
-}
-
-/// Writes to stdout; a reader that stops early (`| head`) is not an error.
-pub(super) fn write_stdout(data: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(data).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.at("stdout"),
-    }
+    super::write_stdout(&page)
 }

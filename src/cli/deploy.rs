@@ -44,6 +44,10 @@ pub struct ComposeArgs {
     /// Added to every published host port (node 0's port 2181 is published as 2181 + N)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub port_offset: u16,
+    /// Publish the ports on this host address only, such as 127.0.0.1 (loopback: reachable from
+    /// this host alone) [default: every address of the host]
+    #[arg(long, value_name = "ADDR")]
+    pub publish_address: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -108,20 +112,28 @@ fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
             )
         }
     };
-    let options = ComposeOptions { images, port_offset: args.port_offset };
+    let options = ComposeOptions { images, port_offset: args.port_offset, publish_address: args.publish_address };
     let (text, published) = compose::compose_file(&cluster, &options)?;
     let path = write_output(&out_dir(&args.common, &project, "compose"), "compose.yaml", &text)?;
+    let address = args.publish_address.map(|a| a.to_string());
     if global.json {
         let ports: Vec<serde_json::Value> = published
             .iter()
-            .map(|p| serde_json::json!({ "node": p.node, "host_port": p.host_port, "port": p.port.number, "protocol": p.port.protocol }))
+            .map(|p| serde_json::json!({ "node": p.node, "host_address": address, "host_port": p.host_port, "port": p.port.number, "protocol": p.port.protocol }))
             .collect();
-        super::print_json(&serde_json::json!({ "file": path, "services": cluster.running.len(), "published": ports }));
+        super::print_json(&serde_json::json!({ "file": path, "services": cluster.running.len(), "published": ports }))?;
     } else {
-        println!("{}", path.display());
+        outln!("{}", path.display())?;
         if !global.quiet {
+            let on = address.as_deref().unwrap_or("every address");
             for p in &published {
-                eprintln!("  node {}: port {}/{} on host port {}", p.node, p.port.number, p.port.protocol, p.host_port);
+                errln!(
+                    "  node {}: port {}/{} on host port {} ({on})",
+                    p.node,
+                    p.port.number,
+                    p.port.protocol,
+                    p.host_port
+                );
             }
         }
     }
@@ -146,9 +158,9 @@ fn run_kubernetes(global: &GlobalArgs, args: &KubernetesArgs) -> Result<()> {
     if global.json {
         super::print_json(
             &serde_json::json!({ "file": path, "image": options.image, "replicas": cluster.running.len() }),
-        );
+        )?;
     } else {
-        println!("{}", path.display());
+        outln!("{}", path.display())?;
     }
     Ok(())
 }

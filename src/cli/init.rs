@@ -57,10 +57,10 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<()> {
     write_all(&dir, &files)?;
     let written: Vec<String> = files.iter().map(|(rel, _)| rel.display().to_string()).collect();
     if global.json {
-        super::print_json(&serde_json::json!({ "dir": dir, "image": name, "files": written }));
+        super::print_json(&serde_json::json!({ "dir": dir, "image": name, "files": written }))?;
     } else if !global.quiet {
-        eprintln!("wrote {} in {}", written.join(", "), escape(&dir.display().to_string()));
-        eprintln!("{}", next_steps(&dir, &name));
+        errln!("wrote {} in {}", written.join(", "), escape(&dir.display().to_string()));
+        errln!("{}", next_steps(&dir, &name));
     }
     Ok(())
 }
@@ -112,9 +112,9 @@ fn next_steps(dir: &Path, name: &str) -> String {
         if dir == Path::new(".") { String::new() } else { format!("\n  cd {}", escape(&dir.display().to_string())) };
     format!(
         "next:{cd}
-  imgbuild check                                   # valid as written: base image, Java, ZooKeeper, three nodes
-  imgbuild recipe --add FILE > recipes/NAME.toml   # pin a file you have instead (README: \"Your own cluster\")
-  imgbuild build                                   # one image per node in out/{name}
+  imgbuild check                                       # valid as written: base image, Java, ZooKeeper, three nodes
+  imgbuild recipe --add --update recipes/NAME.toml FILE  # pin a file you have instead (README: \"Your own cluster\")
+  imgbuild build                                       # one image per node in out/{name}
 then put your hosts in images/{name}.toml"
     )
 }

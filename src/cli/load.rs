@@ -89,10 +89,10 @@ pub fn run(global: &GlobalArgs, args: &LoadArgs) -> Result<()> {
         })
         .collect();
     if global.json {
-        super::print_json(&serde_json::json!({ "engine": args.engine.program(), "loaded": loaded }));
+        super::print_json(&serde_json::json!({ "engine": args.engine.program(), "loaded": loaded }))?;
     } else {
         for l in &loaded {
-            println!("{}\t{}", l["reference"].as_str().unwrap_or_default(), l["digest"].as_str().unwrap_or_default());
+            outln!("{}\t{}", l["reference"].as_str().unwrap_or_default(), l["digest"].as_str().unwrap_or_default())?;
         }
     }
     Ok(())

@@ -1,5 +1,17 @@
 //! The command line: parses and validates arguments into settings, then calls the pipeline.
 //! Results go to stdout (text, or JSON with `--json`); everything for humans goes to stderr.
+//! Neither panics when its reader goes away: stdout's closing ends the command quietly
+//! (`Error::StdoutClosed`), and a message nobody can read on stderr is dropped.
+
+/// Like `println!`, for results: `Err(Error::StdoutClosed)` once stdout's reader has gone.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::out_line(format_args!($($arg)*)) };
+}
+
+/// Like `eprintln!`, for people: never fails, never panics.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::cli::err_line(format_args!($($arg)*)) };
+}
 
 mod build;
 mod check;
@@ -15,6 +27,7 @@ mod store;
 mod verify;
 mod vm;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -98,7 +111,7 @@ pub enum Command {
     Deploy(deploy::DeployCommand),
     /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
     Vm(vm::VmArgs),
-    /// Download a URL into the store and print the hash to pin in a recipe
+    /// Print the hash to pin in a recipe for a URL or a file you have, and put the file into the store
     Prefetch(prefetch::PrefetchArgs),
     /// Check the recipes and the image definition without building
     Check(check::CheckArgs),
@@ -177,11 +190,120 @@ impl GlobalArgs {
 }
 
 /// Prints a JSON value on stdout.
-pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON serializes"));
+pub fn print_json(value: &serde_json::Value) -> Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value).expect("JSON serializes"))
+}
+
+/// Writes `data` to stdout (see `out_line`).
+pub(crate) fn write_stdout(data: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(data).and_then(|()| out.flush()).map_err(stdout_error)
+}
+
+/// One line of results on stdout. A reader that stopped reading (`imgbuild check | head -1`)
+/// is not a failure of the command: `Error::StdoutClosed` unwinds it, and it exits 0 quietly.
+pub(crate) fn out_line(text: std::fmt::Arguments) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(text).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(stdout_error)
+}
+
+fn stdout_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Error::StdoutClosed
+    } else {
+        Error::io("stdout", e)
+    }
+}
+
+/// One line for people on stderr; dropped when nobody can read it (stderr closed or its
+/// reader gone), which must not stop the work.
+pub(crate) fn err_line(text: std::fmt::Arguments) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(text).and_then(|()| err.write_all(b"\n"));
+}
+
+/// Reports a failed command: the error and its hint on stderr, and with `--json` the error as
+/// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly.
+pub fn report_error(e: &Error, json: bool) {
+    if matches!(e, Error::StdoutClosed) {
+        return;
+    }
+    errln!("error: {}", crate::error::printable(&e.to_string()));
+    if let Some(hint) = e.hint() {
+        errln!("hint: {}", crate::error::printable(&hint));
+    }
+    if json {
+        let missing = match e {
+            Error::MissingInputs(m) => serde_json::to_value(m).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        };
+        // The exit code says it failed even when this cannot be printed.
+        let _ = print_json(
+            &serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() as i32, "missing": missing }),
+        );
+    }
+}
+
+/// What a path named on the command line must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathKind {
+    File,
+    Directory,
+    /// A file or a directory (an OCI layout, an archive, a tarball).
+    Any,
+}
+
+/// A path named on the command line must exist (as `kind`) before any work: one error for every
+/// command and option, exit 2 (usage), naming the option and the path.
+pub(crate) fn existing(option: Option<&str>, path: &std::path::Path, kind: PathKind) -> Result<()> {
+    let named = match option {
+        Some(option) => format!("{option} {}", crate::error::escape(&path.display().to_string())),
+        None => crate::error::escape(&path.display().to_string()),
+    };
+    // A dangling link is as missing as no entry; a path that cannot be examined (permissions)
+    // is left to the command, which says why when it opens it.
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Usage(format!("{named}: no such {}", kind.noun())))
+        }
+        Err(_) => Ok(()),
+        Ok(meta) if kind == PathKind::File && meta.is_dir() => {
+            Err(Error::Usage(format!("{named}: a directory, not a file")))
+        }
+        Ok(meta) if kind == PathKind::Directory && !meta.is_dir() => {
+            Err(Error::Usage(format!("{named}: not a directory")))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+impl PathKind {
+    fn noun(self) -> &'static str {
+        match self {
+            PathKind::File => "file",
+            PathKind::Directory => "directory",
+            PathKind::Any => "file or directory",
+        }
+    }
+}
+
+/// The paths every command may be given (`--project`, `--mirror`, `--ca-file`), checked before
+/// it starts; `init` makes its project directory.
+fn check_global_paths(global: &GlobalArgs, command: &Command) -> Result<()> {
+    if !matches!(command, Command::Init(_)) {
+        existing(Some("--project (IMGBUILD_PROJECT)"), &global.project, PathKind::Directory)?;
+    }
+    for dir in &global.mirror {
+        existing(Some("--mirror (IMGBUILD_MIRROR)"), dir, PathKind::Directory)?;
+    }
+    for file in &global.ca_file {
+        existing(Some("--ca-file"), file, PathKind::File)?;
+    }
+    Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    check_global_paths(&cli.global, &cli.command)?;
     match &cli.command {
         Command::Build(args) => build::run_build(&cli.global, args),
         Command::Node(args) => build::run_node(&cli.global, args),

@@ -104,6 +104,9 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     if global.offline {
         return Err(Error::Usage("push sends images to a registry: it cannot run with --offline".into()));
     }
+    if let Some(from) = &args.from {
+        super::existing(Some("--from"), from, super::PathKind::Any)?;
+    }
     let reference = parse_reference(&args.reference)?;
     if reference.digest.is_some() {
         return Err(Error::Usage("push to a tag (REPO:TAG), not a digest: the digest is what push prints".into()));
@@ -119,14 +122,26 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     let mut pushed = Vec::new();
     for target in &targets {
         let result = push::push(&store, &client, &target.to, &target.digest, &target.referrers, reporter.as_ref())?;
-        if !global.json {
-            print_pushed(global, &result);
+        if !global.quiet && !global.json {
+            let s = &result.stats;
+            errln!(
+                "{}: {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
+                result.reference,
+                s.blobs_uploaded,
+                s.bytes_uploaded,
+                s.blobs_skipped,
+                s.blobs_mounted
+            );
         }
         pushed.push(result);
     }
+    // Printed once every image is pushed: a reader that stops early cannot cut the pushes short.
     if global.json {
         let bytes: u64 = pushed.iter().map(|p| p.stats.bytes_uploaded + p.referrers.bytes_uploaded).sum();
-        super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
+        return super::print_json(&serde_json::json!({ "pushed": pushed, "bytes_uploaded": bytes }));
+    }
+    for result in &pushed {
+        outln!("{}", result.reference)?;
     }
     Ok(())
 }
@@ -142,15 +157,20 @@ struct Target {
 /// the layout's referrers of it.
 fn layout_top(store: &Store, to: &Reference, from: &Path, tag: Option<&str>) -> Result<Target> {
     let imported = crate::import::import(store, from)?;
-    let top = match (tag, imported.tops.as_slice()) {
-        (Some(tag), tops) => tops.iter().find(|(t, _)| t.as_deref() == Some(tag)).map(|(_, d)| *d),
-        (None, [(_, only)]) => Some(*only),
-        (None, _) => None,
-    };
-    let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.clone()).collect();
-    let digest = top.ok_or_else(|| {
-        Error::Usage(format!("choose a tag of {} with --from-tag (it has: {})", from.display(), tags.join(", ")))
-    })?;
+    let tags: Vec<String> = imported.tops.iter().filter_map(|(t, _)| t.as_deref().map(crate::error::escape)).collect();
+    let has = if tags.is_empty() { "it has no tags".to_string() } else { format!("its tags: {}", tags.join(", ")) };
+    let shown = crate::error::escape(&from.display().to_string());
+    let digest = match (tag, imported.tops.as_slice()) {
+        (Some(tag), tops) => tops
+            .iter()
+            .find(|(t, _)| t.as_deref() == Some(tag))
+            .map(|(_, d)| *d)
+            .ok_or_else(|| Error::Usage(format!("{shown} has no tag `{}` ({has})", crate::error::escape(tag)))),
+        (None, [(_, only)]) => Ok(*only),
+        (None, tops) => {
+            Err(Error::Usage(format!("{shown} holds {} images: choose one with --from-tag ({has})", tops.len())))
+        }
+    }?;
     let referrers = crate::supply::image_name::referrers_of(store, &digest, &imported.referrers)?;
     Ok(Target { to: to.clone(), digest, referrers })
 }
@@ -192,17 +212,6 @@ fn built_targets(
     Ok(targets)
 }
 
-fn print_pushed(global: &GlobalArgs, result: &push::Pushed) {
-    println!("{}", result.reference);
-    if !global.quiet {
-        let s = &result.stats;
-        eprintln!(
-            "  {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
-            s.blobs_uploaded, s.bytes_uploaded, s.blobs_skipped, s.blobs_mounted
-        );
-    }
-}
-
 #[derive(clap::Args)]
 pub struct PullArgs {
     /// What to pull, pinned: REGISTRY/REPO@sha256:DIGEST (a tag is accepted, and its digest printed)
@@ -230,13 +239,13 @@ pub fn run_pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
     if global.json {
         super::print_json(
             &serde_json::json!({ "reference": reference.to_string(), "imported": imported, "recipes": matched }),
-        );
+        )?;
     } else {
         for (d, p) in &imported.manifests {
-            println!("{}@{d}\t{}", reference.name(), p.as_deref().unwrap_or("-"));
+            outln!("{}@{d}\t{}", reference.name(), p.as_deref().unwrap_or("-"))?;
         }
         if !global.quiet && reference.digest.is_none() {
-            eprintln!("warning: {reference} is a tag, which can move; pin the digest above in a recipe");
+            errln!("warning: {reference} is a tag, which can move; pin the digest above in a recipe");
         }
     }
     Ok(())

@@ -1,11 +1,12 @@
 //! `imgbuild recipe FILE|URL…`: a ready recipe for each file. Local files, `file://` URLs and
 //! files of `--mirror` directories are read where they are (no network, no store); `http(s)://`
 //! URLs are downloaded into the store unless `--offline`. `--add` also puts the files into the
-//! store, so the next build finds them offline.
+//! store, so the next build finds them offline. `--update RECIPE` writes the files into an
+//! existing recipe as its sources instead of printing a new one.
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::digest::Algorithm;
+use crate::digest::{Algorithm, Hash};
 use crate::error::{escape, Error, MissingInput, Result};
 use crate::fetch::Fetcher;
 use crate::pin::{self, tarball::Layout, Choices, Location, Proposal, ProposalKind};
@@ -35,19 +36,27 @@ pub struct RecipeArgs {
     /// aarch64, …), else any]
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
-    /// Pin tarballs with sha512 instead of sha256
+    /// Pin tarballs with sha512 instead of sha256 [default with --update: as the recipe pins]
     #[arg(long)]
     pub sha512: bool,
+    /// Make the files given the sources of this existing recipe (recipes/NAME.toml), in place,
+    /// keeping the rest of it as written: env, path, [unpack] and its excludes, comments
+    #[arg(long, value_name = "RECIPE", conflicts_with_all = ["name", "prefix"])]
+    pub update: Option<PathBuf>,
 }
 
 /// The store, opened only when a download or `--add` needs it, and held against `store gc`.
-struct LazyStore<'g> {
+pub(super) struct LazyStore<'g> {
     global: &'g GlobalArgs,
     opened: Option<(Store, StoreLock)>,
 }
 
-impl LazyStore<'_> {
-    fn get(&mut self) -> Result<&Store> {
+impl<'g> LazyStore<'g> {
+    pub(super) fn new(global: &'g GlobalArgs) -> Self {
+        LazyStore { global, opened: None }
+    }
+
+    pub(super) fn get(&mut self) -> Result<&Store> {
         if self.opened.is_none() {
             let store = self.global.open_store()?;
             let lock = store.build_lock_shared()?;
@@ -58,28 +67,143 @@ impl LazyStore<'_> {
 }
 
 /// A file to pin: where it is on this machine, and how the recipe will name it.
-struct Found {
-    path: PathBuf,
-    location: Location,
-    /// Downloaded now: it is in the store already.
-    in_store: bool,
+pub(super) struct Found {
+    pub(super) path: PathBuf,
+    pub(super) location: Location,
+    /// Downloaded now, with this hash and size: it is in the store already.
+    pub(super) downloaded: Option<(Hash, u64)>,
+}
+
+/// The command that found a file, for the `add it` line of what it could not find: a command
+/// that works in any mode, given the file.
+#[derive(Clone, Copy)]
+pub(super) enum Finder {
+    Recipe,
+    Prefetch,
+}
+
+impl Finder {
+    fn add_command(self, file_name: &str) -> String {
+        match self {
+            Finder::Recipe => format!("imgbuild recipe --add {file_name}"),
+            Finder::Prefetch => format!("imgbuild prefetch {file_name}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Finder::Recipe => "recipe",
+            Finder::Prefetch => "prefetch",
+        }
+    }
 }
 
 pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
+    if let Some(recipe_file) = &args.update {
+        return run_update(global, args, recipe_file);
+    }
     let choices = choices(args)?;
-    let mut store = LazyStore { global, opened: None };
+    let mut store = LazyStore::new(global);
     let mut results = Vec::new();
-    for input in &args.inputs {
-        let found = find(global, &mut store, input, choices.algorithm.unwrap_or(Algorithm::Sha256))?;
-        let proposals = propose(&found, input, &choices)?;
-        // A downloaded image is imported too: its blobs, not only the archive, serve a build.
-        let added = if args.add || found.in_store { add(&mut store, &found, &proposals)? } else { false };
-        for p in proposals {
-            check_parses(&p)?;
-            results.push((p, added));
-        }
+    for (found, proposals) in pin_inputs(global, &mut store, args, &choices)? {
+        let added = store_if_asked(&mut store, args, &found, &proposals)?;
+        results.extend(proposals.into_iter().map(|p| (p, added)));
     }
     print_results(global, &results)
+}
+
+/// Each input found and pinned: its recipes, checked to be ones imgbuild accepts.
+fn pin_inputs(
+    global: &GlobalArgs,
+    store: &mut LazyStore,
+    args: &RecipeArgs,
+    choices: &Choices,
+) -> Result<Vec<(Found, Vec<Proposal>)>> {
+    let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
+    let mut pinned = Vec::new();
+    for input in &args.inputs {
+        let found = find(global, store, input, algorithm, Finder::Recipe)?;
+        let proposals = propose(&found, input, choices)?;
+        proposals.iter().try_for_each(check_parses)?;
+        pinned.push((found, proposals));
+    }
+    Ok(pinned)
+}
+
+/// With `--add`, puts the file into the store; a downloaded image is imported too, since its
+/// blobs, not only the archive, serve a build. Whether the file is in the store now.
+fn store_if_asked(store: &mut LazyStore, args: &RecipeArgs, found: &Found, proposals: &[Proposal]) -> Result<bool> {
+    if args.add || found.downloaded.is_some() {
+        add(store, found, proposals)
+    } else {
+        Ok(false)
+    }
+}
+
+/// `--update RECIPE`: the recipe's sources become the files given, the rest of it is kept; the
+/// file is replaced whole (written beside it, then renamed), and only once everything is pinned.
+fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Result<()> {
+    super::existing(Some("--update"), recipe_file, super::PathKind::File)?;
+    let text = std::fs::read_to_string(recipe_file).map_err(|e| Error::io(recipe_file, e))?;
+    let recipe = crate::recipe::Recipe::parse(recipe_file, &text)?;
+    let mut choices = choices(args)?;
+    if !args.sha512 {
+        // The algorithm the recipe pins by, so that a file it already pins is recognized.
+        choices.algorithm = recipe.sources.first().map(|s| s.hash.algorithm()).or(choices.algorithm);
+    }
+    let mut store = LazyStore::new(global);
+    let pinned = pin_inputs(global, &mut store, args, &choices)?;
+    let proposals: Vec<Proposal> = pinned.iter().flat_map(|(_, p)| p.clone()).collect();
+    let updated = pin::update::update(recipe_file, &text, &proposals)?;
+    let mut added = false;
+    for (found, proposals) in &pinned {
+        added |= store_if_asked(&mut store, args, found, proposals)?;
+    }
+    replace_file(recipe_file, &updated.text)?;
+    let shown = escape(&recipe_file.display().to_string());
+    if global.json {
+        return super::print_json(&serde_json::json!({
+            "updated": recipe_file,
+            "sources_kept": updated.kept,
+            "sources_new": updated.replaced,
+            "version": updated.version.as_ref().map(|(_, v)| v),
+            "added": added,
+            "warnings": updated.warnings,
+        }));
+    }
+    outln!("{shown}")?;
+    if !global.quiet {
+        let version = updated
+            .version
+            .as_ref()
+            .map_or(String::new(), |(old, new)| format!("; version {} → {}", escape(old), escape(new)));
+        errln!(
+            "updated {shown} (recipe {}): {} new source(s), {} kept as they were{version}; its other fields and comments are as they were{}",
+            recipe.name,
+            updated.replaced,
+            updated.kept,
+            if added { "; the files are in the store" } else { "" }
+        );
+        for w in &updated.warnings {
+            errln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `text`: written to a temporary file beside it, synced, then renamed
+/// over it, so the recipe is the old one or the new one, never a part.
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.imgbuild-tmp-{}", std::process::id()));
+    let written = std::fs::File::create(&temp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(|e| Error::io(path, e))
 }
 
 /// The recipes on stdout (TOML, or JSON with `--json`), a line about each on stderr.
@@ -93,16 +217,16 @@ fn print_results(global: &GlobalArgs, results: &[(Proposal, bool)]) -> Result<()
                 v
             })
             .collect();
-        super::print_json(&serde_json::json!({ "recipes": recipes }));
+        super::print_json(&serde_json::json!({ "recipes": recipes }))?;
         return Ok(());
     }
     let blocks: Vec<String> = results.iter().map(|(p, _)| pin::render(p)).collect();
-    super::completions::write_stdout(blocks.join("\n").as_bytes())?;
+    super::write_stdout(blocks.join("\n").as_bytes())?;
     if !global.quiet {
         for (p, added) in results {
-            eprintln!("{}", summary(p, *added));
+            errln!("{}", summary(p, *added));
         }
-        eprintln!(
+        errln!(
             "next: save each recipe as the file its first line names; list a tarball's recipe in an image's `layers`, an image's as its `base`; then `imgbuild check`"
         );
     }
@@ -156,10 +280,17 @@ fn choices(args: &RecipeArgs) -> Result<Choices> {
     })
 }
 
-/// Finds `input` on this machine, downloading an http(s) URL that no mirror directory has.
-fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algorithm) -> Result<Found> {
+/// Finds `input` (a path, a `file://` URL, a name in a `--mirror` directory, or an http(s) URL)
+/// on this machine, downloading an http(s) URL that no mirror directory has, unless offline.
+pub(super) fn find(
+    global: &GlobalArgs,
+    store: &mut LazyStore,
+    input: &str,
+    algorithm: Algorithm,
+    finder: Finder,
+) -> Result<Found> {
     if input.starts_with("http://") || input.starts_with("https://") {
-        return find_url(global, store, input, algorithm);
+        return find_url(global, store, input, algorithm, finder);
     }
     let path = match input.split_once("://") {
         Some(("file", rest)) => file_url_path(input, rest)?,
@@ -174,17 +305,17 @@ fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algo
     };
     if path.exists() {
         let location = Location::File(local_name(&path)?);
-        return Ok(Found { path, location, in_store: false });
+        return Ok(Found { path, location, downloaded: None });
     }
     // A bare name: the file as it is called upstream, in a mirror directory.
     if !input.contains('/') {
         if let Some(path) = global.mirror.iter().map(|d| d.join(input)).find(|p| p.exists()) {
-            return Ok(Found { path, location: Location::File(input.to_string()), in_store: false });
+            return Ok(Found { path, location: Location::File(input.to_string()), downloaded: None });
         }
     }
     let mirrors: Vec<String> = global.mirror.iter().map(|d| d.display().to_string()).collect();
     Err(Error::Usage(format!(
-        "{}: no such file{}",
+        "{}: no such file or directory{}",
         escape(&path.display().to_string()),
         if mirrors.is_empty() || input.contains('/') {
             String::new()
@@ -194,33 +325,44 @@ fn find(global: &GlobalArgs, store: &mut LazyStore, input: &str, algorithm: Algo
     )))
 }
 
-fn find_url(global: &GlobalArgs, store: &mut LazyStore, url: &str, algorithm: Algorithm) -> Result<Found> {
+fn find_url(
+    global: &GlobalArgs,
+    store: &mut LazyStore,
+    url: &str,
+    algorithm: Algorithm,
+    finder: Finder,
+) -> Result<Found> {
     let file_name = crate::recipe::url_file_name(url);
     let location = Location::Url(url.to_string());
     if let Some(path) = global.mirror.iter().map(|d| d.join(file_name)).find(|p| p.is_file()) {
-        return Ok(Found { path, location, in_store: false });
+        return Ok(Found { path, location, downloaded: None });
     }
-    if global.offline {
-        return Err(Error::MissingInputs(vec![MissingInput {
-            recipe: "recipe".into(),
+    let not_there = global.mirror.iter().map(|d| format!("{}: not there", d.join(file_name).display()));
+    let missing = |reasons: Vec<String>| {
+        Error::MissingInputs(vec![MissingInput {
+            recipe: finder.name().into(),
             platform: "-".into(),
             file: file_name.to_string(),
             urls: vec![url.to_string()],
             hash: "unknown".into(),
-            reasons: global
-                .mirror
-                .iter()
-                .map(|d| format!("{}: not there", d.join(file_name).display()))
-                .chain(["offline: not downloaded".to_string()])
-                .collect(),
-            add: format!("imgbuild recipe --add {file_name}"),
-        }]));
+            reasons,
+            add: finder.add_command(file_name),
+        }])
+    };
+    if global.offline {
+        return Err(missing(not_there.chain(["offline: not downloaded".to_string()]).collect()));
     }
     let settings = global.fetch_settings()?;
     let reporter = global.reporter();
     let store = store.get()?;
-    let (hash, _) = Fetcher::new(store, &settings, reporter.as_ref()).prefetch(url, algorithm)?;
-    Ok(Found { path: store.blob_path(&hash), location, in_store: true })
+    match Fetcher::new(store, &settings, reporter.as_ref()).prefetch(url, algorithm) {
+        Ok((hash, size)) => Ok(Found { path: store.blob_path(&hash), location, downloaded: Some((hash, size)) }),
+        // Named again with what adds the file here once it is had by other means.
+        Err(Error::MissingInputs(tried)) => {
+            Err(missing(not_there.chain(tried.into_iter().flat_map(|m| m.reasons)).collect()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `file:///abs/path` or `file://localhost/abs/path`, percent-decoded.
@@ -289,7 +431,7 @@ fn add(store: &mut LazyStore, found: &Found, proposals: &[Proposal]) -> Result<b
     let store = store.get()?;
     match proposals.first().map(|p| &p.kind) {
         // A download is in the store already, under its hash.
-        Some(ProposalKind::Tarball { .. }) if found.in_store => {}
+        Some(ProposalKind::Tarball { .. }) if found.downloaded.is_some() => {}
         Some(ProposalKind::Tarball { hash, .. }) => {
             store.add_file(&found.path, hash.algorithm(), Some(hash))?;
         }

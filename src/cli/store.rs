@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Algorithm, Hash, Hasher};
 use crate::error::{Error, IoContext, Result};
-use crate::recipe::{Recipe, RecipeKind};
+use crate::fetch::{named_archive, NamedArchive};
+use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::store::Store;
 
 use super::GlobalArgs;
@@ -36,6 +37,11 @@ pub enum StoreCommand {
 }
 
 pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
+    if let StoreCommand::Add { paths } = cmd {
+        for path in paths {
+            super::existing(None, path, super::PathKind::Any)?;
+        }
+    }
     let store = global.open_store()?;
     match cmd {
         StoreCommand::Add { paths } => add(global, &store, paths),
@@ -44,10 +50,10 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
             let pinned = crate::gc::pinned_by(&store, &project_recipes(global)?);
             let report = crate::gc::collect(&store, &pinned, *dry_run)?;
             if global.json {
-                super::print_json(&serde_json::to_value(&report).expect("serializes"));
+                super::print_json(&serde_json::to_value(&report).expect("serializes"))?;
             } else if !global.quiet {
                 let verb = if *dry_run { "would remove" } else { "removed" };
-                eprintln!(
+                errln!(
                     "{verb} {} blob(s) ({} bytes) and {} temporary file(s); kept {} blob(s) of {} live output(s)",
                     report.removed_blobs,
                     report.removed_bytes,
@@ -59,7 +65,7 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
             Ok(())
         }
         StoreCommand::Path => {
-            println!("{}", store.root().display());
+            outln!("{}", store.root().display())?;
             Ok(())
         }
     }
@@ -92,6 +98,10 @@ pub fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
     Ok(crate::project::Project::recipes_in(&global.project)?.into_values().collect())
 }
 
+fn platform_of(source: &Source) -> String {
+    source.platform.as_ref().map_or("any platform".into(), |p| p.to_string())
+}
+
 fn hash_both(path: &Path) -> Result<(Hash, Hash)> {
     let mut reader = BufReader::with_capacity(256 * 1024, File::open(path).at(path)?);
     let mut a = Hasher::new(Algorithm::Sha256);
@@ -115,9 +125,6 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
     let say = !global.json && !global.quiet;
     let mut results = Vec::new();
     for path in paths {
-        if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-        }
         let added = if path.is_dir() || crate::import::is_oci_archive(path) {
             add_image(store, path, &recipes, say)?
         } else {
@@ -126,31 +133,54 @@ fn add(global: &GlobalArgs, store: &Store, paths: &[PathBuf]) -> Result<()> {
         results.push(added);
     }
     if global.json {
-        super::print_json(&serde_json::json!({ "added": results }));
+        super::print_json(&serde_json::json!({ "added": results }))?;
     }
     Ok(())
 }
 
+/// The sources of `recipes` that expect a file named as `path` is (`--mirror` and `store add`
+/// find files by that name), by recipe.
+fn named_sources<'r>(recipes: &'r [Recipe], path: &Path) -> Vec<(&'r Recipe, Vec<&'r Source>)> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Vec::new() };
+    recipes
+        .iter()
+        .map(|r| (r, r.sources.iter().filter(|s| s.file_name == name).collect::<Vec<_>>()))
+        .filter(|(_, sources)| !sources.is_empty())
+        .collect()
+}
+
 /// Imports an OCI layout or oci-archive blob by blob; says which recipes' digests it holds.
+/// One named as an image recipe's source expects must hold an image it pins: else nothing is
+/// imported (its name promises what its content is not).
 fn add_image(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result<serde_json::Value> {
+    for (recipe, sources) in named_sources(recipes, path) {
+        if matches!(recipe.kind, RecipeKind::OciImage { .. }) {
+            if let NamedArchive::Mismatch(e) = named_archive(path, recipe, &sources)? {
+                return Err(e);
+            }
+        }
+    }
     let imported = crate::import::import(store, path)?;
     let matched = matching_image_recipes(recipes, &imported);
     if say {
         for (d, p) in &imported.manifests {
-            eprintln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
+            errln!("imported image {d} ({}) from {}", p.as_deref().unwrap_or("platform not given"), path.display());
         }
         if matched.is_empty() {
             let shown = crate::error::escape(&path.display().to_string());
-            eprintln!("warning: {shown} matches no oci-image recipe's digest");
-            eprintln!("hint: `imgbuild recipe {shown}` prints its recipe (digest and platform)");
+            errln!("warning: {shown} matches no oci-image recipe's digest");
+            errln!("hint: `imgbuild recipe {shown}` prints its recipe (digest and platform)");
         }
     }
     Ok(serde_json::json!({ "path": path, "kind": "oci-image", "imported": imported, "recipes": matched }))
 }
 
-/// Stores a file under every hash a recipe pins it by (sha256 when none does).
+/// Stores a file under every hash a recipe pins it by (sha256 when none does). A file no recipe
+/// pins but named as a recipe's source expects is refused, nothing stored: its name promises
+/// what its content is not (a wrong pin, or the wrong file).
 fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result<serde_json::Value> {
     let (sha256, sha512) = hash_both(path)?;
+    let in_algorithm = |a: Algorithm| if a == Algorithm::Sha256 { &sha256 } else { &sha512 };
     let mut matched = Vec::new();
     let mut algorithms = Vec::new();
     for r in recipes {
@@ -161,22 +191,43 @@ fn add_file(store: &Store, path: &Path, recipes: &[Recipe], say: bool) -> Result
             }
         }
     }
+    if matched.is_empty() {
+        if let Some((recipe, sources)) = named_sources(recipes, path).into_iter().next() {
+            let source = sources[0];
+            return Err(Error::HashMismatch {
+                what: format!(
+                    "{} (named as recipe {}'s source for {} in {}); nothing was stored",
+                    path.display(),
+                    recipe.name,
+                    platform_of(source),
+                    recipe.file.display()
+                ),
+                expected: source.hash.clone(),
+                found: in_algorithm(source.hash.algorithm()).clone(),
+            });
+        }
+    }
     if algorithms.is_empty() {
         algorithms.push(Algorithm::Sha256);
     }
     for algorithm in algorithms {
-        let expected = if algorithm == Algorithm::Sha256 { &sha256 } else { &sha512 };
-        store.add_file(path, algorithm, Some(expected))?;
+        store.add_file(path, algorithm, Some(in_algorithm(algorithm)))?;
     }
     if say {
+        let shown = crate::error::escape(&path.display().to_string());
         if matched.is_empty() {
-            eprintln!(
-                "added {} as {sha256}; warning: no recipe pins this file (sha512 {}); `imgbuild recipe {0}` prints one",
-                crate::error::escape(&path.display().to_string()),
-                sha512.hex()
+            // In each algorithm the project's recipes pin by, to compare with a pin at a glance.
+            let mut pinned_by: Vec<Algorithm> =
+                recipes.iter().flat_map(|r| &r.sources).map(|s| s.hash.algorithm()).collect();
+            pinned_by.retain(|a| *a != Algorithm::Sha256);
+            pinned_by.dedup();
+            let also: Vec<String> = pinned_by.iter().map(|a| format!(", {}", in_algorithm(*a))).collect();
+            errln!(
+                "added {shown} as {sha256}{}; warning: no recipe pins this file; `imgbuild recipe {shown}` prints one",
+                also.concat()
             );
         } else {
-            eprintln!("added {} for {}", path.display(), matched.join(", "));
+            errln!("added {shown} for {}", matched.join(", "));
         }
     }
     Ok(
@@ -189,7 +240,7 @@ fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {
     let bad = store.verify(|path, ok| {
         count += 1;
         if !ok && !global.json {
-            eprintln!("corrupt: {}", path.display());
+            errln!("corrupt: {}", path.display());
         }
     })?;
     if repair {
@@ -198,9 +249,9 @@ fn verify(global: &GlobalArgs, store: &Store, repair: bool) -> Result<()> {
         }
     }
     if global.json {
-        super::print_json(&serde_json::json!({ "checked": count, "corrupt": bad, "repaired": repair }));
+        super::print_json(&serde_json::json!({ "checked": count, "corrupt": bad, "repaired": repair }))?;
     } else if !global.quiet {
-        eprintln!(
+        errln!(
             "checked {count} blob(s): {} corrupt{}",
             bad.len(),
             if repair && !bad.is_empty() { ", removed" } else { "" }

@@ -44,16 +44,15 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     };
     let verified = compare(&store, &image, &provenance, &rebuilt)?;
     if global.json {
-        super::print_json(&serde_json::json!({ "verified": verified }));
-        return Ok(());
+        return super::print_json(&serde_json::json!({ "verified": verified }));
     }
-    println!("{}\t{}", verified.digest, args.image);
+    outln!("{}\t{}", verified.digest, args.image)?;
     if !global.quiet {
         let what = match verified.node {
             Some(id) => format!("node {id} of `{}`", verified.image),
             None => format!("the node-less image of `{}`", verified.image),
         };
-        eprintln!(
+        errln!(
             "verified: {} is {what} (tag {}, {}), rebuilt byte for byte from its provenance: {} layer(s), {} attached document(s)",
             args.image,
             verified.tag,
@@ -62,7 +61,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
             verified.documents
         );
         if verified.built_by != env!("CARGO_PKG_VERSION") {
-            eprintln!(
+            errln!(
                 "note: it was built by imgbuild {}, and rebuilt by {}",
                 crate::error::escape(&verified.built_by),
                 env!("CARGO_PKG_VERSION")

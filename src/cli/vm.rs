@@ -98,18 +98,18 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
     store.add_root(&out, result.needs(&store, def, &result.images()))?;
     if !global.quiet && !global.json {
         for note in &notes {
-            eprintln!("note: {note}");
+            errln!("note: {note}");
         }
     }
     for warning in &summary.warnings {
-        eprintln!("warning: {}", crate::error::printable(warning));
+        errln!("warning: {}", crate::error::printable(warning));
     }
     if global.json {
-        super::print_json(&serde_json::to_value(&summary).expect("serializes"));
+        super::print_json(&serde_json::to_value(&summary).expect("serializes"))?;
     } else {
-        println!("{}\t{} bytes", summary.base.path.display(), summary.base.size);
+        outln!("{}\t{} bytes", summary.base.path.display(), summary.base.size)?;
         for n in &summary.nodes {
-            println!("{}\t{} bytes\t{}", n.disk.path.display(), n.disk.size, n.script.display());
+            outln!("{}\t{} bytes\t{}", n.disk.path.display(), n.disk.size, n.script.display())?;
         }
     }
     Ok(())

@@ -1,9 +1,15 @@
 //! `compose.yaml`: one service per node on one host. Each service is named and reached as
 //! `LABEL-ID`, told its id and its peers' names, listens on every address of its own network
 //! namespace, keeps each volume of the image in a named volume, and publishes the client ports
-//! on host ports that do not clash.
+//! on host ports that do not clash (on one host address when asked).
+//!
+//! Containers, volumes and the network carry explicit names (`container_name`, a volume's and
+//! the default network's `name`), which podman-compose 1.0, docker-compose 1.29 and Docker
+//! Compose v2 all use as written: the names do not depend on the tool or its project name. (A
+//! top-level `name:` would fix the project's name too, but docker-compose 1.29 refuses it.)
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 
@@ -23,6 +29,8 @@ pub struct ComposeOptions {
     pub images: ImageSource,
     /// Added to every published host port (node 0's client port P is published as P + offset).
     pub port_offset: u16,
+    /// The host address the ports are published on; every address of the host when `None`.
+    pub publish_address: Option<IpAddr>,
 }
 
 /// One published port of one node: the container's port on a host port.
@@ -78,15 +86,16 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
         for (volume, path) in cluster.volumes() {
             let key = format!("{name}-{volume}");
             mounts.push(json!(format!("{key}:{path}")));
-            volumes.insert(key, json!({}));
+            volumes.insert(key.clone(), json!({ "name": key }));
         }
         let ports: Vec<Value> = published
             .iter()
             .filter(|p| p.node == node.id)
-            .map(|p| json!(format!("{}:{}/{}", p.host_port, p.port.number, p.port.protocol)))
+            .map(|p| json!(port_mapping(p, options.publish_address)))
             .collect();
         let mut service = json!({
             "image": image_of(cluster, node, &options.images)?,
+            "container_name": name,
             "hostname": name,
             "environment": env,
             "restart": "unless-stopped",
@@ -107,15 +116,25 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
         }
         services.insert(name, service);
     }
-    let mut doc = json!({ "services": services });
+    let mut doc = json!({ "services": services, "networks": { "default": { "name": cluster.label() } } });
     if !volumes.is_empty() {
         doc["volumes"] = Value::Object(volumes);
     }
     let header = format!(
-        "# Written by `imgbuild deploy compose` for cluster {}: one service per node.\n# Run: podman-compose up -d (or docker compose up -d)\n",
+        "# Written by `imgbuild deploy compose` for cluster {0}: one service per node.\n# Run: podman-compose up -d (or docker compose up -d)\n# Stop: podman-compose down -t 60 (podman-compose 1.0 then leaves the network: podman network rm {0})\n",
         cluster.label()
     );
     Ok((format!("{header}{}", yaml::document(&escape_interpolation(doc))), published))
+}
+
+/// A `ports` entry: `[ADDRESS:]HOST_PORT:PORT/PROTOCOL`, an IPv6 address in brackets.
+fn port_mapping(p: &Published, address: Option<IpAddr>) -> String {
+    let on = match address {
+        None => String::new(),
+        Some(IpAddr::V4(a)) => format!("{a}:"),
+        Some(IpAddr::V6(a)) => format!("[{a}]:"),
+    };
+    format!("{on}{}:{}/{}", p.host_port, p.port.number, p.port.protocol)
 }
 
 fn image_of(cluster: &Cluster, node: &Node, images: &ImageSource) -> Result<String> {

@@ -113,7 +113,7 @@ pub(super) fn ensure(
         tried.reasons.push(format!("the store holds its manifest but not {}", list.join(", ")));
     }
     for dir in &fetcher.settings.mirror_dirs {
-        match from_file(store, recipe, &dir.join(&source.file_name), &digest)? {
+        match from_file(store, recipe, &dir.join(&source.file_name), source)? {
             None => return Ok(()),
             Some(miss) => tried.note(miss),
         }
@@ -172,11 +172,21 @@ fn locations(fetcher: &Fetcher, reference: Option<&Reference>, mirrors: &[Refere
     places
 }
 
-/// An oci-archive or OCI layout at `path`: imported blob by blob (each checked against its
-/// digest), then it must hold the pinned image whole. `None`: the image is in the store.
-fn from_file(store: &Store, recipe: &Recipe, path: &Path, digest: &Sha256Digest) -> Result<Option<Miss>> {
+/// An oci-archive or OCI layout at `path`, named as the recipe's source expects: it must hold
+/// the pinned image (else nothing is imported, and the mismatch is said), which is imported blob
+/// by blob (each checked against its digest) and must then be whole. `None`: the image is in the store.
+fn from_file(store: &Store, recipe: &Recipe, path: &Path, source: &Source) -> Result<Option<Miss>> {
     if !path.exists() {
         return Ok(Some(Miss::Reason(format!("{}: not there", path.display()))));
+    }
+    let digest = source.hash.as_sha256().ok_or_else(|| Error::Internal("an oci-image source is not sha256".into()))?;
+    match named_archive(path, recipe, &[source]) {
+        Ok(NamedArchive::Holds) => {}
+        Ok(NamedArchive::Mismatch(e)) => return Ok(Some(Miss::Mismatch(e))),
+        Err(e @ (Error::BadArchive { .. } | Error::Io { .. })) if !is_local_failure(&e, store) => {
+            return Ok(Some(Miss::Reason(first_line(&e))));
+        }
+        Err(e) => return Err(e),
     }
     match crate::import::import(store, path) {
         Ok(_) => {}
@@ -186,7 +196,7 @@ fn from_file(store: &Store, recipe: &Recipe, path: &Path, digest: &Sha256Digest)
         }
         Err(e) => return Err(e),
     }
-    if absent(store, recipe, digest)?.is_empty() {
+    if absent(store, recipe, &digest)?.is_empty() {
         Ok(None)
     } else {
         Ok(Some(Miss::Reason(format!("{}: does not hold image manifest {digest} and all its blobs", path.display()))))
@@ -229,4 +239,60 @@ fn from_registry(
         }
         Err(e) => Err(e),
     }
+}
+
+/// What an archive named as a recipe's source expects holds.
+pub(crate) enum NamedArchive {
+    /// One of the images the recipe pins.
+    Holds,
+    /// None of them: its name promises what its content is not. A hash mismatch (both
+    /// digests, for one platform), or bad input when it holds no image for a platform the
+    /// recipe pins.
+    Mismatch(Error),
+}
+
+/// Whether the oci-archive or layout at `path`, named as `recipe`'s `sources` expect, holds one
+/// of the images they pin (by manifest, or by the index holding it). Read without importing
+/// anything; an error: it could not be read.
+pub(crate) fn named_archive(path: &Path, recipe: &Recipe, sources: &[&Source]) -> Result<NamedArchive> {
+    let tops = crate::pin::oci::read(path)?;
+    let holds = |hash: &crate::digest::Hash| {
+        tops.iter().any(|t| t.digest.to_hash() == *hash || t.images.iter().any(|i| i.digest.to_hash() == *hash))
+    };
+    if sources.iter().any(|s| holds(&s.hash)) {
+        return Ok(NamedArchive::Holds);
+    }
+    let images: Vec<&crate::pin::oci::Image> = tops.iter().flat_map(|t| &t.images).collect();
+    let same_platform = sources.iter().find_map(|s| {
+        let image = images.iter().find(|i| s.platform.as_ref().is_none_or(|p| *p == i.platform))?;
+        Some((s, image))
+    });
+    if let Some((source, image)) = same_platform {
+        return Ok(NamedArchive::Mismatch(Error::HashMismatch {
+            what: format!(
+                "{} (named as recipe {}'s image for {}, {}); nothing was imported",
+                path.display(),
+                recipe.name,
+                image.platform,
+                recipe.file.display()
+            ),
+            expected: source.hash.clone(),
+            found: image.digest.to_hash(),
+        }));
+    }
+    let held: Vec<String> = images.iter().map(|i| format!("{} {}", i.platform, i.digest)).collect();
+    let pinned: Vec<String> = sources
+        .iter()
+        .map(|s| format!("{} {}", s.platform.as_ref().map_or("any".into(), |p| p.to_string()), s.hash))
+        .collect();
+    Ok(NamedArchive::Mismatch(Error::BadArchive {
+        archive: path.display().to_string(),
+        message: format!(
+            "named as recipe {}'s image ({}), but it holds no image for a platform the recipe pins ({}); it holds {}; nothing was imported",
+            recipe.name,
+            recipe.file.display(),
+            pinned.join(", "),
+            held.join(", ")
+        ),
+    }))
 }

@@ -6,6 +6,7 @@ pub mod name;
 pub mod oci;
 mod render;
 pub mod tarball;
+pub mod update;
 
 use std::path::Path;
 

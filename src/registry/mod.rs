@@ -8,7 +8,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub(crate) mod referrers;
-mod tls;
+pub(crate) mod tls;
 mod token;
 mod transport;
 mod upload;

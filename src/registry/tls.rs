@@ -21,7 +21,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::error::{Error, IoContext, Result};
+use super::reference::Reference;
+use crate::error::{escape, Error, IoContext, Result};
+use crate::image::rfc3339;
 
 /// The per-host certificate directories, in the order the containers tools look (the first
 /// that exists for the host is used).
@@ -152,6 +154,143 @@ impl ServerCertVerifier for TrustedVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
     }
+}
+
+/// Where a TLS error hides in reqwest's chain of causes. An `io::Error` shows the error it
+/// wraps (often another `io::Error`) only through `get_ref`, so those are followed too.
+pub(crate) fn tls_cause<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// What went wrong in a TLS handshake, for people: a sentence about the server, never rustls'
+/// names for it.
+pub(crate) fn sentence(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(why) => certificate_sentence(why),
+        rustls::Error::InvalidMessage(_) => {
+            "it did not answer the TLS handshake with TLS: it may serve plain HTTP".into()
+        }
+        rustls::Error::NoCertificatesPresented => "it presented no TLS certificate".into(),
+        rustls::Error::AlertReceived(alert) => format!("it ended the TLS handshake (alert: {alert:?})"),
+        rustls::Error::PeerIncompatible(why) => format!("it speaks no TLS version or cipher imgbuild does ({why:?})"),
+        other => format!("the TLS handshake failed: {other}"),
+    }
+}
+
+/// What is wrong with the certificate a server presented.
+fn certificate_sentence(e: &CertificateError) -> String {
+    let untrusted = "its TLS certificate is not trusted:";
+    match e {
+        CertificateError::UnknownIssuer => {
+            format!("{untrusted} it is signed by a certificate authority this machine does not trust")
+        }
+        CertificateError::Other(other) if is_self_signed_ca(other) => format!(
+            "{untrusted} the server presents a self-signed CA certificate (as `openssl req -x509` makes) as its \
+             own, and that certificate is not one this machine trusts"
+        ),
+        CertificateError::Expired => format!("{untrusted} it has expired"),
+        CertificateError::ExpiredContext { time, not_after } => {
+            format!(
+                "{untrusted} it expired on {} (it is now {})",
+                rfc3339(not_after.as_secs()),
+                rfc3339(time.as_secs())
+            )
+        }
+        CertificateError::NotValidYet => format!("{untrusted} it is not valid yet"),
+        CertificateError::NotValidYetContext { time, not_before } => format!(
+            "{untrusted} it is valid only from {} (it is now {}: is this machine's clock right?)",
+            rfc3339(not_before.as_secs()),
+            rfc3339(time.as_secs())
+        ),
+        CertificateError::NotValidForName => format!("{untrusted} it is for another name than the registry's"),
+        CertificateError::NotValidForNameContext { expected, presented } => {
+            let names: Vec<&str> = presented.iter().map(|p| presented_name(p)).collect();
+            format!(
+                "{untrusted} it is for {}, not for {}",
+                if names.is_empty() { "no name at all".to_string() } else { escape(&names.join(", ")) },
+                escape(&expected.to_str())
+            )
+        }
+        CertificateError::Revoked => format!("{untrusted} its issuer has revoked it"),
+        CertificateError::BadEncoding => format!("{untrusted} it cannot be read (not a valid X.509 certificate)"),
+        CertificateError::BadSignature => {
+            format!("{untrusted} its signature does not match its issuer's key")
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            format!("{untrusted} it is not meant for a TLS server (its extended key usage says otherwise)")
+        }
+        CertificateError::UnhandledCriticalExtension => {
+            format!("{untrusted} it has a critical extension imgbuild does not know")
+        }
+        CertificateError::UnknownRevocationStatus
+        | CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            format!("{untrusted} whether it was revoked cannot be told")
+        }
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            format!("{untrusted} it is signed with an algorithm imgbuild does not accept")
+        }
+        CertificateError::Other(other) => {
+            format!("{untrusted} its chain is not valid ({})", escape(&other.to_string()))
+        }
+        _ => format!("{untrusted} it was refused"),
+    }
+}
+
+/// webpki's `CaUsedAsEndEntity`, which rustls passes on only as text: the server presented a
+/// CA certificate (`CA:TRUE`) as its own, as a self-signed `openssl req -x509` one is.
+fn is_self_signed_ca(other: &rustls::OtherError) -> bool {
+    other.to_string() == "CaUsedAsEndEntity"
+}
+
+/// A name a certificate presents, as webpki writes it (`DnsName("localhost")`,
+/// `IpAddress(127.0.0.1)`), without the wrapping.
+fn presented_name(text: &str) -> &str {
+    let inner = ["DnsName(", "IpAddress(", "UniformResourceIdentifier("]
+        .iter()
+        .find_map(|kind| text.strip_prefix(kind)?.strip_suffix(')'));
+    inner.map_or(text, |name| name.trim_matches('"'))
+}
+
+/// The next step after a TLS failure talking to `reference`'s registry.
+pub(crate) fn hint(e: &rustls::Error, reference: &Reference) -> String {
+    let registry = &reference.registry;
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => trust_hint(registry),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) if is_self_signed_ca(other) => {
+            trust_hint(registry)
+        }
+        rustls::Error::InvalidCertificate(_) => "the registry's certificate must be renewed or made again (for the \
+             name you use, in its subjectAltName), or this machine's clock set right"
+            .to_string(),
+        rustls::Error::InvalidMessage(_) if reference.is_loopback() => {
+            "for a registry on this machine that serves plain HTTP, pass --insecure (push, pull) or \
+             --insecure-registry HOST[:PORT] (to fetch base images)"
+                .to_string()
+        }
+        rustls::Error::InvalidMessage(_) => {
+            "imgbuild speaks plain HTTP only to registries on loopback; use the registry's HTTPS address".to_string()
+        }
+        _ => "check that the address is the registry's HTTPS address".to_string(),
+    }
+}
+
+fn trust_hint(registry: &str) -> String {
+    format!(
+        "if you trust it, give its CA certificate (or, for a self-signed registry, the certificate itself) \
+         with --ca-file FILE, or put it in /etc/containers/certs.d/{registry}/ca.crt"
+    )
 }
 
 fn within_validity(der: &[u8], now: u64) -> std::result::Result<(), rustls::Error> {
@@ -285,6 +424,70 @@ mod tests {
         assert_eq!(within_validity(&der, 1_704_000_000), Err(CertificateError::NotValidYet.into()));
         assert_eq!(within_validity(&der, 1_704_200_000), Err(CertificateError::Expired.into()));
         assert_eq!(within_validity(&der[..der.len() - 3], 0), Err(CertificateError::BadEncoding.into()));
+    }
+
+    /// rustls' names for what went wrong, which a sentence must not show.
+    const INTERNALS: [&str; 6] = ["Other(", "OtherError", "Context", "UnknownIssuer", "CaUsedAsEndEntity", "Invalid"];
+
+    #[test]
+    fn every_certificate_failure_is_a_sentence_without_rustls_names() {
+        use rustls::pki_types::UnixTime;
+        use std::time::Duration;
+        let at = |s: u64| UnixTime::since_unix_epoch(Duration::from_secs(s));
+        #[derive(Debug)]
+        struct Webpki(&'static str);
+        impl std::fmt::Display for Webpki {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0) // as webpki's errors display: their variant's name
+            }
+        }
+        impl std::error::Error for Webpki {}
+        let other = |name| CertificateError::Other(rustls::OtherError(Arc::new(Webpki(name))));
+        let cases: Vec<(CertificateError, &str)> = vec![
+            (CertificateError::UnknownIssuer, "signed by a certificate authority this machine does not trust"),
+            (other("CaUsedAsEndEntity"), "self-signed CA certificate"),
+            (
+                CertificateError::ExpiredContext { time: at(1_704_153_600), not_after: at(1_704_067_200) },
+                "expired on 2024-01-01T00:00:00Z (it is now 2024-01-02T00:00:00Z)",
+            ),
+            (
+                CertificateError::NotValidYetContext { time: at(0), not_before: at(951_825_600) },
+                "valid only from 2000-02-29T12:00:00Z",
+            ),
+            (
+                CertificateError::NotValidForNameContext {
+                    expected: ServerName::try_from("registry.example.org").unwrap(),
+                    presented: vec!["DnsName(\"localhost\")".into(), "IpAddress(127.0.0.1)".into()],
+                },
+                "it is for localhost, 127.0.0.1, not for registry.example.org",
+            ),
+            (CertificateError::Revoked, "revoked"),
+            (CertificateError::BadEncoding, "not a valid X.509 certificate"),
+            (CertificateError::BadSignature, "signature does not match"),
+            (CertificateError::InvalidPurpose, "not meant for a TLS server"),
+            (other("PathLenConstraintViolated"), "its chain is not valid"),
+        ];
+        for (error, says) in cases {
+            let text = sentence(&rustls::Error::InvalidCertificate(error));
+            assert!(text.starts_with("its TLS certificate is not trusted: ") && text.contains(says), "{text}");
+            for internal in INTERNALS {
+                assert!(!text.contains(internal), "`{internal}` in: {text}");
+            }
+        }
+        let plain = sentence(&rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType));
+        assert!(plain.contains("plain HTTP") && !INTERNALS.iter().any(|i| plain.contains(i)), "{plain}");
+    }
+
+    #[test]
+    fn the_hint_is_to_trust_only_where_trusting_helps() {
+        let reference: Reference = "127.0.0.1:5000/x/y".parse().unwrap();
+        let hint = |e: CertificateError| hint(&rustls::Error::InvalidCertificate(e), &reference);
+        assert!(hint(CertificateError::UnknownIssuer).contains("--ca-file"));
+        assert!(
+            hint(CertificateError::Expired).contains("renewed")
+                && !hint(CertificateError::Expired).contains("--ca-file")
+        );
+        assert!(hint(CertificateError::NotValidForName).contains("subjectAltName"));
     }
 
     #[test]

@@ -46,53 +46,14 @@ pub(crate) enum Failure {
     Fatal(Error),
 }
 
-/// Where a TLS error hides in reqwest's chain of causes. An `io::Error` shows the error it
-/// wraps (often another `io::Error`) only through `get_ref`, so those are followed too.
-fn tls_cause<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        current = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    None
-}
-
 /// What a failed request to `reference`'s registry means.
 pub(crate) fn classify(reference: &Reference, e: &reqwest::Error) -> Failure {
     let registry = &reference.registry;
     if e.is_builder() {
         return Failure::Fatal(registry_error(registry, http_cause(e)));
     }
-    let Some(tls) = tls_cause(e) else { return Failure::Transient(http_cause(e)) };
-    let (message, hint) = match tls {
-        rustls::Error::InvalidCertificate(why) => (
-            format!("its TLS certificate is not trusted: {why}"),
-            format!(
-                "if you trust it, give its CA certificate (or, for a self-signed registry, the certificate \
-                 itself) with --ca-file FILE, or put it in /etc/containers/certs.d/{registry}/ca.crt"
-            ),
-        ),
-        rustls::Error::InvalidMessage(_) => (
-            "it did not answer the TLS handshake with TLS: it may serve plain HTTP".to_string(),
-            if reference.is_loopback() {
-                "for a registry on this machine that serves plain HTTP, pass --insecure (push, pull) \
-                 or --insecure-registry HOST[:PORT] (to fetch base images)"
-                    .to_string()
-            } else {
-                "imgbuild speaks plain HTTP only to registries on loopback; use the registry's HTTPS address"
-                    .to_string()
-            },
-        ),
-        other => (
-            format!("the TLS handshake failed: {other}"),
-            "check that the address is the registry's HTTPS address".to_string(),
-        ),
-    };
+    let Some(tls) = super::tls::tls_cause(e) else { return Failure::Transient(http_cause(e)) };
+    let (message, hint) = (super::tls::sentence(tls), super::tls::hint(tls, reference));
     Failure::Fatal(Error::Registry { registry: registry.clone(), message, hint: Some(hint) })
 }
 

@@ -152,12 +152,15 @@ fn offline_a_mirror_directory_supplies_the_base_as_an_archive_or_a_layout() {
     let (out, _) = offline("store2");
     assert_ok(&out);
 
-    // A file that does not hold the pinned image is named as such.
+    // A file named as the recipe's `file` that holds no image it pins is bad input (exit 1),
+    // naming what it holds; nothing of it is imported.
     std::fs::remove_dir_all(mirror.join("base-layout")).unwrap();
     let other = p.path("other");
-    super::fixtures::base_layout(&other, &["arm64"]);
+    let held = super::fixtures::base_layout(&other, &["arm64"]);
     copy_dir(&other, &mirror.join("base-layout"));
-    let (out, _) = offline("store3");
-    assert_exit(&out, 3);
-    assert!(stderr(&out).contains("does not hold image manifest"), "{}", stderr(&out));
+    let (out, store) = offline("store3");
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("holds no image for a platform the recipe pins") && err.contains(&held[0].1), "{err}");
+    assert!(!store.join("blobs/sha256").join(held[0].1.trim_start_matches("sha256:")).exists());
 }

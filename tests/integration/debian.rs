@@ -126,6 +126,22 @@ fn class_path_closure(jar: &Path, seen: &mut Vec<PathBuf>) {
     }
 }
 
+/// `zkServer.sh start-foreground` and `zkServer.sh status`, the latter as ZooKeeper 3.4.10's
+/// own: `srvr` sent through Java to `clientPortAddress` (else localhost) and `clientPort` of
+/// `conf/zoo.cfg`, printing the `Mode:` line.
+const ZK_SERVER: &str = r#"cfg=$ZK_HOME/conf/zoo.cfg
+case ${1-} in
+start-foreground) exec java -Xmx192m -cp "$ZK_HOME/lib/*" org.apache.zookeeper.server.quorum.QuorumPeerMain "$cfg" ;;
+status)
+    address=$(sed -n 's/^[[:space:]]*clientPortAddress=//p' "$cfg")
+    port=$(sed -n 's/^[[:space:]]*clientPort=//p' "$cfg")
+    mode=$(java -Xmx64m -cp "$ZK_HOME/lib/*" org.apache.zookeeper.client.FourLetterWordMain "${address:-localhost}" "$port" srvr 2>/dev/null | sed -n "/Mode/p")
+    [ -n "$mode" ] || { echo "Error contacting service. It is probably not running."; exit 1; }
+    echo "$mode" ;;
+*) echo 'usage: zkServer.sh start-foreground|status' >&2; exit 2 ;;
+esac
+"#;
+
 /// A ZooKeeper distribution shaped like the upstream tarball (`bin/`, `conf/`, `lib/`), made
 /// of Debian's `zookeeper` jars and everything their manifests need.
 pub fn zookeeper_dist(work: &Path) -> Vec<u8> {
@@ -141,7 +157,7 @@ pub fn zookeeper_dist(work: &Path) -> Vec<u8> {
         std::fs::copy(jar, dist.join("lib").join(jar.file_name().unwrap())).unwrap();
     }
     let scripts = [
-        ("zkServer.sh", "[ \"$1\" = start-foreground ] || { echo 'usage: zkServer.sh start-foreground' >&2; exit 2; }\nexec java -Xmx192m -cp \"$ZK_HOME/lib/*\" org.apache.zookeeper.server.quorum.QuorumPeerMain \"$ZK_HOME/conf/zoo.cfg\"\n"),
+        ("zkServer.sh", ZK_SERVER),
         ("zkCli.sh", "exec java -Xmx96m -cp \"$ZK_HOME/lib/*\" org.apache.zookeeper.ZooKeeperMain \"$@\"\n"),
     ];
     for (name, body) in scripts {

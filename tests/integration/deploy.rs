@@ -103,7 +103,8 @@ impl Drop for Engine {
             if !containers.is_empty() {
                 let _ = self.podman().args(["rm", "--force", "--time", "0"]).args(&containers).output();
             }
-            let prefix = format!("{project}_");
+            // The compose file names volumes NAME-N-… and its network NAME (the project's name).
+            let prefix = format!("{project}-");
             let volumes: Vec<String> = self
                 .lines(&["volume", "ls", "--format", "{{.Name}}"])
                 .into_iter()
@@ -112,7 +113,7 @@ impl Drop for Engine {
             if !volumes.is_empty() {
                 let _ = self.podman().args(["volume", "rm", "--force"]).args(&volumes).output();
             }
-            let _ = self.podman().args(["network", "rm", "--force", &format!("{project}_default")]).output();
+            let _ = self.podman().args(["network", "rm", "--force", project]).output();
         }
         if !self.images.is_empty() {
             let _ = self.podman().args(["rmi", "--force"]).args(&self.images).output();
@@ -253,7 +254,15 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
     assert_ok(&engine.configure(&mut p.cmd()).args(["load"]).output().unwrap());
 
     let offset = free_port_offset();
-    let deployed = json(&p.run(&["--json", "deploy", "compose", "--port-offset", &offset.to_string()]));
+    let deployed = json(&p.run(&[
+        "--json",
+        "deploy",
+        "compose",
+        "--port-offset",
+        &offset.to_string(),
+        "--publish-address",
+        "127.0.0.1",
+    ]));
     let file = PathBuf::from(deployed["file"].as_str().unwrap());
     let file = p.root.join(file);
     let compose = |args: &[&str]| {
@@ -299,6 +308,33 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
         );
     }
 
+    // What the README says of podman-compose 1.0.3: containers, volumes and the network are
+    // named as the file names them; the checks the README runs work as written.
+    assert_eq!(engine.lines(&["ps", "--format", "{{.Names}}", "--filter", &format!("name=^{name}-")]).len(), 3);
+    let volumes = engine.lines(&["volume", "ls", "--format", "{{.Name}}"]);
+    for n in 0..3 {
+        for v in ["var-lib-zookeeper", "var-lib-kafka"] {
+            assert!(volumes.contains(&format!("{name}-{n}-{v}")), "{volumes:?}");
+        }
+    }
+    assert_ok(&engine.podman().args(["network", "exists", &name]).output().unwrap());
+    let modes: Vec<String> = services
+        .iter()
+        .map(|s| {
+            let status = engine.podman().args(["exec", s, "/usr/local/zookeeper/bin/zkServer.sh", "status"]).output();
+            let status = status.unwrap();
+            assert!(status.status.success(), "zkServer.sh status in {s}: {}", text(&status));
+            String::from_utf8_lossy(&status.stdout).trim().to_string()
+        })
+        .collect();
+    assert_eq!(modes.iter().filter(|m| *m == "Mode: leader").count(), 1, "{modes:?}");
+    assert_eq!(modes.iter().filter(|m| *m == "Mode: follower").count(), 2, "{modes:?}");
+    let stop_timeout = engine.lines(&["inspect", "--format", "{{.Config.StopTimeout}}", &services[0]]);
+    assert_eq!(stop_timeout, ["10"], "podman-compose 1.0.3 leaves stop_grace_period out, as the README says");
+    // Published on the loopback address only.
+    let published = engine.lines(&["port", &services[0]]);
+    assert!(published.iter().all(|l| l.contains("127.0.0.1:")), "{published:?}");
+
     // Written through one service, read through another, by their service names.
     let zk = |on: &str, server: &str, args: &[&str]| {
         engine
@@ -342,9 +378,17 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
         .unwrap();
     assert_eq!(idle.status.code(), Some(1), "the health check of a node with nothing listening: {}", text(&idle));
 
-    let down = compose(&["down"]);
+    // The health checks pass when run; after one, the status says so.
+    let status = engine.lines(&["inspect", "--format", "{{.State.Health.Status}}", &services[0]]);
+    assert_eq!(status, ["healthy"]);
+
+    let down = compose(&["down", "-t", "60"]);
     assert!(down.status.success(), "podman-compose down: {}", text(&down));
     assert_eq!(engine.containers(&name, None), Vec::<String>::new(), "containers left after down");
+    // The named volumes stay; the network too (podman-compose 1.0.3), removed by name.
+    let volumes = engine.lines(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(volumes.contains(&format!("{name}-0-var-lib-zookeeper")), "{volumes:?}");
+    assert_ok(&engine.podman().args(["network", "rm", &name]).output().unwrap());
 }
 
 #[test]
@@ -356,6 +400,10 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     let service = &doc["services"]["zk-kafka-1"];
     assert_eq!(service["image"].as_str(), Some("localhost/zk-kafka:node-1"));
     assert_eq!(service["hostname"].as_str(), Some("zk-kafka-1"));
+    // Names that do not depend on the tool or its project name.
+    assert_eq!(service["container_name"].as_str(), Some("zk-kafka-1"));
+    assert_eq!(doc["volumes"]["zk-kafka-1-var-lib-kafka"]["name"].as_str(), Some("zk-kafka-1-var-lib-kafka"));
+    assert_eq!(doc["networks"]["default"]["name"].as_str(), Some("zk-kafka"));
     assert_eq!(service["environment"]["PEERS"].as_str(), Some("0=zk-kafka-0,1=zk-kafka-1,2=zk-kafka-2"));
     assert_eq!(service["environment"]["NODE_ID"].as_str(), Some("1"));
     assert_eq!(service["environment"]["IMGBUILD_VAR_bind_address"].as_str(), Some("0.0.0.0"));
@@ -377,6 +425,21 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     assert_ok(&again);
     assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(p.root.join("c2/compose.yaml")).unwrap());
     docker_compose_accepts(&file);
+
+    // On one host address only: IPv4 as it is, IPv6 in brackets; anything else is refused.
+    for (address, first) in [("127.0.0.1", "127.0.0.1:2182:2181/tcp"), ("::1", "[::1]:2182:2181/tcp")] {
+        let out = json(&p.run(&["--json", "deploy", "compose", "--out", "local", "--publish-address", address]));
+        assert_eq!(out["published"][2]["host_address"].as_str(), Some(address), "{out}");
+        let local = p.root.join(out["file"].as_str().unwrap());
+        let doc = &read_yaml(&local)[0];
+        assert_eq!(yaml_str(&doc["services"]["zk-kafka-1"]["ports"][0]), first);
+        docker_compose_accepts(&local);
+    }
+    for bad in ["localhost", "127.0.0.1:80", "0x7f.1"] {
+        let out = p.run(&["deploy", "compose", "--publish-address", bad]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("--publish-address"), "{}", stderr(&out));
+    }
 
     // A name that is no DNS label and volumes whose names would collide: still valid, and
     // every service and volume named apart.

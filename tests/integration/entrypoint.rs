@@ -291,6 +291,35 @@ fn values_with_control_characters_are_refused_naming_the_variable() {
 }
 
 #[test]
+fn an_override_of_a_variable_the_image_does_not_have_is_refused_listing_its_variables() {
+    let boot = demo();
+    for shell in SHELLS {
+        for (name, needle) in [
+            (
+                "IMGBUILD_VAR_nosuch",
+                "IMGBUILD_VAR_nosuch: cluster demo has no variable 'nosuch' (its variables: bind port)",
+            ),
+            ("IMGBUILD_VAR_BIND", "has no variable 'BIND'"),
+            ("IMGBUILD_VAR_", "has no variable ''"),
+            ("IMGBUILD_VAR_bind-address", "has no variable 'bind-address'"),
+            ("IMGBUILD_VAR_bind port", "has no variable 'bind port'"),
+            ("IMGBUILD_VAR_a\u{1b}[31m", "has a control character in its name"),
+        ] {
+            boot.forget(&RENDERED);
+            let out = boot.render(shell, &[("NODE_ID", "8"), (name, "1")]);
+            refused(&out, shell, needle);
+            assert!(!boot.path("conf/node.cfg").exists(), "{name} rendered");
+        }
+        // A line break inside another variable's value does not pass for an override.
+        boot.forget(&RENDERED);
+        let out = boot
+            .render(shell, &[("NODE_ID", "8"), ("OTHER", "x\nIMGBUILD_VAR_fake=1"), ("IMGBUILD_VAR_bind", "1.2.3.4")]);
+        assert!(out.status.success(), "{shell:?}: {}", err(&out));
+        assert!(boot.read("conf/node.cfg").contains("bind=1.2.3.4\n"));
+    }
+}
+
+#[test]
 fn services_are_checked_before_use_and_run_with_their_words_as_written() {
     let boot = demo();
     for shell in SHELLS {

@@ -381,7 +381,9 @@ fn completions_and_the_man_page_cover_every_command() {
     for c in &commands {
         assert!(rendered.contains(&format!("imgbuild-{c}(1)")), "the man page does not list `{c}`:\n{rendered}");
     }
-    assert!(rendered.contains("IMGBUILD_STORE") && rendered.contains("Exit codes"), "{rendered}");
+    // Words, not spaces: man justifies lines, so two words may be further apart.
+    let words = rendered.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("IMGBUILD_STORE") && words.contains("Exit codes"), "{rendered}");
     let pages = tmp.path().join("man1");
     assert_ok(&Command::new(BIN).args(["man", "--dir"]).arg(&pages).output().unwrap());
     for c in &commands {
@@ -461,6 +463,13 @@ fn readme_your_own_cluster_runs_as_written() {
     assert_eq!(field(&recipe, "digest").as_deref(), Some(base.as_str()));
     let jdk = std::fs::read_to_string(project.join("recipes/jdk.toml")).unwrap();
     assert_eq!(field(&jdk, "platform").as_deref(), Some("linux/amd64"), "x64 in its name:\n{jdk}");
+    // What init's recipes say beyond the files is kept: JAVA_HOME, the excludes, the base's version.
+    let recipes = imgbuild::recipe::load_dir(&project.join("recipes")).unwrap();
+    assert_eq!(recipes["jdk"].env.get("JAVA_HOME").map(String::as_str), Some("/opt/java"), "{jdk}");
+    assert_eq!(recipes["jdk"].unpack.exclude, ["src.zip"]);
+    assert_eq!(recipes["zookeeper"].unpack.exclude, ["docs", "src"]);
+    assert_eq!(recipes["base"].version, "bookworm-slim");
+    assert!(recipes.values().all(|r| r.version != "unknown"));
     let layout = format!("oci:{}:node-2", project.join("out/my-cluster").display());
     let inspect: serde_json::Value =
         serde_json::from_str(&tool(Command::new("skopeo").args(["inspect", "--config", &layout]))).unwrap();

@@ -16,6 +16,7 @@ mod ensemble;
 mod entrypoint;
 mod failures;
 mod first_hour;
+mod first_hour_fixes;
 mod hostile_layers;
 mod outputs;
 mod registry;

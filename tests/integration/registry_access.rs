@@ -93,6 +93,10 @@ fn a_self_signed_registry_is_trusted_through_ca_file_or_certs_d_and_refused_at_o
     assert_exit(&untrusted, 5);
     let err = stderr(&untrusted);
     assert!(err.contains("certificate is not trusted") && !err.contains("attempts"), "{err}");
+    assert!(err.contains("presents a self-signed CA certificate"), "a sentence, not rustls' names: {err}");
+    for internal in ["Other(", "OtherError", "CaUsedAsEndEntity"] {
+        assert!(!err.contains(internal), "`{internal}` in: {err}");
+    }
     assert!(err.contains("hint:") && err.contains("--ca-file") && err.contains("certs.d"), "{err}");
     outputs.push(untrusted);
 
@@ -150,6 +154,13 @@ fn credentials_follow_podmans_precedence() {
     fn push<'c>(cmd: &'c mut Command, ca: &Path, repo: &str) -> &'c mut Command {
         cmd.args(["--json", "push", "--ca-file", ca.to_str().unwrap(), "--id", "0", repo])
     }
+
+    // Without its CA: refused, saying so in words.
+    let untrusted = home.cmd(&p).args(["push", "--id", "0", &repo]).output().unwrap();
+    assert_exit(&untrusted, 5);
+    let err = stderr(&untrusted);
+    assert!(err.contains("signed by a certificate authority this machine does not trust"), "{err}");
+    assert!(!err.contains("UnknownIssuer") && err.contains("--ca-file"), "{err}");
 
     // The containers auth file comes before Docker's config: its wrong password is used.
     let (wrong_file, docker) = (home.dir.join("wrong/auth.json"), home.dir.join("docker"));
