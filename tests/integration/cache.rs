@@ -114,7 +114,8 @@ fn recipe_layers(v: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn same_file(a: &Path, b: &Path) {
+/// Fails unless the two files hold the same bytes.
+pub(super) fn same_file(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert!(x == y, "{} and {} differ", a.display(), b.display());
 }

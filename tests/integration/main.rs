@@ -12,6 +12,7 @@ mod cache;
 mod core;
 mod definitions;
 mod deploy;
+mod downloads;
 mod ensemble;
 mod entrypoint;
 mod failures;
