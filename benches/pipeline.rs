@@ -504,6 +504,9 @@ fn main() {
         drop(registry);
     }
 
+    for l in download_figures(&work, &inputs, &mirror, nproc) {
+        line(l);
+    }
     if have("docker-registry") {
         for l in cache_figures(&work, &project, &mirror, nproc) {
             line(l);
@@ -594,4 +597,117 @@ fn cache_figures(work: &Path, project: &Path, mirror: &Path, threads: usize) -> 
             warm_cache / cold
         ),
     ]
+}
+
+/// Serves the files of a directory over HTTP/1.1 on loopback, every connection at one fixed
+/// rate (as a distant server would), until dropped.
+struct ThrottledServer {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThrottledServer {
+    fn start(dir: &Path, bytes_per_second: u64) -> ThrottledServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let dir = dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let (Ok(conn), dir) = (conn, dir.clone()) else { continue };
+                std::thread::spawn(move || {
+                    let _ = serve_throttled(conn, &dir, bytes_per_second);
+                });
+            }
+        });
+        ThrottledServer { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for ThrottledServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one GET with the file it names, in 64 KiB pieces paced to `rate` bytes a second.
+fn serve_throttled(conn: std::net::TcpStream, dir: &Path, rate: u64) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let name = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+    let mut conn = conn;
+    let Ok(data) = std::fs::read(dir.join(&name)) else {
+        return write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len())?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for piece in data.chunks(64 * 1024) {
+        conn.write_all(piece)?;
+        sent += piece.len() as u64;
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    conn.flush()
+}
+
+/// Downloads throttled to a fixed rate per connection: each input alone (`imgbuild prefetch`),
+/// then a cold build that downloads them all, its layers built while they stream in.
+fn download_figures(work: &Path, inputs: &[Input], mirror: &Path, threads: usize) -> Vec<String> {
+    const RATE: u64 = 10_000_000;
+    let server = ThrottledServer::start(mirror, RATE);
+    let online = work.join("project-online");
+    let _ = std::fs::remove_dir_all(&online);
+    write_project(&online, inputs, mirror, false);
+    for entry in std::fs::read_dir(online.join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("https://bench.invalid/", &format!("http://{}/", server.addr))).unwrap();
+    }
+    let empty_mirror = empty_dir(&work.join("no-mirror"));
+    let mut lines = vec![
+        format!("\n### Downloads at {:.0} MB/s per connection (loopback, throttled)\n", RATE as f64 / 1e6),
+        "| case | wall time | goal |\n|---|---|---|".into(),
+    ];
+    let mut slowest = Duration::ZERO;
+    for input in inputs {
+        let store = empty_dir(&work.join("store-download-alone"));
+        let url = format!("http://{}/{}", server.addr, input.file);
+        let (d, _, _) = imgbuild_with(&online, &store, &empty_mirror, threads, &[], &["prefetch", &url]);
+        lines.push(format!(
+            "| {} downloaded alone ({:.1} MB) | {:.2} s | |",
+            input.name,
+            mb(std::fs::metadata(mirror.join(&input.file)).unwrap().len()),
+            d.as_secs_f64()
+        ));
+        slowest = slowest.max(d);
+    }
+    let store = empty_dir(&work.join("store-download-build"));
+    let out = work.join("out-download");
+    let (d, _, json) =
+        imgbuild_with(&online, &store, &empty_mirror, threads, &[], &["build", "--out", out.to_str().unwrap()]);
+    assert!(json.contains("\"layers_built\": 3"), "{json}");
+    lines.push(format!(
+        "| cold build, downloading every input | {:.2} s ({:.2} × the slowest download alone) | ≤ 1.15 × |",
+        d.as_secs_f64(),
+        d.as_secs_f64() / slowest.as_secs_f64()
+    ));
+    lines
 }
