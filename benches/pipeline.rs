@@ -155,15 +155,40 @@ struct Run {
     stdout: String,
 }
 
+/// imgbuild `args` offline, but a push: it talks to the registry, which `--offline` refuses.
 fn imgbuild_run(project: &Path, store: &Path, mirror: &Path, threads: usize, args: &[&str]) -> Run {
+    let global: &[&str] = if args.first() == Some(&"push") { &[] } else { &["--offline"] };
+    imgbuild_run_with(project, store, mirror, threads, global, args)
+}
+
+/// The same as `imgbuild`, with the global options `global` instead of `--offline`.
+fn imgbuild_with(
+    project: &Path,
+    store: &Path,
+    mirror: &Path,
+    threads: usize,
+    global: &[&str],
+    args: &[&str],
+) -> (Duration, u64, String) {
+    let run = imgbuild_run_with(project, store, mirror, threads, global, args);
+    (run.wall, run.rss_kib, run.stdout)
+}
+
+fn imgbuild_run_with(
+    project: &Path,
+    store: &Path,
+    mirror: &Path,
+    threads: usize,
+    global: &[&str],
+    args: &[&str],
+) -> Run {
     let time_file = project.join("time.txt");
     let start = Instant::now();
     let out = Command::new("/usr/bin/time")
         .args(["-f", "%M %U %S", "-o"])
         .arg(&time_file)
         .arg(BIN)
-        // A push talks to the registry, which `--offline` refuses; every other step is offline.
-        .args(if args.first() == Some(&"push") { &[][..] } else { &["--offline"][..] })
+        .args(global)
         .args(["--json", "--project"])
         .arg(project)
         .arg("--store")
@@ -658,32 +683,16 @@ fn main() {
     if have("docker-registry") {
         line("\n### Push to a local registry (docker-registry on 127.0.0.1)\n".into());
         line("| push | uploaded | blobs uploaded / skipped | wall time | goal |\n|---|---|---|---|---|".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let regdir = work.join("registry");
-        std::fs::create_dir_all(&regdir).unwrap();
-        std::fs::write(
-            regdir.join("config.yml"),
-            format!("version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", regdir.join("data").display()),
-        )
-        .unwrap();
-        let mut registry = Command::new("docker-registry")
-            .arg("serve")
-            .arg(regdir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let repo = format!("127.0.0.1:{port}/bench/zk-kafka");
+        let registry = LocalRegistry::start(&work.join("registry"));
+        let repo = format!("{}/bench/zk-kafka", registry.host);
         for (case, id, goal) in [
             ("first node", "0", ""),
             ("second node", "1", "< 16 KiB"),
             ("second node again, unchanged", "1", "0 blobs"),
         ] {
-            let (d, _, out) = imgbuild(&project, &store, &mirror, nproc, &["push", "--insecure", "--id", id, &repo]);
+            // push refuses --offline: the inputs come from --mirror.
+            let (d, _, out) =
+                imgbuild_with(&project, &store, &mirror, nproc, &[], &["push", "--insecure", "--id", id, &repo]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let p = &v["pushed"][0];
             line(format!(
@@ -694,11 +703,213 @@ fn main() {
                 d.as_secs_f64()
             ));
         }
-        let _ = registry.kill();
-        let _ = registry.wait();
+        drop(registry);
+    }
+
+    for l in download_figures(&work, &inputs, &mirror, nproc) {
+        line(l);
+    }
+    if have("docker-registry") {
+        for l in cache_figures(&work, &project, &mirror, nproc) {
+            line(l);
+        }
     }
 
     let out = work.join("BENCHMARKS-run.md");
     std::fs::write(&out, &report).unwrap();
     eprintln!("\nreport written to {}", out.display());
+}
+
+/// A docker-registry serving plain HTTP on a free loopback port, killed when dropped.
+struct LocalRegistry {
+    child: std::process::Child,
+    host: String,
+}
+
+impl LocalRegistry {
+    fn start(dir: &Path) -> LocalRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = empty_dir(dir).join("data");
+        let config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            data.display()
+        );
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = LocalRegistry { child, host: format!("127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A team's shared cache (`--cache`) in a docker-registry on loopback: a cold build that fills
+/// it, then cold builds (each on an empty store) that take every layer from it, each run next
+/// to a cold build without a cache (so both meet the same load on a shared machine).
+fn cache_figures(work: &Path, project: &Path, mirror: &Path, threads: usize) -> Vec<String> {
+    let registry = LocalRegistry::start(&work.join("cache-registry"));
+    let repo = format!("{}/bench/layer-cache", registry.host);
+    let out = work.join("out-cache");
+    let build = |store: &str, global: &[&str]| {
+        let store = work.join(store);
+        let _ = std::fs::remove_dir_all(&store);
+        imgbuild_with(project, &store, mirror, threads, global, &["build", "--out", out.to_str().unwrap()])
+    };
+    let cached = ["--cache", &repo, "--insecure-registry", &registry.host];
+    let (fill, _, json) = build("store-cache-fill", &cached);
+    assert!(json.contains("\"pushed\": 3"), "the first build did not fill the cache: {json}");
+    let (mut cold, mut from_cache) = (Vec::new(), Vec::new());
+    let mut peak = 0;
+    for _ in 0..3 {
+        cold.push(build("store-cache-none", &["--offline"]).0);
+        let (d, rss, json) = build("store-cache-cold", &cached);
+        assert!(json.contains("\"layers_built\": 0") && json.contains("\"pulled\": 3"), "{json}");
+        from_cache.push(d);
+        peak = peak.max(rss);
+    }
+    let (cold, warm_cache) = (median(cold).as_secs_f64(), median(from_cache).as_secs_f64());
+    vec![
+        "\n### A team's shared cache (`--cache`, docker-registry on 127.0.0.1)\n".into(),
+        "| cold build (empty store, median of 3) | wall time | vs no cache | goal |\n|---|---|---|---|".into(),
+        format!("| no cache | {cold:.2} s | 1.00 | |"),
+        format!(
+            "| filling the cache (building and pushing every layer; one run) | {:.2} s | {:.2} | |",
+            fill.as_secs_f64(),
+            fill.as_secs_f64() / cold
+        ),
+        format!(
+            "| from a warm cache (peak RSS {:.1} MiB) | {warm_cache:.2} s | {:.2} | ≤ 0.30 |",
+            peak as f64 / 1024.0,
+            warm_cache / cold
+        ),
+    ]
+}
+
+/// Serves the files of a directory over HTTP/1.1 on loopback, every connection at one fixed
+/// rate (as a distant server would), until dropped.
+struct ThrottledServer {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThrottledServer {
+    fn start(dir: &Path, bytes_per_second: u64) -> ThrottledServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let dir = dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let (Ok(conn), dir) = (conn, dir.clone()) else { continue };
+                std::thread::spawn(move || {
+                    let _ = serve_throttled(conn, &dir, bytes_per_second);
+                });
+            }
+        });
+        ThrottledServer { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for ThrottledServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one GET with the file it names, in 64 KiB pieces paced to `rate` bytes a second.
+fn serve_throttled(conn: std::net::TcpStream, dir: &Path, rate: u64) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let name = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+    let mut conn = conn;
+    let Ok(data) = std::fs::read(dir.join(&name)) else {
+        return write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len())?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for piece in data.chunks(64 * 1024) {
+        conn.write_all(piece)?;
+        sent += piece.len() as u64;
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    conn.flush()
+}
+
+/// Downloads throttled to a fixed rate per connection: each input alone (`imgbuild prefetch`),
+/// then a cold build that downloads them all, its layers built while they stream in.
+fn download_figures(work: &Path, inputs: &[Input], mirror: &Path, threads: usize) -> Vec<String> {
+    const RATE: u64 = 10_000_000;
+    let server = ThrottledServer::start(mirror, RATE);
+    let online = work.join("project-online");
+    let _ = std::fs::remove_dir_all(&online);
+    write_project(&online, inputs, mirror, false);
+    for entry in std::fs::read_dir(online.join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("https://bench.invalid/", &format!("http://{}/", server.addr))).unwrap();
+    }
+    let empty_mirror = empty_dir(&work.join("no-mirror"));
+    let mut lines = vec![
+        format!("\n### Downloads at {:.0} MB/s per connection (loopback, throttled)\n", RATE as f64 / 1e6),
+        "| case | wall time | goal |\n|---|---|---|".into(),
+    ];
+    let mut slowest = Duration::ZERO;
+    for input in inputs {
+        let store = empty_dir(&work.join("store-download-alone"));
+        let url = format!("http://{}/{}", server.addr, input.file);
+        let (d, _, _) = imgbuild_with(&online, &store, &empty_mirror, threads, &[], &["prefetch", &url]);
+        lines.push(format!(
+            "| {} downloaded alone ({:.1} MB) | {:.2} s | |",
+            input.name,
+            mb(std::fs::metadata(mirror.join(&input.file)).unwrap().len()),
+            d.as_secs_f64()
+        ));
+        slowest = slowest.max(d);
+    }
+    let store = empty_dir(&work.join("store-download-build"));
+    let out = work.join("out-download");
+    let (d, _, json) =
+        imgbuild_with(&online, &store, &empty_mirror, threads, &[], &["build", "--out", out.to_str().unwrap()]);
+    assert!(json.contains("\"layers_built\": 3"), "{json}");
+    lines.push(format!(
+        "| cold build, downloading every input | {:.2} s ({:.2} × the slowest download alone) | ≤ 1.15 × |",
+        d.as_secs_f64(),
+        d.as_secs_f64() / slowest.as_secs_f64()
+    ));
+    lines
 }

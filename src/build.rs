@@ -83,19 +83,23 @@ impl BuildResult {
 const PARALLEL_FETCHES: usize = 4;
 
 /// Makes sure every source of every platform is in the store (tarballs and base images alike,
-/// up to `PARALLEL_FETCHES` at once); reports all that are missing at once.
-pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<()> {
+/// up to `PARALLEL_FETCHES` at once), building each downloaded tarball's layer as it streams in;
+/// reports all that are missing at once. Returns how many layers were built on the way.
+pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<usize> {
+    // A source whose every layer is in the store, or the cache (`--cache`) gave, is not needed.
+    let substituted = crate::cache::substitute(store, def, &settings.platforms, &settings.layer, reporter);
     // Each pinned input once, in a fixed order (a file that serves every platform is one input).
     let mut inputs: Vec<(&Recipe, &Platform, &recipe::Source)> = Vec::new();
     for platform in &settings.platforms {
         for recipe in def.recipes() {
             let source = source_for(recipe, platform)?;
-            if !inputs.iter().any(|(_, _, s)| s.hash == source.hash) {
+            if !inputs.iter().any(|(_, _, s)| s.hash == source.hash) && !substituted.contains(&source.hash) {
                 inputs.push((recipe, platform, source));
             }
         }
     }
-    let fetcher = Fetcher::new(store, &settings.fetch, reporter);
+    // Each tarball's layer is built while it downloads.
+    let fetcher = Fetcher::new(store, &settings.fetch, reporter).building_layers(&settings.layer);
     let results = crate::fetch::run_bounded(&inputs, PARALLEL_FETCHES, |(recipe, platform, source)| {
         fetcher.ensure(recipe, &platform.to_string(), source)
     });
@@ -108,7 +112,7 @@ pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, report
         }
     }
     if missing.is_empty() {
-        Ok(())
+        Ok(fetcher.layers_built())
     } else {
         Err(Error::MissingInputs(missing))
     }
@@ -270,7 +274,7 @@ pub fn build(
     } else {
         nodes.iter().map(|id| def.node(*id).cloned()).collect::<Result<_>>()?
     };
-    fetch_all(store, def, settings, reporter)?;
+    let built_while_fetching = fetch_all(store, def, settings, reporter)?;
     let mut inputs = Vec::new();
     for platform in &settings.platforms {
         inputs.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
@@ -282,7 +286,7 @@ pub fn build(
         inputs: &inputs,
         own: &own,
         epoch: settings.layer.epoch,
-        level: settings.layer.level,
+        compressor: settings.layer.compressor,
     };
     let cluster = images.write(None)?;
     let mut node_images = Vec::new();
@@ -305,7 +309,12 @@ pub fn build(
             layers: i.base.iter().flat_map(|b| b.layers.iter()).chain(&i.layers).chain(&own).cloned().collect(),
         })
         .collect();
-    Ok(BuildResult { shared, cluster, nodes: node_images, layers_built: inputs.iter().map(|p| p.built).sum() })
+    Ok(BuildResult {
+        shared,
+        cluster,
+        nodes: node_images,
+        layers_built: built_while_fetching + inputs.iter().map(|p| p.built).sum::<usize>(),
+    })
 }
 
 /// The layers imgbuild writes itself that every node shares: the runtime (entrypoint) and the
@@ -332,7 +341,7 @@ struct ImageWriter<'a> {
     inputs: &'a [PlatformInputs],
     own: &'a [ImageLayer],
     epoch: u64,
-    level: u8,
+    compressor: crate::compress::Compressor,
 }
 
 impl ImageWriter<'_> {
@@ -365,7 +374,7 @@ impl ImageWriter<'_> {
         let facts = crate::supply::BuildFacts {
             def: self.def,
             platforms: self.inputs.iter().map(|i| (&i.platform, i.base.as_ref())).collect(),
-            level: self.level,
+            compressor: self.compressor,
             epoch: self.epoch,
         };
         crate::supply::attach(self.store, &facts, &mut image, node.map(|(n, _)| n))?;

@@ -3,6 +3,7 @@
 //! and only a file whose hash matches the pin is moved into the store.
 
 mod image;
+mod overlap;
 pub(crate) mod resume;
 
 pub(crate) use image::{named_archive, NamedArchive};
@@ -58,6 +59,10 @@ impl Default for FetchSettings {
 /// Fetches sources into the store; shared by the threads of a build's parallel fetches.
 pub struct Fetcher<'a> {
     store: &'a Store,
+    /// Set by a build: a tarball's layer is built while the tarball downloads.
+    layers: Option<&'a crate::layer::LayerSettings>,
+    /// Layers built (and recorded) while their sources downloaded.
+    layers_built: std::sync::atomic::AtomicUsize,
     settings: &'a FetchSettings,
     reporter: &'a dyn Reporter,
     client: OnceLock<reqwest::blocking::Client>,
@@ -75,7 +80,17 @@ enum AttemptError {
 
 impl<'a> Fetcher<'a> {
     pub fn new(store: &'a Store, settings: &'a FetchSettings, reporter: &'a dyn Reporter) -> Self {
-        Fetcher { store, settings, reporter, client: OnceLock::new() }
+        Fetcher { store, layers: None, layers_built: 0.into(), settings, reporter, client: OnceLock::new() }
+    }
+
+    /// A fetcher that builds each tarball's layer (made with `settings`) while it downloads.
+    pub fn building_layers(self, settings: &'a crate::layer::LayerSettings) -> Self {
+        Fetcher { layers: Some(settings), ..self }
+    }
+
+    /// How many layers were built while their sources downloaded.
+    pub fn layers_built(&self) -> usize {
+        self.layers_built.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn client(&self) -> Result<&reqwest::blocking::Client> {
@@ -96,14 +111,14 @@ impl<'a> Fetcher<'a> {
     /// (or mirror file) had different bytes.
     pub fn ensure(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
         match &recipe.kind {
-            RecipeKind::Tarball => self.ensure_file(&recipe.name, platform, source),
+            RecipeKind::Tarball => self.ensure_file(recipe, platform, source),
             RecipeKind::OciImage { reference, mirrors, .. } => {
                 image::ensure(self, recipe, platform, reference.as_ref(), mirrors, source)
             }
         }
     }
 
-    fn ensure_file(&self, recipe: &str, platform: &str, source: &Source) -> Result<()> {
+    fn ensure_file(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
         let hash = &source.hash;
         if self.store.has(hash) {
             return Ok(());
@@ -128,16 +143,24 @@ impl<'a> Fetcher<'a> {
         }
         if !self.settings.offline {
             let task = self.reporter.task(&format!("fetch {}", source.file_name), None);
-            for url in &source.urls {
-                match self.download(url, source, &task) {
-                    Ok(()) => return Ok(()),
-                    Err(AttemptError::Mismatch(e)) => {
-                        reasons.push(format!("{url}: different content"));
-                        mismatch.get_or_insert(e);
+            let from_urls = |tap: Option<&overlap::Tap>| {
+                for url in &source.urls {
+                    match self.download(url, source, &task, tap) {
+                        Ok(()) => return Ok(true),
+                        Err(AttemptError::Mismatch(e)) => {
+                            reasons.push(format!("{url}: different content"));
+                            mismatch.get_or_insert(e);
+                        }
+                        Err(AttemptError::Failed(why)) => reasons.push(format!("{url}: {why}")),
+                        Err(AttemptError::Local(e)) => return Err(e),
                     }
-                    Err(AttemptError::Failed(why)) => reasons.push(format!("{url}: {why}")),
-                    Err(AttemptError::Local(e)) => return Err(e),
                 }
+                Ok(false)
+            };
+            let (fetched, built) = overlap::download_and_build(self, recipe, source, from_urls)?;
+            self.layers_built.fetch_add(usize::from(built), std::sync::atomic::Ordering::SeqCst);
+            if fetched {
+                return Ok(());
             }
         } else {
             reasons.push("offline: not downloaded".into());
@@ -146,7 +169,7 @@ impl<'a> Fetcher<'a> {
             return Err(e);
         }
         Err(Error::MissingInputs(vec![MissingInput {
-            recipe: recipe.to_string(),
+            recipe: recipe.name.clone(),
             platform: platform.to_string(),
             file: source.file_name.clone(),
             urls: source.urls.clone(),
@@ -156,14 +179,22 @@ impl<'a> Fetcher<'a> {
         }]))
     }
 
-    fn download(&self, url: &str, source: &Source, task: &std::sync::Arc<dyn Task>) -> Result<(), AttemptError> {
+    /// Downloads `url` into the source's partial file (telling `tap` how it grows), and into
+    /// the store if it hashes to the pin.
+    fn download(
+        &self,
+        url: &str,
+        source: &Source,
+        task: &std::sync::Arc<dyn Task>,
+        tap: Option<&overlap::Tap>,
+    ) -> Result<(), AttemptError> {
         let partial = self.store.partial_path(&source.hash);
         let mut last = String::new();
         for attempt in 0..ATTEMPTS_PER_URL {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(200 << attempt));
             }
-            match self.download_once(url, &partial, source.hash.algorithm(), task) {
+            match self.download_once(url, &partial, source.hash.algorithm(), task, tap) {
                 Ok(found) => {
                     return self.store.commit_file(&partial, found, Some(&source.hash), url).map(|_| ()).map_err(|e| {
                         match e {
@@ -187,6 +218,7 @@ impl<'a> Fetcher<'a> {
         partial: &std::path::Path,
         algorithm: Algorithm,
         task: &std::sync::Arc<dyn Task>,
+        tap: Option<&overlap::Tap>,
     ) -> Result<Hash, Transfer> {
         let client = self.client().map_err(|e| Transfer::Fatal(e.to_string()))?;
         let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
@@ -220,14 +252,19 @@ impl<'a> Fetcher<'a> {
             task.set_total(start + n);
         }
         let body = Body { reader: response, start, length };
-        write_resumable(partial, body, algorithm, &|n| task.set_position(n))
+        write_resumable(partial, body, algorithm, &|n| {
+            task.set_position(n);
+            if let Some(tap) = tap {
+                tap.grew(n);
+            }
+        })
     }
 
     /// Downloads a URL into the store without a pin and returns its hash (`imgbuild prefetch`).
     pub fn prefetch(&self, url: &str, algorithm: Algorithm) -> Result<(Hash, u64)> {
         let temp = self.store.temp_path("prefetch");
         let task = self.reporter.task(&format!("fetch {}", crate::recipe::url_file_name(url)), None);
-        let result = self.download_once(url, &temp, algorithm, &task);
+        let result = self.download_once(url, &temp, algorithm, &task, None);
         let hash = match result {
             Ok(h) => h,
             Err(Transfer::Local(e)) => {

@@ -46,6 +46,9 @@ pub struct LayerSettings {
     pub parallelism: Parallelism,
     /// Largest unpacked size of one source: a gzip bomb stops here (`IMGBUILD_MAX_UNPACKED`).
     pub max_unpacked: u64,
+    /// The shared cache (`--cache`): where a layer missing from the store is looked for first,
+    /// and where a layer built here is pushed. Not part of the derivation.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// 32 GiB: many times the largest JDK, far below what fills a disk by surprise.
@@ -115,12 +118,18 @@ pub fn recipe_layer(
     reporter: &dyn Reporter,
 ) -> Result<(LayerRecord, bool)> {
     let key = derivation(&source.hash, unpack, settings);
-    if let Some(record) = store.layer(&key) {
+    let cache = settings.cache.as_deref();
+    if let Some(record) = crate::cache::known_layer(store, &key, cache, recipe, reporter)? {
         return Ok((record, false));
     }
     let _lock = store.lock(&format!("layer-{}", key.hex()))?;
-    if let Some(record) = store.layer(&key) {
+    if let Some(record) = crate::cache::known_layer(store, &key, cache, recipe, reporter)? {
         return Ok((record, false));
+    }
+    if let Some(cache) = cache {
+        if let Some(record) = cache.pull(store, &key, recipe, settings.max_unpacked, reporter)? {
+            return Ok((record, false));
+        }
     }
     let blob_path = store.blob_path(&source.hash);
     let input = store.open_blob(&source.hash)?;
@@ -137,6 +146,9 @@ pub fn recipe_layer(
         ));
     }
     store.record_layer(&key, &record)?;
+    if let Some(cache) = cache {
+        cache.push(store, &key, &record, recipe, reporter)?;
+    }
     Ok((record, true))
 }
 

@@ -4,6 +4,7 @@
 //! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
 
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod compress;
 pub(crate) mod deploy;

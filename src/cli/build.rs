@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::build::{build, BuildResult, BuildSettings};
+use crate::cache::CacheReport;
 use crate::compress::{default_threads, Codec, Compressor, Parallelism};
 use crate::error::{Error, Result};
 use crate::layer::LayerSettings;
@@ -99,6 +100,7 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
             compressor: Compressor::new(choice.compression, choice.level).map_err(Error::Usage)?,
             parallelism: Parallelism::threads(threads),
             max_unpacked: max_unpacked()?,
+            cache: global.cache()?,
         },
         fetch: global.fetch_settings()?,
     })
@@ -129,7 +131,8 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     };
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
-    report(global, def, &out, options.format, &result)
+    let cache = settings.layer.cache.as_ref().map(|c| c.report());
+    report(global, def, &out, options.format, &result, cache.as_ref())
 }
 
 /// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
@@ -148,6 +151,7 @@ fn report(
     out: &std::path::Path,
     format: Format,
     result: &BuildResult,
+    cache: Option<&CacheReport>,
 ) -> Result<()> {
     let images = &result.nodes;
     if global.json {
@@ -156,6 +160,7 @@ fn report(
             "output": out,
             "format": format,
             "layers_built": result.layers_built,
+            "cache": cache,
             "cluster": result.cluster,
             "nodes": images,
         }));
@@ -172,6 +177,17 @@ fn report(
             out.display(),
             human_bytes(shared)
         );
+        if let Some(c) = cache {
+            errln!(
+                "cache {}: {} layer(s) pulled, {} pushed, {} missing, {} refused{}",
+                c.repository,
+                c.pulled,
+                c.pushed,
+                c.missing,
+                c.refused,
+                if c.unavailable.is_some() { " (unavailable)" } else { "" }
+            );
+        }
     }
     Ok(())
 }

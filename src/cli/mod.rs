@@ -84,7 +84,12 @@ pub struct GlobalArgs {
         value_parser = MirrorParser
     )]
     pub registry_mirror: Vec<RegistryMirror>,
-    /// Speak plain HTTP to this registry when fetching base images (loopback only; repeatable)
+    /// A registry repository shared as a layer cache (REGISTRY/REPO): a layer missing from the
+    /// store is pulled from it (and checked), a layer built here is pushed to it
+    #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "REPO")]
+    pub cache: Option<String>,
+    /// Speak plain HTTP to this registry when fetching base images or using it as --cache
+    /// (loopback only; repeatable)
     #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
     /// A PEM file of certificates to trust for registries, besides the system's and certs.d
@@ -167,6 +172,27 @@ impl GlobalArgs {
                 ca_files: self.ca_file.clone(),
             },
         })
+    }
+
+    /// The shared layer cache (`--cache`), if one is named.
+    pub fn cache(&self) -> Result<Option<std::sync::Arc<crate::cache::Cache>>> {
+        let Some(text) = self.cache.as_deref().filter(|t| !t.is_empty()) else { return Ok(None) };
+        let repository: crate::registry::Reference = text.parse().map_err(|e| Error::Usage(format!("--cache: {e}")))?;
+        if repository.tag.is_some() || repository.digest.is_some() {
+            return Err(Error::Usage(format!(
+                "--cache {}: name a repository (REGISTRY/REPO), without a tag or digest: imgbuild tags each layer's record itself",
+                crate::error::escape(text)
+            )));
+        }
+        let insecure = self.insecure_registry.contains(&repository.registry);
+        let settings = crate::cache::CacheSettings {
+            repository,
+            ca_files: self.ca_file.clone(),
+            insecure,
+            timeout: Duration::from_secs(self.timeout),
+            offline: self.offline,
+        };
+        Ok(Some(std::sync::Arc::new(crate::cache::Cache::new(settings))))
     }
 }
 

@@ -30,10 +30,14 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
         image: None,
         platform: Some(platforms.join(",")),
         threads: args.threads,
-        level: provenance.level,
+        compression: provenance.compressor.codec,
+        level: Some(provenance.compressor.level),
     };
     let mut settings = settings(global, &choice)?;
     settings.layer.epoch = provenance.epoch;
+    // Rebuilt from the pins alone: never a layer a cache (`--cache`) gives, which is what
+    // catches a poisoned cache entry.
+    settings.layer.cache = None;
     let reporter = global.reporter();
     let rebuilt = {
         let _building = store.build_lock_shared()?;

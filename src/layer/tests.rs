@@ -60,6 +60,7 @@ fn settings() -> LayerSettings {
         compressor: crate::compress::Compressor::gzip(1),
         parallelism: crate::compress::Parallelism::threads(1),
         max_unpacked: 1 << 20,
+        cache: None,
     }
 }
 

@@ -300,10 +300,17 @@ impl Client {
 
     /// GETs a manifest or index; the caller checks its digest.
     pub fn get_manifest(&self, target: &str) -> Result<(Vec<u8>, String)> {
+        self.find_manifest(target)?
+            .ok_or_else(|| self.error(format!("{} has no manifest {target}", self.reference.name())))
+    }
+
+    /// GETs a manifest or index, `None` when the repository has none under `target` (a 404);
+    /// the caller checks its digest.
+    pub fn find_manifest(&self, target: &str) -> Result<Option<(Vec<u8>, String)>> {
         let url = self.url(&format!("manifests/{target}"));
         let r = self.send(|| self.http.get(&url).header(ACCEPT, MANIFEST_TYPES))?;
         if r.status() == StatusCode::NOT_FOUND {
-            return Err(self.error(format!("{} has no manifest {target}", self.reference.name())));
+            return Ok(None);
         }
         if !r.status().is_success() {
             return Err(self.error(format!("getting manifest {target}: {}", explain(r))));
@@ -316,7 +323,7 @@ impl Client {
         if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
             return Err(self.error(format!("manifest {target} is larger than 4 MiB")));
         }
-        Ok((bytes, media_type))
+        Ok(Some((bytes, media_type)))
     }
 
     /// GETs a blob as a stream, from byte `offset` on (a resumed download). Returns the

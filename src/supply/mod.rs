@@ -30,7 +30,8 @@ pub(crate) struct BuildFacts<'a> {
     pub def: &'a ImageDef,
     /// Each platform built, in order, with its base image.
     pub platforms: Vec<(&'a Platform, Option<&'a BaseImage>)>,
-    pub level: u8,
+    /// The recipe layers' compressor and level (`--compression`, `--level`).
+    pub compressor: crate::compress::Compressor,
     pub epoch: u64,
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::BuildFacts;
+use crate::compress::{Codec, Compressor};
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, IoContext, Result};
 use crate::image::StoredImage;
@@ -53,7 +54,8 @@ pub(crate) fn statement(facts: &BuildFacts<'_>, image: &StoredImage, node: Optio
                     "tag": image.tag,
                     "node": node.map(|n| n.id),
                     "platforms": platforms,
-                    "level": facts.level,
+                    "compression": facts.compressor.codec.name(),
+                    "level": facts.compressor.level,
                     "epoch": facts.epoch,
                 },
                 "internalParameters": { "layerFormat": crate::layer::FORMAT_VERSION },
@@ -192,7 +194,7 @@ pub(crate) struct Provenance {
     pub tag: String,
     pub node: Option<u32>,
     pub platforms: Vec<Platform>,
-    pub level: u8,
+    pub compressor: Compressor,
     pub epoch: u64,
     pub imgbuild: String,
     pub files: Vec<ProjectFile>,
@@ -238,8 +240,15 @@ struct ExternalDoc {
     tag: String,
     node: Option<u32>,
     platforms: Vec<String>,
+    /// Absent in statements written before zstd layers: those were gzip.
+    #[serde(default = "gzip_name")]
+    compression: String,
     level: u8,
     epoch: u64,
+}
+
+fn gzip_name() -> String {
+    Codec::Gzip.name().to_string()
 }
 
 #[derive(Deserialize)]
@@ -293,9 +302,15 @@ pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<Provenance> {
         .iter()
         .map(|p| p.parse::<Platform>().map_err(|e| bad(format!("platform `{}`: {e}", escape(p)))))
         .collect::<Result<Vec<_>>>()?;
-    if platforms.is_empty() || !(1..=9).contains(&ext.level) {
-        return Err(bad("externalParameters: no platform, or a level outside 1 to 9".into()));
+    if platforms.is_empty() {
+        return Err(bad("externalParameters: no platform".into()));
     }
+    let codec = match ext.compression.as_str() {
+        "gzip" => Codec::Gzip,
+        "zstd" => Codec::Zstd,
+        other => return Err(bad(format!("externalParameters: compression `{}` is not gzip or zstd", escape(other)))),
+    };
+    let compressor = Compressor::new(codec, Some(ext.level)).map_err(|e| bad(format!("externalParameters: {e}")))?;
     let files = def
         .dependencies
         .iter()
@@ -312,7 +327,7 @@ pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<Provenance> {
         tag: ext.tag,
         node: ext.node,
         platforms,
-        level: ext.level,
+        compressor,
         epoch: ext.epoch,
         imgbuild: doc.predicate.run_details.builder.version.get("imgbuild").cloned().unwrap_or_default(),
         files,

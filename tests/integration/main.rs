@@ -8,10 +8,12 @@ mod http;
 mod registry_server;
 
 mod base_image;
+mod cache;
 mod compression;
 mod core;
 mod definitions;
 mod deploy;
+mod downloads;
 mod ensemble;
 mod entrypoint;
 mod failures;

@@ -1,0 +1,318 @@
+//! Checking a layer blob from a cache as it streams: its bytes are written to a temporary
+//! file of the store while they are hashed (the digest), and inflated on another thread while
+//! the tar they hold is hashed (the diff_id). The blob enters the store only when its size,
+//! diff_id and digest are all what the record says; a record that lies about any of them is
+//! refused and leaves nothing behind.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use crate::digest::{Algorithm, HashingWriter, Sha256Digest};
+use crate::error::{escape, io_cause, Error, Result};
+use crate::progress::{Reporter, SilentReporter, Task};
+use crate::store::{BlobWriter, LayerRecord, Store};
+
+/// Why a blob was not taken (the build then makes the layer itself).
+pub(crate) type Refusal = String;
+
+/// Pieces in flight between the reading and the inflating thread (each up to 256 KiB).
+const IN_FLIGHT: usize = 8;
+
+/// Streams `body` (the blob `layer` names) into the store, checking it on the way. `Ok(Err)`:
+/// the cache's blob is refused; `Err`: the store failed.
+pub(crate) fn receive(
+    store: &Store,
+    body: impl Read,
+    layer: &LayerRecord,
+    max_unpacked: u64,
+    task: &Arc<dyn Task>,
+) -> Result<Result<(), Refusal>> {
+    let mut blob = store.writer(Algorithm::Sha256)?;
+    if let Err(refusal) = check(body, Some((&mut blob, store.root())), layer, max_unpacked, task)? {
+        return Ok(Err(refusal)); // dropping the writer removes its temporary file
+    }
+    match blob.commit(Some(&layer.digest.0.to_hash()), "a layer from the cache") {
+        Ok(_) => Ok(Ok(())),
+        Err(Error::HashMismatch { found, .. }) => {
+            Ok(Err(format!("its blob's digest is {found}, the record names {}", layer.digest)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks a blob already in the store (so its digest is right) against the record's size and
+/// diff_id.
+pub(crate) fn check_stored(store: &Store, layer: &LayerRecord, max_unpacked: u64) -> Result<Result<(), Refusal>> {
+    let file = store.open_blob(&layer.digest.0.to_hash())?;
+    check(io::BufReader::new(file), None, layer, max_unpacked, &SilentReporter.task("", None))
+}
+
+/// The temporary blob a body is written to, and the store it is in (for errors).
+type BlobOut<'b, 's> = Option<(&'b mut BlobWriter<'s>, &'b Path)>;
+
+/// Reads `body` to its end (at most one byte past the record's size), writing it to `blob`
+/// and inflating it on another thread; compares size and diff_id with the record.
+fn check(
+    body: impl Read,
+    blob: BlobOut<'_, '_>,
+    layer: &LayerRecord,
+    max_unpacked: u64,
+    task: &Arc<dyn Task>,
+) -> Result<Result<(), Refusal>> {
+    let (pieces, received) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+    let (read, inflated) = std::thread::scope(|scope| {
+        let inflating = scope.spawn(move || diff_id_of(received, max_unpacked));
+        let read = feed(body.take(layer.size + 1), blob, &pieces, task);
+        drop(pieces);
+        (read, inflating.join())
+    });
+    let size = match read? {
+        Fed::All(size) => size,
+        Fed::Failed(why) => return Ok(Err(format!("reading its blob: {why}"))),
+        // The inflating side stopped early: its error says why.
+        Fed::Stopped => 0,
+    };
+    let inflated = inflated.map_err(|_| Error::Internal("the thread checking a cached layer panicked".into()))?;
+    let (diff_id, _) = match inflated {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+            return Ok(Err(format!("its blob unpacks to {}", io_cause(&e))));
+        }
+        Err(e) => return Ok(Err(format!("its blob is not a gzip stream of a layer: {}", escape(&io_cause(&e))))),
+    };
+    if size != layer.size {
+        return Ok(Err(format!("its blob has {} bytes, the record says {}", shown_size(size, layer.size), layer.size)));
+    }
+    if diff_id != layer.diff_id.0 {
+        return Ok(Err(format!("its blob inflates to diff_id {diff_id}, the record says {}", layer.diff_id)));
+    }
+    Ok(Ok(()))
+}
+
+fn shown_size(found: u64, expected: u64) -> String {
+    if found > expected {
+        format!("more than {expected}")
+    } else {
+        found.to_string()
+    }
+}
+
+enum Fed {
+    /// The whole body, of this many bytes.
+    All(u64),
+    /// The body could not be read to its end.
+    Failed(String),
+    /// The inflating thread refused the data before its end.
+    Stopped,
+}
+
+/// Copies the body to the blob writer and, piece by piece, to the inflating thread.
+fn feed(
+    mut body: impl Read,
+    mut blob: BlobOut<'_, '_>,
+    pieces: &SyncSender<Vec<u8>>,
+    task: &Arc<dyn Task>,
+) -> Result<Fed> {
+    let mut total = 0u64;
+    loop {
+        let mut piece = vec![0u8; 256 * 1024];
+        let n = match body.read(&mut piece) {
+            Ok(0) => return Ok(Fed::All(total)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Ok(Fed::Failed(escape(&io_cause(&e)))),
+        };
+        piece.truncate(n);
+        if let Some((writer, store)) = blob.as_mut() {
+            writer.write_all(&piece).map_err(|e| Error::io(store, e))?;
+        }
+        total += n as u64;
+        task.set_position(total);
+        if pieces.send(piece).is_err() {
+            return Ok(Fed::Stopped);
+        }
+    }
+}
+
+/// The sha256 of what the gzip pieces inflate to, and its length; an error past `limit` bytes
+/// (a decompression bomb) or for anything that is not whole gzip.
+fn diff_id_of(pieces: Receiver<Vec<u8>>, limit: u64) -> io::Result<(Sha256Digest, u64)> {
+    let mut gunzip =
+        flate2::write::MultiGzDecoder::new(Limited { inner: HashingWriter::new(io::sink()), left: limit, limit });
+    let mut any = false;
+    for piece in pieces {
+        any = true;
+        gunzip.write_all(&piece)?;
+    }
+    if !any {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it is empty"));
+    }
+    let (_, diff_id, size) = gunzip.finish()?.inner.finish();
+    Ok((diff_id, size))
+}
+
+/// A writer that fails once more than `left` bytes have been written to it.
+struct Limited<W> {
+    inner: W,
+    left: u64,
+    limit: u64,
+}
+
+impl<W: Write> Write for Limited<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("more than {} bytes (IMGBUILD_MAX_UNPACKED)", self.limit),
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::{BlobDigest, DiffId};
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// A blob and the record that truly describes it.
+    fn layer(tar: &[u8]) -> (Vec<u8>, LayerRecord) {
+        let blob = gzip(tar);
+        let record = LayerRecord {
+            digest: BlobDigest(Sha256Digest::of(&blob)),
+            diff_id: DiffId(Sha256Digest::of(tar)),
+            size: blob.len() as u64,
+        };
+        (blob, record)
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn take(store: &Store, blob: &[u8], record: &LayerRecord, limit: u64) -> Result<(), Refusal> {
+        receive(store, blob, record, limit, &SilentReporter.task("", None)).unwrap()
+    }
+
+    /// Nothing but the blob `kept` (if any) is in the store: no temporary file, no other blob.
+    fn only(store: &Store, kept: Option<&LayerRecord>) {
+        assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0, "a temporary file is left");
+        let blobs = store.blobs().unwrap();
+        assert_eq!(blobs.len(), usize::from(kept.is_some()), "{blobs:?}");
+        if let Some(record) = kept {
+            assert!(store.has_sha256(&record.digest.0));
+        }
+    }
+
+    #[test]
+    fn a_blob_that_is_what_its_record_says_enters_the_store() {
+        let (_d, store) = store();
+        let tar: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (blob, record) = layer(&tar);
+        assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
+        only(&store, Some(&record));
+        assert_eq!(check_stored(&store, &record, 1 << 30).unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn a_record_that_lies_leaves_nothing_in_the_store() {
+        let (_d, store) = store();
+        let (blob, record) = layer(b"the real layer");
+        let other = Sha256Digest::of(b"something else");
+        let cases = [
+            (LayerRecord { diff_id: DiffId(other), ..record }, "diff_id"),
+            (LayerRecord { digest: BlobDigest(other), ..record }, "digest"),
+            (LayerRecord { size: record.size - 1, ..record }, "bytes"),
+            (LayerRecord { size: record.size + 1, ..record }, "bytes"),
+        ];
+        for (lie, what) in cases {
+            let refused = take(&store, &blob, &lie, 1 << 20).unwrap_err();
+            assert!(refused.contains(what), "{what}: {refused}");
+            only(&store, None);
+        }
+    }
+
+    #[test]
+    fn a_blob_that_is_not_whole_gzip_is_refused() {
+        let (_d, store) = store();
+        let (blob, _) = layer(&vec![7u8; 100_000]);
+        let truncated = &blob[..blob.len() - 4];
+        let mut trailing = blob.clone();
+        trailing.extend_from_slice(b"junk after the end");
+        let mut flipped = blob.clone();
+        let last = flipped.len() - 6;
+        flipped[last] ^= 1; // the CRC-32
+        for bad in [truncated, &trailing[..], &flipped[..], b"plain text, not gzip", b""] {
+            let record = LayerRecord {
+                digest: BlobDigest(Sha256Digest::of(bad)),
+                diff_id: DiffId(Sha256Digest::of(&[7u8; 100_000])),
+                size: bad.len() as u64,
+            };
+            let refused = take(&store, bad, &record, 1 << 20).unwrap_err();
+            assert!(refused.contains("not a gzip stream"), "{refused}");
+            only(&store, None);
+        }
+    }
+
+    #[test]
+    fn members_one_after_another_are_one_layer_as_runtimes_read_it() {
+        let (_d, store) = store();
+        let mut blob = gzip(b"first half, ");
+        blob.extend(gzip(b"second half"));
+        let record = LayerRecord {
+            digest: BlobDigest(Sha256Digest::of(&blob)),
+            diff_id: DiffId(Sha256Digest::of(b"first half, second half")),
+            size: blob.len() as u64,
+        };
+        assert_eq!(take(&store, &blob, &record, 1 << 20), Ok(()));
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit() {
+        let (_d, store) = store();
+        let (blob, record) = layer(&vec![0u8; 4 << 20]);
+        let refused = take(&store, &blob, &record, 1 << 20).unwrap_err();
+        assert!(refused.contains("more than 1048576 bytes"), "{refused}");
+        only(&store, None);
+    }
+
+    #[test]
+    fn a_body_cut_short_is_refused() {
+        struct Dropped<'a>(&'a [u8]);
+        impl Read for Dropped<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"));
+                }
+                let n = buf.len().min(self.0.len()).min(1000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let (_d, store) = store();
+        let (blob, record) = layer(&(0..200_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>());
+        let refused =
+            receive(&store, Dropped(&blob[..blob.len() / 2]), &record, 1 << 20, &SilentReporter.task("", None))
+                .unwrap()
+                .unwrap_err();
+        assert!(refused.contains("connection reset"), "{refused}");
+        only(&store, None);
+    }
+}
