@@ -419,7 +419,7 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
     assert!(stderr(&out).contains("warning: network.xml hands out no addresses"), "{}", stderr(&out));
     assert_eq!(summary["boot"]["kernel"], "/nonexistent/vmlinuz");
     let script = std::fs::read_to_string(p.root.join("vm/node-1.sh")).unwrap();
-    assert!(script.contains("kernel=${IMGBUILD_KERNEL:-/nonexistent/vmlinuz}"), "{script}");
+    assert!(script.contains("default_kernel='/nonexistent/vmlinuz'\n"), "{script}");
     let network = std::fs::read_to_string(p.root.join("vm/network.xml")).unwrap();
     assert!(!network.contains("127.0.1"), "no loopback address is handed out: {network}");
     require_tool("virt-xml-validate");
