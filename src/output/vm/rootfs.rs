@@ -148,6 +148,10 @@ impl Rootfs {
             let mut entry = entry.map_err(|e| bad(&self.budget, format!("corrupt layer: {e}")))?;
             self.entry(&mut entry, name)?;
         }
+        // Read to the end: what follows the end-of-archive blocks counts against the budget
+        // too, and a compressed layer's trailer is checked only by reading it.
+        let mut rest = archive.into_inner();
+        std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| bad(&self.budget, format!("corrupt layer: {e}")))?;
         Ok(())
     }
 
