@@ -98,8 +98,10 @@ pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, report
             }
         }
     }
-    // Each tarball's layer is built while it downloads.
-    let fetcher = Fetcher::new(store, &settings.fetch, reporter).building_layers(&settings.layer);
+    // Each tarball's layer is built while it downloads (not when no layer is reused: the layers
+    // are built once, after the fetch).
+    let fetcher = Fetcher::new(store, &settings.fetch, reporter);
+    let fetcher = if settings.layer.reuse_layers { fetcher.building_layers(&settings.layer) } else { fetcher };
     let results = crate::fetch::run_bounded(&inputs, PARALLEL_FETCHES, |(recipe, platform, source)| {
         fetcher.ensure(recipe, &platform.to_string(), source)
     });

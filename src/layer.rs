@@ -49,6 +49,10 @@ pub struct LayerSettings {
     /// The shared cache (`--cache`): where a layer missing from the store is looked for first,
     /// and where a layer built here is pushed. Not part of the derivation.
     pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
+    /// Use layers the store has recorded. `verify` turns it off: a record in the store is a
+    /// claim like any other, so every recipe layer is built again from its pinned source (and
+    /// its record written again). Not part of the derivation.
+    pub reuse_layers: bool,
 }
 
 /// 32 GiB: many times the largest JDK, far below what fills a disk by surprise.
@@ -119,14 +123,18 @@ pub fn recipe_layer(
 ) -> Result<(LayerRecord, bool)> {
     let key = derivation(&source.hash, unpack, settings);
     let cache = settings.cache.as_deref();
-    if let Some(record) = crate::cache::known_layer(store, &key, cache, recipe, reporter)? {
+    let known = || match settings.reuse_layers {
+        true => crate::cache::known_layer(store, &key, cache, recipe, reporter),
+        false => Ok(None),
+    };
+    if let Some(record) = known()? {
         return Ok((record, false));
     }
     let _lock = store.lock(&format!("layer-{}", key.hex()))?;
-    if let Some(record) = crate::cache::known_layer(store, &key, cache, recipe, reporter)? {
+    if let Some(record) = known()? {
         return Ok((record, false));
     }
-    if let Some(cache) = cache {
+    if let Some(cache) = cache.filter(|_| settings.reuse_layers) {
         if let Some(record) = cache.pull(store, &key, recipe, settings.max_unpacked, reporter)? {
             return Ok((record, false));
         }

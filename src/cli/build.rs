@@ -101,6 +101,7 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
             parallelism: Parallelism::threads(threads),
             max_unpacked: max_unpacked()?,
             cache: global.cache()?,
+            reuse_layers: true,
         },
         fetch: global.fetch_settings()?,
     })

@@ -38,6 +38,8 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     // Rebuilt from the pins alone: never a layer a cache (`--cache`) gives, which is what
     // catches a poisoned cache entry.
     settings.layer.cache = None;
+    // Nor a layer this store recorded: a tampered record would otherwise vouch for itself.
+    settings.layer.reuse_layers = false;
     let reporter = global.reporter();
     let rebuilt = {
         let _building = store.build_lock_shared()?;

@@ -61,6 +61,7 @@ fn settings() -> LayerSettings {
         parallelism: crate::compress::Parallelism::threads(1),
         max_unpacked: 1 << 20,
         cache: None,
+        reuse_layers: true,
     }
 }
 

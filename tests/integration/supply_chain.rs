@@ -609,3 +609,37 @@ fn a_multi_platform_archive_verifies_offline_from_a_mirror_and_nothing_else() {
     assert_ok(&out);
     assert!(stderr(&out).contains("(tag cluster, linux/amd64, linux/arm64)"), "{}", stderr(&out));
 }
+
+#[test]
+fn verify_never_takes_the_stores_records_for_a_layer() {
+    let p = TestProject::new();
+    p.add_base();
+    let honest = json(&p.run(&["--json", "build", "--out", "out/honest"]));
+    let layers = honest["cluster"]["platforms"][0]["layers"].as_array().unwrap().clone();
+    let digest_of = |recipe: &str| {
+        let by = format!("imgbuild recipe {recipe} ");
+        layers.iter().find(|l| l["created_by"].as_str().unwrap().starts_with(&by)).unwrap()["digest"].clone()
+    };
+    // Someone with write access to the store makes ZooKeeper's record name Kafka's layer:
+    // a record and a blob that are each consistent, so nothing in the store gives it away.
+    let records: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(p.store.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|path| (path.clone(), read_json(&path)))
+        .collect();
+    let record_of = |digest: &serde_json::Value| records.iter().find(|(_, r)| &r["digest"] == digest).unwrap();
+    let (zookeeper, kafka) = (record_of(&digest_of("zookeeper")), record_of(&digest_of("kafka")));
+    std::fs::copy(&kafka.0, &zookeeper.0).unwrap();
+    let lied = json(&p.run(&["--json", "build", "--out", "out/lied"]));
+    assert_eq!(lied["layers_built"], 0, "the build trusted its store: {lied}");
+    assert_ne!(lied["cluster"]["digest"], honest["cluster"]["digest"]);
+
+    // verify rebuilds every recipe layer from its pinned source: the lie is named...
+    let (code, err) = verify(&p, "oci:out/lied:node-1");
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("(imgbuild recipe zookeeper 3.4.10"), "{err}");
+    // ...and the honest image verifies, and the rebuild wrote the true record back.
+    let (code, err) = verify(&p, "oci:out/honest:node-1");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(read_json(&zookeeper.0), zookeeper.1);
+}
