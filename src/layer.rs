@@ -34,7 +34,7 @@ use normalize::{Normalize, Normalizer};
 /// Bumped whenever a change here changes the bytes of a layer, so cached layers are not reused.
 pub const FORMAT_VERSION: u32 = 2;
 
-pub use crate::compress::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD};
+pub use crate::compress::MEDIA_TYPE_GZIP;
 
 #[derive(Debug, Clone)]
 pub struct LayerSettings {
@@ -101,14 +101,14 @@ fn header(entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
 
 /// `empty` (a GNU or ustar header) with owner 0:0, no names, and the given type, mode, time and
 /// size: the only metadata imgbuild writes into a tar.
-pub fn fixed_header(mut h: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
-    h.set_entry_type(entry_type);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(mtime);
-    h.set_size(size);
-    h
+pub fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
+    empty.set_entry_type(entry_type);
+    empty.set_mode(mode);
+    empty.set_uid(0);
+    empty.set_gid(0);
+    empty.set_mtime(mtime);
+    empty.set_size(size);
+    empty
 }
 
 /// Builds (or finds in the store) the layer of one recipe source.

@@ -3,30 +3,30 @@
 //! One module per pipeline stage:
 //! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
 
-pub mod build;
-pub mod cache;
+pub(crate) mod build;
+pub(crate) mod cache;
 pub mod cli;
 pub mod compress;
 pub(crate) mod deploy;
 pub mod digest;
 pub mod error;
-pub mod fetch;
-pub mod gc;
-pub mod image;
+pub(crate) mod fetch;
+pub(crate) mod gc;
+pub(crate) mod image;
 pub mod image_def;
 pub(crate) mod image_path;
-pub mod import;
+pub(crate) mod import;
 pub mod layer;
 pub mod node;
-pub mod oci_doc;
-pub mod output;
-pub mod pin;
-pub mod platform;
-pub mod progress;
+pub(crate) mod oci_doc;
+pub(crate) mod output;
+pub(crate) mod pin;
+pub(crate) mod platform;
+pub(crate) mod progress;
 pub mod project;
 pub mod recipe;
-pub mod registry;
-pub mod store;
+pub(crate) mod registry;
+pub(crate) mod store;
 pub(crate) mod supply;
-pub mod toml_file;
-pub mod tree;
+pub(crate) mod toml_file;
+pub(crate) mod tree;

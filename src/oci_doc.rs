@@ -38,8 +38,6 @@ pub struct Descriptor {
     pub platform: Option<DescriptorPlatform>,
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(rename = "artifactType", default)]
-    pub artifact_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,8 @@
 //! STORE/layers/<derivation>.json  which layer a recipe's derivation hash produced
 //! STORE/roots/<hash of path>.json an output imgbuild wrote and the blobs it needs (gc roots)
 //! STORE/registries/<host>.json    which repositories of a registry hold which blobs (mount hints)
+//! STORE/caches/<cache>/            what a `--cache` repository holds, as this store last saw it
+//! STORE/supply/                    facts read from base images for SBOMs (their dpkg packages)
 //! STORE/tmp/                      temporary files, on the same file system as blobs/
 //! STORE/locks/                    one lock file per entry being produced
 //! ```
@@ -336,10 +338,20 @@ impl Store {
     }
 
     /// The file that remembers which repositories of `registry` hold which blobs.
+    /// The directory of notes about the `--cache` repository `name` (`caches/`).
+    pub fn cache_notes_dir(&self, name: &str) -> PathBuf {
+        // The hash keeps `a/b_c` and `a_b/c` apart.
+        let unique = &Sha256Digest::of(name.as_bytes()).hex()[..12];
+        self.root.join("caches").join(format!("{}-{unique}", file_name_for(name)))
+    }
+
+    /// The directory of facts read from base images for SBOMs (`supply/`).
+    pub fn supply_dir(&self) -> PathBuf {
+        self.root.join("supply")
+    }
+
     pub fn registry_hints_path(&self, registry: &str) -> PathBuf {
-        let name: String =
-            registry.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
-        self.root.join("registries").join(format!("{name}.json"))
+        self.root.join("registries").join(format!("{}.json", file_name_for(registry)))
     }
 }
 
@@ -407,6 +419,12 @@ fn stamp(path: &Path) -> Result<()> {
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// `name` with every character but letters, digits and `.` made `_`: a file name that cannot
+/// leave its directory.
+fn file_name_for(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect()
 }
 
 #[cfg(test)]

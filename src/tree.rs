@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How many symlinks one resolution may follow before it is a loop (Linux's limit).
 pub const MAX_LINKS: usize = 40;
@@ -154,10 +154,6 @@ impl TreePath {
     pub fn as_path(&self) -> &Path {
         Path::new(std::ffi::OsStr::from_bytes(&self.0))
     }
-
-    pub fn to_path_buf(&self) -> PathBuf {
-        self.as_path().to_path_buf()
-    }
 }
 
 impl fmt::Display for TreePath {
@@ -285,10 +281,6 @@ impl<M: Clone + Default> Tree<M> {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
     }
 
     /// The parents `path` needs that do not exist yet, refusing a parent that is a symlink or

@@ -262,12 +262,7 @@ impl Cache {
 
     /// Where the store notes what this cache holds: `caches/<repository>/<derivation>.json`.
     fn marks_dir(&self, store: &Store) -> PathBuf {
-        let name = self.name();
-        let readable: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
-        // The hash keeps `a/b_c` and `a_b/c` apart.
-        let unique = &Sha256Digest::of(name.as_bytes()).hex()[..12];
-        store.root().join("caches").join(format!("{readable}-{unique}"))
+        store.cache_notes_dir(&self.name())
     }
 
     /// The layer the cache holds for `derivation`, as this store last checked (pulled) or put

@@ -40,7 +40,7 @@ pub(crate) struct BasePackages {
 
 /// The packages of `base`, from the store's cache or read from its layers (then cached).
 pub(crate) fn base_packages(store: &Store, base: &BaseImage) -> Result<BasePackages> {
-    let dir = store.root().join("supply");
+    let dir = store.supply_dir();
     let cache = dir.join(format!("dpkg-v{CACHE_VERSION}-{}.json", base.manifest_digest.hex()));
     if let Some(found) = fs::read(&cache).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
         return Ok(found);
