@@ -7,8 +7,17 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-      # The tools the integration tests drive (`.ci/run` installs the rest: a registry, Podman, qemu).
-      testTools = pkgs: [ pkgs.skopeo pkgs.umoci pkgs.docker-distribution pkgs.e2fsprogs pkgs.qemu pkgs.xorriso ];
+      # The tools the integration tests drive, as `.ci/install` lists them for Debian (Podman runs
+      # containers only where the host allows it; the validators' Python venv is `.ci/install`'s).
+      testTools = pkgs: with pkgs; [
+        skopeo umoci docker-distribution openssl shellcheck  # images, registry, TLS, the entrypoint's lint
+        dash zsh fish man-db                                 # the shells and man the tests run under (busybox: the
+                                                             # host's; its applets would shadow coreutils here)
+        podman podman-compose docker-compose                 # node images as containers, compose files
+        xz bzip2 zstd pigz time                              # the layer tests' sources; the bench's baselines
+        e2fsprogs xorriso qemu libvirt libxml2 cloud-init    # VM disks, seeds, templates and their validators
+        python3                                              # the Kubernetes, SPDX and CycloneDX validators' venv
+      ];
     in
     {
       packages = forAllSystems (pkgs: rec {
