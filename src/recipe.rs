@@ -140,87 +140,21 @@ impl Recipe {
 
     fn from_file(file: TomlFile<RecipeToml>) -> Result<Recipe> {
         let r = &file.value;
-        let name = r.name.get_ref().clone();
-        if !is_recipe_name(&name) {
-            return Err(file.error_at(
-                r.name.span(),
-                format!(
-                    "field `name`: `{}` must start with a-z or 0-9 and use only a-z, 0-9, `.`, `_`, `-`",
-                    crate::error::escape(&name)
-                ),
-            ));
-        }
-        let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
-            None | Some(("tarball", _)) => RecipeKind::Tarball,
-            Some(("oci-image", _)) => RecipeKind::OciImage {
-                reference: r.image.as_ref().map(|i| parse_repository(&file, i, "image")).transpose()?,
-                mirrors: r.mirrors.iter().map(|m| parse_repository(&file, m, "mirrors")).collect::<Result<_>>()?,
-                index_digest: r
-                    .index_digest
-                    .as_ref()
-                    .map(|d| parse_sha256_digest(&file, d, "index_digest"))
-                    .transpose()?,
-            },
-            Some((other, span)) => {
-                return Err(file.error_at(
-                    span,
-                    format!("field `kind`: unknown kind `{other}` (expected `tarball` or `oci-image`)"),
-                ))
-            }
-        };
-        if let (RecipeKind::Tarball, Some(m)) = (&kind, r.mirrors.first()) {
-            return Err(file.error_at(
-                m.span(),
-                "a top-level `mirrors` list is for `kind = \"oci-image\"`; a tarball's mirrors go in its `[[source]]`",
-            ));
-        }
-        if r.source.is_empty() {
-            return Err(file.error_at(0..0, "missing `[[source]]`: a recipe needs at least one pinned source"));
-        }
-        let mut sources = Vec::new();
-        for s in &r.source {
-            let source = parse_source(&file, s, &name, &kind)?;
-            if sources.iter().any(|o: &Source| o.platform == source.platform) {
-                let which = source.platform.as_ref().map_or("every platform".to_string(), |p| p.to_string());
-                return Err(file.error_at(s.span(), format!("two sources for {which}")));
-            }
-            sources.push(source);
-        }
-        let unpack = parse_unpack(&file, &r.unpack)?;
-        let mut path_dirs = Vec::new();
-        for p in &r.path {
-            let dir = image_path(&file, p, "path")?;
-            // `PATH` separates its entries with `:`.
-            if dir.contains(':') {
-                return Err(file.error_at(p.span(), "field `path`: a directory of `PATH` cannot hold a `:`"));
-            }
-            path_dirs.push(format!("/{dir}"));
-        }
-        let mut env = BTreeMap::new();
-        for (key, value) in &r.env {
-            if key == "PATH" {
-                return Err(file.error_at(
-                    value.span(),
-                    "field `env`: set `PATH` entries with the `path` list, so recipes can be combined",
-                ));
-            }
-            if let Some(problem) = crate::node::env_name_problem(key) {
-                return Err(file.error_at(value.span(), format!("field `env`: {problem}")));
-            }
-            env.insert(key.clone(), value.get_ref().clone());
-        }
+        let name = parse_name(&file)?;
+        let kind = parse_kind(&file)?;
+        let sources = parse_sources(&file, &name, &kind)?;
         Ok(Recipe {
-            name,
             version: r.version.clone(),
             description: r.description.clone(),
             homepage: r.homepage.clone(),
             license: r.license.clone(),
             file: file.path.clone(),
+            unpack: parse_unpack(&file, &r.unpack)?,
+            env: parse_env(&file)?,
+            path: parse_path(&file)?,
+            name,
             kind,
             sources,
-            unpack,
-            env,
-            path: path_dirs,
         })
     }
 
@@ -241,6 +175,91 @@ fn parse_sha256_digest<T>(file: &TomlFile<T>, d: &Spanned<String>, field: &str) 
     d.get_ref()
         .parse::<Sha256Digest>()
         .map_err(|e| file.error_at(d.span(), format!("field `{field}`: `{}`: {e}", d.get_ref())))
+}
+
+fn parse_name(file: &TomlFile<RecipeToml>) -> Result<String> {
+    let name = &file.value.name;
+    if !is_recipe_name(name.get_ref()) {
+        return Err(file.error_at(
+            name.span(),
+            format!(
+                "field `name`: `{}` must start with a-z or 0-9 and use only a-z, 0-9, `.`, `_`, `-`",
+                crate::error::escape(name.get_ref())
+            ),
+        ));
+    }
+    Ok(name.get_ref().clone())
+}
+
+fn parse_kind(file: &TomlFile<RecipeToml>) -> Result<RecipeKind> {
+    let r = &file.value;
+    let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+        None | Some(("tarball", _)) => RecipeKind::Tarball,
+        Some(("oci-image", _)) => RecipeKind::OciImage {
+            reference: r.image.as_ref().map(|i| parse_repository(file, i, "image")).transpose()?,
+            mirrors: r.mirrors.iter().map(|m| parse_repository(file, m, "mirrors")).collect::<Result<_>>()?,
+            index_digest: r.index_digest.as_ref().map(|d| parse_sha256_digest(file, d, "index_digest")).transpose()?,
+        },
+        Some((other, span)) => {
+            return Err(file
+                .error_at(span, format!("field `kind`: unknown kind `{other}` (expected `tarball` or `oci-image`)")))
+        }
+    };
+    if let (RecipeKind::Tarball, Some(m)) = (&kind, r.mirrors.first()) {
+        return Err(file.error_at(
+            m.span(),
+            "a top-level `mirrors` list is for `kind = \"oci-image\"`; a tarball's mirrors go in its `[[source]]`",
+        ));
+    }
+    Ok(kind)
+}
+
+/// The `[[source]]` tables: at least one, at most one per platform.
+fn parse_sources(file: &TomlFile<RecipeToml>, name: &str, kind: &RecipeKind) -> Result<Vec<Source>> {
+    if file.value.source.is_empty() {
+        return Err(file.error_at(0..0, "missing `[[source]]`: a recipe needs at least one pinned source"));
+    }
+    let mut sources: Vec<Source> = Vec::new();
+    for s in &file.value.source {
+        let source = parse_source(file, s, name, kind)?;
+        if sources.iter().any(|o| o.platform == source.platform) {
+            let which = source.platform.as_ref().map_or("every platform".to_string(), |p| p.to_string());
+            return Err(file.error_at(s.span(), format!("two sources for {which}")));
+        }
+        sources.push(source);
+    }
+    Ok(sources)
+}
+
+/// The `path` list: directories of the image, as `PATH` entries.
+fn parse_path(file: &TomlFile<RecipeToml>) -> Result<Vec<String>> {
+    let mut dirs = Vec::new();
+    for p in &file.value.path {
+        let dir = image_path(file, p, "path")?;
+        // `PATH` separates its entries with `:`.
+        if dir.contains(':') {
+            return Err(file.error_at(p.span(), "field `path`: a directory of `PATH` cannot hold a `:`"));
+        }
+        dirs.push(format!("/{dir}"));
+    }
+    Ok(dirs)
+}
+
+fn parse_env(file: &TomlFile<RecipeToml>) -> Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for (key, value) in &file.value.env {
+        if key == "PATH" {
+            return Err(file.error_at(
+                value.span(),
+                "field `env`: set `PATH` entries with the `path` list, so recipes can be combined",
+            ));
+        }
+        if let Some(problem) = crate::node::env_name_problem(key) {
+            return Err(file.error_at(value.span(), format!("field `env`: {problem}")));
+        }
+        env.insert(key.clone(), value.get_ref().clone());
+    }
+    Ok(env)
 }
 
 /// A repository (`docker.io/library/debian`): the digest of each source says what is fetched,
