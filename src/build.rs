@@ -148,7 +148,17 @@ fn platform_inputs(
         Some(recipe) => {
             let source = source_for(recipe, platform)?;
             let digest = source.hash.as_sha256().expect("oci-image sources are sha256");
-            Some(BaseImage::load(store, &digest)?)
+            let base = BaseImage::load(store, &digest)?;
+            let dropped: Vec<String> =
+                base.env().into_keys().filter(|k| crate::node::env_name_problem(k).is_some()).collect();
+            if !dropped.is_empty() {
+                reporter.warn(&format!(
+                    "base `{}` ({platform}) sets {} in its environment: left out of the images, as the entrypoint reads them at boot",
+                    recipe.name,
+                    crate::error::escape(&dropped.join(", "))
+                ));
+            }
+            Some(base)
         }
         None => None,
     };
@@ -196,6 +206,9 @@ fn platform_inputs(
 /// The image environment: the base's, then each recipe's in layer order, then the image's own.
 fn environment(def: &ImageDef, base: Option<&BaseImage>) -> BTreeMap<String, String> {
     let mut env = base.map(BaseImage::env).unwrap_or_default();
+    // What the entrypoint reads at boot never comes from the image: a base that set `NODE_ID`
+    // or `PEERS` would give every node one identity (recipes and definitions are refused for it).
+    env.retain(|name, _| crate::node::env_name_problem(name).is_none());
     let base_path = env.remove("PATH").unwrap_or_else(|| DEFAULT_PATH.to_string());
     for recipe in &def.layers {
         env.extend(recipe.env.clone());

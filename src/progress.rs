@@ -11,6 +11,11 @@ pub trait Reporter: Send + Sync {
     fn status(&self, message: &str);
     /// A task with a byte count, such as a download or a layer being written.
     fn task(&self, label: &str, total: Option<u64>) -> Arc<dyn Task>;
+    /// Something the user should know about a result that is still made (stderr, prefixed
+    /// `warning:`); shown also with `--json` and `--quiet`, which silence only progress.
+    fn warn(&self, message: &str) {
+        self.status(&format!("warning: {message}"));
+    }
 }
 
 /// Shared between the reader that moves the bytes and the code that started the task.
@@ -93,6 +98,9 @@ pub struct SilentReporter;
 
 impl Reporter for SilentReporter {
     fn status(&self, _message: &str) {}
+    fn warn(&self, message: &str) {
+        let _ = writeln!(std::io::stderr(), "warning: {message}");
+    }
     fn task(&self, _label: &str, _total: Option<u64>) -> Arc<dyn Task> {
         Arc::new(NoTask)
     }

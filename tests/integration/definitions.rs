@@ -549,3 +549,57 @@ fn check_refuses_hostile_recipe_and_definition_values_with_their_line() {
     }
     super::harness::assert_ok(&p.run(&["check"]));
 }
+
+/// A base image's environment may hold what the entrypoint reads at boot (a node's id, its
+/// peers, `IMGBUILD_*`): those never reach the images, whatever their names, and the build
+/// says which it left out; the rest of the base's environment stays.
+#[test]
+fn what_the_entrypoint_reads_at_boot_never_comes_from_a_base_images_environment() {
+    use super::harness::{assert_ok, json, stderr, TestProject};
+    use proptest::test_runner::{Config, TestRunner};
+
+    let reserved = ["NODE_ID", "ZOO_MY_ID", "KAFKA_BROKER_ID", "PEERS", "ADVERTISED_HOST", "HOSTNAME"];
+    let names = prop_oneof![
+        proptest::sample::select(reserved.to_vec()).prop_map(String::from),
+        "IMGBUILD_[A-Z_]{0,12}",
+        "[A-Z][A-Z0-9_]{0,8}",
+    ];
+    let mut runner = TestRunner::new(Config { cases: 4, ..Config::default() });
+    let p = TestProject::new();
+    let round = std::cell::Cell::new(0);
+    runner
+        .run(&proptest::collection::btree_map(names, "[a-z0-9=,:. ]{0,12}", 1..6), |env| {
+            round.set(round.get() + 1);
+            let round = round.get();
+            let mut pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            pairs.push("PATH=/usr/bin:/bin".into());
+            let text: Vec<&str> = pairs.iter().map(String::as_str).collect();
+            let base = p.path(&format!("base-{round}"));
+            let layer = super::fixtures::tar(&[super::fixtures::Entry::Dir("etc/")]);
+            let digest = super::fixtures::layered_layout_with_env(&base, &[layer], &text);
+            p.write_recipe(
+                "debian-bookworm-slim.toml",
+                &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+            );
+            assert_ok(&p.run(&["store", "add", base.to_str().unwrap()]));
+            let out = p.run(&["--json", "build", "--platform", "linux/amd64", "--out", &format!("out/env-{round}")]);
+            let built = json(&out);
+            let config_digest = built["nodes"][0]["platforms"][0]["config_digest"].as_str().unwrap().to_string();
+            let config: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(p.root.join(format!("out/env-{round}/blobs/sha256/{}", &config_digest[7..]))).unwrap(),
+            )
+            .unwrap();
+            let image_env: Vec<String> =
+                config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            for (name, value) in &env {
+                let boot = reserved.contains(&name.as_str()) || name.starts_with("IMGBUILD_");
+                let carried = image_env.iter().any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(name.as_str()));
+                prop_assert_eq!(carried, !boot, "{}={} in {:?}", name, value, image_env);
+                if boot {
+                    prop_assert!(stderr(&out).contains(name.as_str()), "the build names {}: {}", name, stderr(&out));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}

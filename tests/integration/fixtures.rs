@@ -262,17 +262,25 @@ pub fn layout_from_root(dir: &Path, root: &Path) -> String {
 
 /// An amd64 OCI layout whose image has `layers` (uncompressed tars, lowest first).
 pub fn layered_layout(dir: &Path, layers: &[Vec<u8>]) -> String {
-    write_layers(dir, &[("amd64", layers)]).remove(0).1
+    write_layers(dir, &[("amd64", layers)], BASE_ENV).remove(0).1
 }
+
+/// The same, with `env` as its configuration's environment.
+pub fn layered_layout_with_env(dir: &Path, layers: &[Vec<u8>], env: &[&str]) -> String {
+    write_layers(dir, &[("amd64", layers)], env).remove(0).1
+}
+
+/// The environment of the test bases.
+const BASE_ENV: &[&str] = &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "BASE=1"];
 
 /// Writes an OCI layout with one single-layer image per (architecture, uncompressed tar).
 fn write_layout(dir: &Path, images: &[(&str, Vec<u8>)]) -> Vec<(String, String)> {
     let layered: Vec<(&str, &[Vec<u8>])> = images.iter().map(|(a, l)| (*a, std::slice::from_ref(l))).collect();
-    write_layers(dir, &layered)
+    write_layers(dir, &layered, BASE_ENV)
 }
 
 /// Writes an OCI layout with one image per (architecture, its layers as uncompressed tars).
-fn write_layers(dir: &Path, images: &[(&str, &[Vec<u8>])]) -> Vec<(String, String)> {
+fn write_layers(dir: &Path, images: &[(&str, &[Vec<u8>])], env: &[&str]) -> Vec<(String, String)> {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut manifests = Vec::new();
@@ -292,7 +300,7 @@ fn write_layers(dir: &Path, images: &[(&str, &[Vec<u8>])]) -> Vec<(String, Strin
             .collect();
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
-            "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "BASE=1"] },
+            "config": { "Env": env },
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": history,
         });
