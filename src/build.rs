@@ -149,6 +149,7 @@ fn platform_inputs(
             let source = source_for(recipe, platform)?;
             let digest = source.hash.as_sha256().expect("oci-image sources are sha256");
             let base = BaseImage::load(store, &digest)?;
+            base.check_layers(store)?;
             let dropped: Vec<String> =
                 base.env().into_keys().filter(|k| crate::node::env_name_problem(k).is_some()).collect();
             if !dropped.is_empty() {

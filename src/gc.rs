@@ -83,6 +83,16 @@ pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport
                 fs::remove_file(&path).at(&path)?;
             }
         }
+        // Likewise a note that a base layer was checked, once its blob is gone.
+        let checked = store.root().join("diff_ids");
+        for entry in fs::read_dir(&checked).into_iter().flatten() {
+            let path = entry.at(&checked)?.path();
+            let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let live = format!("sha256:{name}").parse::<Sha256Digest>().is_ok_and(|d| store.has_sha256(&d));
+            if !live {
+                fs::remove_file(&path).at(&path)?;
+            }
+        }
     }
     Ok(report)
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::digest::{BlobDigest, DiffId, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::image_def::ImageConfig;
+use crate::layer::Compression;
 use crate::platform::Platform;
 use crate::store::Store;
 
@@ -47,7 +48,14 @@ impl BaseImage {
             .map_err(|e| store_err(format!("base config {config_digest}: {e}")))?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
-            return Err(store_err("base image config and manifest disagree on the number of layers".into()));
+            return Err(Error::BadArchive {
+                archive: format!("base image {manifest_digest}"),
+                message: format!(
+                    "its config lists {} layer diff_ids, its manifest {} layers",
+                    diff_ids.len(),
+                    manifest.layers().len()
+                ),
+            });
         }
         let mut layers = Vec::new();
         for (i, (desc, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
@@ -69,10 +77,72 @@ impl BaseImage {
         Ok(BaseImage { manifest_digest: *manifest_digest, config_digest, config, layers })
     }
 
+    /// Checks that each layer's content, decompressed as its media type says, hashes to the
+    /// diff_id its config gives: runtimes check it on pull and load, so an image with a wrong one
+    /// would build here and fail there. Each layer is read once per store (`diff_ids/`).
+    pub fn check_layers(&self, store: &Store) -> Result<()> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if store.diff_id_checked(&layer.digest) == Some(layer.diff_id) {
+                continue;
+            }
+            let bad = |message: String| Error::BadArchive {
+                archive: format!("base image {}", self.manifest_digest),
+                message: format!("layer {} of {} ({}): {message}", i + 1, self.layers.len(), layer.digest),
+            };
+            let declared = layer_compression(&layer.media_type).ok_or_else(|| {
+                bad(format!("media type `{}` is not a layer's", crate::error::escape(&layer.media_type)))
+            })?;
+            let mut input = std::io::BufReader::new(store.open_blob(&layer.digest.0.to_hash())?);
+            let head = std::io::BufRead::fill_buf(&mut input).map_err(|e| bad(format!("cannot read: {e}")))?;
+            let found = Compression::detect(head);
+            if found != declared {
+                return Err(bad(format!(
+                    "its media type `{}` says {}, its content is {}",
+                    layer.media_type,
+                    compression_name(declared),
+                    compression_name(found)
+                )));
+            }
+            let reader = declared.reader(input, crate::layer::DEFAULT_MAX_UNPACKED);
+            let (hash, _) = crate::digest::hash_reader(crate::digest::Algorithm::Sha256, reader)
+                .map_err(|e| bad(format!("cannot be decompressed: {}", crate::error::escape(&e.to_string()))))?;
+            let content = hash.as_sha256().expect("a sha256 hash");
+            if content != layer.diff_id.0 {
+                return Err(bad(format!("its config says diff_id {}, its content hashes to {content}", layer.diff_id)));
+            }
+            store.record_diff_id(&layer.digest, &layer.diff_id)?;
+        }
+        Ok(())
+    }
+
     /// The base's environment as ordered pairs.
     pub fn env(&self) -> BTreeMap<String, String> {
         let env = self.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
         env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+    }
+}
+
+fn compression_name(compression: Compression) -> &'static str {
+    match compression {
+        Compression::Gzip => "gzip",
+        Compression::Xz => "xz",
+        Compression::Bzip2 => "bzip2",
+        Compression::Zstd => "zstd",
+        Compression::None => "an uncompressed tar",
+    }
+}
+
+/// How a layer of `media_type` is compressed (OCI and Docker names); `None` if it is not a layer.
+fn layer_compression(media_type: &str) -> Option<Compression> {
+    let oci = media_type
+        .strip_prefix("application/vnd.oci.image.layer.")
+        .and_then(|t| t.strip_prefix("v1.").or_else(|| t.strip_prefix("nondistributable.v1.")));
+    match (oci, media_type) {
+        (Some("tar"), _) => Some(Compression::None),
+        (Some("tar+gzip"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.gzip") => Some(Compression::Gzip),
+        (Some("tar+zstd"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.zstd") => Some(Compression::Zstd),
+        (_, "application/vnd.docker.image.rootfs.diff.tar") => Some(Compression::None),
+        _ => None,
     }
 }
 

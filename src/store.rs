@@ -7,6 +7,7 @@
 //! STORE/registries/<host>.json    which repositories of a registry hold which blobs (mount hints)
 //! STORE/caches/<cache>/            what a `--cache` repository holds, as this store last saw it
 //! STORE/supply/                    facts read from base images for SBOMs (their dpkg packages)
+//! STORE/diff_ids/<hex>             a base layer blob whose content was checked against its diff_id
 //! STORE/tmp/                      temporary files, on the same file system as blobs/
 //! STORE/locks/                    one lock file per entry being produced
 //! ```
@@ -343,6 +344,22 @@ impl Store {
         // The hash keeps `a/b_c` and `a_b/c` apart.
         let unique = &Sha256Digest::of(name.as_bytes()).hex()[..12];
         self.root.join("caches").join(format!("{}-{unique}", file_name_for(name)))
+    }
+
+    /// The diff_id a base layer's blob was found to have, if it was checked and is still here.
+    pub fn diff_id_checked(&self, layer: &BlobDigest) -> Option<DiffId> {
+        if !self.has_sha256(&layer.0) {
+            return None;
+        }
+        let text = fs::read_to_string(self.root.join("diff_ids").join(layer.0.hex())).ok()?;
+        text.trim().parse().ok().map(DiffId)
+    }
+
+    /// Notes that the blob `layer` decompresses to content whose sha256 is `diff_id`.
+    pub fn record_diff_id(&self, layer: &BlobDigest, diff_id: &DiffId) -> Result<()> {
+        let dir = self.root.join("diff_ids");
+        fs::create_dir_all(&dir).at(&dir)?;
+        self.write_atomic(&dir.join(layer.0.hex()), diff_id.to_string().as_bytes())
     }
 
     /// The directory of facts read from base images for SBOMs (`supply/`).

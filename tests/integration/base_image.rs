@@ -164,3 +164,89 @@ fn offline_a_mirror_directory_supplies_the_base_as_an_archive_or_a_layout() {
     assert!(err.contains("holds no image for a platform the recipe pins") && err.contains(&held[0].1), "{err}");
     assert!(!store.join("blobs/sha256").join(held[0].1.trim_start_matches("sha256:")).exists());
 }
+
+/// Rewrites the single image of the OCI layout `dir`: `edit` changes its manifest and config,
+/// then both are stored again under their new digests. Returns the new manifest digest.
+fn edit_image(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value)) -> String {
+    let blob = |digest: &str| dir.join("blobs/sha256").join(&digest[7..]);
+    let read =
+        |digest: &str| serde_json::from_slice::<serde_json::Value>(&std::fs::read(blob(digest)).unwrap()).unwrap();
+    let put = |doc: &serde_json::Value| {
+        let bytes = doc.to_string().into_bytes();
+        let digest = format!("sha256:{}", super::fixtures::sha256_hex(&bytes));
+        std::fs::write(blob(&digest), &bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    edit(&mut manifest, &mut config);
+    let (config_digest, config_size) = put(&config);
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_size.into();
+    let (manifest_digest, manifest_size) = put(&manifest);
+    index["manifests"][0]["digest"] = manifest_digest.clone().into();
+    index["manifests"][0]["size"] = manifest_size.into();
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    manifest_digest
+}
+
+/// A change to an image's manifest and config.
+type ImageEdit = dyn Fn(&mut serde_json::Value, &mut serde_json::Value);
+
+/// A base layer is used only when its content is what the image's config says (its diff_id,
+/// decompressed as its media type says), as runtimes check on pull and load; the layer count
+/// of config and manifest must agree. Each is a bad input (exit 1) naming the layer and both
+/// values; an honest base builds, and is checked once per store.
+#[test]
+fn a_base_layer_whose_content_is_not_its_diff_id_is_refused() {
+    let p = TestProject::new();
+    let layer = || super::fixtures::tar(&[super::fixtures::Entry::Dir("etc/")]);
+    let cases: [(&str, Box<ImageEdit>, &str); 3] = [
+        (
+            "zero diff_id",
+            Box::new(|_, config| config["rootfs"]["diff_ids"][0] = format!("sha256:{}", "0".repeat(64)).into()),
+            "its content hashes to sha256:",
+        ),
+        (
+            "gzip that is a tar",
+            Box::new(|manifest, _| {
+                manifest["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into()
+            }),
+            "says an uncompressed tar, its content is gzip",
+        ),
+        (
+            "one diff_id too many",
+            Box::new(|_, config| {
+                let extra = config["rootfs"]["diff_ids"][0].clone();
+                config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(extra);
+            }),
+            "its config lists 2 layer diff_ids, its manifest 1 layers",
+        ),
+    ];
+    for (i, (what, edit, expected)) in cases.iter().enumerate() {
+        let dir = p.path(&format!("base-{i}"));
+        super::fixtures::layered_layout(&dir, &[layer()]);
+        let digest = edit_image(&dir, edit);
+        p.write_recipe(
+            "debian-bookworm-slim.toml",
+            &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+        );
+        assert_ok(&p.run(&["store", "add", dir.to_str().unwrap()]));
+        let out = p.run(&["build", "--platform", "linux/amd64", "--out", &format!("out/{i}")]);
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains(&format!("base image {digest}")), "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{what}: {}", stderr(&out));
+        assert!(!p.root.join(format!("out/{i}")).exists(), "{what}: nothing written");
+    }
+    // The honest one builds; its check is noted, and a second build does not read it again.
+    let honest = p.path("honest");
+    let digest = super::fixtures::layered_layout(&honest, &[layer()]);
+    p.write_recipe(
+        "debian-bookworm-slim.toml",
+        &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n"),
+    );
+    assert_ok(&p.run(&["store", "add", honest.to_str().unwrap()]));
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64", "--out", "out/honest"]));
+    assert_eq!(tree(&p.store.join("diff_ids")).len(), 1);
+}
