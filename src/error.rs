@@ -193,11 +193,21 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Control characters (C0, DEL, C1) and the format characters that change how text around
-/// them is displayed.
+/// Control characters (C0, DEL, C1), the line and paragraph separators, and every character
+/// Unicode says a reader does not see (`Default_Ignorable_Code_Point`, which holds the bidi
+/// controls that reorder the text around them): what could hide or forge text when printed.
 pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_default_ignorable(c)
+}
+
+/// Unicode 15's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt).
+fn is_default_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}'..='\u{1160}' | '\u{17b4}'..='\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}'
+        | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// The last line of defence for everything printed about an error: our own messages use line
@@ -262,6 +272,20 @@ mod tests {
     fn escape_shows_every_control_and_reordering_character() {
         assert_eq!(escape("a\x1b[31mb\nc\u{202e}d\u{7f}"), "a\\u{1b}[31mb\\nc\\u{202e}d\\u{7f}");
         assert_eq!(escape("plain ünïcode/path-1.2"), "plain ünïcode/path-1.2");
+    }
+
+    /// The characters the attacker review found accepted (U+061C, tag characters, U+00AD,
+    /// U+180E, U+115F), and every other invisible one: none reaches a terminal as it is.
+    #[test]
+    fn no_invisible_character_is_printed_as_it_is() {
+        let invisible = (0..=0x10ffff).filter_map(char::from_u32).filter(|c| is_default_ignorable(*c));
+        for c in invisible.chain(['\u{061c}', '\u{e0041}', '\u{00ad}', '\u{180e}', '\u{115f}', '\u{2028}']) {
+            assert!(is_unsafe_char(c), "{:x}", c as u32);
+            assert_eq!(escape(&format!("a{c}b")), format!("a\\u{{{:x}}}b", c as u32));
+        }
+        for visible in ['a', 'ü', '€', '中', '🚀', ' ', '\u{a0}'] {
+            assert!(!is_unsafe_char(visible), "{visible}");
+        }
     }
 
     #[test]
