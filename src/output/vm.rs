@@ -98,6 +98,7 @@ fn base_disk(store: &Store, layers: &[ImageLayer], dir: &Path, opts: &VmOptions)
     for layer in layers {
         rootfs.apply(store, layer)?;
     }
+    rootfs.add_mount_points()?;
     let raw = dir.join("base.raw");
     ext4::make_ext4(&rootfs, &raw, &ext4::derived_uuid(layers), opts.epoch)?;
     fs::remove_dir_all(rootfs.host_path()).at(rootfs.host_path())?;

@@ -203,6 +203,26 @@ impl Rootfs {
         self.place(&path, Node { kind, meta }, entry).map_err(failed)
     }
 
+    /// Creates the directories a booting kernel and init mount file systems on, where no layer
+    /// made them: without `/dev`, `/proc` and `/sys` an initramfs cannot switch to the disk (a
+    /// container runtime makes them itself, so minimal bases often lack them). A path a layer
+    /// made, whatever it is, stays as the layer made it.
+    pub(crate) fn add_mount_points(&mut self) -> Result<()> {
+        for (name, mode) in [("dev", 0o755), ("proc", 0o555), ("run", 0o755), ("sys", 0o555), ("tmp", 0o1777)] {
+            let path = TreePath::from_member(name.as_bytes()).expect("a plain name");
+            if self.tree.get(&path).is_some() {
+                continue;
+            }
+            let meta = Meta { uid: 0, gid: 0, mode, layer: self.layer, inode: 0, size: 0 };
+            self.place(&path, Node { kind: Kind::Dir, meta }, &mut io::empty()).map_err(|f| match f {
+                Failure::Io(e) => e,
+                Failure::Refused(r) => Error::Internal(format!("mount point /{name}: {r}")),
+                Failure::Unpacked(m) => Error::Internal(format!("mount point /{name}: {m}")),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Puts `node` at `path` in the model, then on the host.
     fn place(&mut self, path: &TreePath, node: Node<Meta>, content: &mut impl Read) -> Result<(), Failure> {
         let kind = node.kind.clone();

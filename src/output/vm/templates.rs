@@ -114,9 +114,11 @@ pub(crate) struct NodeTemplate<'a> {
 }
 
 impl NodeTemplate<'_> {
-    /// The kernel command line, without the node's identity (`imgbuild.node=N`).
+    /// The kernel command line, without the node's identity (`imgbuild.node=N`). `panic=-1`
+    /// reboots at once on a kernel panic (a disk the initramfs cannot switch to, say), which
+    /// `-no-reboot` turns into qemu exiting: a failed boot ends instead of hanging.
     fn cmdline(&self) -> String {
-        format!("root=/dev/vda rw console={} init={VM_INIT}", self.machine.console)
+        format!("root=/dev/vda rw console={} panic=-1 init={VM_INIT}", self.machine.console)
     }
 
     pub(crate) fn domain_xml(&self) -> String {

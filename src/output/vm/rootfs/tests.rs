@@ -341,3 +341,23 @@ fn a_sparse_entry_is_counted_by_what_it_writes() {
     roomy.apply_tar(&layer[..], "sparse layer").unwrap();
     assert_eq!(std::fs::metadata(tmp.path().join("roomy/sparse")).unwrap().len(), real, "within the limit it is whole");
 }
+
+/// A base without the directories a booting system mounts on gets them; whatever a layer put
+/// at those paths (a directory with its mode, a symlink) stays as it was.
+#[test]
+fn mount_points_are_made_only_where_no_layer_made_them() {
+    let (tmp, mut rootfs) = setup();
+    layer(&mut rootfs, tmp.path(), &[file("bin/sh"), E::Dir("run".into()), E::Link("tmp".into(), "var/tmp".into())])
+        .unwrap();
+    rootfs.add_mount_points().unwrap();
+    let root = tmp.path().join("root");
+    for (name, mode) in [("dev", 0o755), ("proc", 0o555), ("sys", 0o555)] {
+        let meta = std::fs::symlink_metadata(root.join(name)).unwrap();
+        assert!(meta.is_dir(), "{name}");
+        // The disk gets the model's modes (the host copy is private to imgbuild).
+        assert_eq!(rootfs.tree.get(&TreePath::from_member(name.as_bytes()).unwrap()).unwrap().meta.mode, mode);
+    }
+    assert!(std::fs::symlink_metadata(root.join("tmp")).unwrap().file_type().is_symlink(), "the layer's link stays");
+    assert_eq!(paths(&rootfs), ["bin", "bin/sh", "dev", "proc", "run", "sys", "tmp"]);
+    assert_eq!(host_tree(&root).0, model_tree(&rootfs).0);
+}
