@@ -167,6 +167,7 @@ fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Res
             "sources_kept": updated.kept,
             "sources_new": updated.replaced,
             "version": updated.version.as_ref().map(|(_, v)| v),
+            "image": updated.image.as_ref().map(|(_, i)| i),
             "added": added,
             "warnings": updated.warnings,
         }));
@@ -177,8 +178,11 @@ fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Res
             .version
             .as_ref()
             .map_or(String::new(), |(old, new)| format!("; version {} → {}", escape(old), escape(new)));
+        let image = updated.image.as_ref().map_or(String::new(), |(old, new)| {
+            format!("; image {} → {}", old.as_deref().map_or("(none)".into(), escape), escape(new))
+        });
         errln!(
-            "updated {shown} (recipe {}): {} new source(s), {} kept as they were{version}; its other fields and comments are as they were{}",
+            "updated {shown} (recipe {}): {} new source(s), {} kept as they were{version}{image}; its other fields and comments are as they were{}",
             recipe.name,
             updated.replaced,
             updated.kept,

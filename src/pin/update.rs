@@ -24,6 +24,8 @@ pub struct Updated {
     pub replaced: usize,
     /// The version before and after, when the files' names changed it.
     pub version: Option<(String, String)>,
+    /// An image recipe's `image` before (if it had one) and after, when the archive changed it.
+    pub image: Option<(Option<String>, String)>,
     /// Where a file does not fit what the recipe keeps (its `[unpack]`).
     pub warnings: Vec<String>,
 }
@@ -55,9 +57,25 @@ pub fn update(recipe_file: &Path, text: &str, proposals: &[Proposal]) -> Result<
     if let Some(v) = &version {
         doc.insert("version", toml_edit::value(v.as_str()));
     }
+    let mut warnings = unpack_warnings(&recipe, proposals);
+    let mut image = None;
     if let Some(ProposalKind::Image { reference, index_digest, .. }) = proposals.first().map(|p| &p.kind) {
-        if let Some(r) = reference {
-            doc.insert("image", toml_edit::value(r.as_str()));
+        let old = match &recipe.kind {
+            RecipeKind::OciImage { reference: Some(r), .. } => Some(format!("{}/{}", r.registry, r.repository)),
+            _ => None,
+        };
+        match (reference, &old) {
+            (Some(r), _) => {
+                doc.insert("image", toml_edit::value(r.as_str()));
+                image = Some((old.clone(), r.clone())).filter(|(o, n)| o.as_ref() != Some(n));
+            }
+            // The archive does not say where the image comes from: the recipe's word stays,
+            // but it may now be wrong, and SBOMs and fetch hints repeat it.
+            (None, Some(o)) => warnings.push(format!(
+                "the archive names no registry repository, so `image = \"{}\"` stays: if this image does not come from there, change `image` or remove it (SBOMs and the hints that fetch the base repeat it)",
+                escape(o)
+            )),
+            (None, None) => {}
         }
         match index_digest {
             Some(d) => doc.insert("index_digest", toml_edit::value(d.to_string())),
@@ -66,13 +84,7 @@ pub fn update(recipe_file: &Path, text: &str, proposals: &[Proposal]) -> Result<
     }
     let text = doc.to_string();
     check_result(recipe_file, &text, proposals)?;
-    Ok(Updated {
-        text,
-        kept,
-        replaced,
-        version: version.map(|v| (recipe.version.clone(), v)),
-        warnings: unpack_warnings(&recipe, proposals),
-    })
+    Ok(Updated { text, kept, replaced, version: version.map(|v| (recipe.version.clone(), v)), image, warnings })
 }
 
 fn shown(path: &Path) -> String {
@@ -353,10 +365,22 @@ mod tests {
             Sha256Digest::of(b"i"),
             Sha256Digest::of(b"a")
         );
-        let new = update(Path::new("r.toml"), &image_recipe, &[image]).unwrap();
+        let new = update(Path::new("r.toml"), &image_recipe, std::slice::from_ref(&image)).unwrap();
         let r = parse(&new.text);
         assert_eq!(r.sources.iter().map(|s| s.hash.clone()).collect::<Vec<_>>(), [Sha256Digest::of(b"m").to_hash()]);
         assert!(!new.text.contains("index_digest") && new.text.contains("image = \"docker.io/library/debian\""));
         assert_eq!(r.version, "old", "the archive says no version");
+        // The change of `image` is reported, never passed off as "as it was".
+        assert_eq!(new.image, Some((Some("example.org/x".into()), "docker.io/library/debian".into())));
+        assert!(new.warnings.is_empty(), "{:?}", new.warnings);
+
+        // An archive that names no registry repository keeps the recipe's `image`, and says so.
+        let mut unnamed = image;
+        if let ProposalKind::Image { reference, .. } = &mut unnamed.kind {
+            *reference = None;
+        }
+        let kept = update(Path::new("r.toml"), &image_recipe, &[unnamed]).unwrap();
+        assert!(kept.text.contains("image = \"example.org/x\"") && kept.image.is_none());
+        assert!(kept.warnings.iter().any(|w| w.contains("`image = \"example.org/x\"` stays")), "{:?}", kept.warnings);
     }
 }
