@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use self::host::is_host;
+pub use self::host::{host_key, is_host};
 use self::template::{Piece, TextError};
 use crate::error::{escape, line_col, Error, IoContext, Result};
 use crate::image_path::{inside_or_at, nests};
@@ -383,10 +383,14 @@ fn parse_cluster(file: &Doc, cluster: &ClusterToml) -> Result<Vec<Node>> {
                 ),
             ));
         }
-        if nodes.iter().any(|o| &o.host == host.get_ref()) {
+        if let Some(other) = nodes.iter().find(|o| host_key(&o.host) == host_key(host.get_ref())) {
+            let same = match other.host == *host.get_ref() {
+                true => String::new(),
+                false => format!(" (node {}'s `{}`, spelled otherwise)", other.id, other.host),
+            };
             return Err(file.error_at(
                 host.span(),
-                format!("duplicate host `{}`: every node needs its own address", host.get_ref()),
+                format!("duplicate host `{}`{same}: every node needs its own address", host.get_ref()),
             ));
         }
         nodes.push(Node { id: *id, host: host.get_ref().clone() });

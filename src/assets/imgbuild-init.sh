@@ -292,8 +292,11 @@ hosts=
 for n in $IMGBUILD_NODES; do
     get "IMGBUILD_HOST_$n"
     is_host "$REPLY" || die 64 "node $n's address '$REPLY' ($CONF/cluster.env) is not an IP address or a host name"
-    ! in_list "$REPLY" "$hosts" || die 64 "two nodes have the address $REPLY"
-    hosts="$hosts $REPLY"
+    # Names compare without case, as DNS compares them (imgbuild's `host_key` does the same;
+    # IPv6 addresses compare as written here).
+    key=$(printf '%s\n' "$REPLY" | tr ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz)
+    ! in_list "$key" "$hosts" || die 64 "two nodes have the address $REPLY"
+    hosts="$hosts $key"
 done
 get "IMGBUILD_HOST_$id"
 node_host=$REPLY

@@ -14,6 +14,15 @@ pub fn is_host(text: &str) -> bool {
     text.parse::<Ipv4Addr>().is_ok() || text.parse::<Ipv6Addr>().is_ok() || is_host_name(text)
 }
 
+/// What makes two spellings of a host one host: a name in lower case (DNS ignores case), an
+/// address as parsed (`::1` is `0::1`; an IPv4-mapped IPv6 address is its IPv4 address).
+pub fn host_key(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => host.to_ascii_lowercase(),
+    }
+}
+
 /// RFC 1123: dot-separated labels of ASCII letters, digits and `-`, each 1 to 63 long and
 /// neither starting nor ending with `-`, at most 253 in all, with no final dot. The last label
 /// is not all digits, so that no name can be mistaken for a malformed IPv4 address (RFC 3696 §2).
@@ -65,5 +74,21 @@ mod tests {
             assert!(!is_host(bad), "{bad:?}");
         }
         assert!(is_host(&long_name[1..]), "253 characters are allowed");
+    }
+
+    #[test]
+    fn one_host_spelled_two_ways_has_one_key() {
+        for (a, b) in [
+            ("node-a", "NODE-A"),
+            ("::1", "0::1"),
+            ("::1", "0:0:0:0:0:0:0:1"),
+            ("::ffff:1.2.3.4", "1.2.3.4"),
+            ("fd00::A", "fd00::a"),
+        ] {
+            assert_eq!(host_key(a), host_key(b), "{a} {b}");
+        }
+        for (a, b) in [("node-a", "node-b"), ("::1", "::2"), ("1.2.3.4", "1.2.3.5")] {
+            assert_ne!(host_key(a), host_key(b), "{a} {b}");
+        }
     }
 }

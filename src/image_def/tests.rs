@@ -225,6 +225,13 @@ fn hosts_are_ip_addresses_or_rfc_1123_names() {
     }
     refused_at(&p, &format!("{DEF}\n[[cluster.node]]\nid = 1\nhost = \"zk-2\"\n"), 28, "duplicate node id 1");
     refused_at(&p, &format!("{DEF}\n[[cluster.node]]\nid = 2\nhost = \"zk-1\"\n"), 30, "duplicate host `zk-1`");
+    // One host spelled otherwise is the same host.
+    refused_at(
+        &p,
+        &format!("{DEF}\n[[cluster.node]]\nid = 2\nhost = \"ZK-1\"\n"),
+        30,
+        "duplicate host `ZK-1` (node 1's `zk-1`",
+    );
 }
 
 #[test]

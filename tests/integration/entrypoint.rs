@@ -353,6 +353,7 @@ fn peers_and_the_advertised_host_are_hosts_and_modes_are_per_template() {
     for shell in SHELLS {
         for (env, needle) in [
             (vec![("PEERS", "8=a,10=a")], "two nodes have the address a"),
+            (vec![("PEERS", "8=zk-A,10=ZK-a")], "two nodes have the address ZK-a"),
             (vec![("PEERS", "8=a,08=b")], "PEERS names node 8 twice"),
             (vec![("PEERS", "7=a")], "PEERS names node 7, which is not in the cluster"),
             (vec![("PEERS", "zk-a")], "PEERS entry 'zk-a' is not ID=HOST"),
