@@ -62,6 +62,10 @@ pub fn import(store: &Store, path: &Path) -> Result<Imported> {
     Ok(imported)
 }
 
+/// The media types of an image's configuration (OCI's and Docker's).
+const IMAGE_CONFIGS: [&str; 2] =
+    ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
+
 fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::BadArchive { archive: path.display().to_string(), message: message.into() }
 }
@@ -127,7 +131,11 @@ fn walk(store: &Store, source: &OciSource, desc: &Descriptor, out: &mut Imported
         blob(store, source, d)?;
         out.blobs += 1;
     }
-    if let Some(subject) = &doc.subject {
+    // A manifest with a subject is a referrer when it carries an artifact (its `artifactType`,
+    // or a config that is not an image's); an image manifest that names a subject is still an
+    // image, and can be a base.
+    let image_config = doc.config.as_ref().is_some_and(|c| IMAGE_CONFIGS.contains(&c.media_type.as_str()));
+    if let Some(subject) = doc.subject.as_ref().filter(|_| doc.artifact_type.is_some() || !image_config) {
         let artifact_type = doc.artifact_type.clone().or_else(|| doc.config.as_ref().map(|c| c.media_type.clone()));
         out.referrers.push(ImportedReferrer {
             digest,

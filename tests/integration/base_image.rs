@@ -250,3 +250,33 @@ fn a_base_layer_whose_content_is_not_its_diff_id_is_refused() {
     assert_ok(&p.run(&["build", "--platform", "linux/amd64", "--out", "out/honest"]));
     assert_eq!(tree(&p.store.join("diff_ids")).len(), 1);
 }
+
+/// An image manifest that names a subject (OCI 1.1) is still an image: it can be a base, on
+/// the first run as on any other. A manifest carrying an artifact is a referrer, never a base.
+#[test]
+fn an_image_manifest_with_a_subject_is_an_image_and_an_artifact_is_not() {
+    let p = TestProject::new();
+    let layer = super::fixtures::tar(&[super::fixtures::Entry::Dir("etc/")]);
+    let subject = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "a".repeat(64)), "size": 1
+    });
+    let image = p.path("with-subject");
+    super::fixtures::layered_layout(&image, std::slice::from_ref(&layer));
+    let digest = edit_image(&image, |manifest, _| manifest["subject"] = subject.clone());
+    let recipe = |digest: &str| {
+        format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{digest}\"\n")
+    };
+    p.write_recipe("debian-bookworm-slim.toml", &recipe(&digest));
+    assert_ok(&p.run(&["store", "add", image.to_str().unwrap()]));
+    assert_ok(&p.run(&["build", "--platform", "linux/amd64", "--out", "out/subject"]));
+
+    let artifact = p.path("artifact");
+    super::fixtures::layered_layout(&artifact, &[layer]);
+    edit_image(&artifact, |manifest, _| {
+        manifest["subject"] = subject.clone();
+        manifest["artifactType"] = "application/example+json".into();
+    });
+    let out = p.run(&["store", "add", artifact.to_str().unwrap()]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("holds no image manifest"), "{}", stderr(&out));
+}
