@@ -250,6 +250,8 @@ fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut
     Err(failure(e.kind(), format!("{name} data: {reason} (in the {unit} that starts at byte {at}, which is corrupt)")))
 }
 
+/// The decoder met the end of the file inside the member: it was cut short, or corrupt data
+/// led the decoder past the member's real end.
 fn cut_short<R: Read>(format: Compression, what: &str, at: u64, source: &mut Source<R>) -> Stop {
     // Past what is left, so that the offset is the file's size.
     let _ = io::copy(source, &mut io::sink());
@@ -257,7 +259,7 @@ fn cut_short<R: Read>(format: Compression, what: &str, at: u64, source: &mut Sou
     failure(
         io::ErrorKind::UnexpectedEof,
         format!(
-            "{} data: the {what} that starts at byte {at} is cut short (the file ends at byte {end})",
+            "{} data: the {what} that starts at byte {at} is cut short or corrupt: the file ends at byte {end}, before it does",
             format.name()
         ),
     )
