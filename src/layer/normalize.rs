@@ -183,8 +183,8 @@ impl Normalizer {
         let Some(rel) = self.relative(&raw)? else { return Ok(()) };
         let whiteout = self.check_whiteout(&raw, &rel, entry_type)?;
         let path = rel.under(&self.prefix);
-        if let Some(own) = own_path_at(&path) {
-            return Err(refuse(&raw, format!("{path} is {own}, which imgbuild writes itself{LEAVE_OUT}")));
+        if let Some(reason) = own_path_at(&path) {
+            return Err(refuse(&raw, format!("{reason}{LEAVE_OUT}")));
         }
         if path.as_bytes().len() >= PATH_MAX {
             return Err(refuse(
@@ -383,14 +383,17 @@ impl Normalizer {
 /// How a recipe leaves out what a tarball has at imgbuild's own paths.
 const LEAVE_OUT: &str = " (`exclude` in [unpack] leaves it out)";
 
-/// Which of imgbuild's own paths (the configuration directory, the entrypoints) `path` is at
-/// or inside, as it appears in an image.
+/// Why `path` (as it appears in an image) is not a recipe's to write, if it is one of
+/// imgbuild's own paths (the configuration directory, the entrypoints) or inside one.
 fn own_path_at(path: &TreePath) -> Option<String> {
     crate::node::own_paths()
         .into_iter()
         .map(|own| TreePath::from_member(own.as_bytes()).expect("imgbuild's own paths are paths"))
         .find(|own| path.starts_with(own))
-        .map(|own| if *path == own { format!("{own} itself") } else { format!("inside {own}") })
+        .map(|own| match *path == own {
+            true => format!("{path} is a path imgbuild writes itself"),
+            false => format!("{path} is inside {own}, which imgbuild writes itself"),
+        })
 }
 
 /// The tar stream as the tar reader reads it, noting where it ends: a tar that ends inside an

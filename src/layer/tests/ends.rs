@@ -300,9 +300,14 @@ fn refused_own(entries: &[(String, Kind)], prefix: &str, entry: &str, needle: &s
 
 #[test]
 fn no_layer_writes_imgbuilds_own_paths_even_through_a_symlink() {
-    let own = "which imgbuild writes itself";
+    let own = "is a path imgbuild writes itself";
     refused_own(&[file("etc/imgbuild/node-id")], "", "etc/imgbuild/node-id", "inside /etc/imgbuild");
-    refused_own(&[("etc/imgbuild/".into(), Kind::Dir)], "", "etc/imgbuild/", "/etc/imgbuild itself");
+    refused_own(
+        &[("etc/imgbuild/".into(), Kind::Dir)],
+        "",
+        "etc/imgbuild/",
+        "/etc/imgbuild is a path imgbuild writes itself",
+    );
     refused_own(&[link("etc/imgbuild", "/tmp")], "", "etc/imgbuild", own);
     refused_own(&[file("usr/local/bin/imgbuild-init")], "", "usr/local/bin/imgbuild-init", own);
     refused_own(&[link("usr/local/sbin/imgbuild-vm-init", "/bin/sh")], "", "usr/local/sbin/imgbuild-vm-init", own);
