@@ -330,3 +330,25 @@ fn no_layer_writes_imgbuilds_own_paths_even_through_a_symlink() {
     ];
     check_layer(&normalize(raw_tar(&fine), &unpack(0, "", false)).unwrap(), "", false).unwrap();
 }
+
+/// Each member's integrity data is checked, not only the last one's, and the bound on what a
+/// source unpacks to holds over all its members together.
+#[test]
+fn every_members_checks_and_the_unpack_bound_hold_over_all_members() {
+    let tar = raw_tar(&[("big".into(), Kind::File(vec![3; 300_000], 0o644))]);
+    for format in [Format::Gzip, Format::Xz, Format::Bzip2, Format::Zstd] {
+        let mut first = format.member(&tar[..100_000]);
+        let last = format.member(&tar[100_000..]);
+        assert!(layer_of([&first[..], &last].concat()).is_ok(), "{}", format.name());
+        let n = first.len();
+        first[n - 2] ^= 0xff; // the check at the end of the first member
+        let err = layer_of([&first[..], &last].concat()).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} data: ", format.name())) && err.contains("byte 0"), "{err}");
+        // Three members of 0.5 MiB each, under a bound of 1 MiB: refused.
+        let half = raw_tar(&[("f".into(), Kind::File(vec![0; 1 << 19], 0o644))]);
+        assert!(layer_of(format.member(&half)).is_ok(), "one member is within the bound");
+        let members: Vec<u8> = (0..3).flat_map(|_| format.member(&half)).collect();
+        let err = layer_of(members).unwrap_err().to_string();
+        assert!(err.contains("decompression bomb"), "{}: {err}", format.name());
+    }
+}
