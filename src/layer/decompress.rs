@@ -187,8 +187,8 @@ fn decode_all<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Ou
         let start = match source.peek(MAGIC_MAX) {
             Ok([]) => return Ok(()),
             Ok([0, ..]) => {
-                let zeros = source.skip_zeros().map_err(|e| unreadable(format, e))?;
-                padding = Some((at, padding.map_or(0, |p| p.1) + zeros));
+                // All of them: what follows is not a zero byte.
+                padding = Some((at, source.skip_zeros().map_err(|e| unreadable(format, e))?));
                 continue;
             }
             Ok(head) => format.starts(head),
