@@ -242,7 +242,7 @@ fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut
     if source.failed {
         return Err(unreadable(format, e));
     }
-    if e.kind() == io::ErrorKind::UnexpectedEof || source.at_end().unwrap_or(false) {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
         return Err(cut_short(format, format.unit(), at, source));
     }
     let (name, unit) = (format.name(), format.unit());

@@ -60,11 +60,6 @@ impl<R: Read> Source<R> {
         }
     }
 
-    /// Whether the file has no byte left.
-    pub(super) fn at_end(&mut self) -> io::Result<bool> {
-        Ok(self.fill_buf()?.is_empty())
-    }
-
     fn read_inner(&mut self, at: usize) -> io::Result<usize> {
         loop {
             match self.inner.read(&mut self.buf[at..]) {
@@ -135,6 +130,6 @@ mod tests {
         assert_eq!((s.offset(), s.peek(10).unwrap()), (5, &b"cdef"[..]));
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
-        assert_eq!((rest.as_slice(), s.offset(), s.at_end().unwrap()), (&b"cdef"[..], 9, true));
+        assert_eq!((rest.as_slice(), s.offset(), s.fill_buf().unwrap()), (&b"cdef"[..], 9, &b""[..]));
     }
 }

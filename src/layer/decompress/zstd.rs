@@ -41,7 +41,12 @@ impl<R: BufRead> ZstdFrame<R> {
     }
 }
 
-fn corrupt(e: &FrameDecoderError) -> io::Error {
+/// `e` in plain words; at the end of the file, the frame is cut short (ruzstd's errors say so
+/// only deep inside).
+fn corrupt(e: &FrameDecoderError, source: &mut impl BufRead) -> io::Error {
+    if source.fill_buf().is_ok_and(|rest| rest.is_empty()) {
+        return io::Error::new(io::ErrorKind::UnexpectedEof, "the file ends inside the frame");
+    }
     let what = match e {
         FrameDecoderError::ReadFrameHeaderError(_)
         | FrameDecoderError::FrameHeaderError(_)
@@ -64,7 +69,7 @@ impl<R: BufRead> Read for ZstdFrame<R> {
             Some(decoder) => decoder,
             None => {
                 let mut decoder = FrameDecoder::new();
-                decoder.init(&mut self.source).map_err(|e| corrupt(&e))?;
+                decoder.init(&mut self.source).map_err(|e| corrupt(&e, &mut self.source))?;
                 self.decoder.insert(decoder)
             }
         };
@@ -75,7 +80,9 @@ impl<R: BufRead> Read for ZstdFrame<R> {
             if decoder.is_finished() {
                 break;
             }
-            decoder.decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1)).map_err(|e| corrupt(&e))?;
+            decoder
+                .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
+                .map_err(|e| corrupt(&e, &mut self.source))?;
         }
         if let Some(stored) = decoder.get_checksum_from_data() {
             if decoder.get_calculated_checksum() != Some(stored) {

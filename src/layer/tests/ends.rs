@@ -266,6 +266,29 @@ fn tape_padding_skippable_frames_and_garbage_are_told_apart() {
 }
 
 #[test]
+fn a_member_the_file_ends_inside_is_cut_short_and_a_bad_check_corrupt() {
+    let tar = raw_tar(&[("big".into(), Kind::File(vec![9; 50_000], 0o644))]);
+    for format in [Format::Gzip, Format::Xz, Format::Bzip2, Format::Zstd] {
+        let one = format.member(&tar[..2048]);
+        let two = format.member(&tar[2048..]);
+        let (at, end) = (one.len(), one.len() + two.len() / 2);
+        let err = layer_of([&one[..], &two[..two.len() / 2]].concat()).unwrap_err().to_string();
+        let needle =
+            format!("starts at byte {at} is cut short or corrupt: the file ends at byte {end}, before it does");
+        assert!(err.contains(&needle), "{}: {err}", format.name());
+    }
+    // A wrong CRC-32 at the very end of the file is corrupt data, not a cut.
+    let mut gz = gzip(&tar);
+    let n = gz.len();
+    gz[n - 8] ^= 1;
+    let err = layer_of(gz).unwrap_err().to_string();
+    assert!(
+        err.contains("gzip data: corrupt gzip stream") && err.contains("starts at byte 0, which is corrupt"),
+        "{err}"
+    );
+}
+
+#[test]
 fn corrupt_members_are_named_by_where_they_start() {
     let tar = raw_tar(&[("big".into(), Kind::File(vec![7; 100_000], 0o644))]);
     for format in [Format::Gzip, Format::Xz, Format::Bzip2, Format::Zstd] {
