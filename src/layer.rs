@@ -28,8 +28,9 @@ use crate::progress::Reporter;
 use crate::recipe::{Source, Unpack};
 use crate::store::{BlobWriter, LayerRecord, Store};
 pub(crate) use decompress::Compression;
+use decompress::SourceFailure;
 pub use normalize::Counts;
-use normalize::{Normalize, Normalizer};
+use normalize::{Normalize, Normalizer, TarStream};
 
 /// Bumped whenever a change here changes the bytes of a layer, so cached layers are not reused.
 pub const FORMAT_VERSION: u32 = 2;
@@ -178,19 +179,28 @@ pub fn normalize_tarball(
     let mut normalizer = Normalizer::new(archive, unpack, settings.epoch)?;
     let mut sink = LayerSink::new(store, settings)?;
     normalizer.begin(&mut sink.tar).at(store.root())?;
-    let refused = |e: Normalize| match e {
-        Normalize::Refuse { entry, reason } => Error::UnsafeEntry { archive: archive.to_string(), entry, reason },
-        Normalize::Read(e) => bad(read_failure(&e)),
+    let (tar_stream, ended_at) = TarStream::new(reader);
+    let mut tar_in = tar::Archive::new(tar_stream);
+    // A read failure: of the compressed file (which says what and where), the tar cut short
+    // (the normalizer says inside which entry), or a tar header that is not one.
+    let unreadable = |e: io::Error, normalizer: &Normalizer| match ended_at.get() {
+        _ if SourceFailure::is(&e) => bad(escape(&e.to_string())),
+        Some(at) => bad(normalizer.cut_short(at)),
+        None => bad(format!("corrupt tar stream: {}", escape(&e.to_string()))),
     };
-    let mut tar_in = tar::Archive::new(reader);
+    let refused = |e: Normalize, normalizer: &Normalizer| match e {
+        Normalize::Refuse { entry, reason } => Error::UnsafeEntry { archive: archive.to_string(), entry, reason },
+        Normalize::Read(e) => unreadable(e, normalizer),
+    };
     let entries = tar_in.entries().map_err(|e| bad(format!("not a tar archive: {}", escape(&e.to_string()))))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(read_failure(&e)))?;
-        normalizer.append(&mut entry, &mut sink.tar).map_err(refused)?;
+        let mut entry = entry.map_err(|e| unreadable(e, &normalizer))?;
+        normalizer.append(&mut entry, &mut sink.tar).map_err(|e| refused(e, &normalizer))?;
     }
-    // Past the tar's end marker: read the stream to its end, so its checksums are checked.
-    io::copy(&mut tar_in.into_inner(), &mut io::sink()).map_err(|e| bad(read_failure(&e)))?;
-    let counts = normalizer.finish().map_err(refused)?;
+    // Past the tar's end marker: read the stream to its end, so its checksums are checked
+    // and what follows its last member is seen.
+    io::copy(&mut tar_in.into_inner().into_inner(), &mut io::sink()).map_err(|e| unreadable(e, &normalizer))?;
+    let counts = normalizer.finish().map_err(|e| refused(e, &normalizer))?;
     if counts.seen == 0 {
         return Err(bad("the archive has no entries".into()));
     }
@@ -201,14 +211,6 @@ pub fn normalize_tarball(
         )));
     }
     Ok((sink.finish(store, archive)?, counts))
-}
-
-fn read_failure(e: &io::Error) -> String {
-    let text = escape(&e.to_string());
-    match e.kind() {
-        io::ErrorKind::FileTooLarge => text,
-        _ => format!("corrupt tar stream: {text}"),
-    }
 }
 
 /// One file of a layer imgbuild writes itself (the cluster and identity layers).

@@ -1,14 +1,20 @@
 //! A source's compression, found by its first bytes (never by its name), and the stream that
 //! undoes it on its own thread, so decompressing overlaps with hashing and compressing.
 //!
-//! Every decoder checks its format's integrity data (gzip's CRC-32 and length, xz's block
-//! checks, bzip2's block and stream CRCs, zstd's content checksum) when it reaches the end of
-//! the stream; the caller reads the stream to its end so that they are always checked.
+//! A compressed source is members (gzip), streams (xz, bzip2) or frames (zstd) one after
+//! another, as pigz, pixz and pzstd write them, each decoded by its own decoder, which checks
+//! its integrity data (gzip's CRC-32 and length, xz's block checks, bzip2's block and stream
+//! CRCs, zstd's content checksum) at its end; the caller reads the stream to its end so that
+//! every one is checked. After the last one only zero bytes may follow: tape and `dd` pad files
+//! with them, and they carry no data. Anything else is refused, naming the byte where it starts:
+//! data no decoder reads would be data one tool unpacks and another does not.
+
+mod source;
+mod zstd;
 
 use std::io::{self, BufRead, Read};
 
-use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
-use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+use source::Source;
 
 /// How a source is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,73 +27,247 @@ pub(crate) enum Compression {
     None,
 }
 
+/// The most bytes [`Compression::starts`] looks at.
+const MAGIC_MAX: usize = 10;
+
+/// What the bytes at a member boundary are.
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    Member,
+    /// A zstd skippable frame: metadata that carries nothing of the file.
+    Skippable,
+    Other,
+}
+
 impl Compression {
-    /// Recognizes a format by its magic bytes. bzip2's `BZh` could begin a tar member's name,
-    /// so it counts only with a valid block size and the block (or end-of-stream) magic after it.
+    /// Recognizes a format by its magic bytes (a zstd file may begin with a skippable frame).
     pub(crate) fn detect(head: &[u8]) -> Compression {
+        [Compression::Gzip, Compression::Xz, Compression::Zstd, Compression::Bzip2]
+            .into_iter()
+            .find(|c| c.starts(head) != Start::Other)
+            .unwrap_or(Compression::None)
+    }
+
+    /// Whether `head` (up to [`MAGIC_MAX`] bytes) begins one of this format's members. bzip2's
+    /// `BZh` could begin a tar member's name, so it counts only with a valid block size and the
+    /// block (or end-of-stream) magic after it.
+    fn starts(self, head: &[u8]) -> Start {
         const BZIP2_BLOCK: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
         const BZIP2_END: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-            Compression::Xz
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else if head.len() >= 10
-            && head.starts_with(b"BZh")
-            && (b'1'..=b'9').contains(&head[3])
-            && (head[4..10] == BZIP2_BLOCK || head[4..10] == BZIP2_END)
-        {
-            Compression::Bzip2
+        let member = match self {
+            Compression::Gzip => head.starts_with(&[0x1f, 0x8b]),
+            Compression::Xz => head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
+            Compression::Zstd if zstd::is_skippable(head) => return Start::Skippable,
+            Compression::Zstd => head.starts_with(&zstd::FRAME_MAGIC),
+            Compression::Bzip2 => {
+                head.len() >= 10
+                    && head.starts_with(b"BZh")
+                    && (b'1'..=b'9').contains(&head[3])
+                    && (head[4..10] == BZIP2_BLOCK || head[4..10] == BZIP2_END)
+            }
+            Compression::None => false,
+        };
+        if member {
+            Start::Member
         } else {
-            Compression::None
+            Start::Other
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Bzip2 => "bzip2",
+            Compression::Zstd => "zstd",
+            Compression::None => "tar",
+        }
+    }
+
+    /// What the format calls the parts a file may hold several of.
+    fn unit(self) -> &'static str {
+        match self {
+            Compression::Gzip => "member",
+            Compression::Zstd => "frame",
+            _ => "stream",
         }
     }
 
     /// The decompressed stream, decoded on a background thread and bounded to `limit` bytes;
     /// a plain tar is read as it is (its size is its file's).
     pub(crate) fn reader(self, input: impl BufRead + Send + 'static, limit: u64) -> Box<dyn Read> {
-        match self {
-            Compression::Gzip => Box::new(in_background(flate2::bufread::MultiGzDecoder::new(input), "gzip", limit)),
-            // Several streams one after another are one file (as `xz` and `pixz` write them).
-            Compression::Xz => Box::new(in_background(lzma_rust2::XzReader::new(input, true), "xz", limit)),
-            Compression::Bzip2 => Box::new(in_background(bzip2::bufread::MultiBzDecoder::new(input), "bzip2", limit)),
-            Compression::Zstd => Box::new(in_background(ZstdFrames::new(input), "zstd", limit)),
-            Compression::None => Box::new(input),
+        if self == Compression::None {
+            return Box::new(input);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+        std::thread::spawn(move || {
+            let mut out = Output { tx, total: 0, limit };
+            if let Err(Stop::Fail(e)) = decode_all(self, &mut Source::new(input), &mut out) {
+                let _ = out.tx.send(Err(e));
+            }
+        });
+        Box::new(ChannelReader { rx, current: Vec::new(), pos: 0 })
+    }
+}
+
+/// A failure of the compressed file itself, not of the tar inside it: its message says what
+/// and where, in words meant for the user.
+#[derive(Debug)]
+pub(crate) struct SourceFailure(String);
+
+impl std::fmt::Display for SourceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceFailure {}
+
+impl SourceFailure {
+    /// Whether `e` is one: then its text is the whole explanation.
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<SourceFailure>())
+    }
+}
+
+fn failure(kind: io::ErrorKind, message: String) -> Stop {
+    Stop::Fail(io::Error::new(kind, SourceFailure(message)))
+}
+
+/// Why decoding stopped early.
+enum Stop {
+    /// The reader is gone (the layer failed for another reason): stop quietly.
+    Hangup,
+    /// Passed on to the reader.
+    Fail(io::Error),
+}
+
+/// Where the decoded bytes go: a few 256 KiB buffers in flight at most; past `limit` bytes in
+/// all, a failure (a decompression bomb).
+struct Output {
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    total: u64,
+    limit: u64,
+}
+
+impl Output {
+    /// Sends everything `decoder` gives; its own error is returned to be explained.
+    fn pump(&mut self, mut decoder: impl Read) -> Result<Result<(), io::Error>, Stop> {
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = match decoder.read(&mut buf) {
+                Ok(0) => return Ok(Ok(())),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Ok(Err(e)),
+            };
+            if self.total + n as u64 > self.limit {
+                let limit = self.limit;
+                return Err(failure(
+                    io::ErrorKind::FileTooLarge,
+                    format!(
+                        "unpacks to more than {limit} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)"
+                    ),
+                ));
+            }
+            self.total += n as u64;
+            buf.truncate(n);
+            self.tx.send(Ok(buf)).map_err(|_| Stop::Hangup)?;
         }
     }
 }
 
-/// Runs a reader on its own thread; a few 256 KiB buffers are in flight at most. Past `limit`
-/// bytes it fails (a decompression bomb). Its errors name the `format`.
-fn in_background(mut source: impl Read + Send + 'static, format: &'static str, limit: u64) -> ChannelReader {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    let mut total = 0u64;
-    std::thread::spawn(move || loop {
-        let mut buf = vec![0u8; 256 * 1024];
-        let result = match source.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) if total + n as u64 > limit => Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "unpacks to more than {limit} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)"
-                ),
-            )),
-            Ok(n) => {
-                total += n as u64;
-                buf.truncate(n);
-                Ok(buf)
+/// Decodes every member of `source`, then checks that only zero bytes follow the last.
+fn decode_all<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Output) -> Result<(), Stop> {
+    let (name, unit) = (format.name(), format.unit());
+    // Where the zero bytes after the last member start, and how many there are.
+    let mut padding: Option<(u64, u64)> = None;
+    loop {
+        let at = source.offset();
+        let start = match source.peek(MAGIC_MAX) {
+            Ok([]) => return Ok(()),
+            Ok([0, ..]) => {
+                // All of them: what follows is not a zero byte.
+                padding = Some((at, source.skip_zeros().map_err(|e| unreadable(format, e))?));
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(io::Error::new(e.kind(), format!("{format} data: {e}"))),
+            Ok(head) => format.starts(head),
+            Err(e) => return Err(unreadable(format, e)),
         };
-        let failed = result.is_err();
-        // The receiver is gone when the layer failed for another reason: stop quietly.
-        if tx.send(result).is_err() || failed {
-            return;
+        if let Some((from, zeros)) = padding {
+            // xz alone defines padding between streams: a multiple of four zero bytes.
+            let xz_padding = format == Compression::Xz && start == Start::Member;
+            if !xz_padding || zeros % 4 != 0 {
+                let what = if xz_padding { "stream padding that is not a multiple of 4 bytes" } else { "zero bytes" };
+                return Err(failure(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{name} data: unknown data at byte {at}, after {zeros} {what} from byte {from}: \
+                         after the last complete {unit}, only zero bytes (padding) may follow"
+                    ),
+                ));
+            }
+            padding = None;
         }
-    });
-    ChannelReader { rx, current: Vec::new(), pos: 0 }
+        match start {
+            Start::Member => decode_member(format, source, out, at)?,
+            Start::Skippable => match zstd::skip_skippable(source) {
+                Ok(true) => {}
+                Ok(false) => return Err(cut_short(format, "skippable frame", at, source)),
+                Err(e) => return Err(unreadable(format, e)),
+            },
+            Start::Other => {
+                return Err(failure(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{name} data: unknown data at byte {at}, after the last complete {unit}: \
+                         only zero bytes (padding) may follow it"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Decodes the member at byte `at`, which its own decoder reads to its last byte and no further.
+fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Output, at: u64) -> Result<(), Stop> {
+    let decoded = match format {
+        Compression::Gzip => out.pump(flate2::bufread::GzDecoder::new(&mut *source)),
+        Compression::Xz => out.pump(lzma_rust2::XzReader::new(&mut *source, false)),
+        Compression::Bzip2 => out.pump(bzip2::bufread::BzDecoder::new(&mut *source)),
+        Compression::Zstd => out.pump(zstd::ZstdFrame::new(&mut *source)),
+        Compression::None => unreachable!("a plain tar has no members"),
+    }?;
+    let Err(e) = decoded else { return Ok(()) };
+    if source.failed {
+        return Err(unreadable(format, e));
+    }
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return Err(cut_short(format, format.unit(), at, source));
+    }
+    let (name, unit) = (format.name(), format.unit());
+    let reason = crate::error::escape(&e.to_string());
+    Err(failure(e.kind(), format!("{name} data: {reason} (in the {unit} that starts at byte {at}, which is corrupt)")))
+}
+
+/// The decoder met the end of the file inside the member: it was cut short, or corrupt data
+/// led the decoder past the member's real end.
+fn cut_short<R: Read>(format: Compression, what: &str, at: u64, source: &mut Source<R>) -> Stop {
+    // Past what is left, so that the offset is the file's size.
+    let _ = io::copy(source, &mut io::sink());
+    let end = source.offset();
+    failure(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "{} data: the {what} that starts at byte {at} is cut short or corrupt: the file ends at byte {end}, before it does",
+            format.name()
+        ),
+    )
+}
+
+/// The file could not be read (not: its bytes are wrong): its own error, named.
+fn unreadable(format: Compression, e: io::Error) -> Stop {
+    failure(e.kind(), format!("{} data: {}", format.name(), crate::error::escape(&e.to_string())))
 }
 
 struct ChannelReader {
@@ -112,75 +292,6 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-/// A zstd file: frames one after another (as `zstd -T0` and `pzstd` write them), skippable
-/// frames skipped, each frame's content checksum compared (ruzstd computes it but leaves the
-/// comparison to its caller).
-struct ZstdFrames<R> {
-    source: R,
-    frame: Option<FrameDecoder>,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(source: R) -> Self {
-        ZstdFrames { source, frame: None }
-    }
-
-    /// Starts the next frame; `false` at the end of the file.
-    fn next_frame(&mut self) -> io::Result<bool> {
-        loop {
-            if self.source.fill_buf()?.is_empty() {
-                return Ok(false);
-            }
-            let mut decoder = FrameDecoder::new();
-            match decoder.init(&mut self.source) {
-                Ok(()) => {
-                    self.frame = Some(decoder);
-                    return Ok(true);
-                }
-                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame { length, .. })) => {
-                    let skipped = io::copy(&mut (&mut self.source).take(u64::from(length)), &mut io::sink())?;
-                    if skipped != u64::from(length) {
-                        return Err(corrupt("a skippable frame is cut short"));
-                    }
-                }
-                Err(e) => return Err(corrupt(&e.to_string())),
-            }
-        }
-    }
-}
-
-fn corrupt(message: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt zstd stream: {message}"))
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(decoder) = self.frame.as_mut() else {
-                if !self.next_frame()? {
-                    return Ok(0);
-                }
-                continue;
-            };
-            if decoder.can_collect() > 0 {
-                return decoder.read(buf);
-            }
-            if !decoder.is_finished() {
-                decoder
-                    .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
-                    .map_err(|e| corrupt(&e.to_string()))?;
-                continue;
-            }
-            if let Some(stored) = decoder.get_checksum_from_data() {
-                if decoder.get_calculated_checksum() != Some(stored) {
-                    return Err(corrupt("content checksum mismatch"));
-                }
-            }
-            self.frame = None;
-        }
     }
 }
 

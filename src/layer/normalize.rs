@@ -66,6 +66,9 @@ pub(crate) struct Normalizer {
     /// Bytes of the paths (and link targets) in the model.
     model_bytes: usize,
     counts: Counts,
+    /// The last entry read (its name, and where its data and padding end in the tar stream),
+    /// to say where a tar that is cut short ends.
+    last: Option<(Vec<u8>, u64)>,
 }
 
 /// What one accepted entry becomes in the layer.
@@ -116,6 +119,7 @@ impl Normalizer {
             symlinks: Vec::new(),
             model_bytes: 0,
             counts: Counts::default(),
+            last: None,
         })
     }
 
@@ -162,6 +166,8 @@ impl Normalizer {
         entry: &mut tar::Entry<'_, R>,
         out: &mut tar::Builder<W>,
     ) -> Result<(), Normalize> {
+        let data_end = entry.raw_file_position().saturating_add(entry.size().div_ceil(512) * 512);
+        self.last = Some((entry.path_bytes().into_owned(), data_end));
         let entry_type = entry.header().entry_type();
         if matches!(
             entry_type,
@@ -177,6 +183,9 @@ impl Normalizer {
         let Some(rel) = self.relative(&raw)? else { return Ok(()) };
         let whiteout = self.check_whiteout(&raw, &rel, entry_type)?;
         let path = rel.under(&self.prefix);
+        if let Some(reason) = own_path_at(&path) {
+            return Err(refuse(&raw, format!("{reason}{LEAVE_OUT}")));
+        }
         if path.as_bytes().len() >= PATH_MAX {
             return Err(refuse(
                 &raw,
@@ -316,12 +325,105 @@ impl Normalizer {
         Ok(target)
     }
 
-    /// Checks every symlink against the finished tree: each must lead inside the prefix.
+    /// Checks every symlink against the finished tree: each must lead inside the prefix; and
+    /// nothing may be at imgbuild's own paths, even through a symlink (`etc -> x` and
+    /// `x/imgbuild/node-id` put a file at /etc/imgbuild/node-id).
     pub(crate) fn finish(&self) -> Result<Counts, Normalize> {
         for (path, raw, target) in &self.symlinks {
             self.tree.resolve_link(path, target, &self.prefix).map_err(|r| refuse(raw, r.to_string()))?;
         }
+        for own in crate::node::own_paths() {
+            let own = TreePath::from_member(own.as_bytes()).expect("imgbuild's own paths are paths");
+            if let Some((found, link)) = self.occupant(&own) {
+                let reason = format!("through the symlink {link} it is {own}, which imgbuild writes itself{LEAVE_OUT}");
+                return Err(refuse(found.as_bytes(), reason));
+            }
+        }
         Ok(self.counts)
+    }
+
+    /// What of this layer would be at `own` in the image, and the first symlink on the way
+    /// there, when it is reached through one (a literal path was refused when it was added).
+    fn occupant(&self, own: &TreePath) -> Option<(TreePath, TreePath)> {
+        let mut here = TreePath::root();
+        let mut through = None;
+        let names: Vec<&[u8]> = own.components().collect();
+        for (i, name) in names.iter().enumerate() {
+            let next = here.join(name);
+            let last = i + 1 == names.len();
+            match &self.tree.get(&next)?.kind {
+                Kind::Symlink(target) if !last => {
+                    // Loops and escapes were refused above: the link resolves inside the root.
+                    here = self.tree.resolve_link(&next, target, &TreePath::root()).ok()?;
+                    through.get_or_insert(next);
+                }
+                Kind::Dir if !last => here = next,
+                _ if last => return through.map(|link| (next, link)),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Says where a tar stream that ended `at` bytes in was cut short.
+    pub(crate) fn cut_short(&self, at: u64) -> String {
+        match &self.last {
+            Some((name, end)) if at < *end => {
+                format!("the tar data ends inside entry `{}` (cut short at byte {at} of the tar)", shown(name))
+            }
+            Some((name, _)) => format!(
+                "the tar data ends inside a header, the one after entry `{}` (cut short at byte {at} of the tar)",
+                shown(name)
+            ),
+            None => format!("the tar data ends inside its first header (cut short at byte {at} of the tar)"),
+        }
+    }
+}
+
+/// How a recipe leaves out what a tarball has at imgbuild's own paths.
+const LEAVE_OUT: &str = " (`exclude` in [unpack] leaves it out)";
+
+/// Why `path` (as it appears in an image) is not a recipe's to write, if it is one of
+/// imgbuild's own paths (the configuration directory, the entrypoints) or inside one.
+fn own_path_at(path: &TreePath) -> Option<String> {
+    crate::node::own_paths()
+        .into_iter()
+        .map(|own| TreePath::from_member(own.as_bytes()).expect("imgbuild's own paths are paths"))
+        .find(|own| path.starts_with(own))
+        .map(|own| match *path == own {
+            true => format!("{path} is a path imgbuild writes itself"),
+            false => format!("{path} is inside {own}, which imgbuild writes itself"),
+        })
+}
+
+/// The tar stream as the tar reader reads it, noting where it ends: a tar that ends inside an
+/// entry or a header is cut short ([`Normalizer::cut_short`] says where).
+pub(crate) struct TarStream<R> {
+    inner: R,
+    read: u64,
+    ended_at: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl<R: Read> TarStream<R> {
+    /// The stream, and where it will be seen to end.
+    pub(crate) fn new(inner: R) -> (Self, std::rc::Rc<std::cell::Cell<Option<u64>>>) {
+        let ended_at = std::rc::Rc::default();
+        (TarStream { inner, read: 0, ended_at: std::rc::Rc::clone(&ended_at) }, ended_at)
+    }
+
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for TarStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if n == 0 && !buf.is_empty() {
+            self.ended_at.set(Some(self.read));
+        }
+        Ok(n)
     }
 }
 

@@ -585,3 +585,5 @@ proptest! {
         prop_assert!(normalize(data, &unpack(0, "", false)).is_err());
     }
 }
+
+mod ends;

@@ -288,3 +288,34 @@ fn assert_no_layer_for_the_refused_source(p: &TestProject) {
     let records = tree(&p.store.join("layers")).len();
     assert!((1..=2).contains(&records), "{records} layer records for 3 recipes, one of them refused");
 }
+
+/// Issue #11: what follows a source's data. Zero padding (as tape and `dd` leave it) and zstd
+/// skippable frames are accepted; anything else is refused, naming the format and the byte
+/// where it starts; a tar cut short names the entry it ends in.
+#[test]
+fn regression_11_what_follows_a_sources_data_is_padding_or_refused() {
+    let gz = fixtures::zookeeper();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+    let zst = fixtures::compressed("zst", &tar);
+    let skippable = [&[0x50, 0x2a, 0x4d, 0x18][..], &4u32.to_le_bytes(), b"meta"].concat();
+    for accepted in [[&gz[..], &[0; 1024]].concat(), [&skippable[..], &zst].concat()] {
+        let p = TestProject::new();
+        p.add_base();
+        p.serve_as_zookeeper("zk.tar.gz", accepted);
+        assert_ok(&p.run(&["node", "--id", "0"]));
+    }
+    expect_bad_source([&gz[..], b"GARBAGE"].concat(), &format!("gzip data: unknown data at byte {}", gz.len()));
+    expect_bad_source([&zst[..], b"garbage!"].concat(), &format!("zstd data: unknown data at byte {}", zst.len()));
+    // Cut 1000 bytes into a jar's data.
+    let jar = "zookeeper-3.4.10/lib/slf4j-api-1.6.1.jar";
+    let mut archive = tar::Archive::new(&tar[..]);
+    let at = archive
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|e| e.path_bytes().as_ref() == jar.as_bytes())
+        .map(|e| e.raw_file_position() as usize + 1000)
+        .unwrap();
+    expect_bad_source(tar[..at].to_vec(), &format!("the tar data ends inside entry `{jar}` (cut short at byte {at}"));
+}

@@ -193,3 +193,37 @@ fn the_device_note_and_a_base_tarball_outside_the_root_are_reported() {
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("hostile.toml") && stderr(&out).contains("unpacks at `/opt`"), "{}", stderr(&out));
 }
+
+/// Issue #11: a root-filesystem tarball may not put anything at imgbuild's own paths
+/// (/etc/imgbuild, the entrypoints), neither by name nor through a symlink.
+#[test]
+fn regression_11_a_root_tarball_may_not_write_imgbuilds_own_paths() {
+    let node_id = || Entry::File("x/imgbuild/node-id".into(), b"7\n".to_vec(), 0o644);
+    let cases = [
+        (
+            vec![Entry::File("etc/imgbuild/node-id".into(), b"7\n".to_vec(), 0o644)],
+            "`etc/imgbuild/node-id`",
+            "inside /etc/imgbuild",
+        ),
+        (
+            vec![Entry::File("usr/local/bin/imgbuild-init".into(), b"#!/bin/sh\n".to_vec(), 0o755)],
+            "`usr/local/bin/imgbuild-init`",
+            "/usr/local/bin/imgbuild-init is a path imgbuild writes itself",
+        ),
+        (
+            vec![Entry::Symlink("etc".into(), "x".into()), node_id()],
+            "`x/imgbuild`",
+            "through the symlink /etc it is /etc/imgbuild",
+        ),
+    ];
+    for (entries, entry, reason) in cases {
+        let p = TestProject::new();
+        p.add_base();
+        recipe(&p, "zookeeper", "root.tar", fixtures::tar(&entries), "");
+        let out = p.run(&["node", "--id", "0"]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        let named = format!("refusing unsafe entry {entry} in root.tar (zookeeper): ");
+        assert!(err.contains(&named) && err.contains(reason) && err.contains("imgbuild writes itself"), "{err}");
+    }
+}
