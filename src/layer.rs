@@ -14,6 +14,7 @@
 
 mod decompress;
 mod normalize;
+mod tar_guard;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader};
@@ -182,10 +183,11 @@ pub fn normalize_tarball(
         Normalize::Refuse { entry, reason } => Error::UnsafeEntry { archive: archive.to_string(), entry, reason },
         Normalize::Read(e) => bad(read_failure(&e)),
     };
-    let mut tar_in = tar::Archive::new(reader);
+    let mut tar_in = tar::Archive::new(tar_guard::TarGuard::new(reader));
     let entries = tar_in.entries().map_err(|e| bad(format!("not a tar archive: {}", escape(&e.to_string()))))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(read_failure(&e)))?;
+        let mut entry =
+            entry.map_err(|e| tar_guard::refusal(&e).map_or_else(|| bad(read_failure(&e)), |r| r.to_error(archive)))?;
         normalizer.append(&mut entry, &mut sink.tar).map_err(refused)?;
     }
     // Past the tar's end marker: read the stream to its end, so its checksums are checked.

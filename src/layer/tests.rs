@@ -212,6 +212,15 @@ fn refused(result: Result<Vec<u8>>, needle: &str) {
     }
 }
 
+/// Refused as a whole archive (no member named), with `needle` in the message.
+fn bad_archive(result: Result<Vec<u8>>, needle: &str) {
+    match result {
+        Err(e @ Error::BadArchive { .. }) => assert!(e.to_string().contains(needle), "`{needle}` not in: {e}"),
+        Err(e) => panic!("refused for another reason than `{needle}`: {e}"),
+        Ok(_) => panic!("accepted; expected a refusal with `{needle}`"),
+    }
+}
+
 fn file(name: &str) -> (String, Kind) {
     (name.into(), Kind::File(b"x".to_vec(), 0o644))
 }
@@ -288,9 +297,13 @@ fn trees_no_runtime_unpacks_are_refused() {
     refused(normalize(long.into_inner().unwrap(), &u), "longer than 255 bytes");
     let mut long = tar::Builder::new(Vec::new());
     long.append_link(&mut header(EntryType::Symlink, 0o777, 0, 0), "l", "a/".repeat(2048)).unwrap();
-    refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more");
+    bad_archive(normalize(long.into_inner().unwrap(), &u), "link name (`K`) header of 4097 bytes, more than the 4096");
     let mut long = tar::Builder::new(Vec::new());
-    let deep = ["d/"; 2100].concat();
+    long.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), "a".repeat(4095), io::empty()).unwrap();
+    refused(normalize(long.into_inner().unwrap(), &u), "a name longer than 255 bytes");
+    let mut long = tar::Builder::new(Vec::new());
+    // Within the 4096 bytes a GNU long name may have, past them under the prefix.
+    let deep = ["d/"; 2046].concat() + "f";
     long.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), deep, io::empty()).unwrap();
     refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more in the image");
     let w = Unpack { whiteouts: true, ..u };
