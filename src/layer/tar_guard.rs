@@ -335,7 +335,8 @@ fn pax_records(data: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if value.contains(&b'\n') {
             return Err(bad(&format!("`{}` has a value holding a newline", shown(key))));
         }
-        if records.iter().any(|(k, _)| k == key) {
+        // GNU sparse 0.0 repeats its offset and size keys: refused below as a sparse file.
+        if !is_sparse_key(key) && records.iter().any(|(k, _)| k == key) {
             return Err(bad(&format!("gives `{}` a second time", shown(key))));
         }
         records.push((key.to_vec(), value.to_vec()));
