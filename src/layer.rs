@@ -14,6 +14,7 @@
 
 mod decompress;
 mod normalize;
+mod tar_guard;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader};
@@ -180,13 +181,19 @@ pub fn normalize_tarball(
     let mut sink = LayerSink::new(store, settings)?;
     normalizer.begin(&mut sink.tar).at(store.root())?;
     let (tar_stream, ended_at) = TarStream::new(reader);
-    let mut tar_in = tar::Archive::new(tar_stream);
-    // A read failure: of the compressed file (which says what and where), the tar cut short
-    // (the normalizer says inside which entry), or a tar header that is not one.
-    let unreadable = |e: io::Error, normalizer: &Normalizer| match ended_at.get() {
-        _ if SourceFailure::is(&e) => bad(escape(&e.to_string())),
-        Some(at) => bad(normalizer.cut_short(at)),
-        None => bad(format!("corrupt tar stream: {}", escape(&e.to_string()))),
+    let mut tar_in = tar::Archive::new(tar_guard::TarGuard::new(tar_stream));
+    // A read failure: a tar header the guard refused (it says which and why), of the compressed
+    // file (which says what and where), the tar cut short (the normalizer says inside which
+    // entry), or a tar header that is not one.
+    let unreadable = |e: io::Error, normalizer: &Normalizer| {
+        if let Some(refusal) = tar_guard::refusal(&e) {
+            return refusal.to_error(archive);
+        }
+        match ended_at.get() {
+            _ if SourceFailure::is(&e) => bad(escape(&e.to_string())),
+            Some(at) => bad(normalizer.cut_short(at)),
+            None => bad(format!("corrupt tar stream: {}", escape(&e.to_string()))),
+        }
     };
     let refused = |e: Normalize, normalizer: &Normalizer| match e {
         Normalize::Refuse { entry, reason } => Error::UnsafeEntry { archive: archive.to_string(), entry, reason },
@@ -199,7 +206,7 @@ pub fn normalize_tarball(
     }
     // Past the tar's end marker: read the stream to its end, so its checksums are checked
     // and what follows its last member is seen.
-    io::copy(&mut tar_in.into_inner().into_inner(), &mut io::sink()).map_err(|e| unreadable(e, &normalizer))?;
+    io::copy(&mut tar_in.into_inner(), &mut io::sink()).map_err(|e| unreadable(e, &normalizer))?;
     let counts = normalizer.finish().map_err(|e| refused(e, &normalizer))?;
     if counts.seen == 0 {
         return Err(bad("the archive has no entries".into()));

@@ -255,7 +255,7 @@ impl Normalizer {
                 "device nodes and FIFOs are not allowed in a layer (`skip_devices = true` in [unpack] leaves them out; runtimes provide /dev)",
             )),
             EntryType::GNUSparse => Err(refuse(raw, "sparse files are not supported")),
-            other => Err(refuse(raw, format!("unsupported tar entry type {other:?}"))),
+            other => Err(refuse(raw, unsupported_type(other.as_byte()))),
         }
     }
 
@@ -410,10 +410,6 @@ impl<R: Read> TarStream<R> {
         let ended_at = std::rc::Rc::default();
         (TarStream { inner, read: 0, ended_at: std::rc::Rc::clone(&ended_at) }, ended_at)
     }
-
-    pub(crate) fn into_inner(self) -> R {
-        self.inner
-    }
 }
 
 impl<R: Read> Read for TarStream<R> {
@@ -425,6 +421,27 @@ impl<R: Read> Read for TarStream<R> {
         }
         Ok(n)
     }
+}
+
+/// Names an entry type no layer holds in plain words (the tar crate's own name of an unknown
+/// type is Rust debug text).
+fn unsupported_type(byte: u8) -> String {
+    let what = match byte {
+        b'D' => "GNU incremental-backup directory listing",
+        b'M' => "GNU multi-volume continuation",
+        b'V' => "GNU volume label",
+        b'N' => "old GNU long-name",
+        b'A' => "Solaris access control list",
+        b'E' => "Solaris extended attribute",
+        b'I' => "star inode metadata",
+        b'X' => "Solaris extended header",
+        _ => "unknown",
+    };
+    let shown = match byte {
+        b' '..=b'~' => (byte as char).to_string(),
+        _ => format!("\\x{byte:02x}"),
+    };
+    format!("entry type `{shown}` ({what}) is not supported")
 }
 
 /// Raw name bytes as a path for the tar writer (names need not be UTF-8).

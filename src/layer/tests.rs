@@ -212,6 +212,15 @@ fn refused(result: Result<Vec<u8>>, needle: &str) {
     }
 }
 
+/// Refused as a whole archive (no member named), with `needle` in the message.
+fn bad_archive(result: Result<Vec<u8>>, needle: &str) {
+    match result {
+        Err(e @ Error::BadArchive { .. }) => assert!(e.to_string().contains(needle), "`{needle}` not in: {e}"),
+        Err(e) => panic!("refused for another reason than `{needle}`: {e}"),
+        Ok(_) => panic!("accepted; expected a refusal with `{needle}`"),
+    }
+}
+
 fn file(name: &str) -> (String, Kind) {
     (name.into(), Kind::File(b"x".to_vec(), 0o644))
 }
@@ -288,9 +297,13 @@ fn trees_no_runtime_unpacks_are_refused() {
     refused(normalize(long.into_inner().unwrap(), &u), "longer than 255 bytes");
     let mut long = tar::Builder::new(Vec::new());
     long.append_link(&mut header(EntryType::Symlink, 0o777, 0, 0), "l", "a/".repeat(2048)).unwrap();
-    refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more");
+    bad_archive(normalize(long.into_inner().unwrap(), &u), "link name (`K`) header of 4097 bytes, more than the 4096");
     let mut long = tar::Builder::new(Vec::new());
-    let deep = ["d/"; 2100].concat();
+    long.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), "a".repeat(4095), io::empty()).unwrap();
+    refused(normalize(long.into_inner().unwrap(), &u), "a name longer than 255 bytes");
+    let mut long = tar::Builder::new(Vec::new());
+    // Within the 4096 bytes a GNU long name may have, past them under the prefix.
+    let deep = ["d/"; 2046].concat() + "f";
     long.append_data(&mut header(EntryType::Regular, 0o644, 0, 0), deep, io::empty()).unwrap();
     refused(normalize(long.into_inner().unwrap(), &u), "4096 bytes or more in the image");
     let w = Unpack { whiteouts: true, ..u };
@@ -587,3 +600,194 @@ proptest! {
 }
 
 mod ends;
+
+/// One pax record as generated: its key, its value, and how far its length field is off.
+#[derive(Debug, Clone)]
+struct PaxRecord {
+    key: &'static str,
+    value: Vec<u8>,
+    len_off: i8,
+}
+
+/// One member (`f`, 1 byte) and the extension headers before it.
+#[derive(Debug, Clone)]
+struct Extended {
+    global: Option<Vec<PaxRecord>>,
+    long_name: Option<Vec<u8>>,
+    pax: Option<Vec<PaxRecord>>,
+}
+
+impl PaxRecord {
+    fn body(&self) -> Vec<u8> {
+        [self.key.as_bytes(), b"=", &self.value, b"\n"].concat()
+    }
+
+    /// The length field as written: the record's true length, `len_off` away.
+    fn written_len(&self) -> i64 {
+        let body = self.body().len();
+        let len = (1..).map(|digits| digits + 1 + body).find(|len| len.to_string().len() + 1 + body == *len);
+        (len.unwrap() as i64 + self.len_off as i64).max(0)
+    }
+
+    /// Whether the written length counts the record as written (an offset can add a digit).
+    fn len_is_true(&self) -> bool {
+        let written = self.written_len();
+        written.to_string().len() + 1 + self.body().len() == written as usize
+    }
+}
+
+fn encode_pax(records: &[PaxRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(format!("{} ", r.written_len()).as_bytes());
+        out.extend_from_slice(&r.body());
+    }
+    out
+}
+
+fn extension(kind: u8, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_entry_type(EntryType::new(kind));
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    let mut out = [h.as_bytes(), data].concat();
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn extended_tar(case: &Extended) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(records) = &case.global {
+        out.extend(extension(b'g', "global", &encode_pax(records)));
+    }
+    if let Some(name) = &case.long_name {
+        out.extend(extension(b'L', "././@LongLink", &[name.as_slice(), b"\0"].concat()));
+    }
+    if let Some(records) = &case.pax {
+        out.extend(extension(b'x', "pax", &encode_pax(records)));
+    }
+    out.extend(raw_tar(&[file("f")]));
+    out
+}
+
+/// The model: whether the guard must let `case` through.
+fn guard_accepts(case: &Extended) -> bool {
+    let parses = |records: &[PaxRecord]| {
+        let mut keys: Vec<_> = records.iter().map(|r| r.key).collect();
+        keys.sort();
+        keys.dedup();
+        keys.len() == records.len() && records.iter().all(|r| r.len_is_true() && !r.value.contains(&b'\n'))
+    };
+    let sparse = |records: &[PaxRecord]| records.iter().any(|r| r.key.starts_with("GNU.sparse."));
+    if let Some(g) = &case.global {
+        if !parses(g) || sparse(g) || g.iter().any(|r| ["path", "linkpath", "size"].contains(&r.key)) {
+            return false;
+        }
+    }
+    if let Some(name) = &case.long_name {
+        if name.len() + 1 > 4096 || name.contains(&0) {
+            return false;
+        }
+    }
+    let Some(pax) = &case.pax else { return true };
+    let bad_path =
+        |r: &PaxRecord| r.key == "path" && (r.value.len() >= 4096 || r.value.contains(&0) || case.long_name.is_some());
+    parses(pax) && !sparse(pax) && pax.iter().all(|r| r.key != "size" || r.value == b"1") && !pax.iter().any(bad_path)
+}
+
+fn pax_record() -> impl Strategy<Value = PaxRecord> {
+    let path = prop_oneof![
+        Just(b"ok/name".to_vec()),
+        Just(b"a\0b".to_vec()),
+        Just(b"a\nb".to_vec()),
+        Just(vec![b'p'; 4095]),
+        Just(vec![b'p'; 4096]),
+    ];
+    let value = prop_oneof![
+        path.prop_map(|v| ("path", v)),
+        prop_oneof![Just("1"), Just("5"), Just("99999999999999999999"), Just("-5"), Just("1a")]
+            .prop_map(|v| ("size", v.as_bytes().to_vec())),
+        "[ -~\n]{0,40}".prop_map(|v| ("comment", v.into_bytes())),
+        Just(("GNU.sparse.major", b"1".to_vec())),
+        Just(("mtime", b"1600000000.5".to_vec())),
+    ];
+    let len_off = prop_oneof![8 => Just(0i8), 1 => -2i8..=2];
+    (value, len_off).prop_map(|((key, value), len_off)| PaxRecord { key, value, len_off })
+}
+
+fn extended() -> impl Strategy<Value = Extended> {
+    let records = || prop::collection::vec(pax_record(), 0..4);
+    let long_name = prop_oneof![
+        Just(b"long/name".to_vec()),
+        Just(b"long\0name".to_vec()),
+        (4090usize..4100).prop_map(|n| vec![b'n'; n]),
+    ];
+    (prop::option::of(records()), prop::option::of(long_name), prop::option::of(records()))
+        .prop_map(|(global, long_name, pax)| Extended { global, long_name, pax })
+}
+
+/// The guard's output for `data`, or its refusal's text.
+fn through_guard(data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    match io::copy(&mut tar_guard::TarGuard::new(data), &mut out) {
+        Ok(_) => Ok(out),
+        Err(e) => Err(tar_guard::refusal(&e).map(|r| r.to_string()).ok_or_else(|| format!("not a refusal: {e}"))?),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The guard refuses exactly what the model refuses, and passes what it accepts through
+    /// byte for byte: the tar reader then sees the stream it saw without the guard.
+    #[test]
+    fn the_guard_judges_extension_headers_as_the_model_does(case in extended()) {
+        let data = extended_tar(&case);
+        match (guard_accepts(&case), through_guard(&data)) {
+            (true, Ok(out)) => prop_assert!(out == data, "accepted but changed"),
+            (false, Err(message)) => prop_assert!(message.len() < 400, "a long message: {}", message.len()),
+            (model, guard) => prop_assert!(false, "model accepts: {model}; guard: {:?}", guard.map(|_| "accepted")),
+        }
+    }
+
+    /// Every archive the guard accepts gives the layer it gives without the guard.
+    #[test]
+    fn accepted_archives_give_the_layer_of_the_unguarded_reader(
+        (entries, prefix) in valid_archive(),
+        case in extended().prop_filter("accepted", guard_accepts),
+    ) {
+        let u = unpack(0, &prefix, false);
+        let mut data = extended_tar(&case);
+        data.truncate(data.len() - 1024); // the end blocks: the valid archive follows
+        data.extend(raw_tar(&entries));
+        let guarded = normalize(data.clone(), &u).map_err(|e| e.to_string());
+        let unguarded = normalize_unguarded(&data, &u);
+        prop_assert_eq!(guarded.is_ok(), unguarded.is_ok(), "guarded: {:?}", guarded.as_ref().err());
+        prop_assert!(guarded.ok() == unguarded.ok(), "the layers differ");
+    }
+}
+
+/// The normalized tar of `data` read by the tar crate alone, as before the guard.
+fn normalize_unguarded(data: &[u8], u: &Unpack) -> Result<Vec<u8>, String> {
+    let mut normalizer = Normalizer::new("test", u, settings().epoch).map_err(|e| e.to_string())?;
+    let mut out = tar::Builder::new(Vec::new());
+    out.mode(tar::HeaderMode::Deterministic);
+    normalizer.begin(&mut out).map_err(|e| e.to_string())?;
+    for entry in tar::Archive::new(data).entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        normalizer.append(&mut entry, &mut out).map_err(|_| "refused")?;
+    }
+    normalizer.finish().map_err(|_| "refused")?;
+    out.into_inner().map_err(|e| e.to_string())
+}
+
+/// GNU tar's pax sparse format 0.0 repeats `GNU.sparse.offset` and `GNU.sparse.numbytes`: it
+/// is refused as the sparse file it is, not as a malformed header.
+#[test]
+fn pax_sparse_0_0_is_refused_as_a_sparse_file() {
+    let records = ["GNU.sparse.size", "GNU.sparse.numblocks", "GNU.sparse.offset", "GNU.sparse.offset"];
+    let records: Vec<_> = records.iter().map(|key| PaxRecord { key, value: b"1".to_vec(), len_off: 0 }).collect();
+    let case = Extended { global: None, long_name: None, pax: Some(records) };
+    refused(normalize(extended_tar(&case), &unpack(0, "app", false)), "sparse files are not supported");
+}

@@ -227,3 +227,63 @@ fn regression_11_a_root_tarball_may_not_write_imgbuilds_own_paths() {
         assert!(err.contains(&named) && err.contains(reason) && err.contains("imgbuild writes itself"), "{err}");
     }
 }
+
+/// A raw ustar header of `kind` for `name` with `size` bytes of data to follow.
+fn raw_header(name: &str, kind: u8, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+fn padded(mut data: Vec<u8>) -> Vec<u8> {
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    data
+}
+
+/// Issue #11: extension headers are bounded before anything buffers them, and what the tar
+/// crate would read otherwise than GNU tar is refused in plain words.
+#[test]
+fn hostile_tar_headers_are_refused_unread_and_named_in_words() {
+    use std::io::Write;
+    let p = TestProject::new();
+    p.add_base();
+    let file = padded([raw_header("a.txt", b'0', 2), b"hi".to_vec()].concat());
+    let end = vec![0u8; 1024];
+
+    // A 300 MiB GNU long name in a small gzip: refused from its header, the message short.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&raw_header("././@LongLink", b'L', 300 << 20)).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..300 {
+        gz.write_all(&chunk).unwrap();
+    }
+    gz.write_all(&[&file[..], &end].concat()).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 4 << 20, "the input is small: {} bytes", bomb.len());
+    p.serve_as_zookeeper("long-name.tar.gz", bomb);
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("a GNU long name (`L`) header of 314572800 bytes, more than the 4096"), "{err}");
+    assert!(err.len() < 2000, "{} bytes of stderr", err.len());
+
+    // A pax sparse file, a pax size that lies, a multi-volume continuation.
+    let pax = |records: &str| padded([raw_header("pax", b'x', records.len() as u64), records.into()].concat());
+    let cases = [
+        (pax("22 GNU.sparse.major=1\n"), "refusing unsafe entry `a.txt`", "sparse files are not supported"),
+        (pax("10 size=5\n"), "refusing unsafe entry `a.txt`", "pax `size=5` where its header says 2 bytes"),
+        (padded(raw_header("mv", b'M', 0)), "refusing unsafe entry `mv`", "entry type `M` (GNU multi-volume"),
+    ];
+    for (i, (before, entry, reason)) in cases.into_iter().enumerate() {
+        p.serve_as_zookeeper(&format!("case-{i}.tar"), [before, file.clone(), end.clone()].concat());
+        let out = p.run(&["node", "--id", "0"]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains(entry) && err.contains(reason), "{err}");
+        assert!(!err.contains("Nonexhaustive"), "{err}");
+    }
+}
