@@ -88,8 +88,8 @@ pub struct GlobalArgs {
     /// store is pulled from it (and checked), a layer built here is pushed to it
     #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "REPO")]
     pub cache: Option<String>,
-    /// Speak plain HTTP to this registry when fetching base images or using it as --cache
-    /// (loopback only; repeatable)
+    /// Speak plain HTTP to this registry: base images, --cache, and push, pull, sbom and verify
+    /// as their --insecure does (loopback only; repeatable)
     #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
     /// A PEM file of certificates to trust for registries, besides the system's and certs.d

@@ -63,7 +63,8 @@ impl RegistryArgs {
         let settings = RegistrySettings {
             credentials: self.credentials()?,
             ca_files: global.ca_file.clone(),
-            insecure: self.insecure,
+            // The global `--insecure-registry HOST` means the same for this registry.
+            insecure: self.insecure || global.insecure_registry.contains(&reference.registry),
             timeout: Duration::from_secs(global.timeout),
             chunk_size: self.chunk_size,
             attempts: 5,

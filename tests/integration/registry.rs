@@ -276,6 +276,11 @@ fn pull_brings_a_pinned_base_into_the_store() {
     // A digest that is not the registry's: refused.
     let wrong = format!("{}/library/base@sha256:{}", registry.host(), "0".repeat(64));
     assert_exit(&p.run(&["pull", "--insecure", &wrong]), 5);
+    // The global --insecure-registry names the same registry for pull as for builds: without
+    // either, plain HTTP is refused at once.
+    let fresh = |args: &[&str]| p.cmd().env("IMGBUILD_STORE", p.path("store-2")).args(args).output().unwrap();
+    assert_exit(&fresh(&["pull", &pinned]), 5);
+    assert_ok(&fresh(&["--insecure-registry", &registry.host(), "pull", &pinned]));
 }
 
 #[test]
