@@ -54,6 +54,8 @@ pub struct Cli {
 }
 
 #[derive(clap::Args)]
+// Shown after each command's own options, apart from them.
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The store directory [default: $XDG_CACHE_HOME/imgbuild]
     #[arg(long, global = true, env = "IMGBUILD_STORE", value_name = "DIR")]
