@@ -172,7 +172,7 @@ fn report(
     if !global.quiet {
         let shared: u64 = result.shared.iter().flat_map(|s| s.layers.iter().map(|l| l.size)).sum();
         errln!(
-            "wrote {} node image(s) of `{}` to {} ({} of shared layers)",
+            "wrote {} node image(s) of `{}` and its node-less image (tag `cluster`) to {} ({} of shared layers)",
             images.len(),
             def.name,
             out.display(),

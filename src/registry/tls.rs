@@ -275,8 +275,8 @@ pub(crate) fn hint(e: &rustls::Error, reference: &Reference) -> String {
              name you use, in its subjectAltName), or this machine's clock set right"
             .to_string(),
         rustls::Error::InvalidMessage(_) if reference.is_loopback() => {
-            "for a registry on this machine that serves plain HTTP, pass --insecure (push, pull) or \
-             --insecure-registry HOST[:PORT] (to fetch base images)"
+            "for a registry on this machine that serves plain HTTP, pass --insecure-registry \
+             HOST[:PORT] (any command; push, pull, sbom and verify also take --insecure)"
                 .to_string()
         }
         rustls::Error::InvalidMessage(_) => {
