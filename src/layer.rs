@@ -14,7 +14,7 @@
 
 mod decompress;
 mod normalize;
-mod tar_guard;
+pub(crate) mod tar_guard;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader};

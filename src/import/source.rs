@@ -336,6 +336,14 @@ fn each_header(
     let entries = archive.entries_with_seek().map_err(|e| format!("not a tar archive: {e}"))?;
     for entry in entries.take(limit) {
         let entry = entry.map_err(|e| format!("corrupt tar: {e}"))?;
+        // Skipped by its size, where other readers give it no data: they would list other entries.
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_contiguous()) && entry.header().entry_size().unwrap_or(0) > 0 {
+            return Err(format!(
+                "entry `{}`: a header that carries no data gives itself a size",
+                escape(&String::from_utf8_lossy(&entry.path_bytes()))
+            ));
+        }
         let raw = entry.path_bytes();
         let name = String::from_utf8_lossy(&raw);
         let name = name.trim_start_matches("./");

@@ -84,6 +84,9 @@ pub(crate) struct TarGuard<R> {
     passthrough: bool,
     /// A refusal is final: every later read repeats it.
     refused: Option<Refusal>,
+    /// Old-GNU sparse members (`S`) pass: the tar reader expands them as GNU tar does (image
+    /// layers made elsewhere may hold them; a recipe's source may not).
+    gnu_sparse: bool,
 }
 
 /// The extension headers read so far for the next member.
@@ -107,7 +110,26 @@ impl Pending {
 
 impl<R: Read> TarGuard<R> {
     pub(crate) fn new(inner: R) -> Self {
-        TarGuard { inner, ready: Vec::new(), offset: 0, data_left: 0, passthrough: false, refused: None }
+        TarGuard {
+            inner,
+            ready: Vec::new(),
+            offset: 0,
+            data_left: 0,
+            passthrough: false,
+            refused: None,
+            gnu_sparse: false,
+        }
+    }
+
+    /// The same guard for layers of images made elsewhere: old-GNU sparse members pass.
+    pub(crate) fn for_image_layer(inner: R) -> Self {
+        TarGuard { gnu_sparse: true, ..TarGuard::new(inner) }
+    }
+
+    /// The stream under the guard, for what follows the tar (bytes the guard read ahead are
+    /// not in it).
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
     }
 
     /// Reads the next member's headers (and extension data) into `ready`, checked.
@@ -153,7 +175,9 @@ impl<R: Read> TarGuard<R> {
                     let data = self.extension_data(b'g', size, MAX_PAX)?;
                     return global_records(&pax_records(&data)?);
                 }
-                b'S' => return Err(refuse_entry(&member_name(&header, &pending), "sparse files are not supported")),
+                b'S' if !self.gnu_sparse => {
+                    return Err(refuse_entry(&member_name(&header, &pending), "sparse files are not supported"))
+                }
                 _ => {
                     member_agrees(&header, size, &pending)?;
                     self.data_left = padded(size)?;
@@ -314,6 +338,8 @@ fn long_name(kind: u8, mut name: Vec<u8>, pending: &mut Pending) -> io::Result<(
 /// record of its own) and a key given twice (GNU tar takes the last, the tar reader the first).
 fn pax_records(data: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // Keys seen so far: a set, so that a header of many records is read in n log n.
+    let mut seen: std::collections::BTreeSet<&[u8]> = std::collections::BTreeSet::new();
     let mut rest = data;
     while !rest.is_empty() {
         let at = data.len() - rest.len();
@@ -336,7 +362,7 @@ fn pax_records(data: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
             return Err(bad(&format!("`{}` has a value holding a newline", shown(key))));
         }
         // GNU sparse 0.0 repeats its offset and size keys: refused below as a sparse file.
-        if !is_sparse_key(key) && records.iter().any(|(k, _)| k == key) {
+        if !is_sparse_key(key) && !seen.insert(key) {
             return Err(bad(&format!("gives `{}` a second time", shown(key))));
         }
         records.push((key.to_vec(), value.to_vec()));
@@ -370,7 +396,24 @@ fn is_sparse_key(key: &[u8]) -> bool {
 /// and size, and the member must not be a pax sparse file.
 fn member_agrees(header: &[u8; BLOCK], size: u64, pending: &Pending) -> io::Result<()> {
     let name = member_name(header, pending);
+    // GNU tar, Go's and Python's readers give these types no data whatever their size field
+    // says; the tar crate skips that many bytes: with a size, the two would read different
+    // members from here on.
+    if size > 0 && HEADER_ONLY.contains(&header[156]) {
+        let kind = header[156] as char;
+        return Err(refuse_entry(
+            &name,
+            format!(
+                "a `{kind}` entry (no data) whose header gives it {size} bytes, which tar readers read differently"
+            ),
+        ));
+    }
     let records = pending.pax.as_deref().unwrap_or_default();
+    for (key, value) in records {
+        if let Some(why) = numeric_problem(key, value) {
+            return Err(refuse_entry(&name, format!("pax `{}={}`: {why}", shown(key), shown(value))));
+        }
+    }
     if records.iter().any(|(k, _)| is_sparse_key(k)) {
         return Err(refuse_entry(&name, "sparse files are not supported (pax `GNU.sparse` keys)"));
     }
@@ -402,6 +445,30 @@ fn member_agrees(header: &[u8; BLOCK], size: u64, pending: &Pending) -> io::Resu
     Ok(())
 }
 
+/// Entry types that carry no data: hard link, symlink, character and block device, directory,
+/// FIFO.
+const HEADER_ONLY: [u8; 6] = [b'1', b'2', b'3', b'4', b'5', b'6'];
+
+/// Why a pax record with a numeric meaning does not hold a number GNU tar accepts: ids are
+/// decimal integers, times decimal seconds with an optional fraction (`-` allowed before a
+/// time, as before 1970).
+fn numeric_problem(key: &[u8], value: &[u8]) -> Option<&'static str> {
+    let digits = |v: &[u8]| !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+    match key {
+        b"uid" | b"gid" if !digits(value) || std::str::from_utf8(value).ok()?.parse::<u64>().is_err() => {
+            Some("not a decimal id")
+        }
+        b"mtime" | b"atime" | b"ctime" => {
+            let unsigned = value.strip_prefix(b"-").unwrap_or(value);
+            let mut parts = unsigned.splitn(2, |b| *b == b'.');
+            let whole = parts.next().unwrap_or_default();
+            let ok = digits(whole) && whole.len() <= 20 && parts.next().is_none_or(digits);
+            (!ok).then_some("not a time in decimal seconds")
+        }
+        _ => None,
+    }
+}
+
 /// The member's name as the tar reader reads it: the long name, the pax path or the header's.
 fn member_name(header: &[u8; BLOCK], pending: &Pending) -> Vec<u8> {
     match (&pending.long_name, pending.pax_value(b"path")) {
@@ -431,4 +498,80 @@ fn short(bytes: &[u8]) -> String {
 /// A short prefix of input bytes, escaped for a message.
 fn shown(bytes: &[u8]) -> String {
     escape(&short(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, kind: u8, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn padded(mut data: Vec<u8>) -> Vec<u8> {
+        data.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
+        data
+    }
+
+    /// What the guard says of `archive` (a tar with its end blocks added): `Ok` when it passes
+    /// every byte through unchanged, else the refusal's text.
+    fn verdict(archive: Vec<u8>) -> Result<(), String> {
+        let tar = [archive, vec![0; 2 * BLOCK]].concat();
+        let mut out = Vec::new();
+        TarGuard::new(&tar[..]).read_to_end(&mut out).map_err(|e| e.to_string())?;
+        assert_eq!(out, tar, "passed through unchanged");
+        Ok(())
+    }
+
+    /// An entry type that carries no data, given a size: GNU tar reads no data for it, the
+    /// tar crate skips that many bytes, so the two would list other members after it.
+    #[test]
+    fn a_header_only_entry_with_a_size_is_refused_whatever_its_type() {
+        let hidden = padded([header("evil", b'0', 2), b"#!".to_vec()].concat());
+        for kind in HEADER_ONLY {
+            let archive = [header("d/", kind, hidden.len() as u64), hidden.clone()].concat();
+            let e = verdict(archive).unwrap_err();
+            assert!(e.contains(&format!("a `{}` entry (no data) whose header gives it", kind as char)), "{e}");
+            assert!(verdict(header("d/", kind, 0)).is_ok(), "{}", kind as char);
+        }
+    }
+
+    /// `KEY=VALUE` as a pax record, with its length.
+    fn record(kv: &str) -> String {
+        let len = (1..).map(|digits| digits + 2 + kv.len()).find(|len| len.to_string().len() + 2 + kv.len() == *len);
+        format!("{} {kv}\n", len.unwrap())
+    }
+
+    #[test]
+    fn numeric_pax_records_must_be_numbers_gnu_tar_reads() {
+        let pax = |kv: &str| {
+            let record = record(kv);
+            let file = padded(header("f", b'0', 0));
+            padded([header("pax", b'x', record.len() as u64), record.as_bytes().to_vec()].concat())
+                .into_iter()
+                .chain(file)
+                .collect::<Vec<u8>>()
+        };
+        for good in ["mtime=1.5", "mtime=-3", "uid=0", "gid=4294967"] {
+            assert!(verdict(pax(good)).is_ok(), "{good:?}");
+        }
+        for bad in ["mtime=nan", "uid=-1", "atime=1.", "gid=0x1", "ctime=1e9"] {
+            assert!(verdict(pax(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A pax header of many records is read in n log n (a duplicate is still found).
+    #[test]
+    fn many_pax_records_are_read_once_each() {
+        let records: String = (0..60_000).map(|i| record(&format!("k{i:05}=v"))).collect();
+        assert_eq!(pax_records(records.as_bytes()).unwrap().len(), 60_000);
+        let twice = format!("{records}{}", record("k00007=v"));
+        assert!(pax_records(twice.as_bytes()).unwrap_err().to_string().contains("a second time"));
+    }
 }

@@ -154,7 +154,7 @@ impl Shape {
 }
 
 fn list_tar(reader: impl Read) -> Layout {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(crate::layer::tar_guard::TarGuard::new(reader));
     let entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => return Layout::Unreadable { reason: format!("not a tar archive: {e}") },

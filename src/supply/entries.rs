@@ -9,11 +9,12 @@ use tar::EntryType;
 
 use crate::digest::{Algorithm, Hasher, Sha256Digest};
 use crate::error::{escape, Error, IoContext, Result};
+use crate::layer::tar_guard::TarGuard;
 use crate::store::Store;
 
 /// A layer blob of the store as a tar stream (gunzipped when it is gzip).
-pub(crate) fn open_layer(store: &Store, digest: &Sha256Digest) -> Result<tar::Archive<HashingReader>> {
-    Ok(tar::Archive::new(hashed_layer(store, digest)?))
+pub(crate) fn open_layer(store: &Store, digest: &Sha256Digest) -> Result<tar::Archive<TarGuard<HashingReader>>> {
+    Ok(tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, digest)?)))
 }
 
 pub(crate) fn bad_layer(digest: &Sha256Digest, message: impl Into<String>) -> Error {

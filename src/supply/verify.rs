@@ -19,6 +19,7 @@ use crate::build::{build, BuildSettings};
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, IoContext, Result};
 use crate::image::{StoredImage, WrittenImage};
+use crate::layer::tar_guard::TarGuard;
 use crate::progress::Reporter;
 use crate::project::Project;
 use crate::store::Store;
@@ -248,8 +249,8 @@ fn explain_layer(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest) -> S
 }
 
 fn compare_layers(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest) -> Result<String> {
-    let mut a = tar::Archive::new(hashed_layer(store, theirs)?);
-    let mut b = tar::Archive::new(hashed_layer(store, ours)?);
+    let mut a = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, theirs)?));
+    let mut b = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, ours)?));
     let read_err = |e: io::Error| Error::BadArchive { archive: format!("layer {theirs}"), message: e.to_string() };
     {
         let mut ea = a.entries().map_err(read_err)?;
@@ -278,7 +279,10 @@ fn compare_layers(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest) -> 
             }
         }
     }
-    let (ta, tb) = (a.into_inner().finish().map_err(read_err)?, b.into_inner().finish().map_err(read_err)?);
+    let (ta, tb) = (
+        a.into_inner().into_inner().finish().map_err(read_err)?,
+        b.into_inner().into_inner().finish().map_err(read_err)?,
+    );
     Ok(if ta == tb {
         "the same files and the same tar stream, compressed differently (another gzip --level, or another compressor)"
             .to_string()

@@ -277,6 +277,13 @@ fn hostile_tar_headers_are_refused_unread_and_named_in_words() {
         (pax("22 GNU.sparse.major=1\n"), "refusing unsafe entry `a.txt`", "sparse files are not supported"),
         (pax("10 size=5\n"), "refusing unsafe entry `a.txt`", "pax `size=5` where its header says 2 bytes"),
         (padded(raw_header("mv", b'M', 0)), "refusing unsafe entry `mv`", "entry type `M` (GNU multi-volume"),
+        // A directory given a size: the tar crate would skip the next member as its data, GNU
+        // tar would list it (round 2 of the attacker review hid a file from `tar -t` so).
+        (
+            padded(raw_header("d/", b'5', 1024)),
+            "refusing unsafe entry `d/`",
+            "a `5` entry (no data) whose header gives it 1024 bytes",
+        ),
     ];
     for (i, (before, entry, reason)) in cases.into_iter().enumerate() {
         p.serve_as_zookeeper(&format!("case-{i}.tar"), [before, file.clone(), end.clone()].concat());

@@ -143,7 +143,7 @@ impl Rootfs {
             false => Error::BadArchive { archive: name.to_string(), message },
         };
         let input = Counted { inner: input, streamed: Rc::clone(&self.budget.streamed), limit: self.budget.limit };
-        let mut archive = tar::Archive::new(input);
+        let mut archive = tar::Archive::new(crate::layer::tar_guard::TarGuard::for_image_layer(input));
         for entry in archive.entries().map_err(|e| bad(&self.budget, e.to_string()))? {
             let mut entry = entry.map_err(|e| bad(&self.budget, format!("corrupt layer: {e}")))?;
             self.entry(&mut entry, name)?;

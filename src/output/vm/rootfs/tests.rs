@@ -361,3 +361,24 @@ fn mount_points_are_made_only_where_no_layer_made_them() {
     assert_eq!(paths(&rootfs), ["bin", "bin/sh", "dev", "proc", "run", "sys", "tmp"]);
     assert_eq!(host_tree(&root).0, model_tree(&rootfs).0);
 }
+
+/// A base layer is read as other runtimes read it: a directory header that gives itself a
+/// size (the tar crate alone would skip the next member as its data) is refused.
+#[test]
+fn a_base_layer_that_runtimes_would_read_otherwise_is_refused() {
+    let (tmp, mut rootfs) = setup();
+    let header = |name: &str, kind: u8, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    };
+    let mut hidden = header("etc/evil", b'0', 2);
+    hidden.resize(1024, 0);
+    let layer = [header("d/", b'5', 1024), hidden, vec![0; 1024]].concat();
+    let e = rootfs.apply_tar(&layer[..], "base layer").unwrap_err();
+    assert!(e.to_string().contains("a `5` entry (no data) whose header gives it 1024 bytes"), "{e}");
+    assert!(!tmp.path().join("root/etc/evil").exists());
+}
