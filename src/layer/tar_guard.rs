@@ -501,15 +501,13 @@ fn shown(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header(name: &str, kind: u8, size: u64) -> Vec<u8> {
-        let mut h = tar::Header::new_ustar();
+    /// A ustar header block of `kind` for `name`, saying `size` bytes of data follow.
+    pub(crate) fn header(name: &str, kind: u8, size: u64) -> Vec<u8> {
+        let mut h = crate::layer::fixed_header(tar::Header::new_ustar(), tar::EntryType::new(kind), 0o644, 0, size);
         h.set_path(name).unwrap();
-        h.set_entry_type(tar::EntryType::new(kind));
-        h.set_size(size);
-        h.set_mode(0o644);
         h.set_cksum();
         h.as_bytes().to_vec()
     }

@@ -366,15 +366,8 @@ fn mount_points_are_made_only_where_no_layer_made_them() {
 /// size (the tar crate alone would skip the next member as its data) is refused.
 #[test]
 fn a_base_layer_that_runtimes_would_read_otherwise_is_refused() {
+    use crate::layer::tar_guard::tests::header;
     let (tmp, mut rootfs) = setup();
-    let header = |name: &str, kind: u8, size: u64| {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name).unwrap();
-        h.set_entry_type(tar::EntryType::new(kind));
-        h.set_size(size);
-        h.set_cksum();
-        h.as_bytes().to_vec()
-    };
     let mut hidden = header("etc/evil", b'0', 2);
     hidden.resize(1024, 0);
     let layer = [header("d/", b'5', 1024), hidden, vec![0; 1024]].concat();
