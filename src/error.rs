@@ -197,7 +197,16 @@ pub fn escape(text: &str) -> String {
 /// Unicode says a reader does not see (`Default_Ignorable_Code_Point`, which holds the bidi
 /// controls that reorder the text around them): what could hide or forge text when printed.
 pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_default_ignorable(c)
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_default_ignorable(c) || is_format(c)
+}
+
+/// Unicode 15's format characters (general category `Cf`) that are not default-ignorable:
+/// invisible marks that still change how the text around them reads (interlinear annotation,
+/// prepended number signs).
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{0600}'..='\u{0605}' | '\u{06dd}' | '\u{070f}' | '\u{0890}'..='\u{0891}' | '\u{08e2}'
+        | '\u{fff9}'..='\u{fffb}' | '\u{110bd}' | '\u{110cd}' | '\u{13430}'..='\u{1343f}')
 }
 
 /// Unicode 15's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt).
@@ -279,7 +288,18 @@ mod tests {
     #[test]
     fn no_invisible_character_is_printed_as_it_is() {
         let invisible = (0..=0x10ffff).filter_map(char::from_u32).filter(|c| is_default_ignorable(*c));
-        for c in invisible.chain(['\u{061c}', '\u{e0041}', '\u{00ad}', '\u{180e}', '\u{115f}', '\u{2028}']) {
+        let named = [
+            '\u{061c}',
+            '\u{e0041}',
+            '\u{00ad}',
+            '\u{180e}',
+            '\u{115f}',
+            '\u{2028}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{0600}',
+        ];
+        for c in invisible.chain(named) {
             assert!(is_unsafe_char(c), "{:x}", c as u32);
             assert_eq!(escape(&format!("a{c}b")), format!("a\\u{{{:x}}}b", c as u32));
         }

@@ -10,7 +10,7 @@ use oci_spec::image::{
 use serde::Serialize;
 
 use crate::digest::{BlobDigest, DiffId, Sha256Digest};
-use crate::error::{Error, Result};
+use crate::error::{escape, Error, Result};
 use crate::image_def::ImageConfig;
 use crate::layer::Compression;
 use crate::platform::Platform;
@@ -41,7 +41,21 @@ pub struct BaseImage {
 impl BaseImage {
     pub fn load(store: &Store, manifest_digest: &Sha256Digest) -> Result<BaseImage> {
         let store_err = |message: String| Error::Store { path: store.sha256_path(manifest_digest), message };
-        let manifest: ImageManifest = serde_json::from_slice(&store.read_blob(manifest_digest)?)
+        let bytes = store.read_blob(manifest_digest)?;
+        // An artifact (an SBOM, a signature) is not an image, whatever a recipe pins.
+        let received: crate::oci_doc::Document = serde_json::from_slice(&bytes)
+            .map_err(|e| store_err(format!("base manifest {manifest_digest} is not an OCI image manifest: {e}")))?;
+        let config_type = received.config.as_ref().map(|c| c.media_type.as_str()).unwrap_or_default();
+        if received.artifact_type.is_some() || !crate::import::IMAGE_CONFIGS.contains(&config_type) {
+            return Err(Error::BadArchive {
+                archive: format!("base image {manifest_digest}"),
+                message: format!(
+                    "the pinned manifest is an artifact (`{}`), not an image: pin the image's manifest",
+                    escape(received.artifact_type.as_deref().unwrap_or(config_type))
+                ),
+            });
+        }
+        let manifest: ImageManifest = serde_json::from_slice(&bytes)
             .map_err(|e| store_err(format!("base manifest {manifest_digest} is not an OCI image manifest: {e}")))?;
         let config_digest = Sha256Digest::from_oci(manifest.config().digest()).map_err(|e| store_err(e.to_string()))?;
         let config = parse_config(&store.read_blob(&config_digest)?)
@@ -89,9 +103,8 @@ impl BaseImage {
                 archive: format!("base image {}", self.manifest_digest),
                 message: format!("layer {} of {} ({}): {message}", i + 1, self.layers.len(), layer.digest),
             };
-            let declared = layer_compression(&layer.media_type).ok_or_else(|| {
-                bad(format!("media type `{}` is not a layer's", crate::error::escape(&layer.media_type)))
-            })?;
+            let declared = layer_compression(&layer.media_type)
+                .ok_or_else(|| bad(format!("media type `{}` is not a layer's", escape(&layer.media_type))))?;
             let mut input = std::io::BufReader::new(store.open_blob(&layer.digest.0.to_hash())?);
             let head = std::io::BufRead::fill_buf(&mut input).map_err(|e| bad(format!("cannot read: {e}")))?;
             let found = Compression::detect(head);
@@ -105,7 +118,7 @@ impl BaseImage {
             }
             let reader = declared.reader(input, crate::layer::DEFAULT_MAX_UNPACKED);
             let (hash, _) = crate::digest::hash_reader(crate::digest::Algorithm::Sha256, reader)
-                .map_err(|e| bad(format!("cannot be decompressed: {}", crate::error::escape(&e.to_string()))))?;
+                .map_err(|e| bad(format!("cannot be decompressed: {}", escape(&e.to_string()))))?;
             let content = hash.as_sha256().expect("a sha256 hash");
             if content != layer.diff_id.0 {
                 return Err(bad(format!("its config says diff_id {}, its content hashes to {content}", layer.diff_id)));
@@ -446,6 +459,10 @@ pub fn write_index(
 }
 
 /// `SOURCE_DATE_EPOCH` as an RFC 3339 UTC timestamp, without reading any clock.
+/// 9999-12-31T23:59:59Z: the last time RFC 3339 (four-digit years) can write, and so the last
+/// `created` time OCI tools read.
+pub const MAX_EPOCH: u64 = 253_402_300_799;
+
 pub fn rfc3339(epoch: u64) -> String {
     let days = (epoch / 86_400) as i64;
     let secs = epoch % 86_400;

@@ -63,7 +63,7 @@ pub fn import(store: &Store, path: &Path) -> Result<Imported> {
 }
 
 /// The media types of an image's configuration (OCI's and Docker's).
-const IMAGE_CONFIGS: [&str; 2] =
+pub(crate) const IMAGE_CONFIGS: [&str; 2] =
     ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
 
 fn bad(path: &Path, message: impl Into<String>) -> Error {

@@ -67,10 +67,14 @@ fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Err(_) => Ok(0),
         Ok(v) if v.is_empty() => Ok(0),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(epoch) if epoch <= crate::image::MAX_EPOCH => Ok(epoch),
+            Ok(_) => Err(Error::Usage(format!(
+                "SOURCE_DATE_EPOCH={v} is after 9999-12-31T23:59:59Z ({}), the last time image configs can hold",
+                crate::image::MAX_EPOCH
+            ))),
+            Err(_) => Err(Error::Usage(format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))),
+        },
     }
 }
 

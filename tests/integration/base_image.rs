@@ -272,11 +272,36 @@ fn an_image_manifest_with_a_subject_is_an_image_and_an_artifact_is_not() {
 
     let artifact = p.path("artifact");
     super::fixtures::layered_layout(&artifact, &[layer]);
-    edit_image(&artifact, |manifest, _| {
+    let artifact_digest = edit_image(&artifact, |manifest, _| {
         manifest["subject"] = subject.clone();
         manifest["artifactType"] = "application/example+json".into();
     });
     let out = p.run(&["store", "add", artifact.to_str().unwrap()]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("holds no image manifest"), "{}", stderr(&out));
+    // Pinned as a base, it is refused on every run alike, whatever an earlier run left in the
+    // store (attacker round 2: the second run built from the refused archive's blobs).
+    p.write_recipe("debian-bookworm-slim.toml", &recipe(&artifact_digest));
+    let mirror = p.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    for run in 0..2 {
+        let out = p.run(&[
+            "--mirror",
+            mirror.to_str().unwrap(),
+            "build",
+            "--platform",
+            "linux/amd64",
+            "--out",
+            "out/artifact",
+        ]);
+        assert_ne!(out.status.code(), Some(0), "run {run}: {}", stderr(&out));
+        if run == 1 {
+            assert_exit(&out, 1);
+            assert!(
+                stderr(&out).contains("is an artifact (`application/example+json`), not an image"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
 }

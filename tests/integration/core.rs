@@ -274,6 +274,21 @@ fn source_date_epoch_sets_every_timestamp() {
     // A different epoch is a different build.
     let zero = json(&p.run(&["--json", "node", "--id", "0"]));
     assert_ne!(zero["nodes"][0]["digest"], summary["nodes"][0]["digest"]);
+    // The last second a config's `created` can hold builds; the next is a usage error.
+    let last =
+        p.cmd().env("SOURCE_DATE_EPOCH", "253402300799").args(["node", "--id", "0", "--out", "last"]).output().unwrap();
+    assert_ok(&last);
+    let config =
+        blob(&p.root.join("last"), manifest_of(&p.root.join("last"), "node-0")["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["created"], "9999-12-31T23:59:59Z");
+    let after = p
+        .cmd()
+        .env("SOURCE_DATE_EPOCH", "253402300800")
+        .args(["node", "--id", "0", "--out", "after"])
+        .output()
+        .unwrap();
+    assert_exit(&after, 2);
+    assert!(stderr(&after).contains("after 9999-12-31T23:59:59Z"), "{}", stderr(&after));
 }
 
 #[test]
