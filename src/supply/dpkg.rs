@@ -19,7 +19,7 @@ const OS_RELEASE: [&str; 2] = ["etc/os-release", "usr/lib/os-release"];
 /// The largest status file read (Debian's largest installs have a few MiB).
 const MAX_FILE: u64 = 64 << 20;
 /// Bumped when what is read or how it is parsed changes, so older cache entries are not used.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 /// One installed Debian package.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -148,17 +148,25 @@ fn installed(fields: &[(&str, &str)]) -> Option<DebPackage> {
         return None;
     }
     let (name, version) = (get("Package")?, get("Version")?);
-    if name.is_empty() || version.is_empty() {
-        return None;
-    }
-    Some(DebPackage { name, version, arch: get("Architecture").unwrap_or_default() })
+    let arch = get("Architecture").unwrap_or_default();
+    // Facts from the base reach SBOMs and purls: only what dpkg itself can hold is taken (a
+    // hostile status file could otherwise put terminal sequences or bidi overrides there).
+    let name_ok = name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
+    let version_ok = version.starts_with(|c: char| c.is_ascii_digit())
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+    let arch_ok = arch.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    (name_ok && version_ok && arch_ok).then_some(DebPackage { name, version, arch })
 }
 
 /// `ID` of an os-release file, unquoted.
 fn os_release_id(text: &str) -> Option<String> {
     let value = text.lines().find_map(|l| l.trim().strip_prefix("ID="))?;
     let id = value.trim().trim_matches(['"', '\'']).to_string();
-    (!id.is_empty()).then_some(id)
+    // os-release(5): lower-case letters, digits, `.`, `_` and `-`.
+    let valid = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    (!id.is_empty() && valid).then_some(id)
 }
 
 #[cfg(test)]
@@ -174,6 +182,28 @@ Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1
 Package: half\nStatus: install ok half-installed\nVersion: 2\n\nPackage: noversion\nStatus: install ok installed\n";
         let names: Vec<(String, String)> = parse_status(status).into_iter().map(|p| (p.name, p.version)).collect();
         assert_eq!(names, [("base-files".into(), "12.4+deb12u5".into()), ("zlib1g".into(), "1:1.2.13.dfsg-1".into())]);
+    }
+
+    /// What dpkg cannot hold is never taken from a status file into an SBOM.
+    #[test]
+    fn packages_with_fields_dpkg_cannot_hold_are_left_out() {
+        let entry = |name: &str, version: &str, arch: &str| {
+            format!("Package: {name}\nStatus: install ok installed\nArchitecture: {arch}\nVersion: {version}\n\n")
+        };
+        let status = [
+            entry("libc6", "2.36-9+deb12u4", "amd64"),
+            entry("evil\u{202e}gnp.exe", "1", "amd64"),
+            entry("x\u{1b}]0;t\u{7}", "1", "amd64"),
+            entry("ok-pkg", "1:2.0~rc1", "all"),
+            entry("bad-version", "1 2", "amd64"),
+            entry("bad-arch", "1", "AMD\u{2028}64"),
+            entry("Upper", "1", "amd64"),
+        ]
+        .concat();
+        let names: Vec<String> = parse_status(&status).into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["libc6", "ok-pkg"]);
+        assert_eq!(os_release_id("ID=debian\n").as_deref(), Some("debian"));
+        assert_eq!(os_release_id("ID=\"deb\u{202e}ian\"\n"), None);
     }
 
     #[test]

@@ -548,7 +548,7 @@ fn a_debian_base_lists_its_installed_packages_read_through_whiteouts_and_cached(
     validate_cyclonedx(&p, &stdout(&p.run(&["sbom", "--format", "cyclonedx", "oci:out/zk-kafka:node-0"])));
 
     // The base's packages are kept in the store by its digest: a rebuild reads no layer again.
-    let cache = p.store.join("supply").join(format!("dpkg-v1-{}.json", digest.trim_start_matches("sha256:")));
+    let cache = p.store.join("supply").join(format!("dpkg-v2-{}.json", digest.trim_start_matches("sha256:")));
     let mut cached = read_json(&cache);
     cached["debs"]
         .as_array_mut()
