@@ -180,20 +180,19 @@ fn from_file(store: &Store, recipe: &Recipe, path: &Path, source: &Source) -> Re
         return Ok(Some(Miss::Reason(format!("{}: not there", path.display()))));
     }
     let digest = source.hash.as_sha256().ok_or_else(|| Error::Internal("an oci-image source is not sha256".into()))?;
+    // A file named as the recipe expects that is not a sound archive of the pinned image is bad
+    // input (exit 1, when no other place has the image), as a tarball with other bytes is.
     match named_archive(path, recipe, &[source]) {
         Ok(NamedArchive::Holds) => {}
         Ok(NamedArchive::Mismatch(e)) => return Ok(Some(Miss::Mismatch(e))),
-        Err(e @ (Error::BadArchive { .. } | Error::Io { .. })) if !is_local_failure(&e, store) => {
-            return Ok(Some(Miss::Reason(first_line(&e))));
-        }
+        Err(e @ Error::BadArchive { .. }) => return Ok(Some(Miss::Mismatch(e))),
+        Err(e @ Error::Io { .. }) if !is_local_failure(&e, store) => return Ok(Some(Miss::Reason(first_line(&e)))),
         Err(e) => return Err(e),
     }
     match crate::import::import(store, path) {
         Ok(_) => {}
-        Err(e @ Error::HashMismatch { .. }) => return Ok(Some(Miss::Mismatch(e))),
-        Err(e @ (Error::BadArchive { .. } | Error::Io { .. })) if !is_local_failure(&e, store) => {
-            return Ok(Some(Miss::Reason(first_line(&e))));
-        }
+        Err(e @ (Error::HashMismatch { .. } | Error::BadArchive { .. })) => return Ok(Some(Miss::Mismatch(e))),
+        Err(e @ Error::Io { .. }) if !is_local_failure(&e, store) => return Ok(Some(Miss::Reason(first_line(&e)))),
         Err(e) => return Err(e),
     }
     if absent(store, recipe, &digest)?.is_empty() {

@@ -251,6 +251,24 @@ fn an_image_archive_named_as_a_recipe_expects_must_hold_its_image() {
     let out = p.run(&["store", "add", elsewhere.to_str().unwrap()]);
     assert_ok(&out);
     assert!(stderr(&out).contains("matches no oci-image recipe's digest"), "{}", stderr(&out));
+
+    // A file under that name that is no sound archive at all is bad input too (exit 1, naming
+    // it), as it is for `store add`: never "missing" (attacker round 2, N8).
+    for (i, junk) in [&b"not an archive"[..], &[0u8; 4096][..]].into_iter().enumerate() {
+        std::fs::write(&archive, junk).unwrap();
+        let out = p.run(&[
+            "--offline",
+            "--mirror",
+            mirror.to_str().unwrap(),
+            "node",
+            "--id",
+            "0",
+            "--platform",
+            "linux/amd64",
+        ]);
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains("debian-bookworm-slim.tar"), "case {i}: {}", stderr(&out));
+    }
 }
 
 /// The `-e NAME='VALUE'` settings of the README's one-machine `podman run` loop.
