@@ -246,7 +246,9 @@ if [ -z "$id" ]; then
     host=${HOSTNAME:-$(hostname 2>/dev/null || cat "$ROOT/etc/hostname" 2>/dev/null || true)}
     ! has_control "$host" || die 64 "the hostname holds a control character: refused"
     ordinal=${host##*-}
-    if [ "$ordinal" != "$host" ] && decimal "$ordinal"; then
+    # Only a host name (RFC 1123, as imgbuild checks hosts) can be a node's: any other text,
+    # invisible characters included, names no node and is never printed.
+    if is_host "$host" && [ "$ordinal" != "$host" ] && decimal "$ordinal"; then
         if [ "$ordinal_mode" = index ]; then
             index=$REPLY i=0 at=
             for n in $IMGBUILD_NODES; do

@@ -240,6 +240,10 @@ fn the_hostname_ordinal_is_an_id_or_with_index_a_place_in_the_node_list() {
             ("demo-zk-1", Some("index"), "10"),
             ("zk-2", Some("index"), "3"),
             ("zk-a", Some("index"), "3"),
+            // Not a host name: no ordinal is read from it (round 2: a bidi override was used).
+            ("zk\u{202e}-10", None, "3"),
+            ("zk_x-10", None, "3"),
+            ("zk.-10", Some("id"), "3"),
         ] {
             boot.forget(&RENDERED);
             let mut env = vec![("HOSTNAME", hostname)];
