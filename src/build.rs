@@ -151,10 +151,10 @@ fn platform_inputs(
             let base = BaseImage::load(store, &digest)?;
             base.check_layers(store)?;
             let dropped: Vec<String> =
-                base.env().into_keys().filter(|k| crate::node::env_name_problem(k).is_some()).collect();
+                base.env().into_iter().filter(|(k, v)| !base_env_kept(k, v)).map(|(k, _)| k).collect();
             if !dropped.is_empty() {
                 reporter.warn(&format!(
-                    "base `{}` ({platform}) sets {} in its environment: left out of the images, as the entrypoint reads them at boot",
+                    "base `{}` ({platform}) sets {} in its environment: left out of the images (the entrypoint reads these at boot, or they hold control or invisible characters)",
                     recipe.name,
                     crate::error::escape(&dropped.join(", "))
                 ));
@@ -205,11 +205,17 @@ fn platform_inputs(
 }
 
 /// The image environment: the base's, then each recipe's in layer order, then the image's own.
+/// Whether a base image's variable reaches the images. What the entrypoint reads at boot never
+/// comes from the image: a base that set `NODE_ID` or `PEERS` would give every node one
+/// identity (recipes and definitions are refused for it); and no name or value may hold what
+/// recipes and definitions may not (control or invisible characters).
+fn base_env_kept(name: &str, value: &str) -> bool {
+    crate::node::env_name_problem(name).is_none() && !format!("{name}{value}").chars().any(crate::error::is_unsafe_char)
+}
+
 fn environment(def: &ImageDef, base: Option<&BaseImage>) -> BTreeMap<String, String> {
     let mut env = base.map(BaseImage::env).unwrap_or_default();
-    // What the entrypoint reads at boot never comes from the image: a base that set `NODE_ID`
-    // or `PEERS` would give every node one identity (recipes and definitions are refused for it).
-    env.retain(|name, _| crate::node::env_name_problem(name).is_none());
+    env.retain(|name, value| base_env_kept(name, value));
     let base_path = env.remove("PATH").unwrap_or_else(|| DEFAULT_PATH.to_string());
     for recipe in &def.layers {
         env.extend(recipe.env.clone());

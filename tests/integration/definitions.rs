@@ -551,8 +551,8 @@ fn check_refuses_hostile_recipe_and_definition_values_with_their_line() {
 }
 
 /// A base image's environment may hold what the entrypoint reads at boot (a node's id, its
-/// peers, `IMGBUILD_*`): those never reach the images, whatever their names, and the build
-/// says which it left out; the rest of the base's environment stays.
+/// peers, `IMGBUILD_*`) or values with control or invisible characters: those never reach the
+/// images, and the build says which it left out; the rest of the base's environment stays.
 #[test]
 fn what_the_entrypoint_reads_at_boot_never_comes_from_a_base_images_environment() {
     use super::harness::{assert_ok, json, stderr, TestProject};
@@ -564,11 +564,11 @@ fn what_the_entrypoint_reads_at_boot_never_comes_from_a_base_images_environment(
         "IMGBUILD_[A-Z_]{0,12}",
         "[A-Z][A-Z0-9_]{0,8}",
     ];
-    let mut runner = TestRunner::new(Config { cases: 4, ..Config::default() });
+    let mut runner = TestRunner::new(Config { cases: 10, ..Config::default() });
     let p = TestProject::new();
     let round = std::cell::Cell::new(0);
     runner
-        .run(&proptest::collection::btree_map(names, "[a-z0-9=,:. ]{0,12}", 1..6), |env| {
+        .run(&proptest::collection::btree_map(names, prop_oneof!["[a-z0-9=,:. ]{0,12}", "[a-z]{0,3}[\u{202e}\u{1b}\n\u{85}][a-z]{0,3}"], 1..6), |env| {
             round.set(round.get() + 1);
             let round = round.get();
             let mut pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -592,7 +592,9 @@ fn what_the_entrypoint_reads_at_boot_never_comes_from_a_base_images_environment(
             let image_env: Vec<String> =
                 config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
             for (name, value) in &env {
-                let boot = reserved.contains(&name.as_str()) || name.starts_with("IMGBUILD_");
+                let boot = reserved.contains(&name.as_str())
+                    || name.starts_with("IMGBUILD_")
+                    || value.chars().any(imgbuild::error::is_unsafe_char);
                 let carried = image_env.iter().any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(name.as_str()));
                 prop_assert_eq!(carried, !boot, "{}={} in {:?}", name, value, image_env);
                 if boot {
