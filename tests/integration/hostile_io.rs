@@ -159,8 +159,8 @@ impl Attempt<'_> {
 }
 
 /// The commands that read a layout or archive at `path` (`oci` or `oci-archive`), with what each
-/// must answer: exit code and words (a `--mirror` base that cannot be read is a place that did
-/// not have it: exit 3, with the refusal as the reason).
+/// must answer: exit code and words (a `--mirror` base named as its recipe expects is that file:
+/// bad input, exit 1, as for `store add`).
 fn readers(kind: &str, path: &Path, mirror: &Path) -> Vec<(&'static str, Vec<String>, i32)> {
     let path = path.to_str().unwrap().to_string();
     let unreachable = "127.0.0.1:9/hostile/image:x".to_string();
@@ -190,7 +190,7 @@ fn readers(kind: &str, path: &Path, mirror: &Path) -> Vec<(&'static str, Vec<Str
                 "--id".into(),
                 "0".into(),
             ],
-            3,
+            1,
         ),
     ]
 }
