@@ -91,8 +91,13 @@ pub fn run(global: &GlobalArgs, args: &LoadArgs) -> Result<()> {
     if global.json {
         super::print_json(&serde_json::json!({ "engine": args.engine.program(), "loaded": loaded }))?;
     } else {
+        // The image ID the engine shows (`podman images`, `docker images`) is the config's digest.
         for l in &loaded {
-            outln!("{}\t{}", l["reference"].as_str().unwrap_or_default(), l["digest"].as_str().unwrap_or_default())?;
+            outln!(
+                "{}\t{}",
+                l["reference"].as_str().unwrap_or_default(),
+                l["config_digest"].as_str().unwrap_or_default()
+            )?;
         }
     }
     Ok(())

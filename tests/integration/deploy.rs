@@ -164,6 +164,11 @@ fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
     let one = json(&engine.configure(&mut p.cmd()).args(["--json", "load", "--id", "1"]).output().unwrap());
     let id = engine.lines(&["image", "inspect", "--format", "{{.Id}}", &format!("localhost/{name}:node-1")]);
     assert_eq!(id, vec![one["loaded"][0]["config_digest"].as_str().unwrap().trim_start_matches("sha256:")]);
+    // For people: the name and the image ID the engine shows.
+    let plain = engine.configure(&mut p.cmd()).args(["load", "--id", "1"]).output().unwrap();
+    assert_ok(&plain);
+    let printed = String::from_utf8_lossy(&plain.stdout).into_owned();
+    assert_eq!(printed, format!("localhost/{name}:node-1\tsha256:{}\n", id[0]), "{printed}");
 
     // No engine on PATH: a clear error naming what to install, exit 6.
     let empty = p.path("empty-path");
