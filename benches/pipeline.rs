@@ -143,8 +143,7 @@ fn timed_sh(script: &str) -> Duration {
 
 /// Runs imgbuild under GNU time; returns wall time, peak RSS in KiB and stdout.
 fn imgbuild(project: &Path, store: &Path, mirror: &Path, threads: usize, args: &[&str]) -> (Duration, u64, String) {
-    let run = imgbuild_run(project, store, mirror, threads, args);
-    (run.wall, run.rss_kib, run.stdout)
+    imgbuild_run(project, store, mirror, threads, args).parts()
 }
 
 /// One run of imgbuild, as GNU time saw it.
@@ -156,25 +155,20 @@ struct Run {
     stdout: String,
 }
 
+impl Run {
+    /// Wall time, peak RSS in KiB and stdout.
+    fn parts(self) -> (Duration, u64, String) {
+        (self.wall, self.rss_kib, self.stdout)
+    }
+}
+
 /// imgbuild `args` offline, but a push: it talks to the registry, which `--offline` refuses.
 fn imgbuild_run(project: &Path, store: &Path, mirror: &Path, threads: usize, args: &[&str]) -> Run {
     let global: &[&str] = if args.first() == Some(&"push") { &[] } else { &["--offline"] };
     imgbuild_run_with(project, store, mirror, threads, global, args)
 }
 
-/// The same as `imgbuild`, with the global options `global` instead of `--offline`.
-fn imgbuild_with(
-    project: &Path,
-    store: &Path,
-    mirror: &Path,
-    threads: usize,
-    global: &[&str],
-    args: &[&str],
-) -> (Duration, u64, String) {
-    let run = imgbuild_run_with(project, store, mirror, threads, global, args);
-    (run.wall, run.rss_kib, run.stdout)
-}
-
+/// imgbuild `args` with the global options `global` (not `imgbuild_run`'s choice).
 fn imgbuild_run_with(
     project: &Path,
     store: &Path,
@@ -724,9 +718,8 @@ fn main() {
             ("second node", "1", "< 16 KiB"),
             ("second node again, unchanged", "1", "0 blobs"),
         ] {
-            // push refuses --offline: the inputs come from --mirror.
-            let (d, _, out) =
-                imgbuild_with(&project, &store, &mirror, nproc, &[], &["push", "--insecure", "--id", id, &repo]);
+            // push refuses --offline (`imgbuild_run` leaves it out): the inputs come from --mirror.
+            let (d, _, out) = imgbuild(&project, &store, &mirror, nproc, &["push", "--insecure", "--id", id, &repo]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let p = &v["pushed"][0];
             line(format!(
@@ -803,7 +796,7 @@ fn cache_figures(work: &Path, project: &Path, mirror: &Path, threads: usize) -> 
     let build = |store: &str, global: &[&str]| {
         let store = work.join(store);
         let _ = std::fs::remove_dir_all(&store);
-        imgbuild_with(project, &store, mirror, threads, global, &["build", "--out", out.to_str().unwrap()])
+        imgbuild_run_with(project, &store, mirror, threads, global, &["build", "--out", out.to_str().unwrap()]).parts()
     };
     let cached = ["--cache", &repo, "--insecure-registry", &registry.host];
     let (fill, _, json) = build("store-cache-fill", &cached);
@@ -926,7 +919,7 @@ fn download_figures(work: &Path, inputs: &[Input], mirror: &Path, threads: usize
     for input in inputs {
         let store = empty_dir(&work.join("store-download-alone"));
         let url = format!("http://{}/{}", server.addr, input.file);
-        let (d, _, _) = imgbuild_with(&online, &store, &empty_mirror, threads, &[], &["prefetch", &url]);
+        let d = imgbuild_run_with(&online, &store, &empty_mirror, threads, &[], &["prefetch", &url]).wall;
         lines.push(format!(
             "| {} downloaded alone ({:.1} MB) | {:.2} s | |",
             input.name,
@@ -938,7 +931,8 @@ fn download_figures(work: &Path, inputs: &[Input], mirror: &Path, threads: usize
     let store = empty_dir(&work.join("store-download-build"));
     let out = work.join("out-download");
     let (d, _, json) =
-        imgbuild_with(&online, &store, &empty_mirror, threads, &[], &["build", "--out", out.to_str().unwrap()]);
+        imgbuild_run_with(&online, &store, &empty_mirror, threads, &[], &["build", "--out", out.to_str().unwrap()])
+            .parts();
     assert!(json.contains("\"layers_built\": 3"), "{json}");
     lines.push(format!(
         "| cold build, downloading every input | {:.2} s ({:.2} × the slowest download alone) | ≤ 1.15 × |",
