@@ -137,11 +137,8 @@ impl BaseImage {
 
 fn compression_name(compression: Compression) -> &'static str {
     match compression {
-        Compression::Gzip => "gzip",
-        Compression::Xz => "xz",
-        Compression::Bzip2 => "bzip2",
-        Compression::Zstd => "zstd",
         Compression::None => "an uncompressed tar",
+        compressed => compressed.name(),
     }
 }
 
