@@ -137,7 +137,7 @@ pub fn recipe_layer(
         return Ok((record, false));
     }
     if let Some(cache) = cache.filter(|_| settings.reuse_layers) {
-        if let Some(record) = cache.pull(store, &key, recipe, settings.max_unpacked, reporter)? {
+        if let Some(record) = cache.pull(store, &key, recipe, crate::cache::Limits::of(settings), reporter)? {
             return Ok((record, false));
         }
     }

@@ -391,6 +391,12 @@ impl BlobWriter<'_> {
         self.size
     }
 
+    /// What was written so far, read again from its start (writing may go on after).
+    pub(crate) fn written(&mut self) -> io::Result<File> {
+        self.file.as_mut().expect("not committed").flush()?;
+        File::open(&self.path)
+    }
+
     /// fsyncs and, if the content hashes to `expected` (or nothing was expected), moves it into place.
     pub fn commit(mut self, expected: Option<&Hash>, what: &str) -> Result<Hash> {
         let file = self.file.take().expect("commit once");

@@ -15,6 +15,7 @@
 
 mod receive;
 mod record;
+pub(crate) use receive::Limits;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -159,12 +160,12 @@ impl Cache {
 
     /// The layer of `derivation` from the cache, checked, into the store; `None` (reported)
     /// when the cache lacks it, refuses, or its entry does not check out. Errors are the store's.
-    pub fn pull(
+    pub(crate) fn pull(
         &self,
         store: &Store,
         derivation: &Sha256Digest,
         recipe: &str,
-        max_unpacked: u64,
+        limits: Limits,
         reporter: &dyn Reporter,
     ) -> Result<Option<LayerRecord>> {
         if !self.should_ask(derivation) {
@@ -182,7 +183,7 @@ impl Cache {
                 return Ok(None);
             }
         };
-        let layer = match record::parse(&bytes, derivation, max_unpacked) {
+        let layer = match record::parse(&bytes, derivation, limits.max_unpacked) {
             Ok(layer) => layer,
             Err(why) => {
                 self.refused(recipe, derivation, &format!("its record: {why}"), reporter);
@@ -190,11 +191,11 @@ impl Cache {
             }
         };
         let verdict = if store.has_sha256(&layer.digest.0) {
-            receive::check_stored(store, &layer, max_unpacked)?
+            receive::check_stored(store, &layer, limits)?
         } else {
             let task = reporter.task(&format!("cache {recipe}"), Some(layer.size));
             match self.with_client(Access::Pull, |c| c.get_blob(&layer.digest.0, 0)) {
-                Ok((body, _)) => receive::receive(store, body, &layer, max_unpacked, &task)?,
+                Ok((body, _)) => receive::receive(store, body, &layer, limits, &task)?,
                 Err(e) => Err(format!("getting its blob: {e}")),
             }
         };
@@ -324,7 +325,7 @@ pub fn substitute(
         }
     }
     let found = crate::fetch::run_bounded(&layers, PARALLEL_PULLS, |(recipe, _, key)| {
-        have_layer(store, cache, key, &recipe.name, settings.max_unpacked, reporter)
+        have_layer(store, cache, key, &recipe.name, Limits::of(settings), reporter)
     });
     let mut needed = BTreeSet::new();
     for ((_, source, _), found) in layers.iter().zip(found) {
@@ -343,7 +344,7 @@ fn have_layer(
     cache: &Cache,
     key: &Sha256Digest,
     recipe: &str,
-    max_unpacked: u64,
+    limits: Limits,
     reporter: &dyn Reporter,
 ) -> Result<bool> {
     if known_layer(store, key, Some(cache), recipe, reporter)?.is_some() {
@@ -353,5 +354,5 @@ fn have_layer(
     if known_layer(store, key, Some(cache), recipe, reporter)?.is_some() {
         return Ok(true);
     }
-    Ok(cache.pull(store, key, recipe, max_unpacked, reporter)?.is_some())
+    Ok(cache.pull(store, key, recipe, limits, reporter)?.is_some())
 }

@@ -1,14 +1,18 @@
 //! Checking a layer blob from a cache as it streams: its bytes are written to a temporary
-//! file of the store while they are hashed (the digest), and inflated on another thread while
-//! the tar they hold is hashed (the diff_id). The blob enters the store only when its size,
-//! diff_id and digest are all what the record says; a record that lies about any of them is
-//! refused and leaves nothing behind.
+//! file of the store while they are hashed (the digest), and inflated on other threads while
+//! the tar they hold is hashed (the diff_id). A layer as imgbuild writes it is inflated on
+//! every core ([`crate::compress::gunzip`], which takes a blob only when that gives exactly
+//! what a sequential reader would); any other blob is read again by one sequential reader,
+//! which decides. The blob enters the store only when its size, diff_id and digest are all
+//! what the record says; a record that lies about any of them is refused and leaves nothing
+//! behind.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
+use crate::compress::gunzip;
 use crate::digest::{Algorithm, HashingWriter, Sha256Digest};
 use crate::error::{escape, io_cause, Error, Result};
 use crate::progress::{Reporter, SilentReporter, Task};
@@ -18,7 +22,7 @@ use crate::store::{BlobWriter, LayerRecord, Store};
 pub(crate) type Refusal = String;
 
 /// Pieces in flight between the reading and the inflating thread (each up to 256 KiB).
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 4;
 
 /// Streams `body` (the blob `layer` names) into the store, checking it on the way. `Ok(Err)`:
 /// the cache's blob is refused; `Err`: the store failed.
@@ -26,11 +30,11 @@ pub(crate) fn receive(
     store: &Store,
     body: impl Read,
     layer: &LayerRecord,
-    max_unpacked: u64,
+    limits: Limits,
     task: &Arc<dyn Task>,
 ) -> Result<Result<(), Refusal>> {
     let mut blob = store.writer(Algorithm::Sha256)?;
-    if let Err(refusal) = check(body, Some((&mut blob, store.root())), layer, max_unpacked, task)? {
+    if let Err(refusal) = check(body, Bytes::Written(&mut blob, store.root()), layer, limits, task)? {
         return Ok(Err(refusal)); // dropping the writer removes its temporary file
     }
     match blob.commit(Some(&layer.digest.0.to_hash()), "a layer from the cache") {
@@ -44,37 +48,69 @@ pub(crate) fn receive(
 
 /// Checks a blob already in the store (so its digest is right) against the record's size and
 /// diff_id.
-pub(crate) fn check_stored(store: &Store, layer: &LayerRecord, max_unpacked: u64) -> Result<Result<(), Refusal>> {
+pub(crate) fn check_stored(store: &Store, layer: &LayerRecord, limits: Limits) -> Result<Result<(), Refusal>> {
     let file = store.open_blob(&layer.digest.0.to_hash())?;
-    check(io::BufReader::new(file), None, layer, max_unpacked, &SilentReporter.task("", None))
+    check(io::BufReader::new(file), Bytes::Stored(store), layer, limits, &SilentReporter.task("", None))
 }
 
-/// The temporary blob a body is written to, and the store it is in (for errors).
-type BlobOut<'b, 's> = Option<(&'b mut BlobWriter<'s>, &'b Path)>;
+/// How far a blob may inflate, and on how many threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `IMGBUILD_MAX_UNPACKED`: a decompression bomb stops here.
+    pub max_unpacked: u64,
+    pub threads: usize,
+}
+
+impl Limits {
+    pub(crate) fn of(settings: &crate::layer::LayerSettings) -> Limits {
+        Limits { max_unpacked: settings.max_unpacked, threads: settings.parallelism.threads }
+    }
+}
+
+/// Where the bytes of a blob being checked are: written to a temporary blob as they come (and
+/// the store's root, for errors), or already in the store.
+enum Bytes<'b, 's> {
+    Written(&'b mut BlobWriter<'s>, &'b Path),
+    Stored(&'b Store),
+}
+
+impl Bytes<'_, '_> {
+    /// The blob's bytes read again from their start.
+    fn again(&mut self, layer: &LayerRecord) -> Result<io::BufReader<std::fs::File>> {
+        let file = match self {
+            Bytes::Written(writer, root) => writer.written().map_err(|e| Error::io(root, e))?,
+            Bytes::Stored(store) => store.open_blob(&layer.digest.0.to_hash())?,
+        };
+        Ok(io::BufReader::with_capacity(256 * 1024, file))
+    }
+}
 
 /// Reads `body` to its end (at most one byte past the record's size), writing it to `blob`
-/// and inflating it on another thread; compares size and diff_id with the record.
+/// and inflating it on other threads; compares size and diff_id with the record.
 fn check(
     body: impl Read,
-    blob: BlobOut<'_, '_>,
+    mut blob: Bytes<'_, '_>,
     layer: &LayerRecord,
-    max_unpacked: u64,
+    limits: Limits,
     task: &Arc<dyn Task>,
 ) -> Result<Result<(), Refusal>> {
     let (pieces, received) = sync_channel::<Vec<u8>>(IN_FLIGHT);
     let (read, inflated) = std::thread::scope(|scope| {
-        let inflating = scope.spawn(move || diff_id_of(received, max_unpacked));
-        let read = feed(body.take(layer.size + 1), blob, &pieces, task);
+        let inflating = scope.spawn(move || layer_diff_id(received, limits));
+        let read = feed(body.take(layer.size + 1), &mut blob, &pieces, task);
         drop(pieces);
         (read, inflating.join())
     });
     let size = match read? {
         Fed::All(size) => size,
         Fed::Failed(why) => return Ok(Err(format!("reading its blob: {why}"))),
-        // The inflating side stopped early: its error says why.
-        Fed::Stopped => 0,
     };
     let inflated = inflated.map_err(|_| Error::Internal("the thread checking a cached layer panicked".into()))?;
+    // Not a layer as imgbuild writes it: one sequential reader decides, over the bytes received.
+    let inflated = match inflated {
+        Some(found) => Ok(found),
+        None => sequential_diff_id(blob.again(layer)?, limits.max_unpacked),
+    };
     let (diff_id, _) = match inflated {
         Ok(found) => found,
         Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
@@ -104,14 +140,12 @@ enum Fed {
     All(u64),
     /// The body could not be read to its end.
     Failed(String),
-    /// The inflating thread refused the data before its end.
-    Stopped,
 }
 
 /// Copies the body to the blob writer and, piece by piece, to the inflating thread.
 fn feed(
     mut body: impl Read,
-    mut blob: BlobOut<'_, '_>,
+    blob: &mut Bytes<'_, '_>,
     pieces: &SyncSender<Vec<u8>>,
     task: &Arc<dyn Task>,
 ) -> Result<Fed> {
@@ -125,28 +159,34 @@ fn feed(
             Err(e) => return Ok(Fed::Failed(escape(&io_cause(&e)))),
         };
         piece.truncate(n);
-        if let Some((writer, store)) = blob.as_mut() {
-            writer.write_all(&piece).map_err(|e| Error::io(store, e))?;
+        if let Bytes::Written(writer, root) = blob {
+            writer.write_all(&piece).map_err(|e| Error::io(root, e))?;
         }
         total += n as u64;
         task.set_position(total);
+        // The inflating side reads every piece: it is gone only if it panicked.
         if pieces.send(piece).is_err() {
-            return Ok(Fed::Stopped);
+            return Err(Error::Internal("the thread checking a cached layer stopped".into()));
         }
     }
 }
 
-/// The sha256 of what the gzip pieces inflate to, and its length; an error past `limit` bytes
-/// (a decompression bomb) or for anything that is not whole gzip.
-fn diff_id_of(pieces: Receiver<Vec<u8>>, limit: u64) -> io::Result<(Sha256Digest, u64)> {
+/// The sha256 of what the pieces of a layer as imgbuild writes it inflate to, and its length,
+/// on `limits.threads` threads; `None` for any other blob (or one past the limit).
+fn layer_diff_id(pieces: Receiver<Vec<u8>>, limits: Limits) -> Option<(Sha256Digest, u64)> {
+    let mut hasher = crate::digest::Hasher::new(Algorithm::Sha256);
+    let size =
+        gunzip::inflate_layer(pieces.into_iter(), limits.threads, limits.max_unpacked, &mut |b| hasher.update(b))?;
+    let diff_id = hasher.finish().as_sha256().expect("a sha256 hasher");
+    Some((diff_id, size))
+}
+
+/// The sha256 of what a gzip blob inflates to, and its length; an error past `limit` bytes (a
+/// decompression bomb) or for anything that is not whole gzip (members one after another are).
+fn sequential_diff_id(mut blob: impl Read, limit: u64) -> io::Result<(Sha256Digest, u64)> {
     let mut gunzip =
         flate2::write::MultiGzDecoder::new(Limited { inner: HashingWriter::new(io::sink()), left: limit, limit });
-    let mut any = false;
-    for piece in pieces {
-        any = true;
-        gunzip.write_all(&piece)?;
-    }
-    if !any {
+    if io::copy(&mut blob, &mut gunzip)? == 0 {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it is empty"));
     }
     let (_, diff_id, size) = gunzip.finish()?.inner.finish();
@@ -206,8 +246,12 @@ mod tests {
         (dir, store)
     }
 
+    fn limits(max_unpacked: u64) -> Limits {
+        Limits { max_unpacked, threads: 2 }
+    }
+
     fn take(store: &Store, blob: &[u8], record: &LayerRecord, limit: u64) -> Result<(), Refusal> {
-        receive(store, blob, record, limit, &SilentReporter.task("", None)).unwrap()
+        receive(store, blob, record, limits(limit), &SilentReporter.task("", None)).unwrap()
     }
 
     /// Nothing but the blob `kept` (if any) is in the store: no temporary file, no other blob.
@@ -227,7 +271,31 @@ mod tests {
         let (blob, record) = layer(&tar);
         assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
         only(&store, Some(&record));
-        assert_eq!(check_stored(&store, &record, 1 << 30).unwrap(), Ok(()));
+        assert_eq!(check_stored(&store, &record, limits(1 << 30)).unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn a_layer_as_imgbuild_writes_it_is_checked_on_every_core_and_a_lie_is_still_refused() {
+        use crate::compress::{Compressor, LayerWriter, Parallelism};
+        let (_d, store) = store();
+        let tar: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 13)) as u8).collect();
+        let mut writer = LayerWriter::new(Vec::new(), Compressor::gzip(1), Parallelism::threads(2)).unwrap();
+        writer.write_all(&tar).unwrap();
+        let blob = writer.finish().unwrap();
+        let record = LayerRecord {
+            digest: BlobDigest(Sha256Digest::of(&blob)),
+            diff_id: DiffId(Sha256Digest::of(&tar)),
+            size: blob.len() as u64,
+        };
+        let lie = LayerRecord { diff_id: DiffId(Sha256Digest::of(b"another tar")), ..record };
+        assert!(take(&store, &blob, &lie, 1 << 30).unwrap_err().contains("diff_id"));
+        only(&store, None);
+        let refused = take(&store, &blob, &record, 4_000_000).unwrap_err();
+        assert!(refused.contains("more than 4000000 bytes"), "{refused}");
+        only(&store, None);
+        assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
+        only(&store, Some(&record));
+        assert_eq!(check_stored(&store, &record, limits(1 << 30)).unwrap(), Ok(()));
     }
 
     #[test]
@@ -309,7 +377,7 @@ mod tests {
         let (_d, store) = store();
         let (blob, record) = layer(&(0..200_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>());
         let refused =
-            receive(&store, Dropped(&blob[..blob.len() / 2]), &record, 1 << 20, &SilentReporter.task("", None))
+            receive(&store, Dropped(&blob[..blob.len() / 2]), &record, limits(1 << 20), &SilentReporter.task("", None))
                 .unwrap()
                 .unwrap_err();
         assert!(refused.contains("connection reset"), "{refused}");
