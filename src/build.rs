@@ -82,6 +82,9 @@ impl BuildResult {
 /// How many inputs are downloaded at once.
 const PARALLEL_FETCHES: usize = 4;
 
+/// How many node images are written at once.
+const PARALLEL_IMAGES: usize = 8;
+
 /// Makes sure every source of every platform is in the store (tarballs and base images alike,
 /// up to `PARALLEL_FETCHES` at once), building each downloaded tarball's layer as it streams in;
 /// reports all that are missing at once. Returns how many layers were built on the way.
@@ -311,19 +314,25 @@ pub fn build(
         epoch: settings.layer.epoch,
         compressor: settings.layer.compressor,
     };
-    let cluster = images.write(None)?;
-    let mut node_images = Vec::new();
-    for node in nodes {
-        reporter.status(&format!("node {}", node.id));
-        let identity_layer = own_layer(
-            store,
-            &crate::node::identity_layer_files(&node),
-            &settings.layer,
-            format!("imgbuild identity of node {}", node.id),
-        )?;
-        let image = images.write(Some((&node, &identity_layer)))?;
-        node_images.push(NodeImage { node, identity_layer, image });
-    }
+    // The images are written side by side: each is a few small files, and what they cost is
+    // mostly waiting for the disk to confirm each one (fsync), which writes at once share.
+    let (cluster, node_images) = std::thread::scope(|scope| {
+        let cluster = scope.spawn(|| images.write(None));
+        let nodes = crate::fetch::run_bounded(&nodes, PARALLEL_IMAGES, |node| {
+            let identity_layer = own_layer(
+                store,
+                &crate::node::identity_layer_files(node),
+                &settings.layer,
+                format!("imgbuild identity of node {}", node.id),
+            )?;
+            let image = images.write(Some((node, &identity_layer)))?;
+            reporter.status(&format!("node {}", node.id));
+            Ok(NodeImage { node: node.clone(), identity_layer, image })
+        });
+        (cluster.join(), nodes)
+    });
+    let cluster = cluster.map_err(|_| Error::Internal("writing the cluster image panicked".into()))??;
+    let node_images = node_images.into_iter().collect::<Result<Vec<_>>>()?;
     let shared = inputs
         .iter()
         .map(|i| SharedLayers {
