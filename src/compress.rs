@@ -8,7 +8,7 @@
 //! them ([`gzip`]); zstd chunks are frames one after another ([`zstd`]). Which compressor and
 //! level is part of every layer's derivation ([`Compressor::derivation`]).
 
-pub(crate) mod gunzip;
+pub mod gunzip;
 mod gzip;
 mod zstd;
 

@@ -54,7 +54,7 @@ type Inflated = (u64, Option<Segment>);
 /// output to `out` in order. Returns the output's length, or `None` when the stream is not a
 /// layer as imgbuild writes it, or would inflate past `limit` bytes (a sequential reader must
 /// then decide). Always reads `pieces` to their end.
-pub(crate) fn inflate_layer(
+pub fn inflate_layer(
     pieces: impl Iterator<Item = Vec<u8>>,
     threads: usize,
     limit: u64,
