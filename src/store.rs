@@ -164,6 +164,7 @@ impl Store {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             hasher: Hasher::new(algorithm),
             size: 0,
+            writeback_from: 0,
         })
     }
 
@@ -384,6 +385,26 @@ pub struct BlobWriter<'s> {
     file: Option<io::BufWriter<File>>,
     hasher: Hasher,
     size: u64,
+    /// Where the bytes not yet handed to the disk start (see `start_writeback`).
+    writeback_from: u64,
+}
+
+/// Bytes of a blob written between two writeback starts.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Has the kernel start writing `from..to` of `file` to the disk, without waiting: so the fsync
+/// that commits a large blob (a layer, a source) waits only for its last few MiB, not for all
+/// of it at the end of the work. Only a hint: its failure changes nothing (the fsync decides).
+fn start_writeback(file: &File, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else { return };
+        // SAFETY: sync_file_range reads only its arguments; the descriptor is open for as long as `file`.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, to);
 }
 
 impl BlobWriter<'_> {
@@ -411,9 +432,16 @@ impl BlobWriter<'_> {
 
 impl Write for BlobWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.as_mut().expect("not committed").write(buf)?;
+        let file = self.file.as_mut().expect("not committed");
+        let n = file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        // What reached the file: the rest waits in the buffer.
+        let in_file = self.size - file.buffer().len() as u64;
+        if in_file - self.writeback_from >= WRITEBACK_STEP {
+            start_writeback(file.get_ref(), self.writeback_from, in_file);
+            self.writeback_from = in_file;
+        }
         Ok(n)
     }
 
