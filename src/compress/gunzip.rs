@@ -40,8 +40,14 @@ const SYNC_MARKER: [u8; 4] = [0, 0, 0xff, 0xff];
 /// Compressed bytes a segment may reach without a marker: a chunk of incompressible data is
 /// stored, a little over `CHUNK_SIZE`.
 const MAX_SEGMENT_IN: usize = 2 * CHUNK_SIZE;
-/// What one segment may inflate to: one chunk.
-const MAX_SEGMENT_OUT: usize = CHUNK_SIZE;
+/// The fewest compressed bytes a segment is cut at (but the last): a marker closer to the last
+/// cut is read through. Each segment costs a decoder, a buffer and two hand-offs; this keeps
+/// that cost to a small share of the bytes, however many markers a blob holds (a cache's writer
+/// could make them five bytes apart).
+const MIN_SEGMENT_IN: usize = 16 << 10;
+/// What one segment may inflate to: a few chunks (a run of highly compressible chunks is read
+/// as one segment). More, and the attempt ends: the sequential reader decides.
+const MAX_SEGMENT_OUT: usize = 4 * CHUNK_SIZE;
 
 /// A segment to inflate: its place in the stream, its bytes, and whether it is the last.
 type Job = (u64, Vec<u8>, bool);
@@ -60,6 +66,16 @@ pub fn inflate_layer(
     limit: u64,
     out: &mut dyn FnMut(&[u8]),
 ) -> Option<u64> {
+    inflate_in_segments(pieces, threads, limit, out).0
+}
+
+/// `inflate_layer`, and how many segments the stream was cut into.
+fn inflate_in_segments(
+    pieces: impl Iterator<Item = Vec<u8>>,
+    threads: usize,
+    limit: u64,
+    out: &mut dyn FnMut(&[u8]),
+) -> (Option<u64>, u64) {
     let threads = threads.max(1);
     let (jobs, queue) = mpsc::sync_channel::<Job>(threads);
     let queue = Arc::new(Mutex::new(queue));
@@ -81,7 +97,7 @@ pub fn inflate_layer(
         let mut ordered = Ordered { out, crc: crc32fast::Hasher::new(), total: 0, limit, trailer: None };
         let found = splitter.run(pieces, &mut ordered);
         splitter.jobs.take(); // the workers end
-        found
+        (found, splitter.sent)
     })
 }
 
@@ -89,7 +105,10 @@ fn work(queue: &Mutex<Receiver<Job>>, done: &mpsc::Sender<Inflated>) {
     loop {
         let job = queue.lock().map(|q| q.recv());
         let Ok(Ok((seq, data, last))) = job else { return };
-        if done.send((seq, inflate_segment(&data, last))).is_err() {
+        // A panic in the decoder declines (the sequential reader decides) rather than leaving
+        // the splitter waiting for this segment forever.
+        let inflated = std::panic::catch_unwind(|| inflate_segment(&data, last)).unwrap_or(None);
+        if done.send((seq, inflated)).is_err() {
             return;
         }
     }
@@ -99,7 +118,8 @@ fn work(queue: &Mutex<Receiver<Job>>, done: &mpsc::Sender<Inflated>) {
 /// comment sets out.
 fn inflate_segment(data: &[u8], last: bool) -> Option<Segment> {
     let mut decoder = DecompressorOxide::new();
-    let mut output = vec![0u8; MAX_SEGMENT_OUT];
+    // Grown as the output needs (the decoder goes on where it stopped), up to MAX_SEGMENT_OUT.
+    let mut output = vec![0u8; (4 * data.len()).clamp(64 << 10, CHUNK_SIZE)];
     let mut flags = TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF | TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY;
     if !last {
         flags |= TINFL_FLAG_HAS_MORE_INPUT;
@@ -120,6 +140,9 @@ fn inflate_segment(data: &[u8], last: bool) -> Option<Segment> {
                 let trailer: [u8; 8] = data[read..].try_into().ok()?;
                 output.truncate(written);
                 return Some((output, Some(trailer)));
+            }
+            TINFLStatus::HasMoreOutput if output.len() < MAX_SEGMENT_OUT => {
+                output.resize((2 * output.len()).min(MAX_SEGMENT_OUT), 0);
             }
             _ => return None,
         }
@@ -167,14 +190,20 @@ impl Splitter {
                 header_seen = true;
             }
             while let Some(at) = memchr::memmem::find(&segment[searched..], &SYNC_MARKER) {
-                let rest = segment.split_off(searched + at + SYNC_MARKER.len());
+                let end = searched + at + SYNC_MARKER.len();
+                if end < MIN_SEGMENT_IN {
+                    searched = end; // read through, as one decoder would
+                    continue;
+                }
+                let rest = segment.split_off(end);
                 self.send(std::mem::replace(&mut segment, rest), false, ordered)?;
                 searched = 0;
             }
             if segment.len() > MAX_SEGMENT_IN {
                 return None;
             }
-            searched = segment.len().saturating_sub(SYNC_MARKER.len() - 1);
+            // A marker may begin in the last bytes and end in the next piece.
+            searched = searched.max(segment.len().saturating_sub(SYNC_MARKER.len() - 1));
         }
         if !header_seen {
             return None;
@@ -315,14 +344,21 @@ mod tests {
         for (data, flush) in [(first, flate2::FlushCompress::Sync), (second, flate2::FlushCompress::Finish)] {
             deflate.compress_vec(data, &mut stream, flush).unwrap();
         }
-        let mut blob = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut blob = gzip_header();
         blob.extend(stream);
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(first);
-        crc.update(second);
-        blob.extend(crc.finalize().to_le_bytes());
-        blob.extend(((first.len() + second.len()) as u32).to_le_bytes());
+        blob.extend(trailer(&[first, second].concat()));
         blob
+    }
+
+    fn gzip_header() -> Vec<u8> {
+        vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]
+    }
+
+    /// The CRC-32 and length of `data`, as a gzip member ends.
+    fn trailer(data: &[u8]) -> Vec<u8> {
+        let mut end = crc32fast::hash(data).to_le_bytes().to_vec();
+        end.extend((data.len() as u32).to_le_bytes());
+        end
     }
 
     #[test]
@@ -367,6 +403,30 @@ mod tests {
         // Ended by a sync flush, the same block is a segment.
         let whole = sync_flushed(&[b"a"]).remove(0);
         assert_eq!(inflate_segment(&whole, false).map(|(o, _)| o), Some(b"a".to_vec()));
+    }
+
+    #[test]
+    fn markers_close_together_are_read_through_not_cut() {
+        // A cache's writer can end a segment every five bytes (an empty stored block); each cut
+        // costs a decoder and two hand-offs, so cuts come at least MIN_SEGMENT_IN apart.
+        let data = sample(300_000, 9);
+        let mut blob = gzip_header();
+        let mut stream = sync_flushed(&[&data]).remove(0);
+        for _ in 0..200_000 {
+            stream.extend([0, 0, 0, 0xff, 0xff]);
+        }
+        stream.extend([0x03, 0x00]);
+        blob.extend(stream);
+        blob.extend(trailer(&data));
+        let (found, segments) = inflate_in_segments(
+            blob.chunks(65_536).map(<[u8]>::to_vec).collect::<Vec<_>>().into_iter(),
+            2,
+            u64::MAX,
+            &mut |_| {},
+        );
+        assert_eq!(found, Some(data.len() as u64));
+        assert!(segments <= (blob.len() / MIN_SEGMENT_IN) as u64 + 1, "{segments} segments");
+        assert_eq!(sequential(&blob), Some(data));
     }
 
     /// Ways to change a blob: each keeps some valid structure a careless parallel reader might
