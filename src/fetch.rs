@@ -159,6 +159,11 @@ impl<'a> Fetcher<'a> {
         self.settings.mirror_dirs.iter().map(|dir| dir.join(&source.file_name))
     }
 
+    /// The first `--mirror` directory's file for `source`, if one holds it.
+    pub(crate) fn mirror_file(&self, source: &Source) -> Option<PathBuf> {
+        self.mirror_candidates(source).find(|candidate| candidate.is_file())
+    }
+
     fn ensure_file(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
         let hash = &source.hash;
         if self.store.has(hash) {
