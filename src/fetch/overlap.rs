@@ -23,7 +23,7 @@ use super::Fetcher;
 /// What the attempt has done so far, as the layer builder sees it.
 #[derive(Default)]
 struct Progress {
-    /// Bytes of the partial file written (and safe to read).
+    /// Bytes of the file written (and safe to read).
     written: u64,
     /// The download started the file again from its first byte: what was read is not its.
     restarted: bool,
