@@ -85,9 +85,12 @@ const PARALLEL_FETCHES: usize = 4;
 /// How many node images are written at once.
 const PARALLEL_IMAGES: usize = 8;
 
-/// Makes sure every source of every platform is in the store (tarballs and base images alike,
-/// up to `PARALLEL_FETCHES` at once), building each downloaded tarball's layer as it streams in;
-/// reports all that are missing at once. Returns how many layers were built on the way.
+/// Makes sure every source of every platform is in the store (tarballs and base images alike),
+/// building each tarball's layer as it streams in; reports all that are missing at once.
+/// Returns how many layers were built on the way. A tarball found in a `--mirror` directory
+/// is copied at CPU speed, so its layer is CPU work like any other: such inputs go at most
+/// as many at once as [`layers_at_once`] allows, the largest first; the others are
+/// downloaded up to `PARALLEL_FETCHES` at once, each layer keeping pace with its download.
 pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<usize> {
     // A source whose every layer is in the store, or the cache (`--cache`) gave, is not needed.
     let substituted = crate::cache::substitute(store, def, &settings.platforms, &settings.layer, reporter);
@@ -101,15 +104,35 @@ pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, report
             }
         }
     }
-    // Each tarball's layer is built while it downloads (not when no layer is reused: the layers
-    // are built once, after the fetch).
     let fetcher = Fetcher::new(store, &settings.fetch, reporter);
-    let fetcher = if settings.layer.reuse_layers { fetcher.building_layers(&settings.layer) } else { fetcher };
-    let results = crate::fetch::run_bounded(&inputs, PARALLEL_FETCHES, |(recipe, platform, source)| {
-        fetcher.ensure(recipe, &platform.to_string(), source)
+    let local_size = |(recipe, _, source): &(&Recipe, &Platform, &recipe::Source)| {
+        let file = fetcher.mirror_file(source).filter(|_| recipe.kind == RecipeKind::Tarball)?;
+        Some(std::fs::metadata(file).map_or(0, |m| m.len()))
+    };
+    let mut local: Vec<(u64, usize)> = (0..inputs.len()).filter_map(|i| Some((local_size(&inputs[i])?, i))).collect();
+    local.sort_by_key(|&(size, i)| (std::cmp::Reverse(size), i));
+    let local: Vec<usize> = local.into_iter().map(|(_, i)| i).collect();
+    let remote: Vec<usize> = (0..inputs.len()).filter(|i| !local.contains(i)).collect();
+    let local_at_once = layers_at_once(&settings.layer, local.len());
+    // Each tarball's layer is built while it arrives (not when no layer is reused: the layers
+    // are built once, after the fetch), its memory shared with the others built at once.
+    let at_once = local_at_once + remote.len().min(PARALLEL_FETCHES);
+    let shared = LayerSettings { parallelism: settings.layer.parallelism.shared_by(at_once), ..settings.layer.clone() };
+    let fetcher = if settings.layer.reuse_layers { fetcher.building_layers(&shared) } else { fetcher };
+    let ensure = |&i: &usize| {
+        let (recipe, platform, source) = inputs[i];
+        (i, fetcher.ensure(recipe, &platform.to_string(), source))
+    };
+    let (mut results, remote_results) = std::thread::scope(|scope| {
+        let local = scope.spawn(|| crate::fetch::run_bounded(&local, local_at_once, ensure));
+        let remote = crate::fetch::run_bounded(&remote, PARALLEL_FETCHES, ensure);
+        (local.join().expect("the local fetches do not panic"), remote)
     });
+    results.extend(remote_results);
+    // Reported in the inputs' order, whichever finished first.
+    results.sort_by_key(|(i, _)| *i);
     let mut missing: Vec<MissingInput> = Vec::new();
-    for result in results {
+    for (_, result) in results {
         match result {
             Ok(()) => {}
             Err(Error::MissingInputs(m)) => missing.extend(m),
@@ -137,6 +160,12 @@ fn source_for<'r>(recipe: &'r Recipe, platform: &Platform) -> Result<&'r recipe:
 /// At most this many recipe layers are built at once: each holds a few MiB of buffers, and
 /// beyond the cores more layers only share the same CPUs.
 const MAX_PARALLEL_LAYERS: usize = 4;
+
+/// How many of `layers` recipe layers are built side by side: one per compression thread, at
+/// most `MAX_PARALLEL_LAYERS` (each decompresses on its own thread).
+fn layers_at_once(settings: &LayerSettings, layers: usize) -> usize {
+    settings.parallelism.threads.clamp(1, MAX_PARALLEL_LAYERS).min(layers.max(1))
+}
 
 fn platform_inputs(
     store: &Store,
@@ -173,7 +202,7 @@ fn platform_inputs(
         .collect::<Result<Vec<_>>>()?;
     // Independent inputs are built side by side (each decompresses on its own thread), the
     // largest source first so that it never starts last; the layers keep the definition's order.
-    let at_once = settings.parallelism.threads.clamp(1, MAX_PARALLEL_LAYERS).min(recipes.len().max(1));
+    let at_once = layers_at_once(settings, recipes.len());
     let shared = LayerSettings { parallelism: settings.parallelism.shared_by(at_once), ..settings.clone() };
     let size = |source: &recipe::Source| std::fs::metadata(store.blob_path(&source.hash)).map_or(0, |m| m.len());
     let mut largest_first: Vec<usize> = (0..recipes.len()).collect();

@@ -8,7 +8,8 @@ pub(crate) mod resume;
 
 pub(crate) use image::{named_archive, NamedArchive};
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -59,13 +60,48 @@ impl Default for FetchSettings {
 /// Fetches sources into the store; shared by the threads of a build's parallel fetches.
 pub struct Fetcher<'a> {
     store: &'a Store,
-    /// Set by a build: a tarball's layer is built while the tarball downloads.
+    /// Set by a build: a tarball's layer is built while the tarball arrives (downloaded or
+    /// copied from a `--mirror` directory).
     layers: Option<&'a crate::layer::LayerSettings>,
-    /// Layers built (and recorded) while their sources downloaded.
+    /// Layers built (and recorded) while their sources arrived.
     layers_built: std::sync::atomic::AtomicUsize,
     settings: &'a FetchSettings,
     reporter: &'a dyn Reporter,
     client: OnceLock<reqwest::blocking::Client>,
+}
+
+/// Where one attempt gets a source's bytes from.
+enum Origin<'s> {
+    /// A file of a `--mirror` directory.
+    Mirror(PathBuf),
+    /// The recipe's URL or one of its mirrors.
+    Url(&'s str),
+}
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Mirror(file) => write!(f, "{}", file.display()),
+            Origin::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// A mirror's file, read by `write_resumable`: a read failure is kept, to be reported with the
+/// file's path (the transfer only says it as a dropped connection).
+struct MirrorFile {
+    file: File,
+    error: Option<std::io::Error>,
+}
+
+impl std::io::Read for MirrorFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf).map_err(|e| {
+            let told = std::io::Error::new(e.kind(), e.to_string());
+            self.error = Some(e);
+            told
+        })
+    }
 }
 
 /// Why one attempt did not produce the file.
@@ -83,12 +119,12 @@ impl<'a> Fetcher<'a> {
         Fetcher { store, layers: None, layers_built: 0.into(), settings, reporter, client: OnceLock::new() }
     }
 
-    /// A fetcher that builds each tarball's layer (made with `settings`) while it downloads.
+    /// A fetcher that builds each tarball's layer (made with `settings`) while it arrives.
     pub fn building_layers(self, settings: &'a crate::layer::LayerSettings) -> Self {
         Fetcher { layers: Some(settings), ..self }
     }
 
-    /// How many layers were built while their sources downloaded.
+    /// How many layers were built while their sources arrived.
     pub fn layers_built(&self) -> usize {
         self.layers_built.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -118,6 +154,16 @@ impl<'a> Fetcher<'a> {
         }
     }
 
+    /// Where the `--mirror` directories would hold `source`, in the order they are tried.
+    fn mirror_candidates<'s>(&'s self, source: &'s Source) -> impl Iterator<Item = PathBuf> + 's {
+        self.settings.mirror_dirs.iter().map(|dir| dir.join(&source.file_name))
+    }
+
+    /// The first `--mirror` directory's file for `source`, if one holds it.
+    pub(crate) fn mirror_file(&self, source: &Source) -> Option<PathBuf> {
+        self.mirror_candidates(source).find(|candidate| candidate.is_file())
+    }
+
     fn ensure_file(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
         let hash = &source.hash;
         if self.store.has(hash) {
@@ -129,41 +175,51 @@ impl<'a> Fetcher<'a> {
         }
         let mut reasons = Vec::new();
         let mut mismatch = None;
-        for dir in &self.settings.mirror_dirs {
-            let candidate = dir.join(&source.file_name);
+        let mut origins = Vec::new();
+        for candidate in self.mirror_candidates(source) {
             if candidate.is_file() {
-                match self.store.add_file(&candidate, hash.algorithm(), Some(hash)) {
-                    Ok(_) => return Ok(()),
-                    Err(e @ Error::HashMismatch { .. }) => mismatch = Some(e),
-                    Err(e) => return Err(e),
-                }
+                origins.push(Origin::Mirror(candidate));
             } else {
                 reasons.push(format!("{}: not there", candidate.display()));
             }
         }
-        if !self.settings.offline {
-            let task = self.reporter.task(&format!("fetch {}", source.file_name), None);
-            let from_urls = |tap: Option<&overlap::Tap>| {
-                for url in &source.urls {
-                    match self.download(url, source, &task, tap) {
-                        Ok(()) => return Ok(true),
-                        Err(AttemptError::Mismatch(e)) => {
-                            reasons.push(format!("{url}: different content"));
-                            mismatch.get_or_insert(e);
-                        }
-                        Err(AttemptError::Failed(why)) => reasons.push(format!("{url}: {why}")),
-                        Err(AttemptError::Local(e)) => return Err(e),
-                    }
-                }
-                Ok(false)
-            };
-            let (fetched, built) = overlap::download_and_build(self, recipe, source, from_urls)?;
-            self.layers_built.fetch_add(usize::from(built), std::sync::atomic::Ordering::SeqCst);
-            if fetched {
-                return Ok(());
-            }
-        } else {
+        if self.settings.offline {
             reasons.push("offline: not downloaded".into());
+        } else {
+            origins.extend(source.urls.iter().map(|url| Origin::Url(url)));
+        }
+        let mut task = None;
+        for origin in &origins {
+            let outcome = match origin {
+                Origin::Mirror(file) => {
+                    let into = self.store.temp_path("mirror");
+                    let arrival = overlap::Arrival::MirrorCopy { into: &into };
+                    overlap::fetch_and_build(self, recipe, source, arrival, |tap| {
+                        self.copy_from_mirror(file, &into, source, tap)
+                    })?
+                }
+                Origin::Url(url) => {
+                    let task =
+                        task.get_or_insert_with(|| self.reporter.task(&format!("fetch {}", source.file_name), None));
+                    overlap::fetch_and_build(self, recipe, source, overlap::Arrival::Download, |tap| {
+                        self.download(url, source, task, tap)
+                    })?
+                }
+            };
+            match outcome {
+                (Ok(()), built) => {
+                    self.layers_built.fetch_add(usize::from(built), std::sync::atomic::Ordering::SeqCst);
+                    return Ok(());
+                }
+                // The last mirror file with other bytes, else the first URL's, is the one reported.
+                (Err(AttemptError::Mismatch(e)), _) if matches!(origin, Origin::Mirror(_)) => mismatch = Some(e),
+                (Err(AttemptError::Mismatch(e)), _) => {
+                    reasons.push(format!("{origin}: different content"));
+                    mismatch.get_or_insert(e);
+                }
+                (Err(AttemptError::Failed(why)), _) => reasons.push(format!("{origin}: {why}")),
+                (Err(AttemptError::Local(e)), _) => return Err(e),
+            }
         }
         if let Some(e) = mismatch {
             return Err(e);
@@ -177,6 +233,44 @@ impl<'a> Fetcher<'a> {
             reasons,
             add: format!("imgbuild store add {}", source.file_name),
         }]))
+    }
+
+    /// Copies a `--mirror` directory's `file` into `into` (telling `tap` how it grows), and
+    /// into the store if it hashes to the pin. A file that cannot be read fails the build, as
+    /// `store add` of it would.
+    fn copy_from_mirror(
+        &self,
+        file: &Path,
+        into: &Path,
+        source: &Source,
+        tap: Option<&overlap::Tap>,
+    ) -> Result<(), AttemptError> {
+        let mut reader = MirrorFile { file: File::open(file).at(file).map_err(AttemptError::Local)?, error: None };
+        // No length: what the file holds when read is hashed, and the pin decides.
+        let body = Body { reader: &mut reader, start: 0, length: None };
+        let written = write_resumable(into, body, source.hash.algorithm(), &|n| {
+            if let Some(tap) = tap {
+                tap.grew(n);
+            }
+        });
+        let found = match (written, reader.error.take()) {
+            (Ok(found), _) => found,
+            (Err(failed), read) => {
+                let _ = std::fs::remove_file(into);
+                return Err(AttemptError::Local(match (failed, read) {
+                    (_, Some(read)) => Error::io(file, read),
+                    (Transfer::Local(e), None) => e,
+                    (Transfer::Retry(why) | Transfer::Fatal(why), None) => {
+                        Error::Internal(format!("copying {}: {why}", file.display()))
+                    }
+                }));
+            }
+        };
+        let what = file.display().to_string();
+        self.store.commit_file(into, found, Some(&source.hash), &what).map(|_| ()).map_err(|e| match e {
+            e @ Error::HashMismatch { .. } => AttemptError::Mismatch(e),
+            other => AttemptError::Local(other),
+        })
     }
 
     /// Downloads `url` into the source's partial file (telling `tap` how it grows), and into

@@ -1,15 +1,15 @@
-//! Building a tarball's layer while the tarball downloads. The layer normalizer reads the
-//! download's partial file as it grows, and writes the layer into a staging store of its own
-//! under the store's `tmp/`. Only once the download hashes to its pin and the source has
-//! entered the store is the layer's blob moved into the store and its record written; a
-//! download that fails, does not match its pin, or starts again from its first byte discards
-//! the work. So nothing unverified is ever recorded: not the source, not the layer, not the
-//! layer record.
+//! Building a tarball's layer while the tarball arrives, downloaded or copied from a `--mirror`
+//! directory. The layer normalizer reads the file the bytes are written into as it grows, and
+//! writes the layer into a staging store of its own under the store's `tmp/`. Only once the
+//! file hashes to its pin and the source has entered the store is the layer's blob moved into
+//! the store and its record written; an attempt that fails, does not match its pin, or starts
+//! again from its first byte discards the work. So nothing unverified is ever recorded: not the
+//! source, not the layer, not the layer record.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::digest::Sha256Digest;
@@ -20,10 +20,10 @@ use crate::store::{LayerRecord, Store};
 
 use super::Fetcher;
 
-/// What the download has done so far, as the layer builder sees it.
+/// What the attempt has done so far, as the layer builder sees it.
 #[derive(Default)]
 struct Progress {
-    /// Bytes of the partial file written (and safe to read).
+    /// Bytes of the file written (and safe to read).
     written: u64,
     /// The download started the file again from its first byte: what was read is not its.
     restarted: bool,
@@ -43,7 +43,7 @@ impl Shared {
     }
 }
 
-/// The download's side: told how much of the file is there, and how the download ended.
+/// The attempt's side: told how much of the file is there, and how the attempt ended.
 pub(crate) struct Tap {
     shared: Arc<Shared>,
 }
@@ -70,7 +70,7 @@ impl Tap {
     }
 }
 
-/// Ends the download as failed if nothing else ended it (an error or a panic on the way), so
+/// Ends the attempt as failed if nothing else ended it (an error or a panic on the way), so
 /// the layer builder never waits for bytes that will not come.
 struct EndGuard<'t>(&'t Tap);
 
@@ -80,11 +80,11 @@ impl Drop for EndGuard<'_> {
     }
 }
 
-/// The layer builder's side: the partial file, read as the download writes it.
+/// The layer builder's side: the file the attempt writes, read as it grows.
 struct GrowingFile {
     shared: Arc<Shared>,
-    /// The partial file, and where it is once the store took it (if the download ended before
-    /// this reader opened it).
+    /// The file the attempt writes, and where it is once the store took it (if the attempt
+    /// ended before this reader opened it).
     paths: [PathBuf; 2],
     file: Option<File>,
     position: u64,
@@ -96,14 +96,14 @@ impl GrowingFile {
         let mut progress = self.shared.lock();
         loop {
             if progress.restarted {
-                return Err(io::Error::other("the download started again from its first byte"));
+                return Err(io::Error::other("the file started again from its first byte"));
             }
             if progress.written > self.position {
                 return Ok(Some(progress.written));
             }
             match progress.end {
                 Some(true) => return Ok(None),
-                Some(false) => return Err(io::Error::other("the download did not complete")),
+                Some(false) => return Err(io::Error::other("the file did not arrive whole")),
                 None => progress = self.shared.grew.wait(progress).unwrap_or_else(|e| e.into_inner()),
             }
         }
@@ -125,7 +125,7 @@ impl Read for GrowingFile {
         let position = self.position;
         let n = self.open()?.read_at(&mut buf[..want], position)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the partial file is shorter than written"));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is shorter than written"));
         }
         self.position += n as u64;
         Ok(n)
@@ -150,81 +150,110 @@ impl Drop for Staging {
     }
 }
 
-/// Runs `download` (which tells `Tap` how the file grows; `Ok(true)` when the source is in
-/// the store, verified) and, at the same time, builds `recipe`'s layer from the bytes as they
-/// come. Returns what `download` returned, and whether the layer was built and recorded.
-pub(crate) fn download_and_build(
+/// How one attempt brings a source's bytes into the store.
+#[derive(Clone, Copy)]
+pub(crate) enum Arrival<'p> {
+    /// From a URL, into the source's partial file (which a later attempt may resume).
+    Download,
+    /// From a file of a `--mirror` directory, into `into` (a temporary file of the store).
+    MirrorCopy { into: &'p Path },
+}
+
+impl Arrival<'_> {
+    /// The file the attempt writes.
+    fn file(self, store: &Store, source: &Source) -> PathBuf {
+        match self {
+            Arrival::Download => store.partial_path(&source.hash),
+            Arrival::MirrorCopy { into } => into.to_path_buf(),
+        }
+    }
+
+    /// What the attempt is doing, and what it brings, in the messages.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Arrival::Download => ("downloading", "the download"),
+            Arrival::MirrorCopy { .. } => ("copying from the mirror", "the mirror's file"),
+        }
+    }
+}
+
+/// Runs `attempt` (which writes the source's bytes into the file `arrival` says, tells `Tap`
+/// how it grows, and is `Ok` when the source is in the store, verified) and, at the same time,
+/// builds `recipe`'s layer from the bytes as they come. Returns what `attempt` returned, and
+/// whether the layer was built and recorded.
+pub(crate) fn fetch_and_build<E>(
     fetcher: &Fetcher<'_>,
     recipe: &Recipe,
     source: &Source,
-    download: impl FnOnce(Option<&Tap>) -> Result<bool>,
-) -> Result<(bool, bool)> {
+    arrival: Arrival<'_>,
+    attempt: impl FnOnce(Option<&Tap>) -> Result<(), E>,
+) -> Result<(Result<(), E>, bool)> {
     let store = fetcher.store;
     let Some(settings) = fetcher.layers.filter(|_| recipe.kind == crate::recipe::RecipeKind::Tarball) else {
-        return Ok((download(None)?, false));
+        return Ok((attempt(None), false));
     };
     let key = derivation(&source.hash, &recipe.unpack, settings);
     if store.layer(&key).is_some() {
-        return Ok((download(None)?, false));
+        return Ok((attempt(None), false));
     }
     // Held until the layer is recorded or discarded: a concurrent build waits, then finds it.
     let _lock = store.lock(&format!("layer-{}", key.hex()))?;
     if store.layer(&key).is_some() {
-        return Ok((download(None)?, false));
+        return Ok((attempt(None), false));
     }
     let staging = Staging::open(store)?;
     let tap = Tap { shared: Arc::new(Shared::default()) };
     let reader = GrowingFile {
         shared: Arc::clone(&tap.shared),
-        paths: [store.partial_path(&source.hash), store.blob_path(&source.hash)],
+        paths: [arrival.file(store, source), store.blob_path(&source.hash)],
         file: None,
         position: 0,
     };
     let archive = format!("{} ({})", source.file_name, recipe.name);
     let (into, unpack) = (&staging.0, &recipe.unpack);
-    let (downloaded, built) = std::thread::scope(|scope| {
+    let (arrived, built) = std::thread::scope(|scope| {
         let builder = scope.spawn(move || {
             let input = BufReader::with_capacity(256 * 1024, reader);
             normalize_tarball(into, input, &archive, unpack, settings)
         });
-        let downloaded = {
+        let arrived = {
             let guard = EndGuard(&tap);
-            let downloaded = download(Some(&tap));
-            guard.0.end(matches!(downloaded, Ok(true)));
-            downloaded
+            let arrived = attempt(Some(&tap));
+            guard.0.end(arrived.is_ok());
+            arrived
         };
-        (downloaded, builder.join())
+        (arrived, builder.join())
     });
-    let downloaded = downloaded?;
     let built = built.map_err(|_| Error::Internal(format!("building the layer of {} panicked", recipe.name)))?;
     let reporter = fetcher.reporter;
+    let (doing, what) = arrival.words();
     let discarded = |why: &str| {
-        reporter.status(&format!("layer {}: the work done while downloading is discarded: {why}", recipe.name));
+        reporter.status(&format!("layer {}: the work done while {doing} is discarded: {why}", recipe.name));
     };
-    if !downloaded {
+    if arrived.is_err() {
         if tap.shared.lock().written > 0 {
-            discarded("the download is not the pinned source");
+            discarded(&format!("{what} is not the pinned source"));
         }
-        return Ok((false, false));
+        return Ok((arrived, false));
     }
     if tap.restarted() {
-        discarded("the download started again from its first byte");
-        return Ok((true, false));
+        discarded(&format!("{what} started again from its first byte"));
+        return Ok((arrived, false));
     }
     // A refused archive is built again from the stored source, which reports what is wrong.
-    let Ok((layer, counts)) = built else { return Ok((true, false)) };
+    let Ok((layer, counts)) = built else { return Ok((arrived, false)) };
     adopt(store, &staging, &key, &layer, &recipe.name)?;
     if let Some(cache) = settings.cache.as_deref() {
         cache.push(store, &key, &layer, &recipe.name, reporter)?;
     }
-    reporter.status(&format!("layer {}: built while downloading", recipe.name));
+    reporter.status(&format!("layer {}: built while {doing}", recipe.name));
     if counts.skipped_devices > 0 {
         // As `layer::recipe_layer` says it.
         let n = counts.skipped_devices;
         reporter
             .status(&format!("layer {}: left out {n} device node(s) and FIFO(s) (`skip_devices = true`)", recipe.name));
     }
-    Ok((true, true))
+    Ok((arrived, true))
 }
 
 /// Moves the layer's blob from the staging store into the store, then records it.

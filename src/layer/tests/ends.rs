@@ -115,8 +115,12 @@ fn model(format: Format, len: usize, suffixes: &[Suffix]) -> (Vec<u8>, Option<u6
             Suffix::Skippable(_) => Vec::new(),
             Suffix::Garbage(g) => g.clone(),
             Suffix::Truncated(d, cut) => {
+                // A prefix of one byte to all but one; a one-byte member has none.
                 let member = format.member(d);
-                member[..cut.index(member.len() - 1) + 1.min(member.len() - 1)].to_vec()
+                match member.len() {
+                    0 | 1 => Vec::new(),
+                    len => member[..1 + cut.index(len - 1)].to_vec(),
+                }
             }
             Suffix::Complete(d) => format.member(d),
         };
