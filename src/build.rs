@@ -329,21 +329,12 @@ pub fn build(
     } else {
         nodes.iter().map(|id| def.node(*id).cloned()).collect::<Result<_>>()?
     };
-    // imgbuild's own shared layers need nothing fetched: written while the inputs are.
-    let (own, inputs) = std::thread::scope(|scope| {
-        let own = scope.spawn(|| own_shared_layers(store, def, &settings.layer));
-        let inputs = fetch_all(store, def, settings, reporter).and_then(|built_while_fetching| {
-            let inputs = settings
-                .platforms
-                .iter()
-                .map(|platform| platform_inputs(store, def, platform, &settings.layer, reporter))
-                .collect::<Result<Vec<_>>>()?;
-            Ok((built_while_fetching, inputs))
-        });
-        (own.join(), inputs)
-    });
-    let (built_while_fetching, inputs) = inputs?;
-    let own = own.map_err(|_| Error::Internal("writing imgbuild's own layers panicked".into()))??;
+    let built_while_fetching = fetch_all(store, def, settings, reporter)?;
+    let mut inputs = Vec::new();
+    for platform in &settings.platforms {
+        inputs.push(platform_inputs(store, def, platform, &settings.layer, reporter)?);
+    }
+    let own = own_shared_layers(store, def, &settings.layer)?;
     let images = ImageWriter {
         store,
         def,
