@@ -28,8 +28,8 @@ use crate::error::{escape, Error, IoContext, Result};
 use crate::progress::Reporter;
 use crate::recipe::{Source, Unpack};
 use crate::store::{BlobWriter, LayerRecord, Store};
-pub(crate) use decompress::Compression;
 use decompress::SourceFailure;
+pub(crate) use decompress::{ChannelReader, Compression};
 pub use normalize::Counts;
 use normalize::{Normalize, Normalizer, TarStream};
 

@@ -324,8 +324,12 @@ pub fn substitute(
             }
         }
     }
+    // The cores are shared between the pulls at once: each inflates on its share (on two
+    // cores, three pulls inflate one thread each, as fast as zlib-rs goes).
+    let at_once = layers.len().clamp(1, PARALLEL_PULLS);
+    let limits = Limits { threads: settings.parallelism.threads / at_once, ..Limits::of(settings) };
     let found = crate::fetch::run_bounded(&layers, PARALLEL_PULLS, |(recipe, _, key)| {
-        have_layer(store, cache, key, &recipe.name, Limits::of(settings), reporter)
+        have_layer(store, cache, key, &recipe.name, limits, reporter)
     });
     let mut needed = BTreeSet::new();
     for ((_, source, _), found) in layers.iter().zip(found) {

@@ -94,9 +94,9 @@ fn check(
     limits: Limits,
     task: &Arc<dyn Task>,
 ) -> Result<Result<(), Refusal>> {
-    let (pieces, received) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+    let (pieces, received) = sync_channel::<io::Result<Vec<u8>>>(IN_FLIGHT);
     let (read, inflated) = std::thread::scope(|scope| {
-        let inflating = scope.spawn(move || layer_diff_id(received, limits));
+        let inflating = scope.spawn(move || diff_id_as_received(received, limits));
         let read = feed(body.take(layer.size + 1), &mut blob, &pieces, task);
         drop(pieces);
         (read, inflating.join())
@@ -108,7 +108,7 @@ fn check(
     let inflated = inflated.map_err(|_| Error::Internal("the thread checking a cached layer panicked".into()))?;
     // Not a layer as imgbuild writes it: one sequential reader decides, over the bytes received.
     let inflated = match inflated {
-        Some(found) => Ok(found),
+        Some(found) => found,
         None => sequential_diff_id(blob.again(layer)?, limits.max_unpacked),
     };
     let (diff_id, _) = match inflated {
@@ -146,7 +146,7 @@ enum Fed {
 fn feed(
     mut body: impl Read,
     blob: &mut Bytes<'_, '_>,
-    pieces: &SyncSender<Vec<u8>>,
+    pieces: &SyncSender<io::Result<Vec<u8>>>,
     task: &Arc<dyn Task>,
 ) -> Result<Fed> {
     let mut total = 0u64;
@@ -165,18 +165,39 @@ fn feed(
         total += n as u64;
         task.set_position(total);
         // The inflating side reads every piece: it is gone only if it panicked.
-        if pieces.send(piece).is_err() {
+        if pieces.send(Ok(piece)).is_err() {
             return Err(Error::Internal("the thread checking a cached layer stopped".into()));
         }
     }
 }
 
+/// The sha256 of what the pieces inflate to, and its length, as they are received. With one
+/// thread, by one sequential reader (zlib-rs, which inflates faster on one core than the
+/// segment decoder); with more, on all of them if the blob is a layer as imgbuild writes it,
+/// and `None` if it is not (the caller then reads it again sequentially). Reads every piece.
+fn diff_id_as_received(
+    pieces: Receiver<io::Result<Vec<u8>>>,
+    limits: Limits,
+) -> Option<io::Result<(Sha256Digest, u64)>> {
+    if limits.threads >= 2 {
+        return layer_diff_id(pieces, limits).map(Ok);
+    }
+    let mut reader = crate::layer::ChannelReader::new(pieces);
+    let found = sequential_diff_id(&mut reader, limits.max_unpacked);
+    reader.drain(); // an error ends the reading, not the receiving
+    Some(found)
+}
+
 /// The sha256 of what the pieces of a layer as imgbuild writes it inflate to, and its length,
 /// on `limits.threads` threads; `None` for any other blob (or one past the limit).
-fn layer_diff_id(pieces: Receiver<Vec<u8>>, limits: Limits) -> Option<(Sha256Digest, u64)> {
+fn layer_diff_id(pieces: Receiver<io::Result<Vec<u8>>>, limits: Limits) -> Option<(Sha256Digest, u64)> {
     let mut hasher = crate::digest::Hasher::new(Algorithm::Sha256);
-    let size =
-        gunzip::inflate_layer(pieces.into_iter(), limits.threads, limits.max_unpacked, &mut |b| hasher.update(b))?;
+    let size = gunzip::inflate_layer(
+        pieces.into_iter().map_while(Result::ok),
+        limits.threads,
+        limits.max_unpacked,
+        &mut |b| hasher.update(b),
+    )?;
     let diff_id = hasher.finish().as_sha256().expect("a sha256 hasher");
     Some((diff_id, size))
 }
@@ -247,7 +268,21 @@ mod tests {
     }
 
     fn limits(max_unpacked: u64) -> Limits {
-        Limits { max_unpacked, threads: 2 }
+        Limits { max_unpacked, threads: THREADS.with(|t| t.get()) }
+    }
+
+    thread_local! {
+        /// The threads the checks in this test use (each test runs on a thread of its own).
+        static THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(2) };
+    }
+
+    /// Runs `test` with one checking thread (one sequential reader) and with two (the
+    /// parallel reader, or the sequential one after it declines).
+    fn with_one_and_two_threads(test: impl Fn()) {
+        for threads in [1, 2] {
+            THREADS.with(|t| t.set(threads));
+            test();
+        }
     }
 
     fn take(store: &Store, blob: &[u8], record: &LayerRecord, limit: u64) -> Result<(), Refusal> {
@@ -266,121 +301,140 @@ mod tests {
 
     #[test]
     fn a_blob_that_is_what_its_record_says_enters_the_store() {
-        let (_d, store) = store();
-        let tar: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let (blob, record) = layer(&tar);
-        assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
-        only(&store, Some(&record));
-        assert_eq!(check_stored(&store, &record, limits(1 << 30)).unwrap(), Ok(()));
+        with_one_and_two_threads(|| {
+            let (_d, store) = store();
+            let tar: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+            let (blob, record) = layer(&tar);
+            assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
+            only(&store, Some(&record));
+            assert_eq!(check_stored(&store, &record, limits(1 << 30)).unwrap(), Ok(()));
+        });
     }
 
     #[test]
-    fn a_layer_as_imgbuild_writes_it_is_checked_on_every_core_and_a_lie_is_still_refused() {
-        use crate::compress::{Compressor, LayerWriter, Parallelism};
-        let (_d, store) = store();
-        let tar: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 13)) as u8).collect();
-        let mut writer = LayerWriter::new(Vec::new(), Compressor::gzip(1), Parallelism::threads(2)).unwrap();
-        writer.write_all(&tar).unwrap();
-        let blob = writer.finish().unwrap();
-        let record = LayerRecord {
-            digest: BlobDigest(Sha256Digest::of(&blob)),
-            diff_id: DiffId(Sha256Digest::of(&tar)),
-            size: blob.len() as u64,
-        };
-        let lie = LayerRecord { diff_id: DiffId(Sha256Digest::of(b"another tar")), ..record };
-        assert!(take(&store, &blob, &lie, 1 << 30).unwrap_err().contains("diff_id"));
-        only(&store, None);
-        let refused = take(&store, &blob, &record, 4_000_000).unwrap_err();
-        assert!(refused.contains("more than 4000000 bytes"), "{refused}");
-        only(&store, None);
-        assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
-        only(&store, Some(&record));
-        assert_eq!(check_stored(&store, &record, limits(1 << 30)).unwrap(), Ok(()));
+    fn a_layer_as_imgbuild_writes_it_is_checked_and_a_lie_is_still_refused() {
+        with_one_and_two_threads(|| {
+            use crate::compress::{Compressor, LayerWriter, Parallelism};
+            let (_d, store) = store();
+            let tar: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 13)) as u8).collect();
+            let mut writer = LayerWriter::new(Vec::new(), Compressor::gzip(1), Parallelism::threads(2)).unwrap();
+            writer.write_all(&tar).unwrap();
+            let blob = writer.finish().unwrap();
+            let record = LayerRecord {
+                digest: BlobDigest(Sha256Digest::of(&blob)),
+                diff_id: DiffId(Sha256Digest::of(&tar)),
+                size: blob.len() as u64,
+            };
+            let lie = LayerRecord { diff_id: DiffId(Sha256Digest::of(b"another tar")), ..record };
+            assert!(take(&store, &blob, &lie, 1 << 30).unwrap_err().contains("diff_id"));
+            only(&store, None);
+            let refused = take(&store, &blob, &record, 4_000_000).unwrap_err();
+            assert!(refused.contains("more than 4000000 bytes"), "{refused}");
+            only(&store, None);
+            assert_eq!(take(&store, &blob, &record, 1 << 30), Ok(()));
+            only(&store, Some(&record));
+            assert_eq!(check_stored(&store, &record, limits(1 << 30)).unwrap(), Ok(()));
+        });
     }
 
     #[test]
     fn a_record_that_lies_leaves_nothing_in_the_store() {
-        let (_d, store) = store();
-        let (blob, record) = layer(b"the real layer");
-        let other = Sha256Digest::of(b"something else");
-        let cases = [
-            (LayerRecord { diff_id: DiffId(other), ..record }, "diff_id"),
-            (LayerRecord { digest: BlobDigest(other), ..record }, "digest"),
-            (LayerRecord { size: record.size - 1, ..record }, "bytes"),
-            (LayerRecord { size: record.size + 1, ..record }, "bytes"),
-        ];
-        for (lie, what) in cases {
-            let refused = take(&store, &blob, &lie, 1 << 20).unwrap_err();
-            assert!(refused.contains(what), "{what}: {refused}");
-            only(&store, None);
-        }
+        with_one_and_two_threads(|| {
+            let (_d, store) = store();
+            let (blob, record) = layer(b"the real layer");
+            let other = Sha256Digest::of(b"something else");
+            let cases = [
+                (LayerRecord { diff_id: DiffId(other), ..record }, "diff_id"),
+                (LayerRecord { digest: BlobDigest(other), ..record }, "digest"),
+                (LayerRecord { size: record.size - 1, ..record }, "bytes"),
+                (LayerRecord { size: record.size + 1, ..record }, "bytes"),
+            ];
+            for (lie, what) in cases {
+                let refused = take(&store, &blob, &lie, 1 << 20).unwrap_err();
+                assert!(refused.contains(what), "{what}: {refused}");
+                only(&store, None);
+            }
+        });
     }
 
     #[test]
     fn a_blob_that_is_not_whole_gzip_is_refused() {
-        let (_d, store) = store();
-        let (blob, _) = layer(&vec![7u8; 100_000]);
-        let truncated = &blob[..blob.len() - 4];
-        let mut trailing = blob.clone();
-        trailing.extend_from_slice(b"junk after the end");
-        let mut flipped = blob.clone();
-        let last = flipped.len() - 6;
-        flipped[last] ^= 1; // the CRC-32
-        for bad in [truncated, &trailing[..], &flipped[..], b"plain text, not gzip", b""] {
-            let record = LayerRecord {
-                digest: BlobDigest(Sha256Digest::of(bad)),
-                diff_id: DiffId(Sha256Digest::of(&[7u8; 100_000])),
-                size: bad.len() as u64,
-            };
-            let refused = take(&store, bad, &record, 1 << 20).unwrap_err();
-            assert!(refused.contains("not a gzip stream"), "{refused}");
-            only(&store, None);
-        }
+        with_one_and_two_threads(|| {
+            let (_d, store) = store();
+            let (blob, _) = layer(&vec![7u8; 100_000]);
+            let truncated = &blob[..blob.len() - 4];
+            let mut trailing = blob.clone();
+            trailing.extend_from_slice(b"junk after the end");
+            let mut flipped = blob.clone();
+            let last = flipped.len() - 6;
+            flipped[last] ^= 1; // the CRC-32
+            for bad in [truncated, &trailing[..], &flipped[..], b"plain text, not gzip", b""] {
+                let record = LayerRecord {
+                    digest: BlobDigest(Sha256Digest::of(bad)),
+                    diff_id: DiffId(Sha256Digest::of(&[7u8; 100_000])),
+                    size: bad.len() as u64,
+                };
+                let refused = take(&store, bad, &record, 1 << 20).unwrap_err();
+                assert!(refused.contains("not a gzip stream"), "{refused}");
+                only(&store, None);
+            }
+        });
     }
 
     #[test]
     fn members_one_after_another_are_one_layer_as_runtimes_read_it() {
-        let (_d, store) = store();
-        let mut blob = gzip(b"first half, ");
-        blob.extend(gzip(b"second half"));
-        let record = LayerRecord {
-            digest: BlobDigest(Sha256Digest::of(&blob)),
-            diff_id: DiffId(Sha256Digest::of(b"first half, second half")),
-            size: blob.len() as u64,
-        };
-        assert_eq!(take(&store, &blob, &record, 1 << 20), Ok(()));
+        with_one_and_two_threads(|| {
+            let (_d, store) = store();
+            let mut blob = gzip(b"first half, ");
+            blob.extend(gzip(b"second half"));
+            let record = LayerRecord {
+                digest: BlobDigest(Sha256Digest::of(&blob)),
+                diff_id: DiffId(Sha256Digest::of(b"first half, second half")),
+                size: blob.len() as u64,
+            };
+            assert_eq!(take(&store, &blob, &record, 1 << 20), Ok(()));
+        });
     }
 
     #[test]
     fn a_decompression_bomb_stops_at_the_limit() {
-        let (_d, store) = store();
-        let (blob, record) = layer(&vec![0u8; 4 << 20]);
-        let refused = take(&store, &blob, &record, 1 << 20).unwrap_err();
-        assert!(refused.contains("more than 1048576 bytes"), "{refused}");
-        only(&store, None);
+        with_one_and_two_threads(|| {
+            let (_d, store) = store();
+            let (blob, record) = layer(&vec![0u8; 4 << 20]);
+            let refused = take(&store, &blob, &record, 1 << 20).unwrap_err();
+            assert!(refused.contains("more than 1048576 bytes"), "{refused}");
+            only(&store, None);
+        });
     }
 
     #[test]
     fn a_body_cut_short_is_refused() {
-        struct Dropped<'a>(&'a [u8]);
-        impl Read for Dropped<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0.is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"));
+        with_one_and_two_threads(|| {
+            struct Dropped<'a>(&'a [u8]);
+            impl Read for Dropped<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                    if self.0.is_empty() {
+                        return Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"));
+                    }
+                    let n = buf.len().min(self.0.len()).min(1000);
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
                 }
-                let n = buf.len().min(self.0.len()).min(1000);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
             }
-        }
-        let (_d, store) = store();
-        let (blob, record) = layer(&(0..200_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>());
-        let refused =
-            receive(&store, Dropped(&blob[..blob.len() / 2]), &record, limits(1 << 20), &SilentReporter.task("", None))
-                .unwrap()
-                .unwrap_err();
-        assert!(refused.contains("connection reset"), "{refused}");
-        only(&store, None);
+            let (_d, store) = store();
+            let (blob, record) = layer(&(0..200_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>());
+            let refused = receive(
+                &store,
+                Dropped(&blob[..blob.len() / 2]),
+                &record,
+                limits(1 << 20),
+                &SilentReporter.task("", None),
+            )
+            .unwrap()
+            .unwrap_err();
+            assert!(refused.contains("connection reset"), "{refused}");
+            only(&store, None);
+        });
     }
 }

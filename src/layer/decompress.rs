@@ -106,7 +106,7 @@ impl Compression {
                 let _ = out.tx.send(Err(e));
             }
         });
-        Box::new(ChannelReader { rx, current: Vec::new(), pos: 0 })
+        Box::new(ChannelReader::new(rx))
     }
 }
 
@@ -270,10 +270,22 @@ fn unreadable(format: Compression, e: io::Error) -> Stop {
     failure(e.kind(), format!("{} data: {}", format.name(), crate::error::escape(&e.to_string())))
 }
 
-struct ChannelReader {
+/// The pieces a channel brings, read as one stream (an error piece is the stream's error).
+pub(crate) struct ChannelReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> ChannelReader {
+        ChannelReader { rx, current: Vec::new(), pos: 0 }
+    }
+
+    /// Receives what is left, unread, so that the sender is never left waiting.
+    pub(crate) fn drain(&self) {
+        self.rx.iter().for_each(drop);
+    }
 }
 
 impl Read for ChannelReader {
