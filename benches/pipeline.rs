@@ -827,11 +827,11 @@ fn cache_figures(work: &Path, project: &Path, mirror: &Path, threads: usize) -> 
             warm_cache / cold
         ),
         format!(
-            "| its floor: checking the three layers alone, in this process (median of 3) | {:.2} s | {:.2} | |",
+            "| its floor: checking the three layers alone, in-process (median of 3) | {:.2} s | {:.2} | |",
             floor.as_secs_f64(),
             floor.as_secs_f64() / cold
         ),
-        "\nThe floor is what a cache entry must pass before it is used: each recipe layer's blob hashed (its digest), inflated on every core and the tar hashed (its diff_id), all three layers at once, from the page cache, with no download, store or image work.".into(),
+        "\nThe floor is what a cache entry must pass before it is used: each recipe layer's blob hashed (its digest), inflated and the tar hashed (its diff_id), all three layers at once with the cores shared between them as imgbuild shares them, from the page cache, with no download, store or image work.".into(),
     ]
 }
 
