@@ -266,8 +266,13 @@ impl<'a> Fetcher<'a> {
                 }));
             }
         };
-        let what = file.display().to_string();
-        self.store.commit_file(into, found, Some(&source.hash), &what).map(|_| ()).map_err(|e| match e {
+        self.commit_source(into, found, source, &file.display().to_string())
+    }
+
+    /// Moves a source's file, written and hashed as `found`, into the store if it is the
+    /// pinned one: other bytes are this attempt's mismatch, anything else the store's error.
+    fn commit_source(&self, file: &Path, found: Hash, source: &Source, what: &str) -> Result<(), AttemptError> {
+        self.store.commit_file(file, found, Some(&source.hash), what).map(|_| ()).map_err(|e| match e {
             e @ Error::HashMismatch { .. } => AttemptError::Mismatch(e),
             other => AttemptError::Local(other),
         })
@@ -289,14 +294,7 @@ impl<'a> Fetcher<'a> {
                 std::thread::sleep(Duration::from_millis(200 << attempt));
             }
             match self.download_once(url, &partial, source.hash.algorithm(), task, tap) {
-                Ok(found) => {
-                    return self.store.commit_file(&partial, found, Some(&source.hash), url).map(|_| ()).map_err(|e| {
-                        match e {
-                            e @ Error::HashMismatch { .. } => AttemptError::Mismatch(e),
-                            other => AttemptError::Local(other),
-                        }
-                    });
-                }
+                Ok(found) => return self.commit_source(&partial, found, source, url),
                 Err(Transfer::Local(e)) => return Err(AttemptError::Local(e)),
                 Err(Transfer::Fatal(why)) => return Err(AttemptError::Failed(why)),
                 Err(Transfer::Retry(why)) => last = why,

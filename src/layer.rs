@@ -149,17 +149,20 @@ pub fn recipe_layer(
     let archive_name = format!("{} ({})", source.file_name, recipe);
     let input = BufReader::with_capacity(256 * 1024, counted);
     let (record, counts) = normalize_tarball(store, input, &archive_name, unpack, settings)?;
-    if counts.skipped_devices > 0 {
-        reporter.status(&format!(
-            "layer {recipe}: left out {} device node(s) and FIFO(s) (`skip_devices = true`)",
-            counts.skipped_devices
-        ));
-    }
+    report_skipped(reporter, recipe, &counts);
     store.record_layer(&key, &record)?;
     if let Some(cache) = cache {
         cache.push(store, &key, &record, recipe, reporter)?;
     }
     Ok((record, true))
+}
+
+/// Says how many device nodes and FIFOs `recipe`'s layer left out (`skip_devices = true`).
+pub(crate) fn report_skipped(reporter: &dyn Reporter, recipe: &str, counts: &Counts) {
+    if counts.skipped_devices > 0 {
+        let n = counts.skipped_devices;
+        reporter.status(&format!("layer {recipe}: left out {n} device node(s) and FIFO(s) (`skip_devices = true`)"));
+    }
 }
 
 /// Streams a (possibly compressed) tarball into a normalized layer blob in the store.

@@ -247,12 +247,7 @@ pub(crate) fn fetch_and_build<E>(
         cache.push(store, &key, &layer, &recipe.name, reporter)?;
     }
     reporter.status(&format!("layer {}: built while {doing}", recipe.name));
-    if counts.skipped_devices > 0 {
-        // As `layer::recipe_layer` says it.
-        let n = counts.skipped_devices;
-        reporter
-            .status(&format!("layer {}: left out {n} device node(s) and FIFO(s) (`skip_devices = true`)", recipe.name));
-    }
+    crate::layer::report_skipped(reporter, &recipe.name, &counts);
     Ok((arrived, true))
 }
 
