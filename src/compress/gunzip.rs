@@ -33,7 +33,7 @@ use miniz_oxide::inflate::core::inflate_flags::{
 use miniz_oxide::inflate::core::{decompress, DecompressorOxide};
 use miniz_oxide::inflate::TINFLStatus;
 
-use super::CHUNK_SIZE;
+use super::{gzip, CHUNK_SIZE};
 
 /// The end of a sync flush: an empty stored block's LEN and NLEN.
 const SYNC_MARKER: [u8; 4] = [0, 0, 0xff, 0xff];
@@ -178,15 +178,15 @@ impl Splitter {
         for piece in pieces.by_ref() {
             segment.extend_from_slice(&piece);
             if !header_seen {
-                if segment.len() < 10 {
+                if segment.len() < gzip::HEADER.len() {
                     continue;
                 }
-                // ID1 ID2, deflate, no flags (so no optional fields); MTIME, XFL and OS are
-                // read past by every reader.
-                if segment[..4] != [0x1f, 0x8b, 8, 0] {
+                // ID1 ID2, deflate, no flags (so no optional fields), as imgbuild writes it;
+                // MTIME, XFL and OS are read past by every reader.
+                if segment[..4] != gzip::HEADER[..4] {
                     return None;
                 }
-                segment.drain(..10);
+                segment.drain(..gzip::HEADER.len());
                 header_seen = true;
             }
             while let Some(at) = memchr::memmem::find(&segment[searched..], &SYNC_MARKER) {
@@ -344,14 +344,10 @@ mod tests {
         for (data, flush) in [(first, flate2::FlushCompress::Sync), (second, flate2::FlushCompress::Finish)] {
             deflate.compress_vec(data, &mut stream, flush).unwrap();
         }
-        let mut blob = gzip_header();
+        let mut blob = gzip::HEADER.to_vec();
         blob.extend(stream);
         blob.extend(trailer(&[first, second].concat()));
         blob
-    }
-
-    fn gzip_header() -> Vec<u8> {
-        vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]
     }
 
     /// The CRC-32 and length of `data`, as a gzip member ends.
@@ -410,7 +406,7 @@ mod tests {
         // A cache's writer can end a segment every five bytes (an empty stored block); each cut
         // costs a decoder and two hand-offs, so cuts come at least MIN_SEGMENT_IN apart.
         let data = sample(300_000, 9);
-        let mut blob = gzip_header();
+        let mut blob = gzip::HEADER.to_vec();
         let mut stream = sync_flushed(&[&data]).remove(0);
         for _ in 0..200_000 {
             stream.extend([0, 0, 0, 0xff, 0xff]);
