@@ -253,12 +253,17 @@ mod tests {
     /// A blob and the record that truly describes it.
     fn layer(tar: &[u8]) -> (Vec<u8>, LayerRecord) {
         let blob = gzip(tar);
-        let record = LayerRecord {
-            digest: BlobDigest(Sha256Digest::of(&blob)),
+        let record = record(&blob, tar);
+        (blob, record)
+    }
+
+    /// The record of `blob`, a compressed `tar`.
+    fn record(blob: &[u8], tar: &[u8]) -> LayerRecord {
+        LayerRecord {
+            digest: BlobDigest(Sha256Digest::of(blob)),
             diff_id: DiffId(Sha256Digest::of(tar)),
             size: blob.len() as u64,
-        };
-        (blob, record)
+        }
     }
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -320,11 +325,7 @@ mod tests {
             let mut writer = LayerWriter::new(Vec::new(), Compressor::gzip(1), Parallelism::threads(2)).unwrap();
             writer.write_all(&tar).unwrap();
             let blob = writer.finish().unwrap();
-            let record = LayerRecord {
-                digest: BlobDigest(Sha256Digest::of(&blob)),
-                diff_id: DiffId(Sha256Digest::of(&tar)),
-                size: blob.len() as u64,
-            };
+            let record = record(&blob, &tar);
             let lie = LayerRecord { diff_id: DiffId(Sha256Digest::of(b"another tar")), ..record };
             assert!(take(&store, &blob, &lie, 1 << 30).unwrap_err().contains("diff_id"));
             only(&store, None);
@@ -369,11 +370,7 @@ mod tests {
             let last = flipped.len() - 6;
             flipped[last] ^= 1; // the CRC-32
             for bad in [truncated, &trailing[..], &flipped[..], b"plain text, not gzip", b""] {
-                let record = LayerRecord {
-                    digest: BlobDigest(Sha256Digest::of(bad)),
-                    diff_id: DiffId(Sha256Digest::of(&[7u8; 100_000])),
-                    size: bad.len() as u64,
-                };
+                let record = record(bad, &[7u8; 100_000]);
                 let refused = take(&store, bad, &record, 1 << 20).unwrap_err();
                 assert!(refused.contains("not a gzip stream"), "{refused}");
                 only(&store, None);
@@ -387,11 +384,7 @@ mod tests {
             let (_d, store) = store();
             let mut blob = gzip(b"first half, ");
             blob.extend(gzip(b"second half"));
-            let record = LayerRecord {
-                digest: BlobDigest(Sha256Digest::of(&blob)),
-                diff_id: DiffId(Sha256Digest::of(b"first half, second half")),
-                size: blob.len() as u64,
-            };
+            let record = record(&blob, b"first half, second half");
             assert_eq!(take(&store, &blob, &record, 1 << 20), Ok(()));
         });
     }
