@@ -474,7 +474,10 @@ fn expected(e: &BootEnv) -> Option<String> {
         Some(v) => decimal(v)?,
         None => {
             let by_hostname = || -> Result<Option<String>, ()> {
-                let Some(ordinal) = e.hostname.rsplit_once('-').and_then(|(_, o)| decimal(o)) else { return Ok(None) };
+                // Only a host name gives an ordinal, as the entrypoint reads it (`is_host`).
+                let ordinal =
+                    e.hostname.rsplit_once('-').filter(|_| is_host(&e.hostname)).and_then(|(_, o)| decimal(o));
+                let Some(ordinal) = ordinal else { return Ok(None) };
                 if index_mode {
                     let at = ordinal.parse::<usize>().ok().and_then(|i| ids.get(i)).ok_or(())?;
                     Ok(Some(at.to_string()))
