@@ -164,7 +164,7 @@ impl Store {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             hasher: Hasher::new(algorithm),
             size: 0,
-            writeback_from: 0,
+            writeback: Writeback::starting_at(0),
         })
     }
 
@@ -339,7 +339,6 @@ impl Store {
         Ok(roots)
     }
 
-    /// The file that remembers which repositories of `registry` hold which blobs.
     /// The directory of notes about the `--cache` repository `name` (`caches/`).
     pub fn cache_notes_dir(&self, name: &str) -> PathBuf {
         // The hash keeps `a/b_c` and `a_b/c` apart.
@@ -368,6 +367,7 @@ impl Store {
         self.root.join("supply")
     }
 
+    /// The file that remembers which repositories of `registry` hold which blobs.
     pub fn registry_hints_path(&self, registry: &str) -> PathBuf {
         self.root.join("registries").join(format!("{}.json", file_name_for(registry)))
     }
@@ -385,16 +385,36 @@ pub struct BlobWriter<'s> {
     file: Option<io::BufWriter<File>>,
     hasher: Hasher,
     size: u64,
-    /// Where the bytes not yet handed to the disk start (see `start_writeback`).
-    writeback_from: u64,
+    writeback: Writeback,
 }
 
-/// Bytes of a blob written between two writeback starts.
+/// Bytes of a file written between two writeback starts.
 const WRITEBACK_STEP: u64 = 8 << 20;
 
-/// Has the kernel start writing `from..to` of `file` to the disk, without waiting: so the fsync
-/// that commits a large blob (a layer, a source) waits only for its last few MiB, not for all
-/// of it at the end of the work. Only a hint: its failure changes nothing (the fsync decides).
+/// Has the kernel start writing a large file to the disk as it is written, every
+/// `WRITEBACK_STEP` bytes, without waiting: so the fsync that commits it (a layer, a source
+/// downloaded or copied from a mirror) waits only for its last few MiB, not for all of it at
+/// the end of the work. Only a hint: its failure changes nothing (the fsync decides).
+pub(crate) struct Writeback {
+    /// Where the bytes not yet handed to the disk start.
+    from: u64,
+}
+
+impl Writeback {
+    /// For a file whose first `from` bytes are already written.
+    pub(crate) fn starting_at(from: u64) -> Writeback {
+        Writeback { from }
+    }
+
+    /// `file` now holds `written` bytes.
+    pub(crate) fn wrote(&mut self, file: &File, written: u64) {
+        if written.saturating_sub(self.from) >= WRITEBACK_STEP {
+            start_writeback(file, self.from, written);
+            self.from = written;
+        }
+    }
+}
+
 fn start_writeback(file: &File, from: u64, to: u64) {
     #[cfg(target_os = "linux")]
     {
@@ -437,11 +457,7 @@ impl Write for BlobWriter<'_> {
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
         // What reached the file: the rest waits in the buffer.
-        let in_file = self.size - file.buffer().len() as u64;
-        if in_file - self.writeback_from >= WRITEBACK_STEP {
-            start_writeback(file.get_ref(), self.writeback_from, in_file);
-            self.writeback_from = in_file;
-        }
+        self.writeback.wrote(file.get_ref(), self.size - file.buffer().len() as u64);
         Ok(n)
     }
 

@@ -78,6 +78,7 @@ pub(crate) fn write_resumable(
     }
     file.seek(io::SeekFrom::Start(received)).map_err(|e| local(partial, e))?;
     let expected = body.length.map(|n| n + received);
+    let mut writeback = crate::store::Writeback::starting_at(received);
     progress(received);
     loop {
         let n = match body.reader.read(&mut buf) {
@@ -92,6 +93,7 @@ pub(crate) fn write_resumable(
         file.write_all(&buf[..n]).map_err(|e| local(partial, e))?;
         hasher.update(&buf[..n]);
         received += n as u64;
+        writeback.wrote(&file, received);
         progress(received);
     }
     if let Some(len) = expected {
