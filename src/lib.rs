@@ -7,6 +7,7 @@ pub(crate) mod build;
 pub(crate) mod cache;
 pub mod cli;
 pub mod compress;
+pub(crate) mod date;
 pub(crate) mod deploy;
 pub mod digest;
 pub mod error;

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::inventory::{Inventory, RecipePackage};
+use crate::date::rfc3339;
 use crate::digest::{Algorithm, Hash};
-use crate::image::rfc3339;
 
 const IMAGE_ID: &str = "SPDXRef-Image";
 const BASE_ID: &str = "SPDXRef-Base";
