@@ -17,6 +17,7 @@ pub mod image_def;
 pub(crate) mod image_path;
 pub(crate) mod import;
 pub mod layer;
+pub(crate) mod net;
 pub mod node;
 pub(crate) mod oci_doc;
 pub(crate) mod output;

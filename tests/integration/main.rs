@@ -21,6 +21,7 @@ mod first_hour;
 mod first_hour_fixes;
 mod hostile_io;
 mod hostile_layers;
+mod origins;
 mod outputs;
 mod registry;
 mod registry_access;
