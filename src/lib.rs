@@ -3,6 +3,7 @@
 //! One module per pipeline stage:
 //! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
 
+pub(crate) mod atomic_file;
 pub(crate) mod build;
 pub(crate) mod cache;
 pub mod cli;

@@ -195,19 +195,13 @@ fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Res
     Ok(())
 }
 
-/// Replaces `path` with `text`: written to a temporary file beside it, synced, then renamed
-/// over it, so the recipe is the old one or the new one, never a part.
+/// Replaces the recipe `path` with `text` (keeping its permissions): the old one or the new
+/// one, never a part, and never written through a link (`atomic_file`).
 fn replace_file(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.imgbuild-tmp-{}", std::process::id()));
-    let written = std::fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&temp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written.map_err(|e| Error::io(path, e))
+    use std::os::unix::fs::PermissionsExt;
+    let kept = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map(|m| m.permissions().mode() & 0o7777);
+    let options = crate::atomic_file::Options { mode: kept, ..crate::atomic_file::Options::REPLACE };
+    crate::atomic_file::write(path, text.as_bytes(), options)
 }
 
 /// The recipes on stdout (TOML, or JSON with `--json`), a line about each on stderr.
