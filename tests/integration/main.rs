@@ -23,6 +23,7 @@ mod hostile_io;
 mod hostile_layers;
 mod origins;
 mod outputs;
+mod pins;
 mod planted_links;
 mod registry;
 mod registry_access;
