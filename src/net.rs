@@ -109,6 +109,21 @@ mod tests {
         })
     }
 
+    /// Every HTTP client imgbuild builds starts at [`client_builder`], so none escapes the
+    /// redirect policy.
+    #[test]
+    fn every_http_client_is_built_here() {
+        let builders = ["Client::builder(", "ClientBuilder::new(", "Client::new("];
+        let found: Vec<String> = crate::atomic_file::tests::sources_without_tests()
+            .into_iter()
+            .filter(|(rel, _)| rel != "net.rs")
+            .flat_map(|(rel, code)| {
+                builders.iter().filter(|b| code.contains(**b)).map(move |b| format!("{rel}: {b}")).collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(found.is_empty(), "HTTP clients built around crate::net: {found:?}");
+    }
+
     proptest! {
         /// A redirect is followed only between HTTP(S) URLs and never out of HTTPS.
         #[test]
