@@ -2,8 +2,9 @@
 //! carry symlinks (git stores them) at any name, so links are planted at every temporary name
 //! a writer could use (the predictable `.NAME.imgbuild-tmp-PID` of old, for the PIDs the
 //! command can get; names shaped as the random ones) and at the targets, pointing outside the
-//! project at a file and at names that do not exist yet. Every writer runs; nothing outside
-//! changes. (That the writer passes over a taken random name is `atomic_file`'s unit test.)
+//! project at a file and at names that do not exist yet. Every writer runs (init, recipe
+//! --update, deploy, build's archive and layout, vm); nothing outside changes. (That the
+//! writer passes over a taken random name is `atomic_file`'s unit test.)
 
 use std::path::{Path, PathBuf};
 
@@ -120,7 +121,7 @@ fn no_writer_follows_a_link_planted_at_its_temporary_or_target_name() {
 
     // Outputs: a directory (deploy), an archive, a layout; links around each and inside none
     // (a directory output is made new under a random name).
-    for out_name in ["compose-out", "image.tar", "layout"] {
+    for out_name in ["compose-out", "image.tar", "layout", "vm-out"] {
         outside.plant_around(&p.root.join(out_name));
     }
     assert_ok(&p.run(&["deploy", "compose", "--out", "compose-out"]));
@@ -130,4 +131,7 @@ fn no_writer_follows_a_link_planted_at_its_temporary_or_target_name() {
     outside.assert_untouched("build --format oci-archive");
     assert_ok(&p.run(&["build", "--out", "layout"]));
     outside.assert_untouched("build (layout)");
+    // VM disks, templates, seeds and scripts (mke2fs, xorriso: as the VM tests need).
+    assert_ok(&p.run(&["vm", "--all", "--out", "vm-out"]));
+    outside.assert_untouched("vm");
 }
