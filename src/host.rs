@@ -91,6 +91,9 @@ pub enum Probe {
     Boot,
     /// Whether KVM works here; advice only (TCG always does).
     Kvm,
+    /// Whether podman runs a container here, with its own settings, else with the ones the
+    /// README gives for hosts that refuse rlimits or cgroups.
+    ContainerRun,
 }
 
 /// One line of the table: a thing the host must have, and who needs it.
@@ -201,6 +204,13 @@ pub static NEEDS: &[Need] = &[
             "docker-compose up (the file of imgbuild deploy compose)",
         )
     },
+    need(
+        "container-run",
+        Probe::ContainerRun,
+        "runc",
+        &[Feature::Load, Feature::Compose, Feature::Tests],
+        "podman run, podman-compose up (the nodes loaded)",
+    ),
     need("netavark", Probe::Helper { name: "netavark" }, "netavark", COMPOSE, "podman-compose up: the compose network"),
     need(
         "aardvark-dns",
@@ -458,6 +468,8 @@ fn check_one(need: &'static Need, ctx: &Context) -> Checked {
         Probe::Store => check_store(need, &ctx.store),
         Probe::Boot => check_boot(need, ctx),
         Probe::Kvm => check_kvm(need),
+        Probe::ContainerRun if ctx.probe => check_container_run(need),
+        Probe::ContainerRun => Checked::new(need, Status::Advice).with(None, Some("not tried".into())),
     }
 }
 
@@ -504,7 +516,7 @@ fn helper_dirs() -> Vec<PathBuf> {
 
 /// Runs `program args` for at most `timeout`; its stdout and stderr when it succeeds, else why
 /// not. The child is killed (by its own handle) when it takes too long.
-fn run_bounded(program: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
+fn run_bounded<A: AsRef<std::ffi::OsStr>>(program: &Path, args: &[A], timeout: Duration) -> Result<String, String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -597,6 +609,78 @@ fn human(bytes: u64) -> String {
     } else {
         format!("{} MiB", bytes >> 20)
     }
+}
+
+/// The settings the README gives for hosts where runc's rlimits or crun's cgroups are refused
+/// (containers inside containers): what the tests run podman with.
+/// podman's own options, and `run`'s.
+const RUN_SETTINGS: (&[&str], &[&str]) = (
+    &["--runtime=runc", "--cgroup-manager=cgroupfs"],
+    &["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"],
+);
+
+/// Runs `true` in a container whose root is an empty directory with the host's `/usr` (and
+/// `/bin`, `/lib`, … as they are here) mounted read-only: it needs no image and no network. A
+/// container that runs only with [`RUN_SETTINGS`] is advice (put them in containers.conf).
+fn check_container_run(need: &'static Need) -> Checked {
+    let Some(podman) = find_program("podman") else {
+        return Checked::new(need, Status::Advice).with(None, Some("no podman to run one with (see its line)".into()));
+    };
+    let shown = Some(format!("{} run", podman.display()));
+    // Unique to this probe: a directory a crashed one left is never reused.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let root = std::env::temp_dir().join(format!("imgbuild-doctor-{}-{nanos}", std::process::id()));
+    let result = host_rootfs(&root).and_then(|mounts| match run_container(&podman, &root, &mounts, (&[], &[])) {
+        Ok(()) => Ok(None),
+        Err(why) => match run_container(&podman, &root, &mounts, RUN_SETTINGS) {
+            Ok(()) => Ok(Some(why)),
+            Err(_) => Err(why),
+        },
+    });
+    let _ = std::fs::remove_dir_all(&root);
+    match result {
+        Ok(None) => Checked::new(need, Status::Found).with(shown, Some("a container runs".into())),
+        Ok(Some(why)) => Checked::new(need, Status::Advice).with(
+            shown,
+            Some(format!(
+                "a container runs only with runc, cgroupfs and ulimits ({why}): put them in containers.conf \
+                 (README, Run the cluster) before running the nodes"
+            )),
+        ),
+        Err(why) => Checked::new(need, Status::Broken).with(shown, Some(format!("no container runs here: {why}"))),
+    }
+}
+
+/// An empty root for a container, with the host's system directories as they are here (a link
+/// stays a link, a directory is mounted read-only): the `-v` arguments that mount them.
+fn host_rootfs(root: &Path) -> Result<Vec<String>, String> {
+    std::fs::create_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut mounts = Vec::new();
+    for dir in ["usr", "bin", "sbin", "lib", "lib64"] {
+        let host = Path::new("/").join(dir);
+        let made = match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::read_link(&host).and_then(|t| std::os::unix::fs::symlink(t, root.join(dir)))
+            }
+            Ok(m) if m.is_dir() => {
+                mounts.extend(["-v".to_string(), format!("{0}:{0}:ro", host.display())]);
+                std::fs::create_dir(root.join(dir))
+            }
+            _ => Ok(()),
+        };
+        made.map_err(|e| format!("{}: {e}", root.join(dir).display()))?;
+    }
+    Ok(mounts)
+}
+
+fn run_container(podman: &Path, root: &Path, mounts: &[String], settings: (&[&str], &[&str])) -> Result<(), String> {
+    let mut args: Vec<std::ffi::OsString> = settings.0.iter().map(Into::into).collect();
+    args.extend(["run", "--rm", "--network=none"].map(Into::into));
+    args.extend(settings.1.iter().map(Into::into));
+    args.extend(mounts.iter().map(Into::into));
+    // `--rootfs DIR` stands where an image would: the last option.
+    args.extend(["--rootfs".into(), root.into(), "true".into()]);
+    run_bounded(podman, &args, PROBE_TIMEOUT).map(drop)
 }
 
 /// The kernel and initrd the templates boot by default: both readable.

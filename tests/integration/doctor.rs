@@ -35,7 +35,11 @@ fn doctor_finds_every_feature_ready_where_ci_installed_it() {
     let features: Vec<&str> =
         report["features"].as_array().unwrap().iter().map(|f| f["feature"].as_str().unwrap()).collect();
     assert_eq!(features, EVERY_FEATURE);
-    let kvm = report["needs"].as_array().unwrap().iter().find(|n| n["need"] == "kvm").unwrap();
+    let need = |id: &str| report["needs"].as_array().unwrap().iter().find(|n| n["need"] == id).unwrap();
+    // A container ran here: with podman's own settings, or with the README's (advice).
+    let run = need("container-run");
+    assert!(run["status"] == "found" || run["status"] == "advice", "{run}");
+    let kvm = need("kvm");
     // KVM is advice: where a guest would hang (nested), doctor says to use TCG.
     if kvm["status"] == "advice" {
         let detail = kvm["detail"].as_str().unwrap();
@@ -135,4 +139,6 @@ fn a_boot_script_without_qemu_stops_naming_its_package() {
         "{err}"
     );
     assert!(Path::new(&script).is_file());
+    require_tool("shellcheck");
+    tool(Command::new("shellcheck").args(["-s", "sh"]).arg(&script));
 }
