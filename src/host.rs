@@ -759,6 +759,17 @@ mod tests {
     }
 
     #[test]
+    fn every_tool_imgbuild_runs_is_a_program_of_the_table_with_its_package() {
+        let runs =
+            crate::output::vm::TOOLS.iter().chain(&["podman", "docker", "qemu-system-x86_64", "qemu-system-aarch64"]);
+        for tool in runs {
+            let need = NEEDS.iter().find(|n| n.id == *tool).unwrap_or_else(|| panic!("{tool} is not in the table"));
+            assert!(matches!(need.probe, Probe::Program { name, .. } if name == *tool), "{tool}");
+            assert!(!need.package.is_empty(), "{tool}");
+        }
+    }
+
+    #[test]
     fn versions_are_read_from_what_tools_print() {
         for (said, version) in [
             ("podman version 4.3.1\n", "4.3.1"),
