@@ -94,6 +94,8 @@ pub enum Probe {
     /// Whether podman runs a container here, with its own settings, else with the ones the
     /// README gives for hosts that refuse rlimits or cgroups.
     ContainerRun,
+    /// iptables' FORWARD policy, which Docker sets to DROP; advice only.
+    ForwardPolicy,
 }
 
 /// One line of the table: a thing the host must have, and who needs it.
@@ -225,6 +227,14 @@ pub static NEEDS: &[Need] = &[
         "iptables",
         COMPOSE,
         "podman-compose up: netavark sets up the network with it",
+    ),
+    // Advice only (Status::Advice when it is DROP or cannot be read).
+    need(
+        "forward-policy",
+        Probe::ForwardPolicy,
+        "iptables",
+        &[Feature::Compose],
+        "podman-compose up: nodes reach each other",
     ),
     need("qemu-img", program("qemu-img", VERSION), "qemu-utils", VM, "imgbuild vm"),
     need("mke2fs", program("mke2fs", DASH_V), "e2fsprogs", VM, "imgbuild vm"),
@@ -469,7 +479,10 @@ fn check_one(need: &'static Need, ctx: &Context) -> Checked {
         Probe::Boot => check_boot(need, ctx),
         Probe::Kvm => check_kvm(need),
         Probe::ContainerRun if ctx.probe => check_container_run(need),
-        Probe::ContainerRun => Checked::new(need, Status::Advice).with(None, Some("not tried".into())),
+        Probe::ForwardPolicy if ctx.probe => check_forward_policy(need),
+        Probe::ContainerRun | Probe::ForwardPolicy => {
+            Checked::new(need, Status::Advice).with(None, Some("not tried".into()))
+        }
     }
 }
 
@@ -683,6 +696,30 @@ fn run_container(podman: &Path, root: &Path, mounts: &[String], settings: (&[&st
     run_bounded(podman, &args, PROBE_TIMEOUT).map(drop)
 }
 
+/// Where a Docker daemon runs, it sets iptables' FORWARD policy to DROP; netavark adds accept
+/// rules for its own networks, but traffic between compose services is worth checking then.
+fn check_forward_policy(need: &'static Need) -> Checked {
+    let advice =
+        |detail: String| Checked::new(need, Status::Advice).with(Some("iptables -S FORWARD".into()), Some(detail));
+    let Some(iptables) = find_program("iptables") else {
+        return advice("no iptables to ask (see its line)".into());
+    };
+    match run_bounded(&iptables, &["-S", "FORWARD"], PROBE_TIMEOUT) {
+        Err(why) => advice(format!("cannot read the FORWARD policy: {why}")),
+        Ok(rules) if forward_dropped(&rules) => advice(
+            "the FORWARD policy is DROP (a Docker daemon sets it): netavark accepts its own networks' \
+             traffic, but check that compose services reach each other"
+                .into(),
+        ),
+        Ok(_) => Checked::new(need, Status::Found).with(Some("iptables -S FORWARD".into()), Some("ACCEPT".into())),
+    }
+}
+
+/// Whether `iptables -S FORWARD` says the chain's policy is DROP.
+fn forward_dropped(rules: &str) -> bool {
+    rules.lines().any(|l| l.split_whitespace().eq(["-P", "FORWARD", "DROP"]))
+}
+
 /// The kernel and initrd the templates boot by default: both readable.
 fn check_boot(need: &'static Need, ctx: &Context) -> Checked {
     let shown = Some(format!("{}, {}", ctx.kernel.display(), ctx.initrd.display()));
@@ -801,6 +838,12 @@ mod tests {
         assert_eq!(state.packages, ["podman"]);
         let kvm = [of("kvm", Status::Advice), of("qemu-img", Status::Found)];
         assert!(feature_state(Feature::Vm, &kvm).ready, "advice never makes a feature not ready");
+    }
+
+    #[test]
+    fn a_forward_policy_of_drop_is_seen() {
+        assert!(forward_dropped("-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"));
+        assert!(!forward_dropped("-P FORWARD ACCEPT\n-A FORWARD -m comment --comment \"-P FORWARD DROP\" -j X\n"));
     }
 
     #[test]

@@ -323,9 +323,10 @@ impl PathKind {
 }
 
 /// The paths every command may be given (`--project`, `--mirror`, `--ca-file`), checked before
-/// it starts; `init` makes its project directory.
+/// it starts.
 fn check_global_paths(global: &GlobalArgs, command: &Command) -> Result<()> {
-    if !matches!(command, Command::Init(_)) {
+    // `init` makes its project directory; `doctor` reads none.
+    if !matches!(command, Command::Init(_) | Command::Doctor(_)) {
         existing(Some("--project (IMGBUILD_PROJECT)"), &global.project, PathKind::Directory)?;
     }
     for dir in &global.mirror {
