@@ -330,16 +330,12 @@ impl Cache {
             self.refused(recipe, derivation, &why, reporter);
             return Ok(None);
         }
-        let signature = entry.signature.unwrap_or_default();
-        self.mark(
-            store,
-            derivation,
-            &Mark { layer, media_type: self.settings.media_type.into(), record, signature, pulled: true },
-        )?;
+        self.mark(store, derivation, &self.new_mark(layer, record, entry.signature, true))?;
         locked(&self.state).report.pulled += 1;
         reporter.status(&format!("layer {recipe}: from the cache {} (signed by `{signer}`)", self.name()));
         Ok(Some(layer))
     }
+
     /// Puts a layer built here into the cache, signed, unless the cache holds it already (as
     /// the registry's current record, signed by a trusted key, says). A record replaced since
     /// this store pushed it is said so and put back. A failure is reported, and stops pushes
@@ -361,15 +357,10 @@ impl Cache {
         }
         let mark = self.read_mark(store, derivation);
         if current.trusted() == Some(layer) {
+            // Held as built here (perhaps signed by another trusted key): noted, not pushed.
             if let Current::Found { entry, record, .. } = &current {
                 if mark.as_ref().is_none_or(|m| m.record != *record) {
-                    let signature = entry.signature.clone().unwrap_or_default();
-                    let media_type = self.settings.media_type.into();
-                    self.mark(
-                        store,
-                        derivation,
-                        &Mark { layer: *layer, media_type, record: *record, signature, pulled: false },
-                    )?;
+                    self.mark(store, derivation, &self.new_mark(*layer, *record, entry.signature.clone(), false))?;
                 }
             }
             return Ok(());
@@ -384,17 +375,20 @@ impl Cache {
             reporter.status(&format!("layer {recipe}: not pushed to the cache {} ({e}); no more pushes", self.name()));
             return Ok(());
         }
-        let record = Sha256Digest::of(&manifest);
-        self.mark(
-            store,
-            derivation,
-            &Mark { layer: *layer, media_type: media_type.into(), record, signature, pulled: false },
-        )?;
+        self.mark(store, derivation, &self.new_mark(*layer, Sha256Digest::of(&manifest), Some(signature), false))?;
+        let replaced = mark.is_some_and(|m| !matches!(current, Current::Found { record, .. } if record == m.record));
+        self.say_pushed(recipe, &current, replaced, reporter);
+        locked(&self.state).current.insert(*derivation, self.judge(derivation, &manifest));
+        Ok(())
+    }
+
+    /// Counts a push and says what it replaced: an entry this store had put there before
+    /// (`replaced`), or another.
+    fn say_pushed(&self, recipe: &str, current: &Current, replaced: bool, reporter: &dyn Reporter) {
         let mut state = locked(&self.state);
         state.report.pushed += 1;
-        let replaced = mark.is_some_and(|m| !matches!(current, Current::Found { record, .. } if record == m.record));
         let name = self.name();
-        match (&current, replaced) {
+        match (current, replaced) {
             (_, true) => {
                 state.report.replaced += 1;
                 reporter.status(&format!(
@@ -406,8 +400,6 @@ impl Cache {
                 "layer {recipe}: pushed to the cache {name}, replacing its entry ({current}) with the one built here"
             )),
         }
-        state.current.insert(*derivation, self.judge(derivation, &manifest));
-        Ok(())
     }
 
     /// Whether pushes go on in this run: the cache answers, none failed, and there is a key to
@@ -498,6 +490,11 @@ impl Cache {
     fn read_mark(&self, store: &Store, derivation: &Sha256Digest) -> Option<Mark> {
         let mark: Mark = serde_json::from_slice(&std::fs::read(self.mark_path(store, derivation)).ok()?).ok()?;
         store.has_sha256(&mark.layer.digest.0).then_some(mark)
+    }
+
+    fn new_mark(&self, layer: LayerRecord, record: Sha256Digest, signature: Option<String>, pulled: bool) -> Mark {
+        let media_type = self.settings.media_type.to_string();
+        Mark { layer, media_type, record, signature: signature.unwrap_or_default(), pulled }
     }
 
     fn mark(&self, store: &Store, derivation: &Sha256Digest, mark: &Mark) -> Result<()> {
