@@ -22,7 +22,7 @@ mod receive;
 mod record;
 mod sign;
 pub use config::{load as load_keys, user_file, Keys, PROJECT_FILE};
-pub use sign::{generate as generate_key, PublicKey};
+pub use sign::{generate as generate_key, PublicKey, TrustedKeys};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -270,17 +270,8 @@ impl Cache {
         current
     }
 
-    /// A record's bytes read, and its signature checked against the trusted keys.
     fn judge(&self, derivation: &Sha256Digest, bytes: &[u8]) -> Current {
-        let media_type = self.settings.media_type;
-        match record::parse(bytes, derivation, media_type, u64::MAX) {
-            Ok(entry) => {
-                let fingerprint = sign::fingerprint(derivation, media_type, &entry.layer);
-                let signed = self.settings.keys.trusted.check(&fingerprint, entry.signature.as_deref());
-                Current::Found { entry, signed, record: Sha256Digest::of(bytes) }
-            }
-            Err(why) => Current::Bad(why),
-        }
+        judge(&self.settings.keys.trusted, self.settings.media_type, derivation, bytes)
     }
 
     /// The layer of `derivation` from the cache, checked, into the store; `None` (reported)
@@ -579,4 +570,73 @@ fn have_layer(
         return Ok(true);
     }
     Ok(cache.pull(store, key, recipe, max_size, reporter)?.is_some())
+}
+
+/// A record's bytes read as the record of `derivation` (a blob of `media_type`), and its
+/// signature checked against `trusted`.
+fn judge(trusted: &TrustedKeys, media_type: &str, derivation: &Sha256Digest, bytes: &[u8]) -> Current {
+    match record::parse(bytes, derivation, media_type, u64::MAX) {
+        Ok(entry) => {
+            let fingerprint = sign::fingerprint(derivation, media_type, &entry.layer);
+            let signed = trusted.check(&fingerprint, entry.signature.as_deref());
+            Current::Found { entry, signed, record: Sha256Digest::of(bytes) }
+        }
+        Err(why) => Current::Bad(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD};
+    use crate::digest::{BlobDigest, DiffId};
+    use proptest::prelude::*;
+    use sign::SecretKey;
+
+    /// A key pair, made once for all cases.
+    fn team() -> &'static (SecretKey, PublicKey) {
+        static TEAM: std::sync::OnceLock<(SecretKey, PublicKey)> = std::sync::OnceLock::new();
+        TEAM.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (secret, public) = (dir.path().join("t.secret"), dir.path().join("t.public"));
+            let public = sign::generate("team", &secret, &public).unwrap();
+            (SecretKey::load(&secret).unwrap(), public)
+        })
+    }
+
+    fn signed_record(derivation: &Sha256Digest, media_type: &str, layer: &LayerRecord) -> Vec<u8> {
+        let signature = team().0.sign(&sign::fingerprint(derivation, media_type, layer));
+        record::manifest(derivation, media_type, layer, &signature).unwrap()
+    }
+
+    proptest! {
+        /// Whatever an attacker changes in a signed record (one byte anywhere, any value), it
+        /// is refused, or no longer trusted, or still names exactly the layer that was signed.
+        #[test]
+        fn a_changed_record_is_refused_untrusted_or_the_signed_layer(
+            at in 0usize..2000, byte in any::<u8>(), size in 1u64..1 << 40, zstd in any::<bool>()
+        ) {
+            let media_type = if zstd { MEDIA_TYPE_ZSTD } else { MEDIA_TYPE_GZIP };
+            let derivation = Sha256Digest::of(b"derivation");
+            let layer = LayerRecord {
+                digest: BlobDigest(Sha256Digest::of(b"blob")),
+                diff_id: DiffId(Sha256Digest::of(b"tar")),
+                size,
+            };
+            let trusted = TrustedKeys::new(vec![team().1.clone()]);
+            let mut bytes = signed_record(&derivation, media_type, &layer);
+            let honest = judge(&trusted, media_type, &derivation, &bytes);
+            prop_assert_eq!(honest.trusted(), Some(&layer));
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            if let Some(found) = judge(&trusted, media_type, &derivation, &bytes).trusted() {
+                prop_assert_eq!(found, &layer);
+            }
+            // Nor is it trusted as the record of another derivation or compression.
+            let other = if zstd { MEDIA_TYPE_GZIP } else { MEDIA_TYPE_ZSTD };
+            let honest = signed_record(&derivation, media_type, &layer);
+            prop_assert!(judge(&trusted, other, &derivation, &honest).trusted().is_none());
+            prop_assert!(judge(&trusted, media_type, &Sha256Digest::of(b"x"), &honest).trusted().is_none());
+        }
+    }
 }
