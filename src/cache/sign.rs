@@ -206,7 +206,11 @@ impl TrustedKeys {
     pub(crate) fn check(&self, message: &[u8], signature: Option<&str>) -> Signed {
         let Some(signature) = signature else { return Signed::Unsigned };
         let Some((name, data)) = signature.split_once(':') else { return Signed::Unsigned };
-        let name = escape(name);
+        // The name comes from the record: one no key can have is not repeated.
+        if check_name(name).is_err() {
+            return Signed::Untrusted("(not a key name)".into());
+        }
+        let name = name.to_string();
         let named: Vec<&PublicKey> = self.0.iter().filter(|k| k.name == name).collect();
         if named.is_empty() {
             return Signed::Untrusted(name);
@@ -278,6 +282,8 @@ mod tests {
         assert_eq!(trusted.check(&message, Some(&signature)), Signed::Trusted("team-1".into()));
         assert_eq!(TrustedKeys::default().check(&message, Some(&signature)), Signed::Untrusted("team-1".into()));
         assert_eq!(trusted.check(&message, None), Signed::Unsigned);
+        let odd = format!("{}\u{1b}[2J:{}", "x".repeat(10_000), &signature["team-1:".len()..]);
+        assert_eq!(trusted.check(&message, Some(&odd)), Signed::Untrusted("(not a key name)".into()));
         // Another key of the same name does not verify it.
         let other = tempfile::tempdir().unwrap();
         let (_, impostor) = keys(other.path(), "team-1");
