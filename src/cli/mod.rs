@@ -14,6 +14,7 @@ macro_rules! errln {
 }
 
 mod build;
+mod cache;
 mod check;
 mod completions;
 mod deploy;
@@ -91,6 +92,14 @@ pub struct GlobalArgs {
     /// store is pulled from it (and checked), a layer built here is pushed to it
     #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "REPO")]
     pub cache: Option<String>,
+    /// A public key (NAME:BASE64, or a file holding one) whose signed --cache entries are used,
+    /// besides those of imgbuild.toml and your config file (repeatable)
+    #[arg(long, global = true, env = "IMGBUILD_CACHE_TRUSTED_KEYS", value_name = "KEY", value_delimiter = ',')]
+    pub cache_trusted_key: Vec<String>,
+    /// The secret key file that signs the layers pushed to --cache (see `imgbuild cache key
+    /// generate`); without one, nothing is pushed
+    #[arg(long, global = true, env = "IMGBUILD_CACHE_SIGNING_KEY", value_name = "FILE")]
+    pub cache_signing_key: Option<PathBuf>,
     /// Speak plain HTTP to this registry: base images, --cache, and push, pull, sbom and verify
     /// as their --insecure does (loopback only; repeatable)
     #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
@@ -131,6 +140,9 @@ pub enum Command {
     /// Work with the store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Keys of a shared cache (--cache)
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Start a project: recipes, an image definition of three nodes and its templates
     Init(init::InitArgs),
     /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
@@ -180,8 +192,8 @@ impl GlobalArgs {
         })
     }
 
-    /// The shared layer cache (`--cache`), if one is named.
-    pub fn cache(&self) -> Result<Option<std::sync::Arc<crate::cache::Cache>>> {
+    /// The shared layer cache (`--cache`), if one is named, for layers of `media_type`.
+    pub fn cache(&self, media_type: &'static str) -> Result<Option<std::sync::Arc<crate::cache::Cache>>> {
         let Some(text) = self.cache.as_deref().filter(|t| !t.is_empty()) else { return Ok(None) };
         let repository: crate::registry::Reference = text.parse().map_err(|e| Error::Usage(format!("--cache: {e}")))?;
         if repository.tag.is_some() || repository.digest.is_some() {
@@ -197,8 +209,31 @@ impl GlobalArgs {
             insecure,
             timeout: Duration::from_secs(self.timeout),
             offline: self.offline,
+            media_type,
+            keys: self.cache_keys()?,
         };
         Ok(Some(std::sync::Arc::new(crate::cache::Cache::new(settings))))
+    }
+
+    /// The cache keys of the project's imgbuild.toml, the user's config file and the options.
+    fn cache_keys(&self) -> Result<crate::cache::Keys> {
+        let trusted = self.cache_trusted_key.iter().map(|text| trusted_key(text)).collect::<Result<Vec<_>>>()?;
+        crate::cache::load_keys(&self.project, &trusted, self.cache_signing_key.as_deref())
+    }
+}
+
+/// A `--cache-trusted-key`: the key itself, or a file holding it (as `cache key generate`
+/// writes it).
+fn trusted_key(text: &str) -> Result<crate::cache::PublicKey> {
+    let bad = |why: String| Error::Usage(format!("--cache-trusted-key: {why}"));
+    match text.parse() {
+        Ok(key) => Ok(key),
+        Err(why) if !std::path::Path::new(text).is_file() => Err(bad(why)),
+        Err(_) => {
+            let path = std::path::Path::new(text);
+            let contents = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            contents.trim().parse().map_err(|why| bad(format!("{}: {why}", path.display())))
+        }
     }
 }
 
@@ -352,6 +387,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),
+        Command::Cache(cmd) => cache::run(&cli.global, cmd),
         Command::Init(args) => init::run(&cli.global, args),
         Command::Recipe(args) => recipe::run(&cli.global, args),
         Command::Sbom(args) => sbom::run(&cli.global, args),
