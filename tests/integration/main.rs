@@ -25,5 +25,6 @@ mod outputs;
 mod registry;
 mod registry_access;
 mod reliability;
+mod seed;
 mod supply_chain;
 mod vm;
