@@ -142,20 +142,21 @@ fn kafka_dist(jars: &[PathBuf]) -> Vec<u8> {
 
 /// The project's own recipe `recipes/NAME.toml` with its source pinned to `data` served at
 /// `url` (its hash in the recipe's own algorithm) and no mirrors: a user's pin of a new file.
-fn pin_like_upstream(name: &str, url: &str, data: &[u8]) -> String {
+/// Also the pin as images label their inputs (`ALGORITHM:HEX`).
+fn pin_like_upstream(name: &str, url: &str, data: &[u8]) -> (String, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).unwrap();
     let mut pinned = String::new();
-    let (mut urls, mut hashes) = (0, 0);
+    let (mut urls, mut pins) = (0, Vec::new());
     for line in text.lines() {
         let line = if line.starts_with("url = ") {
             urls += 1;
             format!("url = \"{url}\"")
         } else if line.starts_with("sha256 = ") {
-            hashes += 1;
+            pins.push(format!("sha256:{}", fixtures::sha256_hex(data)));
             format!("sha256 = \"{}\"", fixtures::sha256_hex(data))
         } else if line.starts_with("sha512 = ") {
-            hashes += 1;
+            pins.push(format!("sha512:{}", fixtures::sha512_hex(data)));
             format!("sha512 = \"{}\"", fixtures::sha512_hex(data))
         } else if line.starts_with("mirrors = ") {
             continue;
@@ -165,17 +166,25 @@ fn pin_like_upstream(name: &str, url: &str, data: &[u8]) -> String {
         pinned.push_str(&line);
         pinned.push('\n');
     }
-    assert_eq!((urls, hashes), (1, 1), "{}: one source with one hash expected", path.display());
-    pinned
+    assert_eq!((urls, pins.len()), (1, 1), "{}: one source with one hash expected", path.display());
+    (pinned, pins.remove(0))
+}
+
+/// What the test assembled and pinned: the jars' directories (the tools' classpaths on the
+/// host) and each recipe's pin, by recipe name.
+struct Pinned {
+    kafka_jars: PathBuf,
+    zookeeper_jars: PathBuf,
+    pins: Vec<(&'static str, String)>,
 }
 
 /// Assembles both distributions (twice: the same bytes), serves them and pins them in the
-/// project's `zookeeper` and `kafka` recipes. Returns the Kafka jars' directory (the tools'
-/// classpath on the host) and ZooKeeper's.
-fn pin_seed_inputs(p: &TestProject, work: &Path) -> (PathBuf, PathBuf) {
+/// project's `zookeeper` and `kafka` recipes.
+fn pin_seed_inputs(p: &TestProject, work: &Path) -> Pinned {
     let (zk_jars, kafka_jars) = (work.join("maven/zookeeper"), work.join("maven/kafka"));
     let zk = maven_jars("zookeeper", &zk_jars);
     let kafka = maven_jars("kafka", &kafka_jars);
+    let mut pins = Vec::new();
     for (name, file, data, again) in [
         ("zookeeper", format!("{ZOOKEEPER}.tar.gz"), zookeeper_dist(&zk), zookeeper_dist(&zk)),
         ("kafka", format!("{KAFKA}.tgz"), kafka_dist(&kafka), kafka_dist(&kafka)),
@@ -183,10 +192,24 @@ fn pin_seed_inputs(p: &TestProject, work: &Path) -> (PathBuf, PathBuf) {
         assert!(data == again, "{file} is not the same bytes twice");
         println!("{file}: {} bytes, sha256 {}", data.len(), fixtures::sha256_hex(&data));
         let url = p.server.url(&format!("maven/{file}"));
-        p.write_recipe(&format!("{name}.toml"), &pin_like_upstream(name, &url, &data));
+        let (recipe, pin) = pin_like_upstream(name, &url, &data);
+        p.write_recipe(&format!("{name}.toml"), &recipe);
         p.server.serve(&format!("maven/{file}"), data, Fault::None);
+        pins.push((name, pin));
     }
-    (kafka_jars, zk_jars)
+    Pinned { kafka_jars, zookeeper_jars: zk_jars, pins }
+}
+
+/// Every node image says it was built from the very files the test assembled.
+fn check_inputs(layout: &Path, pinned: &Pinned) {
+    for n in 0..3 {
+        let config =
+            tool(Command::new("skopeo").args(["inspect", "--config", &format!("oci:{}:node-{n}", layout.display())]));
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        for (name, pin) in &pinned.pins {
+            assert_eq!(config["config"]["Labels"][format!("org.imgbuild.input.{name}")], pin.as_str(), "node {n}");
+        }
+    }
 }
 
 /// A Java tool run on the host from `classpath` (a directory of jars), bounded by `timeout`,
@@ -356,19 +379,21 @@ fn refused(layout: &Path, n: usize, volume: &Path, says: &str) {
 #[test]
 fn the_seed_zookeeper_3_4_10_and_kafka_1_0_0_from_maven_central_replicate_a_topic_three_ways() {
     super::debian::require();
-    ["mvn", "java", "timeout"].iter().for_each(|t| require_tool(t));
+    ["mvn", "java", "timeout", "skopeo"].iter().for_each(|t| require_tool(t));
     let started = Instant::now();
     let p = TestProject::new();
     let work = p.path("work");
     ensemble::pin_base_and_jre(&p, &work);
-    let (kafka_jars, zk_jars) = pin_seed_inputs(&p, &work);
+    let pinned = pin_seed_inputs(&p, &work);
     let log4j = work.join("tools-log4j.properties");
     let warnings = LOG4J.replace("INFO, stdout", "WARN, stderr").replace("stdout", "stderr");
     std::fs::write(&log4j, warnings + "log4j.appender.stderr.Target=System.err\n").unwrap();
-    let tools = Tools { kafka: kafka_jars, zookeeper: zk_jars, log4j, work: work.clone() };
+    let tools =
+        Tools { kafka: pinned.kafka_jars.clone(), zookeeper: pinned.zookeeper_jars.clone(), log4j, work: work.clone() };
 
     let (guard, layout, data) = ensemble::build_for_podman(&p, "imgbuild-seed");
     let names = &guard.names;
+    check_inputs(&layout, &pinned);
     for n in 0..3 {
         start(&layout, n, &names[n], &data[n]);
     }
@@ -406,6 +431,8 @@ fn replicate_lose_and_recover(tools: &Tools, layout: &Path, names: &[String], da
 
     let stop = podman().args(["stop", "--time", "60", &names[2]]).output().unwrap();
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    let code = podman().args(["inspect", "--format", "{{.State.ExitCode}}", &names[2]]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&code.stdout).trim(), "0", "node 2 after SIGTERM: {}", logs(&names[2]));
     let shrunk = tools.wait_for_isr(2, Duration::from_secs(90));
     println!("--- node 2 stopped\n{shrunk}");
     assert!(shrunk.lines().filter_map(|l| l.split("Isr: ").nth(1)).all(|isr| !isr.contains('2')), "{shrunk}");
@@ -422,7 +449,9 @@ fn replicate_lose_and_recover(tools: &Tools, layout: &Path, names: &[String], da
     assert!(log.contains("[KafkaServer id=2] started"), "{log}");
     assert_eq!(std::fs::read_to_string(data[2].join("zookeeper/myid")).unwrap(), "2\n");
     assert!(meta_properties(&data[2]).contains("broker.id=2\n"));
-    assert_eq!(tools.zk_ls("/brokers/ids"), "[0, 1, 2]");
+    let ids = tools.zk_ls("/brokers/ids");
+    println!("/brokers/ids: {ids}");
+    assert_eq!(ids, "[0, 1, 2]");
     tools.produce(&messages(60, 90));
     assert_eq!(tools.consume(90, "seed-c"), sorted(messages(0, 90)));
 }
