@@ -48,11 +48,12 @@ pub(super) fn logs(name: &str) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// ZooKeeper's answer to `srvr` (its version, mode, ...), if the node answers.
-pub(super) fn srvr(host: &str) -> Option<String> {
+/// ZooKeeper's answer to the four-letter word `word` (`srvr`: its version, mode, ...), if the
+/// node answers.
+pub(super) fn four_letters(host: &str, word: &str) -> Option<String> {
     let mut conn = TcpStream::connect_timeout(&format!("{host}:2181").parse().unwrap(), Duration::from_secs(1)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    conn.write_all(b"srvr").ok()?;
+    conn.write_all(word.as_bytes()).ok()?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer).ok()?;
     Some(answer)
@@ -60,7 +61,7 @@ pub(super) fn srvr(host: &str) -> Option<String> {
 
 /// ZooKeeper's `srvr` answer's mode (`leader`, `follower`), if the node answers.
 fn mode(host: &str) -> Option<String> {
-    srvr(host)?.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
+    four_letters(host, "srvr")?.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
 }
 
 /// Polls until exactly one of `hosts` leads and the others follow; bounded.
