@@ -133,10 +133,7 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let client = reqwest::blocking::Client::builder()
-            .timeout(self.settings.timeout)
-            .connect_timeout(self.settings.timeout)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+        let client = crate::net::client_builder(self.settings.timeout, crate::net::Redirects::checked())
             .build()
             .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))
@@ -319,8 +316,10 @@ impl<'a> Fetcher<'a> {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
         // A certificate refused is refused again: said in a sentence, and not retried.
+        // A redirect refused (out of HTTPS) is refused again: not retried either.
         let response = request.send().map_err(|e| match crate::registry::tls::tls_cause(&e) {
             Some(tls) => Transfer::Fatal(crate::registry::tls::sentence(tls)),
+            None if e.is_redirect() => Transfer::Fatal(describe(&e)),
             None => Transfer::Retry(describe(&e)),
         })?;
         let status = response.status();

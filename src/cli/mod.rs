@@ -17,6 +17,7 @@ mod build;
 mod check;
 mod completions;
 mod deploy;
+mod doctor;
 mod init;
 mod load;
 mod prefetch;
@@ -44,7 +45,7 @@ use crate::registry::reference::RegistryMirror;
     version,
     about = "Reproducible OCI images and VM disks for pinned clusters",
     max_term_width = 100,
-    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 70 internal error. With --json, errors are also printed as JSON."
+    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 the host is not ready: an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 70 internal error. With --json, errors are also printed as JSON."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -120,6 +121,9 @@ pub enum Command {
     Deploy(deploy::DeployCommand),
     /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
     Vm(vm::VmArgs),
+    /// Check what this host has for each feature (or those named): tools, their Debian
+    /// packages, the store, KVM. Exit 0 when every feature asked about is ready, 1 otherwise
+    Doctor(doctor::DoctorArgs),
     /// Print the hash to pin in a recipe for a URL or a file you have, and put the file into the store
     Prefetch(prefetch::PrefetchArgs),
     /// Check the recipes and the image definition without building
@@ -253,9 +257,10 @@ pub(crate) fn err_line(text: std::fmt::Arguments) {
 }
 
 /// Reports a failed command: the error and its hint on stderr, and with `--json` the error as
-/// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly.
+/// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly;
+/// nor when `doctor` found the host not ready, which its report already says.
 pub fn report_error(e: &Error, json: bool) {
-    if matches!(e, Error::StdoutClosed) {
+    if matches!(e, Error::StdoutClosed | Error::NotReady) {
         return;
     }
     errln!("error: {}", crate::error::printable(&e.to_string()));
@@ -318,9 +323,10 @@ impl PathKind {
 }
 
 /// The paths every command may be given (`--project`, `--mirror`, `--ca-file`), checked before
-/// it starts; `init` makes its project directory.
+/// it starts.
 fn check_global_paths(global: &GlobalArgs, command: &Command) -> Result<()> {
-    if !matches!(command, Command::Init(_)) {
+    // `init` makes its project directory; `doctor` reads none.
+    if !matches!(command, Command::Init(_) | Command::Doctor(_)) {
         existing(Some("--project (IMGBUILD_PROJECT)"), &global.project, PathKind::Directory)?;
     }
     for dir in &global.mirror {
@@ -342,6 +348,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load::run(&cli.global, args),
         Command::Deploy(cmd) => deploy::run(&cli.global, cmd),
         Command::Vm(args) => vm::run(&cli.global, args),
+        Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),
