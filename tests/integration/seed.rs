@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::debian::JAVA_HOME;
 use super::ensemble::{self, logs, node_run, podman, start_node, wait_for_quorum};
 use super::fixtures::{self, Entry};
 use super::harness::*;
@@ -213,11 +214,12 @@ fn check_inputs(layout: &Path, pinned: &Pinned) {
     }
 }
 
-/// A Java tool run on the host from `classpath` (a directory of jars), bounded by `timeout`,
-/// logging warnings only.
+/// A Java tool run on the host (by Debian's Java 17) from `classpath` (a directory of jars),
+/// bounded by `timeout`, logging warnings only.
 fn java_tool(classpath: &Path, log4j: &Path, args: &[&str], stdin: Stdio) -> Output {
     Command::new("timeout")
-        .args(["--kill-after=5", "120", "java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+        .args(["--kill-after=5", "120", &format!("{JAVA_HOME}/bin/java")])
+        .args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
         .arg(format!("-Dlog4j.configuration=file:{}", log4j.display()))
         .arg("-cp")
         .arg(format!("{}/*", classpath.display()))
@@ -379,7 +381,7 @@ fn refused(layout: &Path, n: usize, volume: &Path, says: &str) {
 #[test]
 fn the_seed_zookeeper_3_4_10_and_kafka_1_0_0_from_maven_central_replicate_a_topic_three_ways() {
     super::debian::require();
-    ["mvn", "java", "timeout", "skopeo"].iter().for_each(|t| require_tool(t));
+    ["mvn", "timeout", "skopeo"].iter().for_each(|t| require_tool(t));
     let started = Instant::now();
     let p = TestProject::new();
     let work = p.path("work");
