@@ -303,6 +303,10 @@ pub static NEEDS: &[Need] = &[
     test_tool("xz", VERSION, "xz-utils"),
     test_tool("bzip2", &[], "bzip2"),
     test_tool("zstd", VERSION, "zstd"),
+    // The seed test's ZooKeeper 3.4.10 and Kafka 1.0.0, from the local Maven repository, and the
+    // bound of every tool it runs on the host.
+    test_tool("mvn", VERSION, "maven"),
+    test_tool("timeout", VERSION, "coreutils"),
     need("time", Probe::File { path: "/usr/bin/time", version: VERSION }, "time", TESTS, "cargo bench (peak memory)"),
 ];
 
@@ -581,7 +585,8 @@ fn version_of(name: &str, text: &str) -> Option<String> {
 /// The first word of `text` that reads as a version: a digit first, a dot inside
 /// (`podman version 4.3.1`, `iptables v1.8.9`, `openjdk version "17.0.9"`).
 fn version_in(text: &str) -> Option<String> {
-    text.split(|c: char| c.is_whitespace() || c == ',' || c == '"' || c == '(' || c == ')')
+    // Control characters end a word too: Debian's Maven colours its version line (ESC [m).
+    text.split(|c: char| c.is_whitespace() || c.is_control() || c == ',' || c == '"' || c == '(' || c == ')')
         .map(|w| w.strip_prefix('v').unwrap_or(w))
         .find(|w| w.starts_with(|c: char| c.is_ascii_digit()) && w.contains('.'))
         .map(crate::error::escape)
@@ -814,6 +819,7 @@ mod tests {
             ("openjdk version \"17.0.9\" 2023-10-17\n", "17.0.9"),
             ("mke2fs 1.47.0 (5-Feb-2023)\n", "1.47.0"),
             ("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u16)", "7.2.19"),
+            ("\u{1b}[0mApache Maven 3.8.7\u{1b}[m\n", "3.8.7"),
         ] {
             assert_eq!(version_in(said).as_deref(), Some(version), "{said}");
         }

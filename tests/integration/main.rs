@@ -29,5 +29,6 @@ mod planted_links;
 mod registry;
 mod registry_access;
 mod reliability;
+mod seed;
 mod supply_chain;
 mod vm;
