@@ -29,7 +29,7 @@ use crate::progress::Reporter;
 use crate::recipe::{Source, Unpack};
 use crate::store::{BlobWriter, LayerRecord, Store};
 use decompress::SourceFailure;
-pub(crate) use decompress::{ChannelReader, Compression};
+pub(crate) use decompress::{past_unpack_limit, ChannelReader, Compression};
 pub use normalize::Counts;
 use normalize::{Normalize, Normalizer, TarStream};
 

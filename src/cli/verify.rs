@@ -45,7 +45,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
         let _building = store.build_lock_shared()?;
         rebuild(&store, &provenance, &settings, reporter.as_ref())?
     };
-    let verified = compare(&store, &image, &provenance, &rebuilt)?;
+    let verified = compare(&store, &image, &provenance, &rebuilt, settings.layer.max_unpacked)?;
     if global.json {
         return super::print_json(&serde_json::json!({ "verified": verified }));
     }

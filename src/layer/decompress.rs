@@ -210,19 +210,18 @@ impl Output {
                 Err(e) => return Ok(Err(e)),
             };
             if self.total + n as u64 > self.limit {
-                let limit = self.limit;
-                return Err(failure(
-                    io::ErrorKind::FileTooLarge,
-                    format!(
-                        "unpacks to more than {limit} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)"
-                    ),
-                ));
+                return Err(failure(io::ErrorKind::FileTooLarge, past_unpack_limit(self.limit)));
             }
             self.total += n as u64;
             buf.truncate(n);
             self.tx.send(Ok(buf)).map_err(|_| Stop::Hangup)?;
         }
     }
+}
+
+/// What a stream that unpacks past `limit` bytes is told.
+pub(crate) fn past_unpack_limit(limit: u64) -> String {
+    format!("unpacks to more than {limit} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)")
 }
 
 /// Decodes every member of `source`, then checks that only zero bytes follow the last.

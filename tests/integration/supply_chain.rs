@@ -643,3 +643,24 @@ fn verify_never_takes_the_stores_records_for_a_layer() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(read_json(&zookeeper.0), zookeeper.1);
 }
+
+/// Issue 25: `verify`'s explanation inflated a 40 GiB file from a 41 MB layer. Reading the
+/// image's layer to say which file differs stops at the unpack limit, which it names.
+#[test]
+fn verify_explains_a_difference_within_the_unpack_limit() {
+    let p = TestProject::new();
+    p.add_base();
+    assert_ok(&p.run(&["build"]));
+    let bomb = p.path("bomb");
+    copy_dir(&p.root.join("out/zk-kafka"), &bomb);
+    let statement = statement_of(&bomb, &tagged(&bomb, "node-1"));
+    // 64 MiB of zeros, a small gzip; the limit is set below it (and above every source).
+    let tampered = change_file(&bomb, "node-1", "usr/local/zookeeper/bin/zkServer.sh", &vec![0u8; 64 << 20]);
+    attach_statement(&bomb, &tampered, statement, None);
+    let image = format!("oci:{}:node-1", bomb.display());
+    let out = p.cmd().env("IMGBUILD_MAX_UNPACKED", "20000000").args(["verify", &image]).output().unwrap();
+    assert_exit(&out, 7);
+    let err = stderr(&out);
+    assert!(err.contains("layer 3 of 7 (imgbuild recipe zookeeper 3.4.10"), "{err}");
+    assert!(err.contains("unpacks to more than 20000000 bytes") && err.contains("IMGBUILD_MAX_UNPACKED"), "{err}");
+}
