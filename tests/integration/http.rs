@@ -113,6 +113,11 @@ impl HttpServer {
         self.state.lock().unwrap().requests.iter().filter(|(p, _)| *p == path).map(|(_, r)| r.clone()).collect()
     }
 
+    /// How many requests' paths contain `part`.
+    pub fn requests_matching(&self, part: &str) -> usize {
+        self.state.lock().unwrap().requests.iter().filter(|(p, _)| p.contains(part)).count()
+    }
+
     pub fn total_requests(&self) -> usize {
         self.state.lock().unwrap().requests.len()
     }
