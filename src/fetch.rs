@@ -4,6 +4,7 @@
 
 mod image;
 mod overlap;
+pub mod policy;
 pub(crate) mod resume;
 
 pub(crate) use image::{named_archive, NamedArchive};
@@ -44,6 +45,15 @@ pub struct FetchSettings {
     /// Longest wait for a connection or for the next bytes of a response.
     pub timeout: Duration,
     pub registries: RegistryAccess,
+    /// Set by `verify`: which URLs and repositories may be asked (`None`: every one a recipe names).
+    pub url_policy: Option<std::sync::Arc<policy::UrlPolicy>>,
+}
+
+impl FetchSettings {
+    /// Why `url` may not be asked, under the policy.
+    fn refuses_url(&self, url: &str) -> Option<String> {
+        self.url_policy.as_ref().and_then(|p| p.refuses_url(url))
+    }
 }
 
 impl Default for FetchSettings {
@@ -53,6 +63,7 @@ impl Default for FetchSettings {
             mirror_dirs: Vec::new(),
             timeout: Duration::from_secs(30),
             registries: RegistryAccess::default(),
+            url_policy: None,
         }
     }
 }
@@ -133,12 +144,22 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let client = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .timeout(self.settings.timeout)
             .connect_timeout(self.settings.timeout)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
+            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
+        if let Some(policy) = self.settings.url_policy.clone() {
+            // Where a download is redirected is checked as where it starts (reqwest's own limit: 10).
+            builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                let refused = attempt.previous().last().and_then(|from| policy.refuses_redirect(from, attempt.url()));
+                match refused {
+                    Some(why) => attempt.error(why),
+                    None if attempt.previous().len() >= 10 => attempt.error("too many redirects"),
+                    None => attempt.follow(),
+                }
+            }));
+        }
+        let client = builder.build().map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))
     }
 
@@ -186,7 +207,12 @@ impl<'a> Fetcher<'a> {
         if self.settings.offline {
             reasons.push("offline: not downloaded".into());
         } else {
-            origins.extend(source.urls.iter().map(|url| Origin::Url(url)));
+            for url in &source.urls {
+                match self.settings.refuses_url(url) {
+                    Some(why) => reasons.push(format!("{url}: not fetched: {why}")),
+                    None => origins.push(Origin::Url(url)),
+                }
+            }
         }
         let mut task = None;
         for origin in &origins {
