@@ -10,7 +10,7 @@
 //! data no decoder reads would be data one tool unpacks and another does not.
 //!
 //! What a hostile file can make decoding cost is bounded: its output by the unpack limit, xz's
-//! dictionary by [`XZ_MEMORY_LIMIT`], and the decoders' setup (bzip2 allocates its 3.6 MB
+//! dictionary and zstd's window by [`DECODER_MEMORY_LIMIT`], and the decoders' setup (bzip2 allocates its 3.6 MB
 //! block table for every stream, even an empty one) by [`MemberBudget`]: members beyond the
 //! first few must each bring output to pay for their decoder, so time stays linear in the
 //! bytes decoded.
@@ -36,9 +36,10 @@ pub(crate) enum Compression {
 /// The most bytes [`Compression::starts`] looks at.
 const MAGIC_MAX: usize = 10;
 
-/// The most memory an xz block's decoder may need (its dictionary and buffers): `xz -9` needs
-/// 65 MiB. The decoder checks a block's header against it before allocating anything.
-pub(crate) const XZ_MEMORY_LIMIT: u64 = 96 << 20;
+/// The most memory one member's decoder may need: an xz block's dictionary and buffers (`xz -9`
+/// needs 65 MiB), a zstd frame's window (`zstd --ultra -22`: 128 MiB). The decoders check a
+/// header against it before allocating anything.
+pub(crate) const DECODER_MEMORY_LIMIT: u64 = 128 << 20;
 
 /// Members (streams, frames) a source may hold whatever they decode to.
 pub(crate) const FREE_MEMBERS: u64 = 1024;
@@ -303,8 +304,8 @@ fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut
             e.kind(),
             format!(
                 "xz data: a block of the stream that starts at byte {at} declares a dictionary that needs more \
-                 than imgbuild's xz memory limit of {} MiB to decode (xz -9 needs 65 MiB)",
-                XZ_MEMORY_LIMIT >> 20
+                 than imgbuild's decoder memory limit of {} MiB to decode (xz -9 needs 65 MiB)",
+                DECODER_MEMORY_LIMIT >> 20
             ),
         ));
     }
@@ -314,7 +315,7 @@ fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut
 }
 
 fn xz_limit_kib() -> u32 {
-    u32::try_from(XZ_MEMORY_LIMIT >> 10).expect("a limit in KiB that fits")
+    u32::try_from(DECODER_MEMORY_LIMIT >> 10).expect("a limit in KiB that fits")
 }
 
 /// The decoder met the end of the file inside the member: it was cut short, or corrupt data
@@ -471,14 +472,33 @@ mod tests {
     #[test]
     fn an_xz_dictionary_past_the_memory_limit_is_refused_before_allocating() {
         for dict in [40u8, 30] {
+            // 4 GiB, 128 MiB: with the decoder's buffers, past the limit.
             let err = decode(Compression::Xz, xz_declaring(dict, &[0; 64])).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
             let err = err.to_string();
-            assert!(err.contains("stream that starts at byte 0") && err.contains("xz memory limit of 96 MiB"), "{err}");
+            assert!(
+                err.contains("stream that starts at byte 0") && err.contains("decoder memory limit of 128 MiB"),
+                "{err}"
+            );
         }
         // 64 MiB (`xz -9`): within the limit, so what is refused is the data, not the dictionary.
-        let err = decode(Compression::Xz, xz_declaring(26, &[0; 64])).unwrap_err();
+        let err = decode(Compression::Xz, xz_declaring(28, &[0; 64])).unwrap_err();
         assert_ne!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
+    }
+
+    /// A zstd frame whose header declares a 2 GiB window is refused before its buffer is
+    /// allocated, naming the limit; one of 128 MiB is within it.
+    #[test]
+    fn a_zstd_window_past_the_memory_limit_is_refused_before_allocating() {
+        // Magic, a descriptor with no content size or checksum, then the window: 1 << (10 + exponent).
+        let frame = |exponent: u8| [&zstd::FRAME_MAGIC[..], &[0, exponent << 3], &[0; 64]].concat();
+        let err = decode(Compression::Zstd, frame(21)).unwrap_err().to_string();
+        assert!(
+            err.contains("it needs a window of 2147483648 bytes, more than imgbuild's decoder memory limit of 128 MiB"),
+            "{err}"
+        );
+        let err = decode(Compression::Zstd, frame(17)).unwrap_err().to_string();
+        assert!(!err.contains("memory limit"), "{err}");
     }
 
     proptest::proptest! {

@@ -314,7 +314,10 @@ fn hostile_compressed_sources_are_refused_at_a_named_limit() {
     let out = p.run(&["node", "--id", "0"]);
     assert_exit(&out, 1);
     let err = stderr(&out);
-    assert!(err.contains("big-dictionary.tar.xz") && err.contains("imgbuild's xz memory limit of 96 MiB"), "{err}");
+    assert!(
+        err.contains("big-dictionary.tar.xz") && err.contains("imgbuild's decoder memory limit of 128 MiB"),
+        "{err}"
+    );
 
     let empty = b"BZh9\x17\x72\x45\x38\x50\x90\0\0\0\0"; // a bzip2 stream with no block
     p.serve_as_zookeeper("empty-streams.tar.bz2", empty.repeat(200_000));
