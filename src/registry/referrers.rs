@@ -8,6 +8,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use super::budget::Budget;
 use super::client::Client;
 use super::transport::explain;
 use crate::digest::Sha256Digest;
@@ -38,9 +39,9 @@ pub(crate) fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Listed
     client.budget.document().map_err(|why| client.error(why))?;
     let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
     let index = if r.status().is_success() {
-        Some(read_index(client, r, "the referrers API")?)
+        Some(read_index(client, r, "the referrers API", Some(&client.budget))?)
     } else if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
-        fallback_index(client, subject)?
+        fallback_index(client, subject, Some(&client.budget))?
     } else {
         return Err(client.error(format!("listing the referrers of {subject}: {}", explain(r))));
     };
@@ -55,19 +56,20 @@ pub(crate) fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Listed
     Ok(listed)
 }
 
-/// The index the fallback tag of `subject` holds, if there is one.
-fn fallback_index(client: &Client, subject: &Sha256Digest) -> Result<Option<Value>> {
+/// The index the fallback tag of `subject` holds, if there is one; counted in `budget` when
+/// the registry's listing is walked (not when a push adds to it: that is the pusher's own).
+fn fallback_index(client: &Client, subject: &Sha256Digest, budget: Option<&Budget>) -> Result<Option<Value>> {
     let url = client.url(&format!("manifests/{}", fallback_tag(subject)));
-    client.budget.document().map_err(|why| client.error(why))?;
+    budget.map_or(Ok(()), Budget::document).map_err(|why| client.error(why))?;
     let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
     match r.status() {
         StatusCode::NOT_FOUND => Ok(None),
-        s if s.is_success() => Ok(Some(read_index(client, r, "the referrers tag")?)),
+        s if s.is_success() => Ok(Some(read_index(client, r, "the referrers tag", budget)?)),
         _ => Err(client.error(format!("getting {}: {}", fallback_tag(subject), explain(r)))),
     }
 }
 
-fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str) -> Result<Value> {
+fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str, budget: Option<&Budget>) -> Result<Value> {
     let mut bytes = Vec::new();
     r.take(crate::store::MAX_DOCUMENT + 1)
         .read_to_end(&mut bytes)
@@ -75,7 +77,7 @@ fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str) -> Re
     if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
         return Err(client.error(format!("{what} answered more than 4 MiB (MAX_DOCUMENT)")));
     }
-    client.budget.bytes(bytes.len() as u64).map_err(|why| client.error(why))?;
+    budget.map_or(Ok(()), |b| b.bytes(bytes.len() as u64)).map_err(|why| client.error(why))?;
     serde_json::from_slice(&bytes).map_err(|e| client.error(format!("{what} answered what is not an index: {e}")))
 }
 
@@ -93,7 +95,7 @@ pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifac
     if indexed {
         return Ok(());
     }
-    let mut index = fallback_index(client, subject)?
+    let mut index = fallback_index(client, subject, None)?
         .unwrap_or_else(|| json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": [] }));
     let listed = index["manifests"].as_array().is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()));
     if listed {

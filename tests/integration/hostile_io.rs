@@ -343,10 +343,16 @@ impl HostileRegistry {
         self.manifest(&index, Some(&subject.replace(':', "-")));
     }
 
-    /// An image manifest whose one layer claims `layer_size` bytes (never served).
+    /// An image manifest whose one layer claims `layer_size` bytes (never served), or is
+    /// served when `layer_size` is 0.
     fn image(&self, label: &str, layer_size: u64) -> (String, serde_json::Value) {
         let config = self.blob(format!("{{\"label\":\"{label}\"}}").as_bytes());
-        let layer = serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", "e".repeat(64)), "size": layer_size });
+        let layer = match layer_size {
+            0 => self.blob(&super::fixtures::tar_gz(&[])),
+            size => {
+                serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", "e".repeat(64)), "size": size })
+            }
+        };
         let doc =
             serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer] });
         let digest = self.manifest(&doc, None);
@@ -355,6 +361,12 @@ impl HostileRegistry {
             digest.clone(),
             serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": size, "platform": { "os": "linux", "architecture": "amd64" } }),
         )
+    }
+
+    /// An index listing `child` `times` times, tagged `tag`; its digest.
+    fn index_of(&self, child: &serde_json::Value, times: usize, tag: &str) -> String {
+        let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": vec![child.clone(); times] });
+        self.manifest(&index, Some(tag))
     }
 
     /// An SPDX artifact attached to `subject` that carries `document`; returns its listing entry.
@@ -391,8 +403,7 @@ fn a_hostile_registry_cannot_make_sbom_fetch_layers_or_without_end() {
 
     // 200 duplicate children, 200 referrers of other types on each subject, the SBOM listed 5 times.
     let (m, child) = r.image("dups", 60 << 20);
-    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": vec![child.clone(); 200] });
-    let top = r.manifest(&index, Some("dups"));
+    let top = r.index_of(&child, 200, "dups");
     let others: Vec<serde_json::Value> = (0..200)
         .map(|i| serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": format!("sha256:{i:064x}"), "size": 100, "artifactType": "application/vnd.example.signature" }))
         .collect();
@@ -409,7 +420,7 @@ fn a_hostile_registry_cannot_make_sbom_fetch_layers_or_without_end() {
 
     // A fallback tag naming, as an SBOM, an artifact whose "document" is a 60 MiB layer.
     let (big, big_child) = r.image("big", 60 << 20);
-    r.manifest(&serde_json::json!({ "schemaVersion": 2, "manifests": [big_child.clone()] }), Some("big"));
+    r.index_of(&big_child, 1, "big");
     let layer =
         serde_json::json!({ "mediaType": SPDX_TYPE, "digest": format!("sha256:{}", "e".repeat(64)), "size": 60 << 20 });
     r.referrers(&big, vec![r.spdx(&big_child, layer, 1)]);
@@ -426,7 +437,7 @@ fn a_hostile_registry_cannot_make_sbom_fetch_layers_or_without_end() {
 
     // 600 distinct SBOMs listed for one manifest: fetched up to the limit, which is named.
     let (many, many_child) = r.image("many", 1);
-    r.manifest(&serde_json::json!({ "schemaVersion": 2, "manifests": [many_child.clone()] }), Some("many"));
+    r.index_of(&many_child, 1, "many");
     r.referrers(&many, (0..600).map(|n| r.spdx(&many_child, spdx_blob.clone(), n)).collect());
     let before = r.server.total_requests();
     let out = r.sbom(&p, "many");
@@ -435,4 +446,13 @@ fn a_hostile_registry_cannot_make_sbom_fetch_layers_or_without_end() {
     assert!(err.contains("imgbuild's limit per command (MAX_DOCUMENTS 512)"), "{err}");
     let made = r.server.total_requests() - before;
     assert!((512..=520).contains(&made), "{made} requests");
+
+    // `pull` of an index of 200 duplicate children fetches the child and its blobs once.
+    let (_, pulled) = r.image("pulled", 0);
+    r.index_of(&pulled, 200, "pulled");
+    let before = r.server.total_requests();
+    let image = format!("{}/team/hostile:pulled", r.server.addr);
+    assert_ok(&p.run(&["pull", "--insecure", &image]));
+    let made = r.server.total_requests() - before;
+    assert!(made <= 6, "/v2/, the tag, the child, its config and layer: {made} requests");
 }
