@@ -729,6 +729,14 @@ fn verify_fetches_only_what_the_project_names_unless_told_and_never_internal_add
     assert!(!stderr(&out).contains(&internal_url), "{}", stderr(&out));
     assert_eq!(p.server.total_requests(), served);
 
+    // A base image's repository is asked as a URL is: only where the project names it.
+    let bare_store = p.path("bare-store");
+    let out =
+        p.cmd().current_dir(&elsewhere).env("IMGBUILD_STORE", &bare_store).arg("verify").arg(&image).output().unwrap();
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("docker://example.invalid/test/base: not fetched: only the provenance names it"), "{err}");
+
     // From the project, whose recipes name the original URLs: those are fetched without a flag.
     let out = p.cmd().env("IMGBUILD_STORE", &store).args(["verify", "oci:out/zk-kafka:node-1"]).output().unwrap();
     assert_ok(&out);
