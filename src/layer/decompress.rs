@@ -43,9 +43,9 @@ pub(crate) const DECODER_MEMORY_LIMIT: u64 = 128 << 20;
 
 /// Members (streams, frames) a source may hold whatever they decode to.
 pub(crate) const FREE_MEMBERS: u64 = 1024;
-/// Beyond [`FREE_MEMBERS`], one more member per this many bytes decoded. Parallel writers'
-/// members are larger (pbzip2's hold 100-900 kB, pzstd's and pixz's MiBs).
-pub(crate) const BYTES_PER_MEMBER: u64 = 64 << 10;
+/// Beyond [`FREE_MEMBERS`], one more member per this many bytes decoded. Writers' members are
+/// larger: bgzip's hold up to 64 KiB, pbzip2's 100-900 kB, pzstd's and pixz's MiBs.
+pub(crate) const BYTES_PER_MEMBER: u64 = 32 << 10;
 
 /// How many members a source has started, against what it has decoded: every member costs a
 /// decoder's setup, so many tiny ones would cost far more than their bytes.
@@ -436,7 +436,7 @@ mod tests {
             let at = one.len() as u64 * FREE_MEMBERS;
             assert!(
                 err.contains(&format!("at byte {at}: more than {FREE_MEMBERS} members after 0 bytes decoded"))
-                    && err.contains("one member per 64 KiB decoded"),
+                    && err.contains("one member per 32 KiB decoded"),
                 "{format:?}: {err}"
             );
             // Up to the limit, they are a valid (empty) file.
@@ -445,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn members_of_64_kib_each_are_never_too_many() {
+    fn members_of_32_kib_each_are_never_too_many() {
         let data = vec![7u8; BYTES_PER_MEMBER as usize];
         for format in [Compression::Bzip2, Compression::Gzip, Compression::Zstd] {
             let n = FREE_MEMBERS as usize + 200;

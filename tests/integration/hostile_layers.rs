@@ -325,5 +325,5 @@ fn hostile_compressed_sources_are_refused_at_a_named_limit() {
     assert_exit(&out, 1);
     let err = stderr(&out);
     let named = "bzip2 data: at byte 14336: more than 1024 members after 0 bytes decoded";
-    assert!(err.contains(named) && err.contains("one member per 64 KiB decoded"), "{err}");
+    assert!(err.contains(named) && err.contains("one member per 32 KiB decoded"), "{err}");
 }
