@@ -268,7 +268,7 @@ fn labels(
     epoch: u64,
 ) -> BTreeMap<String, String> {
     let mut labels = def.config.labels.clone();
-    labels.insert("org.opencontainers.image.created".into(), crate::image::rfc3339(epoch));
+    labels.insert("org.opencontainers.image.created".into(), crate::date::rfc3339(epoch));
     labels.insert("org.opencontainers.image.title".into(), def.name.clone());
     if let Some(d) = &def.description {
         labels.insert("org.opencontainers.image.description".into(), d.clone());

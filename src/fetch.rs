@@ -144,22 +144,17 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let mut builder = reqwest::blocking::Client::builder()
-            .timeout(self.settings.timeout)
-            .connect_timeout(self.settings.timeout)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
-        if let Some(policy) = self.settings.url_policy.clone() {
-            // Where a download is redirected is checked as where it starts (reqwest's own limit: 10).
-            builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                let refused = attempt.previous().last().and_then(|from| policy.refuses_redirect(from, attempt.url()));
-                match refused {
-                    Some(why) => attempt.error(why),
-                    None if attempt.previous().len() >= 10 => attempt.error("too many redirects"),
-                    None => attempt.follow(),
-                }
-            }));
-        }
-        let client = builder.build().map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
+        let redirects = match self.settings.url_policy.clone() {
+            // Where a download is redirected is checked as where it starts.
+            Some(policy) => crate::net::Redirects::Follow(Box::new(move |to| match policy.refuses_redirect(to) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            })),
+            None => crate::net::Redirects::checked(),
+        };
+        let client = crate::net::client_builder(self.settings.timeout, redirects)
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))
     }
 
@@ -345,8 +340,10 @@ impl<'a> Fetcher<'a> {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
         // A certificate refused is refused again: said in a sentence, and not retried.
+        // A redirect refused (out of HTTPS) is refused again: not retried either.
         let response = request.send().map_err(|e| match crate::registry::tls::tls_cause(&e) {
             Some(tls) => Transfer::Fatal(crate::registry::tls::sentence(tls)),
+            None if e.is_redirect() => Transfer::Fatal(describe(&e)),
             None => Transfer::Retry(describe(&e)),
         })?;
         let status = response.status();

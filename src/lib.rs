@@ -3,10 +3,12 @@
 //! One module per pipeline stage:
 //! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
 
+pub(crate) mod atomic_file;
 pub(crate) mod build;
 pub(crate) mod cache;
 pub mod cli;
 pub mod compress;
+pub(crate) mod date;
 pub(crate) mod deploy;
 pub mod digest;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod image_def;
 pub(crate) mod image_path;
 pub(crate) mod import;
 pub mod layer;
+pub(crate) mod net;
 pub mod node;
 pub(crate) mod oci_doc;
 pub(crate) mod output;

@@ -5,12 +5,11 @@
 //! text ([`crate::error::is_unsafe_char`]): these strings end up in labels, SBOMs, shell files
 //! and terminals. Only the fields a format names may hold a line break (a list's `join`).
 
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml_edit::{ImDocument, Item, Key, Value};
 
 use crate::error::{escape, line_col, Error, IoContext, Result};
 
@@ -40,9 +39,15 @@ impl<T: DeserializeOwned> TomlFile<T> {
             Error::Parse { file: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
         };
         let value = toml::from_str(&text).map_err(syntax_error)?;
-        let strings: Located = toml::from_str(&text).map_err(syntax_error)?;
+        // toml_edit keeps every key's and value's span, which the checks point at.
+        let strings = ImDocument::parse(text.clone())
+            .map_err(|e| Error::Internal(format!("{}: parsed, but not by toml_edit: {e}", path.display())))?;
         let file = TomlFile { path: path.to_path_buf(), text, value };
-        file.check_strings(&strings, &mut Vec::new(), line_breaks)?;
+        file.check_table(
+            keyed(strings.iter().map(|(k, _)| k), |k| strings.get_key_value(k)),
+            &mut Vec::new(),
+            line_breaks,
+        )?;
         Ok(file)
     }
 }
@@ -54,31 +59,48 @@ impl<T> TomlFile<T> {
         Error::Parse { file: self.path.clone(), line, column, message: message.into() }
     }
 
-    /// Every string and key under `value` (at the key path `field`) follows this module's rule.
-    fn check_strings(&self, value: &Located, field: &mut Vec<String>, line_breaks: &[&str]) -> Result<()> {
-        match &value.value {
-            Walked::Text(text) => self.check_string(text, value.span.clone(), field, line_breaks),
-            Walked::Other => Ok(()),
-            Walked::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    field.push(format!("[{i}]"));
-                    self.check_strings(item, field, line_breaks)?;
-                    field.pop();
-                }
-                Ok(())
+    /// Every string and key of the table (at the key path `field`) follows this module's rule.
+    fn check_table<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a Key, &'a Item)>,
+        field: &mut Vec<String>,
+        line_breaks: &[&str],
+    ) -> Result<()> {
+        for (key, item) in entries {
+            field.push(key.get().to_string());
+            if let Some(c) = key.get().chars().find(|c| crate::error::is_unsafe_char(*c)) {
+                let at = self.raw_offset(key.span(), c);
+                return Err(self.error_at(at..at, format!("key `{}`: {}", shown(field), forbidden(c))));
             }
-            Walked::Table(entries) => {
-                for (key, item) in entries {
-                    field.push(key.clone());
-                    if let Some(c) = key.chars().find(|c| crate::error::is_unsafe_char(*c)) {
-                        let at = self.raw_offset(item.span.clone(), c);
-                        return Err(self.error_at(at..at, format!("key `{}`: {}", shown(field), forbidden(c))));
-                    }
-                    self.check_strings(item, field, line_breaks)?;
-                    field.pop();
-                }
-                Ok(())
+            self.check_item(item, field, line_breaks)?;
+            field.pop();
+        }
+        Ok(())
+    }
+
+    fn check_item(&self, item: &Item, field: &mut Vec<String>, line_breaks: &[&str]) -> Result<()> {
+        match item {
+            Item::None => Ok(()),
+            Item::Value(value) => self.check_value(value, field, line_breaks),
+            Item::Table(table) => {
+                self.check_table(keyed(table.iter().map(|(k, _)| k), |k| table.get_key_value(k)), field, line_breaks)
             }
+            Item::ArrayOfTables(tables) => indexed(tables.iter(), field, |table, field| {
+                self.check_table(keyed(table.iter().map(|(k, _)| k), |k| table.get_key_value(k)), field, line_breaks)
+            }),
+        }
+    }
+
+    fn check_value(&self, value: &Value, field: &mut Vec<String>, line_breaks: &[&str]) -> Result<()> {
+        match value {
+            Value::String(text) => self.check_string(text.value(), text.span(), field, line_breaks),
+            Value::Array(items) => {
+                indexed(items.iter(), field, |item, field| self.check_value(item, field, line_breaks))
+            }
+            Value::InlineTable(table) => {
+                self.check_table(keyed(table.iter().map(|(k, _)| k), |k| table.get_key_value(k)), field, line_breaks)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -143,105 +165,26 @@ fn forbidden(c: char) -> String {
     }
 }
 
-/// A TOML document as far as its strings go: each value kept with where it is in the text
-/// (`None` for the tables TOML implies without writing them, such as `lists` in `[lists.x]`).
-struct Located {
-    span: Option<Range<usize>>,
-    value: Walked,
+/// A table's entries with their keys as written (the key's span points at a bad character).
+fn keyed<'a>(
+    names: impl Iterator<Item = &'a str>,
+    get: impl Fn(&str) -> Option<(&'a Key, &'a Item)>,
+) -> impl Iterator<Item = (&'a Key, &'a Item)> {
+    names.filter_map(get)
 }
 
-enum Walked {
-    Text(String),
-    List(Vec<Located>),
-    Table(Vec<(String, Located)>),
-    Other,
-}
-
-/// The names by which toml's deserializer hands out a value's span (`toml::Spanned` asks with
-/// them; they are serde_spanned's, pinned by Cargo.lock). Asked this way, a value without a
-/// span comes as it is, where `toml::Spanned` would fail.
-const SPANNED: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-
-impl<'de> Deserialize<'de> for Located {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED, &[SPANNED_START, SPANNED_END, SPANNED_VALUE], WalkVisitor)
+/// Checks each of `items` at `field[i]`.
+fn indexed<T>(
+    items: impl Iterator<Item = T>,
+    field: &mut Vec<String>,
+    mut check: impl FnMut(T, &mut Vec<String>) -> Result<()>,
+) -> Result<()> {
+    for (i, item) in items.enumerate() {
+        field.push(format!("[{i}]"));
+        check(item, field)?;
+        field.pop();
     }
-}
-
-/// The value inside a span, read as it is (asking for its span again would never end).
-struct Inner(Located);
-
-impl<'de> Deserialize<'de> for Inner {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        deserializer.deserialize_any(WalkVisitor).map(Inner)
-    }
-}
-
-struct WalkVisitor;
-
-impl WalkVisitor {
-    fn unlocated(value: Walked) -> Located {
-        Located { span: None, value }
-    }
-}
-
-impl<'de> Visitor<'de> for WalkVisitor {
-    type Value = Located;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Located, E> {
-        Ok(Self::unlocated(Walked::Text(v.to_string())))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<Located, E> {
-        Ok(Self::unlocated(Walked::Other))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<Located, E> {
-        Ok(Self::unlocated(Walked::Other))
-    }
-
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<Located, E> {
-        Ok(Self::unlocated(Walked::Other))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> std::result::Result<Located, E> {
-        Ok(Self::unlocated(Walked::Other))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Located, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Self::unlocated(Walked::List(items)))
-    }
-
-    /// A span (start, end, then the value), or a table.
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Located, A::Error> {
-        let Some(first) = map.next_key::<String>()? else { return Ok(Self::unlocated(Walked::Table(Vec::new()))) };
-        if first == SPANNED_START {
-            let start: usize = map.next_value()?;
-            let (Some(_), end) = (map.next_key::<String>()?, map.next_value::<usize>()?) else {
-                return Err(serde::de::Error::custom("a span without its end"));
-            };
-            let (Some(_), Inner(located)) = (map.next_key::<String>()?, map.next_value::<Inner>()?) else {
-                return Err(serde::de::Error::custom("a span without its value"));
-            };
-            return Ok(Located { span: Some(start..end), value: located.value });
-        }
-        let mut entries = vec![(first, map.next_value()?)];
-        while let Some(key) = map.next_key()? {
-            entries.push((key, map.next_value()?));
-        }
-        Ok(Self::unlocated(Walked::Table(entries)))
-    }
+    Ok(())
 }
 
 /// A TOML basic string on one line: control and invisible characters escaped (`\u001B`), so

@@ -68,10 +68,10 @@ fn source_date_epoch() -> Result<u64> {
         Err(_) => Ok(0),
         Ok(v) if v.is_empty() => Ok(0),
         Ok(v) => match v.trim().parse::<u64>() {
-            Ok(epoch) if epoch <= crate::image::MAX_EPOCH => Ok(epoch),
+            Ok(epoch) if epoch <= crate::date::MAX_EPOCH => Ok(epoch),
             Ok(_) => Err(Error::Usage(format!(
                 "SOURCE_DATE_EPOCH={v} is after 9999-12-31T23:59:59Z ({}), the last time image configs can hold",
-                crate::image::MAX_EPOCH
+                crate::date::MAX_EPOCH
             ))),
             Err(_) => Err(Error::Usage(format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))),
         },

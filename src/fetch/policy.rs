@@ -63,18 +63,21 @@ impl UrlPolicy {
         self.refuses_place(host.trim_start_matches('[').trim_end_matches(']'), port)
     }
 
-    /// Why a redirect from `from` to `to` may not be followed, if it may not: a place the
-    /// provenance named may not send the download to an internal address either. Another
-    /// public host (a CDN) or the same host is followed.
-    pub fn refuses_redirect(&self, from: &reqwest::Url, to: &reqwest::Url) -> Option<String> {
-        let same = from.host_str() == to.host_str() && from.port_or_known_default() == to.port_or_known_default();
-        if same || self.trusted.contains(to.as_str()) {
-            return None;
-        }
+    /// Why a redirect to `to` may not be followed, if it may not: a place the provenance
+    /// named may not send the download to an internal address either. A URL the project
+    /// names, a host one of them is on, or a public host (a CDN) is followed.
+    pub fn refuses_redirect(&self, to: &reqwest::Url) -> Option<String> {
         let host = to.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         let port = to.port_or_known_default().unwrap_or(443);
+        let trusted_host = |url: &String| {
+            reqwest::Url::parse(url)
+                .is_ok_and(|u| u.host_str() == to.host_str() && u.port_or_known_default() == Some(port))
+        };
+        if self.trusted.contains(to.as_str()) || self.trusted.iter().any(trusted_host) {
+            return None;
+        }
         let public = UrlPolicy { others: true, named_hosts: self.named_hosts.clone(), ..UrlPolicy::default() };
-        public.refuses_place(host, port).map(|why| format!("a redirect to {to}: {why}"))
+        public.refuses_place(host, port).map(|why| format!("to {to}: {why}"))
     }
 
     fn refuses_place(&self, host: &str, port: u16) -> Option<String> {
@@ -214,15 +217,15 @@ mod tests {
     #[test]
     fn a_redirect_never_leads_to_an_internal_address_unless_named() {
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
-        let policy = UrlPolicy::default();
-        let from = url("https://1.1.1.1/zk.tar.gz");
-        assert_eq!(policy.refuses_redirect(&from, &url("https://1.0.0.1/cdn/zk.tar.gz")), None);
-        assert_eq!(policy.refuses_redirect(&url("http://127.0.0.1:8/a"), &url("http://127.0.0.1:8/b")), None);
-        let why = policy.refuses_redirect(&from, &url("http://169.254.169.254/latest/meta-data/")).unwrap();
-        assert!(why.contains("a redirect to http://169.254.169.254/") && why.contains("--allow-host"), "{why}");
-        assert!(policy.refuses_redirect(&url("http://127.0.0.1:8/a"), &url("http://127.0.0.1:9/b")).is_some());
-        let named = UrlPolicy { named_hosts: vec!["169.254.169.254".into()], ..UrlPolicy::default() };
-        assert_eq!(named.refuses_redirect(&from, &url("http://169.254.169.254/x")), None);
+        let mut policy = UrlPolicy::default();
+        policy.trusted.insert("http://127.0.0.1:8/dist/a.tar.gz".into());
+        assert_eq!(policy.refuses_redirect(&url("https://1.0.0.1/cdn/zk.tar.gz")), None, "a public host");
+        assert_eq!(policy.refuses_redirect(&url("http://127.0.0.1:8/b")), None, "a host the project names");
+        let why = policy.refuses_redirect(&url("http://169.254.169.254/latest/meta-data/")).unwrap();
+        assert!(why.contains("to http://169.254.169.254/") && why.contains("--allow-host"), "{why}");
+        assert!(policy.refuses_redirect(&url("http://127.0.0.1:9/b")).is_some(), "another port");
+        policy.named_hosts.push("169.254.169.254".into());
+        assert_eq!(policy.refuses_redirect(&url("http://169.254.169.254/x")), None);
     }
 
     proptest! {

@@ -21,11 +21,11 @@ mod templates;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{Destination, TempPath};
+use crate::atomic_file::{self, Options};
 use crate::error::{Error, IoContext, Result};
 use crate::image::ImageLayer;
 use crate::image_def::{ImageDef, Node};
@@ -133,16 +133,14 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
         memory_mib: opts.memory_mib,
         libvirt_dir: opts.libvirt_dir.as_deref(),
     };
-    let script = dir.join(format!("node-{id}.sh"));
-    for (path, text) in [
-        (dir.join(format!("user-data-node-{id}")), user),
-        (dir.join(format!("node-{id}.xml")), template.domain_xml()),
-        (script.clone(), template.qemu_script()),
+    for (name, text, mode) in [
+        (format!("user-data-node-{id}"), user, 0o644),
+        (format!("node-{id}.xml"), template.domain_xml(), 0o644),
+        (format!("node-{id}.sh"), template.qemu_script(), 0o755),
     ] {
-        fs::write(&path, text).at(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).at(&path)?;
+        atomic_file::write(&dir.join(name), text.as_bytes(), Options::REPLACE.mode(mode))?;
     }
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).at(&script)
+    Ok(())
 }
 
 /// What the templates reference that is not on this machine, and what network.xml cannot do.
@@ -183,9 +181,7 @@ pub(crate) fn write(
         node_files(temp.path(), def, n.id, opts)?;
     }
     let (network, network_problem) = templates::network_xml(def);
-    let network_path = temp.path().join("network.xml");
-    fs::write(&network_path, network).at(&network_path)?;
-    fs::set_permissions(&network_path, fs::Permissions::from_mode(0o644)).at(&network_path)?;
+    atomic_file::write(&temp.path().join("network.xml"), network.as_bytes(), Options::REPLACE.mode(0o644))?;
     Destination::record(temp.path())?;
     opts.out.replace_with(temp)?;
     summary(def, nodes, opts, warnings(opts, network_problem))

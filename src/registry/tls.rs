@@ -22,8 +22,8 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::reference::Reference;
+use crate::date::rfc3339;
 use crate::error::{escape, Error, IoContext, Result};
-use crate::image::rfc3339;
 
 /// The per-host certificate directories, in the order the containers tools look (the first
 /// that exists for the host is used).
@@ -295,85 +295,20 @@ fn trust_hint(registry: &str) -> String {
 
 fn within_validity(der: &[u8], now: u64) -> std::result::Result<(), rustls::Error> {
     let (not_before, not_after) = validity(der).ok_or(CertificateError::BadEncoding)?;
-    if now < not_before {
+    if (now as i64) < not_before {
         return Err(CertificateError::NotValidYet.into());
     }
-    if now > not_after {
+    if (now as i64) > not_after {
         return Err(CertificateError::Expired.into());
     }
     Ok(())
 }
 
-/// One DER element: its tag, its content, and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
 /// A certificate's `notBefore` and `notAfter`, in seconds since the epoch (RFC 5280 4.1.2.5).
-fn validity(der: &[u8]) -> Option<(u64, u64)> {
-    const SEQUENCE: u8 = 0x30;
-    let (SEQUENCE, certificate, _) = element(der)? else { return None };
-    let (SEQUENCE, tbs, _) = element(certificate)? else { return None };
-    let (tag, _, mut rest) = element(tbs)?;
-    if tag == 0xa0 {
-        (_, _, rest) = element(rest)?; // the serial number follows the explicit version
-    }
-    (_, _, rest) = element(rest)?; // signature algorithm
-    (_, _, rest) = element(rest)?; // issuer
-    let (SEQUENCE, validity, _) = element(rest)? else { return None };
-    let (tag, not_before, rest) = element(validity)?;
-    let not_before = time(tag, not_before)?;
-    let (tag, not_after, _) = element(rest)?;
-    Some((not_before, time(tag, not_after)?))
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 0x18).
-fn time(tag: u8, text: &[u8]) -> Option<u64> {
-    let digits = |s: &[u8]| -> Option<u64> {
-        s.iter().try_fold(0u64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0')))
-    };
-    let (year, rest) = match tag {
-        0x17 if text.len() == 13 => {
-            let yy = digits(&text[..2])?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
-        }
-        0x18 if text.len() == 15 => (digits(&text[..4])?, &text[4..]),
-        _ => return None,
-    };
-    if rest[10] != b'Z' {
-        return None;
-    }
-    let field = |i: usize| digits(&rest[i..i + 2]);
-    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day)?;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a date in the Gregorian calendar (Howard Hinnant's algorithm);
-/// `None` before 1970.
-fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
-    let y = if month <= 2 { year.checked_sub(1)? } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).checked_sub(719_468)
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = certificate.validity();
+    Some((validity.not_before.timestamp(), validity.not_after.timestamp()))
 }
 
 #[cfg(test)]
@@ -381,49 +316,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[test]
-    fn times_convert_to_unix_seconds() {
-        assert_eq!(time(0x17, b"700101000000Z"), Some(0));
-        assert_eq!(time(0x17, b"000229120000Z"), Some(951_825_600));
-        assert_eq!(time(0x18, b"20380119031408Z"), Some(2_147_483_648));
-        assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(time(0x17, b"701301000000Z"), None, "month 13");
-        assert_eq!(time(0x17, b"7001010000001"), None, "no Z");
-        assert_eq!(time(0x18, b"700101000000Z"), None, "UTCTime text under the GeneralizedTime tag");
-    }
-
-    /// A certificate's outline, as DER: version, serial, algorithm, issuer, validity.
-    fn certificate(not_before: &[u8], not_after: &[u8]) -> Vec<u8> {
-        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-            let mut out = vec![tag];
-            if content.len() < 0x80 {
-                out.push(content.len() as u8);
-            } else {
-                out.extend([0x82, (content.len() >> 8) as u8, content.len() as u8]);
-            }
-            out.extend_from_slice(content);
-            out
-        }
-        let validity = [tlv(0x17, not_before), tlv(0x17, not_after)].concat();
-        let tbs = [
-            tlv(0xa0, &tlv(0x02, &[2])),
-            tlv(0x02, &[1; 20]),
-            tlv(0x30, &[0x06, 0x01, 0x01]),
-            tlv(0x30, &[0u8; 200]),
-            tlv(0x30, &validity),
-        ]
-        .concat();
-        tlv(0x30, &tlv(0x30, &tbs))
+    /// A real self-signed certificate valid from `not_before` to `not_after` (seconds).
+    fn certificate(not_before: i64, not_after: i64) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["registry.test".to_string()]).unwrap();
+        let at = |secs| rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(secs as u64);
+        (params.not_before, params.not_after) = (at(not_before), at(not_after));
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
     }
 
     #[test]
     fn the_validity_of_a_certificate_is_read_and_checked() {
-        let der = certificate(b"240101000000Z", b"240102000000Z");
+        let der = certificate(1_704_067_200, 1_704_153_600);
         assert_eq!(validity(&der), Some((1_704_067_200, 1_704_153_600)));
         assert!(within_validity(&der, 1_704_100_000).is_ok());
         assert_eq!(within_validity(&der, 1_704_000_000), Err(CertificateError::NotValidYet.into()));
         assert_eq!(within_validity(&der, 1_704_200_000), Err(CertificateError::Expired.into()));
         assert_eq!(within_validity(&der[..der.len() - 3], 0), Err(CertificateError::BadEncoding.into()));
+        // After 2049 a certificate writes GeneralizedTime instead of UTCTime.
+        assert_eq!(validity(&certificate(0, 2_600_000_000)), Some((0, 2_600_000_000)));
     }
 
     /// rustls' names for what went wrong, which a sentence must not show.
@@ -507,8 +418,8 @@ mod tests {
 
         #[test]
         fn truncated_certificates_never_panic(cut in 0usize..400) {
-            let der = certificate(b"240101000000Z", b"340101000000Z");
-            let _ = validity(&der[..cut.min(der.len())]);
+            static DER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| certificate(1_704_067_200, 2_019_600_000));
+            let _ = validity(&DER[..cut.min(DER.len())]);
         }
     }
 }

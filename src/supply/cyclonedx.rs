@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 
 use super::inventory::{BasePackage, Inventory, RecipePackage};
 use super::spdx::is_license_expression;
+use crate::date::rfc3339;
 use crate::digest::{Algorithm, Hash, Sha256Digest};
-use crate::image::rfc3339;
 
 const IMAGE_REF: &str = "image";
 

@@ -15,8 +15,9 @@ pub(crate) mod provenance;
 pub(crate) mod spdx;
 pub(crate) mod verify;
 
+use crate::date::rfc3339;
 use crate::error::{Error, Result};
-use crate::image::{rfc3339, write_artifact, BaseImage, StoredImage};
+use crate::image::{write_artifact, BaseImage, StoredImage};
 use crate::image_def::{ImageDef, Node};
 use crate::platform::Platform;
 use crate::store::Store;

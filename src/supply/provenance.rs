@@ -305,7 +305,7 @@ pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<Provenance> {
     if platforms.is_empty() {
         return Err(bad("externalParameters: no platform".into()));
     }
-    if ext.epoch > crate::image::MAX_EPOCH {
+    if ext.epoch > crate::date::MAX_EPOCH {
         return Err(bad(format!("externalParameters: epoch {} is after 9999-12-31T23:59:59Z", ext.epoch)));
     }
     let codec = match ext.compression.as_str() {

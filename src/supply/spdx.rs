@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::inventory::{Inventory, RecipePackage};
+use crate::date::rfc3339;
 use crate::digest::{Algorithm, Hash};
-use crate::image::rfc3339;
 
 const IMAGE_ID: &str = "SPDXRef-Image";
 const BASE_ID: &str = "SPDXRef-Base";
@@ -151,54 +151,11 @@ fn is_spdx_url(text: &str) -> bool {
         && !text.contains(char::is_whitespace)
 }
 
-/// Whether `text` reads as an SPDX license expression (`A`, `A OR B`, `A WITH E`, `(A AND B)`):
-/// declared licenses that do not are carried as `LicenseRef-` text instead.
+/// Whether `text` is an SPDX license expression (`A`, `A OR B`, `A WITH E`, `(A AND B)`) whose
+/// ids are on SPDX's license list (or `LicenseRef-`): declared licenses that are not are carried
+/// as `LicenseRef-` text instead, so the document stays valid.
 pub(crate) fn is_license_expression(text: &str) -> bool {
-    let spaced = text.replace('(', " ( ").replace(')', " ) ");
-    let tokens: Vec<&str> = spaced.split_whitespace().collect();
-    let mut at = 0;
-    expression(&tokens, &mut at) && at == tokens.len()
-}
-
-fn expression(tokens: &[&str], at: &mut usize) -> bool {
-    if !term(tokens, at) {
-        return false;
-    }
-    while matches!(tokens.get(*at), Some(&"AND" | &"OR")) {
-        *at += 1;
-        if !term(tokens, at) {
-            return false;
-        }
-    }
-    true
-}
-
-fn term(tokens: &[&str], at: &mut usize) -> bool {
-    if tokens.get(*at) == Some(&"(") {
-        *at += 1;
-        let inner = expression(tokens, at);
-        let closed = tokens.get(*at) == Some(&")");
-        *at += 1;
-        return inner && closed;
-    }
-    if !tokens.get(*at).is_some_and(|t| is_license_id(t)) {
-        return false;
-    }
-    *at += 1;
-    if tokens.get(*at) == Some(&"WITH") {
-        *at += 1;
-        let ok = tokens.get(*at).is_some_and(|t| is_license_id(t));
-        *at += 1;
-        return ok;
-    }
-    true
-}
-
-fn is_license_id(token: &str) -> bool {
-    let id = token.strip_suffix('+').unwrap_or(token);
-    !id.is_empty()
-        && !matches!(id, "AND" | "OR" | "WITH")
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    spdx::Expression::parse_mode(text, spdx::ParseMode::STRICT).is_ok()
 }
 
 #[cfg(test)]
@@ -225,7 +182,10 @@ mod tests {
         for ok in ["Apache-2.0", "GPL-2.0-only WITH Classpath-exception-2.0", "(MIT OR Apache-2.0) AND BSD-3-Clause"] {
             assert!(is_license_expression(ok), "{ok}");
         }
-        for free in ["", "Apache 2", "MIT OR", "(MIT", "GPL WITH", "see LICENSE file", "MIT AND AND BSD"] {
+        assert!(is_license_expression("LicenseRef-vendor"));
+        for free in
+            ["", "Apache 2", "MIT OR", "(MIT", "GPL WITH", "see LICENSE file", "MIT AND AND BSD", "Not-A-License-9.9"]
+        {
             assert!(!is_license_expression(free), "{free}");
         }
     }

@@ -93,7 +93,8 @@ pub(crate) fn make_ext4(rootfs: &Rootfs, image: &Path, uuid: &str, epoch: u64) -
         .arg(format!("{size_mib}M"));
     run(&mut mke2fs, "mke2fs", "e2fsprogs")?;
     let cmd_file = image.with_extension("debugfs");
-    fs::write(&cmd_file, fix_commands(&rootfs.tree, epoch)).at(&cmd_file)?;
+    let commands = fix_commands(&rootfs.tree, epoch);
+    crate::atomic_file::write(&cmd_file, commands.as_bytes(), crate::atomic_file::Options::REPLACE)?;
     let mut debugfs = e2fs_tool("debugfs", &epoch_s);
     debugfs.arg("-w").arg("-f").arg(&cmd_file).arg(image);
     // debugfs goes on after a failed command: anything after its banner is one.
