@@ -723,8 +723,23 @@ fn verify_fetches_only_what_the_project_names_unless_told_and_never_internal_add
     );
     assert_eq!(internal.total_requests(), 0);
 
+    // Named on the command line, but redirecting to an internal address no one named: not followed.
+    let metadata = super::http::HttpServer::start();
+    metadata.serve("latest/meta-data", b"secret".to_vec(), super::http::Fault::None);
+    let redirect = super::http::Fault::Redirect(metadata.url("latest/meta-data"));
+    internal.serve(&format!("dist/{zk}"), Vec::new(), redirect);
+    let allow = ["--provenance-urls", "--allow-host", &internal.addr.to_string()];
+    let out = verify(&allow);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    let refused =
+        format!("to {}: only the provenance names it, and 127.0.0.1 is at 127.0.0.1", metadata.url("latest/meta-data"));
+    assert!(err.contains(&refused), "{err}");
+    assert_eq!(metadata.total_requests(), 0);
+
     // Named on the command line: fetched from there (and only there).
-    let out = verify(&["--provenance-urls", "--allow-host", &internal.addr.to_string()]);
+    internal.serve(&format!("dist/{zk}"), p.input(zk).to_vec(), super::http::Fault::None);
+    let out = verify(&allow);
     assert!(internal.total_requests() > 0, "{}", stderr(&out));
     assert!(!stderr(&out).contains(&internal_url), "{}", stderr(&out));
     assert_eq!(p.server.total_requests(), served);
