@@ -222,7 +222,7 @@ impl Output {
 
 /// What a stream that unpacks past `limit` bytes is told.
 pub(crate) fn past_unpack_limit(limit: u64) -> String {
-    format!("unpacks to more than {limit} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)")
+    format!("unpacks to more than {limit} bytes (IMGBUILD_MAX_UNPACKED): a decompression bomb, or set it higher")
 }
 
 /// Decodes every member of `source`, then checks that only zero bytes follow the last.

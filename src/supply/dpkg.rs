@@ -84,7 +84,10 @@ pub(crate) fn merged_files(
     let mut followed: Vec<Followed<'_>> = paths.iter().map(|p| Followed { path: p, content: None, layer: 0 }).collect();
     for (index, layer) in layers.iter().enumerate() {
         let digest = layer.digest.0;
-        let bad = |e: std::io::Error| bad_layer(&digest, format!("corrupt tar stream: {e}"));
+        let bad = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::FileTooLarge => bad_layer(&digest, e.to_string()), // the unpack limit, named
+            _ => bad_layer(&digest, format!("corrupt tar stream: {e}")),
+        };
         let mut archive = open_layer(store, &digest, limit)?;
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
