@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub(crate) mod fetch;
 pub(crate) mod gc;
+pub(crate) mod host;
 pub(crate) mod image;
 pub mod image_def;
 pub(crate) mod image_path;

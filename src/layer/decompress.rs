@@ -349,11 +349,6 @@ impl ChannelReader {
     pub(crate) fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> ChannelReader {
         ChannelReader { rx, current: Vec::new(), pos: 0 }
     }
-
-    /// Receives what is left, unread, so that the sender is never left waiting.
-    pub(crate) fn drain(&self) {
-        self.rx.iter().for_each(drop);
-    }
 }
 
 impl Read for ChannelReader {

@@ -77,9 +77,14 @@ pub struct VmSummary {
     pub warnings: Vec<String>,
 }
 
-/// Runs an external tool; a missing tool or a failure is a clear error naming it and its
-/// package. Returns what it printed on stderr.
-fn run(cmd: &mut Command, tool: &str, package: &str) -> Result<String> {
+/// The programs `imgbuild vm` runs (rows of [`crate::host::NEEDS`], which knows their packages):
+/// the command checks for them before it builds.
+pub(crate) const TOOLS: [&str; 4] = ["mke2fs", "debugfs", "qemu-img", "xorriso"];
+
+/// Runs an external tool (one of [`TOOLS`]); a missing tool or a failure is a clear error naming
+/// it and its package. Returns what it printed on stderr.
+fn run(cmd: &mut Command, tool: &str) -> Result<String> {
+    let package = crate::host::package_of(tool);
     let out = cmd.output().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::tool(tool, package, "not installed (not found on PATH)"),
         _ => Error::tool(tool, package, format!("cannot run: {e}")),
@@ -103,11 +108,7 @@ fn base_disk(store: &Store, layers: &[ImageLayer], dir: &Path, opts: &VmOptions)
     ext4::make_ext4(&rootfs, &raw, &ext4::derived_uuid(layers), opts.epoch)?;
     fs::remove_dir_all(rootfs.host_path()).at(rootfs.host_path())?;
     let qcow = dir.join("base.qcow2");
-    run(
-        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow),
-        "qemu-img",
-        "qemu-utils",
-    )?;
+    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow), "qemu-img")?;
     if !opts.raw {
         fs::remove_file(&raw).at(&raw)?;
     }
@@ -119,7 +120,7 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
     let disk = format!("node-{id}.qcow2");
     // Run in the output directory so the backing file is recorded relative: `base.qcow2`.
     let create = ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &disk];
-    run(Command::new("qemu-img").current_dir(dir).args(create), "qemu-img", "qemu-utils")?;
+    run(Command::new("qemu-img").current_dir(dir).args(create), "qemu-img")?;
     let (meta, user) = seed::seed_files(def, id);
     let iso = dir.join(format!("seed-node-{id}.iso"));
     seed::make_seed(&dir.join(format!(".seed-{id}")), &iso, &meta, &user, opts.epoch)?;

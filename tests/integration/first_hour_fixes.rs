@@ -47,6 +47,7 @@ fn every_command_ends_quietly_when_its_reader_goes_away() {
         vec!["--json", "store", "verify"],
         vec!["deploy", "compose"],
         vec!["completions", "bash"],
+        vec!["doctor", "build"],
         vec!["man"],
         vec!["--help"],
         vec!["--version"],

@@ -54,6 +54,6 @@ pub(crate) fn make_seed(staging: &Path, iso: &Path, meta: &str, user: &str, epoc
         .arg(staging.join("user-data"))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("LC_ALL", "C");
-    run(&mut xorriso, "xorriso", "xorriso")?;
+    run(&mut xorriso, "xorriso")?;
     fs::remove_dir_all(staging).at(staging)
 }
