@@ -4,6 +4,7 @@
 
 mod image;
 mod overlap;
+pub mod policy;
 pub(crate) mod resume;
 
 pub(crate) use image::{named_archive, NamedArchive};
@@ -44,6 +45,15 @@ pub struct FetchSettings {
     /// Longest wait for a connection or for the next bytes of a response.
     pub timeout: Duration,
     pub registries: RegistryAccess,
+    /// Set by `verify`: which URLs and repositories may be asked (`None`: every one a recipe names).
+    pub url_policy: Option<std::sync::Arc<policy::UrlPolicy>>,
+}
+
+impl FetchSettings {
+    /// Why `url` may not be asked, under the policy.
+    fn refuses_url(&self, url: &str) -> Option<String> {
+        self.url_policy.as_ref().and_then(|p| p.refuses_url(url))
+    }
 }
 
 impl Default for FetchSettings {
@@ -53,6 +63,7 @@ impl Default for FetchSettings {
             mirror_dirs: Vec::new(),
             timeout: Duration::from_secs(30),
             registries: RegistryAccess::default(),
+            url_policy: None,
         }
     }
 }
@@ -133,7 +144,15 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let client = crate::net::client_builder(self.settings.timeout, crate::net::Redirects::checked())
+        let redirects = match self.settings.url_policy.clone() {
+            // Where a download is redirected is checked as where it starts.
+            Some(policy) => crate::net::Redirects::Follow(Box::new(move |to| match policy.refuses_redirect(to) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            })),
+            None => crate::net::Redirects::checked(),
+        };
+        let client = crate::net::client_builder(self.settings.timeout, redirects)
             .build()
             .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))
@@ -183,7 +202,12 @@ impl<'a> Fetcher<'a> {
         if self.settings.offline {
             reasons.push("offline: not downloaded".into());
         } else {
-            origins.extend(source.urls.iter().map(|url| Origin::Url(url)));
+            for url in &source.urls {
+                match self.settings.refuses_url(url) {
+                    Some(why) => reasons.push(format!("{url}: not fetched: {why}")),
+                    None => origins.push(Origin::Url(url)),
+                }
+            }
         }
         let mut task = None;
         for origin in &origins {

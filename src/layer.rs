@@ -28,6 +28,7 @@ use crate::error::{escape, Error, IoContext, Result};
 use crate::progress::Reporter;
 use crate::recipe::{Source, Unpack};
 use crate::store::{BlobWriter, LayerRecord, Store};
+pub(crate) use decompress::past_unpack_limit;
 pub(crate) use decompress::Compression;
 use decompress::SourceFailure;
 pub use normalize::Counts;

@@ -189,6 +189,7 @@ impl GlobalArgs {
                 insecure: self.insecure_registry.clone(),
                 ca_files: self.ca_file.clone(),
             },
+            url_policy: None,
         })
     }
 

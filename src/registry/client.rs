@@ -66,6 +66,8 @@ pub struct Client {
     authorization: RefCell<Option<Secret>>,
     challenge: RefCell<Option<Challenge>>,
     scopes: RefCell<Vec<String>>,
+    /// What this command's walks of indexes and referrers have fetched here.
+    pub(crate) budget: super::budget::Budget,
 }
 
 impl Client {
@@ -90,6 +92,7 @@ impl Client {
             authorization: RefCell::new(None),
             challenge: RefCell::new(None),
             scopes: RefCell::new(vec![format!("repository:{}:{actions}", reference.repository)]),
+            budget: Default::default(),
         };
         let response = client.send(|| client.http.get(format!("{}/v2/", client.base)))?;
         if response.status() == StatusCode::BAD_REQUEST && settings.insecure {
