@@ -87,8 +87,13 @@ fn zk_cli(container: &str, host: &str, args: &[&str]) -> Output {
 
 /// Writes the seed's recipes (same names as `recipes/`) pinned to real inputs from Debian.
 pub(super) fn pin_real_inputs(p: &TestProject, work: &Path) {
+    pin_real_inputs_on(p, work, BASE_PACKAGES);
+}
+
+/// [`pin_real_inputs`] with a base of these Debian packages.
+pub(super) fn pin_real_inputs_on(p: &TestProject, work: &Path, packages: &[&str]) {
     let root = work.join("base-root");
-    debian::debian_root(&root, BASE_PACKAGES);
+    debian::debian_root(&root, packages);
     let base = work.join("base-layout");
     let base_digest = fixtures::layout_from_root(&base, &root);
     let inputs = [

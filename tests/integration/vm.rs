@@ -154,65 +154,86 @@ fn debian_kernel() -> Option<(PathBuf, PathBuf)> {
     initrd.exists().then_some((kernel, initrd))
 }
 
-/// A VM the test started: stopped (by its process id) when the test ends, however it ends.
+/// Fails the test unless this machine can boot the real-Debian VM tests; the kernel and initrd.
+fn require_boot() -> (PathBuf, PathBuf) {
+    require_vm_tools();
+    require_tool("qemu-system-x86_64");
+    debian::require();
+    debian_kernel().expect("no kernel in /boot: .ci/install installs linux-image-amd64")
+}
+
+/// A VM the test started: its script runs in a process group of its own, which (the script
+/// and its qemu) is killed by the group's id when the test ends, however it ends.
 struct RunningVm(std::process::Child);
 
 impl Drop for RunningVm {
     fn drop(&mut self) {
         if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
+            // SAFETY: kill(2) on the group this test made for this child.
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
             let _ = self.0.wait();
         }
     }
 }
 
-/// Boots `script` with the given extra kernel arguments; returns the console, bounded in time.
-fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
-    let console = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(script);
-    if from_seed {
-        cmd.env("IMGBUILD_IDENTITY", "");
-    }
-    // Software emulation: this machine's /dev/kvm is nested and hangs a guest kernel.
-    let mut vm = RunningVm(
-        cmd.env("IMGBUILD_APPEND", append)
+impl RunningVm {
+    /// Starts `script` under TCG (this machine's /dev/kvm is nested and hangs a guest kernel)
+    /// with `env`, its console into `log`.
+    fn start(script: &Path, env: &[(&str, String)], log: &Path) -> RunningVm {
+        use std::os::unix::process::CommandExt;
+        let console = std::fs::File::create(log).unwrap();
+        let mut cmd = Command::new(script);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("IMGBUILD_ACCEL", "tcg")
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while vm.0.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            drop(vm);
-            panic!("the VM did not power off in time:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(250));
+            .process_group(0);
+        RunningVm(cmd.spawn().unwrap())
     }
-    std::fs::read_to_string(log).unwrap()
+
+    /// Waits, bounded, for the VM to end; its exit status and console.
+    fn wait(mut self, limit: Duration, log: &Path) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return (status, std::fs::read_to_string(log).unwrap());
+            }
+            if Instant::now() > deadline {
+                drop(self);
+                panic!("the VM did not power off in {limit:?}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGTERM to the script, as a service manager stops it.
+    fn terminate(&self) {
+        // SAFETY: kill(2) on the script this test started.
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) }, 0);
+    }
+}
+
+/// Boots `script` with the given extra kernel arguments; returns the console, bounded in time.
+fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
+    let mut env = vec![("IMGBUILD_APPEND", append.to_string())];
+    if from_seed {
+        env.push(("IMGBUILD_IDENTITY", String::new()));
+    }
+    RunningVm::start(script, &env, log).wait(Duration::from_secs(240), log).1
 }
 
 #[test]
 fn nodes_boot_under_qemu_and_render_their_own_identity() {
-    require_vm_tools();
-    require_tool("qemu-system-x86_64");
-    debian::require();
-    let (kernel, initrd) = debian_kernel().expect("no kernel in /boot: .ci/install installs linux-image-amd64");
+    let (kernel, initrd) = require_boot();
     let p = TestProject::new();
     // A base with a shell and the tools the entrypoint uses, from this machine's Debian packages,
-    // plus mount and the ISO 9660 driver of the booted kernel, to read the NoCloud seed.
+    // and busybox for `ip`: no mount command and no ISO 9660 driver, which reading the seed
+    // does not need.
     let root = p.path("base-root");
     let mut packages = debian::BASE_PACKAGES.to_vec();
-    packages.extend(["mount", "libmount1", "libblkid1", "kmod", "libzstd1", "liblzma5", "libssl3"]);
+    packages.push("busybox");
     debian::debian_root(&root, &packages);
-    let version = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
-    let isofs = format!("lib/modules/{version}/kernel/fs/isofs");
-    std::fs::create_dir_all(root.join("usr").join(&isofs)).unwrap();
-    std::fs::copy(Path::new("/").join(&isofs).join("isofs.ko"), root.join("usr").join(&isofs).join("isofs.ko"))
-        .unwrap();
-    tool(Command::new("depmod").arg("-b").arg(&root).arg(&version));
     let digest = fixtures::layout_from_root(&p.path("debian-layout"), &root);
     pin_base(&p, &p.path("debian-layout"), &digest);
     json(&p.run(&[
@@ -244,14 +265,106 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
         assert!(console.contains(&format!("imgbuild-vm:   broker.id={n}")), "{console}");
         assert!(console.contains("entrypoint exited with status 0"), "{console}");
     }
-    // Node 0 again, now unable to read its seed (the kernel may not load isofs): it says why,
-    // and shows nothing of what its first boot rendered.
-    let append = "imgbuild.render_only=1 panic=-1 quiet module_blacklist=isofs";
+    // Node 0 again, now without its seed device (the kernel may not load the CD-ROM driver): it
+    // says so, and shows nothing of what its first boot rendered.
+    let append = "imgbuild.render_only=1 panic=-1 quiet module_blacklist=sr_mod";
     let console = boot(&dir.join("node-0.sh"), append, true, &p.path("console-0-again.log"));
-    assert!(console.contains("the kernel has no iso9660 driver"), "{console}");
+    assert!(console.contains("no NoCloud seed"), "{console}");
     assert!(console.contains("not showing the configuration: the entrypoint failed"), "{console}");
     assert!(!console.contains("rendered /var/lib/zookeeper/myid"), "{console}");
     assert!(console.contains("node-0.sh: accelerator tcg (from IMGBUILD_ACCEL)"), "{console}");
+}
+
+/// The project's cluster as `hosts` (node i at hosts[i]), in place of the definition's nodes.
+fn set_cluster_hosts(p: &TestProject, hosts: &[&str]) {
+    let file = p.root.join("images/zk-kafka.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut def = text[..text.find("[[cluster.node]]").unwrap()].to_string();
+    for (i, host) in hosts.iter().enumerate() {
+        def.push_str(&format!("[[cluster.node]]\nid = {i}\nhost = \"{host}\"\n\n"));
+    }
+    std::fs::write(&file, def).unwrap();
+}
+
+/// ZooKeeper's `srvr` answer's mode (`standalone`, `leader`, `follower`) on 127.0.0.1:`port`.
+fn zk_mode(port: u16) -> Option<String> {
+    use std::io::Write;
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(b"srvr").ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    answer.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
+}
+
+/// A port offset and a multicast group for this test run's VMs, so that none meets another's.
+fn vm_network(salt: u32) -> (u16, String) {
+    let n = (std::process::id() + salt) % 4000;
+    (30000 + n as u16, format!("239.255.{}.{}:{}", 100 + n % 100, n % 250 + 1, 40000 + n))
+}
+
+/// The project the real-ZooKeeper VM tests build: Debian's Java (`env` JAVA_HOME and `path` in
+/// its recipe, which zkServer.sh's `exec java` needs) and ZooKeeper on a base with busybox (for
+/// `ip`), the cluster at `hosts`; its VM disks in `vm/`.
+fn zookeeper_vms(p: &TestProject, hosts: &[&str], kernel: &Path, initrd: &Path) -> PathBuf {
+    let mut packages = debian::BASE_PACKAGES.to_vec();
+    packages.push("busybox");
+    super::ensemble::pin_real_inputs_on(p, &p.path("work"), &packages);
+    set_cluster_hosts(p, hosts);
+    let args = ["--json", "vm", "--all", "--out", "vm", "--memory", "768", "--kernel"];
+    let out = p.cmd().args(args).arg(kernel).arg("--initrd").arg(initrd).output().unwrap();
+    let summary = json(&out);
+    assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
+    p.root.join("vm")
+}
+
+/// Issue 24: a VM runs its node as a container engine runs the image (the recipes' `env` and
+/// `path` reach ZooKeeper, which serves), on its address from the cluster definition, its client
+/// port forwarded to the host's loopback; SIGTERM to its script stops the services and leaves
+/// a clean file system.
+#[test]
+fn a_vm_serves_zookeeper_with_the_image_environment_and_stops_cleanly() {
+    let (kernel, initrd) = require_boot();
+    let p = TestProject::new();
+    let dir = zookeeper_vms(&p, &["10.77.0.1"], &kernel, &initrd);
+    let (offset, net) = vm_network(0);
+    let log = p.path("console-0.log");
+    let started = Instant::now();
+    let env = [("IMGBUILD_PORT_OFFSET", offset.to_string()), ("IMGBUILD_CLUSTER_NET", net)];
+    let vm = RunningVm::start(&dir.join("node-0.sh"), &env, &log);
+    let port = 2181 + offset;
+    let deadline = started + Duration::from_secs(420);
+    while zk_mode(port).as_deref() != Some("standalone") {
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(Instant::now() < deadline && !console.contains("powering off"), "ZooKeeper never served:\n{console}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!("node 0 served after {:?}", started.elapsed());
+    vm.terminate();
+    let (status, console) = vm.wait(Duration::from_secs(180), &log);
+    eprintln!("{console}");
+    assert!(status.success(), "{status}: {console}");
+    for expected in [
+        "NoCloud seed from /dev/sr0",
+        "network: ",
+        " 10.77.0.1/24",
+        " 10.0.2.15/24",
+        "stopping the node: SIGTERM to its process",
+        "root file system read-only; powering off",
+    ] {
+        assert!(console.contains(expected), "{expected}: {console}");
+    }
+    // The node's disk as its next boot finds it: clean, and what the services wrote.
+    let raw = p.path("node-0.raw");
+    tool(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(dir.join("node-0.qcow2")).arg(&raw));
+    tool(Command::new("e2fsck").arg("-fn").arg(&raw));
+    assert_eq!(debugfs(&raw, "cat /var/lib/kafka/logs/stopped"), "stopped\n", "SIGTERM reached the services");
+    let env = debugfs(&raw, "cat /var/lib/kafka/logs/started-with.env");
+    assert!(env.lines().any(|l| l == "JAVA_HOME=/opt/java/openjdk"), "{env}");
+    let path = env.lines().find_map(|l| l.strip_prefix("PATH=")).unwrap_or_default();
+    assert!(path.starts_with("/opt/java/openjdk/bin:/usr/local/zookeeper/bin:"), "{env}");
+    assert_eq!(debugfs(&raw, "cat /var/lib/zookeeper/myid"), "0\n");
 }
 
 /// Pins the project's base image to the layout at `dir` (image `digest`) and adds it to the store.
@@ -413,10 +526,13 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
     let out = p.run(&["--json", "vm", "--id", "1", "--kernel", "/nonexistent/vmlinuz", "--out", "vm"]);
     let summary = json(&out);
     let warnings: Vec<&str> = summary["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
-    assert_eq!(warnings.len(), 2, "the initrd is the host's own: {warnings:?}");
-    assert!(warnings[0].contains("kernel /nonexistent/vmlinuz, which does not exist here"), "{warnings:?}");
-    assert!(warnings[1].contains("loopback addresses"), "{warnings:?}");
-    assert!(stderr(&out).contains("warning: network.xml hands out no addresses"), "{}", stderr(&out));
+    assert_eq!(warnings.len(), 4, "the initrd is the host's own: {warnings:?}");
+    // The test base is no system: no shell, no `ip`, each named with its package.
+    assert!(warnings[0].contains("lacks a POSIX shell") && warnings[0].contains("dash"), "{warnings:?}");
+    assert!(warnings[1].contains("lacks `ip`") && warnings[1].contains("iproute2 (or busybox)"), "{warnings:?}");
+    assert!(warnings[2].contains("kernel /nonexistent/vmlinuz, which does not exist here"), "{warnings:?}");
+    assert!(warnings[3].contains("loopback addresses"), "{warnings:?}");
+    assert!(stderr(&out).contains("warning: the VMs get no cluster network"), "{}", stderr(&out));
     assert_eq!(summary["boot"]["kernel"], "/nonexistent/vmlinuz");
     let script = std::fs::read_to_string(p.root.join("vm/node-1.sh")).unwrap();
     assert!(script.contains("default_kernel='/nonexistent/vmlinuz'\n"), "{script}");
@@ -432,7 +548,7 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
         let newest = debian_kernel().map(|(k, _)| k.display().to_string());
         assert_eq!(Some(kernel.to_string()), newest);
     }
-    assert!(summary["warnings"].as_array().unwrap().len() == 1, "only the network: {summary}");
+    assert!(summary["warnings"].as_array().unwrap().len() == 3, "the base and the network: {summary}");
 }
 
 /// Pieces of paths that shells, XML and YAML give a meaning: a generated path is a few of them.

@@ -1,0 +1,225 @@
+//! What the VM init (`imgbuild-vm-init`) reads in the guest besides the seed, and what it
+//! needs of the base:
+//!
+//! - [`process_file`]: the node's process as a container engine runs it (Env, WorkingDir,
+//!   User, Entrypoint + Cmd, StopSignal), written from the image config blob itself, so the
+//!   container and the VM cannot drift apart. One `KEY VALUE` line each, read with `read -r`
+//!   and never evaluated: a value that cannot be one line is refused.
+//! - [`network_config`]: the node's NoCloud `network-config` (version 2), its cluster address
+//!   from the definition and the address its forwarded ports reach.
+//! - [`missing_tools`]: what the init runs that the base image must have.
+
+use std::net::Ipv4Addr;
+
+use serde_json::json;
+
+use super::rootfs::Meta;
+use super::templates::mac;
+use crate::deploy::yaml;
+use crate::error::{escape, Error, Result};
+use crate::image_def::ImageDef;
+use crate::tree::{Kind, Tree, TreePath};
+
+/// Where the VM init finds the process file in the guest (not in the OCI image: the disk only).
+pub(crate) const PROCESS_FILE: &str = "etc/imgbuild/vm-process";
+
+/// The address qemu's user network forwards the host's ports to (its default guest address),
+/// and its prefix; libvirt's passt interface is given the same.
+pub(crate) const FORWARD_ADDRESS: &str = "10.0.2.15/24";
+
+/// Why `value` (of `what`) cannot be one line of the process file, if it cannot.
+fn one_line(what: &str, value: &str) -> Result<()> {
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(Error::Usage(format!(
+            "the image config's {what} `{}` holds a line break or NUL, which the VM init cannot be given",
+            escape(value)
+        )));
+    }
+    Ok(())
+}
+
+/// A variable name the VM init can `export` (a container engine takes any name without `=`).
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// `SIGTERM`, `TERM` or `15` as `kill -s` takes it: `TERM`, `15`; `TERM` when the config has none.
+fn stop_signal(signal: Option<&str>) -> Result<String> {
+    let name = signal.unwrap_or("SIGTERM");
+    let bare = name.strip_prefix("SIG").unwrap_or(name);
+    let valid = !bare.is_empty() && bare.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+');
+    if !valid {
+        return Err(Error::Usage(format!("the image config's StopSignal `{}` is not a signal name", escape(name))));
+    }
+    Ok(bare.to_string())
+}
+
+/// The process file from the image config blob `config` (`digest` names it in the header).
+pub(crate) fn process_file(config: &[u8], digest: &str) -> Result<String> {
+    let parsed = crate::image::parse_config(config)
+        .map_err(|e| Error::Internal(format!("the image config {digest} does not parse: {e}")))?;
+    let c = parsed.config().clone().unwrap_or_default();
+    let mut lines = vec![
+        format!("# Written by imgbuild from the image config {digest}: the node's process as a container"),
+        "# engine runs it. Read line by line by imgbuild-vm-init; nothing here is run as shell.".to_string(),
+    ];
+    let user = c.user().clone().unwrap_or_default();
+    one_line("User", &user)?;
+    lines.push(format!("user {user}"));
+    let workdir = c.working_dir().clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+    one_line("WorkingDir", &workdir)?;
+    lines.push(format!("workdir {workdir}"));
+    lines.push(format!("stop {}", stop_signal(c.stop_signal().as_deref())?));
+    for kv in c.env().clone().unwrap_or_default() {
+        one_line("Env entry", &kv)?;
+        let name = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        if !is_shell_name(name) {
+            return Err(Error::Usage(format!(
+                "the image config's variable `{}` is not a name the VM init can export (letters, digits, `_`)",
+                escape(name)
+            )));
+        }
+        lines.push(format!("env {kv}"));
+    }
+    let argv: Vec<String> =
+        c.entrypoint().clone().unwrap_or_default().into_iter().chain(c.cmd().clone().unwrap_or_default()).collect();
+    if argv.is_empty() {
+        return Err(Error::Usage("the image config has neither Entrypoint nor Cmd: a VM has nothing to run".into()));
+    }
+    for word in argv {
+        one_line("Entrypoint/Cmd word", &word)?;
+        lines.push(format!("arg {word}"));
+    }
+    lines.push(String::new());
+    Ok(lines.join("\n"))
+}
+
+/// The MAC of node `id`'s second interface, the one the host's forwarded ports reach.
+pub(crate) fn forward_mac(cluster: &str, id: u32) -> String {
+    mac(&format!("{cluster}/forward"), id)
+}
+
+/// The address of node `id` on the cluster's network (`ADDRESS/24`), when the cluster's hosts
+/// are IPv4 addresses of one /24 that a VM can hold ([`super::templates::network_problem`]).
+pub(crate) fn cluster_address(def: &ImageDef, id: u32) -> Option<String> {
+    if super::templates::network_problem(def).is_some() {
+        return None;
+    }
+    let host: Ipv4Addr = def.nodes.iter().find(|n| n.id == id)?.host.parse().ok()?;
+    Some(format!("{host}/24"))
+}
+
+/// Node `id`'s NoCloud `network-config` (version 2): each interface found by its MAC, with a
+/// static address. The VM init reads the layout [`yaml::document`] writes.
+pub(crate) fn network_config(def: &ImageDef, id: u32) -> String {
+    let mut ethernets = serde_json::Map::new();
+    if let Some(address) = cluster_address(def, id) {
+        ethernets
+            .insert("cluster".into(), json!({ "match": { "macaddress": mac(&def.name, id) }, "addresses": [address] }));
+    }
+    ethernets.insert(
+        "forward".into(),
+        json!({ "match": { "macaddress": forward_mac(&def.name, id) }, "addresses": [FORWARD_ADDRESS] }),
+    );
+    yaml::document(&json!({ "version": 2, "ethernets": ethernets }))
+}
+
+/// One tool the VM init runs, and where a base may have it.
+struct Need {
+    what: &'static str,
+    /// Any one of these paths (resolved through the image's links) will do.
+    paths: &'static [&'static str],
+    package: &'static str,
+}
+
+const NEEDS: &[Need] = &[
+    Need { what: "a POSIX shell for the VM init", paths: &["/bin/sh"], package: "dash (or busybox)" },
+    Need {
+        what: "`ip` to configure the node's network",
+        paths: &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip", "/usr/bin/busybox", "/bin/busybox"],
+        package: "iproute2 (or busybox)",
+    },
+];
+
+/// Runs the image's processes as its config's non-root `User`.
+const SETPRIV: Need = Need {
+    what: "`setpriv` to run the node as the config's User",
+    paths: &["/usr/bin/setpriv"],
+    package: "util-linux",
+};
+
+/// Whether `path` resolves, through the image's links, to an executable file.
+fn has_executable(tree: &Tree<Meta>, path: &str) -> bool {
+    let Ok(anchor) = TreePath::from_member(b"imgbuild-lookup") else { return false };
+    let Ok(found) = tree.resolve_link(&anchor, path.as_bytes(), &TreePath::root()) else { return false };
+    tree.get(&found).is_some_and(|n| n.kind == Kind::File && n.meta.mode & 0o111 != 0)
+}
+
+/// What the VM init needs that the base lacks, each as "WHAT (package PACKAGE)"; `user` is
+/// the config's User.
+pub(crate) fn missing_tools(tree: &Tree<Meta>, user: &str) -> Vec<String> {
+    let root = matches!(user, "" | "root" | "0" | "0:0" | "root:root");
+    NEEDS
+        .iter()
+        .chain((!root).then_some(&SETPRIV))
+        .filter(|need| !need.paths.iter().any(|p| has_executable(tree, p)))
+        .map(|need| format!("{} (package {}, at {})", need.what, need.package, need.paths.join(" or ")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(fields: serde_json::Value) -> Vec<u8> {
+        let doc = json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [] }, "config": fields });
+        serde_json::to_vec(&doc).unwrap()
+    }
+
+    #[test]
+    fn the_process_file_is_the_configs_values_one_per_line() {
+        let text = process_file(
+            &config(json!({
+                "Env": ["PATH=/opt/java/bin:/usr/bin", "JAVA_HOME=/opt/java", "QUOTE=it's $(x) `y`"],
+                "Entrypoint": ["/usr/local/bin/imgbuild-init"], "Cmd": ["a b", ""],
+                "WorkingDir": "/srv", "User": "zk:zk", "StopSignal": "SIGINT"
+            })),
+            "sha256:x",
+        )
+        .unwrap();
+        let body: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            body,
+            [
+                "user zk:zk",
+                "workdir /srv",
+                "stop INT",
+                "env PATH=/opt/java/bin:/usr/bin",
+                "env JAVA_HOME=/opt/java",
+                "env QUOTE=it's $(x) `y`",
+                "arg /usr/local/bin/imgbuild-init",
+                "arg a b",
+                "arg ",
+            ]
+        );
+        let defaults = process_file(&config(json!({ "Cmd": ["/bin/sh"] })), "d").unwrap();
+        assert!(defaults.contains("user \nworkdir /\nstop TERM\narg /bin/sh\n"), "{defaults}");
+    }
+
+    #[test]
+    fn what_the_vm_init_cannot_be_given_is_refused_by_name() {
+        for (fields, named) in [
+            (json!({ "Cmd": ["x"], "Env": ["A=two\nlines"] }), "two\\nlines"),
+            (json!({ "Cmd": ["x"], "Env": ["my.var=1"] }), "my.var"),
+            (json!({ "Cmd": ["x\ry"] }), "x\\ry"),
+            (json!({ "Cmd": ["x"], "StopSignal": "SIGTERM; reboot" }), "SIGTERM; reboot"),
+            (json!({ "Env": ["A=1"] }), "neither Entrypoint nor Cmd"),
+        ] {
+            let err = process_file(&config(fields), "d").unwrap_err();
+            assert_eq!(err.exit_code() as i32, 2);
+            assert!(err.to_string().contains(named), "{err}");
+        }
+    }
+}
