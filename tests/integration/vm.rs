@@ -367,6 +367,68 @@ fn a_vm_serves_zookeeper_with_the_image_environment_and_stops_cleanly() {
     assert_eq!(debugfs(&raw, "cat /var/lib/zookeeper/myid"), "0\n");
 }
 
+/// Polls the forwarded client ports until exactly one node leads and the others follow; the
+/// leader's index. Bounded; the consoles are shown when it fails.
+fn wait_for_quorum(ports: &[(usize, u16)], limit: Duration, logs: &[PathBuf]) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let modes: Vec<Option<String>> = ports.iter().map(|(_, port)| zk_mode(*port)).collect();
+        let leaders: Vec<usize> =
+            ports.iter().zip(&modes).filter(|(_, m)| m.as_deref() == Some("leader")).map(|((i, _), _)| *i).collect();
+        let followers = modes.iter().filter(|m| m.as_deref() == Some("follower")).count();
+        if leaders.len() == 1 && followers == ports.len() - 1 {
+            return leaders[0];
+        }
+        if Instant::now() > deadline {
+            let consoles: Vec<String> = logs
+                .iter()
+                .map(|l| format!("--- {}\n{}", l.display(), std::fs::read_to_string(l).unwrap_or_default()))
+                .collect();
+            panic!("no quorum on {ports:?} after {limit:?}: {modes:?}\n{}", consoles.join("\n"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Issue 24: three VMs of one cluster, each on its address from the definition on one private
+/// network, form a ZooKeeper quorum seen from the host through the forwarded client ports; the
+/// leader's VM stopped, the other two elect a new leader.
+#[test]
+fn three_vms_form_a_zookeeper_quorum_and_elect_a_new_leader_when_the_leader_stops() {
+    let (kernel, initrd) = require_boot();
+    let p = TestProject::new();
+    let dir = zookeeper_vms(&p, &["10.77.0.1", "10.77.0.2", "10.77.0.3"], &kernel, &initrd);
+    let (offset, net) = vm_network(7);
+    let env = [("IMGBUILD_PORT_OFFSET", offset.to_string()), ("IMGBUILD_CLUSTER_NET", net)];
+    let started = Instant::now();
+    let logs: Vec<PathBuf> = (0..3).map(|n| p.path(&format!("console-{n}.log"))).collect();
+    let mut vms: Vec<Option<RunningVm>> =
+        (0..3).map(|n| Some(RunningVm::start(&dir.join(format!("node-{n}.sh")), &env, &logs[n]))).collect();
+    // Node i's client port 2181 is forwarded from 2181 + i (+ the offset), as compose publishes it.
+    let ports: Vec<(usize, u16)> = (0..3).map(|i| (i, 2181 + offset + i as u16)).collect();
+    let leader = wait_for_quorum(&ports, Duration::from_secs(600), &logs);
+    eprintln!("three VMs: a quorum after {:?}, node {leader} leads", started.elapsed());
+    for (n, log) in logs.iter().enumerate() {
+        let console = std::fs::read_to_string(log).unwrap();
+        assert!(console.contains(&format!(" 10.77.0.{}/24", n + 1)), "{console}");
+    }
+
+    let stopping = Instant::now();
+    let vm = vms[leader].take().unwrap();
+    vm.terminate();
+    let (status, console) = vm.wait(Duration::from_secs(180), &logs[leader]);
+    assert!(status.success() && console.contains("root file system read-only"), "{status}: {console}");
+    let rest: Vec<(usize, u16)> = ports.iter().copied().filter(|(i, _)| *i != leader).collect();
+    let new_leader = wait_for_quorum(&rest, Duration::from_secs(300), &logs);
+    assert_ne!(new_leader, leader);
+    eprintln!("node {leader} stopped and node {new_leader} elected after {:?}", stopping.elapsed());
+    for (n, vm) in vms.iter_mut().enumerate().filter_map(|(n, vm)| Some((n, vm.take()?))) {
+        vm.terminate();
+        vm.wait(Duration::from_secs(180), &logs[n]);
+    }
+    eprintln!("three VMs: {:?} in all", started.elapsed());
+}
+
 /// Pins the project's base image to the layout at `dir` (image `digest`) and adds it to the store.
 fn pin_base(p: &TestProject, dir: &Path, digest: &str) {
     p.write_recipe(
