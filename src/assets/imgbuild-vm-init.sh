@@ -19,6 +19,7 @@ say() { printf 'imgbuild-vm: %s\n' "$*" >/dev/console 2>/dev/null || printf 'img
 
 SEED=/run/imgbuild/cidata
 PROCESS=/etc/imgbuild/vm-process
+NET=/sys/class/net
 
 read_cmdline() {
     [ -r /proc/cmdline ] || mount -t proc proc /proc 2>/dev/null
@@ -90,7 +91,7 @@ configure_interface() {
     [ -n "$1" ] || return 0
     case $1 in *[!0-9a-f:]*) say "network-config: '$1' is not a MAC address" && return 1 ;; esac
     iface=
-    for dir in /sys/class/net/*; do
+    for dir in "$NET"/*; do
         IFS= read -r address <"$dir/address" 2>/dev/null || continue
         [ "$address" = "$1" ] && iface=${dir##*/}
     done
@@ -171,6 +172,39 @@ primary_group() {
     done </etc/passwd
 }
 
+# Starts the node's process (the arg lines of $PROCESS) as $user in $workdir, in the
+# background; its process id in child.
+start_process() {
+    set --
+    while IFS= read -r line; do
+        case $line in "arg "*) set -- "$@" "${line#arg }" ;; esac
+    done <"$PROCESS"
+    # A shell starts a background process with SIGINT and SIGQUIT ignored, which no trap can
+    # undo: where the stop signal is one of them, coreutils' env gives it back its default.
+    case $stop in
+        INT | QUIT | 2 | 3)
+            if env --default-signal=INT true 2>/dev/null; then
+                set -- env --default-signal=INT,QUIT -- "$@"
+            else
+                say "the stop signal SIG$stop will not reach the node: this base's env has no --default-signal (coreutils 8.31 or later)"
+            fi
+            ;;
+    esac
+    case $user in
+        '' | root | 0 | 0:0 | root:root) ;;
+        *)
+            uid=${user%%:*} gid=''
+            case $user in *:*) gid=${user#*:} ;; esac
+            [ -n "$gid" ] || { primary_group "$uid" && gid=$REPLY; }
+            set -- setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"
+            ;;
+    esac
+    mkdir -p "$workdir" 2>/dev/null
+    cd "$workdir" || say "cannot enter the working directory $workdir"
+    "$@" &
+    child=$!
+}
+
 # Syncs, makes every file system read-only and powers off; never returns.
 power_off() {
     sync 2>/dev/null || echo s >/proc/sysrq-trigger
@@ -194,6 +228,9 @@ power_off() {
     sleep 10
 }
 
+# Tests source this file with IMGBUILD_VM_INIT_FUNCTIONS=1 to run the functions alone.
+if [ "${IMGBUILD_VM_INIT_FUNCTIONS:-0}" = 1 ]; then return 0; fi
+
 read_cmdline
 # Ctrl-Alt-Del (qemu's sendkey, libvirt's send-key) reaches this init as SIGINT instead of a reboot.
 echo 0 >/proc/sys/kernel/ctrl-alt-del 2>/dev/null
@@ -204,22 +241,7 @@ if [ ! -r "$PROCESS" ]; then
     power_off
 fi
 read_process
-set --
-while IFS= read -r line; do
-    case $line in "arg "*) set -- "$@" "${line#arg }" ;; esac
-done <"$PROCESS"
-case $user in
-    '' | root | 0 | 0:0 | root:root) ;;
-    *)
-        uid=${user%%:*} gid=
-        case $user in *:*) gid=${user#*:} ;; esac
-        [ -n "$gid" ] || { primary_group "$uid" && gid=$REPLY; }
-        set -- setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"
-        ;;
-esac
-mkdir -p "$workdir" 2>/dev/null
-cd "$workdir" || say "cannot enter the working directory $workdir"
-
+start_process
 stopping=
 stop_node() {
     [ -z "$stopping" ] || return 0
@@ -227,8 +249,6 @@ stop_node() {
     say "stopping the node: SIG$stop to its process"
     kill -s "$stop" "$child" 2>/dev/null
 }
-"$@" &
-child=$!
 trap stop_node INT TERM
 while :; do
     wait "$child"

@@ -126,8 +126,37 @@ fn vm_disks_are_reproducible_and_read_back_by_independent_tools() {
             .arg(&extracted)
             .stderr(Stdio::null()),
     );
-    assert!(std::fs::read_to_string(extracted.join("meta-data")).unwrap().contains("imgbuild_node_id: 1\n"));
+    let meta = std::fs::read_to_string(extracted.join("meta-data")).unwrap();
+    assert!(meta.contains("imgbuild_node_id: 1\n"));
+    // The system area (read by the VM init without mounting) holds the volume's own files.
+    let network = std::fs::read_to_string(extracted.join("network-config")).unwrap();
+    let iso = std::fs::read(&seed).unwrap();
+    let area = String::from_utf8_lossy(&iso[..32768]);
+    let framed = format!("imgbuild-seed 1\nfile meta-data\n{meta}imgbuild-seed eof\nfile network-config\n{network}imgbuild-seed eof\nimgbuild-seed end\n");
+    assert_eq!(area.trim_end_matches('\0'), framed);
     require_tool("cloud-init");
+    // cloud-init reads the network-config as its own (version 2): the loopback hosts give no
+    // cluster address, the forwarded ports' interface has one.
+    let converted = p.path("net-convert");
+    tool(
+        Command::new("cloud-init")
+            .args([
+                "devel",
+                "net-convert",
+                "--kind",
+                "yaml",
+                "--distro",
+                "debian",
+                "--output-kind",
+                "eni",
+                "--network-data",
+            ])
+            .arg(extracted.join("network-config"))
+            .arg("--directory")
+            .arg(&converted),
+    );
+    let eni = std::fs::read_to_string(converted.join("etc/network/interfaces.d/50-cloud-init")).unwrap();
+    assert!(eni.contains("iface forward inet static\n    address 10.0.2.15/24\n") && !eni.contains("cluster"), "{eni}");
     for n in 0..3 {
         tool(
             Command::new("cloud-init").args(["schema", "--config-file"]).arg(dir_a.join(format!("user-data-node-{n}"))),

@@ -114,15 +114,20 @@ pub(crate) fn cluster_address(def: &ImageDef, id: u32) -> Option<String> {
 /// Node `id`'s NoCloud `network-config` (version 2): each interface found by its MAC, with a
 /// static address. The VM init reads the layout [`yaml::document`] writes.
 pub(crate) fn network_config(def: &ImageDef, id: u32) -> String {
-    let mut ethernets = serde_json::Map::new();
+    let mut interfaces = Vec::new();
     if let Some(address) = cluster_address(def, id) {
-        ethernets
-            .insert("cluster".into(), json!({ "match": { "macaddress": mac(&def.name, id) }, "addresses": [address] }));
+        interfaces.push(("cluster", mac(&def.name, id), address));
     }
-    ethernets.insert(
-        "forward".into(),
-        json!({ "match": { "macaddress": forward_mac(&def.name, id) }, "addresses": [FORWARD_ADDRESS] }),
-    );
+    interfaces.push(("forward", forward_mac(&def.name, id), FORWARD_ADDRESS.to_string()));
+    network_config_of(&interfaces)
+}
+
+/// `network-config` for interfaces (name, MAC, address/prefix).
+fn network_config_of(interfaces: &[(&str, String, String)]) -> String {
+    let mut ethernets = serde_json::Map::new();
+    for (name, mac, address) in interfaces {
+        ethernets.insert(name.to_string(), json!({ "match": { "macaddress": mac }, "addresses": [address] }));
+    }
     yaml::document(&json!({ "version": 2, "ethernets": ethernets }))
 }
 
@@ -171,7 +176,69 @@ pub(crate) fn missing_tools(tree: &Tree<Meta>, user: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Text a config value may hold: what shells treat specially, and any character but the
+    /// line breaks and NUL that the process file refuses.
+    fn value() -> impl Strategy<Value = String> {
+        super::super::templates::tests::hostile().prop_map(|v| v.replace(['\n', '\r'], ""))
+    }
+
+    /// What a process prints as the VM init starts it: its directory, environment and arguments.
+    const SHOW: &str =
+        "pwd >\"$SHOW/pwd\"; env -0 >\"$SHOW/env\"; for a; do printf '%s\\0' \"$a\"; done >\"$SHOW/args\"";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Under dash and busybox sh, the VM init gives the process exactly the config's
+        /// environment, arguments and working directory, and runs nothing of them.
+        #[test]
+        fn the_vm_init_starts_the_process_with_exactly_the_configs_values(
+            env in proptest::collection::btree_map("T_[A-Z0-9_]{0,6}", value(), 0..4),
+            args in proptest::collection::vec(value(), 0..4),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let work = dir.path().join("work $(dir)");
+            let mut entrypoint = vec!["/bin/sh".to_string(), "-c".to_string(), SHOW.to_string(), "sh".to_string()];
+            entrypoint.extend(args.iter().cloned());
+            let kv: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let blob = config(json!({ "Env": kv, "Entrypoint": entrypoint, "WorkingDir": work }));
+            let file = dir.path().join("vm-process");
+            std::fs::write(&file, process_file(&blob, "d").unwrap()).unwrap();
+            let init = dir.path().join("init");
+            std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
+            for shell in [&["dash"][..], &["busybox", "sh"]] {
+                let out = std::process::Command::new(shell[0])
+                    .args(&shell[1..])
+                    .arg("-c")
+                    .arg(". \"$0\"; PROCESS=$1; read_process; start_process; wait \"$child\"")
+                    .arg(&init)
+                    .arg(&file)
+                    .env("IMGBUILD_VM_INIT_FUNCTIONS", "1")
+                    .env("SHOW", dir.path())
+                    .current_dir(dir.path())
+                    .output()
+                    .unwrap();
+                prop_assert!(out.status.success(), "{shell:?}: {}", String::from_utf8_lossy(&out.stderr));
+                let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+                let pwd = read("pwd");
+                prop_assert_eq!(pwd.trim_end(), work.to_str().unwrap());
+                let seen = read("env");
+                let seen: Vec<&str> = seen.split('\0').collect();
+                for entry in &kv {
+                    prop_assert!(seen.contains(&entry.as_str()), "{:?}: {} not in {:?}", shell, entry, seen);
+                }
+                let shown = read("args");
+                let mut shown: Vec<&str> = shown.split('\0').collect();
+                shown.pop();
+                prop_assert_eq!(shown, args.iter().map(String::as_str).collect::<Vec<_>>());
+                prop_assert!(!dir.path().join("PWN").exists() && !work.join("PWN").exists(), "something ran");
+            }
+        }
+    }
 
     fn config(fields: serde_json::Value) -> Vec<u8> {
         let doc = json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [] }, "config": fields });
@@ -206,6 +273,54 @@ mod tests {
         );
         let defaults = process_file(&config(json!({ "Cmd": ["/bin/sh"] })), "d").unwrap();
         assert!(defaults.contains("user \nworkdir /\nstop TERM\narg /bin/sh\n"), "{defaults}");
+    }
+
+    /// The VM init reads the seed from the raw system area and gives each interface, found by
+    /// its MAC, its addresses: under dash and busybox sh, with `ip` and the interfaces faked.
+    #[test]
+    fn the_vm_init_reads_the_seed_area_and_configures_each_interface_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let interfaces = [
+            ("cluster", "52:54:00:0a:0b:0c".to_string(), "10.77.0.3/24".to_string()),
+            ("forward", "52:54:00:0d:0e:0f".to_string(), FORWARD_ADDRESS.to_string()),
+        ];
+        let network = network_config_of(&interfaces);
+        let meta = "instance-id: \"c-node-2\"\nlocal-hostname: \"c-2\"\nimgbuild_node_id: 2\n";
+        let area = dir.path().join("area");
+        let files = [("meta-data", meta), ("network-config", network.as_str())];
+        std::fs::write(&area, super::super::seed::system_area(&files).unwrap()).unwrap();
+        for (iface, mac) in [("enp0s2", "52:54:00:0a:0b:0c"), ("enp0s3", "52:54:00:0d:0e:0f"), ("lo", "0:0:0:0:0:0")] {
+            std::fs::create_dir_all(dir.path().join("net").join(iface)).unwrap();
+            std::fs::write(dir.path().join("net").join(iface).join("address"), format!("{mac}\n")).unwrap();
+        }
+        let init = dir.path().join("init");
+        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
+        let script = "say() { :; }; ip() { printf '%s\\n' \"$*\" >>\"$SEED/ip-calls\"; }\n\
+                      read_seed_from <\"$AREA\" && configure_network";
+        for shell in [&["dash"][..], &["busybox", "sh"]] {
+            let seed = dir.path().join(format!("seed-{}", shell.len()));
+            std::fs::create_dir_all(&seed).unwrap();
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .arg("-c")
+                .arg(format!(". \"$0\"; SEED=$1 NET=$2; {script}"))
+                .arg(&init)
+                .arg(&seed)
+                .arg(dir.path().join("net"))
+                .env("IMGBUILD_VM_INIT_FUNCTIONS", "1")
+                .env("AREA", &area)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{shell:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(std::fs::read_to_string(seed.join("meta-data")).unwrap(), meta);
+            assert_eq!(std::fs::read_to_string(seed.join("network-config")).unwrap(), network);
+            assert_eq!(
+                std::fs::read_to_string(seed.join("ip-calls")).unwrap(),
+                "link set dev lo up\nlink set dev enp0s2 up\naddr add 10.77.0.3/24 dev enp0s2\n\
+                 link set dev enp0s3 up\naddr add 10.0.2.15/24 dev enp0s3\n",
+                "{shell:?}"
+            );
+        }
     }
 
     #[test]

@@ -350,13 +350,13 @@ pub(crate) fn network_xml(def: &ImageDef) -> (String, Option<String>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
     /// Text with what shells and XML treat specially, and any other character but NUL.
-    fn hostile() -> impl Strategy<Value = String> {
+    pub(in crate::output::vm) fn hostile() -> impl Strategy<Value = String> {
         let pieces = prop_oneof![
             Just("$(touch PWN)".to_string()),
             Just("`touch PWN`".to_string()),
