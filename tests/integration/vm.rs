@@ -304,15 +304,15 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
     assert!(console.contains("node-0.sh: accelerator tcg (from IMGBUILD_ACCEL)"), "{console}");
 }
 
-/// The project's cluster as `hosts` (node i at hosts[i]), in place of the definition's nodes.
-fn set_cluster_hosts(p: &TestProject, hosts: &[&str]) {
-    let file = p.root.join("images/zk-kafka.toml");
-    let text = std::fs::read_to_string(&file).unwrap();
+/// The cluster of the definition `file` as `hosts` (node first_id + i at hosts[i]), in place of
+/// its nodes.
+fn set_cluster_hosts(file: &Path, first_id: usize, hosts: &[&str]) {
+    let text = std::fs::read_to_string(file).unwrap();
     let mut def = text[..text.find("[[cluster.node]]").unwrap()].to_string();
     for (i, host) in hosts.iter().enumerate() {
-        def.push_str(&format!("[[cluster.node]]\nid = {i}\nhost = \"{host}\"\n\n"));
+        def.push_str(&format!("[[cluster.node]]\nid = {}\nhost = \"{host}\"\n\n", first_id + i));
     }
-    std::fs::write(&file, def).unwrap();
+    std::fs::write(file, def).unwrap();
 }
 
 /// ZooKeeper's `srvr` answer's mode (`standalone`, `leader`, `follower`) on 127.0.0.1:`port`.
@@ -340,7 +340,7 @@ fn zookeeper_vms(p: &TestProject, hosts: &[&str], kernel: &Path, initrd: &Path) 
     let mut packages = debian::BASE_PACKAGES.to_vec();
     packages.push("busybox");
     super::ensemble::pin_real_inputs_on(p, &p.path("work"), &packages);
-    set_cluster_hosts(p, hosts);
+    set_cluster_hosts(&p.root.join("images/zk-kafka.toml"), 0, hosts);
     let args = ["--json", "vm", "--all", "--out", "vm", "--memory", "768", "--kernel"];
     let out = p.cmd().args(args).arg(kernel).arg("--initrd").arg(initrd).output().unwrap();
     let summary = json(&out);
@@ -419,21 +419,58 @@ fn wait_for_quorum(ports: &[(usize, u16)], limit: Duration, logs: &[PathBuf]) ->
     }
 }
 
-/// Issue 24: three VMs of one cluster, each on its address from the definition on one private
-/// network, form a ZooKeeper quorum seen from the host through the forwarded client ports; the
-/// leader's VM stopped, the other two elect a new leader.
+/// A project made by `imgbuild init` from independent files, as a new user makes one: a base
+/// of Debian packages with busybox, Debian's Java and a ZooKeeper distribution given to
+/// `recipe --update`, ZooKeeper 3.8's settings added to the zoo.cfg template, the cluster at
+/// `hosts` (ids 1, 2, 3); its VM disks in `DIR/vm`, DIR returned.
+fn init_project_vms(p: &TestProject, hosts: &[&str], kernel: &Path, initrd: &Path) -> PathBuf {
+    let dir = p.path("indie");
+    let run = |args: &[&str]| {
+        let mut cmd = p.cmd();
+        assert_ok(&cmd.arg("--project").arg(&dir).args(args).output().unwrap());
+    };
+    run(&["init", dir.to_str().unwrap(), "--name", "indie"]);
+    let work = p.path("indie-work");
+    let root = work.join("base-root");
+    let mut packages = debian::BASE_PACKAGES.to_vec();
+    packages.push("busybox");
+    debian::debian_root(&root, &packages);
+    fixtures::layout_from_root(&work.join("base-layout"), &root);
+    std::fs::write(work.join("jre.tar.gz"), debian::tarball_of(Path::new(debian::JAVA_HOME), "jdk-17")).unwrap();
+    std::fs::write(work.join("zookeeper.tar.gz"), debian::zookeeper_dist(&work)).unwrap();
+    for (recipe, file) in [("base", "base-layout"), ("jdk", "jre.tar.gz"), ("zookeeper", "zookeeper.tar.gz")] {
+        let recipe = dir.join(format!("recipes/{recipe}.toml"));
+        run(&["recipe", "--add", "--update", recipe.to_str().unwrap(), work.join(file).to_str().unwrap()]);
+    }
+    let zoo_cfg = dir.join("images/indie/zoo.cfg");
+    let mut text = std::fs::read_to_string(&zoo_cfg).unwrap();
+    text.push_str("4lw.commands.whitelist=srvr\nadmin.enableServer=false\n");
+    std::fs::write(&zoo_cfg, text).unwrap();
+    set_cluster_hosts(&dir.join("images/indie.toml"), 1, hosts);
+    let mut cmd = p.cmd();
+    cmd.arg("--project").arg(&dir).args(["--json", "vm", "--all", "--out"]).arg(dir.join("vm"));
+    cmd.args(["--memory", "768", "--kernel"]).arg(kernel).arg("--initrd").arg(initrd);
+    let summary = json(&cmd.output().unwrap());
+    assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
+    dir.join("vm")
+}
+
+/// Issue 24: three VMs of a project made by `init` from independent files, each on its address
+/// from the definition on one private network, form a ZooKeeper quorum seen from the host
+/// through the forwarded client ports; the leader's VM stopped, the other two elect a new leader.
 #[test]
 fn three_vms_form_a_zookeeper_quorum_and_elect_a_new_leader_when_the_leader_stops() {
     let (kernel, initrd) = require_boot();
     let p = TestProject::new();
-    let dir = zookeeper_vms(&p, &["10.77.0.1", "10.77.0.2", "10.77.0.3"], &kernel, &initrd);
+    let dir = init_project_vms(&p, &["10.77.0.1", "10.77.0.2", "10.77.0.3"], &kernel, &initrd);
     let (offset, net) = vm_network(7);
     let env = [("IMGBUILD_PORT_OFFSET", offset.to_string()), ("IMGBUILD_CLUSTER_NET", net)];
     let started = Instant::now();
     let logs: Vec<PathBuf> = (0..3).map(|n| p.path(&format!("console-{n}.log"))).collect();
     let mut vms: Vec<Option<RunningVm>> =
-        (0..3).map(|n| Some(RunningVm::start(&dir.join(format!("node-{n}.sh")), &env, &logs[n]))).collect();
-    // Node i's client port 2181 is forwarded from 2181 + i (+ the offset), as compose publishes it.
+        (0..3).map(|n| Some(RunningVm::start(&dir.join(format!("node-{}.sh", n + 1)), &env, &logs[n]))).collect();
+    // The i-th node's client port 2181 is forwarded from 2181 + i (+ the offset), as compose
+    // publishes it.
     let ports: Vec<(usize, u16)> = (0..3).map(|i| (i, 2181 + offset + i as u16)).collect();
     let leader = wait_for_quorum(&ports, Duration::from_secs(600), &logs);
     eprintln!("three VMs: a quorum after {:?}, node {leader} leads", started.elapsed());
