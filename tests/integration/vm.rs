@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::debian;
@@ -716,6 +716,75 @@ fn qemu_stub(dir: &Path) {
 fn xpath(file: &Path, expression: &str) -> String {
     let out = tool(Command::new("xmllint").args(["--xpath", expression]).arg(file));
     out.strip_suffix('\n').unwrap_or(&out).to_string()
+}
+
+/// Runs `script` with the stub qemu of `stubs` and `env`; its output and the arguments qemu got.
+fn run_with_stub(script: &Path, stubs: &Path, scratch: &Path, env: &[(&str, &str)]) -> (Output, Vec<String>) {
+    std::fs::create_dir_all(scratch).unwrap();
+    let args_file = scratch.join("args");
+    let _ = std::fs::remove_file(&args_file);
+    let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new(script);
+    cmd.current_dir(scratch).env("PATH", path).env("ARGS", &args_file).env("IMGBUILD_ACCEL", "tcg");
+    let out = cmd.envs(env.iter().copied()).output().unwrap();
+    let args = std::fs::read(&args_file).unwrap_or_default();
+    let args = args.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    (out, args)
+}
+
+/// Issue 24: the qemu script puts the node on the cluster's private network (a multicast group
+/// on the host's loopback) and forwards only its client ports, only from 127.0.0.1, each node's
+/// on its own host port; the libvirt domain does the same. A group that is not GROUP:PORT is
+/// refused before qemu runs (it would be a qemu option).
+#[test]
+fn vm_networks_are_private_and_forward_client_ports_from_loopback_only() {
+    require_vm_tools();
+    require_tool("xmllint");
+    let p = TestProject::new();
+    p.add_base();
+    let stubs = p.path("stubs");
+    qemu_stub(&stubs);
+    json(&p.run(&["--json", "vm", "--all", "--out", "vm"]));
+    let dir = p.root.join("vm");
+    let mut groups = Vec::new();
+    for n in 0..3u16 {
+        let script = dir.join(format!("node-{n}.sh"));
+        let (out, args) = run_with_stub(&script, &stubs, &p.path(&format!("scratch-{n}")), &[]);
+        assert_ok(&out);
+        let netdevs: Vec<&String> =
+            args.iter().zip(&args[1..]).filter(|(a, _)| *a == "-netdev").map(|(_, v)| v).collect();
+        assert_eq!(netdevs.len(), 2, "{args:?}");
+        let group = netdevs[0].strip_prefix("socket,id=cluster,mcast=239.255.").unwrap_or_else(|| panic!("{args:?}"));
+        assert!(group.ends_with(",localaddr=127.0.0.1"), "{group}");
+        groups.push(group.to_string());
+        let (zk, kafka) = (2181 + n, 9092 + n);
+        assert_eq!(
+            netdevs[1].as_str(),
+            format!("user,id=forward,restrict=on,hostfwd=tcp:127.0.0.1:{zk}-:2181,hostfwd=tcp:127.0.0.1:{kafka}-:9092")
+        );
+        let (out, args) =
+            run_with_stub(&script, &stubs, &p.path("scratch-offset"), &[("IMGBUILD_PORT_OFFSET", "1000")]);
+        assert_ok(&out);
+        assert!(args.iter().any(|a| a.contains(&format!("hostfwd=tcp:127.0.0.1:{}-:2181", zk + 1000))), "{args:?}");
+        // libvirt: the same ports, from 127.0.0.1, on the passt interface.
+        let domain = dir.join(format!("node-{n}.xml"));
+        let forwards = xpath(&domain, "count(//interface[@type='user']/portForward[@address='127.0.0.1'])");
+        assert_eq!(forwards, "2");
+        assert_eq!(xpath(&domain, "count(//portForward[not(@address='127.0.0.1')])"), "0");
+        assert_eq!(xpath(&domain, "string(//portForward/range[@to='2181']/@start)"), zk.to_string());
+    }
+    assert!(groups.windows(2).all(|w| w[0] == w[1]), "one network for the cluster: {groups:?}");
+    for hostile in ["239.1.1.1:5,listen=:1", "239.1.1.1", "x:1", "239.1.1.1:5:6", "1.2.3.4:$(touch PWN)"] {
+        let (out, args) = run_with_stub(
+            &dir.join("node-0.sh"),
+            &stubs,
+            &p.path("scratch-hostile"),
+            &[("IMGBUILD_CLUSTER_NET", hostile)],
+        );
+        assert_exit(&out, 64);
+        assert!(args.len() <= 1 && stderr(&out).contains("IMGBUILD_CLUSTER_NET"), "{hostile}: {args:?}");
+        assert!(!p.path("scratch-hostile/PWN").exists());
+    }
 }
 
 /// Issue #11: paths with shell, XML and YAML syntax in them are values, never code or markup.
