@@ -119,9 +119,8 @@ fn base_disk(
         rootfs.apply(store, layer)?;
     }
     rootfs.add_mount_points()?;
-    rootfs.add_file(guest::PROCESS_FILE, process.as_bytes(), 0o644)?;
-    let user = process.lines().find_map(|l| l.strip_prefix("user ")).unwrap_or_default();
-    let missing = guest::missing_tools(&rootfs.tree, user);
+    rootfs.add_file(guest::PROCESS_FILE, process.text.as_bytes(), 0o644)?;
+    let missing = guest::missing_tools(&rootfs.tree, &process.user);
     let raw = dir.join("base.raw");
     ext4::make_ext4(&rootfs, &raw, &ext4::derived_uuid(layers), opts.epoch)?;
     fs::remove_dir_all(rootfs.host_path()).at(rootfs.host_path())?;

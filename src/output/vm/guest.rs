@@ -56,8 +56,15 @@ fn stop_signal(signal: Option<&str>) -> Result<String> {
     Ok(bare.to_string())
 }
 
+/// The node's process as the VM init reads it, and the config's User (what it needs depends on it).
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub text: String,
+    pub user: String,
+}
+
 /// The process file from the image config blob `config` (`digest` names it in the header).
-pub(crate) fn process_file(config: &[u8], digest: &str) -> Result<String> {
+pub(crate) fn process_file(config: &[u8], digest: &str) -> Result<Process> {
     let parsed = crate::image::parse_config(config)
         .map_err(|e| Error::Internal(format!("the image config {digest} does not parse: {e}")))?;
     let c = parsed.config().clone().unwrap_or_default();
@@ -93,7 +100,7 @@ pub(crate) fn process_file(config: &[u8], digest: &str) -> Result<String> {
         lines.push(format!("arg {word}"));
     }
     lines.push(String::new());
-    Ok(lines.join("\n"))
+    Ok(Process { text: lines.join("\n"), user })
 }
 
 /// The MAC of node `id`'s second interface, the one the host's forwarded ports reach.
@@ -207,7 +214,7 @@ mod tests {
             let kv: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let blob = config(json!({ "Env": kv, "Entrypoint": entrypoint, "WorkingDir": work }));
             let file = dir.path().join("vm-process");
-            std::fs::write(&file, process_file(&blob, "d").unwrap()).unwrap();
+            std::fs::write(&file, process_file(&blob, "d").unwrap().text).unwrap();
             let init = dir.path().join("init");
             std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
             for shell in [&["dash"][..], &["busybox", "sh"]] {
@@ -255,7 +262,8 @@ mod tests {
             })),
             "sha256:x",
         )
-        .unwrap();
+        .unwrap()
+        .text;
         let body: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             body,
@@ -271,7 +279,7 @@ mod tests {
                 "arg ",
             ]
         );
-        let defaults = process_file(&config(json!({ "Cmd": ["/bin/sh"] })), "d").unwrap();
+        let defaults = process_file(&config(json!({ "Cmd": ["/bin/sh"] })), "d").unwrap().text;
         assert!(defaults.contains("user \nworkdir /\nstop TERM\narg /bin/sh\n"), "{defaults}");
     }
 
