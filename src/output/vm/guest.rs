@@ -331,6 +331,42 @@ mod tests {
         }
     }
 
+    /// A non-root User runs through setpriv, its group from the config or else /etc/passwd; a
+    /// SIGINT stop signal through env --default-signal (the tools faked as shell functions).
+    #[test]
+    fn the_vm_init_runs_a_non_root_user_through_setpriv() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("init");
+        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
+        let script = "setpriv() { echo setpriv \"$@\" >\"$CALLS\"; }\n\
+                      env() { case $1 in --default-signal=INT) return 0 ;; esac; echo env \"$@\" >\"$CALLS\"; }\n\
+                      app() { echo app \"$@\" >\"$CALLS\"; }\n\
+                      read_process; start_process; wait \"$child\"";
+        for (user, stop, expected) in [
+            ("nobody:nogroup", "SIGTERM", "setpriv --reuid=nobody --regid=nogroup --clear-groups -- app a b"),
+            ("nobody", "SIGTERM", "setpriv --reuid=nobody --regid=65534 --clear-groups -- app a b"),
+            ("root", "SIGTERM", "app a b"),
+            ("", "SIGINT", "env --default-signal=INT,QUIT -- app a b"),
+        ] {
+            let blob = config(json!({ "Entrypoint": ["app", "a"], "Cmd": ["b"], "User": user, "StopSignal": stop }));
+            let file = dir.path().join("vm-process");
+            std::fs::write(&file, process_file(&blob, "d").unwrap().text).unwrap();
+            let calls = dir.path().join("calls");
+            let out = std::process::Command::new("dash")
+                .arg("-c")
+                .arg(format!(". \"$0\"; PROCESS=$1; {script}"))
+                .arg(&init)
+                .arg(&file)
+                .env("IMGBUILD_VM_INIT_FUNCTIONS", "1")
+                .env("CALLS", &calls)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{user}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(std::fs::read_to_string(&calls).unwrap().trim_end(), expected, "{user} {stop}");
+        }
+    }
+
     #[test]
     fn what_the_vm_init_cannot_be_given_is_refused_by_name() {
         for (fields, named) in [
