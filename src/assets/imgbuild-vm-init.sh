@@ -20,6 +20,7 @@ say() { printf 'imgbuild-vm: %s\n' "$*" >/dev/console 2>/dev/null || printf 'img
 SEED=/run/imgbuild/cidata
 PROCESS=/etc/imgbuild/vm-process
 NET=/sys/class/net
+GRACE=30
 
 read_cmdline() {
     [ -r /proc/cmdline ] || mount -t proc proc /proc 2>/dev/null
@@ -205,6 +206,31 @@ start_process() {
     child=$!
 }
 
+# Sends the stop signal to the node's process, and SIGKILL after $GRACE seconds (as a container
+# engine does after its grace period): a process that ignores it cannot keep the disk unsynced.
+stop_node() {
+    [ -z "$stopping" ] || return 0
+    stopping=1
+    say "stopping the node: SIG$stop to its process (SIGKILL after $GRACE s)"
+    kill -s "$stop" "$child" 2>/dev/null
+    (
+        sleep "$GRACE"
+        kill -0 "$child" 2>/dev/null && say "the node did not stop in $GRACE s: SIGKILL" && kill -KILL "$child"
+    ) &
+}
+
+# Waits for the node's process to end, stopping it on SIGINT or SIGTERM; its exit status in status.
+wait_process() {
+    stopping=''
+    trap stop_node INT TERM
+    while :; do
+        wait "$child"
+        status=$?
+        # A trapped signal interrupts wait (a status above 128) while the process still runs.
+        kill -0 "$child" 2>/dev/null || break
+    done
+}
+
 # Syncs, makes every file system read-only and powers off; never returns.
 power_off() {
     sync 2>/dev/null || echo s >/proc/sysrq-trigger
@@ -242,20 +268,7 @@ if [ ! -r "$PROCESS" ]; then
 fi
 read_process
 start_process
-stopping=
-stop_node() {
-    [ -z "$stopping" ] || return 0
-    stopping=1
-    say "stopping the node: SIG$stop to its process"
-    kill -s "$stop" "$child" 2>/dev/null
-}
-trap stop_node INT TERM
-while :; do
-    wait "$child"
-    status=$?
-    # A trapped signal interrupts wait (a status above 128) while the process still runs.
-    kill -0 "$child" 2>/dev/null || break
-done
+wait_process
 
 if [ "$status" -eq 0 ] && [ "${IMGBUILD_RENDER_ONLY:-0}" = 1 ]; then
     # shellcheck disable=SC1091 # written by imgbuild into the cluster layer

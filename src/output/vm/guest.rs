@@ -193,6 +193,22 @@ mod tests {
         super::super::templates::tests::hostile().prop_map(|v| v.replace(['\n', '\r'], ""))
     }
 
+    /// `shell` (dash, busybox sh) running `script` after sourcing the VM init's functions from
+    /// `dir/init`, with `args` as $1, $2, … and `dir` as its working directory.
+    fn init_functions(
+        dir: &std::path::Path,
+        shell: &[&str],
+        script: &str,
+        args: &[&std::path::Path],
+    ) -> std::process::Command {
+        let init = dir.join("init");
+        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
+        let mut cmd = std::process::Command::new(shell[0]);
+        cmd.args(&shell[1..]).arg("-c").arg(format!(". \"$0\"; {script}")).arg(&init).args(args);
+        cmd.env("IMGBUILD_VM_INIT_FUNCTIONS", "1").current_dir(dir);
+        cmd
+    }
+
     /// What a process prints as the VM init starts it: its directory, environment and arguments.
     const SHOW: &str =
         "pwd >\"$SHOW/pwd\"; env -0 >\"$SHOW/env\"; for a; do printf '%s\\0' \"$a\"; done >\"$SHOW/args\"";
@@ -215,18 +231,10 @@ mod tests {
             let blob = config(json!({ "Env": kv, "Entrypoint": entrypoint, "WorkingDir": work }));
             let file = dir.path().join("vm-process");
             std::fs::write(&file, process_file(&blob, "d").unwrap().text).unwrap();
-            let init = dir.path().join("init");
-            std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
             for shell in [&["dash"][..], &["busybox", "sh"]] {
-                let out = std::process::Command::new(shell[0])
-                    .args(&shell[1..])
-                    .arg("-c")
-                    .arg(". \"$0\"; PROCESS=$1; read_process; start_process; wait \"$child\"")
-                    .arg(&init)
-                    .arg(&file)
-                    .env("IMGBUILD_VM_INIT_FUNCTIONS", "1")
+                let script = "PROCESS=$1; read_process; start_process; wait \"$child\"";
+                let out = init_functions(dir.path(), shell, script, &[&file])
                     .env("SHOW", dir.path())
-                    .current_dir(dir.path())
                     .output()
                     .unwrap();
                 prop_assert!(out.status.success(), "{shell:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -297,25 +305,17 @@ mod tests {
         let area = dir.path().join("area");
         let files = [("meta-data", meta), ("network-config", network.as_str())];
         std::fs::write(&area, super::super::seed::system_area(&files).unwrap()).unwrap();
+        let net = dir.path().join("net");
         for (iface, mac) in [("enp0s2", "52:54:00:0a:0b:0c"), ("enp0s3", "52:54:00:0d:0e:0f"), ("lo", "0:0:0:0:0:0")] {
-            std::fs::create_dir_all(dir.path().join("net").join(iface)).unwrap();
-            std::fs::write(dir.path().join("net").join(iface).join("address"), format!("{mac}\n")).unwrap();
+            std::fs::create_dir_all(net.join(iface)).unwrap();
+            std::fs::write(net.join(iface).join("address"), format!("{mac}\n")).unwrap();
         }
-        let init = dir.path().join("init");
-        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
         let script = "say() { :; }; ip() { printf '%s\\n' \"$*\" >>\"$SEED/ip-calls\"; }\n\
                       read_seed_from <\"$AREA\" && configure_network";
         for shell in [&["dash"][..], &["busybox", "sh"]] {
             let seed = dir.path().join(format!("seed-{}", shell.len()));
             std::fs::create_dir_all(&seed).unwrap();
-            let out = std::process::Command::new(shell[0])
-                .args(&shell[1..])
-                .arg("-c")
-                .arg(format!(". \"$0\"; SEED=$1 NET=$2; {script}"))
-                .arg(&init)
-                .arg(&seed)
-                .arg(dir.path().join("net"))
-                .env("IMGBUILD_VM_INIT_FUNCTIONS", "1")
+            let out = init_functions(dir.path(), shell, &format!("SEED=$1 NET=$2; {script}"), &[&seed, &net])
                 .env("AREA", &area)
                 .output()
                 .unwrap();
@@ -336,8 +336,6 @@ mod tests {
     #[test]
     fn the_vm_init_runs_a_non_root_user_through_setpriv() {
         let dir = tempfile::tempdir().unwrap();
-        let init = dir.path().join("init");
-        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
         let script = "setpriv() { echo setpriv \"$@\" >\"$CALLS\"; }\n\
                       env() { case $1 in --default-signal=INT) return 0 ;; esac; echo env \"$@\" >\"$CALLS\"; }\n\
                       app() { echo app \"$@\" >\"$CALLS\"; }\n\
@@ -352,18 +350,36 @@ mod tests {
             let file = dir.path().join("vm-process");
             std::fs::write(&file, process_file(&blob, "d").unwrap().text).unwrap();
             let calls = dir.path().join("calls");
-            let out = std::process::Command::new("dash")
-                .arg("-c")
-                .arg(format!(". \"$0\"; PROCESS=$1; {script}"))
-                .arg(&init)
-                .arg(&file)
-                .env("IMGBUILD_VM_INIT_FUNCTIONS", "1")
+            let out = init_functions(dir.path(), &["dash"], &format!("PROCESS=$1; {script}"), &[&file])
                 .env("CALLS", &calls)
-                .current_dir(dir.path())
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{user}: {}", String::from_utf8_lossy(&out.stderr));
             assert_eq!(std::fs::read_to_string(&calls).unwrap().trim_end(), expected, "{user} {stop}");
+        }
+    }
+
+    /// SIGTERM to the init stops the process with the config's stop signal and waits for it; a
+    /// process that ignores the signal is killed after the grace period.
+    #[test]
+    fn the_vm_init_stops_the_process_and_kills_it_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "say() { :; }; GRACE=1; read_process; start_process\n\
+                      (sleep 1; kill -TERM $$) &\n\
+                      wait_process; echo \"$status $stopping\"";
+        for (on_term, expected) in [("exit 7", "7 1"), ("", "137 1")] {
+            let body = format!("trap '{on_term}' TERM; while :; do sleep 0.1; done");
+            let blob = config(json!({ "Entrypoint": ["/bin/sh", "-c", body] }));
+            let file = dir.path().join("vm-process");
+            std::fs::write(&file, process_file(&blob, "d").unwrap().text).unwrap();
+            for shell in [&["dash"][..], &["busybox", "sh"]] {
+                let started = std::time::Instant::now();
+                let out =
+                    init_functions(dir.path(), shell, &format!("PROCESS=$1; {script}"), &[&file]).output().unwrap();
+                assert!(out.status.success(), "{shell:?}: {}", String::from_utf8_lossy(&out.stderr));
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected, "{shell:?} {on_term}");
+                assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            }
         }
     }
 
