@@ -37,7 +37,8 @@ read_cmdline() {
     done
 }
 
-# Copies the files framed in the system area of seed device $1 into $SEED; fails if $1 has none.
+# Copies the files framed in a seed's system area (standard input, read from the raw device)
+# into $SEED; fails if the device holds no imgbuild seed.
 read_seed_from() {
     IFS= read -r magic || return 1
     [ "$magic" = "imgbuild-seed 1" ] || return 1
