@@ -100,7 +100,13 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
         return Err(Error::Internal("a VM build has one platform".into()));
     };
     let nodes: Vec<_> = result.nodes.iter().map(|n| n.node.clone()).collect();
-    let summary = vm::write(&store, def, &shared.layers, &nodes, &opts)?;
+    // The node-less image's config: what a container engine runs, whichever node it is.
+    let [image] = result.cluster.platforms.as_slice() else {
+        return Err(Error::Internal("a VM build has one platform".into()));
+    };
+    let bytes = store.read_blob(&image.config_digest)?;
+    let config = vm::ImageConfigBlob { bytes: &bytes, digest: image.config_digest.to_string() };
+    let summary = vm::write(&store, def, &shared.layers, &config, &nodes, &opts)?;
     store.add_root(&out, result.needs(&store, def, &result.images()))?;
     if !global.quiet && !global.json {
         for note in &notes {

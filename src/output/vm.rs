@@ -3,10 +3,15 @@
 //! - `base.qcow2` (and `base.raw` on request): the shared layers applied in order through the
 //!   tree model ([`rootfs`]: whiteouts honoured inside the image tree, nothing written through a
 //!   link) as a reproducible ext4 file system ([`ext4`]);
+//!   The disk also holds the node's process from the image config ([`guest::process_file`]),
+//!   which the VM init runs as a container engine would;
 //! - per node: `node-N.qcow2`, an empty overlay on `base.qcow2` (relative backing path), and
-//!   `seed-node-N.iso`, a NoCloud `cidata` seed whose `meta-data` names the node ([`seed`]);
+//!   `seed-node-N.iso`, a NoCloud `cidata` seed whose `meta-data` names the node and whose
+//!   `network-config` gives it its address from the cluster definition ([`seed`]);
 //! - templates ([`templates`]): `node-N.xml` (libvirt), `node-N.sh` (plain qemu),
-//!   `user-data-node-N`, and the cluster's `network.xml`.
+//!   `user-data-node-N`, and the cluster's `network.xml`. All nodes share one private network
+//!   (a multicast group on the host's loopback, or libvirt's network), and each node's client
+//!   ports are forwarded from the host's loopback only.
 //!
 //! The node's identity layer is not in the base disk: a VM learns its id from the kernel
 //! command line (`imgbuild.node=N`) or its seed, through the same entrypoint as a container.
@@ -14,6 +19,7 @@
 //! changed since: a booted node's overlay holds its state ([`super::destination`]).
 
 mod ext4;
+mod guest;
 mod host_dir;
 mod rootfs;
 mod seed;
@@ -46,6 +52,12 @@ pub(crate) struct VmOptions {
     pub(crate) epoch: u64,
     /// What the base layers may unpack, all together (`IMGBUILD_MAX_UNPACKED`).
     pub(crate) max_unpacked: u64,
+}
+
+/// The image config blob the VM runs its node from, as the store holds it.
+pub(crate) struct ImageConfigBlob<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) digest: String,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -97,13 +109,23 @@ fn run(cmd: &mut Command, tool: &str) -> Result<String> {
     Ok(stderr)
 }
 
-/// `base.raw` and `base.qcow2` in `dir`, from the shared layers; `base.raw` stays if asked.
-fn base_disk(store: &Store, layers: &[ImageLayer], dir: &Path, opts: &VmOptions) -> Result<()> {
+/// `base.raw` and `base.qcow2` in `dir`, from the shared layers and the node's process from
+/// the image config; `base.raw` stays if asked. Returns what the VM init needs that the base lacks.
+fn base_disk(
+    store: &Store,
+    layers: &[ImageLayer],
+    config: &ImageConfigBlob,
+    dir: &Path,
+    opts: &VmOptions,
+) -> Result<Vec<String>> {
+    let process = guest::process_file(config.bytes, &config.digest)?;
     let mut rootfs = rootfs::Rootfs::create(&dir.join(".rootfs"), opts.max_unpacked)?;
     for layer in layers {
         rootfs.apply(store, layer)?;
     }
     rootfs.add_mount_points()?;
+    rootfs.add_file(guest::PROCESS_FILE, process.text.as_bytes(), 0o644)?;
+    let missing = guest::missing_tools(&rootfs.tree, &process.user);
     let raw = dir.join("base.raw");
     ext4::make_ext4(&rootfs, &raw, &ext4::derived_uuid(layers), opts.epoch)?;
     fs::remove_dir_all(rootfs.host_path()).at(rootfs.host_path())?;
@@ -112,7 +134,19 @@ fn base_disk(store: &Store, layers: &[ImageLayer], dir: &Path, opts: &VmOptions)
     if !opts.raw {
         fs::remove_file(&raw).at(&raw)?;
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// Node `id`'s ports forwarded to the host's loopback: the cluster's client ports, each
+/// node's on its own host port (as `deploy compose` publishes them).
+fn forwards(def: &ImageDef, id: u32) -> Result<Vec<(String, u16, u16)>> {
+    let cluster = crate::deploy::Cluster::new(def, None)?;
+    let published = crate::deploy::compose::publish(&cluster, 0)?;
+    Ok(published
+        .into_iter()
+        .filter(|p| p.node == id)
+        .map(|p| (p.port.protocol.clone(), p.host_port, p.port.number))
+        .collect())
 }
 
 /// Node `id`'s overlay, seed and templates in `dir`.
@@ -121,10 +155,11 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
     // Run in the output directory so the backing file is recorded relative: `base.qcow2`.
     let create = ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &disk];
     run(Command::new("qemu-img").current_dir(dir).args(create), "qemu-img")?;
-    let (meta, user) = seed::seed_files(def, id);
+    let files = seed::seed_files(def, id);
     let iso = dir.join(format!("seed-node-{id}.iso"));
-    seed::make_seed(&dir.join(format!(".seed-{id}")), &iso, &meta, &user, opts.epoch)?;
+    seed::make_seed(&dir.join(format!(".seed-{id}")), &iso, &files, opts.epoch)?;
     let mac = templates::mac(&def.name, id);
+    let forwards = forwards(def, id)?;
     let template = templates::NodeTemplate {
         def,
         id,
@@ -133,9 +168,10 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
         boot: &opts.boot,
         memory_mib: opts.memory_mib,
         libvirt_dir: opts.libvirt_dir.as_deref(),
+        forwards: &forwards,
     };
     for (name, text, mode) in [
-        (format!("user-data-node-{id}"), user, 0o644),
+        (format!("user-data-node-{id}"), files.user, 0o644),
         (format!("node-{id}.xml"), template.domain_xml(), 0o644),
         (format!("node-{id}.sh"), template.qemu_script(), 0o755),
     ] {
@@ -144,9 +180,13 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
     Ok(())
 }
 
-/// What the templates reference that is not on this machine, and what network.xml cannot do.
-fn warnings(opts: &VmOptions, network_problem: Option<String>) -> Vec<String> {
+/// What the templates reference that is not on this machine, what the guest lacks, and what
+/// the cluster's network cannot do.
+fn warnings(opts: &VmOptions, missing: &[String], network_problem: Option<String>) -> Vec<String> {
     let mut warnings = Vec::new();
+    for tool in missing {
+        warnings.push(format!("the base image lacks {tool}: the VM cannot run its node without it"));
+    }
     for (what, path, flag) in [("kernel", &opts.boot.kernel, "--kernel"), ("initrd", &opts.boot.initrd, "--initrd")] {
         if !Path::new(path).is_file() {
             warnings.push(format!(
@@ -158,8 +198,8 @@ fn warnings(opts: &VmOptions, network_problem: Option<String>) -> Vec<String> {
     }
     if let Some(problem) = network_problem {
         warnings.push(format!(
-            "network.xml hands out no addresses: {problem}; set the nodes' hosts in the image definition to \
-             addresses of one /24 network for libvirt's DHCP to give each node its own"
+            "the VMs get no cluster network (network.xml hands out no addresses, network-config sets none): \
+             {problem}; set the nodes' hosts in the image definition to addresses of one /24 network"
         ));
     }
     warnings
@@ -172,12 +212,13 @@ pub(crate) fn write(
     store: &Store,
     def: &ImageDef,
     shared: &[ImageLayer],
+    config: &ImageConfigBlob,
     nodes: &[Node],
     opts: &VmOptions,
 ) -> Result<VmSummary> {
     let temp = TempPath::beside(opts.out.path())?;
     fs::create_dir(temp.path()).at(temp.path())?;
-    base_disk(store, shared, temp.path(), opts)?;
+    let missing = base_disk(store, shared, config, temp.path(), opts)?;
     for n in nodes {
         node_files(temp.path(), def, n.id, opts)?;
     }
@@ -185,7 +226,7 @@ pub(crate) fn write(
     atomic_file::write(&temp.path().join("network.xml"), network.as_bytes(), Options::REPLACE.mode(0o644))?;
     Destination::record(temp.path())?;
     opts.out.replace_with(temp)?;
-    summary(def, nodes, opts, warnings(opts, network_problem))
+    summary(def, nodes, opts, warnings(opts, &missing, network_problem))
 }
 
 fn file_info(path: &Path) -> Result<VmFile> {

@@ -181,6 +181,7 @@ pub fn kafka_standin(work: &Path) -> Vec<u8> {
 logs=$(sed -n 's/^log.dirs=//p' "$1")
 mkdir -p "$logs"
 printf '%s\n' "$@" >"$logs/started-with.args"
+env >"$logs/started-with.env"
 cp "$1" "$logs/started-with.properties"
 id=$(sed -n 's/^broker.id=//p' "$1")
 [ -f "$logs/meta.properties" ] || printf 'version=0\nbroker.id=%s\n' "$id" >"$logs/meta.properties"

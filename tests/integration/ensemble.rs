@@ -93,7 +93,12 @@ fn zk_cli(container: &str, host: &str, args: &[&str]) -> Output {
 
 /// Writes the seed's recipes (same names as `recipes/`) pinned to real inputs from Debian.
 pub(super) fn pin_real_inputs(p: &TestProject, work: &Path) {
-    pin_base_and_jre(p, work);
+    pin_real_inputs_on(p, work, BASE_PACKAGES);
+}
+
+/// [`pin_real_inputs`] with a base of these Debian packages.
+pub(super) fn pin_real_inputs_on(p: &TestProject, work: &Path, packages: &[&str]) {
+    pin_base_and_jre_on(p, work, packages);
     let inputs = [("zookeeper.tar.gz", debian::zookeeper_dist(work)), ("kafka.tgz", debian::kafka_standin(work))];
     for (name, data) in &inputs {
         p.server.serve(&format!("real/{name}"), data.clone(), Fault::None);
@@ -111,8 +116,13 @@ pub(super) fn pin_real_inputs(p: &TestProject, work: &Path) {
 /// Writes the recipes of the base (a Debian root as an OCI layout, added to the store) and of
 /// the JDK layer (named `temurin-jdk8` as in `recipes/`: Debian's Java 17, as a tarball).
 pub(super) fn pin_base_and_jre(p: &TestProject, work: &Path) {
+    pin_base_and_jre_on(p, work, BASE_PACKAGES);
+}
+
+/// [`pin_base_and_jre`] with a base of these Debian packages.
+fn pin_base_and_jre_on(p: &TestProject, work: &Path, packages: &[&str]) {
     let root = work.join("base-root");
-    debian::debian_root(&root, BASE_PACKAGES);
+    debian::debian_root(&root, packages);
     let base = work.join("base-layout");
     let base_digest = fixtures::layout_from_root(&base, &root);
     let jre = debian::tarball_of(Path::new(JAVA_HOME), "jdk-17");

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::debian;
@@ -126,8 +126,37 @@ fn vm_disks_are_reproducible_and_read_back_by_independent_tools() {
             .arg(&extracted)
             .stderr(Stdio::null()),
     );
-    assert!(std::fs::read_to_string(extracted.join("meta-data")).unwrap().contains("imgbuild_node_id: 1\n"));
+    let meta = std::fs::read_to_string(extracted.join("meta-data")).unwrap();
+    assert!(meta.contains("imgbuild_node_id: 1\n"));
+    // The system area (read by the VM init without mounting) holds the volume's own files.
+    let network = std::fs::read_to_string(extracted.join("network-config")).unwrap();
+    let iso = std::fs::read(&seed).unwrap();
+    let area = String::from_utf8_lossy(&iso[..32768]);
+    let framed = format!("imgbuild-seed 1\nfile meta-data\n{meta}imgbuild-seed eof\nfile network-config\n{network}imgbuild-seed eof\nimgbuild-seed end\n");
+    assert_eq!(area.trim_end_matches('\0'), framed);
     require_tool("cloud-init");
+    // cloud-init reads the network-config as its own (version 2): the loopback hosts give no
+    // cluster address, the forwarded ports' interface has one.
+    let converted = p.path("net-convert");
+    tool(
+        Command::new("cloud-init")
+            .args([
+                "devel",
+                "net-convert",
+                "--kind",
+                "yaml",
+                "--distro",
+                "debian",
+                "--output-kind",
+                "eni",
+                "--network-data",
+            ])
+            .arg(extracted.join("network-config"))
+            .arg("--directory")
+            .arg(&converted),
+    );
+    let eni = std::fs::read_to_string(converted.join("etc/network/interfaces.d/50-cloud-init")).unwrap();
+    assert!(eni.contains("iface forward inet static\n    address 10.0.2.15/24\n") && !eni.contains("cluster"), "{eni}");
     for n in 0..3 {
         tool(
             Command::new("cloud-init").args(["schema", "--config-file"]).arg(dir_a.join(format!("user-data-node-{n}"))),
@@ -154,66 +183,87 @@ fn debian_kernel() -> Option<(PathBuf, PathBuf)> {
     initrd.exists().then_some((kernel, initrd))
 }
 
-/// A VM the test started: stopped (by its process id) when the test ends, however it ends.
+/// Fails the test unless this machine can boot the real-Debian VM tests; the kernel and initrd.
+fn require_boot() -> (PathBuf, PathBuf) {
+    require_feature("vm");
+    require_vm_tools();
+    require_tool("qemu-system-x86_64");
+    debian::require();
+    debian_kernel().expect("no kernel in /boot: .ci/install installs linux-image-amd64")
+}
+
+/// A VM the test started: its script runs in a process group of its own, which (the script
+/// and its qemu) is killed by the group's id when the test ends, however it ends.
 struct RunningVm(std::process::Child);
 
 impl Drop for RunningVm {
     fn drop(&mut self) {
         if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
+            // SAFETY: kill(2) on the group this test made for this child.
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
             let _ = self.0.wait();
         }
     }
 }
 
-/// Boots `script` with the given extra kernel arguments; returns the console, bounded in time.
-fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
-    let console = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(script);
-    if from_seed {
-        cmd.env("IMGBUILD_IDENTITY", "");
-    }
-    // Software emulation: this machine's /dev/kvm is nested and hangs a guest kernel.
-    let mut vm = RunningVm(
-        cmd.env("IMGBUILD_APPEND", append)
+impl RunningVm {
+    /// Starts `script` under TCG (this machine's /dev/kvm is nested and hangs a guest kernel)
+    /// with `env`, its console into `log`.
+    fn start(script: &Path, env: &[(&str, String)], log: &Path) -> RunningVm {
+        use std::os::unix::process::CommandExt;
+        let console = std::fs::File::create(log).unwrap();
+        let mut cmd = Command::new(script);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("IMGBUILD_ACCEL", "tcg")
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while vm.0.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            drop(vm);
-            panic!("the VM did not power off in time:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(250));
+            .process_group(0);
+        RunningVm(cmd.spawn().unwrap())
     }
-    std::fs::read_to_string(log).unwrap()
+
+    /// Waits, bounded, for the VM to end; its exit status and console.
+    fn wait(mut self, limit: Duration, log: &Path) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return (status, std::fs::read_to_string(log).unwrap());
+            }
+            if Instant::now() > deadline {
+                drop(self);
+                panic!("the VM did not power off in {limit:?}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGTERM to the script, as a service manager stops it.
+    fn terminate(&self) {
+        // SAFETY: kill(2) on the script this test started.
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) }, 0);
+    }
+}
+
+/// Boots `script` with the given extra kernel arguments; returns the console, bounded in time.
+fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
+    let mut env = vec![("IMGBUILD_APPEND", append.to_string())];
+    if from_seed {
+        env.push(("IMGBUILD_IDENTITY", String::new()));
+    }
+    RunningVm::start(script, &env, log).wait(Duration::from_secs(240), log).1
 }
 
 #[test]
 fn nodes_boot_under_qemu_and_render_their_own_identity() {
-    require_feature("vm");
-    require_vm_tools();
-    require_tool("qemu-system-x86_64");
-    debian::require();
-    let (kernel, initrd) = debian_kernel().expect("no kernel in /boot: .ci/install installs linux-image-amd64");
+    let (kernel, initrd) = require_boot();
     let p = TestProject::new();
     // A base with a shell and the tools the entrypoint uses, from this machine's Debian packages,
-    // plus mount and the ISO 9660 driver of the booted kernel, to read the NoCloud seed.
+    // and busybox for `ip`: no mount command and no ISO 9660 driver, which reading the seed
+    // does not need.
     let root = p.path("base-root");
     let mut packages = debian::BASE_PACKAGES.to_vec();
-    packages.extend(["mount", "libmount1", "libblkid1", "kmod", "libzstd1", "liblzma5", "libssl3"]);
+    packages.push("busybox");
     debian::debian_root(&root, &packages);
-    let version = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
-    let isofs = format!("lib/modules/{version}/kernel/fs/isofs");
-    std::fs::create_dir_all(root.join("usr").join(&isofs)).unwrap();
-    std::fs::copy(Path::new("/").join(&isofs).join("isofs.ko"), root.join("usr").join(&isofs).join("isofs.ko"))
-        .unwrap();
-    tool(Command::new("depmod").arg("-b").arg(&root).arg(&version));
     let digest = fixtures::layout_from_root(&p.path("debian-layout"), &root);
     pin_base(&p, &p.path("debian-layout"), &digest);
     json(&p.run(&[
@@ -245,14 +295,205 @@ fn nodes_boot_under_qemu_and_render_their_own_identity() {
         assert!(console.contains(&format!("imgbuild-vm:   broker.id={n}")), "{console}");
         assert!(console.contains("entrypoint exited with status 0"), "{console}");
     }
-    // Node 0 again, now unable to read its seed (the kernel may not load isofs): it says why,
-    // and shows nothing of what its first boot rendered.
-    let append = "imgbuild.render_only=1 panic=-1 quiet module_blacklist=isofs";
+    // Node 0 again, now without its seed device (the kernel may not load the CD-ROM driver): it
+    // says so, and shows nothing of what its first boot rendered.
+    let append = "imgbuild.render_only=1 panic=-1 quiet module_blacklist=sr_mod";
     let console = boot(&dir.join("node-0.sh"), append, true, &p.path("console-0-again.log"));
-    assert!(console.contains("the kernel has no iso9660 driver"), "{console}");
+    assert!(console.contains("no NoCloud seed"), "{console}");
     assert!(console.contains("not showing the configuration: the entrypoint failed"), "{console}");
     assert!(!console.contains("rendered /var/lib/zookeeper/myid"), "{console}");
     assert!(console.contains("node-0.sh: accelerator tcg (from IMGBUILD_ACCEL)"), "{console}");
+}
+
+/// The cluster of the definition `file` as `hosts` (node first_id + i at hosts[i]), in place of
+/// its nodes.
+fn set_cluster_hosts(file: &Path, first_id: usize, hosts: &[&str]) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut def = text[..text.find("[[cluster.node]]").unwrap()].to_string();
+    for (i, host) in hosts.iter().enumerate() {
+        def.push_str(&format!("[[cluster.node]]\nid = {}\nhost = \"{host}\"\n\n", first_id + i));
+    }
+    std::fs::write(file, def).unwrap();
+}
+
+/// ZooKeeper's `srvr` answer's mode (`standalone`, `leader`, `follower`) on 127.0.0.1:`port`.
+fn zk_mode(port: u16) -> Option<String> {
+    use std::io::Write;
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(b"srvr").ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    answer.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
+}
+
+/// A port offset and a multicast group for this test run's VMs, so that none meets another's.
+fn vm_network(salt: u32) -> (u16, String) {
+    let n = (std::process::id() + salt) % 4000;
+    (30000 + n as u16, format!("239.255.{}.{}:{}", 100 + n % 100, n % 250 + 1, 40000 + n))
+}
+
+/// The project the real-ZooKeeper VM tests build: Debian's Java (`env` JAVA_HOME and `path` in
+/// its recipe, which zkServer.sh's `exec java` needs) and ZooKeeper on a base with busybox (for
+/// `ip`), the cluster at `hosts`; its VM disks in `vm/`.
+fn zookeeper_vms(p: &TestProject, hosts: &[&str], kernel: &Path, initrd: &Path) -> PathBuf {
+    let mut packages = debian::BASE_PACKAGES.to_vec();
+    packages.push("busybox");
+    super::ensemble::pin_real_inputs_on(p, &p.path("work"), &packages);
+    set_cluster_hosts(&p.root.join("images/zk-kafka.toml"), 0, hosts);
+    let args = ["--json", "vm", "--all", "--out", "vm", "--memory", "768", "--kernel"];
+    let out = p.cmd().args(args).arg(kernel).arg("--initrd").arg(initrd).output().unwrap();
+    let summary = json(&out);
+    assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
+    p.root.join("vm")
+}
+
+/// Issue 24: a VM runs its node as a container engine runs the image (the recipes' `env` and
+/// `path` reach ZooKeeper, which serves), on its address from the cluster definition, its client
+/// port forwarded to the host's loopback; SIGTERM to its script stops the services and leaves
+/// a clean file system.
+#[test]
+fn a_vm_serves_zookeeper_with_the_image_environment_and_stops_cleanly() {
+    let (kernel, initrd) = require_boot();
+    let p = TestProject::new();
+    let dir = zookeeper_vms(&p, &["10.77.0.1"], &kernel, &initrd);
+    let (offset, net) = vm_network(0);
+    let log = p.path("console-0.log");
+    let started = Instant::now();
+    let env = [("IMGBUILD_PORT_OFFSET", offset.to_string()), ("IMGBUILD_CLUSTER_NET", net)];
+    let vm = RunningVm::start(&dir.join("node-0.sh"), &env, &log);
+    let port = 2181 + offset;
+    let deadline = started + Duration::from_secs(420);
+    while zk_mode(port).as_deref() != Some("standalone") {
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(Instant::now() < deadline && !console.contains("powering off"), "ZooKeeper never served:\n{console}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!("node 0 served after {:?}", started.elapsed());
+    vm.terminate();
+    let (status, console) = vm.wait(Duration::from_secs(180), &log);
+    eprintln!("{console}");
+    assert!(status.success(), "{status}: {console}");
+    for expected in [
+        "NoCloud seed from /dev/sr0",
+        "network: ",
+        " 10.77.0.1/24",
+        " 10.0.2.15/24",
+        "stopping the node: SIGTERM to its process",
+        "root file system read-only; powering off",
+    ] {
+        assert!(console.contains(expected), "{expected}: {console}");
+    }
+    // The node's disk as its next boot finds it: clean, and what the services wrote.
+    let raw = p.path("node-0.raw");
+    tool(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(dir.join("node-0.qcow2")).arg(&raw));
+    tool(Command::new("e2fsck").arg("-fn").arg(&raw));
+    assert_eq!(debugfs(&raw, "cat /var/lib/kafka/logs/stopped"), "stopped\n", "SIGTERM reached the services");
+    let env = debugfs(&raw, "cat /var/lib/kafka/logs/started-with.env");
+    assert!(env.lines().any(|l| l == "JAVA_HOME=/opt/java/openjdk"), "{env}");
+    let path = env.lines().find_map(|l| l.strip_prefix("PATH=")).unwrap_or_default();
+    assert!(path.starts_with("/opt/java/openjdk/bin:/usr/local/zookeeper/bin:"), "{env}");
+    assert_eq!(debugfs(&raw, "cat /var/lib/zookeeper/myid"), "0\n");
+}
+
+/// Polls the forwarded client ports until exactly one node leads and the others follow; the
+/// leader's index. Bounded; the consoles are shown when it fails.
+fn wait_for_quorum(ports: &[(usize, u16)], limit: Duration, logs: &[PathBuf]) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let modes: Vec<Option<String>> = ports.iter().map(|(_, port)| zk_mode(*port)).collect();
+        let leaders: Vec<usize> =
+            ports.iter().zip(&modes).filter(|(_, m)| m.as_deref() == Some("leader")).map(|((i, _), _)| *i).collect();
+        let followers = modes.iter().filter(|m| m.as_deref() == Some("follower")).count();
+        if leaders.len() == 1 && followers == ports.len() - 1 {
+            return leaders[0];
+        }
+        if Instant::now() > deadline {
+            let consoles: Vec<String> = logs
+                .iter()
+                .map(|l| format!("--- {}\n{}", l.display(), std::fs::read_to_string(l).unwrap_or_default()))
+                .collect();
+            panic!("no quorum on {ports:?} after {limit:?}: {modes:?}\n{}", consoles.join("\n"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// A project made by `imgbuild init` from independent files, as a new user makes one: a base
+/// of Debian packages with busybox, Debian's Java and a ZooKeeper distribution given to
+/// `recipe --update`, ZooKeeper 3.8's settings added to the zoo.cfg template, the cluster at
+/// `hosts` (ids 1, 2, 3); its VM disks in `DIR/vm`, DIR returned.
+fn init_project_vms(p: &TestProject, hosts: &[&str], kernel: &Path, initrd: &Path) -> PathBuf {
+    let dir = p.path("indie");
+    let run = |args: &[&str]| {
+        let mut cmd = p.cmd();
+        assert_ok(&cmd.arg("--project").arg(&dir).args(args).output().unwrap());
+    };
+    run(&["init", dir.to_str().unwrap(), "--name", "indie"]);
+    let work = p.path("indie-work");
+    let root = work.join("base-root");
+    let mut packages = debian::BASE_PACKAGES.to_vec();
+    packages.push("busybox");
+    debian::debian_root(&root, &packages);
+    fixtures::layout_from_root(&work.join("base-layout"), &root);
+    std::fs::write(work.join("jre.tar.gz"), debian::tarball_of(Path::new(debian::JAVA_HOME), "jdk-17")).unwrap();
+    std::fs::write(work.join("zookeeper.tar.gz"), debian::zookeeper_dist(&work)).unwrap();
+    for (recipe, file) in [("base", "base-layout"), ("jdk", "jre.tar.gz"), ("zookeeper", "zookeeper.tar.gz")] {
+        let recipe = dir.join(format!("recipes/{recipe}.toml"));
+        run(&["recipe", "--add", "--update", recipe.to_str().unwrap(), work.join(file).to_str().unwrap()]);
+    }
+    let zoo_cfg = dir.join("images/indie/zoo.cfg");
+    let mut text = std::fs::read_to_string(&zoo_cfg).unwrap();
+    text.push_str("4lw.commands.whitelist=srvr\nadmin.enableServer=false\n");
+    std::fs::write(&zoo_cfg, text).unwrap();
+    set_cluster_hosts(&dir.join("images/indie.toml"), 1, hosts);
+    let mut cmd = p.cmd();
+    cmd.arg("--project").arg(&dir).args(["--json", "vm", "--all", "--out"]).arg(dir.join("vm"));
+    cmd.args(["--memory", "768", "--kernel"]).arg(kernel).arg("--initrd").arg(initrd);
+    let summary = json(&cmd.output().unwrap());
+    assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
+    dir.join("vm")
+}
+
+/// Issue 24: three VMs of a project made by `init` from independent files, each on its address
+/// from the definition on one private network, form a ZooKeeper quorum seen from the host
+/// through the forwarded client ports; the leader's VM stopped, the other two elect a new leader.
+#[test]
+fn three_vms_form_a_zookeeper_quorum_and_elect_a_new_leader_when_the_leader_stops() {
+    let (kernel, initrd) = require_boot();
+    let p = TestProject::new();
+    let dir = init_project_vms(&p, &["10.77.0.1", "10.77.0.2", "10.77.0.3"], &kernel, &initrd);
+    let (offset, net) = vm_network(7);
+    let env = [("IMGBUILD_PORT_OFFSET", offset.to_string()), ("IMGBUILD_CLUSTER_NET", net)];
+    let started = Instant::now();
+    let logs: Vec<PathBuf> = (0..3).map(|n| p.path(&format!("console-{n}.log"))).collect();
+    let mut vms: Vec<Option<RunningVm>> =
+        (0..3).map(|n| Some(RunningVm::start(&dir.join(format!("node-{}.sh", n + 1)), &env, &logs[n]))).collect();
+    // The i-th node's client port 2181 is forwarded from 2181 + i (+ the offset), as compose
+    // publishes it.
+    let ports: Vec<(usize, u16)> = (0..3).map(|i| (i, 2181 + offset + i as u16)).collect();
+    let leader = wait_for_quorum(&ports, Duration::from_secs(600), &logs);
+    eprintln!("three VMs: a quorum after {:?}, node {leader} leads", started.elapsed());
+    for (n, log) in logs.iter().enumerate() {
+        let console = std::fs::read_to_string(log).unwrap();
+        assert!(console.contains(&format!(" 10.77.0.{}/24", n + 1)), "{console}");
+    }
+
+    let stopping = Instant::now();
+    let vm = vms[leader].take().unwrap();
+    vm.terminate();
+    let (status, console) = vm.wait(Duration::from_secs(180), &logs[leader]);
+    assert!(status.success() && console.contains("root file system read-only"), "{status}: {console}");
+    let rest: Vec<(usize, u16)> = ports.iter().copied().filter(|(i, _)| *i != leader).collect();
+    let new_leader = wait_for_quorum(&rest, Duration::from_secs(300), &logs);
+    assert_ne!(new_leader, leader);
+    eprintln!("node {leader} stopped and node {new_leader} elected after {:?}", stopping.elapsed());
+    for (n, vm) in vms.iter_mut().enumerate().filter_map(|(n, vm)| Some((n, vm.take()?))) {
+        vm.terminate();
+        vm.wait(Duration::from_secs(180), &logs[n]);
+    }
+    eprintln!("three VMs: {:?} in all", started.elapsed());
 }
 
 /// Pins the project's base image to the layout at `dir` (image `digest`) and adds it to the store.
@@ -414,10 +655,13 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
     let out = p.run(&["--json", "vm", "--id", "1", "--kernel", "/nonexistent/vmlinuz", "--out", "vm"]);
     let summary = json(&out);
     let warnings: Vec<&str> = summary["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
-    assert_eq!(warnings.len(), 2, "the initrd is the host's own: {warnings:?}");
-    assert!(warnings[0].contains("kernel /nonexistent/vmlinuz, which does not exist here"), "{warnings:?}");
-    assert!(warnings[1].contains("loopback addresses"), "{warnings:?}");
-    assert!(stderr(&out).contains("warning: network.xml hands out no addresses"), "{}", stderr(&out));
+    assert_eq!(warnings.len(), 4, "the initrd is the host's own: {warnings:?}");
+    // The test base is no system: no shell, no `ip`, each named with its package.
+    assert!(warnings[0].contains("lacks a POSIX shell") && warnings[0].contains("dash"), "{warnings:?}");
+    assert!(warnings[1].contains("lacks `ip`") && warnings[1].contains("iproute2 (or busybox)"), "{warnings:?}");
+    assert!(warnings[2].contains("kernel /nonexistent/vmlinuz, which does not exist here"), "{warnings:?}");
+    assert!(warnings[3].contains("loopback addresses"), "{warnings:?}");
+    assert!(stderr(&out).contains("warning: the VMs get no cluster network"), "{}", stderr(&out));
     assert_eq!(summary["boot"]["kernel"], "/nonexistent/vmlinuz");
     let script = std::fs::read_to_string(p.root.join("vm/node-1.sh")).unwrap();
     assert!(script.contains("default_kernel='/nonexistent/vmlinuz'\n"), "{script}");
@@ -433,7 +677,7 @@ fn vm_says_which_kernel_it_references_and_warns_about_what_is_missing() {
         let newest = debian_kernel().map(|(k, _)| k.display().to_string());
         assert_eq!(Some(kernel.to_string()), newest);
     }
-    assert!(summary["warnings"].as_array().unwrap().len() == 1, "only the network: {summary}");
+    assert!(summary["warnings"].as_array().unwrap().len() == 3, "the base and the network: {summary}");
 }
 
 /// Pieces of paths that shells, XML and YAML give a meaning: a generated path is a few of them.
@@ -473,6 +717,75 @@ fn qemu_stub(dir: &Path) {
 fn xpath(file: &Path, expression: &str) -> String {
     let out = tool(Command::new("xmllint").args(["--xpath", expression]).arg(file));
     out.strip_suffix('\n').unwrap_or(&out).to_string()
+}
+
+/// Runs `script` with the stub qemu of `stubs` and `env`; its output and the arguments qemu got.
+fn run_with_stub(script: &Path, stubs: &Path, scratch: &Path, env: &[(&str, &str)]) -> (Output, Vec<String>) {
+    std::fs::create_dir_all(scratch).unwrap();
+    let args_file = scratch.join("args");
+    let _ = std::fs::remove_file(&args_file);
+    let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new(script);
+    cmd.current_dir(scratch).env("PATH", path).env("ARGS", &args_file).env("IMGBUILD_ACCEL", "tcg");
+    let out = cmd.envs(env.iter().copied()).output().unwrap();
+    let args = std::fs::read(&args_file).unwrap_or_default();
+    let args = args.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    (out, args)
+}
+
+/// Issue 24: the qemu script puts the node on the cluster's private network (a multicast group
+/// on the host's loopback) and forwards only its client ports, only from 127.0.0.1, each node's
+/// on its own host port; the libvirt domain does the same. A group that is not GROUP:PORT is
+/// refused before qemu runs (it would be a qemu option).
+#[test]
+fn vm_networks_are_private_and_forward_client_ports_from_loopback_only() {
+    require_vm_tools();
+    require_tool("xmllint");
+    let p = TestProject::new();
+    p.add_base();
+    let stubs = p.path("stubs");
+    qemu_stub(&stubs);
+    json(&p.run(&["--json", "vm", "--all", "--out", "vm"]));
+    let dir = p.root.join("vm");
+    let mut groups = Vec::new();
+    for n in 0..3u16 {
+        let script = dir.join(format!("node-{n}.sh"));
+        let (out, args) = run_with_stub(&script, &stubs, &p.path(&format!("scratch-{n}")), &[]);
+        assert_ok(&out);
+        let netdevs: Vec<&String> =
+            args.iter().zip(&args[1..]).filter(|(a, _)| *a == "-netdev").map(|(_, v)| v).collect();
+        assert_eq!(netdevs.len(), 2, "{args:?}");
+        let group = netdevs[0].strip_prefix("socket,id=cluster,mcast=239.255.").unwrap_or_else(|| panic!("{args:?}"));
+        assert!(group.ends_with(",localaddr=127.0.0.1"), "{group}");
+        groups.push(group.to_string());
+        let (zk, kafka) = (2181 + n, 9092 + n);
+        assert_eq!(
+            netdevs[1].as_str(),
+            format!("user,id=forward,restrict=on,hostfwd=tcp:127.0.0.1:{zk}-:2181,hostfwd=tcp:127.0.0.1:{kafka}-:9092")
+        );
+        let (out, args) =
+            run_with_stub(&script, &stubs, &p.path("scratch-offset"), &[("IMGBUILD_PORT_OFFSET", "1000")]);
+        assert_ok(&out);
+        assert!(args.iter().any(|a| a.contains(&format!("hostfwd=tcp:127.0.0.1:{}-:2181", zk + 1000))), "{args:?}");
+        // libvirt: the same ports, from 127.0.0.1, on the passt interface.
+        let domain = dir.join(format!("node-{n}.xml"));
+        let forwards = xpath(&domain, "count(//interface[@type='user']/portForward[@address='127.0.0.1'])");
+        assert_eq!(forwards, "2");
+        assert_eq!(xpath(&domain, "count(//portForward[not(@address='127.0.0.1')])"), "0");
+        assert_eq!(xpath(&domain, "string(//portForward/range[@to='2181']/@start)"), zk.to_string());
+    }
+    assert!(groups.windows(2).all(|w| w[0] == w[1]), "one network for the cluster: {groups:?}");
+    for hostile in ["239.1.1.1:5,listen=:1", "239.1.1.1", "x:1", "239.1.1.1:5:6", "1.2.3.4:$(touch PWN)"] {
+        let (out, args) = run_with_stub(
+            &dir.join("node-0.sh"),
+            &stubs,
+            &p.path("scratch-hostile"),
+            &[("IMGBUILD_CLUSTER_NET", hostile)],
+        );
+        assert_exit(&out, 64);
+        assert!(args.len() <= 1 && stderr(&out).contains("IMGBUILD_CLUSTER_NET"), "{hostile}: {args:?}");
+        assert!(!p.path("scratch-hostile/PWN").exists());
+    }
 }
 
 /// Issue #11: paths with shell, XML and YAML syntax in them are values, never code or markup.

@@ -223,6 +223,18 @@ impl Rootfs {
         Ok(())
     }
 
+    /// A file imgbuild writes into the disk after the layers (root's, with `mode`), replacing
+    /// what the layers had at `path`.
+    pub(crate) fn add_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        let tree_path = TreePath::from_member(path.as_bytes()).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
+        let meta = Meta { uid: 0, gid: 0, mode, layer: self.layer + 1, inode: 0, size: 0 };
+        self.place(&tree_path, Node { kind: Kind::File, meta }, &mut &data[..]).map_err(|f| match f {
+            Failure::Io(e) => e,
+            Failure::Refused(r) => Error::Internal(format!("/{path}: {r}")),
+            Failure::Unpacked(m) => Error::Internal(format!("/{path}: {m}")),
+        })
+    }
+
     /// Puts `node` at `path` in the model, then on the host.
     fn place(&mut self, path: &TreePath, node: Node<Meta>, content: &mut impl Read) -> Result<(), Failure> {
         let kind = node.kind.clone();

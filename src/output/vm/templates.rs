@@ -8,6 +8,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::guest::{forward_mac, FORWARD_ADDRESS};
 use crate::digest::Sha256Digest;
 use crate::error::{escape, is_unsafe_char, Error, Result};
 use crate::image_def::ImageDef;
@@ -116,6 +117,17 @@ pub(crate) struct NodeTemplate<'a> {
     pub memory_mib: u32,
     /// Where the libvirt templates expect the disks (libvirt wants absolute paths).
     pub libvirt_dir: Option<&'a str>,
+    /// The node's ports forwarded to the host's loopback: (protocol, host port, guest port).
+    pub forwards: &'a [(String, u16, u16)],
+}
+
+/// The multicast group and port (on the host's loopback) a cluster's qemu VMs share as their
+/// network, derived from the cluster's name so that two clusters do not meet by default.
+pub(crate) fn cluster_mcast(cluster: &str) -> String {
+    let h = Sha256Digest::of(format!("imgbuild-mcast/{cluster}").as_bytes()).hex();
+    let byte = |i: usize| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex");
+    let port = 20000 + u16::from_be_bytes([byte(2), byte(3)]) % 20000;
+    format!("239.255.{}.{}:{port}", byte(0), byte(1))
 }
 
 impl NodeTemplate<'_> {
@@ -124,6 +136,21 @@ impl NodeTemplate<'_> {
     /// `-no-reboot` turns into qemu exiting: a failed boot ends instead of hanging.
     fn cmdline(&self) -> String {
         format!("root=/dev/vda rw console={} panic=-1 init={VM_INIT}", self.machine.console)
+    }
+
+    /// libvirt's second interface: passt, forwarding the node's ports from the host's loopback.
+    fn forward_interface(&self) -> String {
+        let mut ranges = String::new();
+        for (proto, host, guest) in self.forwards {
+            ranges.push_str(&format!(
+                "      <portForward proto='{proto}' address='127.0.0.1'>\n        <range start='{host}' to='{guest}'/>\n      </portForward>\n"
+            ));
+        }
+        let (address, prefix) = FORWARD_ADDRESS.split_once('/').expect("ADDRESS/PREFIX");
+        format!(
+            "    <interface type='user'>\n      <mac address='{mac}'/>\n      <backend type='passt'/>\n      <ip family='ipv4' address='{address}' prefix='{prefix}'/>\n{ranges}      <model type='virtio'/>\n    </interface>\n",
+            mac = forward_mac(&self.def.name, self.id),
+        )
     }
 
     pub(crate) fn domain_xml(&self) -> String {
@@ -136,7 +163,7 @@ impl NodeTemplate<'_> {
         };
         let cpu = if m.cpu.is_some() { "  <cpu mode='host-passthrough'/>\n" } else { "" };
         format!(
-            "<!-- Node {id} of the cluster named below, written by imgbuild: copy this directory's files where\n     the disks' source files say, then `virsh define node-{id}.xml`. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n{cpu}  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline} imgbuild.node={id}</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n{seed}    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
+            "<!-- Node {id} of the cluster named below, written by imgbuild: copy this directory's files where\n     the disks' source files say, then `virsh define node-{id}.xml`. A clean stop (the services\n     stopped, the disk synced and read-only, then power off): `virsh send-key {name}-node-{id}\n     KEY_LEFTCTRL KEY_LEFTALT KEY_DELETE`, which the VM init receives as SIGINT. -->\n<domain type='kvm'>\n  <name>{name}-node-{id}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>2</vcpu>\n{cpu}  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <initrd>{initrd}</initrd>\n    <cmdline>{cmdline} imgbuild.node={id}</cmdline>\n  </os>\n  <on_reboot>destroy</on_reboot>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{dir}/node-{id}.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n{seed}    <interface type='network'>\n      <mac address='{mac}'/>\n      <source network='imgbuild-{name}'/>\n      <model type='virtio'/>\n    </interface>\n{forward}    <serial type='pty'/>\n    <console type='pty'/>\n  </devices>\n</domain>\n",
             mem = self.memory_mib,
             arch = m.arch,
             machine = m.machine,
@@ -144,7 +171,19 @@ impl NodeTemplate<'_> {
             initrd = xml_escape(&self.boot.initrd),
             cmdline = self.cmdline(),
             mac = self.mac,
+            forward = self.forward_interface(),
         )
+    }
+
+    /// qemu's user network: nothing reaches out (`restrict=on`), the node's ports come in from
+    /// the host's loopback, each moved by `$offset`.
+    fn user_netdev(&self) -> String {
+        let forwards: String = self
+            .forwards
+            .iter()
+            .map(|(proto, host, guest)| format!(",hostfwd={proto}:127.0.0.1:$(({host} + offset))-:{guest}"))
+            .collect();
+        format!("user,id=forward,restrict=on{forwards}")
     }
 
     pub(crate) fn qemu_script(&self) -> String {
@@ -155,9 +194,17 @@ impl NodeTemplate<'_> {
             None => String::new(),
         };
         let cpu_arg = if m.cpu.is_some() { " -cpu \"$cpu\"" } else { "" };
+        let ports: Vec<String> = self.forwards.iter().map(|(p, h, g)| format!("{g}/{p} on {h}")).collect();
         format!(
             r#"#!/bin/sh
 # Boots node {id} of cluster {name} with qemu, from this directory's disks (written by imgbuild).
+# Network: every node of the cluster on one private network, a multicast group on the host's
+#   loopback (IMGBUILD_CLUSTER_NET=GROUP:PORT, default {mcast}: the same for all the
+#   cluster's nodes), and the node's ports forwarded from 127.0.0.1 ({ports};
+#   IMGBUILD_PORT_OFFSET=N adds N to each host port).
+# Stopping: SIGTERM or SIGINT to this script presses Ctrl-Alt-Del in the guest, whose init stops
+#   the services with the image's stop signal, syncs, makes the disk read-only and powers off;
+#   after IMGBUILD_STOP_TIMEOUT seconds (default 60) qemu is ended.
 # IMGBUILD_ACCEL: kvm or tcg (default: kvm when /dev/kvm is writable). Under nested
 #   virtualization a KVM guest can hang right after "Probing EDD": IMGBUILD_ACCEL=tcg then.
 # IMGBUILD_KERNEL, IMGBUILD_INITRD: the kernel and initrd to boot (default: the ones below).
@@ -176,6 +223,18 @@ default_kernel={kernel}
 default_initrd={initrd}
 kernel=${{IMGBUILD_KERNEL:-$default_kernel}}
 initrd=${{IMGBUILD_INITRD:-$default_initrd}}
+net=${{IMGBUILD_CLUSTER_NET:-{mcast}}}
+offset=${{IMGBUILD_PORT_OFFSET:-0}}
+timeout=${{IMGBUILD_STOP_TIMEOUT:-60}}
+# The group goes into a qemu option: digits, dots and one colon only.
+case $net in
+    [0-9]*[0-9]:[0-9]*) case $net in *[!0-9.:]* | *:*:*) net= ;; esac ;;
+    *) net= ;;
+esac
+[ -n "$net" ] || {{ echo "node-{id}.sh: IMGBUILD_CLUSTER_NET is not GROUP:PORT (such as {mcast})" >&2; exit 64; }}
+for number in "$offset" "$timeout"; do
+    case $number in '' | *[!0-9]*) echo "node-{id}.sh: IMGBUILD_PORT_OFFSET and IMGBUILD_STOP_TIMEOUT are numbers" >&2; exit 64 ;; esac
+done
 if [ -n "${{IMGBUILD_ACCEL:-}}" ]; then
     accel=$IMGBUILD_ACCEL why="from IMGBUILD_ACCEL"
 elif [ -w /dev/kvm ]; then
@@ -191,12 +250,45 @@ fi
 done
 echo "node-{id}.sh: accelerator $accel ($why)" >&2
 echo "node-{id}.sh: kernel $kernel, initrd $initrd (IMGBUILD_KERNEL, IMGBUILD_INITRD to choose others)" >&2
-exec qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp 2 -nographic -no-reboot \
+echo "node-{id}.sh: cluster network $net on 127.0.0.1" >&2
+# qemu's monitor on two FIFOs, through which a stop presses Ctrl-Alt-Del.
+control=$(mktemp -d "${{TMPDIR:-/tmp}}/imgbuild-node-{id}.XXXXXX")
+trap 'rm -rf "$control"' EXIT
+mkfifo "$control/monitor.in" "$control/monitor.out"
+exec 3<&0
+qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp 2 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$initrd" \
     -append "{cmdline} ${{IMGBUILD_IDENTITY-imgbuild.node={id}}} ${{IMGBUILD_APPEND:-}}" \
     -drive file="$dir/node-{id}.qcow2",if=virtio,format=qcow2 \
     -drive file="$dir/seed-node-{id}.iso",{seed},format=raw,readonly=on \
-    -nic user,model=virtio-net-pci,mac={mac} "$@"
+    -netdev socket,id=cluster,mcast="$net",localaddr=127.0.0.1 -device virtio-net-pci,netdev=cluster,mac={mac} \
+    -netdev "{user}" -device virtio-net-pci,netdev=forward,mac={forward_mac} \
+    -chardev pipe,id=control,path="$control/monitor" -mon chardev=control,mode=readline "$@" <&3 3<&- &
+qemu=$!
+stopped=0
+stop() {{
+    trap '' TERM INT
+    stopped=1
+    echo "node-{id}.sh: stopping node {id} (Ctrl-Alt-Del; up to $timeout s)" >&2
+    echo "sendkey ctrl-alt-delete" >"$control/monitor.in"
+    waited=0
+    while kill -0 "$qemu" 2>/dev/null && [ "$waited" -lt "$timeout" ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if kill -0 "$qemu" 2>/dev/null; then
+        echo "node-{id}.sh: node {id} did not power off in $timeout s; ending qemu" >&2
+        echo quit >"$control/monitor.in"
+    fi
+}}
+trap stop TERM INT
+status=0
+wait "$qemu" || status=$?
+if [ "$stopped" = 1 ]; then
+    status=0
+    wait "$qemu" || status=$?
+fi
+exit "$status"
 "#,
             name = self.def.name,
             arch = m.arch,
@@ -207,7 +299,27 @@ exec qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp
             initrd = sh_quote(&self.boot.initrd),
             cmdline = self.cmdline(),
             mac = self.mac,
+            forward_mac = forward_mac(&self.def.name, self.id),
+            mcast = cluster_mcast(&self.def.name),
+            ports = if ports.is_empty() { "none".to_string() } else { ports.join(", ") },
+            user = self.user_netdev(),
         )
+    }
+}
+
+/// Why the cluster's hosts cannot be the VMs' addresses on one network, if they cannot.
+pub(crate) fn network_problem(def: &ImageDef) -> Option<&'static str> {
+    let ips: Vec<Option<Ipv4Addr>> = def.nodes.iter().map(|n| n.host.parse().ok()).collect();
+    let first = ips.first().copied().flatten();
+    let same_net =
+        |ip: &Option<Ipv4Addr>| matches!((ip, first), (Some(a), Some(b)) if a.octets()[..3] == b.octets()[..3]);
+    match first {
+        _ if ips.iter().any(Option::is_none) => Some("some of the cluster's hosts are names, not IPv4 addresses"),
+        Some(ip) if ip.is_loopback() => {
+            Some("the cluster's hosts are loopback addresses, which no VM network hands out")
+        }
+        _ if !ips.iter().all(same_net) => Some("the cluster's hosts are not in one /24 network"),
+        _ => None,
     }
 }
 
@@ -216,16 +328,7 @@ exec qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp
 pub(crate) fn network_xml(def: &ImageDef) -> (String, Option<String>) {
     let ips: Vec<Option<Ipv4Addr>> = def.nodes.iter().map(|n| n.host.parse().ok()).collect();
     let first = ips.first().copied().flatten();
-    let same_net =
-        |ip: &Option<Ipv4Addr>| matches!((ip, first), (Some(a), Some(b)) if a.octets()[..3] == b.octets()[..3]);
-    let problem = match first {
-        _ if ips.iter().any(Option::is_none) => Some("some of the cluster's hosts are names, not IPv4 addresses"),
-        Some(ip) if ip.is_loopback() => {
-            Some("the cluster's hosts are loopback addresses, which no VM network hands out")
-        }
-        _ if !ips.iter().all(same_net) => Some("the cluster's hosts are not in one /24 network"),
-        _ => None,
-    };
+    let problem = network_problem(def);
     let gateway = match (problem, first) {
         (None, Some(ip)) => {
             let o = ip.octets();
@@ -259,13 +362,13 @@ pub(crate) fn network_xml(def: &ImageDef) -> (String, Option<String>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
     /// Text with what shells and XML treat specially, and any other character but NUL.
-    fn hostile() -> impl Strategy<Value = String> {
+    pub(in crate::output::vm) fn hostile() -> impl Strategy<Value = String> {
         let pieces = prop_oneof![
             Just("$(touch PWN)".to_string()),
             Just("`touch PWN`".to_string()),
