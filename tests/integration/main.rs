@@ -24,6 +24,7 @@ mod hostile_layers;
 mod outputs;
 mod registry;
 mod registry_access;
+mod registry_load;
 mod reliability;
 mod supply_chain;
 mod vm;
