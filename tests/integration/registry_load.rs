@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,39 +79,78 @@ fn project_and_registry(build: &[&str]) -> (TestProject, Registry, serde_json::V
     (p, registry, built)
 }
 
+/// Runs the pushes at once (each: the store it pushes from, and where to with `--all`),
+/// bounded in time; every one must succeed. Returns their summaries.
+fn push_at_once(p: &TestProject, pushes: &[(&Path, &str)], label: &str) -> Vec<serde_json::Value> {
+    let started = Instant::now();
+    let spawn = |(store, repo): &(&Path, &str)| {
+        p.cmd()
+            .env("IMGBUILD_STORE", store)
+            .args(["--json", "--quiet", "push", "--insecure", "--all", repo])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let outputs = Children(pushes.iter().map(spawn).collect()).wait_all(Duration::from_secs(240));
+    let failed: Vec<String> = outputs
+        .iter()
+        .filter(|o| !o.status.success())
+        .map(|o| format!("exit {:?}: {}", o.status.code(), stderr(o)))
+        .collect();
+    assert!(failed.is_empty(), "{label}: {} of {} pushes failed:\n{}", failed.len(), pushes.len(), failed.join("\n"));
+    let summaries: Vec<serde_json::Value> = outputs.iter().map(json).collect();
+    let retried: u64 = summaries
+        .iter()
+        .flat_map(|s| s["pushed"].as_array().unwrap().clone())
+        .map(|i| i["manifests_retried"].as_u64().unwrap() + i["referrers"]["manifests_retried"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "{label}: {} pushes in {:?}; {retried} manifest(s) refused for unknown content, then taken",
+        pushes.len(),
+        started.elapsed()
+    );
+    summaries
+}
+
+/// Every tag of `repo` names the manifest the store built.
+fn assert_tags(registry: &Registry, repo: &str, local: &serde_json::Value, label: &str) {
+    for (i, node) in local["nodes"].as_array().unwrap().iter().enumerate() {
+        let digest = tag_digest(registry, &format!("{repo}:node-{i}"));
+        assert_eq!(digest, node["digest"].as_str().unwrap(), "{label}: {repo}:node-{i}");
+    }
+    let cluster = tag_digest(registry, &format!("{repo}:cluster"));
+    assert_eq!(cluster, local["cluster"]["digest"].as_str().unwrap(), "{label}: {repo}:cluster");
+}
+
 #[test]
 fn six_concurrent_push_all_in_two_rounds_all_succeed_and_every_tag_reads_back() {
     let (p, registry, local) = project_and_registry(&["build"]);
+    // What one push alone uploads (to another registry).
+    let solo = Registry::plain(&p.path("registry-solo"));
+    let alone = json(&p.run(&["--json", "push", "--insecure", "--all", &format!("{}/team/zk-kafka", solo.host())]));
+    let one = alone["bytes_uploaded"].as_u64().unwrap();
+    assert!(one > 0);
+
+    // Round 1: six pushes from one store into an empty repository. Each blob goes up once:
+    // the pushes of one store take turns per blob, and the others find it there.
     let repo = format!("{}/team/zk-kafka", registry.host());
-    for round in 0..2 {
-        let started = Instant::now();
-        let children = Children((0..PUSHES).map(|_| spawn_push(&p, &["--all", &repo])).collect());
-        let outputs = children.wait_all(Duration::from_secs(240));
-        let failed: Vec<String> = outputs
-            .iter()
-            .filter(|o| !o.status.success())
-            .map(|o| format!("exit {:?}: {}", o.status.code(), stderr(o)))
-            .collect();
-        assert!(failed.is_empty(), "round {round}: {} of {PUSHES} pushes failed:\n{}", failed.len(), failed.join("\n"));
-        eprintln!("round {round}: {PUSHES} pushes in {:?}", started.elapsed());
-        let mut retried = 0;
-        for out in &outputs {
-            let summary = json(out);
-            let pushed = summary["pushed"].as_array().unwrap();
-            assert_eq!(pushed.len(), 4, "{summary}");
-            for image in pushed {
-                retried += image["manifests_retried"].as_u64().unwrap();
-                retried += image["referrers"]["manifests_retried"].as_u64().unwrap();
-            }
-        }
-        eprintln!("round {round}: {retried} manifest(s) refused for unknown content, then taken");
-        for (i, node) in local["nodes"].as_array().unwrap().iter().enumerate() {
-            let digest = tag_digest(&registry, &format!("{repo}:node-{i}"));
-            assert_eq!(digest, node["digest"].as_str().unwrap(), "round {round}: node-{i}");
-        }
-        let cluster = tag_digest(&registry, &format!("{repo}:cluster"));
-        assert_eq!(cluster, local["cluster"]["digest"].as_str().unwrap(), "round {round}: cluster");
-    }
+    let store = p.store.clone();
+    let first = push_at_once(&p, &[(store.as_path(), repo.as_str()); PUSHES], "round 1");
+    let uploaded: u64 = first.iter().map(|s| s["bytes_uploaded"].as_u64().unwrap()).sum();
+    assert_eq!(uploaded, one, "{PUSHES} pushes from one store upload what one push does");
+    assert_tags(&registry, &repo, &local, "round 1");
+
+    // Round 2: a second store (a copy) pushes to the same repository while the first pushes to
+    // a sibling one (mounting from it), all at once.
+    let copy = p.path("store-copy");
+    copy_dir(&p.store, &copy);
+    let sibling = format!("{}/team/zk-kafka-next", registry.host());
+    let mut pushes = vec![(copy.as_path(), repo.as_str()); PUSHES / 2];
+    pushes.extend(vec![(store.as_path(), sibling.as_str()); PUSHES - PUSHES / 2]);
+    push_at_once(&p, &pushes, "round 2");
+    assert_tags(&registry, &repo, &local, "round 2");
+    assert_tags(&registry, &sibling, &local, "round 2");
 }
 
 /// The push's node image, read back through the registry itself.
@@ -186,7 +226,8 @@ struct Throttled {
 /// it forwards everything else. Records every request's arrival, and each throttled one.
 struct ThrottlingProxy {
     addr: SocketAddr,
-    arrivals: Arc<Mutex<Vec<Instant>>>,
+    /// Each request's arrival and its method and path.
+    arrivals: Arc<Mutex<Vec<(Instant, String)>>>,
     throttled: Arc<Mutex<Vec<Throttled>>>,
     _acceptor: Acceptor,
 }
@@ -211,7 +252,7 @@ fn relay(
     upstream: SocketAddr,
     rules: &[Rule],
     used: &Mutex<Vec<bool>>,
-    arrivals: &Mutex<Vec<Instant>>,
+    arrivals: &Mutex<Vec<(Instant, String)>>,
     throttled: &Mutex<Vec<Throttled>>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -226,7 +267,8 @@ fn relay(
         }
         headers.push(line);
     }
-    arrivals.lock().unwrap().push(Instant::now());
+    let line = head.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    arrivals.lock().unwrap().push((Instant::now(), line));
     let length: u64 = headers
         .iter()
         .find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
@@ -290,7 +332,7 @@ fn a_throttling_registry_is_waited_for_as_its_retry_after_says() {
     let arrivals = proxy.arrivals.lock().unwrap();
     for t in throttled.iter() {
         // The push is sequential: its next request is the retry.
-        let next = arrivals.iter().find(|a| **a > t.at).expect("a request after the throttled one");
+        let (next, _) = arrivals.iter().find(|(a, _)| *a > t.at).expect("a request after the throttled one");
         let waited = next.duration_since(t.at);
         assert!(waited >= t.asked, "{}: asked to wait {:?}, came back after {waited:?}", t.what, t.asked);
         assert!(waited < t.asked + Duration::from_secs(9), "{}: waited {waited:?}", t.what);
@@ -306,4 +348,44 @@ fn a_throttling_registry_is_waited_for_as_its_retry_after_says() {
     assert_exit(&out, 5);
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     assert!(stderr(&out).contains("asks to wait 3600 s"), "{}", stderr(&out));
+}
+
+#[test]
+fn builds_and_pulls_at_once_into_one_store_download_each_blob_once() {
+    use super::base_image::{base, base_recipe, push_base};
+    let p = TestProject::new();
+    let registry = Registry::plain(&p.path("registry"));
+    push_base(&p, &format!("{}/library/base", registry.host()));
+    let proxy = ThrottlingProxy::start(registry.addr, &[]);
+    let through = proxy.addr.to_string();
+    base_recipe(&p, &format!("{through}/library/base"), &[], None);
+    let (digest, _) = base(&p);
+    // Four builds (each its own output) and two pulls of the base, into one empty store.
+    let mut children = Vec::new();
+    for i in 0..4 {
+        let out = p.path(&format!("out-{i}"));
+        let args = ["--insecure-registry", &through, "--json", "build", "--out", out.to_str().unwrap()];
+        children.push(p.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    }
+    for _ in 0..2 {
+        let pinned = format!("{through}/library/base@{digest}");
+        let args = ["--json", "pull", "--insecure", &pinned];
+        children.push(p.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    }
+    let outputs = Children(children).wait_all(Duration::from_secs(300));
+    let built: Vec<serde_json::Value> = outputs.iter().map(json).collect();
+    for b in &built[1..4] {
+        assert_eq!(b["nodes"], built[0]["nodes"], "every build made the same images");
+    }
+    let requests: Vec<String> = proxy.arrivals.lock().unwrap().iter().map(|(_, r)| r.clone()).collect();
+    let blobs: Vec<&String> =
+        requests.iter().filter(|r| r.starts_with("GET ") && r.contains("/blobs/sha256:")).collect();
+    let distinct: std::collections::BTreeSet<&&String> = blobs.iter().collect();
+    assert_eq!(blobs.len(), distinct.len(), "a blob was downloaded twice: {blobs:#?}");
+    assert_eq!(blobs.len(), 2, "the base's config and layer: {requests:#?}");
+    for (name, _) in &p.inputs {
+        let got = p.server.requests(&format!("dist/{name}")).len() + p.server.requests(&format!("mirror/{name}")).len();
+        assert!(got <= 1, "{name} was downloaded {got} times");
+    }
+    assert_ok(&p.run(&["store", "verify"]));
 }
