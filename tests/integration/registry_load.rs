@@ -49,14 +49,14 @@ impl Drop for Children {
     }
 }
 
-fn spawn_push(p: &TestProject, args: &[&str]) -> Child {
-    p.cmd()
-        .args(["--json", "--quiet", "push", "--insecure"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// Starts `command` with its output kept for the test.
+fn spawn(command: &mut Command) -> Child {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// `push --insecure ARGS` from `store`, started.
+fn spawn_push(p: &TestProject, store: &Path, args: &[&str]) -> Child {
+    spawn(p.cmd().env("IMGBUILD_STORE", store).args(["--json", "--quiet", "push", "--insecure"]).args(args))
 }
 
 /// The digest a tag of the registry names, read with skopeo (not imgbuild).
@@ -83,16 +83,8 @@ fn project_and_registry(build: &[&str]) -> (TestProject, Registry, serde_json::V
 /// bounded in time; every one must succeed. Returns their summaries.
 fn push_at_once(p: &TestProject, pushes: &[(&Path, &str)], label: &str) -> Vec<serde_json::Value> {
     let started = Instant::now();
-    let spawn = |(store, repo): &(&Path, &str)| {
-        p.cmd()
-            .env("IMGBUILD_STORE", store)
-            .args(["--json", "--quiet", "push", "--insecure", "--all", repo])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let outputs = Children(pushes.iter().map(spawn).collect()).wait_all(Duration::from_secs(240));
+    let start = |(store, repo): &(&Path, &str)| spawn_push(p, store, &["--all", repo]);
+    let outputs = Children(pushes.iter().map(start).collect()).wait_all(Duration::from_secs(240));
     let failed: Vec<String> = outputs
         .iter()
         .filter(|o| !o.status.success())
@@ -151,6 +143,14 @@ fn six_concurrent_push_all_in_two_rounds_all_succeed_and_every_tag_reads_back() 
     push_at_once(&p, &pushes, "round 2");
     assert_tags(&registry, &repo, &local, "round 2");
     assert_tags(&registry, &sibling, &local, "round 2");
+    // What the registry refused (the race the retries answer), as its own log says.
+    let log = std::fs::read_to_string(registry.dir.join("registry.log")).unwrap();
+    let refused = |code: &str| log.lines().filter(|l| l.contains(&format!("err.code=\"{code}\""))).count();
+    eprintln!(
+        "registry log: {} `digest invalid`, {} `manifest blob unknown`",
+        refused("digest invalid"),
+        refused("manifest blob unknown")
+    );
 }
 
 /// The push's node image, read back through the registry itself.
@@ -164,14 +164,15 @@ fn a_registry_restarted_in_the_middle_of_a_push_ends_in_a_complete_push() {
     let (p, mut registry, _) = project_and_registry(&["node", "--id", "0"]);
     let reference = format!("{}/restart/zk:node-0", registry.host());
     // Small chunks: the upload of a layer is many requests, one of which meets the restart.
-    let child = p
-        .cmd()
-        .env("IMGBUILD_CHUNK_SIZE", "16384")
-        .args(["--json", "--quiet", "push", "--insecure", "--id", "0", &reference])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(p.cmd().env("IMGBUILD_CHUNK_SIZE", "16384").args([
+        "--json",
+        "--quiet",
+        "push",
+        "--insecure",
+        "--id",
+        "0",
+        &reference,
+    ]));
     let mut children = Children(vec![child]);
     // The registry goes down once the push has an upload going.
     let uploads = p.path("registry/data/docker/registry/v2/repositories/restart/zk/_uploads");
@@ -190,7 +191,7 @@ fn a_registry_restarted_in_the_middle_of_a_push_ends_in_a_complete_push() {
     // Down for longer than the retries last: the push fails saying what it pushed, what it
     // did not, and that the same push again finishes it; which it does once the registry is back.
     let repo = format!("{}/outage/zk", registry.host());
-    let push_all = || spawn_push(&p, &["--all", &repo]);
+    let push_all = || spawn_push(&p, &p.store, &["--all", &repo]);
     let mut children = Children(vec![push_all()]);
     let first_tag = p.path("registry/data/docker/registry/v2/repositories/outage/zk/_manifests/tags/node-1"); // node-0 and its referrers are in
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -244,6 +245,18 @@ impl ThrottlingProxy {
             let _ = relay(conn, upstream, rules, &used, &seen, &held);
         });
         ThrottlingProxy { addr: acceptor.addr, arrivals, throttled, _acceptor: acceptor }
+    }
+}
+
+impl ThrottlingProxy {
+    /// How many blobs it relayed downloads of, failing the test if one was downloaded twice.
+    fn blobs_downloaded_once(&self) -> usize {
+        let requests: Vec<String> = self.arrivals.lock().unwrap().iter().map(|(_, r)| r.clone()).collect();
+        let blobs: Vec<&String> =
+            requests.iter().filter(|r| r.starts_with("GET ") && r.contains("/blobs/sha256:")).collect();
+        let distinct: std::collections::BTreeSet<&&String> = blobs.iter().collect();
+        assert_eq!(blobs.len(), distinct.len(), "a blob was downloaded twice: {blobs:#?}");
+        blobs.len()
     }
 }
 
@@ -365,27 +378,58 @@ fn builds_and_pulls_at_once_into_one_store_download_each_blob_once() {
     for i in 0..4 {
         let out = p.path(&format!("out-{i}"));
         let args = ["--insecure-registry", &through, "--json", "build", "--out", out.to_str().unwrap()];
-        children.push(p.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+        children.push(spawn(p.cmd().args(args)));
     }
     for _ in 0..2 {
         let pinned = format!("{through}/library/base@{digest}");
         let args = ["--json", "pull", "--insecure", &pinned];
-        children.push(p.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+        children.push(spawn(p.cmd().args(args)));
     }
     let outputs = Children(children).wait_all(Duration::from_secs(300));
     let built: Vec<serde_json::Value> = outputs.iter().map(json).collect();
     for b in &built[1..4] {
         assert_eq!(b["nodes"], built[0]["nodes"], "every build made the same images");
     }
-    let requests: Vec<String> = proxy.arrivals.lock().unwrap().iter().map(|(_, r)| r.clone()).collect();
-    let blobs: Vec<&String> =
-        requests.iter().filter(|r| r.starts_with("GET ") && r.contains("/blobs/sha256:")).collect();
-    let distinct: std::collections::BTreeSet<&&String> = blobs.iter().collect();
-    assert_eq!(blobs.len(), distinct.len(), "a blob was downloaded twice: {blobs:#?}");
-    assert_eq!(blobs.len(), 2, "the base's config and layer: {requests:#?}");
+    assert_eq!(proxy.blobs_downloaded_once(), 2, "the base's config and layer");
     for (name, _) in &p.inputs {
         let got = p.server.requests(&format!("dist/{name}")).len() + p.server.requests(&format!("mirror/{name}")).len();
         assert!(got <= 1, "{name} was downloaded {got} times");
     }
     assert_ok(&p.run(&["store", "verify"]));
+}
+
+#[test]
+fn builds_at_once_from_a_warm_cache_into_one_store_download_each_entry_once() {
+    let (p, registry, filled) = project_and_registry(&["build"]);
+    let host = registry.host();
+    let cache = |host: &str| [format!("--cache={host}/team/layer-cache"), format!("--insecure-registry={host}")];
+    // The first store fills the cache as it builds again (its layers are pushed as records).
+    let fill = p.cmd().args(cache(&host)).args(["--json", "build", "--out"]).arg(p.path("out-fill")).output().unwrap();
+    assert_eq!(json(&fill)["nodes"], filled["nodes"]);
+    // Four builds at once into a new store, through a recording proxy.
+    let proxy = ThrottlingProxy::start(registry.addr, &[]);
+    let store = p.path("store-b");
+    let on_b = || {
+        let mut c = p.cmd();
+        c.env("IMGBUILD_STORE", &store);
+        c
+    };
+    assert_ok(&on_b().args(["store", "add", p.base_layout.to_str().unwrap()]).output().unwrap());
+    let served = p.server.total_requests();
+    let through = cache(&proxy.addr.to_string());
+    let build =
+        |i: usize| spawn(on_b().args(&through).args(["--json", "build", "--out"]).arg(p.path(&format!("out-b-{i}"))));
+    let children = (0..4).map(build).collect();
+    let outputs = Children(children).wait_all(Duration::from_secs(300));
+    let mut pulled = 0;
+    for out in &outputs {
+        let built = json(out);
+        assert_eq!(built["nodes"], filled["nodes"], "the same images as the store that filled the cache");
+        assert_eq!(built["layers_built"], 0, "{built}");
+        pulled += built["cache"]["pulled"].as_u64().unwrap();
+    }
+    assert_eq!(pulled, 3, "each of the three recipe layers pulled by one build");
+    assert_eq!(p.server.total_requests(), served, "no source was downloaded");
+    assert_eq!(proxy.blobs_downloaded_once(), 3, "the three layers");
+    assert_ok(&on_b().args(["store", "verify"]).output().unwrap());
 }
