@@ -111,9 +111,11 @@ impl Pusher<'_> {
         if !self.done.insert(desc.digest) && !again {
             return Ok(());
         }
-        // Pushes from this store at the same time check and upload a blob one at a time: the
-        // others find it there, and the registry gets its bytes once.
-        let _one_at_a_time = self.store.lock(&format!("push-sha256-{}", desc.digest.hex()))?;
+        // Pushes from this store to this registry at the same time check and upload a blob one
+        // at a time: the others find it there, and the registry gets its bytes once.
+        let registry = Sha256Digest::of(self.client.registry().as_bytes());
+        let _one_at_a_time =
+            self.store.lock(&format!("push-{}-sha256-{}", &registry.hex()[..16], desc.digest.hex()))?;
         let repository = self.client.repository().to_string();
         if self.client.blob_exists(&desc.digest)? {
             // Counted once: a check again finds what this push placed.
