@@ -129,10 +129,43 @@ fn random() -> u64 {
     hasher.finish()
 }
 
-/// A `Retry-After` value in seconds (RFC 9110's delay-seconds). An HTTP-date, or anything
-/// else, gives `None`: the ordinary backoff applies.
+/// A `Retry-After` value (RFC 9110): delay-seconds, or an HTTP-date (IMF-fixdate, the form
+/// servers send) as the time from now until then (zero when past). Anything else gives `None`:
+/// the ordinary backoff applies.
 pub fn retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    retry_after_at(value, std::time::SystemTime::now())
+}
+
+fn retry_after_at(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let then = std::time::UNIX_EPOCH + Duration::from_secs(imf_fixdate(value)?);
+    Some(then.duration_since(now).unwrap_or_default())
+}
+
+/// Seconds since the epoch of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn imf_fixdate(text: &str) -> Option<u64> {
+    let (_weekday, rest) = text.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else { return None };
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| m == month)? as u64 + 1;
+    let (day, year): (u64, u64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<u64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else { return None };
+    if !(1..=31).contains(&day) || year < 1970 || *h > 23 || *m > 59 || *s > 60 {
+        return None;
+    }
+    // Days from the epoch to the date (Howard Hinnant's days_from_civil, years from March).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
 #[cfg(test)]
@@ -218,6 +251,21 @@ mod tests {
             }
         }
 
+        /// The date arithmetic agrees with counting the days one year and month at a time.
+        #[test]
+        fn http_dates_count_the_days_as_the_calendar_does(
+            year in 1970u64..2400, month in 1u64..=12, day in 1u64..=28, h in 0u64..24, m in 0u64..60, s in 0u64..60,
+        ) {
+            let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+            let month_days = |y: u64, mo: u64| match mo { 2 if leap(y) => 29, 2 => 28, 4 | 6 | 9 | 11 => 30, _ => 31 };
+            let days: u64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum::<u64>()
+                + (1..month).map(|mo| month_days(year, mo)).sum::<u64>()
+                + day - 1;
+            const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+            let text = format!("Mon, {day:02} {} {year} {h:02}:{m:02}:{s:02} GMT", MONTHS[month as usize - 1]);
+            prop_assert_eq!(imf_fixdate(&text), Some(days * 86_400 + h * 3600 + m * 60 + s), "{}", text);
+        }
+
         #[test]
         fn backoff_grows_to_its_cap_with_jitter_in_the_upper_half(next in 2u32..40, random: u64) {
             let policy = Policy::attempts(5);
@@ -238,10 +286,22 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_seconds_only() {
+    fn retry_after_reads_seconds_and_http_dates() {
         assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("soon"), None);
+        // RFC 9110's example date, and the epoch.
+        assert_eq!(imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
+        for bad in ["Sun, 06 Nov 1994 08:49:37 CET", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun, 32 Nov 1994 08:49:37 GMT"]
+        {
+            assert_eq!(imf_fixdate(bad), None, "{bad}");
+        }
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777 - 30);
+        assert_eq!(retry_after_at("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(30)));
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(retry_after_at("Sun, 06 Nov 1994 08:49:37 GMT", later), Some(Duration::ZERO), "a date past");
     }
 }
