@@ -2,7 +2,7 @@
 //! uploads and downloads, source downloads) goes through [`run`]. Bounded in attempts; the
 //! waits grow exponentially with jitter (so processes that failed together do not come back
 //! together), and a server's `Retry-After` is honoured up to [`Policy::longest_wait`].
-//! A low module: any stage may use it, it uses none.
+//! A low module: any stage may use it; it uses only `error`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;

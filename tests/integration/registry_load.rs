@@ -223,8 +223,8 @@ struct Throttled {
 }
 
 /// A proxy in front of a registry, one request per connection, that answers the first request
-/// of each kind in `rules` (method and a part of its path) with that status and `Retry-After`;
-/// it forwards everything else. Records every request's arrival, and each throttled one.
+/// of each kind in `rules` (method and a part of its path) with that status, error code and
+/// `Retry-After`; it forwards everything else. Records every request's arrival, and each throttled one.
 struct ThrottlingProxy {
     addr: SocketAddr,
     /// Each request's arrival and its method and path.
@@ -233,7 +233,7 @@ struct ThrottlingProxy {
     _acceptor: Acceptor,
 }
 
-type Rule = (&'static str, &'static str, &'static str, u64);
+type Rule = (&'static str, &'static str, &'static str, &'static str, u64);
 
 impl ThrottlingProxy {
     fn start(upstream: SocketAddr, rules: &'static [Rule]) -> ThrottlingProxy {
@@ -293,11 +293,11 @@ fn relay(
     let (method, target) = head.split_once(' ').map(|(m, rest)| (m, rest.split(' ').next().unwrap_or(""))).unwrap();
     let rule = {
         let mut used = used.lock().unwrap();
-        let hit = rules.iter().position(|(m, part, _, _)| *m == method && target.contains(part));
+        let hit = rules.iter().position(|(m, part, ..)| *m == method && target.contains(part));
         hit.filter(|i| !std::mem::replace(&mut used[*i], true)).map(|i| rules[i])
     };
-    if let Some((_, _, status, seconds)) = rule {
-        let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
+    if let Some((_, _, status, code, seconds)) = rule {
+        let body = format!(r#"{{"errors":[{{"code":"{code}","message":"injected"}}]}}"#);
         throttled.lock().unwrap().push(Throttled {
             what: format!("{method} {target}"),
             at: Instant::now(),
@@ -329,14 +329,19 @@ fn relay(
 fn a_throttling_registry_is_waited_for_as_its_retry_after_says() {
     let (p, registry, _) = project_and_registry(&["node", "--id", "1"]);
     const RULES: &[Rule] = &[
-        ("HEAD", "/blobs/", "429 Too Many Requests", 1),
-        ("POST", "/blobs/uploads/", "503 Service Unavailable", 2),
-        ("PUT", "/manifests/node-1", "429 Too Many Requests", 1),
+        ("HEAD", "/blobs/", "429 Too Many Requests", "TOOMANYREQUESTS", 1),
+        ("POST", "/blobs/uploads/", "503 Service Unavailable", "UNAVAILABLE", 2),
+        ("PUT", "/manifests/node-1", "429 Too Many Requests", "TOOMANYREQUESTS", 1),
+        // An upload session the registry lost (restarted): the upload starts again.
+        ("PATCH", "/blobs/uploads/", "404 Not Found", "BLOB_UPLOAD_UNKNOWN", 0),
     ];
     let proxy = ThrottlingProxy::start(registry.addr, RULES);
     let reference = format!("{}/throttled/zk:node-1", proxy.addr);
     let started = Instant::now();
-    let out = p.run(&["--json", "push", "--insecure", "--id", "1", &reference]);
+    // Chunks smaller than the layers: uploads go in PATCHes.
+    let mut push = p.cmd();
+    push.env("IMGBUILD_CHUNK_SIZE", "65536").args(["--json", "push", "--insecure", "--id", "1", &reference]);
+    let out = push.output().unwrap();
     let took = started.elapsed();
     let summary = json(&out);
     assert_eq!(summary["pushed"][0]["blobs_uploaded"], 8, "{summary}");
@@ -354,7 +359,7 @@ fn a_throttling_registry_is_waited_for_as_its_retry_after_says() {
     assert_reads_back(&p, &registry, &format!("{}/throttled/zk:node-1", registry.host()), 1);
 
     // A registry asking for more than imgbuild waits (60 s): a clear error at once, exit 5.
-    const LONG: &[Rule] = &[("GET", "/v2/", "429 Too Many Requests", 3600)];
+    const LONG: &[Rule] = &[("GET", "/v2/", "429 Too Many Requests", "TOOMANYREQUESTS", 3600)];
     let proxy = ThrottlingProxy::start(registry.addr, LONG);
     let started = Instant::now();
     let out = p.run(&["push", "--insecure", "--id", "1", &format!("{}/throttled/zk:node-1", proxy.addr)]);
