@@ -424,6 +424,22 @@ fn main() {
         return;
     }
 
+    // `IMGBUILD_BENCH_ONLY=push-load`: only the concurrent pushes (about a minute here).
+    if std::env::var("IMGBUILD_BENCH_ONLY").is_ok_and(|v| v == "push-load") {
+        assert!(have("docker-registry"), "the push figures need docker-registry (run .ci/install)");
+        let project = work.join("project");
+        write_project(&project, &inputs, &mirror, false);
+        let store = work.join("store-push-load");
+        imgbuild(&project, &store, &mirror, nproc, &["build", "--out", work.join("out").to_str().unwrap()]);
+        for l in push_load_figures(&work, &project, &store, &mirror) {
+            line(l);
+        }
+        let out = work.join("BENCHMARKS-run.md");
+        std::fs::write(&out, &report).unwrap();
+        eprintln!("\nreport written to {}", out.display());
+        return;
+    }
+
     // The machine's limits on the same data.
     let raw = work.join("all.tar");
     let cat: Vec<String> = inputs.iter().map(|i| format!("gzip -dc {}", mirror.join(&i.file).display())).collect();
@@ -743,6 +759,11 @@ fn main() {
         drop(registry);
     }
 
+    if have("docker-registry") {
+        for l in push_load_figures(&work, &project, &store, &mirror) {
+            line(l);
+        }
+    }
     for l in download_figures(&work, &inputs, &mirror, nproc) {
         line(l);
     }
@@ -755,6 +776,79 @@ fn main() {
     let out = work.join("BENCHMARKS-run.md");
     std::fs::write(&out, &report).unwrap();
     eprintln!("\nreport written to {}", out.display());
+}
+
+/// A team's registry under load: `n` pushes of the whole cluster (`push --all`) at once, from
+/// one store to one repository of a registry on loopback, into an empty repository (cold) and
+/// then again (everything there: warm). Pushes per minute at n = 1, 4, 8, and the bytes each
+/// push beyond the first uploads (the pushes of one store take turns per blob: ideally zero).
+fn push_load_figures(work: &Path, project: &Path, store: &Path, mirror: &Path) -> Vec<String> {
+    let mut lines = vec![
+        "\n### Concurrent pushes (`push --all` of the cluster, one store, one repository)\n".to_string(),
+        "| pushes at once | pushes/min, empty repository | pushes/min, all there | uploaded in all | \
+         uploaded per extra push | manifests retried |\n|---|---|---|---|---|---|"
+            .to_string(),
+    ];
+    let mut alone = 0;
+    for n in [1u64, 4, 8] {
+        let registry = LocalRegistry::start(&work.join(format!("push-load-{n}")));
+        let repo = format!("{}/bench/zk-kafka", registry.host);
+        let (cold, bytes, retried) = push_round(project, store, mirror, &repo, n);
+        let (warm, warm_bytes, warm_retried) = push_round(project, store, mirror, &repo, n);
+        assert_eq!(warm_bytes, 0, "a push of what the repository holds uploads nothing");
+        if n == 1 {
+            alone = bytes;
+        }
+        let extra =
+            if n > 1 { format!("{:.1} KiB", (bytes - alone) as f64 / (n - 1) as f64 / 1024.0) } else { "-".into() };
+        let per_minute = |d: Duration| n as f64 * 60.0 / d.as_secs_f64();
+        lines.push(format!(
+            "| {n} | {:.1} ({:.2} s) | {:.1} ({:.2} s) | {:.1} MB | {extra} | {} |",
+            per_minute(cold),
+            cold.as_secs_f64(),
+            per_minute(warm),
+            warm.as_secs_f64(),
+            mb(bytes),
+            retried + warm_retried
+        ));
+    }
+    lines
+}
+
+/// `n` pushes at once; their wall time, the bytes they uploaded in all, and how many manifests
+/// the registry refused for unknown content before taking them.
+fn push_round(project: &Path, store: &Path, mirror: &Path, repo: &str, n: u64) -> (Duration, u64, u64) {
+    let start = Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new(BIN)
+                .args(["--json", "--quiet", "--project"])
+                .arg(project)
+                .arg("--store")
+                .arg(store)
+                .arg("--mirror")
+                .arg(mirror)
+                .args(["push", "--insecure", "--all", repo])
+                .env_remove("SOURCE_DATE_EPOCH")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let wall = start.elapsed();
+    let (mut bytes, mut retried) = (0, 0);
+    for out in outputs {
+        assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        bytes += v["bytes_uploaded"].as_u64().unwrap();
+        for image in v["pushed"].as_array().unwrap() {
+            retried += image["manifests_retried"].as_u64().unwrap();
+            retried += image["referrers"]["manifests_retried"].as_u64().unwrap();
+        }
+    }
+    (wall, bytes, retried)
 }
 
 /// A docker-registry serving plain HTTP on a free loopback port, killed when dropped.

@@ -22,6 +22,7 @@ use crate::progress::{Reporter, Task};
 use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::registry::reference::RegistryMirror;
 use crate::registry::Reference;
+use crate::retry::Again;
 use crate::store::Store;
 
 /// How many times one URL is tried again after a dropped connection (resuming each time).
@@ -309,19 +310,19 @@ impl<'a> Fetcher<'a> {
         tap: Option<&overlap::Tap>,
     ) -> Result<(), AttemptError> {
         let partial = self.store.partial_path(&source.hash);
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS_PER_URL {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 << attempt));
-            }
-            match self.download_once(url, &partial, source.hash.algorithm(), task, tap) {
-                Ok(found) => return self.commit_source(&partial, found, source, url),
-                Err(Transfer::Local(e)) => return Err(AttemptError::Local(e)),
-                Err(Transfer::Fatal(why)) => return Err(AttemptError::Failed(why)),
-                Err(Transfer::Retry(why)) => last = why,
-            }
-        }
-        Err(AttemptError::Failed(format!("{last} (after {ATTEMPTS_PER_URL} attempts)")))
+        let attempts = crate::retry::Policy::attempts(ATTEMPTS_PER_URL);
+        crate::retry::run(&attempts, |_| match self.download_once(url, &partial, source.hash.algorithm(), task, tap) {
+            Ok(found) => self.commit_source(&partial, found, source, url).map_err(Again::Stop),
+            Err(Transfer::Local(e)) => Err(Again::Stop(AttemptError::Local(e))),
+            Err(Transfer::Fatal(why)) => Err(Again::Stop(AttemptError::Failed(why))),
+            Err(Transfer::Retry(why)) => Err(Again::retry(AttemptError::Failed(why))),
+        })
+        .map_err(|gave| {
+            gave.describe(|e, tail| match (e, tail) {
+                (AttemptError::Failed(why), Some(tail)) => AttemptError::Failed(format!("{why} {tail}")),
+                (e, _) => e,
+            })
+        })
     }
 
     /// One HTTP request, resuming `partial` if it holds a prefix. Returns the hash of the whole file.

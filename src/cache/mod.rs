@@ -37,7 +37,7 @@ use crate::layer::{derivation, LayerSettings};
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, RecipeKind, Source};
-use crate::registry::{Access, Client, Reference, RegistrySettings};
+use crate::registry::{push, Access, Client, Reference, RegistrySettings};
 use crate::store::{LayerRecord, Store};
 use record::Entry;
 use sign::Signed;
@@ -423,13 +423,20 @@ impl Cache {
         self.with_client(Access::Push, |client| {
             // The two-byte config goes up unannounced; the layer with its progress.
             let config = (empty, record::EMPTY_CONFIG.len() as u64, &crate::progress::SilentReporter as &dyn Reporter);
-            for (digest, size, shown) in [config, (layer.digest.0, layer.size, reporter)] {
-                if !client.blob_exists(&digest)? {
-                    let task = shown.task(&format!("cache push {recipe}"), Some(size));
-                    client.upload(&digest, &store.intact_path(&digest)?, size, &task)?;
+            let blobs = |_attempt| {
+                for (digest, size, shown) in [config, (layer.digest.0, layer.size, reporter)] {
+                    if !client.blob_exists(&digest)? {
+                        let task = shown.task(&format!("cache push {recipe}"), Some(size));
+                        client.upload(&digest, &store.intact_path(&digest)?, size, &task)?;
+                    }
                 }
-            }
-            client.put_manifest(&record::tag(derivation), record::MANIFEST_TYPE, manifest)
+                Ok(())
+            };
+            // Other builds push to the cache at the same time: `put_complete` retries the
+            // manifest when the registry does not know its blobs yet.
+            let tag = record::tag(derivation);
+            push::put_complete(client, blobs, || client.try_put_manifest(&tag, record::MANIFEST_TYPE, manifest))
+                .map(drop)
         })
     }
 

@@ -121,17 +121,20 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     };
     let client = args.registry.connect(global, &reference, Access::Push)?;
     let mut pushed = Vec::new();
-    for target in &targets {
-        let result = push::push(&store, &client, &target.to, &target.digest, &target.referrers, reporter.as_ref())?;
+    for (i, target) in targets.iter().enumerate() {
+        let result = push::push(&store, &client, &target.to, &target.digest, &target.referrers, reporter.as_ref())
+            .map_err(|e| unfinished(e, &pushed, &targets[i..]))?;
         if !global.quiet && !global.json {
             let s = &result.stats;
+            let retried = s.manifests_retried + result.referrers.manifests_retried;
             errln!(
-                "{}: {} blob(s) uploaded ({} bytes), {} already there, {} mounted",
+                "{}: {} blob(s) uploaded ({} bytes), {} already there, {} mounted{}",
                 result.reference,
                 s.blobs_uploaded,
                 s.bytes_uploaded,
                 s.blobs_skipped,
-                s.blobs_mounted
+                s.blobs_mounted,
+                if retried > 0 { format!(", {retried} manifest(s) retried") } else { String::new() }
             );
         }
         pushed.push(result);
@@ -145,6 +148,25 @@ pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
         outln!("{}", result.reference)?;
     }
     Ok(())
+}
+
+/// A registry failure in the middle of a push (after its retries), saying what is pushed and
+/// what is not, and that running the same push again finishes it.
+fn unfinished(e: Error, done: &[push::Pushed], left: &[Target]) -> Error {
+    let Error::Registry { registry, message, hint } = e else { return e };
+    let done: Vec<&str> = done.iter().map(|p| p.reference.as_str()).collect();
+    let left: Vec<String> = left.iter().map(|t| t.to.to_string()).collect();
+    let state = format!(
+        "pushed: {}; not pushed: {}. Run the same push again to finish it: what the registry holds \
+         already is not uploaded again",
+        if done.is_empty() { "nothing yet".to_string() } else { done.join(", ") },
+        left.join(", ")
+    );
+    let hint = Some(match hint {
+        Some(h) => format!("{h}\n{state}"),
+        None => state,
+    });
+    Error::Registry { registry, message, hint }
 }
 
 /// An image to push: where to, its manifest or index, and the artifact manifests attached to it.

@@ -14,15 +14,34 @@ use super::auth::{parse_challenge, Challenge, Credentials, Secret};
 use super::reference::Reference;
 use super::token::{Refusal, TokenRequest};
 use super::transport::{
-    backoff, classify, explain, http_client, registry_error, retryable, same_origin, Failure, Transport,
+    classify, explain, gave_up, http_client, registry_error, retryable, same_origin, Failure, Refused, Transport,
 };
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, Result};
+use crate::retry::{Again, Policy};
 
 /// Every manifest type imgbuild reads or writes.
 pub const MANIFEST_TYPES: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// The error codes of a manifest refused for naming what the registry does not know (yet): a
+/// blob or child manifest (`MANIFEST_BLOB_UNKNOWN`, `BLOB_UNKNOWN`, `MANIFEST_UNKNOWN`), or,
+/// from `docker-registry` 2.x, `DIGEST_INVALID`: its filesystem storage rewrites a repository's
+/// link files in place (truncate, then write), so a manifest checked while another push re-links
+/// one of its blobs reads an empty link.
+const UNKNOWN_CONTENT: &[&str] = &["MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "DIGEST_INVALID"];
+
+/// How a manifest PUT ended, when the registry answered.
+#[derive(Debug)]
+pub(crate) enum Put {
+    /// With the `OCI-Subject` the registry answered, if any (a registry with the referrers API
+    /// says so for a manifest with a `subject`).
+    Stored { subject: Option<String> },
+    /// Refused for content it does not know, or overwritten by another writer: checking the
+    /// content again and another attempt may succeed.
+    Again(Error),
+}
 
 /// What a connection may do: the token scope it asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +79,7 @@ pub struct Client {
     explicit_credentials: Option<Credentials>,
     /// The credentials in use, looked up once when the registry first asks.
     credentials: OnceCell<Option<Credentials>>,
-    pub(super) attempts: u32,
+    pub(super) retry: Policy,
     pub chunk_size: u64,
     /// The `Authorization` value in use, once the registry has asked for one.
     authorization: RefCell<Option<Secret>>,
@@ -87,7 +106,7 @@ impl Client {
             reference: reference.clone(),
             explicit_credentials: settings.credentials.clone(),
             credentials: OnceCell::new(),
-            attempts: settings.attempts.max(1),
+            retry: Policy::attempts(settings.attempts.max(1)),
             chunk_size: settings.chunk_size.max(1),
             authorization: RefCell::new(None),
             challenge: RefCell::new(None),
@@ -230,46 +249,46 @@ impl Client {
         self.transport.resolve(&self.base, url).map_err(|why| self.error(format!("{what}: {why}")))
     }
 
-    /// Sends a request, authenticating when challenged and retrying (bounded) what a retry can
-    /// fix: 5xx, 429, refused or dropped connections, timeouts. A certificate error, a refused
-    /// login (401 after authenticating) or a 403 fails at once. `make` builds the request afresh
-    /// for every attempt.
+    /// Sends a request, authenticating when challenged and retrying (`retry::run`) what a
+    /// retry can fix: 5xx, 429 (after its `Retry-After`), refused or dropped connections,
+    /// timeouts. A certificate error, a refused login (401 after authenticating) or a 403 fails
+    /// at once. `make` builds the request afresh for every attempt.
     pub fn send(&self, make: impl Fn() -> RequestBuilder) -> Result<Response> {
+        crate::retry::run(&self.retry, |_| self.send_once(&make)).map_err(gave_up)
+    }
+
+    /// One attempt of `send`; answering a challenge is part of the attempt, not another one.
+    fn send_once(&self, make: &dyn Fn() -> RequestBuilder) -> std::result::Result<Response, Again<Error>> {
         let mut authenticated_now = false;
-        let mut last = String::new();
-        let mut attempt = 0;
-        while attempt < self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(backoff(attempt));
-            }
-            attempt += 1;
+        loop {
             match self.authorized(make()).send() {
                 Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
                     self.challenged_by_registry(&r)?;
                     if authenticated_now || (self.authorization.borrow().is_some() && self.challenge.borrow().is_none())
                     {
-                        return Err(self.auth_failed());
+                        return Err(Again::Stop(self.auth_failed()));
                     }
                     let challenge =
                         r.headers().get(WWW_AUTHENTICATE).and_then(|h| h.to_str().ok()).and_then(parse_challenge);
                     let Some(challenge) = challenge else {
-                        return Err(self.error("HTTP 401 without a usable WWW-Authenticate challenge"));
+                        return Err(Again::Stop(self.error("HTTP 401 without a usable WWW-Authenticate challenge")));
                     };
                     *self.challenge.borrow_mut() = Some(challenge);
                     self.authenticate()?;
                     authenticated_now = true;
-                    attempt -= 1; // answering a challenge is not a failed attempt
                 }
-                Ok(r) if r.status() == StatusCode::FORBIDDEN => return Err(self.forbidden(r)),
-                Ok(r) if retryable(r.status()) => last = explain(r),
+                Ok(r) if r.status() == StatusCode::FORBIDDEN => return Err(Again::Stop(self.forbidden(r))),
+                Ok(r) if retryable(r.status()) => {
+                    let refusal = Refused::read(r);
+                    return Err(Again::Retry { error: self.error(refusal.text), after: refusal.retry_after });
+                }
                 Ok(r) => return Ok(r),
                 Err(e) => match classify(&self.reference, &e) {
-                    Failure::Fatal(e) => return Err(e),
-                    Failure::Transient(why) => last = why,
+                    Failure::Fatal(e) => return Err(Again::Stop(e)),
+                    Failure::Transient(why) => return Err(Again::retry(self.error(why))),
                 },
             }
         }
-        Err(self.error(format!("{last} (after {} attempts)", self.attempts)))
     }
 
     /// Fails unless a 401 came from the registry's own origin: after a redirect to another
@@ -305,10 +324,21 @@ impl Client {
 
     /// PUTs a manifest or index, and checks that the registry stored it under our digest.
     pub fn put_manifest(&self, target: &str, media_type: &str, bytes: &[u8]) -> Result<()> {
+        match self.try_put_manifest(target, media_type, bytes)? {
+            Put::Stored { .. } => Ok(()),
+            Put::Again(e) => Err(e),
+        }
+    }
+
+    /// PUTs a manifest or index; [`Put::Again`] when the registry does not know some of what it
+    /// names (`push::put_complete` checks that again and retries).
+    pub(crate) fn try_put_manifest(&self, target: &str, media_type: &str, bytes: &[u8]) -> Result<Put> {
         let url = self.url(&format!("manifests/{target}"));
         let r = self.send(|| self.http.put(&url).header(CONTENT_TYPE, media_type).body(bytes.to_vec()))?;
         if r.status() != StatusCode::CREATED {
-            return Err(self.error(format!("putting manifest {target}: {}", explain(r))));
+            let refusal = Refused::read(r);
+            let e = self.error(format!("putting manifest {target}: {}", refusal.text));
+            return if refusal.says(UNKNOWN_CONTENT) { Ok(Put::Again(e)) } else { Err(e) };
         }
         let ours = Sha256Digest::of(bytes);
         if let Some(theirs) = digest_header(r.headers()) {
@@ -316,7 +346,8 @@ impl Client {
                 return Err(self.error(format!("the registry stored manifest {target} as {theirs}, not {ours}")));
             }
         }
-        Ok(())
+        let subject = r.headers().get("oci-subject").and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(Put::Stored { subject })
     }
 
     /// GETs a manifest or index; the caller checks its digest.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::client::Client;
 use super::reference::Reference;
+use super::transport::gave_up;
 use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::fetch::resume::{write_resumable, Body, Transfer};
@@ -14,6 +15,7 @@ use crate::import::Imported;
 use crate::oci_doc::{Descriptor, DescriptorPlatform, Document};
 use crate::platform::Platform;
 use crate::progress::{Reporter, Task};
+use crate::retry::{Again, Policy};
 use crate::store::Store;
 
 /// Attempts per blob after dropped connections, each resuming where the last stopped.
@@ -253,11 +255,8 @@ fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn 
     }
     let partial = store.partial_path(&hash);
     let what = format!("{}@{}", client.reference.name(), desc.digest);
-    let mut last = String::new();
-    for attempt in 0..BLOB_ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
-        }
+    let failed = |why: String| client.error(format!("blob {}: {why}", desc.digest));
+    crate::retry::run(&Policy::attempts(BLOB_ATTEMPTS), |_| {
         let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         let (response, resumed) = client.get_blob(&desc.digest, have)?;
         let start = if resumed { have } else { 0 };
@@ -265,13 +264,13 @@ fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn 
         // Never more than the manifest says (and one byte to notice a longer blob).
         let reader = response.take(desc.size.saturating_sub(start) + 1);
         match write_resumable(&partial, Body { reader, start, length }, Algorithm::Sha256, progress) {
-            Ok(found) => return store.commit_file(&partial, found, Some(&hash), &what).map(drop),
-            Err(Transfer::Retry(why)) => last = why,
-            Err(Transfer::Fatal(why)) => return Err(client.error(format!("blob {}: {why}", desc.digest))),
-            Err(Transfer::Local(e)) => return Err(e),
+            Ok(found) => Ok(store.commit_file(&partial, found, Some(&hash), &what).map(drop)?),
+            Err(Transfer::Retry(why)) => Err(Again::retry(failed(why))),
+            Err(Transfer::Fatal(why)) => Err(Again::Stop(failed(why))),
+            Err(Transfer::Local(e)) => Err(Again::Stop(e)),
         }
-    }
-    Err(client.error(format!("blob {}: {last} (after {BLOB_ATTEMPTS} attempts)", desc.digest)))
+    })
+    .map_err(gave_up)
 }
 
 /// Fetches the image manifest `digest` and every blob it names into the store (a build's base

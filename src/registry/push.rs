@@ -2,12 +2,17 @@
 //! mounted from a sibling repository when one is known to hold it, and uploaded otherwise.
 //! Then its referrers (SBOMs, provenance): through the registry's referrers API, or the
 //! fallback tag where it has none (`referrers.rs`).
+//!
+//! Other pushes may run at the same time, to the same repository ([`put_complete`]): a
+//! registry may refuse a manifest for a blob it answered for a moment ago, so a refusal for
+//! unknown content makes the push check every blob again, upload what is missing, and retry.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 
-use super::client::Client;
+use super::client::{Client, Put};
 use super::reference::Reference;
+use super::transport::gave_up;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::oci_doc::{Descriptor, Document};
@@ -21,6 +26,9 @@ pub struct PushStats {
     pub blobs_skipped: usize,
     pub blobs_mounted: usize,
     pub manifests: usize,
+    /// Manifests the registry refused for content it did not know (yet), then took on a
+    /// later attempt: what concurrent pushes to one repository meet.
+    pub manifests_retried: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -97,13 +105,21 @@ impl Pusher<'_> {
         Ok(())
     }
 
-    fn blob(&mut self, desc: &Descriptor) -> Result<()> {
-        if !self.done.insert(desc.digest) {
+    /// Checks that the registry holds a blob, and mounts or uploads it when it does not: once
+    /// per push, or `again` (the registry refused a manifest naming it).
+    fn blob(&mut self, desc: &Descriptor, again: bool) -> Result<()> {
+        if !self.done.insert(desc.digest) && !again {
             return Ok(());
         }
+        // Pushes from this store to this registry at the same time check and upload a blob one
+        // at a time: the others find it there, and the registry gets its bytes once.
+        let registry = Sha256Digest::of(self.client.registry().as_bytes());
+        let _one_at_a_time =
+            self.store.lock(&format!("push-{}-sha256-{}", &registry.hex()[..16], desc.digest.hex()))?;
         let repository = self.client.repository().to_string();
         if self.client.blob_exists(&desc.digest)? {
-            self.stats.blobs_skipped += 1;
+            // Counted once: a check again finds what this push placed.
+            self.stats.blobs_skipped += usize::from(!again);
         } else if let Some(from) = self.hints.sibling(&desc.digest, &repository) {
             if self.client.mount(&desc.digest, &from)? {
                 self.stats.blobs_mounted += 1;
@@ -129,19 +145,34 @@ impl Pusher<'_> {
     fn manifest(&mut self, digest: &Sha256Digest, target: &str) -> Result<String> {
         let (bytes, doc) = read_doc(self.store, digest)?;
         let media_type = doc.media_type();
+        if doc.manifests.is_none() {
+            self.check_present(&doc)?;
+        }
+        let client = self.client;
+        let attempts = put_complete(
+            client,
+            |attempt| self.content(&doc, attempt),
+            || client.try_put_manifest(target, &media_type, &bytes),
+        )?;
+        self.stats.manifests += 1;
+        self.stats.manifests_retried += usize::from(attempts > 1);
+        Ok(media_type)
+    }
+
+    /// What a manifest or index names, in the registry: its blobs, or its platforms' manifests.
+    /// The first attempt skips what this push placed already; a later one (the registry
+    /// refused the document) checks every blob again and puts every child manifest again.
+    fn content(&mut self, doc: &Document, attempt: u32) -> Result<()> {
         if let Some(children) = &doc.manifests {
             for child in children {
                 self.manifest(&child.digest, &child.digest.to_string())?;
             }
-        } else {
-            self.check_present(&doc)?;
-            for d in doc.blobs() {
-                self.blob(d)?;
-            }
+            return Ok(());
         }
-        self.client.put_manifest(target, &media_type, &bytes)?;
-        self.stats.manifests += 1;
-        Ok(media_type)
+        for d in doc.blobs() {
+            self.blob(d, attempt > 1)?;
+        }
+        Ok(())
     }
 
     /// An artifact manifest attached to a manifest already pushed: its blobs, then itself.
@@ -154,13 +185,35 @@ impl Pusher<'_> {
         let subject = doc.subject.as_ref().ok_or_else(not_artifact)?.digest;
         let artifact_type = doc.artifact_type.clone().ok_or_else(not_artifact)?;
         self.check_present(&doc)?;
-        for d in doc.blobs() {
-            self.blob(d)?;
-        }
-        super::referrers::put(self.client, &bytes, &subject, &artifact_type)?;
+        let client = self.client;
+        let attempts = put_complete(
+            client,
+            |attempt| self.content(&doc, attempt),
+            || super::referrers::put(client, &bytes, &subject, &artifact_type),
+        )?;
         self.stats.manifests += 1;
+        self.stats.manifests_retried += usize::from(attempts > 1);
         Ok(())
     }
+}
+
+/// Puts a manifest (`put`) once what it names is in the registry (`content`, told the
+/// attempt's number). A refusal for unknown content ([`Put::Again`]) is what concurrent
+/// pushes meet: the content is checked and placed again, then the manifest retried, bounded
+/// by the client's retry policy. Returns the attempts it took.
+pub(crate) fn put_complete(
+    client: &Client,
+    mut content: impl FnMut(u32) -> Result<()>,
+    mut put: impl FnMut() -> Result<Put>,
+) -> Result<u32> {
+    crate::retry::run(&client.retry, |attempt| {
+        content(attempt)?;
+        match put()? {
+            Put::Stored { .. } => Ok(attempt),
+            Put::Again(e) => Err(crate::retry::Again::retry(e)),
+        }
+    })
+    .map_err(gave_up)
 }
 
 /// Pushes the manifest or index `digest` from the store to `reference` (its tag, or its

@@ -4,12 +4,12 @@
 
 use std::io::Read;
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::ACCEPT;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::budget::Budget;
-use super::client::Client;
+use super::client::{Client, Put};
 use super::transport::explain;
 use crate::digest::Sha256Digest;
 use crate::error::Result;
@@ -84,22 +84,22 @@ fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str, budge
 /// Puts the artifact manifest `bytes` (attached to `subject`) by its digest. A registry with the
 /// referrers API says so with `OCI-Subject`; for any other, the manifest is added to the
 /// fallback tag's index (created when missing; left alone when it lists the manifest already).
-pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifact_type: &str) -> Result<()> {
+/// That index is read, changed and written back, so two pushes adding different referrers at
+/// once may lose one: it is read again, and [`Put::Again`] (retry) when it lacks the manifest.
+pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifact_type: &str) -> Result<Put> {
     let digest = Sha256Digest::of(bytes);
-    let url = client.url(&format!("manifests/{digest}"));
-    let r = client.send(|| client.http.put(&url).header(CONTENT_TYPE, MANIFEST).body(bytes.to_vec()))?;
-    if r.status() != StatusCode::CREATED {
-        return Err(client.error(format!("putting referrer {digest}: {}", explain(r))));
+    let stored = client.try_put_manifest(&digest.to_string(), MANIFEST, bytes)?;
+    let Put::Stored { subject: indexed } = &stored else { return Ok(stored) };
+    if indexed.as_deref() == Some(&subject.to_string()) {
+        return Ok(stored);
     }
-    let indexed = r.headers().get("oci-subject").and_then(|v| v.to_str().ok()) == Some(&subject.to_string());
-    if indexed {
-        return Ok(());
-    }
+    let listed = |index: &Value| {
+        index["manifests"].as_array().is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()))
+    };
     let mut index = fallback_index(client, subject, None)?
         .unwrap_or_else(|| json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": [] }));
-    let listed = index["manifests"].as_array().is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()));
-    if listed {
-        return Ok(());
+    if listed(&index) {
+        return Ok(stored);
     }
     let entry = json!({ "mediaType": MANIFEST, "digest": digest.to_string(), "size": bytes.len(), "artifactType": artifact_type });
     match index["manifests"].as_array_mut() {
@@ -108,5 +108,10 @@ pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifac
     }
     let body = crate::image::canonical_json(&index);
     let tag = fallback_tag(subject);
-    client.put_manifest(&tag, INDEX, &body)
+    let stored = client.try_put_manifest(&tag, INDEX, &body)?;
+    let Put::Stored { .. } = stored else { return Ok(stored) };
+    match fallback_index(client, subject, None)? {
+        Some(index) if listed(&index) => Ok(stored),
+        _ => Ok(Put::Again(client.error(format!("{tag}: another push replaced the index without {digest}")))),
+    }
 }

@@ -115,34 +115,64 @@ pub(crate) fn classify(reference: &Reference, e: &reqwest::Error) -> Failure {
     Failure::Fatal(Error::Registry { registry: registry.clone(), message, hint: Some(hint) })
 }
 
-/// The registry's own explanation, from its JSON error body, if it gave one. It is the
-/// server's text: escaped, so it cannot drive the terminal or forge lines.
-pub(crate) fn explain(response: Response) -> String {
-    let status = response.status();
-    let body = response.text().unwrap_or_default();
-    let detail = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| format!("{}: {}", e["code"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|d| !d.is_empty());
-    match detail {
-        Some(d) => format!("HTTP {status}: {}", escape(&d)),
-        None => format!("HTTP {status}"),
+/// A registry's answer that is not what was asked for: what it says, escaped (it is the
+/// server's text: it cannot drive the terminal or forge lines), the error codes of its JSON
+/// body, and how long it asks to wait (`Retry-After`).
+pub(crate) struct Refused {
+    pub status: reqwest::StatusCode,
+    pub text: String,
+    pub codes: Vec<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Refused {
+    pub(crate) fn read(response: Response) -> Refused {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::retry::retry_after);
+        let body = response.text().unwrap_or_default();
+        let errors = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
+            .unwrap_or_default();
+        let codes = errors.iter().map(|e| e["code"].as_str().unwrap_or("?").to_string()).collect::<Vec<_>>();
+        let detail = errors
+            .iter()
+            .zip(&codes)
+            .map(|(e, code)| format!("{code}: {}", e["message"].as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let text =
+            if detail.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", escape(&detail)) };
+        Refused { status, text, codes, retry_after }
     }
+
+    /// Whether the registry says so with one of `codes`.
+    pub(crate) fn says(&self, codes: &[&str]) -> bool {
+        self.codes.iter().any(|c| codes.contains(&c.as_str()))
+    }
+}
+
+/// The registry's own explanation, from its JSON error body, if it gave one.
+pub(crate) fn explain(response: Response) -> String {
+    Refused::read(response).text
 }
 
 pub(crate) fn retryable(status: reqwest::StatusCode) -> bool {
     status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((100u64 << attempt.min(5)).min(2000))
+/// A registry error that gave up after retries, with what the retries were.
+pub(crate) fn gave_up(gave: crate::retry::GaveUp<Error>) -> Error {
+    gave.describe(|e, tail| match (e, tail) {
+        (Error::Registry { registry, message, hint }, Some(tail)) => {
+            Error::Registry { registry, message: format!("{message} {tail}"), hint }
+        }
+        (e, _) => e,
+    })
 }
 
 #[cfg(test)]

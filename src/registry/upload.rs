@@ -1,5 +1,6 @@
 //! Putting blobs into a registry: cross-repository mounts, and uploads whole or in chunks,
-//! started again (bounded) when a step fails in a way a retry can fix.
+//! started again (`retry::run`) when a step fails in a way a retry can fix, the upload
+//! session lost by a registry that restarted among them.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,23 +12,18 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 
 use super::client::Client;
-use super::transport::{backoff, classify, explain, retryable, Failure};
+use super::transport::{classify, explain, gave_up, retryable, Failure, Refused};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{ProgressReader, Task};
+use crate::retry::Again;
 
-/// One failed upload attempt: whether starting again can help.
-enum Attempt {
-    Retry(Error),
-    Stop(Error),
-}
+/// One failed upload attempt; errors of `Client::send` already had their retries (`?` stops).
+type Attempt = Again<Error>;
 
-impl From<Error> for Attempt {
-    /// Errors of `Client::send` already had their retries (or cannot be retried).
-    fn from(e: Error) -> Self {
-        Attempt::Stop(e)
-    }
-}
+/// What a registry answers for an upload session it no longer has (it restarted, or
+/// expired the session): the upload starts again.
+const SESSION_GONE: &[&str] = &["BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"];
 
 impl Client {
     /// Asks the registry to link a blob from another repository; false when it cannot.
@@ -50,19 +46,13 @@ impl Client {
 
     /// Uploads a blob from `path` (in the store), whole or in chunks.
     pub fn upload(&self, digest: &Sha256Digest, path: &Path, size: u64, task: &Arc<dyn Task>) -> Result<()> {
-        let mut last = None;
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(backoff(attempt));
+        crate::retry::run(&self.retry, |n| {
+            if n > 1 {
                 task.set_position(0);
             }
-            match self.upload_once(digest, path, size, task) {
-                Ok(()) => return Ok(()),
-                Err(Attempt::Retry(e)) => last = Some(e),
-                Err(Attempt::Stop(e)) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+            self.upload_once(digest, path, size, task)
+        })
+        .map_err(gave_up)
     }
 
     fn upload_once(
@@ -118,17 +108,22 @@ impl Client {
     ) -> std::result::Result<Response, Attempt> {
         let response = sent.map_err(|e| match classify(&self.reference, &e) {
             Failure::Fatal(e) => Attempt::Stop(e),
-            Failure::Transient(why) => Attempt::Retry(self.error(format!("{doing} {digest}: {why}"))),
+            Failure::Transient(why) => Attempt::retry(self.error(format!("{doing} {digest}: {why}"))),
         })?;
         if response.status() == expected {
             return Ok(response);
         }
-        let status = response.status();
-        let e = self.error(format!("{doing} {digest}: {}", explain(response)));
+        let refused = Refused::read(response);
+        let e = self.error(format!("{doing} {digest}: {}", refused.text));
         // A 401 here is an access token that expired during a long upload: the next attempt
-        // starts with `send`, which answers the new challenge.
-        let again = retryable(status) || status == StatusCode::UNAUTHORIZED;
-        Err(if again { Attempt::Retry(e) } else { Attempt::Stop(e) })
+        // starts with `send`, which answers the new challenge. A 404 or a session the registry
+        // does not know: it restarted, or dropped the session; a new one starts.
+        let status = refused.status;
+        let again = retryable(status)
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::NOT_FOUND
+            || refused.says(SESSION_GONE);
+        Err(if again { Attempt::Retry { error: e, after: refused.retry_after } } else { Attempt::Stop(e) })
     }
 
     /// Where the upload goes on: the answer's `Location`, absolute or relative to the

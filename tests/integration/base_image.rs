@@ -9,7 +9,7 @@ use super::harness::*;
 use super::registry_server::{require, CuttingProxy, Registry};
 
 /// The amd64 base image's manifest digest and its one layer's digest.
-fn base(p: &TestProject) -> (String, String) {
+pub(super) fn base(p: &TestProject) -> (String, String) {
     let digest = p.base_digests.iter().find(|(a, _)| a == "amd64").unwrap().1.clone();
     let manifest = p.base_layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
@@ -17,7 +17,7 @@ fn base(p: &TestProject) -> (String, String) {
 }
 
 /// Copies the amd64 base image into `repository` (HOST/PATH) of a plain-HTTP registry, with skopeo.
-fn push_base(p: &TestProject, repository: &str) {
+pub(super) fn push_base(p: &TestProject, repository: &str) {
     require("skopeo");
     tool(
         Command::new("skopeo")
@@ -28,7 +28,7 @@ fn push_base(p: &TestProject, repository: &str) {
 }
 
 /// The base recipe, fetched from `image` and then `mirrors`, or found as `file` in a mirror directory.
-fn base_recipe(p: &TestProject, image: &str, mirrors: &[String], file: Option<&str>) {
+pub(super) fn base_recipe(p: &TestProject, image: &str, mirrors: &[String], file: Option<&str>) {
     let (digest, _) = base(p);
     let mirrors: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
     let file = file.map(|f| format!("file = \"{f}\"\n")).unwrap_or_default();

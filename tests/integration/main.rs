@@ -28,6 +28,7 @@ mod pins;
 mod planted_links;
 mod registry;
 mod registry_access;
+mod registry_load;
 mod reliability;
 mod seed;
 mod supply_chain;

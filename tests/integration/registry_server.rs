@@ -119,25 +119,27 @@ impl Registry {
         }
         config.push_str(extra_config);
         std::fs::write(dir.join("config.yml"), config).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let registry = Registry { child, addr, dir: dir.to_path_buf(), ca };
-        // Ready when it accepts connections; bounded.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
+        let child = launch(dir, addr);
+        Registry { child, addr, dir: dir.to_path_buf(), ca }
+    }
+
+    /// Kills the registry (by its PID), leaves its address dead for `down`, and starts it again
+    /// on the same address and storage: a registry restarting. Its upload sessions are gone
+    /// (each start has a new secret for them).
+    pub fn restart(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Kills the registry by its PID; its address refuses connections until `start_again`.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn start_again(&mut self) {
+        self.child = launch(&self.dir, self.addr);
     }
 
     pub fn host(&self) -> String {
@@ -156,6 +158,35 @@ impl Registry {
             }
         }
     }
+}
+
+/// Starts `docker-registry` with `dir`'s config (appending to its log), and waits until it
+/// accepts connections on `addr`; bounded.
+fn launch(dir: &Path, addr: SocketAddr) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!(
+                "docker-registry did not start: {}",
+                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.take().unwrap()
 }
 
 fn openssl(args: &[&str], dir: &Path) {
