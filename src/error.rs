@@ -25,6 +25,8 @@ pub enum ExitCode {
     Tool = 6,
     /// `verify`: the image is not what its recorded inputs build.
     Mismatch = 7,
+    /// `diff --exit-code`: the images differ (not a failure; 0 when they are the same).
+    Differs = 10,
     /// A bug in imgbuild: an invariant did not hold (sysexits' EX_SOFTWARE).
     Internal = 70,
 }
@@ -91,6 +93,10 @@ pub enum Error {
     /// is not printed).
     #[error("stdout was closed")]
     StdoutClosed,
+
+    /// `diff --exit-code` found a difference: it has said what, and ends with exit code 10.
+    #[error("the images differ")]
+    Differs,
 }
 
 fn missing_list(missing: &[MissingInput]) -> String {
@@ -133,6 +139,7 @@ impl Error {
             Error::Mismatch(_) => ExitCode::Mismatch,
             Error::Internal(_) => ExitCode::Internal,
             Error::StdoutClosed => ExitCode::Ok,
+            Error::Differs => ExitCode::Differs,
         }
     }
 

@@ -17,6 +17,7 @@ mod build;
 mod check;
 mod completions;
 mod deploy;
+mod diff;
 mod init;
 mod load;
 mod prefetch;
@@ -44,7 +45,7 @@ use crate::registry::reference::RegistryMirror;
     version,
     about = "Reproducible OCI images and VM disks for pinned clusters",
     max_term_width = 100,
-    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 70 internal error. With --json, errors are also printed as JSON."
+    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 10 diff --exit-code: the images differ, 70 internal error. With --json, errors are also printed as JSON."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -135,6 +136,9 @@ pub enum Command {
     Sbom(sbom::SbomArgs),
     /// Rebuild an image from its provenance and check it is the same, byte for byte
     Verify(verify::VerifyArgs),
+    /// Show what changed between two images or two builds: recipe inputs, layers, files, and
+    /// the configuration each node renders at boot
+    Diff(diff::DiffArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::CompletionsArgs),
     /// Print the manual page (roff), or write one per command with --dir
@@ -255,7 +259,7 @@ pub(crate) fn err_line(text: std::fmt::Arguments) {
 /// Reports a failed command: the error and its hint on stderr, and with `--json` the error as
 /// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly.
 pub fn report_error(e: &Error, json: bool) {
-    if matches!(e, Error::StdoutClosed) {
+    if matches!(e, Error::StdoutClosed | Error::Differs) {
         return;
     }
     errln!("error: {}", crate::error::printable(&e.to_string()));
@@ -349,6 +353,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Recipe(args) => recipe::run(&cli.global, args),
         Command::Sbom(args) => sbom::run(&cli.global, args),
         Command::Verify(args) => verify::run(&cli.global, args),
+        Command::Diff(args) => diff::run(&cli.global, args),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
     }

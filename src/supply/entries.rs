@@ -56,6 +56,14 @@ fn kind_name(t: EntryType) -> String {
 
 /// Summarizes an entry, hashing its content as it streams.
 pub(crate) fn summarize<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntrySummary> {
+    summarize_with(entry, |_| {})
+}
+
+/// Summarizes an entry as `summarize` does, showing `content` each piece of its content too.
+pub(crate) fn summarize_with<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    mut content: impl FnMut(&[u8]),
+) -> io::Result<EntrySummary> {
     let header = entry.header();
     let (kind, mode, size) = (header.entry_type(), header.mode()?, header.size()?);
     let owner = (header.uid()?, header.gid()?);
@@ -71,6 +79,7 @@ pub(crate) fn summarize<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<En
                 break;
             }
             hasher.update(&buf[..n]);
+            content(&buf[..n]);
         }
         hasher.finish().as_sha256()
     } else {
@@ -116,6 +125,12 @@ impl EntrySummary {
 
 /// A layer blob of the store as its uncompressed stream, hashed as it is read.
 pub(crate) fn hashed_layer(store: &Store, digest: &Sha256Digest) -> Result<HashingReader> {
+    limited_layer(store, digest, u64::MAX)
+}
+
+/// `hashed_layer`, refusing to unpack more than `limit` bytes (`IMGBUILD_MAX_UNPACKED`): a
+/// decompression bomb stops there.
+pub(crate) fn limited_layer(store: &Store, digest: &Sha256Digest, limit: u64) -> Result<HashingReader> {
     let path = store.sha256_path(digest);
     let mut input = BufReader::with_capacity(256 * 1024, File::open(&path).at(&path)?);
     let magic = io::BufRead::fill_buf(&mut input).at(&path)?;
@@ -126,13 +141,15 @@ pub(crate) fn hashed_layer(store: &Store, digest: &Sha256Digest) -> Result<Hashi
     } else {
         Box::new(input)
     };
-    Ok(HashingReader { inner, hasher: Hasher::new(Algorithm::Sha256) })
+    Ok(HashingReader { inner, hasher: Hasher::new(Algorithm::Sha256), left: limit, limit })
 }
 
-/// A reader that hashes every byte it passes on.
+/// A reader that hashes every byte it passes on, and fails past `limit` bytes.
 pub(crate) struct HashingReader {
     inner: Box<dyn Read>,
     hasher: Hasher,
+    left: u64,
+    limit: u64,
 }
 
 impl HashingReader {
@@ -146,6 +163,16 @@ impl HashingReader {
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "unpacks to more than {} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)",
+                    self.limit
+                ),
+            ));
+        }
+        self.left -= n as u64;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
