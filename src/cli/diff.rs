@@ -19,6 +19,9 @@ pub struct DiffArgs {
     /// Only this node: its image and the configuration it renders
     #[arg(long, value_name = "N")]
     pub node: Option<u32>,
+    /// For images of several platforms: which one [default: the host's, else the first]
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<crate::platform::Platform>,
     /// Exit with 10 when the images differ (as `git diff --exit-code`; 0 otherwise)
     #[arg(long)]
     pub exit_code: bool,
@@ -29,7 +32,11 @@ pub struct DiffArgs {
 pub fn run(global: &GlobalArgs, args: &DiffArgs) -> Result<()> {
     let (store, old) = side(global, &args.old, &args.registry)?;
     let (_, new) = side(global, &args.new, &args.registry)?;
-    let options = Options { node: args.node, max_unpacked: super::build::max_unpacked()? };
+    let options = Options {
+        node: args.node,
+        platform: args.platform.as_ref().map(ToString::to_string),
+        max_unpacked: super::build::max_unpacked()?,
+    };
     let report = diff(&store, &old, &new, &options)?;
     if global.json {
         super::print_json(&serde_json::to_value(&report).expect("a report serializes"))?;

@@ -32,9 +32,7 @@ pub(crate) struct FileFacts {
     /// Octal, as `ls` and `stat` show it.
     pub mode: String,
     pub owner: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<Sha256Digest>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
 }
 
@@ -57,12 +55,9 @@ pub(crate) struct FileChange {
     pub path: String,
     /// `added`, `removed` or `changed`.
     pub change: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub old: Option<FileFacts>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<FileFacts>,
     /// For a text file changed: its unified diff (bounded).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<Unified>,
 }
 

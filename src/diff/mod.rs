@@ -36,6 +36,8 @@ pub(crate) struct Side {
 pub(crate) struct Options {
     /// Only this node (its image, and its configuration).
     pub node: Option<u32>,
+    /// For an image of several platforms: which one (else the host's, else the first).
+    pub platform: Option<String>,
     /// `IMGBUILD_MAX_UNPACKED`: what one layer may unpack to.
     pub max_unpacked: u64,
 }
@@ -113,7 +115,7 @@ pub(crate) fn diff(store: &Store, old: &Side, new: &Side, options: &Options) -> 
     let mut notes = Vec::new();
     let mut pairs = Vec::new();
     for (name, a, b) in pair(old, new)? {
-        let read = |d: Option<Sha256Digest>| d.map(|d| image::read(store, &d, None)).transpose();
+        let read = |d: Option<Sha256Digest>| d.map(|d| image::read(store, &d, options.platform.as_deref())).transpose();
         let (fa, fb) = (read(a)?, read(b)?);
         if let (Some(x), Some(y)) = (&fa, &fb) {
             if x.platform != y.platform {

@@ -216,3 +216,25 @@ fn a_cluster_env_that_is_not_imgbuilds_is_never_run() {
         assert!(!marker.exists(), "{name}: the image's text ran");
     }
 }
+
+#[test]
+fn an_image_in_a_registry_is_compared_with_a_local_build() {
+    let p = TestProject::new();
+    p.add_base();
+    let registry = super::registry_server::Registry::plain(&p.path("registry"));
+    let repo = format!("{}/team/zk-kafka", registry.host());
+    assert_ok(&p.run(&["push", "--insecure", "--all", &repo]));
+    let zoo = p.root.join("images/zk-kafka/zoo.cfg");
+    let text = std::fs::read_to_string(&zoo).unwrap();
+    std::fs::write(&zoo, text.replace("tickTime={{tick_time}}", "tickTime=3000")).unwrap();
+    assert_ok(&p.run(&["build"]));
+
+    let out = p.run(&["--json", "diff", "--insecure", &format!("docker://{repo}:node-1"), "oci:out/zk-kafka:node-1"]);
+    let report = json(&out);
+    assert_eq!(report["images"][0]["name"], "node-1", "{report:#}");
+    assert_eq!(report["inputs"], serde_json::json!([]), "the same inputs");
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "a node's image renders its node: {report:#}");
+    assert_eq!(nodes[0]["node"], 1);
+    assert_eq!(find(&nodes[0]["files"], "path", ZOO_CFG)["lines"]["text"], "-tickTime=2000\n+tickTime=3000\n");
+}
