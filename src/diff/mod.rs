@@ -274,6 +274,7 @@ fn layer_changes(pairs: &[Pair]) -> Vec<LayerChange> {
 /// there is one (else from a cluster image).
 fn node_configs(store: &Store, pairs: &[Pair], options: &Options, notes: &mut Vec<String>) -> Result<Vec<NodeConfig>> {
     let mut seen = HashMap::new();
+    let deadline = std::time::Instant::now() + render::RENDER_BUDGET;
     let mut rendered: BTreeMap<u32, NodeConfig> = BTreeMap::new();
     let labelled = |p: &&Pair| p.node().is_some();
     let ordered = pairs.iter().filter(labelled).chain(pairs.iter().filter(|p| !labelled(p)));
@@ -304,7 +305,7 @@ fn node_configs(store: &Store, pairs: &[Pair], options: &Options, notes: &mut Ve
         ids.retain(|id| options.node.is_none_or(|n| n == *id) && !rendered.contains_key(id));
         for id in ids {
             let side = |s: &Option<(ConfFiles, Vec<u32>)>| match s {
-                Some((files, ids)) if ids.contains(&id) => render::render(files, id),
+                Some((files, ids)) if ids.contains(&id) => render::render(files, id, deadline),
                 _ => Ok(Rendered::new()),
             };
             let files = config_changes(&side(&a)?, &side(&b)?);
@@ -344,4 +345,81 @@ pub(crate) fn open_output(store: &Store, path: &std::path::Path) -> Result<Side>
         return Err(Error::Usage(format!("{}: no tagged image (is it what `imgbuild build` wrote?)", path.display())));
     }
     Ok(Side { images, output: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image::Layer;
+    use super::*;
+    use proptest::prelude::*;
+
+    const ROLES: [&str; 5] = ["recipe a", "recipe b", "runtime", "cluster", "layer 1"];
+
+    /// An image whose layers have these roles and contents, and whose inputs these versions.
+    fn facts(layers: &BTreeMap<usize, u8>, inputs: &BTreeMap<usize, u8>) -> ImageFacts {
+        let layers = layers
+            .iter()
+            .map(|(r, c)| Layer {
+                digest: Sha256Digest::of(&[*r as u8, *c]),
+                role: ROLES[*r].into(),
+                created_by: String::new(),
+            })
+            .collect();
+        let mut labels = BTreeMap::new();
+        for (i, v) in inputs {
+            labels.insert(format!("{INPUT_LABEL}in{i}"), format!("sha256:{v}"));
+            labels.insert(format!("{INPUT_LABEL}in{i}.version"), v.to_string());
+        }
+        ImageFacts { platform: None, labels, layers }
+    }
+
+    fn pair(old: ImageFacts, new: ImageFacts) -> Pair {
+        let (a, b) = (Sha256Digest::of(b"old"), Sha256Digest::of(b"new"));
+        Pair { name: "image".into(), old: Some(a), new: Some(b), old_facts: Some(old), new_facts: Some(new) }
+    }
+
+    /// Keys whose values differ between `a` and `b` (present in one only, or another value).
+    fn differing(a: &BTreeMap<usize, u8>, b: &BTreeMap<usize, u8>) -> Vec<usize> {
+        (0..ROLES.len()).filter(|k| a.get(k) != b.get(k)).collect()
+    }
+
+    proptest! {
+        /// Exactly the layers whose role is in one image only, or holds other content, are
+        /// reported, once each; exactly the inputs whose version or hash differs.
+        #[test]
+        fn changes_are_exactly_the_roles_and_inputs_that_differ(
+            old in proptest::collection::btree_map(0..ROLES.len(), 0u8..3, 0..5),
+            new in proptest::collection::btree_map(0..ROLES.len(), 0u8..3, 0..5),
+            old_in in proptest::collection::btree_map(0..ROLES.len(), 0u8..3, 0..5),
+            new_in in proptest::collection::btree_map(0..ROLES.len(), 0u8..3, 0..5),
+        ) {
+            let pairs = [pair(facts(&old, &old_in), facts(&new, &new_in))];
+            let layers = layer_changes(&pairs);
+            let mut roles: Vec<&str> = layers.iter().map(|l| l.role.as_str()).collect();
+            roles.sort_unstable();
+            let mut want: Vec<&str> = differing(&old, &new).into_iter().map(|r| ROLES[r]).collect();
+            want.sort_unstable();
+            prop_assert_eq!(roles, want);
+            for l in &layers {
+                let r = ROLES.iter().position(|x| *x == l.role).unwrap();
+                prop_assert_eq!(l.old.is_some(), old.contains_key(&r));
+                prop_assert_eq!(l.new.is_some(), new.contains_key(&r));
+            }
+            let inputs: Vec<String> = input_changes(&pairs).into_iter().map(|c| c.name).collect();
+            let want: Vec<String> = differing(&old_in, &new_in).into_iter().map(|i| format!("in{i}")).collect();
+            prop_assert_eq!(inputs, want);
+        }
+    }
+
+    #[test]
+    fn rendered_files_differ_by_their_lines() {
+        let old =
+            Rendered::from([("/a".to_string(), "x=1\ny=2\n".to_string()), ("/gone".to_string(), "g\n".to_string())]);
+        let new = Rendered::from([("/a".to_string(), "x=1\ny=3\n".to_string()), ("/b".to_string(), "n\n".to_string())]);
+        let changes = config_changes(&old, &new);
+        let got: Vec<(&str, &str, &str)> =
+            changes.iter().map(|c| (c.path.as_str(), c.change, c.lines.text.as_str())).collect();
+        assert_eq!(got, [("/a", "changed", "-y=2\n+y=3\n"), ("/b", "added", "+n\n"), ("/gone", "removed", "-g\n")]);
+        assert!(config_changes(&old, &old).is_empty());
+    }
 }

@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, IoContext, Result};
+use crate::image_def::boot_cost::{MAX_NODES, MAX_TEMPLATES};
 use crate::node::{CONF_DIR, ENTRYPOINT_SCRIPT};
 
 /// Longest one node's render may take (it takes milliseconds).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most bytes of a rendered file read back (the templates are at most 1 MiB in all, and a
-/// list repeats an item once per node).
-const MAX_RENDERED: u64 = 8 << 20;
+/// Longest all the renders of one `diff` may take together.
+pub(crate) const RENDER_BUDGET: Duration = Duration::from_secs(300);
+/// Most bytes of one node's rendered files read back: what `check` lets a boot render.
+const MAX_RENDERED: u64 = crate::image_def::boot_cost::MAX_RENDERED;
 
 /// The files under `/etc/imgbuild/` of an image, as its layers leave them (paths relative to it).
 pub(crate) type ConfFiles = BTreeMap<String, Vec<u8>>;
@@ -86,51 +88,56 @@ fn shell_word(text: &str) -> std::result::Result<(String, usize), String> {
     }
 }
 
-/// The values of `cluster.env` that name image paths, each word checked as one.
-const PATH_LISTS: [(&str, Option<char>); 5] = [
-    ("IMGBUILD_TEMPLATES", None),
-    ("IMGBUILD_TEMPLATE_MODES", Some(':')),
-    ("IMGBUILD_GUARDED", None),
-    ("IMGBUILD_ID_CHECKS", Some(':')),
-    ("IMGBUILD_DATA_DIRS", None),
+/// The path in a word of `cluster.env`.
+type PathIn = fn(&str) -> &str;
+
+/// The values of `cluster.env` that name image paths, and the path in each of their words
+/// (`/target:mode`, `/file:key`).
+const PATH_LISTS: [(&str, PathIn); 5] = [
+    ("IMGBUILD_TEMPLATES", |w| w),
+    ("IMGBUILD_TEMPLATE_MODES", |w| w.rsplit_once(':').map_or(w, |(p, _)| p)),
+    ("IMGBUILD_GUARDED", |w| w),
+    ("IMGBUILD_ID_CHECKS", |w| w.split_once(':').map_or(w, |(p, _)| p)),
+    ("IMGBUILD_DATA_DIRS", |w| w),
 ];
 
-/// `cluster.env`'s values, refused unless every path in them is an image path.
+fn bad_env(message: String) -> Error {
+    Error::BadArchive { archive: format!("/{CONF_DIR}/cluster.env"), message }
+}
+
+/// `cluster.env`'s values, refused unless every path in them is an image path, and it names no
+/// more templates than `check` allows.
 fn checked_cluster_env(conf: &ConfFiles) -> Result<BTreeMap<String, String>> {
-    let bad = |message: String| Error::BadArchive { archive: format!("/{CONF_DIR}/cluster.env"), message };
-    let text = conf.get("cluster.env").ok_or_else(|| bad("missing: the image was not built by imgbuild".into()))?;
-    let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8".into()))?;
-    let values = parse_cluster_env(text).map_err(|e| bad(escape(&e)))?;
-    for (name, split) in PATH_LISTS {
+    let text = conf.get("cluster.env").ok_or_else(|| bad_env("missing: the image was not built by imgbuild".into()))?;
+    let text = std::str::from_utf8(text).map_err(|_| bad_env("not UTF-8".into()))?;
+    let values = parse_cluster_env(text).map_err(|e| bad_env(escape(&e)))?;
+    for (name, path_in) in PATH_LISTS {
         for word in values.get(name).map_or("", String::as_str).split_ascii_whitespace() {
-            let path = match split {
-                Some(c) if name == "IMGBUILD_TEMPLATE_MODES" => word.rsplit_once(c).map_or(word, |(p, _)| p),
-                Some(c) => word.split_once(c).map_or(word, |(p, _)| p),
-                None => word,
-            };
-            crate::image_path::parse(path).map_err(|e| bad(format!("{name}: {e}")))?;
+            crate::image_path::parse(path_in(word)).map_err(|e| bad_env(format!("{name}: {e}")))?;
         }
+    }
+    if values.get("IMGBUILD_TEMPLATES").map_or(0, |t| t.split_ascii_whitespace().count()) > MAX_TEMPLATES {
+        return Err(bad_env(format!("IMGBUILD_TEMPLATES names more than {MAX_TEMPLATES} templates")));
     }
     Ok(values)
 }
 
-/// The node ids `cluster.env` names, in its order.
+/// The node ids `cluster.env` names, in its order (at most as many as `check` allows).
 pub(crate) fn nodes(conf: &ConfFiles) -> Result<Vec<u32>> {
     let values = checked_cluster_env(conf)?;
     let words = values.get("IMGBUILD_NODES").map_or("", String::as_str);
+    if words.split_ascii_whitespace().count() > MAX_NODES {
+        return Err(bad_env(format!("IMGBUILD_NODES names more than {MAX_NODES} nodes")));
+    }
     words
         .split_ascii_whitespace()
-        .map(|w| {
-            w.parse().map_err(|_| Error::BadArchive {
-                archive: format!("/{CONF_DIR}/cluster.env"),
-                message: format!("IMGBUILD_NODES: `{}` is not a node id", escape(w)),
-            })
-        })
+        .map(|w| w.parse().map_err(|_| bad_env(format!("IMGBUILD_NODES: `{}` is not a node id", escape(w)))))
         .collect()
 }
 
-/// Renders node `id`'s configuration from `conf` with the entrypoint, in a new directory.
-pub(crate) fn render(conf: &ConfFiles, id: u32) -> Result<Rendered> {
+/// Renders node `id`'s configuration from `conf` with the entrypoint, in a new directory;
+/// stopped at `deadline`.
+pub(crate) fn render(conf: &ConfFiles, id: u32, deadline: Instant) -> Result<Rendered> {
     let values = checked_cluster_env(conf)?;
     let dir = crate::supply::verify::TempProject::create("diff")?;
     let root = dir.0.join("root");
@@ -144,21 +151,24 @@ pub(crate) fn render(conf: &ConfFiles, id: u32) -> Result<Rendered> {
     }
     let script = dir.0.join("imgbuild-init");
     std::fs::write(&script, ENTRYPOINT_SCRIPT).at(&script)?;
-    run_entrypoint(&script, &root, id, &dir.0.join("stderr"))?;
-    let mut rendered = Rendered::new();
+    run_entrypoint(&script, &root, id, &dir.0.join("stderr"), deadline)?;
+    let (mut rendered, mut left) = (Rendered::new(), MAX_RENDERED);
     for target in values.get("IMGBUILD_TEMPLATES").map_or("", String::as_str).split_ascii_whitespace() {
         let path = root.join(target.trim_start_matches('/'));
-        let mut text = String::new();
+        let mut data = Vec::new();
         let file = std::fs::File::open(&path).at(&path)?;
-        file.take(MAX_RENDERED).read_to_string(&mut text).at(&path)?;
-        rendered.insert(target.to_string(), text);
+        file.take(left + 1).read_to_end(&mut data).at(&path)?;
+        left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+            bad_env(format!("node {id} renders more than {MAX_RENDERED} bytes (more than a boot may)"))
+        })?;
+        rendered.insert(target.to_string(), String::from_utf8_lossy(&data).into_owned());
     }
     Ok(rendered)
 }
 
 /// Runs the entrypoint to render only, as node `id`, with nothing of this machine's
 /// environment; stopped after `RENDER_TIMEOUT`.
-fn run_entrypoint(script: &Path, root: &Path, id: u32, stderr: &Path) -> Result<()> {
+fn run_entrypoint(script: &Path, root: &Path, id: u32, stderr: &Path, deadline: Instant) -> Result<()> {
     let log = std::fs::File::create(stderr).at(stderr)?;
     let mut child = Command::new("sh")
         .arg(script)
@@ -177,17 +187,21 @@ fn run_entrypoint(script: &Path, root: &Path, id: u32, stderr: &Path) -> Result<
         .map_err(|e| {
             Error::tool("sh", "dash", format!("cannot run the entrypoint to render the configuration: {e}"))
         })?;
-    let started = Instant::now();
+    let stop = deadline.min(Instant::now() + RENDER_TIMEOUT);
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| Error::tool("sh", "dash", e.to_string()))? {
             break status;
         }
-        if started.elapsed() > RENDER_TIMEOUT {
+        if Instant::now() > stop {
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::BadArchive {
                 archive: format!("/{CONF_DIR}"),
-                message: format!("rendering node {id} took more than {}s: stopped", RENDER_TIMEOUT.as_secs()),
+                message: format!(
+                    "rendering node {id} was stopped: past {}s for one node or {}s for all",
+                    RENDER_TIMEOUT.as_secs(),
+                    RENDER_BUDGET.as_secs()
+                ),
             });
         }
         std::thread::sleep(Duration::from_millis(5));
