@@ -17,13 +17,15 @@ pub(crate) fn lines(report: &Report) -> Vec<String> {
         return out;
     }
     out.push("images".into());
+    let width = report.images.iter().map(|i| i.name.chars().count()).max().unwrap_or(0);
     for i in &report.images {
         let what = match (i.same, i.changed_layers.is_empty()) {
             (true, _) => "the same".to_string(),
             (false, true) => "differ (configuration or manifest only)".to_string(),
             (false, false) => format!("layers changed: {}", escape(&i.changed_layers.join(", "))),
         };
-        out.push(format!("  {}  {} → {}  {what}", escape(&i.name), short(i.old.as_ref()), short(i.new.as_ref())));
+        let name = format!("{:<width$}", i.name);
+        out.push(format!("  {}  {} → {}  {what}", escape(&name), short(i.old.as_ref()), short(i.new.as_ref())));
     }
     if !report.inputs.is_empty() {
         out.push("recipe inputs".into());
@@ -118,7 +120,15 @@ fn indented(out: &mut Vec<String>, by: &str, text: &str, cut: bool) {
 fn input(i: Option<&Input>) -> String {
     match i {
         None => "(none)".into(),
-        Some(i) => format!("{} {}", escape(i.version.as_deref().unwrap_or("?")), escape(&i.hash)),
+        Some(i) => format!("{} {}", escape(i.version.as_deref().unwrap_or("?")), escape(&short_hash(&i.hash))),
+    }
+}
+
+/// A recipe's hash as `ALGORITHM:` and its first 12 digits (`--json` has it whole).
+fn short_hash(hash: &str) -> String {
+    match hash.split_once(':') {
+        Some((algorithm, digits)) => format!("{algorithm}:{}", digits.chars().take(12).collect::<String>()),
+        None => hash.chars().take(19).collect(),
     }
 }
 
