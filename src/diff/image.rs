@@ -170,7 +170,14 @@ fn conf_layer(store: &Store, digest: &Sha256Digest, max_unpacked: u64) -> io::Re
             out.entrypoint = crate::supply::entries::summarize(&mut entry)?.content;
             continue;
         }
-        let Some(rel) = under_conf(&path).filter(|r| is_file && !r.is_empty()) else { continue };
+        let Some(rel) = under_conf(&path).filter(|r| !r.is_empty()) else { continue };
+        if !is_file {
+            // A link or anything else but a directory hides a file of that name below it.
+            if !entry.header().entry_type().is_dir() {
+                out.removed.push(rel.to_string());
+            }
+            continue;
+        }
         if entry.size() > MAX_TEXT_FILE * 4 || out.files.len() == MAX_CONF_FILES {
             return Err(io::Error::other(format!("/{CONF_DIR}/ holds more or larger files than imgbuild writes")));
         }
