@@ -215,4 +215,67 @@ mod tests {
         assert_eq!(under_conf("etc/imgbuild/templates/x"), Some("templates/x"));
         assert_eq!(under_conf("etc/imgbuildx"), None);
     }
+
+    /// A plain tar layer in `store`: files (path, text), or symlinks when the text starts with `->`.
+    fn layer(store: &Store, entries: &[(&str, &str)]) -> Layer {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, text) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match text.strip_prefix("->") {
+                Some(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, target).unwrap();
+                }
+                None => {
+                    h.set_size(text.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, path, text.as_bytes()).unwrap();
+                }
+            }
+        }
+        let digest = store.add_bytes(&b.into_inner().unwrap()).unwrap();
+        Layer { digest, role: String::new(), created_by: String::new() }
+    }
+
+    #[test]
+    fn the_render_sees_etc_imgbuild_as_the_layers_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let base =
+            layer(&store, &[("etc/imgbuild/cluster.env", "old"), ("etc/imgbuild/stale", "x"), ("etc/other", "y")]);
+        let cluster = layer(
+            &store,
+            &[
+                ("etc/imgbuild/.wh..wh..opq", ""),
+                ("etc/imgbuild/cluster.env", "new"),
+                ("etc/imgbuild/templates/t", "t"),
+            ],
+        );
+        let upper = layer(&store, &[("etc/imgbuild/templates/.wh.t", ""), ("etc/imgbuild/node-id", "->/etc/passwd")]);
+        let identity =
+            layer(&store, &[("etc/imgbuild/node-id", "1\n"), ("usr/local/bin/imgbuild-init", "#!/bin/sh\n")]);
+        let files = |layers: Vec<Layer>| {
+            let image = ImageFacts { platform: None, labels: BTreeMap::new(), layers };
+            let (files, entrypoint) = conf_files(&store, &image, u64::MAX, &mut HashMap::new()).unwrap();
+            let names: Vec<(String, String)> =
+                files.into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect();
+            (names, entrypoint)
+        };
+        let pairs =
+            |list: &[(&str, &str)]| list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        let (seen, entrypoint) = files(vec![base.clone(), cluster.clone()]);
+        assert_eq!(
+            seen,
+            pairs(&[("cluster.env", "new"), ("templates/t", "t")]),
+            "an opaque directory hides what is below"
+        );
+        assert_eq!(entrypoint, None);
+        let (seen, entrypoint) = files(vec![base, cluster, identity.clone(), upper]);
+        assert_eq!(seen, pairs(&[("cluster.env", "new")]), "a whiteout and a link hide a file");
+        assert_eq!(entrypoint, Some(Sha256Digest::of(b"#!/bin/sh\n")));
+    }
 }
