@@ -342,6 +342,7 @@ pub fn build(
         own: &own,
         epoch: settings.layer.epoch,
         compressor: settings.layer.compressor,
+        max_unpacked: settings.layer.max_unpacked,
     };
     // The images are written side by side: each is a few small files, and what they cost is
     // mostly waiting for the disk to confirm each one (fsync), which writes at once share.
@@ -403,6 +404,7 @@ struct ImageWriter<'a> {
     own: &'a [ImageLayer],
     epoch: u64,
     compressor: crate::compress::Compressor,
+    max_unpacked: u64,
 }
 
 impl ImageWriter<'_> {
@@ -437,6 +439,7 @@ impl ImageWriter<'_> {
             platforms: self.inputs.iter().map(|i| (&i.platform, i.base.as_ref())).collect(),
             compressor: self.compressor,
             epoch: self.epoch,
+            max_unpacked: self.max_unpacked,
         };
         crate::supply::attach(self.store, &facts, &mut image, node.map(|(n, _)| n))?;
         Ok(image)

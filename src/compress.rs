@@ -8,7 +8,6 @@
 //! them ([`gzip`]); zstd chunks are frames one after another ([`zstd`]). Which compressor and
 //! level is part of every layer's derivation ([`Compressor::derivation`]).
 
-pub mod gunzip;
 mod gzip;
 mod zstd;
 

@@ -21,7 +21,8 @@ pub enum ExitCode {
     Storage = 4,
     /// The registry refused, failed, or could not be reached (after bounded retries).
     Registry = 5,
-    /// An external tool imgbuild needs (mke2fs, qemu-img, xorriso, …) is missing or failed.
+    /// The host is not ready: an external tool imgbuild needs (podman, mke2fs, qemu-img, …) is
+    /// missing (`load` checks before it starts), or it failed.
     Tool = 6,
     /// `verify`: the image is not what its recorded inputs build.
     Mismatch = 7,
@@ -94,6 +95,11 @@ pub enum Error {
     #[error("stdout was closed")]
     StdoutClosed,
 
+    /// `doctor`: a feature asked about is not ready. The report printed says what is missing;
+    /// the exit code (1) is all that is left to say.
+    #[error("the host is not ready")]
+    NotReady,
+
     /// `diff --exit-code` found a difference: it has said what, and ends with exit code 10.
     #[error("the images differ")]
     Differs,
@@ -139,6 +145,7 @@ impl Error {
             Error::Mismatch(_) => ExitCode::Mismatch,
             Error::Internal(_) => ExitCode::Internal,
             Error::StdoutClosed => ExitCode::Ok,
+            Error::NotReady => ExitCode::Input,
             Error::Differs => ExitCode::Differs,
         }
     }

@@ -4,6 +4,7 @@
 
 mod image;
 mod overlap;
+pub mod policy;
 pub(crate) mod resume;
 
 pub(crate) use image::{named_archive, NamedArchive};
@@ -44,6 +45,15 @@ pub struct FetchSettings {
     /// Longest wait for a connection or for the next bytes of a response.
     pub timeout: Duration,
     pub registries: RegistryAccess,
+    /// Set by `verify`: which URLs and repositories may be asked (`None`: every one a recipe names).
+    pub url_policy: Option<std::sync::Arc<policy::UrlPolicy>>,
+}
+
+impl FetchSettings {
+    /// Why `url` may not be asked, under the policy.
+    fn refuses_url(&self, url: &str) -> Option<String> {
+        self.url_policy.as_ref().and_then(|p| p.refuses_url(url))
+    }
 }
 
 impl Default for FetchSettings {
@@ -53,6 +63,7 @@ impl Default for FetchSettings {
             mirror_dirs: Vec::new(),
             timeout: Duration::from_secs(30),
             registries: RegistryAccess::default(),
+            url_policy: None,
         }
     }
 }
@@ -133,10 +144,15 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let client = reqwest::blocking::Client::builder()
-            .timeout(self.settings.timeout)
-            .connect_timeout(self.settings.timeout)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+        let redirects = match self.settings.url_policy.clone() {
+            // Where a download is redirected is checked as where it starts.
+            Some(policy) => crate::net::Redirects::Follow(Box::new(move |to| match policy.refuses_redirect(to) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            })),
+            None => crate::net::Redirects::checked(),
+        };
+        let client = crate::net::client_builder(self.settings.timeout, redirects)
             .build()
             .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))
@@ -186,7 +202,12 @@ impl<'a> Fetcher<'a> {
         if self.settings.offline {
             reasons.push("offline: not downloaded".into());
         } else {
-            origins.extend(source.urls.iter().map(|url| Origin::Url(url)));
+            for url in &source.urls {
+                match self.settings.refuses_url(url) {
+                    Some(why) => reasons.push(format!("{url}: not fetched: {why}")),
+                    None => origins.push(Origin::Url(url)),
+                }
+            }
         }
         let mut task = None;
         for origin in &origins {
@@ -319,8 +340,10 @@ impl<'a> Fetcher<'a> {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
         // A certificate refused is refused again: said in a sentence, and not retried.
+        // A redirect refused (out of HTTPS) is refused again: not retried either.
         let response = request.send().map_err(|e| match crate::registry::tls::tls_cause(&e) {
             Some(tls) => Transfer::Fatal(crate::registry::tls::sentence(tls)),
+            None if e.is_redirect() => Transfer::Fatal(describe(&e)),
             None => Transfer::Retry(describe(&e)),
         })?;
         let status = response.status();

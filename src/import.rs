@@ -6,6 +6,7 @@
 
 mod source;
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
@@ -49,8 +50,9 @@ pub fn import(store: &Store, path: &Path) -> Result<Imported> {
     let index = source.index()?;
     let doc: Document = serde_json::from_slice(&index).map_err(|e| bad(path, format!("index.json: {e}")))?;
     let mut imported = Imported::default();
+    let mut seen = HashMap::new();
     for desc in doc.manifests.unwrap_or_default() {
-        if walk(store, &source, &desc, &mut imported, 0)? == Walked::Referrer {
+        if walk(store, &source, &desc, &mut imported, &mut seen, 0)? == Walked::Referrer {
             continue;
         }
         let tag = desc.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
@@ -102,26 +104,39 @@ fn blob(store: &Store, source: &OciSource, desc: &Descriptor) -> Result<()> {
 }
 
 /// What a walked descriptor was.
-#[derive(PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Walked {
     Image,
     Referrer,
 }
 
-fn walk(store: &Store, source: &OciSource, desc: &Descriptor, out: &mut Imported, depth: u32) -> Result<Walked> {
+/// Walks what `desc` leads to, each digest once (`seen`): an index may list one child many
+/// times, and nested indexes that do so would otherwise multiply the work at every level.
+fn walk(
+    store: &Store,
+    source: &OciSource,
+    desc: &Descriptor,
+    out: &mut Imported,
+    seen: &mut HashMap<Sha256Digest, Walked>,
+    depth: u32,
+) -> Result<Walked> {
     let origin = source.path();
     if depth > 4 {
         return Err(bad(origin, "indexes nested more than 4 deep"));
     }
     let digest = desc.digest;
+    if let Some(walked) = seen.get(&digest) {
+        return Ok(*walked);
+    }
     let data = document(store, source, desc)?;
     out.blobs += 1;
     let doc: Document = serde_json::from_slice(&data).map_err(|e| bad(origin, format!("{digest}: {e}")))?;
     if doc.is_index() {
         out.indexes.push(digest);
         for child in doc.manifests.iter().flatten() {
-            walk(store, source, child, out, depth + 1)?;
+            walk(store, source, child, out, seen, depth + 1)?;
         }
+        seen.insert(digest, Walked::Image);
         return Ok(Walked::Image);
     }
     if doc.config.is_none() {
@@ -142,8 +157,52 @@ fn walk(store: &Store, source: &OciSource, desc: &Descriptor, out: &mut Imported
             artifact_type: artifact_type.unwrap_or_default(),
             subject: subject.digest,
         });
+        seen.insert(digest, Walked::Referrer);
         return Ok(Walked::Referrer);
     }
     out.manifests.push((digest, desc.platform.as_ref().map(|p| p.text())));
+    seen.insert(digest, Walked::Image);
     Ok(Walked::Image)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Writes `data` as a blob of the layout at `dir`; its descriptor.
+    fn put(dir: &Path, data: &[u8], media_type: &str) -> serde_json::Value {
+        let digest = Sha256Digest::of(data);
+        std::fs::write(dir.join("blobs/sha256").join(digest.hex()), data).unwrap();
+        json!({ "mediaType": media_type, "digest": digest.to_string(), "size": data.len() })
+    }
+
+    /// Issue 25: an index listing one child many times, nested, multiplied the work at every
+    /// level (1000 × 1000 walks here). Each digest is walked once: five documents and blobs.
+    #[test]
+    fn nested_indexes_of_repeated_children_are_walked_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let config = put(dir.path(), b"{}", IMAGE_CONFIGS[0]);
+        let layer = put(dir.path(), &[0u8; 1024], "application/vnd.oci.image.layer.v1.tar");
+        let manifest = json!({ "schemaVersion": 2, "config": config, "layers": [layer] });
+        let m = put(dir.path(), manifest.to_string().as_bytes(), "application/vnd.oci.image.manifest.v1+json");
+        let index = |child: &serde_json::Value| {
+            let doc = json!({ "schemaVersion": 2, "manifests": vec![child.clone(); 1000] });
+            put(dir.path(), doc.to_string().as_bytes(), "application/vnd.oci.image.index.v1+json")
+        };
+        let inner = index(&m);
+        let outer = index(&inner);
+        let top = json!({ "schemaVersion": 2, "manifests": [outer.clone(), outer] });
+        std::fs::write(dir.path().join("index.json"), top.to_string()).unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let imported = import(&store, dir.path()).unwrap();
+        assert_eq!(imported.blobs, 5);
+        assert_eq!(imported.manifests.len(), 1);
+        assert_eq!(imported.indexes.len(), 2);
+        assert_eq!(imported.tops.len(), 2, "each entry of index.json is still a top");
+    }
 }

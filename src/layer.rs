@@ -28,8 +28,9 @@ use crate::error::{escape, Error, IoContext, Result};
 use crate::progress::Reporter;
 use crate::recipe::{Source, Unpack};
 use crate::store::{BlobWriter, LayerRecord, Store};
+pub(crate) use decompress::past_unpack_limit;
+pub(crate) use decompress::Compression;
 use decompress::SourceFailure;
-pub(crate) use decompress::{ChannelReader, Compression};
 pub use normalize::Counts;
 use normalize::{Normalize, Normalizer, TarStream};
 
@@ -137,7 +138,7 @@ pub fn recipe_layer(
         return Ok((record, false));
     }
     if let Some(cache) = cache.filter(|_| settings.reuse_layers) {
-        if let Some(record) = cache.pull(store, &key, recipe, crate::cache::Limits::of(settings), reporter)? {
+        if let Some(record) = cache.pull(store, &key, recipe, settings.max_unpacked, reporter)? {
             return Ok((record, false));
         }
     }

@@ -3,6 +3,7 @@
 //! One module per pipeline stage:
 //! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
 
+pub(crate) mod atomic_file;
 pub(crate) mod build;
 pub(crate) mod cache;
 pub mod cli;
@@ -14,11 +15,13 @@ pub mod digest;
 pub mod error;
 pub(crate) mod fetch;
 pub(crate) mod gc;
+pub(crate) mod host;
 pub(crate) mod image;
 pub mod image_def;
 pub(crate) mod image_path;
 pub(crate) mod import;
 pub mod layer;
+pub(crate) mod net;
 pub mod node;
 pub(crate) mod oci_doc;
 pub(crate) mod output;

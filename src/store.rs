@@ -32,7 +32,7 @@ pub struct Store {
 }
 
 /// What the store knows about a built layer.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerRecord {
     pub digest: BlobDigest,
     pub diff_id: DiffId,
@@ -430,12 +430,6 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 impl BlobWriter<'_> {
     pub fn size(&self) -> u64 {
         self.size
-    }
-
-    /// What was written so far, read again from its start (writing may go on after).
-    pub(crate) fn written(&mut self) -> io::Result<File> {
-        self.file.as_mut().expect("not committed").flush()?;
-        File::open(&self.path)
     }
 
     /// fsyncs and, if the content hashes to `expected` (or nothing was expected), moves it into place.

@@ -97,14 +97,15 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
     if threads == 0 {
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
+    let compressor = Compressor::new(choice.compression, choice.level).map_err(Error::Usage)?;
     Ok(BuildSettings {
         platforms,
         layer: LayerSettings {
             epoch: source_date_epoch()?,
-            compressor: Compressor::new(choice.compression, choice.level).map_err(Error::Usage)?,
+            compressor,
             parallelism: Parallelism::threads(threads),
             max_unpacked: max_unpacked()?,
-            cache: global.cache()?,
+            cache: global.cache(compressor.media_type())?,
             reuse_layers: true,
         },
         fetch: global.fetch_settings()?,
@@ -184,12 +185,14 @@ fn report(
         );
         if let Some(c) = cache {
             errln!(
-                "cache {}: {} layer(s) pulled, {} pushed, {} missing, {} refused{}",
+                "cache {}: {} layer(s) pulled, {} pushed, {} missing, {} refused, {} not trusted, {} replaced{}",
                 c.repository,
                 c.pulled,
                 c.pushed,
                 c.missing,
                 c.refused,
+                c.untrusted,
+                c.replaced,
                 if c.unavailable.is_some() { " (unavailable)" } else { "" }
             );
         }

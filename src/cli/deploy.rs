@@ -116,14 +116,24 @@ fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
     let (text, published) = compose::compose_file(&cluster, &options)?;
     let path = write_output(&out_dir(&args.common, &project, "compose"), "compose.yaml", &text)?;
     let address = args.publish_address.map(|a| a.to_string());
+    // The file is written either way (it may run on another host); this one is told what it lacks.
+    let lacking = host_lacks(global);
     if global.json {
         let ports: Vec<serde_json::Value> = published
             .iter()
             .map(|p| serde_json::json!({ "node": p.node, "host_address": address, "host_port": p.host_port, "port": p.port.number, "protocol": p.port.protocol }))
             .collect();
-        super::print_json(&serde_json::json!({ "file": path, "services": cluster.running.len(), "published": ports }))?;
+        super::print_json(
+            &serde_json::json!({ "file": path, "services": cluster.running.len(), "published": ports, "host_lacks": lacking }),
+        )?;
     } else {
         outln!("{}", path.display())?;
+        if !lacking.is_empty() {
+            errln!(
+                "warning: this host cannot run it yet: it lacks {} (`imgbuild doctor compose` says more)",
+                lacking.join("; ")
+            );
+        }
         if !global.quiet {
             let on = address.as_deref().unwrap_or("every address");
             for p in &published {
@@ -138,6 +148,12 @@ fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What running a compose file needs that this host does not have (`imgbuild doctor compose`).
+fn host_lacks(global: &GlobalArgs) -> Vec<String> {
+    let report = crate::host::check(&[crate::host::Feature::Compose], &super::doctor::context(global, false));
+    report.features.into_iter().flat_map(|f| f.missing).collect()
 }
 
 fn run_kubernetes(global: &GlobalArgs, args: &KubernetesArgs) -> Result<()> {

@@ -2,8 +2,6 @@
 //! ZooKeeper, and an image definition of three nodes with its templates. It passes `imgbuild
 //! check` as written, and never replaces a file that exists.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{escape, Error, IoContext, Result};
@@ -95,9 +93,9 @@ fn write_all(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
         let path = dir.join(rel);
         let parent = path.parent().expect("skeleton paths have a parent");
         std::fs::create_dir_all(parent).at(parent)?;
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&path).at(&path)?;
+        crate::atomic_file::write(&path, text.as_bytes(), crate::atomic_file::Options::NEW)?;
         made.push(path.clone());
-        file.write_all(text.as_bytes()).at(&path)
+        Ok(())
     });
     if result.is_err() {
         for path in &made {

@@ -28,12 +28,9 @@ impl Engine {
         }
     }
 
-    /// The Debian package that installs it.
+    /// The Debian package that installs it (from the host's table).
     fn package(self) -> &'static str {
-        match self {
-            Engine::Podman => "podman",
-            Engine::Docker => "docker.io",
-        }
+        crate::host::package_of(self.program())
     }
 }
 
@@ -63,6 +60,8 @@ pub fn run(global: &GlobalArgs, args: &LoadArgs) -> Result<()> {
     repository
         .parse::<Reference>()
         .map_err(|e| Error::Usage(format!("the image name `{}` cannot name an engine's image: {e}", def.name)))?;
+    // Before the build, which can take minutes: the engine must be there to load into.
+    crate::host::require_program(args.engine.program(), "imgbuild load")?;
     let store = global.open_store()?;
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();

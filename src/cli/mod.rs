@@ -14,10 +14,12 @@ macro_rules! errln {
 }
 
 mod build;
+mod cache;
 mod check;
 mod completions;
 mod deploy;
 mod diff;
+mod doctor;
 mod init;
 mod load;
 mod prefetch;
@@ -45,7 +47,7 @@ use crate::registry::reference::RegistryMirror;
     version,
     about = "Reproducible OCI images and VM disks for pinned clusters",
     max_term_width = 100,
-    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 10 diff --exit-code: the images differ, 70 internal error. With --json, errors are also printed as JSON."
+    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 the host is not ready: an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 10 diff --exit-code: the images differ, 70 internal error. With --json, errors are also printed as JSON."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -91,6 +93,14 @@ pub struct GlobalArgs {
     /// store is pulled from it (and checked), a layer built here is pushed to it
     #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "REPO")]
     pub cache: Option<String>,
+    /// A public key (NAME:BASE64, or a file holding one) whose signed --cache entries are used,
+    /// besides those of imgbuild.toml and your config file (repeatable)
+    #[arg(long, global = true, env = "IMGBUILD_CACHE_TRUSTED_KEYS", value_name = "KEY", value_delimiter = ',')]
+    pub cache_trusted_key: Vec<String>,
+    /// The secret key file that signs the layers pushed to --cache (see `imgbuild cache key
+    /// generate`); without one, nothing is pushed
+    #[arg(long, global = true, env = "IMGBUILD_CACHE_SIGNING_KEY", value_name = "FILE")]
+    pub cache_signing_key: Option<PathBuf>,
     /// Speak plain HTTP to this registry: base images, --cache, and push, pull, sbom and verify
     /// as their --insecure does (loopback only; repeatable)
     #[arg(long, global = true, env = "IMGBUILD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',')]
@@ -121,6 +131,9 @@ pub enum Command {
     Deploy(deploy::DeployCommand),
     /// Write VM disks (a shared base, an overlay and a NoCloud seed per node) and VM templates
     Vm(vm::VmArgs),
+    /// Check what this host has for each feature (or those named): tools, their Debian
+    /// packages, the store, KVM. Exit 0 when every feature asked about is ready, 1 otherwise
+    Doctor(doctor::DoctorArgs),
     /// Print the hash to pin in a recipe for a URL or a file you have, and put the file into the store
     Prefetch(prefetch::PrefetchArgs),
     /// Check the recipes and the image definition without building
@@ -128,6 +141,9 @@ pub enum Command {
     /// Work with the store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Keys of a shared cache (--cache)
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Start a project: recipes, an image definition of three nodes and its templates
     Init(init::InitArgs),
     /// Print a ready recipe for files you have (tarballs, OCI archives and layouts) or URLs
@@ -177,11 +193,12 @@ impl GlobalArgs {
                 insecure: self.insecure_registry.clone(),
                 ca_files: self.ca_file.clone(),
             },
+            url_policy: None,
         })
     }
 
-    /// The shared layer cache (`--cache`), if one is named.
-    pub fn cache(&self) -> Result<Option<std::sync::Arc<crate::cache::Cache>>> {
+    /// The shared layer cache (`--cache`), if one is named, for layers of `media_type`.
+    pub fn cache(&self, media_type: &'static str) -> Result<Option<std::sync::Arc<crate::cache::Cache>>> {
         let Some(text) = self.cache.as_deref().filter(|t| !t.is_empty()) else { return Ok(None) };
         let repository: crate::registry::Reference = text.parse().map_err(|e| Error::Usage(format!("--cache: {e}")))?;
         if repository.tag.is_some() || repository.digest.is_some() {
@@ -197,8 +214,31 @@ impl GlobalArgs {
             insecure,
             timeout: Duration::from_secs(self.timeout),
             offline: self.offline,
+            media_type,
+            keys: self.cache_keys()?,
         };
         Ok(Some(std::sync::Arc::new(crate::cache::Cache::new(settings))))
+    }
+
+    /// The cache keys of the project's imgbuild.toml, the user's config file and the options.
+    fn cache_keys(&self) -> Result<crate::cache::Keys> {
+        let trusted = self.cache_trusted_key.iter().map(|text| trusted_key(text)).collect::<Result<Vec<_>>>()?;
+        crate::cache::load_keys(&self.project, &trusted, self.cache_signing_key.as_deref())
+    }
+}
+
+/// A `--cache-trusted-key`: the key itself, or a file holding it (as `cache key generate`
+/// writes it).
+fn trusted_key(text: &str) -> Result<crate::cache::PublicKey> {
+    let bad = |why: String| Error::Usage(format!("--cache-trusted-key: {why}"));
+    match text.parse() {
+        Ok(key) => Ok(key),
+        Err(why) if !std::path::Path::new(text).is_file() => Err(bad(why)),
+        Err(_) => {
+            let path = std::path::Path::new(text);
+            let contents = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            contents.trim().parse().map_err(|why| bad(format!("{}: {why}", path.display())))
+        }
     }
 }
 
@@ -257,9 +297,10 @@ pub(crate) fn err_line(text: std::fmt::Arguments) {
 }
 
 /// Reports a failed command: the error and its hint on stderr, and with `--json` the error as
-/// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly.
+/// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly;
+/// nor when `doctor` found the host not ready, which its report already says.
 pub fn report_error(e: &Error, json: bool) {
-    if matches!(e, Error::StdoutClosed | Error::Differs) {
+    if matches!(e, Error::StdoutClosed | Error::NotReady | Error::Differs) {
         return;
     }
     errln!("error: {}", crate::error::printable(&e.to_string()));
@@ -322,9 +363,10 @@ impl PathKind {
 }
 
 /// The paths every command may be given (`--project`, `--mirror`, `--ca-file`), checked before
-/// it starts; `init` makes its project directory.
+/// it starts.
 fn check_global_paths(global: &GlobalArgs, command: &Command) -> Result<()> {
-    if !matches!(command, Command::Init(_)) {
+    // `init` makes its project directory; `doctor` reads none.
+    if !matches!(command, Command::Init(_) | Command::Doctor(_)) {
         existing(Some("--project (IMGBUILD_PROJECT)"), &global.project, PathKind::Directory)?;
     }
     for dir in &global.mirror {
@@ -346,9 +388,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load::run(&cli.global, args),
         Command::Deploy(cmd) => deploy::run(&cli.global, cmd),
         Command::Vm(args) => vm::run(&cli.global, args),
+        Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Prefetch(args) => prefetch::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Store(cmd) => store::run(&cli.global, cmd),
+        Command::Cache(cmd) => cache::run(&cli.global, cmd),
         Command::Init(args) => init::run(&cli.global, args),
         Command::Recipe(args) => recipe::run(&cli.global, args),
         Command::Sbom(args) => sbom::run(&cli.global, args),

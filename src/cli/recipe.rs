@@ -43,6 +43,10 @@ pub struct RecipeArgs {
     /// keeping the rest of it as written: env, path, [unpack] and its excludes, comments
     #[arg(long, value_name = "RECIPE", conflicts_with_all = ["name", "prefix"])]
     pub update: Option<PathBuf>,
+    /// With --update or --add: accept a file named as the upstream file a recipe pins but with
+    /// other bytes, replacing that pin (its URL and published hash) on purpose [default: refused]
+    #[arg(long = "replace-pin")]
+    pub replace_pin: bool,
 }
 
 /// The store, opened only when a download or `--add` needs it, and held against `store gc`.
@@ -105,7 +109,12 @@ pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
     let choices = choices(args)?;
     let mut store = LazyStore::new(global);
     let mut results = Vec::new();
-    for (found, proposals) in pin_inputs(global, &mut store, args, &choices)? {
+    let pinned = pin_inputs(global, &mut store, args, &choices)?;
+    if args.add {
+        let recipes = super::store::project_recipes(global)?;
+        keep_pins(args, &recipes.iter().collect::<Vec<_>>(), &pinned)?;
+    }
+    for (found, proposals) in pinned {
         let added = store_if_asked(&mut store, args, &found, &proposals)?;
         results.extend(proposals.into_iter().map(|p| (p, added)));
     }
@@ -140,6 +149,20 @@ fn store_if_asked(store: &mut LazyStore, args: &RecipeArgs, found: &Found, propo
     }
 }
 
+/// Refuses a file named as a source of `recipes` expects but with other bytes, unless
+/// `--replace-pin` says to replace that pin (`pin::guard`).
+fn keep_pins(args: &RecipeArgs, recipes: &[&crate::recipe::Recipe], pinned: &[(Found, Vec<Proposal>)]) -> Result<()> {
+    if args.replace_pin {
+        return Ok(());
+    }
+    let given: Vec<(&Proposal, &Path)> =
+        pinned.iter().flat_map(|(found, ps)| ps.iter().map(|p| (p, found.path.as_path()))).collect();
+    pin::guard::check(recipes, &given, |path, algorithm| {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(crate::digest::hash_reader(algorithm, file).map_err(|e| Error::io(path, e))?.0)
+    })
+}
+
 /// `--update RECIPE`: the recipe's sources become the files given, the rest of it is kept; the
 /// file is replaced whole (written beside it, then renamed), and only once everything is pinned.
 fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Result<()> {
@@ -155,6 +178,11 @@ fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Res
     let pinned = pin_inputs(global, &mut store, args, &choices)?;
     let proposals: Vec<Proposal> = pinned.iter().flat_map(|(_, p)| p.clone()).collect();
     let updated = pin::update::update(recipe_file, &text, &proposals)?;
+    let project = match args.add {
+        true => super::store::project_recipes(global)?,
+        false => Vec::new(),
+    };
+    keep_pins(args, &std::iter::once(&recipe).chain(&project).collect::<Vec<_>>(), &pinned)?;
     let mut added = false;
     for (found, proposals) in &pinned {
         added |= store_if_asked(&mut store, args, found, proposals)?;
@@ -195,19 +223,13 @@ fn run_update(global: &GlobalArgs, args: &RecipeArgs, recipe_file: &Path) -> Res
     Ok(())
 }
 
-/// Replaces `path` with `text`: written to a temporary file beside it, synced, then renamed
-/// over it, so the recipe is the old one or the new one, never a part.
+/// Replaces the recipe `path` with `text` (keeping its permissions): the old one or the new
+/// one, never a part, and never written through a link (`atomic_file`).
 fn replace_file(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.imgbuild-tmp-{}", std::process::id()));
-    let written = std::fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&temp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written.map_err(|e| Error::io(path, e))
+    use std::os::unix::fs::PermissionsExt;
+    let kept = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map(|m| m.permissions().mode() & 0o7777);
+    let options = crate::atomic_file::Options { mode: kept, ..crate::atomic_file::Options::REPLACE };
+    crate::atomic_file::write(path, text.as_bytes(), options)
 }
 
 /// The recipes on stdout (TOML, or JSON with `--json`), a line about each on stderr.

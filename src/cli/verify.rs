@@ -5,6 +5,9 @@ use super::push::RegistryArgs;
 use super::sbom::open_named;
 use super::GlobalArgs;
 use crate::error::Result;
+use crate::fetch::policy::UrlPolicy;
+use crate::fetch::FetchSettings;
+use crate::project::Project;
 use crate::supply::image_name::Fetch;
 use crate::supply::verify::{compare, provenance_of, rebuild};
 
@@ -17,8 +20,27 @@ pub struct VerifyArgs {
     /// [default: every core]
     #[arg(long, env = "IMGBUILD_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// Also download the URLs (and repositories) that only the provenance names, not this
+    /// project's recipes or mirrors; never from a non-public address (loopback, private,
+    /// link-local) unless --allow-host names it
+    #[arg(long)]
+    pub provenance_urls: bool,
+    /// A host (HOST or HOST:PORT) the provenance's URLs may be downloaded from, whatever its
+    /// address
+    #[arg(long, value_name = "HOST")]
+    pub allow_host: Vec<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// What the rebuild may download: the provenance's author chose its URLs, so only those this
+/// project's recipes and the user's mirrors name, unless the command line says more.
+fn url_policy(global: &GlobalArgs, args: &VerifyArgs, fetch: &FetchSettings) -> Result<UrlPolicy> {
+    let mut policy =
+        UrlPolicy { others: args.provenance_urls, named_hosts: args.allow_host.clone(), ..UrlPolicy::default() };
+    policy.trust_recipes(Project::recipes_in(&global.project)?.values());
+    policy.trusted_registries.extend(fetch.registries.mirrors.iter().map(|m| m.host.clone()));
+    Ok(policy)
 }
 
 pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
@@ -40,12 +62,13 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     settings.layer.cache = None;
     // Nor a layer this store recorded: a tampered record would otherwise vouch for itself.
     settings.layer.reuse_layers = false;
+    settings.fetch.url_policy = Some(std::sync::Arc::new(url_policy(global, args, &settings.fetch)?));
     let reporter = global.reporter();
     let rebuilt = {
         let _building = store.build_lock_shared()?;
         rebuild(&store, &provenance, &settings, reporter.as_ref())?
     };
-    let verified = compare(&store, &image, &provenance, &rebuilt)?;
+    let verified = compare(&store, &image, &provenance, &rebuilt, settings.layer.max_unpacked)?;
     if global.json {
         return super::print_json(&serde_json::json!({ "verified": verified }));
     }

@@ -76,6 +76,10 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
     let mut notes = Vec::new();
     let boot = boot(args, &mut notes);
     vm::check_values(&boot, args.libvirt_dir.as_deref())?;
+    // Before the build, which can take minutes: the tools that make the disks must be there.
+    for tool in vm::TOOLS {
+        crate::host::require_program(tool, "imgbuild vm")?;
+    }
     let store = global.open_store()?;
     let _building = store.build_lock_shared()?;
     let reporter = global.reporter();

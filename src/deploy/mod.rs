@@ -193,7 +193,7 @@ pub fn write_output(dir: &Path, name: &str, text: &str) -> Result<std::path::Pat
     let temp = TempPath::beside(dir)?;
     std::fs::create_dir(temp.path()).at(temp.path())?;
     let file = temp.path().join(name);
-    std::fs::write(&file, text).at(&file)?;
+    crate::atomic_file::write(&file, text.as_bytes(), crate::atomic_file::Options::REPLACE.mode(0o644))?;
     Destination::record(temp.path())?;
     dest.replace_with(temp)?;
     Ok(dir.join(name))

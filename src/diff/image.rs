@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::layer::tar_guard::TarGuard;
 use crate::node::CONF_DIR;
 use crate::store::Store;
-use crate::supply::entries::{entry_path, limited_layer};
+use crate::supply::entries::{entry_path, hashed_layer};
 use crate::supply::image_name::read_document;
 
 /// One layer and what it is for.
@@ -147,7 +147,7 @@ pub(crate) fn conf_files(
 /// Reads one layer's part in the render (`CONF_DIR` paths relative to it; an empty prefix is
 /// the whole directory).
 fn conf_layer(store: &Store, digest: &Sha256Digest, max_unpacked: u64) -> io::Result<ConfLayer> {
-    let reader = limited_layer(store, digest, max_unpacked).map_err(|e| io::Error::other(e.to_string()))?;
+    let reader = hashed_layer(store, digest, max_unpacked).map_err(|e| io::Error::other(e.to_string()))?;
     let mut archive = tar::Archive::new(TarGuard::for_image_layer(reader));
     let (mut out, mut bytes) = (ConfLayer::default(), 0usize);
     let entrypoint = crate::image_def::DEFAULT_ENTRYPOINT.trim_start_matches('/');

@@ -11,7 +11,7 @@ use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::layer::tar_guard::{refusal, TarGuard};
 use crate::store::Store;
-use crate::supply::entries::{bad_layer, limited_layer, summarize_with, EntrySummary};
+use crate::supply::entries::{bad_layer, hashed_layer, summarize_with, EntrySummary};
 
 /// Most entries of one layer compared (a Debian root holds ~20 000).
 pub(crate) const MAX_ENTRIES: usize = 1_000_000;
@@ -77,7 +77,7 @@ struct Listed {
 /// Every entry of a layer by path (the last one of a path wins, as unpacking does).
 fn list(store: &Store, digest: &Sha256Digest, max_unpacked: u64) -> Result<BTreeMap<String, Listed>> {
     let refused = |e: io::Error| layer_error(digest, e);
-    let mut archive = tar::Archive::new(TarGuard::for_image_layer(limited_layer(store, digest, max_unpacked)?));
+    let mut archive = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, digest, max_unpacked)?));
     let (mut listed, mut path_bytes, mut kept) = (BTreeMap::new(), 0usize, 0usize);
     for (n, entry) in archive.entries().map_err(refused)?.enumerate() {
         if n == MAX_ENTRIES {

@@ -147,6 +147,11 @@ fn from_registries(
     }
     let task = fetcher.reporter.task(&format!("fetch {} ({platform})", recipe.name), None);
     for place in &places {
+        let policy = fetcher.settings.url_policy.as_ref();
+        if let Some(why) = policy.and_then(|p| p.refuses_registry(place)) {
+            tried.note(Miss::Reason(format!("docker://{}: not fetched: {why}", place.name())));
+            continue;
+        }
         match from_registry(fetcher, recipe, place, digest, &task)? {
             None => return Ok(true),
             Some(miss) => tried.note(miss),

@@ -8,6 +8,12 @@
 //! every one is checked. After the last one only zero bytes may follow: tape and `dd` pad files
 //! with them, and they carry no data. Anything else is refused, naming the byte where it starts:
 //! data no decoder reads would be data one tool unpacks and another does not.
+//!
+//! What a hostile file can make decoding cost is bounded: its output by the unpack limit, xz's
+//! dictionary and zstd's window by [`DECODER_MEMORY_LIMIT`], and the decoders' setup (bzip2 allocates its 3.6 MB
+//! block table for every stream, even an empty one) by [`MemberBudget`]: members beyond the
+//! first few must each bring output to pay for their decoder, so time stays linear in the
+//! bytes decoded.
 
 mod source;
 mod zstd;
@@ -29,6 +35,40 @@ pub(crate) enum Compression {
 
 /// The most bytes [`Compression::starts`] looks at.
 const MAGIC_MAX: usize = 10;
+
+/// The most memory one member's decoder may need: an xz block's dictionary and buffers (`xz -9`
+/// needs 65 MiB), a zstd frame's window (`zstd --ultra -22`: 128 MiB). The decoders check a
+/// header against it before allocating anything.
+pub(crate) const DECODER_MEMORY_LIMIT: u64 = 128 << 20;
+
+/// Members (streams, frames) a source may hold whatever they decode to.
+pub(crate) const FREE_MEMBERS: u64 = 1024;
+/// Beyond [`FREE_MEMBERS`], one more member per this many bytes decoded. Writers' members are
+/// larger: bgzip's hold up to 64 KiB, pbzip2's 100-900 kB, pzstd's and pixz's MiBs.
+pub(crate) const BYTES_PER_MEMBER: u64 = 32 << 10;
+
+/// How many members a source has started, against what it has decoded: every member costs a
+/// decoder's setup, so many tiny ones would cost far more than their bytes.
+#[derive(Debug, Default)]
+pub(crate) struct MemberBudget {
+    started: u64,
+}
+
+impl MemberBudget {
+    /// Counts one more member, after `decoded` bytes of output; an error names the limit.
+    pub(crate) fn start(&mut self, decoded: u64) -> Result<(), String> {
+        let allowed = FREE_MEMBERS.saturating_add(decoded / BYTES_PER_MEMBER);
+        if self.started >= allowed {
+            return Err(format!(
+                "more than {allowed} members after {decoded} bytes decoded: beyond the first {FREE_MEMBERS}, \
+                 imgbuild allows one member per {} KiB decoded (each costs a decoder's setup)",
+                BYTES_PER_MEMBER >> 10
+            ));
+        }
+        self.started += 1;
+        Ok(())
+    }
+}
 
 /// What the bytes at a member boundary are.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,7 +141,7 @@ impl Compression {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
         std::thread::spawn(move || {
-            let mut out = Output { tx, total: 0, limit };
+            let mut out = Output { tx, total: 0, limit, spare: Vec::new() };
             if let Err(Stop::Fail(e)) = decode_all(self, &mut Source::new(input), &mut out) {
                 let _ = out.tx.send(Err(e));
             }
@@ -148,27 +188,30 @@ struct Output {
     tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
     total: u64,
     limit: u64,
+    /// A buffer not sent yet, kept for the next read (an empty member sends nothing).
+    spare: Vec<u8>,
 }
 
 impl Output {
     /// Sends everything `decoder` gives; its own error is returned to be explained.
     fn pump(&mut self, mut decoder: impl Read) -> Result<Result<(), io::Error>, Stop> {
         loop {
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut buf = std::mem::take(&mut self.spare);
+            buf.resize(256 * 1024, 0);
             let n = match decoder.read(&mut buf) {
-                Ok(0) => return Ok(Ok(())),
+                Ok(0) => {
+                    self.spare = buf;
+                    return Ok(Ok(()));
+                }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.spare = buf;
+                    continue;
+                }
                 Err(e) => return Ok(Err(e)),
             };
             if self.total + n as u64 > self.limit {
-                let limit = self.limit;
-                return Err(failure(
-                    io::ErrorKind::FileTooLarge,
-                    format!(
-                        "unpacks to more than {limit} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)"
-                    ),
-                ));
+                return Err(failure(io::ErrorKind::FileTooLarge, past_unpack_limit(self.limit)));
             }
             self.total += n as u64;
             buf.truncate(n);
@@ -177,11 +220,17 @@ impl Output {
     }
 }
 
+/// What a stream that unpacks past `limit` bytes is told.
+pub(crate) fn past_unpack_limit(limit: u64) -> String {
+    format!("unpacks to more than {limit} bytes (IMGBUILD_MAX_UNPACKED): a decompression bomb, or set it higher")
+}
+
 /// Decodes every member of `source`, then checks that only zero bytes follow the last.
 fn decode_all<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Output) -> Result<(), Stop> {
     let (name, unit) = (format.name(), format.unit());
     // Where the zero bytes after the last member start, and how many there are.
     let mut padding: Option<(u64, u64)> = None;
+    let mut budget = MemberBudget::default();
     loop {
         let at = source.offset();
         let start = match source.peek(MAGIC_MAX) {
@@ -209,6 +258,11 @@ fn decode_all<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Ou
             }
             padding = None;
         }
+        if start != Start::Other {
+            budget
+                .start(out.total)
+                .map_err(|why| failure(io::ErrorKind::InvalidData, format!("{name} data: at byte {at}: {why}")))?;
+        }
         match start {
             Start::Member => decode_member(format, source, out, at)?,
             Start::Skippable => match zstd::skip_skippable(source) {
@@ -233,7 +287,7 @@ fn decode_all<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Ou
 fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut Output, at: u64) -> Result<(), Stop> {
     let decoded = match format {
         Compression::Gzip => out.pump(flate2::bufread::GzDecoder::new(&mut *source)),
-        Compression::Xz => out.pump(lzma_rust2::XzReader::new(&mut *source, false)),
+        Compression::Xz => out.pump(lzma_rust2::XzReader::new_mem_limit(&mut *source, false, xz_limit_kib())),
         Compression::Bzip2 => out.pump(bzip2::bufread::BzDecoder::new(&mut *source)),
         Compression::Zstd => out.pump(zstd::ZstdFrame::new(&mut *source)),
         Compression::None => unreachable!("a plain tar has no members"),
@@ -245,9 +299,23 @@ fn decode_member<R: Read>(format: Compression, source: &mut Source<R>, out: &mut
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return Err(cut_short(format, format.unit(), at, source));
     }
+    if format == Compression::Xz && e.kind() == io::ErrorKind::OutOfMemory {
+        return Err(failure(
+            e.kind(),
+            format!(
+                "xz data: a block of the stream that starts at byte {at} declares a dictionary that needs more \
+                 than imgbuild's decoder memory limit of {} MiB to decode (xz -9 needs 65 MiB)",
+                DECODER_MEMORY_LIMIT >> 20
+            ),
+        ));
+    }
     let (name, unit) = (format.name(), format.unit());
     let reason = crate::error::escape(&e.to_string());
     Err(failure(e.kind(), format!("{name} data: {reason} (in the {unit} that starts at byte {at}, which is corrupt)")))
+}
+
+fn xz_limit_kib() -> u32 {
+    u32::try_from(DECODER_MEMORY_LIMIT >> 10).expect("a limit in KiB that fits")
 }
 
 /// The decoder met the end of the file inside the member: it was cut short, or corrupt data
@@ -280,11 +348,6 @@ pub(crate) struct ChannelReader {
 impl ChannelReader {
     pub(crate) fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> ChannelReader {
         ChannelReader { rx, current: Vec::new(), pos: 0 }
-    }
-
-    /// Receives what is left, unread, so that the sender is never left waiting.
-    pub(crate) fn drain(&self) {
-        self.rx.iter().for_each(drop);
     }
 }
 
@@ -320,5 +383,139 @@ mod tests {
         // A tar whose first member is named `BZh…` is still a tar.
         assert_eq!(Compression::detect(b"BZh9-notes.txt\0\0\0\0"), Compression::None);
         assert_eq!(Compression::detect(b""), Compression::None);
+    }
+
+    fn decode(format: Compression, data: Vec<u8>) -> io::Result<u64> {
+        io::copy(&mut format.reader(io::Cursor::new(data), 1 << 40), &mut io::sink())
+    }
+
+    fn member(format: Compression, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match format {
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Bzip2 => {
+                let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => ::zstd::encode_all(data, 1).unwrap(),
+            Compression::Xz => {
+                // lzma-rust2's encoder is not built in; xz is a test tool of the project.
+                let mut xz = std::process::Command::new("xz")
+                    .args(["-c", "-0"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("xz");
+                xz.stdin.take().unwrap().write_all(data).unwrap();
+                let out = xz.wait_with_output().unwrap();
+                assert!(out.status.success());
+                out.stdout
+            }
+            Compression::None => data.to_vec(),
+        }
+    }
+
+    /// Issue 25: 200k empty bzip2 streams (2.8 MB) took 11 s, each paying a decoder's setup.
+    /// In every format, many members that decode to nothing are refused at the limit, by count.
+    #[test]
+    fn members_that_bring_no_output_are_refused_at_the_member_limit() {
+        for format in [Compression::Bzip2, Compression::Gzip, Compression::Xz, Compression::Zstd] {
+            let one = member(format, b"");
+            let count = if format == Compression::Bzip2 { 200_000 } else { 5_000 };
+            let err = decode(format, one.repeat(count)).unwrap_err().to_string();
+            let at = one.len() as u64 * FREE_MEMBERS;
+            assert!(
+                err.contains(&format!("at byte {at}: more than {FREE_MEMBERS} members after 0 bytes decoded"))
+                    && err.contains("one member per 32 KiB decoded"),
+                "{format:?}: {err}"
+            );
+            // Up to the limit, they are a valid (empty) file.
+            assert_eq!(decode(format, one.repeat(FREE_MEMBERS as usize)).unwrap(), 0, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn members_of_32_kib_each_are_never_too_many() {
+        let data = vec![7u8; BYTES_PER_MEMBER as usize];
+        for format in [Compression::Bzip2, Compression::Gzip, Compression::Zstd] {
+            let n = FREE_MEMBERS as usize + 200;
+            let total = decode(format, member(format, &data).repeat(n)).unwrap();
+            assert_eq!(total, (n * data.len()) as u64, "{format:?}");
+        }
+    }
+
+    /// An xz stream header, then a block header with one LZMA2 filter whose dictionary
+    /// property is `dict` (40: 4 GiB), then `rest`.
+    fn xz_declaring(dict: u8, rest: &[u8]) -> Vec<u8> {
+        let flags = [0u8, 1]; // CRC32 checks
+        let mut out = [&[0xfd, b'7', b'z', b'X', b'Z', 0][..], &flags].concat();
+        out.extend(crc32fast::hash(&flags).to_le_bytes());
+        let header = [2u8, 0, 0x21, 1, dict, 0, 0, 0];
+        out.extend(header);
+        out.extend(crc32fast::hash(&header).to_le_bytes());
+        out.extend(rest);
+        out
+    }
+
+    /// Issue 25: a `.tar.xz` declaring a 4 GiB dictionary took 2.1 GB of memory. The decoder
+    /// refuses its block header before allocating, and says which limit.
+    #[test]
+    fn an_xz_dictionary_past_the_memory_limit_is_refused_before_allocating() {
+        for dict in [40u8, 30] {
+            // 4 GiB, 128 MiB: with the decoder's buffers, past the limit.
+            let err = decode(Compression::Xz, xz_declaring(dict, &[0; 64])).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
+            let err = err.to_string();
+            assert!(
+                err.contains("stream that starts at byte 0") && err.contains("decoder memory limit of 128 MiB"),
+                "{err}"
+            );
+        }
+        // 64 MiB (`xz -9`): within the limit, so what is refused is the data, not the dictionary.
+        let err = decode(Compression::Xz, xz_declaring(28, &[0; 64])).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
+    }
+
+    /// A zstd frame whose header declares a 2 GiB window is refused before its buffer is
+    /// allocated, naming the limit; one of 128 MiB is within it.
+    #[test]
+    fn a_zstd_window_past_the_memory_limit_is_refused_before_allocating() {
+        // Magic, a descriptor with no content size or checksum, then the window: 1 << (10 + exponent).
+        let frame = |exponent: u8| [&zstd::FRAME_MAGIC[..], &[0, exponent << 3], &[0; 64]].concat();
+        let err = decode(Compression::Zstd, frame(21)).unwrap_err().to_string();
+        assert!(
+            err.contains("it needs a window of 2147483648 bytes, more than imgbuild's decoder memory limit of 128 MiB"),
+            "{err}"
+        );
+        let err = decode(Compression::Zstd, frame(17)).unwrap_err().to_string();
+        assert!(!err.contains("memory limit"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Whatever the members decode to, the decoders set up never exceed the first
+        /// FREE_MEMBERS plus one per BYTES_PER_MEMBER decoded; and members that each bring
+        /// BYTES_PER_MEMBER are never refused.
+        #[test]
+        fn decoder_setups_stay_linear_in_the_output(sizes in proptest::collection::vec(0u64..200_000, 0..3000)) {
+            let mut budget = MemberBudget::default();
+            let (mut decoded, mut started) = (0u64, 0u64);
+            for size in &sizes {
+                if budget.start(decoded).is_err() {
+                    break;
+                }
+                started += 1;
+                decoded += size;
+            }
+            proptest::prop_assert!(started <= FREE_MEMBERS + decoded / BYTES_PER_MEMBER + 1);
+            let mut fair = MemberBudget::default();
+            for n in 0..sizes.len() as u64 {
+                proptest::prop_assert!(fair.start(n * BYTES_PER_MEMBER).is_ok());
+            }
+        }
     }
 }

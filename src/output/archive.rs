@@ -3,7 +3,7 @@
 //! (Docker 25 and later write this same combined form).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use tar::{EntryType, Header};
@@ -51,11 +51,10 @@ fn docker_manifest(images: &[StoredImage], name: &str) -> Result<Vec<u8>> {
 /// Writes the archive of `images` to `path` (a temporary file the caller renames into place);
 /// `docker` is the repository name when it is a docker-archive.
 pub fn write(store: &Store, path: &Path, images: &[StoredImage], docker: Option<&str>, epoch: u64) -> Result<()> {
-    let file = File::create(path).at(path)?;
-    let out = BufWriter::with_capacity(256 * 1024, file);
-    let file =
-        write_to(store, out, path, images, docker, true, epoch)?.into_inner().map_err(|e| e.into_error()).at(path)?;
-    file.sync_all().at(path)
+    let options = crate::atomic_file::Options::REPLACE.mode(0o644);
+    crate::atomic_file::write_with(path, options, |out| {
+        write_to(store, out, path, images, docker, true, epoch).map(drop)
+    })
 }
 
 /// Streams the archive into any writer (a file, or the stdin of `podman load`), blob by blob

@@ -20,6 +20,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file::{is_random_part, random_part, rename_noreplace, Options, TEMP_MARK};
 use crate::digest::{hash_reader, Algorithm};
 use crate::error::{escape, Error, IoContext, Result};
 
@@ -163,8 +164,8 @@ impl Destination {
     /// Writes the record of the directory output in `temp` (every file it holds), as its last file.
     pub(crate) fn record(temp: &Path) -> Result<()> {
         let record = Record::of(temp)?;
-        let path = temp.join(RECORD);
-        fs::write(&path, serde_json::to_vec_pretty(&record).expect("serializes")).at(&path)
+        let json = serde_json::to_vec_pretty(&record).expect("serializes");
+        crate::atomic_file::write(&temp.join(RECORD), &json, Options::REPLACE.mode(0o644))
     }
 
     /// Puts the finished output in `temp` at the destination, checking once more that what is
@@ -311,18 +312,6 @@ fn walk(dir: &Path) -> Result<Vec<(String, Entry)>> {
     Ok(out)
 }
 
-/// `rename` that fails rather than replace something that appeared at `to`.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            // A file system without RENAME_NOREPLACE: the check just before is what we have.
-            fs::rename(from, to)
-        }
-        other => other.map_err(io::Error::from),
-    }
-}
-
 /// Swaps two directories in one step, so the destination is never missing.
 fn exchange(from: &Path, to: &Path) -> io::Result<()> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
@@ -350,9 +339,6 @@ pub(crate) struct TempPath {
     /// dies, so a free lock means the writer is gone, in any PID namespace.
     lock: fs::File,
 }
-
-/// What marks imgbuild's temporary siblings of an output named NAME: `.NAME` then this.
-const TEMP_MARK: &str = ".imgbuild-tmp-";
 
 impl TempPath {
     /// A new temporary path for `dest`, locked. What killed runs left beside `dest` goes first,
@@ -393,22 +379,6 @@ fn lock_path_of(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     PathBuf::from(name)
-}
-
-/// 16 hex digits that no other run picks: hashed from a per-process random key, the process,
-/// the time and a counter.
-fn random_part() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    format!("{:016x}", h.finish())
-}
-
-fn is_random_part(text: &str) -> bool {
-    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether `file` is still what `path` names (not removed, not replaced).

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
 
+use crate::atomic_file::{self, Options};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{canonical_json, descriptor, Referrer, StoredImage};
@@ -62,9 +63,12 @@ pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
         let to = blob_dir.join(digest.hex());
         // Store blobs are immutable: a hard link costs nothing; copy across file systems.
         if fs::hard_link(&from, &to).is_err() {
-            fs::copy(&from, &to).at(&from)?;
+            let mut blob = fs::File::open(&from).at(&from)?;
+            atomic_file::write_with(&to, Options::REPLACE.mode(0o644), |out| {
+                std::io::copy(&mut blob, out).map(drop).at(&to)
+            })?;
         }
     }
-    fs::write(dir.join("oci-layout"), OCI_LAYOUT).at(dir)?;
-    fs::write(dir.join("index.json"), index_json(images, true)?).at(dir)
+    atomic_file::write(&dir.join("oci-layout"), OCI_LAYOUT, Options::REPLACE.mode(0o644))?;
+    atomic_file::write(&dir.join("index.json"), &index_json(images, true)?, Options::REPLACE.mode(0o644))
 }

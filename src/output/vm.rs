@@ -21,11 +21,11 @@ mod templates;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{Destination, TempPath};
+use crate::atomic_file::{self, Options};
 use crate::error::{Error, IoContext, Result};
 use crate::image::ImageLayer;
 use crate::image_def::{ImageDef, Node};
@@ -77,9 +77,14 @@ pub struct VmSummary {
     pub warnings: Vec<String>,
 }
 
-/// Runs an external tool; a missing tool or a failure is a clear error naming it and its
-/// package. Returns what it printed on stderr.
-fn run(cmd: &mut Command, tool: &str, package: &str) -> Result<String> {
+/// The programs `imgbuild vm` runs (rows of [`crate::host::NEEDS`], which knows their packages):
+/// the command checks for them before it builds.
+pub(crate) const TOOLS: [&str; 4] = ["mke2fs", "debugfs", "qemu-img", "xorriso"];
+
+/// Runs an external tool (one of [`TOOLS`]); a missing tool or a failure is a clear error naming
+/// it and its package. Returns what it printed on stderr.
+fn run(cmd: &mut Command, tool: &str) -> Result<String> {
+    let package = crate::host::package_of(tool);
     let out = cmd.output().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::tool(tool, package, "not installed (not found on PATH)"),
         _ => Error::tool(tool, package, format!("cannot run: {e}")),
@@ -103,11 +108,7 @@ fn base_disk(store: &Store, layers: &[ImageLayer], dir: &Path, opts: &VmOptions)
     ext4::make_ext4(&rootfs, &raw, &ext4::derived_uuid(layers), opts.epoch)?;
     fs::remove_dir_all(rootfs.host_path()).at(rootfs.host_path())?;
     let qcow = dir.join("base.qcow2");
-    run(
-        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow),
-        "qemu-img",
-        "qemu-utils",
-    )?;
+    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow), "qemu-img")?;
     if !opts.raw {
         fs::remove_file(&raw).at(&raw)?;
     }
@@ -119,7 +120,7 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
     let disk = format!("node-{id}.qcow2");
     // Run in the output directory so the backing file is recorded relative: `base.qcow2`.
     let create = ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &disk];
-    run(Command::new("qemu-img").current_dir(dir).args(create), "qemu-img", "qemu-utils")?;
+    run(Command::new("qemu-img").current_dir(dir).args(create), "qemu-img")?;
     let (meta, user) = seed::seed_files(def, id);
     let iso = dir.join(format!("seed-node-{id}.iso"));
     seed::make_seed(&dir.join(format!(".seed-{id}")), &iso, &meta, &user, opts.epoch)?;
@@ -133,16 +134,14 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
         memory_mib: opts.memory_mib,
         libvirt_dir: opts.libvirt_dir.as_deref(),
     };
-    let script = dir.join(format!("node-{id}.sh"));
-    for (path, text) in [
-        (dir.join(format!("user-data-node-{id}")), user),
-        (dir.join(format!("node-{id}.xml")), template.domain_xml()),
-        (script.clone(), template.qemu_script()),
+    for (name, text, mode) in [
+        (format!("user-data-node-{id}"), user, 0o644),
+        (format!("node-{id}.xml"), template.domain_xml(), 0o644),
+        (format!("node-{id}.sh"), template.qemu_script(), 0o755),
     ] {
-        fs::write(&path, text).at(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).at(&path)?;
+        atomic_file::write(&dir.join(name), text.as_bytes(), Options::REPLACE.mode(mode))?;
     }
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).at(&script)
+    Ok(())
 }
 
 /// What the templates reference that is not on this machine, and what network.xml cannot do.
@@ -183,9 +182,7 @@ pub(crate) fn write(
         node_files(temp.path(), def, n.id, opts)?;
     }
     let (network, network_problem) = templates::network_xml(def);
-    let network_path = temp.path().join("network.xml");
-    fs::write(&network_path, network).at(&network_path)?;
-    fs::set_permissions(&network_path, fs::Permissions::from_mode(0o644)).at(&network_path)?;
+    atomic_file::write(&temp.path().join("network.xml"), network.as_bytes(), Options::REPLACE.mode(0o644))?;
     Destination::record(temp.path())?;
     opts.out.replace_with(temp)?;
     summary(def, nodes, opts, warnings(opts, network_problem))

@@ -2,6 +2,7 @@
 //! and version from its file name and the `[unpack]` its layout suggests; an OCI archive's or
 //! layout's images, by manifest digest and platform. Nothing here writes anywhere.
 
+pub mod guard;
 pub mod name;
 pub mod oci;
 mod render;

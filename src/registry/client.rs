@@ -50,6 +50,9 @@ pub struct RegistrySettings {
 
 pub struct Client {
     pub(super) http: reqwest::blocking::Client,
+    /// For token requests: follows no redirect, so a password or identity token goes only to
+    /// the realm the registry named.
+    token_http: reqwest::blocking::Client,
     pub(super) base: String,
     /// Where plain HTTP is allowed: only with `--insecure`, only on loopback.
     pub(super) transport: Transport,
@@ -63,19 +66,22 @@ pub struct Client {
     authorization: RefCell<Option<Secret>>,
     challenge: RefCell<Option<Challenge>>,
     scopes: RefCell<Vec<String>>,
+    /// What this command's walks of indexes and referrers have fetched here.
+    pub(crate) budget: super::budget::Budget,
 }
 
 impl Client {
     /// Connects to the registry of `reference` and checks it speaks the distribution API.
     pub fn connect(reference: &Reference, settings: &RegistrySettings) -> Result<Client> {
-        let http = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout)?;
+        let clients = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout)?;
         let scheme = if settings.insecure { "http" } else { "https" };
         let actions = match settings.access {
             Access::Pull => "pull",
             Access::Push => "pull,push",
         };
         let client = Client {
-            http,
+            http: clients.follow,
+            token_http: clients.direct,
             base: format!("{scheme}://{}", reference.api_host()),
             transport: Transport { plain_http: settings.insecure },
             reference: reference.clone(),
@@ -86,6 +92,7 @@ impl Client {
             authorization: RefCell::new(None),
             challenge: RefCell::new(None),
             scopes: RefCell::new(vec![format!("repository:{}:{actions}", reference.repository)]),
+            budget: Default::default(),
         };
         let response = client.send(|| client.http.get(format!("{}/v2/", client.base)))?;
         if response.status() == StatusCode::BAD_REQUEST && settings.insecure {
@@ -160,7 +167,7 @@ impl Client {
                 let scopes = self.scopes.borrow().clone();
                 let realm = self.resolve("token realm", &realm)?;
                 let request = TokenRequest {
-                    http: &self.http,
+                    http: &self.token_http,
                     reference: &self.reference,
                     realm: &realm,
                     service: service.as_deref(),
@@ -238,6 +245,7 @@ impl Client {
             attempt += 1;
             match self.authorized(make()).send() {
                 Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                    self.challenged_by_registry(&r)?;
                     if authenticated_now || (self.authorization.borrow().is_some() && self.challenge.borrow().is_none())
                     {
                         return Err(self.auth_failed());
@@ -262,6 +270,19 @@ impl Client {
             }
         }
         Err(self.error(format!("{last} (after {} attempts)", self.attempts)))
+    }
+
+    /// Fails unless a 401 came from the registry's own origin: after a redirect to another
+    /// host (blob storage, a CDN), a challenge is that host's, and no credential answers it.
+    fn challenged_by_registry(&self, r: &Response) -> Result<()> {
+        match Url::parse(&self.base) {
+            Ok(base) if same_origin(&base, r.url()) => Ok(()),
+            _ => Err(self.error(format!(
+                "a redirect led to {}, which asked for credentials (HTTP 401); imgbuild sends the \
+                 registry's credentials only to the registry itself, and sent none there",
+                crate::net::origin(r.url())
+            ))),
+        }
     }
 
     fn forbidden(&self, r: Response) -> Error {

@@ -2,6 +2,7 @@
 //! imgbuild speaks the protocol itself, as Jib, ko and crane do: no daemon, no external tool.
 
 pub mod auth;
+pub(crate) mod budget;
 pub mod client;
 pub(crate) mod credentials;
 pub mod pull;

@@ -28,10 +28,13 @@ trait Origin {
     fn invalid(&self, message: String) -> Error;
 }
 
-/// The children of an index a pull keeps: those of `platforms` (all when `None`).
+/// The children of an index a pull keeps: those of `platforms` (all when `None`), each digest
+/// once (an index may list one many times).
 fn wanted<'d>(children: &'d [Descriptor], platforms: Option<&[Platform]>) -> Vec<&'d Descriptor> {
+    let mut seen = std::collections::HashSet::new();
     children
         .iter()
+        .filter(|child| seen.insert(child.digest))
         .filter(|child| {
             let platform = child.platform.as_ref().map(DescriptorPlatform::text);
             match (platforms, &platform) {
@@ -172,14 +175,22 @@ pub(crate) fn from_store(store: &Store, reference: &Reference, platforms: Option
     }
 }
 
-/// Fetches a manifest, checks it against `expected` (when pinned) and stores it.
+/// Fetches a manifest, checks it against `expected` (when pinned) and stores it; one the store
+/// holds already is read from there (a walk fetches each digest once). Counted in the
+/// client's [`Budget`](super::budget::Budget).
 pub(crate) fn manifest(
     store: &Store,
     client: &Client,
     target: &str,
     expected: Option<&Sha256Digest>,
 ) -> Result<(Sha256Digest, Document)> {
+    if let Some(stored) = expected.filter(|d| store.has_sha256(d)) {
+        let bytes = store.read_blob(stored)?;
+        return Ok((*stored, parse_manifest(client, target, &bytes)?));
+    }
+    client.budget.document().map_err(|why| client.error(why))?;
     let (bytes, _) = client.get_manifest(target)?;
+    client.budget.bytes(bytes.len() as u64).map_err(|why| client.error(why))?;
     let found = Sha256Digest::of(&bytes);
     if let Some(expected) = expected {
         if *expected != found {
@@ -190,10 +201,32 @@ pub(crate) fn manifest(
             });
         }
     }
-    let doc: Document =
-        serde_json::from_slice(&bytes).map_err(|e| client.error(format!("{target} is not an OCI manifest: {e}")))?;
+    let doc = parse_manifest(client, target, &bytes)?;
     store.add_bytes(&bytes)?;
     Ok((found, doc))
+}
+
+fn parse_manifest(client: &Client, target: &str, bytes: &[u8]) -> Result<Document> {
+    serde_json::from_slice(bytes).map_err(|e| client.error(format!("{target} is not an OCI manifest: {e}")))
+}
+
+/// Fetches a document blob (what an artifact manifest carries, or its config) into the store:
+/// at most [`MAX_DOCUMENT`](crate::store::MAX_DOCUMENT) bytes as its descriptor says, counted
+/// in the client's budget; anything larger is refused unfetched.
+pub(crate) fn document(store: &Store, client: &Client, desc: &Descriptor, what: &str) -> Result<()> {
+    if store.has_sha256(&desc.digest) {
+        return Ok(());
+    }
+    if desc.size > crate::store::MAX_DOCUMENT {
+        return Err(client.error(format!(
+            "{what}: its blob {} is {} bytes, more than the {} MiB a document may be (MAX_DOCUMENT): not fetched",
+            desc.digest,
+            desc.size,
+            crate::store::MAX_DOCUMENT >> 20
+        )));
+    }
+    client.budget.document().and_then(|()| client.budget.bytes(desc.size)).map_err(|why| client.error(why))?;
+    fetch_blob(store, client, desc, &|_| {})
 }
 
 fn blob(store: &Store, client: &Client, desc: &Descriptor, reporter: &dyn Reporter) -> Result<()> {

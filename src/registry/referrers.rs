@@ -8,6 +8,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use super::budget::Budget;
 use super::client::Client;
 use super::transport::explain;
 use crate::digest::Sha256Digest;
@@ -21,41 +22,62 @@ pub(crate) fn fallback_tag(subject: &Sha256Digest) -> String {
     format!("sha256-{}", subject.hex())
 }
 
-/// The artifact manifests attached to `subject`, by digest: from the referrers API, or from
-/// the fallback tag when the registry has no such API. Each is still to be fetched and checked.
-pub(crate) fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Sha256Digest>> {
+/// One artifact manifest a registry lists as attached to a subject: a hint, until it is
+/// fetched and names the subject itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub digest: Sha256Digest,
+    /// The type the listing gives it (the referrers API and the fallback tag both carry it).
+    pub artifact_type: Option<String>,
+}
+
+/// The artifact manifests attached to `subject`, each digest once: from the referrers API, or
+/// from the fallback tag when the registry has no such API. Each is still to be fetched and
+/// checked. Every listing is counted in the client's budget.
+pub(crate) fn list(client: &Client, subject: &Sha256Digest) -> Result<Vec<Listed>> {
     let url = client.url(&format!("referrers/{subject}"));
+    client.budget.document().map_err(|why| client.error(why))?;
     let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
     let index = if r.status().is_success() {
-        Some(read_index(client, r, "the referrers API")?)
+        Some(read_index(client, r, "the referrers API", Some(&client.budget))?)
     } else if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
-        fallback_index(client, subject)?
+        fallback_index(client, subject, Some(&client.budget))?
     } else {
         return Err(client.error(format!("listing the referrers of {subject}: {}", explain(r))));
     };
     let manifests = index.as_ref().and_then(|i| i["manifests"].as_array()).cloned().unwrap_or_default();
-    Ok(manifests.iter().filter_map(|d| d["digest"].as_str()?.parse().ok()).collect())
+    let (mut listed, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    for d in &manifests {
+        let Some(digest) = d["digest"].as_str().and_then(|s| s.parse::<Sha256Digest>().ok()) else { continue };
+        if seen.insert(digest) {
+            listed.push(Listed { digest, artifact_type: d["artifactType"].as_str().map(str::to_string) });
+        }
+    }
+    Ok(listed)
 }
 
-/// The index the fallback tag of `subject` holds, if there is one.
-fn fallback_index(client: &Client, subject: &Sha256Digest) -> Result<Option<Value>> {
+/// The index the fallback tag of `subject` holds, if there is one; counted in `budget` when
+/// the registry's listing is walked (not when a push adds to it: that is the pusher's own).
+fn fallback_index(client: &Client, subject: &Sha256Digest, budget: Option<&Budget>) -> Result<Option<Value>> {
     let url = client.url(&format!("manifests/{}", fallback_tag(subject)));
+    budget.map_or(Ok(()), Budget::document).map_err(|why| client.error(why))?;
     let r = client.send(|| client.http.get(&url).header(ACCEPT, INDEX))?;
     match r.status() {
         StatusCode::NOT_FOUND => Ok(None),
-        s if s.is_success() => Ok(Some(read_index(client, r, "the referrers tag")?)),
+        s if s.is_success() => Ok(Some(read_index(client, r, "the referrers tag", budget)?)),
         _ => Err(client.error(format!("getting {}: {}", fallback_tag(subject), explain(r)))),
     }
 }
 
-fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str) -> Result<Value> {
+fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str, budget: Option<&Budget>) -> Result<Value> {
     let mut bytes = Vec::new();
     r.take(crate::store::MAX_DOCUMENT + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| client.error(format!("reading {what}: {e}")))?;
     if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
-        return Err(client.error(format!("{what} answered more than 4 MiB")));
+        return Err(client.error(format!("{what} answered more than 4 MiB (MAX_DOCUMENT)")));
     }
+    budget.map_or(Ok(()), |b| b.bytes(bytes.len() as u64)).map_err(|why| client.error(why))?;
     serde_json::from_slice(&bytes).map_err(|e| client.error(format!("{what} answered what is not an index: {e}")))
 }
 
@@ -73,7 +95,7 @@ pub(crate) fn put(client: &Client, bytes: &[u8], subject: &Sha256Digest, artifac
     if indexed {
         return Ok(());
     }
-    let mut index = fallback_index(client, subject)?
+    let mut index = fallback_index(client, subject, None)?
         .unwrap_or_else(|| json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": [] }));
     let listed = index["manifests"].as_array().is_some_and(|m| m.iter().any(|d| d["digest"] == digest.to_string()));
     if listed {

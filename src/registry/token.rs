@@ -2,7 +2,7 @@
 //! Basic credentials (or none, for anonymous pulls), or, with an identity token, the OAuth2
 //! `refresh_token` POST Docker uses.
 
-use reqwest::header::AUTHORIZATION;
+use reqwest::header::{AUTHORIZATION, LOCATION};
 use reqwest::{StatusCode, Url};
 
 use super::auth::{Credentials, Secret};
@@ -41,6 +41,16 @@ impl TokenRequest<'_> {
                 Failure::Transient(why) => self.error(format!("token request to {realm}: {why}")),
             })
         })?;
+        if response.status().is_redirection() {
+            // Followed, it would take the password or identity token to a place the registry
+            // did not name (a 307 re-sends a POST's body).
+            let to = response.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
+            return Err(Refusal::Other(self.error(format!(
+                "token request to {realm}: redirected to {}; imgbuild sends credentials only to the \
+                 token realm the registry named, and follows no redirect from it",
+                escape(to)
+            ))));
+        }
         if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(Refusal::Unauthorized);
         }

@@ -11,6 +11,7 @@ use reqwest::Url;
 
 use super::reference::{is_loopback_host, Reference};
 use crate::error::{escape, http_cause, Error, Result};
+use crate::net::Redirects;
 
 pub(crate) fn registry_error(registry: &str, message: impl Into<String>) -> Error {
     Error::Registry { registry: registry.to_string(), message: message.into(), hint: None }
@@ -24,9 +25,6 @@ pub(crate) fn registry_error(registry: &str, message: impl Into<String>) -> Erro
 pub(crate) struct Transport {
     pub plain_http: bool,
 }
-
-/// Redirects followed per request, as reqwest's default.
-const MAX_REDIRECTS: usize = 10;
 
 impl Transport {
     /// Whether `url` may be requested; the refusal names it (escaped) and says why.
@@ -57,20 +55,25 @@ impl Transport {
     }
 }
 
-/// Whether two URLs are the same origin: scheme, host and port.
-pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+pub(crate) use crate::net::same_origin;
+
+/// The HTTP clients of one registry connection, with the same TLS trust.
+pub(crate) struct HttpClients {
+    /// For the registry's own API: redirects followed as `crate::net` and [`Transport`] allow
+    /// (reqwest drops `Authorization` on a redirect to another host or port).
+    pub follow: reqwest::blocking::Client,
+    /// For token requests, which carry a password or identity token: no redirect followed.
+    pub direct: reqwest::blocking::Client,
 }
 
-/// An HTTP client for one registry: plain HTTP when `insecure` (loopback only), else TLS that
-/// trusts what `tls::client_config` says. Redirects are followed only as [`Transport`] allows
-/// (reqwest drops `Authorization` on a redirect to another host).
+/// The HTTP clients for one registry: plain HTTP when `insecure` (loopback only), else TLS that
+/// trusts what `tls::client_config` says.
 pub(crate) fn http_client(
     reference: &Reference,
     insecure: bool,
     ca_files: &[PathBuf],
     timeout: Duration,
-) -> Result<reqwest::blocking::Client> {
+) -> Result<HttpClients> {
     if insecure && !reference.is_loopback() {
         return Err(Error::Usage(format!(
             "plain HTTP (--insecure, --insecure-registry) is only allowed for registries on loopback, not {}",
@@ -78,25 +81,19 @@ pub(crate) fn http_client(
         )));
     }
     let transport = Transport { plain_http: insecure };
-    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= MAX_REDIRECTS {
-            let why = format!("more than {MAX_REDIRECTS} redirects");
-            return attempt.error(why);
+    let tls = match insecure {
+        true => None,
+        false => Some(super::tls::client_config(&reference.registry, ca_files)?),
+    };
+    let build = |redirects| {
+        let mut builder = crate::net::client_builder(timeout, redirects);
+        if let Some(tls) = &tls {
+            builder = builder.use_preconfigured_tls(tls.clone());
         }
-        match transport.check(attempt.url()) {
-            Ok(()) => attempt.follow(),
-            Err(why) => attempt.error(format!("redirected: {why}")),
-        }
-    });
-    let mut builder = reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(redirects)
-        .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
-    if !insecure {
-        builder = builder.use_preconfigured_tls(super::tls::client_config(&reference.registry, ca_files)?);
-    }
-    builder.build().map_err(|e| Error::Internal(format!("cannot set up the HTTP client: {e}")))
+        builder.build().map_err(|e| Error::Internal(format!("cannot set up the HTTP client: {e}")))
+    };
+    let follow = build(Redirects::Follow(Box::new(move |url| transport.check(url))))?;
+    Ok(HttpClients { follow, direct: build(Redirects::None)? })
 }
 
 /// A request that got no answer.

@@ -39,14 +39,14 @@ pub(crate) struct BasePackages {
 }
 
 /// The packages of `base`, from the store's cache or read from its layers (then cached).
-pub(crate) fn base_packages(store: &Store, base: &BaseImage) -> Result<BasePackages> {
+pub(crate) fn base_packages(store: &Store, base: &BaseImage, limit: u64) -> Result<BasePackages> {
     let dir = store.supply_dir();
     let cache = dir.join(format!("dpkg-v{CACHE_VERSION}-{}.json", base.manifest_digest.hex()));
     if let Some(found) = fs::read(&cache).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
         return Ok(found);
     }
     let wanted = [STATUS, OS_RELEASE[0], OS_RELEASE[1]];
-    let files = merged_files(store, &base.layers, &wanted)?;
+    let files = merged_files(store, &base.layers, &wanted, limit)?;
     let text = |i: usize| files[i].as_deref().map(String::from_utf8_lossy);
     let packages = BasePackages {
         os_id: text(1).or_else(|| text(2)).and_then(|t| os_release_id(&t)),
@@ -73,13 +73,22 @@ fn inside(path: &str, dir: &str) -> bool {
 /// The content of each of `paths` in the file system `layers` make when applied in order:
 /// a later entry replaces an earlier one, a whiteout (`.wh.NAME`) or a parent replaced by a
 /// non-directory removes it, and an opaque directory (`.wh..wh..opq`) hides what lower layers
-/// put under it. `None` for a path that is absent or not a regular file.
-pub(crate) fn merged_files(store: &Store, layers: &[ImageLayer], paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+/// put under it. `None` for a path that is absent or not a regular file. Each layer may unpack
+/// `limit` bytes.
+pub(crate) fn merged_files(
+    store: &Store,
+    layers: &[ImageLayer],
+    paths: &[&str],
+    limit: u64,
+) -> Result<Vec<Option<Vec<u8>>>> {
     let mut followed: Vec<Followed<'_>> = paths.iter().map(|p| Followed { path: p, content: None, layer: 0 }).collect();
     for (index, layer) in layers.iter().enumerate() {
         let digest = layer.digest.0;
-        let bad = |e: std::io::Error| bad_layer(&digest, format!("corrupt tar stream: {e}"));
-        let mut archive = open_layer(store, &digest)?;
+        let bad = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::FileTooLarge => bad_layer(&digest, e.to_string()), // the unpack limit, named
+            _ => bad_layer(&digest, format!("corrupt tar stream: {e}")),
+        };
+        let mut archive = open_layer(store, &digest, limit)?;
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let path = entry_path(&entry).map_err(bad)?;
@@ -332,7 +341,7 @@ mod merge_model {
                     }
                 })
                 .collect();
-            let merged = merged_files(&store, &image_layers, &FOLLOWED).unwrap();
+            let merged = merged_files(&store, &image_layers, &FOLLOWED, u64::MAX).unwrap();
             prop_assert_eq!(merged, model(&layers));
         }
     }

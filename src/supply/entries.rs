@@ -12,9 +12,14 @@ use crate::error::{escape, Error, IoContext, Result};
 use crate::layer::tar_guard::TarGuard;
 use crate::store::Store;
 
-/// A layer blob of the store as a tar stream (gunzipped when it is gzip).
-pub(crate) fn open_layer(store: &Store, digest: &Sha256Digest) -> Result<tar::Archive<TarGuard<HashingReader>>> {
-    Ok(tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, digest)?)))
+/// A layer blob of the store as a tar stream (gunzipped when it is gzip), of at most `limit`
+/// bytes.
+pub(crate) fn open_layer(
+    store: &Store,
+    digest: &Sha256Digest,
+    limit: u64,
+) -> Result<tar::Archive<TarGuard<HashingReader>>> {
+    Ok(tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, digest, limit)?)))
 }
 
 pub(crate) fn bad_layer(digest: &Sha256Digest, message: impl Into<String>) -> Error {
@@ -123,14 +128,9 @@ impl EntrySummary {
     }
 }
 
-/// A layer blob of the store as its uncompressed stream, hashed as it is read.
-pub(crate) fn hashed_layer(store: &Store, digest: &Sha256Digest) -> Result<HashingReader> {
-    limited_layer(store, digest, u64::MAX)
-}
-
-/// `hashed_layer`, refusing to unpack more than `limit` bytes (`IMGBUILD_MAX_UNPACKED`): a
-/// decompression bomb stops there.
-pub(crate) fn limited_layer(store: &Store, digest: &Sha256Digest, limit: u64) -> Result<HashingReader> {
+/// A layer blob of the store as its uncompressed stream, hashed as it is read; past `limit`
+/// bytes (a small layer of a 40 GiB file of zeros), a read fails naming the limit.
+pub(crate) fn hashed_layer(store: &Store, digest: &Sha256Digest, limit: u64) -> Result<HashingReader> {
     let path = store.sha256_path(digest);
     let mut input = BufReader::with_capacity(256 * 1024, File::open(&path).at(&path)?);
     let magic = io::BufRead::fill_buf(&mut input).at(&path)?;
@@ -144,10 +144,11 @@ pub(crate) fn limited_layer(store: &Store, digest: &Sha256Digest, limit: u64) ->
     Ok(HashingReader { inner, hasher: Hasher::new(Algorithm::Sha256), left: limit, limit })
 }
 
-/// A reader that hashes every byte it passes on, and fails past `limit` bytes.
+/// A reader that hashes every byte it passes on, up to its limit.
 pub(crate) struct HashingReader {
     inner: Box<dyn Read>,
     hasher: Hasher,
+    /// Bytes it may still pass on, of `limit`.
     left: u64,
     limit: u64,
 }
@@ -164,13 +165,7 @@ impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "unpacks to more than {} bytes (a decompression bomb, or set IMGBUILD_MAX_UNPACKED higher)",
-                    self.limit
-                ),
-            ));
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, crate::layer::past_unpack_limit(self.limit)));
         }
         self.left -= n as u64;
         self.hasher.update(&buf[..n]);

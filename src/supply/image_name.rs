@@ -11,6 +11,7 @@ use crate::oci_doc::Document;
 use crate::progress::Reporter;
 use crate::registry::{pull, referrers, Client, Reference};
 use crate::store::Store;
+use crate::supply::{CYCLONEDX_TYPE, IN_TOTO_TYPE, SPDX_TYPE};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ImageName {
@@ -111,33 +112,59 @@ fn open_remote(
     reporter: &dyn Reporter,
 ) -> Result<OpenedImage> {
     let (digest, doc) = pull::manifest(store, client, &reference.target(), reference.digest.as_ref())?;
-    let children: Vec<Sha256Digest> = doc.manifests.iter().flatten().map(|d| d.digest).collect();
+    // Each child once: an index may list one many times.
+    let mut seen = std::collections::HashSet::from([digest]);
+    let children = doc.manifests.iter().flatten().map(|c| c.digest).filter(|d| seen.insert(*d));
+    let subjects: Vec<Sha256Digest> = std::iter::once(digest).chain(children).collect();
     match fetch {
         Fetch::Whole => {
             let pinned = Reference { digest: Some(digest), tag: None, ..reference.clone() };
             pull::pull(store, client, &pinned, None, reporter)?;
         }
         Fetch::Documents => {
-            for child in &children {
+            for child in &subjects[1..] {
                 pull::manifest(store, client, &child.to_string(), Some(child))?;
             }
         }
     }
-    let subjects = std::iter::once(digest).chain(children);
     let mut found = Vec::new();
     for subject in subjects {
-        for artifact in referrers::list(client, &subject)? {
-            let pinned = Reference { digest: Some(artifact), tag: None, ..reference.clone() };
-            pull::pull(store, client, &pinned, None, reporter)?;
-            let doc = read_document(store, &artifact)?;
-            // What the registry lists is a hint: only a manifest that names this subject counts.
-            if doc.subject.as_ref().map(|s| s.digest) == Some(subject) {
-                let artifact_type = doc.artifact_type.clone().unwrap_or_default();
-                found.push(ImportedReferrer { digest: artifact, artifact_type, subject });
+        for listed in referrers::list(client, &subject)? {
+            // Only imgbuild's documents are read (by `sbom` and `verify`): others are never fetched.
+            if listed.artifact_type.as_deref().is_some_and(is_ours) {
+                found.extend(attached(store, client, &listed.digest, subject)?);
             }
         }
     }
     Ok(OpenedImage { digest, referrers: found })
+}
+
+fn is_ours(artifact_type: &str) -> bool {
+    [SPDX_TYPE, CYCLONEDX_TYPE, IN_TOTO_TYPE].contains(&artifact_type)
+}
+
+/// The artifact manifest `artifact` and its one document, when it is one of imgbuild's
+/// attached to `subject`: what the registry lists is a hint, only the manifest counts. Its
+/// blobs are documents, never an image's layers: each at most MAX_DOCUMENT bytes.
+fn attached(
+    store: &Store,
+    client: &Client,
+    artifact: &Sha256Digest,
+    subject: Sha256Digest,
+) -> Result<Option<ImportedReferrer>> {
+    let (_, doc) = pull::manifest(store, client, &artifact.to_string(), Some(artifact))?;
+    let artifact_type = doc.artifact_type.clone().unwrap_or_default();
+    if doc.subject.as_ref().map(|s| s.digest) != Some(subject) || !is_ours(&artifact_type) {
+        return Ok(None);
+    }
+    let what = format!("the {artifact_type} document {artifact} attached to {subject}");
+    let [layer] = doc.layers.as_slice() else {
+        return Err(client.error(format!("{what} carries {} blobs, not one", doc.layers.len())));
+    };
+    for desc in doc.config.iter().chain([layer]) {
+        pull::document(store, client, desc, &what)?;
+    }
+    Ok(Some(ImportedReferrer { digest: *artifact, artifact_type, subject }))
 }
 
 /// A manifest or index of the store, read permissively.

@@ -63,7 +63,7 @@ impl Inventory {
         let recipes = facts.def.layers.iter().filter_map(|r| recipe_package(r, platform)).collect();
         let base = match (base, &facts.def.base) {
             (Some(image), Some(recipe)) => {
-                let found = base_packages(store, image)?;
+                let found = base_packages(store, image, facts.max_unpacked)?;
                 let repository = match &recipe.kind {
                     RecipeKind::OciImage { reference: Some(r), .. } => Some(r.name()),
                     _ => None,

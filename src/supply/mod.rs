@@ -34,6 +34,8 @@ pub(crate) struct BuildFacts<'a> {
     /// The recipe layers' compressor and level (`--compression`, `--level`).
     pub compressor: crate::compress::Compressor,
     pub epoch: u64,
+    /// What reading a base layer (its packages) may unpack (`IMGBUILD_MAX_UNPACKED`).
+    pub max_unpacked: u64,
 }
 
 /// Writes the SBOMs of each of `image`'s platforms and its provenance into the store, and

@@ -121,14 +121,16 @@ pub(crate) fn rebuild(
 }
 
 /// Compares the image with its rebuild: the image, then every attached document imgbuild writes.
+/// Explaining a difference reads layers; each may unpack `limit` bytes (`IMGBUILD_MAX_UNPACKED`).
 pub(crate) fn compare(
     store: &Store,
     image: &OpenedImage,
     provenance: &Provenance,
     rebuilt: &StoredImage,
+    limit: u64,
 ) -> Result<Verified> {
     if image.digest != rebuilt.digest {
-        let why = explain_image(store, &image.digest, rebuilt)?;
+        let why = explain_image(store, &image.digest, rebuilt, limit)?;
         return Err(Error::Mismatch(format!(
             "{} is not what its provenance builds (rebuilt: {}): {why}",
             image.digest, rebuilt.digest
@@ -180,7 +182,7 @@ fn compare_documents(store: &Store, image: &OpenedImage, rebuilt: &StoredImage) 
 }
 
 /// What differs first between the image `theirs` and its rebuild.
-fn explain_image(store: &Store, theirs: &Sha256Digest, rebuilt: &StoredImage) -> Result<String> {
+fn explain_image(store: &Store, theirs: &Sha256Digest, rebuilt: &StoredImage, limit: u64) -> Result<String> {
     let doc = read_document(store, theirs)?;
     let manifests: Vec<(Option<String>, Sha256Digest)> = match &doc.manifests {
         Some(children) => children.iter().map(|c| (c.platform.as_ref().map(|p| p.text()), c.digest)).collect(),
@@ -203,7 +205,7 @@ fn explain_image(store: &Store, theirs: &Sha256Digest, rebuilt: &StoredImage) ->
             ));
         }
         if *digest != ours.manifest_digest {
-            return Ok(format!("{}: {}", ours.platform, explain_manifest(store, digest, ours)?));
+            return Ok(format!("{}: {}", ours.platform, explain_manifest(store, digest, ours, limit)?));
         }
     }
     Ok(format!("the index differs {}", json_difference(&store.read_blob(theirs)?, &store.read_blob(&rebuilt.digest)?)))
@@ -213,7 +215,7 @@ fn escape_opt(text: &Option<String>) -> String {
     escape(text.as_deref().unwrap_or(""))
 }
 
-fn explain_manifest(store: &Store, theirs: &Sha256Digest, ours: &WrittenImage) -> Result<String> {
+fn explain_manifest(store: &Store, theirs: &Sha256Digest, ours: &WrittenImage, limit: u64) -> Result<String> {
     let doc = read_document(store, theirs)?;
     let Some(config) = &doc.config else {
         return Ok(format!("{theirs} is not an image manifest"));
@@ -225,7 +227,7 @@ fn explain_manifest(store: &Store, theirs: &Sha256Digest, ours: &WrittenImage) -
                 n + 1,
                 ours.layers.len(),
                 rebuilt.created_by,
-                explain_layer(store, &layer.digest, &rebuilt.digest.0)
+                explain_layer(store, &layer.digest, &rebuilt.digest.0, limit)
             ));
         }
     }
@@ -242,16 +244,16 @@ fn explain_manifest(store: &Store, theirs: &Sha256Digest, ours: &WrittenImage) -
 
 /// Which entry differs first between two layers, read side by side as they stream; or, when
 /// every entry is the same, whether the tar stream or only its compression differs.
-fn explain_layer(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest) -> String {
-    match compare_layers(store, theirs, ours) {
+fn explain_layer(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest, limit: u64) -> String {
+    match compare_layers(store, theirs, ours, limit) {
         Ok(why) => why,
         Err(e) => format!("the image's layer {theirs} cannot be read as a tar stream ({e})"),
     }
 }
 
-fn compare_layers(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest) -> Result<String> {
-    let mut a = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, theirs)?));
-    let mut b = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, ours)?));
+fn compare_layers(store: &Store, theirs: &Sha256Digest, ours: &Sha256Digest, limit: u64) -> Result<String> {
+    let mut a = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, theirs, limit)?));
+    let mut b = tar::Archive::new(TarGuard::for_image_layer(hashed_layer(store, ours, limit)?));
     let read_err = |e: io::Error| Error::BadArchive { archive: format!("layer {theirs}"), message: e.to_string() };
     {
         let mut ea = a.entries().map_err(read_err)?;

@@ -515,15 +515,15 @@ fn check_refuses_hostile_recipe_and_definition_values_with_their_line() {
         (&zk, "prefix = \"/usr/local/zookeeper\"", "prefix = \"/etc/imgbuild\"", "which imgbuild writes itself"),
         (
             &def,
-            "stop_signal = \"SIGTERM\"",
-            "stop_signal = \"SIGTERM\"\nenv = { NODE_ID = \"1\" }",
-            "zk-kafka.toml:12:19: [config.env]: `NODE_ID` is read by the entrypoint at boot",
+            "env = { EXTRA_ARGS = \"-name kafkaServer\" }",
+            "env = { NODE_ID = \"1\" }",
+            "zk-kafka.toml:18:19: [config.env]: `NODE_ID` is read by the entrypoint at boot",
         ),
         (
             &def,
-            "stop_signal = \"SIGTERM\"",
-            "stop_signal = \"SIGTERM\"\nenv = { A = \"x\\u0085y\" }",
-            "zk-kafka.toml:12:13: field `config.env.A`",
+            "env = { EXTRA_ARGS = \"-name kafkaServer\" }",
+            "env = { A = \"x\\u0085y\" }",
+            "zk-kafka.toml:18:13: field `config.env.A`",
         ),
         (
             &def,

@@ -24,8 +24,8 @@ pub(super) fn podman() -> Command {
 
 /// The containers a test started, and the lowercase link Podman reads the layout through;
 /// all removed when dropped, also when the test fails.
-struct Containers {
-    names: Vec<String>,
+pub(super) struct Containers {
+    pub(super) names: Vec<String>,
     link: PathBuf,
     /// Podman's image ids are the config digests: the images it imported from the layout.
     images: Vec<String>,
@@ -43,23 +43,29 @@ impl Drop for Containers {
     }
 }
 
-fn logs(name: &str) -> String {
+pub(super) fn logs(name: &str) -> String {
     let out = podman().args(["logs", name]).output().unwrap();
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// ZooKeeper's `srvr` answer's mode (`leader`, `follower`), if the node answers.
-fn mode(host: &str) -> Option<String> {
+/// ZooKeeper's answer to the four-letter word `word` (`srvr`: its version, mode, ...), if the
+/// node answers.
+pub(super) fn four_letters(host: &str, word: &str) -> Option<String> {
     let mut conn = TcpStream::connect_timeout(&format!("{host}:2181").parse().unwrap(), Duration::from_secs(1)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    conn.write_all(b"srvr").ok()?;
+    conn.write_all(word.as_bytes()).ok()?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer).ok()?;
-    answer.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
+    Some(answer)
+}
+
+/// ZooKeeper's `srvr` answer's mode (`leader`, `follower`), if the node answers.
+fn mode(host: &str) -> Option<String> {
+    four_letters(host, "srvr")?.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
 }
 
 /// Polls until exactly one of `hosts` leads and the others follow; bounded.
-fn wait_for_quorum(hosts: &[&str], limit: Duration, names: &[String]) -> String {
+pub(super) fn wait_for_quorum(hosts: &[&str], limit: Duration, names: &[String]) -> String {
     let deadline = Instant::now() + limit;
     loop {
         let modes: Vec<Option<String>> = hosts.iter().map(|h| mode(h)).collect();
@@ -87,34 +93,38 @@ fn zk_cli(container: &str, host: &str, args: &[&str]) -> Output {
 
 /// Writes the seed's recipes (same names as `recipes/`) pinned to real inputs from Debian.
 pub(super) fn pin_real_inputs(p: &TestProject, work: &Path) {
-    let root = work.join("base-root");
-    debian::debian_root(&root, BASE_PACKAGES);
-    let base = work.join("base-layout");
-    let base_digest = fixtures::layout_from_root(&base, &root);
-    let inputs = [
-        ("jre.tar.gz", debian::tarball_of(Path::new(JAVA_HOME), "jdk-17")),
-        ("zookeeper.tar.gz", debian::zookeeper_dist(work)),
-        ("kafka.tgz", debian::kafka_standin(work)),
-    ];
+    pin_base_and_jre(p, work);
+    let inputs = [("zookeeper.tar.gz", debian::zookeeper_dist(work)), ("kafka.tgz", debian::kafka_standin(work))];
     for (name, data) in &inputs {
         p.server.serve(&format!("real/{name}"), data.clone(), Fault::None);
     }
     let hash = |i: usize| fixtures::sha256_hex(&inputs[i].1);
     let url = |i: usize| p.server.url(&format!("real/{}", inputs[i].0));
-    p.write_recipe(
-        "temurin-jdk8.toml",
-        &format!(
-            "name = \"temurin-jdk8\"\nversion = \"17 (Debian)\"\nenv = {{ JAVA_HOME = \"/opt/java/openjdk\" }}\npath = [\"/opt/java/openjdk/bin\"]\n\n[[source]]\nplatform = \"linux/amd64\"\nurl = \"{}\"\nsha256 = \"{}\"\n\n[unpack]\nstrip_components = 1\nprefix = \"/opt/java/openjdk\"\nexclude = [\"legal\", \"man\"]\n",
-            url(0),
-            hash(0)
-        ),
-    );
-    for (i, name, prefix) in [(1, "zookeeper", "/usr/local/zookeeper"), (2, "kafka", "/usr/local/kafka")] {
+    for (i, name, prefix) in [(0, "zookeeper", "/usr/local/zookeeper"), (1, "kafka", "/usr/local/kafka")] {
         p.write_recipe(
             &format!("{name}.toml"),
             &format!("name = \"{name}\"\nversion = \"test\"\npath = [\"{prefix}/bin\"]\n\n[[source]]\nurl = \"{}\"\nsha256 = \"{}\"\n\n[unpack]\nstrip_components = 1\nprefix = \"{prefix}\"\n", url(i), hash(i)),
         );
     }
+}
+
+/// Writes the recipes of the base (a Debian root as an OCI layout, added to the store) and of
+/// the JDK layer (named `temurin-jdk8` as in `recipes/`: Debian's Java 17, as a tarball).
+pub(super) fn pin_base_and_jre(p: &TestProject, work: &Path) {
+    let root = work.join("base-root");
+    debian::debian_root(&root, BASE_PACKAGES);
+    let base = work.join("base-layout");
+    let base_digest = fixtures::layout_from_root(&base, &root);
+    let jre = debian::tarball_of(Path::new(JAVA_HOME), "jdk-17");
+    p.server.serve("real/jre.tar.gz", jre.clone(), Fault::None);
+    p.write_recipe(
+        "temurin-jdk8.toml",
+        &format!(
+            "name = \"temurin-jdk8\"\nversion = \"17 (Debian)\"\nenv = {{ JAVA_HOME = \"/opt/java/openjdk\" }}\npath = [\"/opt/java/openjdk/bin\"]\n\n[[source]]\nplatform = \"linux/amd64\"\nurl = \"{}\"\nsha256 = \"{}\"\n\n[unpack]\nstrip_components = 1\nprefix = \"/opt/java/openjdk\"\nexclude = [\"legal\", \"man\"]\n",
+            p.server.url("real/jre.tar.gz"),
+            fixtures::sha256_hex(&jre)
+        ),
+    );
     p.write_recipe(
         "debian-bookworm-slim.toml",
         &format!("name = \"debian-bookworm-slim\"\nversion = \"test\"\nkind = \"oci-image\"\n\n[[source]]\nplatform = \"linux/amd64\"\ndigest = \"{base_digest}\"\n"),
@@ -125,7 +135,7 @@ pub(super) fn pin_real_inputs(p: &TestProject, work: &Path) {
 /// `podman run` of a node image as the test runs them all: host network, the ulimits runc
 /// needs here, and the node's data directories (created) as its volumes. `mode` is `--detach
 /// --name N` or `--rm`; the caller adds the environment and the image.
-fn node_run(data: &Path, mode: &[&str]) -> Command {
+pub(super) fn node_run(data: &Path, mode: &[&str]) -> Command {
     for d in ["zookeeper", "kafka"] {
         std::fs::create_dir_all(data.join(d)).unwrap();
     }
@@ -137,7 +147,7 @@ fn node_run(data: &Path, mode: &[&str]) -> Command {
 }
 
 /// `podman run -d` of one node; `identity` is how it is told who it is.
-fn start_node(layout: &Path, tag: &str, name: &str, data: &Path, identity: &[&str]) {
+pub(super) fn start_node(layout: &Path, tag: &str, name: &str, data: &Path, identity: &[&str]) {
     let out = node_run(data, &["--detach", "--name", name])
         .args(["-e", "IMGBUILD_VAR_bind_address={{node_host}}", "-e", "IMGBUILD_VAR_tick_time=500"])
         .args(identity)
@@ -159,12 +169,10 @@ fn properties(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn three_containers_from_one_build_form_a_zookeeper_ensemble() {
-    debian::require();
-    let p = TestProject::new();
-    let work = p.path("work");
-    pin_real_inputs(&p, &work);
+/// Builds the project's cluster and links its layout where Podman reads it; the guard names
+/// three containers `PREFIX-PID-nodeN` (one per node, in order) and removes them, the images
+/// Podman imported and the link when dropped. Also the nodes' data directories.
+pub(super) fn build_for_podman(p: &TestProject, prefix: &str) -> (Containers, PathBuf, Vec<PathBuf>) {
     let built = json(&p.run(&["--json", "build"]));
     let images: Vec<String> = built["nodes"]
         .as_array()
@@ -172,12 +180,23 @@ fn three_containers_from_one_build_form_a_zookeeper_ensemble() {
         .iter()
         .map(|n| n["platforms"][0]["config_digest"].as_str().unwrap().trim_start_matches("sha256:").to_string())
         .collect();
-    let names: Vec<String> = (0..3).map(|n| format!("imgbuild-test-{}-zk{n}", std::process::id())).collect();
+    let names: Vec<String> = (0..3).map(|n| format!("{prefix}-{}-node{n}", std::process::id())).collect();
     // Podman names the image after the layout's path, which must then be lowercase.
-    let layout = std::env::temp_dir().join(format!("imgbuild-ensemble-{}", std::process::id()));
-    let _guard = Containers { names: names.clone(), link: layout.clone(), images };
+    let layout = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let guard = Containers { names, link: layout.clone(), images };
     std::os::unix::fs::symlink(p.root.join("out/zk-kafka"), &layout).unwrap();
     let data: Vec<PathBuf> = (0..3).map(|n| p.path(&format!("data/{n}"))).collect();
+    (guard, layout, data)
+}
+
+#[test]
+fn three_containers_from_one_build_form_a_zookeeper_ensemble() {
+    debian::require();
+    let p = TestProject::new();
+    let work = p.path("work");
+    pin_real_inputs(&p, &work);
+    let (guard, layout, data) = build_for_podman(&p, "imgbuild-ensemble");
+    let names = guard.names.clone();
 
     // Node 0 from node 2's image, told by the environment; node 1 from node 0's image, told by
     // its hostname; node 2 from its own image, knowing only its baked id.

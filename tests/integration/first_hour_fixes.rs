@@ -47,6 +47,7 @@ fn every_command_ends_quietly_when_its_reader_goes_away() {
         vec!["--json", "store", "verify"],
         vec!["deploy", "compose"],
         vec!["completions", "bash"],
+        vec!["doctor", "build"],
         vec!["man"],
         vec!["--help"],
         vec!["--version"],
@@ -382,7 +383,22 @@ fn recipe_update_replaces_only_the_sources_and_refuses_before_changing_anything(
     assert_eq!(std::fs::read_to_string(proj.join("recipes/base.toml")).unwrap(), base);
     assert!(!store.join("blobs").exists(), "nothing was stored");
 
+    // The file is named as the one init's recipe pins (Apache's), with other bytes: refused,
+    // with the URL, both hashes and the flag, nothing changed; with the flag, replaced.
+    let pinned = imgbuild::recipe::Recipe::parse(&recipe, &before).unwrap().sources[0].clone();
     let out = run(&proj, &["recipe", "--add", "--update", "recipes/zookeeper.toml", zk.to_str().unwrap()]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    let given = format!("sha256:{}", fixtures::sha256_hex(&fixtures::zookeeper()));
+    for says in
+        [pinned.urls[0].as_str(), &pinned.hash.to_string(), &given, "--replace-pin", "the pin was left as it is"]
+    {
+        assert!(err.contains(says), "`{says}`: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&recipe).unwrap(), before);
+    assert!(!store.join("blobs").exists(), "nothing was stored");
+    let out =
+        run(&proj, &["recipe", "--add", "--replace-pin", "--update", "recipes/zookeeper.toml", zk.to_str().unwrap()]);
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "recipes/zookeeper.toml");
     let after = std::fs::read_to_string(&recipe).unwrap();

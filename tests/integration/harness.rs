@@ -2,8 +2,10 @@
 //! inputs generated here), its own store, and its own loopback HTTP server; and runs the real
 //! `imgbuild` binary.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 use super::fixtures;
 use super::http::{Fault, HttpServer};
@@ -244,21 +246,51 @@ pub fn json(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Fails the test unless the external tool `name` is installed: `.ci/install` installs every
-/// tool the tests use, and a test never passes by skipping what it checks.
-pub fn require_tool(name: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "{name} is not installed: run .ci/install (it installs every tool the tests use)");
+/// What `imgbuild doctor --json FEATURE` says of this host, asked once per feature and test
+/// process: the tests read the one table `doctor` prints, so that they cannot disagree about
+/// what a feature needs.
+fn doctor(feature: &str) -> serde_json::Value {
+    static REPORTS: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::new(BTreeMap::new());
+    let mut reports = REPORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let report = reports.entry(feature.to_string()).or_insert_with(|| {
+        let out = Command::new(BIN).args(["--json", "doctor", feature]).output().unwrap();
+        assert!(matches!(out.status.code(), Some(0 | 1)), "imgbuild doctor {feature} failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("imgbuild doctor --json {feature}: {e}"))
+    });
+    report.clone()
 }
 
-/// Fails the test unless `path` exists (a file a Debian package installs).
-pub fn require_path(path: &str, package: &str) {
-    assert!(std::path::Path::new(path).exists(), "{path} is missing: run .ci/install (Debian's {package})");
+/// Fails the test unless `imgbuild doctor` finds `feature` ready here, naming what to install:
+/// `.ci/install` installs everything, and a test never passes by skipping what it checks.
+pub fn require_feature(feature: &str) {
+    let report = doctor(feature);
+    let state = &report["features"][0];
+    assert_eq!(state["feature"], feature, "{report}");
+    assert!(
+        state["ready"] == true,
+        "this host is not ready for {feature}: it lacks {}; run .ci/install (apt-get install {})",
+        state["missing"],
+        state["packages"].as_array().map_or(String::new(), |p| p
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(" "))
+    );
+}
+
+/// Fails the test unless `need` (a line of `imgbuild doctor tests`: a tool, a file such as
+/// ZooKeeper's jar) is found here, naming its package.
+pub fn require_tool(need: &str) {
+    let report = doctor("tests");
+    let row = report["needs"].as_array().unwrap().iter().find(|r| r["need"] == need);
+    let row = row.unwrap_or_else(|| panic!("`{need}` is no need of `imgbuild doctor tests`: add it to src/host.rs"));
+    assert!(
+        row["status"] == "found",
+        "{need} is {} ({}): run .ci/install (Debian's {})",
+        row["status"],
+        row["detail"],
+        row["package"]
+    );
 }
 
 /// Runs a tool and returns its stdout, failing the test with its stderr.

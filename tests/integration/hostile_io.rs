@@ -305,3 +305,154 @@ fn every_reader_of_an_oci_archive_refuses_entries_that_are_links_or_longer_than_
     assert_eq!(added["added"][0]["imported"]["manifests"].as_array().unwrap().len(), 2, "{added}");
     assert_ok(&p.run(&["recipe", intact.to_str().unwrap()]));
 }
+
+const SPDX_TYPE: &str = "application/spdx+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A registry made of files served as they are: whatever a hostile one answers.
+struct HostileRegistry {
+    server: super::http::HttpServer,
+}
+
+impl HostileRegistry {
+    fn new() -> HostileRegistry {
+        let server = super::http::HttpServer::start();
+        server.serve("/v2/", b"{}".to_vec(), super::http::Fault::None);
+        HostileRegistry { server }
+    }
+
+    /// Serves `doc` as a manifest by its digest (and under `tag`); returns its digest.
+    fn manifest(&self, doc: &serde_json::Value, tag: Option<&str>) -> String {
+        let bytes = doc.to_string().into_bytes();
+        let digest = format!("sha256:{}", fixtures::sha256_hex(&bytes));
+        for name in std::iter::once(digest.as_str()).chain(tag) {
+            self.server.serve(&format!("/v2/team/hostile/manifests/{name}"), bytes.clone(), super::http::Fault::None);
+        }
+        digest
+    }
+
+    fn blob(&self, data: &[u8]) -> serde_json::Value {
+        let digest = format!("sha256:{}", fixtures::sha256_hex(data));
+        self.server.serve(&format!("/v2/team/hostile/blobs/{digest}"), data.to_vec(), super::http::Fault::None);
+        serde_json::json!({ "mediaType": "application/octet-stream", "digest": digest, "size": data.len() })
+    }
+
+    /// The fallback tag of `subject` (no referrers API here): an index of `listed`.
+    fn referrers(&self, subject: &str, listed: Vec<serde_json::Value>) {
+        let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": listed });
+        self.manifest(&index, Some(&subject.replace(':', "-")));
+    }
+
+    /// An image manifest whose one layer claims `layer_size` bytes (never served), or is
+    /// served when `layer_size` is 0.
+    fn image(&self, label: &str, layer_size: u64) -> (String, serde_json::Value) {
+        let config = self.blob(format!("{{\"label\":\"{label}\"}}").as_bytes());
+        let layer = match layer_size {
+            0 => self.blob(&super::fixtures::tar_gz(&[])),
+            size => {
+                serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", "e".repeat(64)), "size": size })
+            }
+        };
+        let doc =
+            serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer] });
+        let digest = self.manifest(&doc, None);
+        let size = doc.to_string().len();
+        (
+            digest.clone(),
+            serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": size, "platform": { "os": "linux", "architecture": "amd64" } }),
+        )
+    }
+
+    /// An index listing `child` `times` times, tagged `tag`; its digest.
+    fn index_of(&self, child: &serde_json::Value, times: usize, tag: &str) -> String {
+        let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": vec![child.clone(); times] });
+        self.manifest(&index, Some(tag))
+    }
+
+    /// An SPDX artifact attached to `subject` that carries `document`; returns its listing entry.
+    fn spdx(&self, subject: &serde_json::Value, document: serde_json::Value, n: usize) -> serde_json::Value {
+        let doc = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SPDX_TYPE,
+            "config": self.blob(b"{}"), "layers": [document], "subject": subject,
+            "annotations": { "n": n.to_string() },
+        });
+        let digest = self.manifest(&doc, None);
+        serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": doc.to_string().len(), "artifactType": SPDX_TYPE })
+    }
+
+    fn sbom(&self, p: &TestProject, tag: &str) -> Output {
+        let image = format!("docker://{}/team/hostile:{tag}", self.server.addr);
+        p.run(&["sbom", "--insecure", "--platform", "linux/amd64", &image])
+    }
+
+    fn blob_requests(&self) -> usize {
+        self.server.requests_matching("/blobs/")
+    }
+}
+
+/// Issue 25: `sbom docker://…` downloaded a 60 MiB layer a hostile fallback tag named, and
+/// an index of 200 duplicate children with 200 referrers each took 40,606 requests. Each
+/// digest is fetched once, only imgbuild's documents are fetched (never an image's layer, and
+/// no document over 4 MiB), and what a command fetches is capped and the cap named.
+#[test]
+fn a_hostile_registry_cannot_make_sbom_fetch_layers_or_without_end() {
+    let p = TestProject::new();
+    let r = HostileRegistry::new();
+    let spdx_text = br#"{"spdxVersion":"SPDX-2.3","name":"the real one"}"#;
+    let spdx_blob = r.blob(spdx_text);
+
+    // 200 duplicate children, 200 referrers of other types on each subject, the SBOM listed 5 times.
+    let (m, child) = r.image("dups", 60 << 20);
+    let top = r.index_of(&child, 200, "dups");
+    let others: Vec<serde_json::Value> = (0..200)
+        .map(|i| serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": format!("sha256:{i:064x}"), "size": 100, "artifactType": "application/vnd.example.signature" }))
+        .collect();
+    r.referrers(&top, others.clone());
+    let ours = r.spdx(&child, spdx_blob.clone(), 0);
+    r.referrers(&m, [others, vec![ours; 5]].concat());
+    let out = r.sbom(&p, "dups");
+    assert_ok(&out);
+    assert_eq!(out.stdout, [&spdx_text[..], b"\n"].concat());
+    let total = r.server.total_requests();
+    // /v2/, the tag, the child, two subjects' referrers (API, fallback), the artifact, its two blobs.
+    assert!(total <= 12, "{total} requests");
+    assert_eq!(r.blob_requests(), 2, "the artifact's config and document, nothing else");
+
+    // A fallback tag naming, as an SBOM, an artifact whose "document" is a 60 MiB layer.
+    let (big, big_child) = r.image("big", 60 << 20);
+    r.index_of(&big_child, 1, "big");
+    let layer =
+        serde_json::json!({ "mediaType": SPDX_TYPE, "digest": format!("sha256:{}", "e".repeat(64)), "size": 60 << 20 });
+    r.referrers(&big, vec![r.spdx(&big_child, layer, 1)]);
+    let before = r.blob_requests();
+    let out = r.sbom(&p, "big");
+    assert_exit(&out, 5);
+    let err = stderr(&out);
+    assert!(
+        err.contains("is 62914560 bytes, more than the 4 MiB a document may be (MAX_DOCUMENT): not fetched"),
+        "{err}"
+    );
+    assert_eq!(r.blob_requests(), before, "nothing (the artifact's config is stored already): {err}");
+    assert_eq!(r.server.requests_matching(&"e".repeat(64)), 0, "the 60 MiB blob");
+
+    // 600 distinct SBOMs listed for one manifest: fetched up to the limit, which is named.
+    let (many, many_child) = r.image("many", 1);
+    r.index_of(&many_child, 1, "many");
+    r.referrers(&many, (0..600).map(|n| r.spdx(&many_child, spdx_blob.clone(), n)).collect());
+    let before = r.server.total_requests();
+    let out = r.sbom(&p, "many");
+    assert_exit(&out, 5);
+    let err = stderr(&out);
+    assert!(err.contains("imgbuild's limit per command (MAX_DOCUMENTS 512)"), "{err}");
+    let made = r.server.total_requests() - before;
+    assert!((512..=520).contains(&made), "{made} requests");
+
+    // `pull` of an index of 200 duplicate children fetches the child and its blobs once.
+    let (_, pulled) = r.image("pulled", 0);
+    r.index_of(&pulled, 200, "pulled");
+    let before = r.server.total_requests();
+    let image = format!("{}/team/hostile:pulled", r.server.addr);
+    assert_ok(&p.run(&["pull", "--insecure", &image]));
+    let made = r.server.total_requests() - before;
+    assert!(made <= 6, "/v2/, the tag, the child, its config and layer: {made} requests");
+}

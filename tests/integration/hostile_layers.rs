@@ -294,3 +294,36 @@ fn hostile_tar_headers_are_refused_unread_and_named_in_words() {
         assert!(!err.contains("Nonexhaustive"), "{err}");
     }
 }
+
+/// Issue 25: what a hostile compressed source makes decoding cost is bounded, and the limit
+/// is named: an xz block declaring a 4 GiB dictionary (it took 2.1 GB of memory) is refused
+/// from its header; 200k empty bzip2 streams (11 s per 2.8 MB, a decoder set up for each)
+/// stop at the member limit.
+#[test]
+fn hostile_compressed_sources_are_refused_at_a_named_limit() {
+    let p = TestProject::new();
+    p.add_base();
+    let flags = [0u8, 1];
+    let mut xz = [&[0xfd, b'7', b'z', b'X', b'Z', 0][..], &flags].concat();
+    xz.extend(crc32fast::hash(&flags).to_le_bytes());
+    let block = [2u8, 0, 0x21, 1, 40, 0, 0, 0]; // one LZMA2 filter, dictionary property 40: 4 GiB
+    xz.extend(block);
+    xz.extend(crc32fast::hash(&block).to_le_bytes());
+    xz.extend([0u8; 4096]);
+    p.serve_as_zookeeper("big-dictionary.tar.xz", xz);
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("big-dictionary.tar.xz") && err.contains("imgbuild's decoder memory limit of 128 MiB"),
+        "{err}"
+    );
+
+    let empty = b"BZh9\x17\x72\x45\x38\x50\x90\0\0\0\0"; // a bzip2 stream with no block
+    p.serve_as_zookeeper("empty-streams.tar.bz2", empty.repeat(200_000));
+    let out = p.run(&["node", "--id", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    let named = "bzip2 data: at byte 14336: more than 1024 members after 0 bytes decoded";
+    assert!(err.contains(named) && err.contains("one member per 32 KiB decoded"), "{err}");
+}

@@ -25,6 +25,8 @@ pub enum Fault {
     },
     /// Sends the headers and a little of the body, then nothing for 20 s.
     Stall,
+    /// Answers `302 Found` with this `Location`.
+    Redirect(String),
 }
 
 struct Route {
@@ -113,6 +115,11 @@ impl HttpServer {
         self.state.lock().unwrap().requests.iter().filter(|(p, _)| *p == path).map(|(_, r)| r.clone()).collect()
     }
 
+    /// How many requests' paths contain `part`.
+    pub fn requests_matching(&self, part: &str) -> usize {
+        self.state.lock().unwrap().requests.iter().filter(|(p, _)| p.contains(part)).count()
+    }
+
     pub fn total_requests(&self) -> usize {
         self.state.lock().unwrap().requests.len()
     }
@@ -171,6 +178,10 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             }
         }
     };
+    if let Fault::Redirect(to) = &fault {
+        let head = format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return conn.write_all(head.as_bytes());
+    }
     let body = match (body, &fault) {
         (Some(b), f) if !matches!(f, Fault::NotFound) => b,
         _ => {

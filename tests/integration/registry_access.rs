@@ -15,13 +15,13 @@ use super::registry_server::{
 };
 
 /// A user's home for one test: credential files, certs.d and helpers live here only.
-struct Home {
-    dir: PathBuf,
-    bin: PathBuf,
+pub(super) struct Home {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
 }
 
 impl Home {
-    fn new(p: &TestProject) -> Home {
+    pub fn new(p: &TestProject) -> Home {
         let dir = p.path("home");
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -29,7 +29,7 @@ impl Home {
     }
 
     /// `imgbuild` as this user runs it: their HOME and PATH, none of the caller's credentials.
-    fn cmd(&self, p: &TestProject) -> Command {
+    pub fn cmd(&self, p: &TestProject) -> Command {
         let mut c = p.cmd();
         let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default());
         c.env("HOME", &self.dir).env("PATH", path);
@@ -52,7 +52,7 @@ impl Home {
     }
 }
 
-fn basic_auth(password: &str) -> String {
+pub(super) fn basic_auth(password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"))
 }
 
@@ -62,7 +62,7 @@ fn auths_file(path: &Path, host: &str, password: &str) {
 }
 
 /// Asserts that no secret is in any output, nor in any file of the store or the project.
-fn assert_no_secret(p: &TestProject, outputs: &[Output], secrets: &[String]) {
+pub(super) fn assert_no_secret(p: &TestProject, outputs: &[Output], secrets: &[String]) {
     for out in outputs {
         for s in secrets {
             assert!(!String::from_utf8_lossy(&out.stdout).contains(s.as_str()), "secret in stdout");
@@ -284,18 +284,25 @@ fn offline_pull_uses_only_the_store_and_offline_push_is_refused() {
 
 /// One request as a fake server saw it.
 #[derive(Debug, Clone)]
-struct Seen {
-    host: String,
-    method: String,
-    target: String,
-    authorization: Option<String>,
+pub(super) struct Seen {
+    pub host: String,
+    pub method: String,
+    pub target: String,
+    pub authorization: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
-type Answer = (String, Vec<(String, String)>, Vec<u8>);
+pub(super) type Answer = (String, Vec<(String, String)>, Vec<u8>);
 
 /// Reads one HTTP/1.1 request (headers, then a Content-Length body) from `stream`, answers
 /// what `answer` says, and records it in `seen`.
-fn serve_one(stream: impl Read + Write, seen: &std::sync::Mutex<Vec<Seen>>, answer: impl Fn(&Seen) -> Answer) {
+pub(super) fn serve_one(
+    stream: impl Read + Write,
+    seen: &std::sync::Mutex<Vec<Seen>>,
+    answer: impl Fn(&Seen) -> Answer,
+) {
     use std::io::BufRead;
     let mut reader = std::io::BufReader::new(stream);
     let mut line = String::new();
@@ -316,9 +323,10 @@ fn serve_one(stream: impl Read + Write, seen: &std::sync::Mutex<Vec<Seen>>, answ
     }
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let length: u64 = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let _ = std::io::copy(&mut (&mut reader).take(length.min(64 << 20)), &mut std::io::sink());
-    let request =
-        Seen { host: header("host").unwrap_or_default(), method, target, authorization: header("authorization") };
+    let mut body = Vec::new();
+    let _ = (&mut reader).take(length.min(64 << 20)).read_to_end(&mut body);
+    let (host, authorization) = (header("host").unwrap_or_default(), header("authorization"));
+    let request = Seen { host, method, target, authorization, headers, body };
     seen.lock().unwrap().push(request.clone());
     let (status, extra, body) = answer(&request);
     let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
@@ -355,13 +363,13 @@ impl Eavesdropper {
 
 /// What the fake registry answers where a real one names another place.
 #[derive(Clone)]
-struct Places {
+pub(super) struct Places {
     /// The token realm of its Bearer challenge.
-    realm: String,
+    pub realm: String,
     /// Where an upload goes after `POST …/blobs/uploads/`.
-    upload: String,
+    pub upload: String,
     /// Where a blob `GET` is redirected (`…/DIGEST` appended), if it is.
-    blob_redirect: Option<String>,
+    pub blob_redirect: Option<String>,
 }
 
 /// Which of the places a registry names is plain HTTP on another host.
@@ -385,23 +393,18 @@ impl Places {
     }
 }
 
-const TOKEN: &str = "registry-token-5d2a";
+pub(super) const TOKEN: &str = "registry-token-5d2a";
 
-/// An HTTPS registry (a certificate for 127.0.0.1 and localhost, from a CA made here) that wants
-/// `TOKEN` from its realm, which grants it for the test user's password; it serves `blobs`
-/// (manifests and blobs by digest) and accepts every upload.
-struct TlsRegistry {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
-    ca: PathBuf,
-    acceptor: super::http::Acceptor,
+/// An HTTPS server on 127.0.0.1 (a certificate for 127.0.0.1 and localhost, from a CA made in
+/// its directory) that records every request and answers as it is told (given its own port).
+pub(super) struct TlsServer {
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    pub ca: PathBuf,
+    pub acceptor: super::http::Acceptor,
 }
 
-impl TlsRegistry {
-    fn start(
-        dir: &Path,
-        places: impl Fn(u16) -> Places + Send + Sync + 'static,
-        blobs: BTreeMap<String, Vec<u8>>,
-    ) -> TlsRegistry {
+impl TlsServer {
+    pub fn start(dir: &Path, answer: impl Fn(u16, &Seen) -> Answer + Send + Sync + 'static) -> TlsServer {
         use rustls::pki_types::pem::PemObject;
         std::fs::create_dir_all(dir).unwrap();
         let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
@@ -425,19 +428,29 @@ impl TlsRegistry {
         let acceptor = super::http::Acceptor::spawn(move |conn| {
             let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
             let Ok(tls) = rustls::ServerConnection::new(std::sync::Arc::clone(&config)) else { return };
-            let places = places(*own_port.get().unwrap());
-            serve_one(rustls::StreamOwned::new(tls, conn), &log, |r| registry_answer(r, &places, &blobs));
+            let port = *own_port.get().unwrap();
+            serve_one(rustls::StreamOwned::new(tls, conn), &log, |r| answer(port, r));
         });
         port.set(acceptor.addr.port()).unwrap();
-        TlsRegistry { seen, ca, acceptor }
+        TlsServer { seen, ca, acceptor }
     }
 
-    fn host(&self) -> String {
+    /// A registry that wants `TOKEN` from its realm, which grants it for the test user's
+    /// password; it serves `blobs` (manifests and blobs by digest) and accepts every upload.
+    pub fn registry(
+        dir: &Path,
+        places: impl Fn(u16) -> Places + Send + Sync + 'static,
+        blobs: BTreeMap<String, Vec<u8>>,
+    ) -> TlsServer {
+        TlsServer::start(dir, move |port, r| registry_answer(r, &places(port), &blobs))
+    }
+
+    pub fn host(&self) -> String {
         self.acceptor.addr.to_string()
     }
 }
 
-fn registry_answer(r: &Seen, places: &Places, blobs: &BTreeMap<String, Vec<u8>>) -> Answer {
+pub(super) fn registry_answer(r: &Seen, places: &Places, blobs: &BTreeMap<String, Vec<u8>>) -> Answer {
     let none = Vec::new();
     let (path, _query) = r.target.split_once('?').unwrap_or((&r.target, ""));
     let basic = format!("Basic {}", basic_auth(PASSWORD));
@@ -487,7 +500,7 @@ fn registry_answer(r: &Seen, places: &Places, blobs: &BTreeMap<String, Vec<u8>>)
 }
 
 /// Runs `cmd` with the test user's password on stdin.
-fn with_password(cmd: &mut Command) -> Output {
+pub(super) fn with_password(cmd: &mut Command) -> Output {
     let mut child = cmd
         .args(["--username", USER, "--password-stdin"])
         .stdin(Stdio::piped())
@@ -500,7 +513,7 @@ fn with_password(cmd: &mut Command) -> Output {
 }
 
 /// A one-image layout made here, and its blobs by digest (what the fake registry serves).
-fn small_image(dir: &Path) -> (String, BTreeMap<String, Vec<u8>>) {
+pub(super) fn small_image(dir: &Path) -> (String, BTreeMap<String, Vec<u8>>) {
     let layer = super::fixtures::tar(&[super::fixtures::Entry::File("etc/motd".into(), b"hello\n".to_vec(), 0o644)]);
     let manifest = super::fixtures::layered_layout(dir, &[layer]);
     let mut blobs = BTreeMap::new();
@@ -527,7 +540,7 @@ fn nothing_imgbuild_sends_for_a_registry_goes_over_plain_http_unless_insecure_al
     for (i, (downgrade, why)) in downgrades.into_iter().enumerate() {
         let spied = spy.url("");
         let places = move |port| Places::downgraded(port, downgrade, &spied);
-        let registry = TlsRegistry::start(&p.path(&format!("registry-{i}")), places, blobs.clone());
+        let registry = TlsServer::registry(&p.path(&format!("registry-{i}")), places, blobs.clone());
         let ca = ["--ca-file", registry.ca.to_str().unwrap()];
         let repo = format!("{}/team/t", registry.host());
         // A store of its own: nothing a step before fetched is taken from the store.
@@ -561,7 +574,7 @@ fn nothing_imgbuild_sends_for_a_registry_goes_over_plain_http_unless_insecure_al
 
     // The same places over TLS: followed. The password goes only to the realm over TLS, the
     // token only to the registry; a location or redirect on another host gets neither.
-    let registry = TlsRegistry::start(
+    let registry = TlsServer::registry(
         &p.path("registry-tls"),
         |port| Places {
             realm: format!("https://localhost:{port}/token"),

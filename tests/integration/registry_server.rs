@@ -24,12 +24,7 @@ pub struct Registry {
 
 pub const USER: &str = "pusher";
 
-/// Fails the test when a tool it needs is missing (`.ci/install` installs them): a test never
-/// passes by skipping what it checks.
-pub fn require(tool: &str) {
-    let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output();
-    assert!(found.is_ok_and(|o| o.status.success()), "{tool} is not installed; run .ci/install");
-}
+pub use super::harness::require_tool as require;
 pub const PASSWORD: &str = "s3cret-Pa55word-9f1c";
 
 fn free_port() -> u16 {

@@ -643,3 +643,117 @@ fn verify_never_takes_the_stores_records_for_a_layer() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(read_json(&zookeeper.0), zookeeper.1);
 }
+
+/// A project whose image is built, and a copy of its layout at `name` to tamper with.
+fn built_and_copied(name: &str) -> (TestProject, PathBuf) {
+    let p = TestProject::new();
+    p.add_base();
+    assert_ok(&p.run(&["build"]));
+    let copy = p.path(name);
+    copy_dir(&p.root.join("out/zk-kafka"), &copy);
+    (p, copy)
+}
+
+/// Issue 25: `verify`'s explanation inflated a 40 GiB file from a 41 MB layer. Reading the
+/// image's layer to say which file differs stops at the unpack limit, which it names.
+#[test]
+fn verify_explains_a_difference_within_the_unpack_limit() {
+    let (p, bomb) = built_and_copied("bomb");
+    let statement = statement_of(&bomb, &tagged(&bomb, "node-1"));
+    // 64 MiB of zeros, a small gzip; the limit is set below it (and above every source).
+    let tampered = change_file(&bomb, "node-1", "usr/local/zookeeper/bin/zkServer.sh", &vec![0u8; 64 << 20]);
+    attach_statement(&bomb, &tampered, statement, None);
+    let image = format!("oci:{}:node-1", bomb.display());
+    let out = p.cmd().env("IMGBUILD_MAX_UNPACKED", "20000000").args(["verify", &image]).output().unwrap();
+    assert_exit(&out, 7);
+    let err = stderr(&out);
+    assert!(err.contains("layer 3 of 7 (imgbuild recipe zookeeper 3.4.10"), "{err}");
+    assert!(err.contains("unpacks to more than 20000000 bytes") && err.contains("IMGBUILD_MAX_UNPACKED"), "{err}");
+}
+
+/// Issue 25: `verify` downloaded whatever URL a provenance document named, internal addresses
+/// included. It asks only what this project's recipes and mirrors name; a URL only the
+/// provenance names needs --provenance-urls, and on a non-public address --allow-host too.
+#[test]
+fn verify_fetches_only_what_the_project_names_unless_told_and_never_internal_addresses_unnamed() {
+    let (p, layout) = built_and_copied("internal");
+    // "Internal": another loopback server that the provenance alone names, for ZooKeeper.
+    let internal = super::http::HttpServer::start();
+    let zk = "zookeeper-3.4.10.tar.gz";
+    internal.serve(&format!("dist/{zk}"), p.input(zk).to_vec(), super::http::Fault::None);
+    let node1 = tagged(&layout, "node-1");
+    let mut statement = statement_of(&layout, &node1);
+    let deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"].as_array_mut().unwrap();
+    let recipe = deps.iter_mut().find(|d| d["name"] == "recipes/zookeeper.toml").unwrap();
+    let text = base64::engine::general_purpose::STANDARD.decode(recipe["content"].as_str().unwrap()).unwrap();
+    let text = String::from_utf8(text).unwrap().replace(&p.server.url(""), &internal.url(""));
+    assert!(text.contains(&internal.url(&format!("dist/{zk}"))), "{text}");
+    recipe["content"] = base64::engine::general_purpose::STANDARD.encode(&text).into();
+    recipe["digest"]["sha256"] = super::fixtures::sha256_hex(text.as_bytes()).into();
+    attach_statement(&layout, &node1, statement, None);
+
+    // From outside any project, with an empty store: nothing the provenance names is fetched.
+    let elsewhere = p.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let store = p.path("verify-store");
+    assert_ok(&p.cmd().env("IMGBUILD_STORE", &store).args(["store", "add"]).arg(&p.base_layout).output().unwrap());
+    let image = format!("oci:{}:node-1", layout.display());
+    let verify = |extra: &[&str]| {
+        let mut cmd = p.cmd();
+        cmd.current_dir(&elsewhere).env("IMGBUILD_STORE", &store).arg("verify").args(extra).arg(&image);
+        cmd.output().unwrap()
+    };
+    let served = p.server.total_requests();
+    let out = verify(&[]);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    let internal_url = internal.url(&format!("dist/{zk}"));
+    assert!(err.contains(&format!("{internal_url}: not fetched: only the provenance names it")), "{err}");
+    assert!(err.contains("--provenance-urls"), "{err}");
+    assert_eq!(internal.total_requests(), 0);
+    assert_eq!(p.server.total_requests(), served, "nor the project's server, which only the provenance names here");
+
+    // --provenance-urls: public addresses only; loopback needs the user to name it.
+    let out = verify(&["--provenance-urls"]);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("is at 127.0.0.1, not a public address (to fetch from it, pass --allow-host 127.0.0.1)"),
+        "{err}"
+    );
+    assert_eq!(internal.total_requests(), 0);
+
+    // Named on the command line, but redirecting to an internal address no one named: not followed.
+    let metadata = super::http::HttpServer::start();
+    metadata.serve("latest/meta-data", b"secret".to_vec(), super::http::Fault::None);
+    let redirect = super::http::Fault::Redirect(metadata.url("latest/meta-data"));
+    internal.serve(&format!("dist/{zk}"), Vec::new(), redirect);
+    let allow = ["--provenance-urls", "--allow-host", &internal.addr.to_string()];
+    let out = verify(&allow);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    let refused =
+        format!("to {}: only the provenance names it, and 127.0.0.1 is at 127.0.0.1", metadata.url("latest/meta-data"));
+    assert!(err.contains(&refused), "{err}");
+    assert_eq!(metadata.total_requests(), 0);
+
+    // Named on the command line: fetched from there (and only there).
+    internal.serve(&format!("dist/{zk}"), p.input(zk).to_vec(), super::http::Fault::None);
+    let out = verify(&allow);
+    assert!(internal.total_requests() > 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains(&internal_url), "{}", stderr(&out));
+    assert_eq!(p.server.total_requests(), served);
+
+    // A base image's repository is asked as a URL is: only where the project names it.
+    let bare_store = p.path("bare-store");
+    let out =
+        p.cmd().current_dir(&elsewhere).env("IMGBUILD_STORE", &bare_store).arg("verify").arg(&image).output().unwrap();
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("docker://example.invalid/test/base: not fetched: only the provenance names it"), "{err}");
+
+    // From the project, whose recipes name the original URLs: those are fetched without a flag.
+    let out = p.cmd().env("IMGBUILD_STORE", &store).args(["verify", "oci:out/zk-kafka:node-1"]).output().unwrap();
+    assert_ok(&out);
+    assert!(p.server.total_requests() > served);
+}

@@ -196,6 +196,7 @@ fn boot(script: &Path, append: &str, from_seed: bool, log: &Path) -> String {
 
 #[test]
 fn nodes_boot_under_qemu_and_render_their_own_identity() {
+    require_feature("vm");
     require_vm_tools();
     require_tool("qemu-system-x86_64");
     debian::require();

@@ -51,9 +51,10 @@ fn corrupt(e: &FrameDecoderError, source: &mut impl BufRead) -> io::Error {
         FrameDecoderError::ReadFrameHeaderError(_)
         | FrameDecoderError::FrameHeaderError(_)
         | FrameDecoderError::FailedToInitialize(_) => "its frame header is invalid".to_string(),
-        FrameDecoderError::WindowSizeTooBig { requested, max } => {
-            format!("it needs a window of {requested} bytes, more than the {max} a decoder must give")
-        }
+        FrameDecoderError::WindowSizeTooBig { requested, max } => format!(
+            "it needs a window of {requested} bytes, more than imgbuild's decoder memory limit of {} MiB",
+            max >> 20
+        ),
         FrameDecoderError::DictNotProvided { .. } | FrameDecoderError::DictionaryDecodeError(_) => {
             "it was compressed with a dictionary (`zstd -D`), which a source cannot carry".to_string()
         }
@@ -69,6 +70,7 @@ impl<R: BufRead> Read for ZstdFrame<R> {
             Some(decoder) => decoder,
             None => {
                 let mut decoder = FrameDecoder::new();
+                decoder.set_max_window_size(super::DECODER_MEMORY_LIMIT);
                 decoder.init(&mut self.source).map_err(|e| corrupt(&e, &mut self.source))?;
                 self.decoder.insert(decoder)
             }

@@ -91,21 +91,26 @@ pub(crate) fn make_ext4(rootfs: &Rootfs, image: &Path, uuid: &str, epoch: u64) -
         .arg(rootfs.host_path())
         .arg(image)
         .arg(format!("{size_mib}M"));
-    run(&mut mke2fs, "mke2fs", "e2fsprogs")?;
+    run(&mut mke2fs, "mke2fs")?;
     let cmd_file = image.with_extension("debugfs");
-    fs::write(&cmd_file, fix_commands(&rootfs.tree, epoch)).at(&cmd_file)?;
+    let commands = fix_commands(&rootfs.tree, epoch);
+    crate::atomic_file::write(&cmd_file, commands.as_bytes(), crate::atomic_file::Options::REPLACE)?;
     let mut debugfs = e2fs_tool("debugfs", &epoch_s);
     debugfs.arg("-w").arg("-f").arg(&cmd_file).arg(image);
     // debugfs goes on after a failed command: anything after its banner is one.
-    let stderr = run(&mut debugfs, "debugfs", "e2fsprogs")?;
+    let stderr = run(&mut debugfs, "debugfs")?;
     if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()) {
-        return Err(Error::tool("debugfs", "e2fsprogs", format!("could not set owners, modes and times: {line}")));
+        return Err(Error::tool(
+            "debugfs",
+            crate::host::package_of("debugfs"),
+            format!("could not set owners, modes and times: {line}"),
+        ));
     }
     fs::remove_file(&cmd_file).at(&cmd_file)?;
     // The superblock counts the kilobytes ever written; the tools' I/O is not part of the content.
     let mut reset = e2fs_tool("debugfs", &epoch_s);
     reset.args(["-w", "-R", "ssv kbytes_written 0"]).arg(image);
-    run(&mut reset, "debugfs", "e2fsprogs").map(drop)
+    run(&mut reset, "debugfs").map(drop)
 }
 
 #[cfg(test)]

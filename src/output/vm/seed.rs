@@ -3,7 +3,6 @@
 //! the clock).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -42,12 +41,9 @@ pub(crate) fn make_seed(staging: &Path, iso: &Path, meta: &str, user: &str, epoc
     fs::create_dir(staging).at(staging)?;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
     for (name, text) in [("meta-data", meta), ("user-data", user)] {
-        let path = staging.join(name);
-        fs::write(&path, text).at(&path)?;
-        // The umask chose the mode: set it, and the times, so nothing of the host is recorded.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).at(&path)?;
-        let f = fs::File::options().write(true).open(&path).at(&path)?;
-        f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).at(&path)?;
+        // The mode and the times set, so nothing of the host (umask, clock) is recorded.
+        let options = crate::atomic_file::Options { time: Some(t), ..crate::atomic_file::Options::REPLACE.mode(0o644) };
+        crate::atomic_file::write(&staging.join(name), text.as_bytes(), options)?;
     }
     let mut xorriso = Command::new("xorriso");
     // `-r` (rational Rock Ridge): owner 0:0 and modes readable by all, whoever runs this.
@@ -58,6 +54,6 @@ pub(crate) fn make_seed(staging: &Path, iso: &Path, meta: &str, user: &str, epoc
         .arg(staging.join("user-data"))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("LC_ALL", "C");
-    run(&mut xorriso, "xorriso", "xorriso")?;
+    run(&mut xorriso, "xorriso")?;
     fs::remove_dir_all(staging).at(staging)
 }

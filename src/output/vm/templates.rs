@@ -36,6 +36,11 @@ const ARM64: Machine =
     Machine { arch: "aarch64", machine: "virt", console: "ttyAMA0", cdrom: false, cpu: Some(("host", "max")) };
 
 impl Machine {
+    /// The Debian package of `qemu-system-ARCH` (from the host's table, as `imgbuild doctor` says).
+    pub(crate) fn qemu_package(&self) -> &'static str {
+        crate::host::package_of(&format!("qemu-system-{}", self.arch))
+    }
+
     pub(crate) fn for_platform(platform: &Platform) -> Result<Machine> {
         match (platform.architecture.as_str(), platform.variant.as_deref()) {
             ("amd64", None) => Ok(AMD64),
@@ -159,7 +164,13 @@ impl NodeTemplate<'_> {
 # IMGBUILD_APPEND: more kernel arguments (imgbuild.render_only=1 renders the configuration,
 #   shows it and powers off). IMGBUILD_IDENTITY='': boot without imgbuild.node={id}, so the
 #   node finds its id in its NoCloud seed. Extra arguments go to qemu.
+# Exits 6 when qemu-system-{arch} is not installed (the host is not ready), 66 when the kernel or
+#   initrd cannot be read; otherwise with qemu's code.
 set -eu
+if ! command -v qemu-system-{arch} >/dev/null 2>&1; then
+    echo "node-{id}.sh: qemu-system-{arch} is not installed: this host cannot boot the node (Debian and Ubuntu: apt-get install {qemu_package}; \`imgbuild doctor vm\` says what else it lacks)" >&2
+    exit 6
+fi
 dir=$(cd "$(dirname "$0")" && pwd)
 default_kernel={kernel}
 default_initrd={initrd}
@@ -189,6 +200,7 @@ exec qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp
 "#,
             name = self.def.name,
             arch = m.arch,
+            qemu_package = m.qemu_package(),
             machine = m.machine,
             mem = self.memory_mib,
             kernel = sh_quote(&self.boot.kernel),
@@ -314,6 +326,8 @@ mod tests {
         assert_eq!(machine("linux/amd64").unwrap(), "x86_64");
         assert_eq!(machine("linux/arm64").unwrap(), "aarch64");
         assert_eq!(machine("linux/arm64/v8").unwrap(), "aarch64");
+        assert_eq!(AMD64.qemu_package(), "qemu-system-x86");
+        assert_eq!(ARM64.qemu_package(), "qemu-system-arm");
         for other in ["linux/arm/v7", "linux/arm", "linux/386", "linux/ppc64le", "linux/s390x", "linux/riscv64"] {
             let err = machine(other).unwrap_err();
             assert_eq!(err.exit_code() as i32, 2, "{other}");

@@ -1,0 +1,90 @@
+//! `imgbuild doctor [FEATURE…]`: what this host has of what each feature needs ([`crate::host`]'s
+//! table), as a table for people or JSON for scripts; exit 1 when a feature asked about is not
+//! ready.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::host::{self, Checked, Feature, Report, Status};
+
+use super::GlobalArgs;
+
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    /// The features to check [default: every one but `tests`]
+    #[arg(value_name = "FEATURE", value_parser = feature_parser())]
+    pub features: Vec<Feature>,
+}
+
+fn feature_parser() -> impl clap::builder::TypedValueParser<Value = Feature> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Feature::names())
+        .map(|name| name.parse::<Feature>().expect("a listed name"))
+}
+
+/// The probes' context: the store this command line names, the kernel `imgbuild vm` would use.
+pub(crate) fn context(global: &GlobalArgs, probe: bool) -> host::Context {
+    let (boot, _) = crate::output::vm::default_boot(Path::new("/boot"));
+    host::Context {
+        store: global.store.clone().unwrap_or_else(crate::store::Store::default_root),
+        kernel: boot.kernel.into(),
+        initrd: boot.initrd.into(),
+        probe,
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<()> {
+    let mut features = if args.features.is_empty() { Feature::user() } else { args.features.clone() };
+    features.sort();
+    features.dedup();
+    let report = host::check(&features, &context(global, true));
+    if global.json {
+        super::print_json(&serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?)?;
+    } else {
+        print_table(&report)?;
+    }
+    if report.ready {
+        Ok(())
+    } else {
+        Err(Error::NotReady)
+    }
+}
+
+fn status_word(c: &Checked) -> &'static str {
+    match c.status {
+        Status::Found => "found",
+        Status::Missing => "MISSING",
+        Status::Broken => "BROKEN",
+        Status::Advice => "advice",
+    }
+}
+
+fn print_table(report: &Report) -> Result<()> {
+    let width = report.needs.iter().map(|c| c.need.len()).max().unwrap_or(4).max(4);
+    let vwidth = report.needs.iter().map(|c| c.version.as_deref().map_or(0, str::len)).max().unwrap_or(0).max(7);
+    let pwidth = report.needs.iter().map(|c| c.package.len()).max().unwrap_or(0).max(7);
+    outln!("{:<7}  {:<width$}  {:<vwidth$}  {:<pwidth$}  NEEDED BY", "STATUS", "NEED", "VERSION", "PACKAGE")?;
+    for c in &report.needs {
+        let version = c.version.as_deref().unwrap_or("-");
+        let package = if c.package.is_empty() { "-" } else { c.package };
+        outln!("{:<7}  {:<width$}  {version:<vwidth$}  {package:<pwidth$}  {}", status_word(c), c.need, c.commands)?;
+        let said: Vec<&str> = [c.path.as_deref(), c.detail.as_deref()].into_iter().flatten().collect();
+        if !said.is_empty() {
+            outln!("{:<7}  {}", "", said.join(": "))?;
+        }
+    }
+    outln!("")?;
+    for f in &report.features {
+        match f.ready {
+            true => outln!("{}: ready", f.feature)?,
+            false => outln!("{}: NOT READY: {}", f.feature, f.missing.join("; "))?,
+        }
+    }
+    let mut packages: Vec<&str> = report.features.iter().flat_map(|f| f.packages.iter().copied()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if !packages.is_empty() {
+        outln!("install (Debian and Ubuntu): apt-get install {}", packages.join(" "))?;
+    }
+    Ok(())
+}

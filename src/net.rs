@@ -1,0 +1,150 @@
+//! The one redirect policy of every HTTP client imgbuild builds (downloads, `recipe`,
+//! `prefetch`, registries, caches): what a redirect may change, and what it may not.
+//!
+//! - No redirect leaves HTTPS for anything else (`https` → `http` would hand the rest of the
+//!   exchange to whoever sits on the path, while the recipe still says `https`).
+//! - Only `http` and `https` are followed, at most [`MAX_REDIRECTS`] times.
+//! - A caller may refuse more (a registry's `Transport`).
+//!
+//! Credentials are the callers' part: reqwest drops `Authorization` when a redirect changes
+//! host or port, a registry client treats a 401 from anywhere but its own origin as an error
+//! ([`same_origin`]), and a token request follows no redirect at all ([`Redirects::None`]).
+
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::error::escape;
+
+/// Redirects followed per request, as reqwest's default.
+pub(crate) const MAX_REDIRECTS: usize = 10;
+
+/// Whether two URLs are the same origin: scheme, host and port.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// `scheme://host:port` of `url`, as an error names it (escaped).
+pub(crate) fn origin(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => escape(&format!("{}://{host}:{port}", url.scheme())),
+        None => escape(&format!("{}://{host}", url.scheme())),
+    }
+}
+
+/// Whether a redirect from `from` to `to` may be followed; the refusal names both (escaped).
+pub(crate) fn check_redirect(from: &Url, to: &Url) -> std::result::Result<(), String> {
+    let said = || format!("from {} to {}", escape(from.as_str()), escape(to.as_str()));
+    match (from.scheme(), to.scheme()) {
+        ("https", "https") | ("http", "http" | "https") => Ok(()),
+        ("https", _) => Err(format!("refusing a redirect {}: it leaves HTTPS", said())),
+        (_, other) => Err(format!("refusing a redirect {}: `{}` is not HTTP", said(), escape(other))),
+    }
+}
+
+/// A caller's own rule for where a redirect may go: the refusal says why.
+pub(crate) type Rule = Box<dyn Fn(&Url) -> std::result::Result<(), String> + Send + Sync>;
+
+/// Which redirects a client follows.
+pub(crate) enum Redirects {
+    /// Those [`check_redirect`] and the rule allow.
+    Follow(Rule),
+    /// None: a 3xx answer is returned as it is (for requests that carry a secret in their body).
+    None,
+}
+
+impl Redirects {
+    /// The policy [`check_redirect`] alone makes.
+    pub(crate) fn checked() -> Redirects {
+        Redirects::Follow(Box::new(|_| Ok(())))
+    }
+
+    fn policy(self) -> reqwest::redirect::Policy {
+        let also = match self {
+            Redirects::None => return reqwest::redirect::Policy::none(),
+            Redirects::Follow(also) => also,
+        };
+        reqwest::redirect::Policy::custom(move |attempt| {
+            let previous = attempt.previous();
+            if previous.len() > MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            // The caller's own rule first: its refusal is the more specific one.
+            let checked = also(attempt.url()).and_then(|()| match previous.last() {
+                Some(from) => check_redirect(from, attempt.url()),
+                None => Ok(()),
+            });
+            match checked {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(format!("redirected: {why}")),
+            }
+        })
+    }
+}
+
+/// A client builder with imgbuild's user agent, `timeout` for connecting and for each read,
+/// and `redirects`: the start of every HTTP client imgbuild makes.
+pub(crate) fn client_builder(timeout: Duration, redirects: Redirects) -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(redirects.policy())
+        .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn url() -> impl Strategy<Value = Url> {
+        let scheme = prop_oneof![Just("https"), Just("http"), Just("ftp"), Just("file")];
+        let host = prop_oneof![Just("127.0.0.1"), Just("localhost"), Just("cdn.example"), Just("[::1]")];
+        let port = proptest::option::of(prop_oneof![Just(80u16), Just(443), Just(5000), 1u16..65535]);
+        (scheme, host, port, "(/[a-z0-9]{0,4}){0,2}").prop_filter_map("a URL", |(s, h, p, path)| {
+            let port = p.map_or_else(String::new, |p| format!(":{p}"));
+            Url::parse(&format!("{s}://{h}{port}{path}")).ok()
+        })
+    }
+
+    /// Every HTTP client imgbuild builds starts at [`client_builder`], so none escapes the
+    /// redirect policy.
+    #[test]
+    fn every_http_client_is_built_here() {
+        let builders = ["Client::builder(", "ClientBuilder::new(", "Client::new("];
+        let found: Vec<String> = crate::atomic_file::tests::sources_without_tests()
+            .into_iter()
+            .filter(|(rel, _)| rel != "net.rs")
+            .flat_map(|(rel, code)| {
+                builders.iter().filter(|b| code.contains(**b)).map(move |b| format!("{rel}: {b}")).collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(found.is_empty(), "HTTP clients built around crate::net: {found:?}");
+    }
+
+    proptest! {
+        /// A redirect is followed only between HTTP(S) URLs and never out of HTTPS.
+        #[test]
+        fn no_redirect_leaves_https_or_http(from in url(), to in url()) {
+            let allowed = check_redirect(&from, &to);
+            let expected = matches!((from.scheme(), to.scheme()), ("https", "https") | ("http", "http" | "https"));
+            prop_assert_eq!(allowed.is_ok(), expected, "{} -> {}: {:?}", from, to, allowed);
+            if let Err(why) = allowed {
+                prop_assert!(why.contains(&escape(to.as_str())), "{}", why);
+            }
+        }
+
+        /// Same origin is the same scheme, host and port (a default port written or not).
+        #[test]
+        fn same_origin_is_scheme_host_and_port(a in url(), b in url()) {
+            let expected = a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default();
+            prop_assert_eq!(same_origin(&a, &b), expected);
+            prop_assert!(same_origin(&a, &a));
+            prop_assert_eq!(origin(&a) == origin(&b), expected);
+        }
+    }
+}
