@@ -26,6 +26,8 @@ pub enum ExitCode {
     Tool = 6,
     /// `verify`: the image is not what its recorded inputs build.
     Mismatch = 7,
+    /// `diff --exit-code`: the images differ (not a failure; 0 when they are the same).
+    Differs = 10,
     /// A bug in imgbuild: an invariant did not hold (sysexits' EX_SOFTWARE).
     Internal = 70,
 }
@@ -97,6 +99,10 @@ pub enum Error {
     /// the exit code (1) is all that is left to say.
     #[error("the host is not ready")]
     NotReady,
+
+    /// `diff --exit-code` found a difference: it has said what, and ends with exit code 10.
+    #[error("the images differ")]
+    Differs,
 }
 
 fn missing_list(missing: &[MissingInput]) -> String {
@@ -140,6 +146,7 @@ impl Error {
             Error::Internal(_) => ExitCode::Internal,
             Error::StdoutClosed => ExitCode::Ok,
             Error::NotReady => ExitCode::Input,
+            Error::Differs => ExitCode::Differs,
         }
     }
 

@@ -6,7 +6,7 @@
 //! hands the entrypoint is text the entrypoint renders exactly as the rules here say, so that
 //! anything `imgbuild check` accepts renders at boot.
 
-mod boot_cost;
+pub(crate) mod boot_cost;
 mod host;
 pub(crate) mod template;
 

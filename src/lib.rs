@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compress;
 pub(crate) mod date;
 pub(crate) mod deploy;
+pub(crate) mod diff;
 pub mod digest;
 pub mod error;
 pub(crate) mod fetch;

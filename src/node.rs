@@ -52,7 +52,7 @@ pub(crate) fn env_name_problem(name: &str) -> Option<String> {
 }
 
 /// Quotes a value for POSIX sh.
-fn sh_quote(value: &str) -> String {
+pub(crate) fn sh_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 

@@ -79,7 +79,7 @@ fn source_date_epoch() -> Result<u64> {
 }
 
 /// `IMGBUILD_MAX_UNPACKED` (bytes), or the default limit.
-fn max_unpacked() -> Result<u64> {
+pub(super) fn max_unpacked() -> Result<u64> {
     match std::env::var("IMGBUILD_MAX_UNPACKED") {
         Err(_) => Ok(crate::layer::DEFAULT_MAX_UNPACKED),
         Ok(v) => {

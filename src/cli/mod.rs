@@ -18,6 +18,7 @@ mod cache;
 mod check;
 mod completions;
 mod deploy;
+mod diff;
 mod doctor;
 mod init;
 mod load;
@@ -46,7 +47,7 @@ use crate::registry::reference::RegistryMirror;
     version,
     about = "Reproducible OCI images and VM disks for pinned clusters",
     max_term_width = 100,
-    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 the host is not ready: an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 70 internal error. With --json, errors are also printed as JSON."
+    after_help = "Exit codes: 0 success, 1 bad input (recipe, definition, hash, tarball), 2 usage, 3 an input is\nunavailable, 4 store or output I/O, 5 registry, 6 the host is not ready: an external tool is missing or failed, 7 verify: the\nimage is not what its provenance builds, 10 diff --exit-code: the images differ, 70 internal error. With --json, errors are also printed as JSON."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -151,6 +152,9 @@ pub enum Command {
     Sbom(sbom::SbomArgs),
     /// Rebuild an image from its provenance and check it is the same, byte for byte
     Verify(verify::VerifyArgs),
+    /// Show what changed between two images or two builds: recipe inputs, layers, files, and
+    /// the configuration each node renders at boot
+    Diff(diff::DiffArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(completions::CompletionsArgs),
     /// Print the manual page (roff), or write one per command with --dir
@@ -296,7 +300,7 @@ pub(crate) fn err_line(text: std::fmt::Arguments) {
 /// data on stdout. Nothing is said when stdout's reader went away: that ends a command quietly;
 /// nor when `doctor` found the host not ready, which its report already says.
 pub fn report_error(e: &Error, json: bool) {
-    if matches!(e, Error::StdoutClosed | Error::NotReady) {
+    if matches!(e, Error::StdoutClosed | Error::NotReady | Error::Differs) {
         return;
     }
     errln!("error: {}", crate::error::printable(&e.to_string()));
@@ -393,6 +397,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Recipe(args) => recipe::run(&cli.global, args),
         Command::Sbom(args) => sbom::run(&cli.global, args),
         Command::Verify(args) => verify::run(&cli.global, args),
+        Command::Diff(args) => diff::run(&cli.global, args),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
     }

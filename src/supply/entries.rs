@@ -61,6 +61,14 @@ fn kind_name(t: EntryType) -> String {
 
 /// Summarizes an entry, hashing its content as it streams.
 pub(crate) fn summarize<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntrySummary> {
+    summarize_with(entry, |_| {})
+}
+
+/// Summarizes an entry as `summarize` does, showing `content` each piece of its content too.
+pub(crate) fn summarize_with<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    mut content: impl FnMut(&[u8]),
+) -> io::Result<EntrySummary> {
     let header = entry.header();
     let (kind, mode, size) = (header.entry_type(), header.mode()?, header.size()?);
     let owner = (header.uid()?, header.gid()?);
@@ -76,6 +84,7 @@ pub(crate) fn summarize<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<En
                 break;
             }
             hasher.update(&buf[..n]);
+            content(&buf[..n]);
         }
         hasher.finish().as_sha256()
     } else {

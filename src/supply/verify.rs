@@ -78,15 +78,16 @@ pub(crate) fn document_of(store: &Store, artifact: &Sha256Digest) -> Result<Vec<
     store.read_blob(&layer)
 }
 
-/// A new directory for the project a provenance carries, removed when dropped. It is under the
-/// system's temporary directory, not the store's `tmp/`, which holds only files.
-struct TempProject(PathBuf);
+/// A new directory (for the project a provenance carries, for a render of `diff`), removed
+/// when dropped. It is under the system's temporary directory, not the store's `tmp/`, which
+/// holds only files.
+pub(crate) struct TempProject(pub PathBuf);
 
 impl TempProject {
-    fn create() -> Result<TempProject> {
+    pub(crate) fn create(what: &str) -> Result<TempProject> {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("imgbuild-verify-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("imgbuild-{what}-{}-{n}", std::process::id()));
         // A leftover of a killed run with the same process id is ours to replace.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).at(&dir)?;
@@ -107,7 +108,7 @@ pub(crate) fn rebuild(
     settings: &BuildSettings,
     reporter: &dyn Reporter,
 ) -> Result<StoredImage> {
-    let dir = TempProject::create()?;
+    let dir = TempProject::create("verify")?;
     let definition = provenance::materialize(provenance, &dir.0)?;
     let project = Project::load(&dir.0, Some(&definition.to_string_lossy()))?;
     let nodes: Vec<u32> = provenance.node.into_iter().collect();

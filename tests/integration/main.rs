@@ -13,6 +13,7 @@ mod compression;
 mod core;
 mod definitions;
 mod deploy;
+mod diff;
 mod doctor;
 mod downloads;
 mod ensemble;
