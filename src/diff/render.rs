@@ -140,7 +140,7 @@ pub(crate) fn nodes(conf: &ConfFiles) -> Result<Vec<u32>> {
 pub(crate) fn render(conf: &ConfFiles, id: u32, deadline: Instant) -> Result<Rendered> {
     let values = checked_cluster_env(conf)?;
     let dir = crate::supply::verify::TempProject::create("diff")?;
-    let root = dir.0.join("root");
+    let root = dir.path().join("root");
     let conf_dir = root.join(CONF_DIR);
     for (rel, data) in conf {
         crate::image_path::parse(&format!("/{rel}"))
@@ -149,9 +149,9 @@ pub(crate) fn render(conf: &ConfFiles, id: u32, deadline: Instant) -> Result<Ren
         std::fs::create_dir_all(path.parent().expect("under the root")).at(&path)?;
         std::fs::write(&path, data).at(&path)?;
     }
-    let script = dir.0.join("imgbuild-init");
+    let script = dir.path().join("imgbuild-init");
     std::fs::write(&script, ENTRYPOINT_SCRIPT).at(&script)?;
-    run_entrypoint(&script, &root, id, &dir.0.join("stderr"), deadline)?;
+    run_entrypoint(&script, &root, id, &dir.path().join("stderr"), deadline)?;
     let (mut rendered, mut left) = (Rendered::new(), MAX_RENDERED);
     for target in values.get("IMGBUILD_TEMPLATES").map_or("", String::as_str).split_ascii_whitespace() {
         let path = root.join(target.trim_start_matches('/'));

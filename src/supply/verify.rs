@@ -7,7 +7,7 @@
 //! passes only if building those inputs gives exactly its bytes.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -81,23 +81,20 @@ pub(crate) fn document_of(store: &Store, artifact: &Sha256Digest) -> Result<Vec<
 /// A new directory (for the project a provenance carries, for a render of `diff`), removed
 /// when dropped. It is under the system's temporary directory, not the store's `tmp/`, which
 /// holds only files.
-pub(crate) struct TempProject(pub PathBuf);
+pub(crate) struct TempProject(tempfile::TempDir);
 
 impl TempProject {
+    /// A new scratch directory under the system's temporary directory: a random name, made
+    /// with mode 0700 and create-new, so nothing another user planted there is ever written
+    /// through; removed with everything in it when dropped.
     pub(crate) fn create(what: &str) -> Result<TempProject> {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("imgbuild-{what}-{}-{n}", std::process::id()));
-        // A leftover of a killed run with the same process id is ours to replace.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).at(&dir)?;
+        let tmp = std::env::temp_dir();
+        let dir = tempfile::Builder::new().prefix(&format!("imgbuild-{what}-")).tempdir_in(&tmp).at(&tmp)?;
         Ok(TempProject(dir))
     }
-}
 
-impl Drop for TempProject {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    pub(crate) fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -109,8 +106,8 @@ pub(crate) fn rebuild(
     reporter: &dyn Reporter,
 ) -> Result<StoredImage> {
     let dir = TempProject::create("verify")?;
-    let definition = provenance::materialize(provenance, &dir.0)?;
-    let project = Project::load(&dir.0, Some(&definition.to_string_lossy()))?;
+    let definition = provenance::materialize(provenance, dir.path())?;
+    let project = Project::load(dir.path(), Some(&definition.to_string_lossy()))?;
     let nodes: Vec<u32> = provenance.node.into_iter().collect();
     let result = build(store, &project.image, &nodes, settings, reporter)?;
     let image = match provenance.node {
