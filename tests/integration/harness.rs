@@ -293,10 +293,17 @@ pub fn require_tool(need: &str) {
     );
 }
 
-/// Runs a tool and returns its stdout, failing the test with its stderr.
+/// Runs a tool and returns its stdout, failing the test with what it printed (a linter such as
+/// shellcheck reports on stdout).
 pub fn tool(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

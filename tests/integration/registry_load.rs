@@ -407,9 +407,23 @@ fn builds_and_pulls_at_once_into_one_store_download_each_blob_once() {
 fn builds_at_once_from_a_warm_cache_into_one_store_download_each_entry_once() {
     let (p, registry, filled) = project_and_registry(&["build"]);
     let host = registry.host();
-    let cache = |host: &str| [format!("--cache={host}/team/layer-cache"), format!("--insecure-registry={host}")];
-    // The first store fills the cache as it builds again (its layers are pushed as records).
-    let fill = p.cmd().args(cache(&host)).args(["--json", "build", "--out"]).arg(p.path("out-fill")).output().unwrap();
+    // The team's key: the store that fills the cache signs with it, every build trusts it.
+    let keys = p.path("keys");
+    let generated = p.cmd().args(["cache", "key", "generate", "team", "--dir"]).arg(&keys).output().unwrap();
+    assert_ok(&generated);
+    let public = String::from_utf8(generated.stdout).unwrap().trim().to_string();
+    let secret = keys.join("team.secret");
+    let cache = |host: &str| {
+        [
+            format!("--cache={host}/team/layer-cache"),
+            format!("--insecure-registry={host}"),
+            format!("--cache-trusted-key={public}"),
+        ]
+    };
+    // The first store fills the cache as it builds again (its layers are pushed as signed records).
+    let mut fill = p.cmd();
+    fill.args(cache(&host)).arg("--cache-signing-key").arg(&secret);
+    let fill = fill.args(["--json", "build", "--out"]).arg(p.path("out-fill")).output().unwrap();
     assert_eq!(json(&fill)["nodes"], filled["nodes"]);
     // Four builds at once into a new store, through a recording proxy.
     let proxy = ThrottlingProxy::start(registry.addr, &[]);

@@ -266,6 +266,8 @@ qemu-system-{arch} -machine {machine},accel="$accel"{cpu_arg} -m {mem} -smp 2 -n
     -chardev pipe,id=control,path="$control/monitor" -mon chardev=control,mode=readline "$@" <&3 3<&- &
 qemu=$!
 stopped=0
+# Run by the trap below (shellcheck cannot see that).
+# shellcheck disable=SC2317
 stop() {{
     trap '' TERM INT
     stopped=1
