@@ -1,5 +1,6 @@
 //! The documentation a user reads: the README stays short, every page under docs/ is reachable
-//! from it, and every relative link (file and `#anchor`) resolves.
+//! from it, every relative link (file and `#anchor`) resolves, and every `imgbuild` command in
+//! a `sh` block is one the CLI accepts. (The README's walkthrough runs whole in `first_hour`.)
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,32 @@ fn prose(text: &str) -> Vec<&str> {
         }
     }
     lines
+}
+
+/// The `imgbuild …` commands of a page's `sh` blocks: lines joined at a trailing `\`, each
+/// command cut at a comment or the shell operator after it.
+fn commands(text: &str) -> Vec<String> {
+    let (mut in_sh, mut joined, mut found) = (false, String::new(), Vec::new());
+    for line in text.lines() {
+        if let Some(fence) = line.trim_start().strip_prefix("```") {
+            in_sh = !in_sh && fence == "sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            joined.push_str(head);
+            continue;
+        }
+        let line = std::mem::take(&mut joined) + line;
+        for part in line.split(['|', ';', '&', '(', ')']).map(|p| p.trim_start().trim_start_matches("do ")) {
+            if part.starts_with("imgbuild ") {
+                found.push(part.split(" #").next().unwrap().trim().to_string());
+            }
+        }
+    }
+    found
 }
 
 /// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
@@ -93,6 +120,23 @@ fn the_readme_is_short_and_leads_to_every_page_of_docs() {
         let name = format!("docs/{}", page.file_name().unwrap().to_str().unwrap());
         assert!(links.iter().any(|l| l.split('#').next() == Some(name.as_str())), "README.md links no {name}");
     }
+}
+
+#[test]
+fn every_imgbuild_command_in_the_docs_parses() {
+    use clap::Parser;
+    let mut refused = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        for command in commands(&std::fs::read_to_string(&page).unwrap()) {
+            checked += 1;
+            if let Err(e) = imgbuild::cli::Cli::try_parse_from(command.split_whitespace()) {
+                refused.push(format!("{}: `{command}`: {e}", page.strip_prefix(ROOT).unwrap().display()));
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} commands found: is the parser still reading the blocks?");
+    assert!(refused.is_empty(), "commands the CLI refuses:\n{}", refused.join("\n"));
 }
 
 #[test]
