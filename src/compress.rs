@@ -35,7 +35,7 @@ pub const DEFAULT_ZSTD_LEVEL: u8 = 3;
 pub enum Codec {
     /// gzip (miniz_oxide): every runtime reads it.
     Gzip,
-    /// zstd (libzstd 1.5.7): faster and smaller; see the README for which runtimes read it.
+    /// zstd (libzstd 1.5.7): faster and smaller; see docs/internals.md for which runtimes read it.
     Zstd,
 }
 

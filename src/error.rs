@@ -1,5 +1,5 @@
 //! Errors of every stage, with the file, line, URL or path they concern, and the exit codes the
-//! CLI maps them to (documented in the README; scripts may rely on them).
+//! CLI maps them to (documented in docs/reference.md; scripts may rely on them).
 
 use std::fmt;
 use std::io;

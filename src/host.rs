@@ -91,8 +91,8 @@ pub enum Probe {
     Boot,
     /// Whether KVM works here; advice only (TCG always does).
     Kvm,
-    /// Whether podman runs a container here, with its own settings, else with the ones the
-    /// README gives for hosts that refuse rlimits or cgroups.
+    /// Whether podman runs a container here, with its own settings, else with the ones
+    /// docs/running.md gives for hosts that refuse rlimits or cgroups.
     ContainerRun,
     /// iptables' FORWARD policy, which Docker sets to DROP; advice only.
     ForwardPolicy,
@@ -629,7 +629,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// The settings the README gives for hosts where runc's rlimits or crun's cgroups are refused
+/// The settings docs/running.md gives for hosts where runc's rlimits or crun's cgroups are refused
 /// (containers inside containers): what the tests run podman with.
 /// podman's own options, and `run`'s.
 const RUN_SETTINGS: (&[&str], &[&str]) = (
@@ -662,7 +662,7 @@ fn check_container_run(need: &'static Need) -> Checked {
             shown,
             Some(format!(
                 "a container runs only with runc, cgroupfs and ulimits ({why}): put them in containers.conf \
-                 (README, Run the cluster) before running the nodes"
+                 (docs/running.md, In a local engine) before running the nodes"
             )),
         ),
         Err(why) => Checked::new(need, Status::Broken).with(shown, Some(format!("no container runs here: {why}"))),

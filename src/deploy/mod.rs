@@ -56,7 +56,7 @@ impl<'a> Cluster<'a> {
             return Err(Error::Usage(format!(
                 "--replicas {n}: cluster `{}` names {defined} node(s), and a node's id and peers are baked into \
                  the image; add [[cluster.node]] entries to {}, rebuild, and roll the new configuration out \
-                 (see the README, \"Growing the cluster\")",
+                 (see docs/running.md, \"Growing the cluster\")",
                 def.name,
                 def.file.display()
             )));

@@ -91,14 +91,14 @@ fn zstd_layers_are_the_same_for_any_thread_count_and_read_by_skopeo_and_vm() {
         assert!(copy.join(diff_id).exists(), "skopeo's copy has no tar {diff_id}: {:?}", tree(&copy));
     }
     // Debian 12's umoci (0.4.7) predates zstd (umoci reads it from 0.5.0, opencontainers/umoci#562):
-    // it refuses by media type, as the README says. What it unpacks of the gzip build is the same tree.
+    // it refuses by media type, as docs/internals.md says. What it unpacks of the gzip build is the same tree.
     let refused = Command::new("umoci").args(["unpack", "--rootless", "--image", &image]).arg(p.path("b")).output();
     let refused = refused.unwrap();
     let says = stderr(&refused);
     assert!(
         !refused.status.success()
             && says.contains("blob is not correct mediatype: application/vnd.oci.image.layer.v1.tar+zstd"),
-        "umoci read zstd: update the README ({says})"
+        "umoci read zstd: update docs/internals.md ({says})"
     );
     let gzip_image = format!("{}:node-0", p.root.join("gzip-6").display());
     tool(Command::new("umoci").args(["unpack", "--rootless", "--image", &gzip_image]).arg(p.path("bundle")));

@@ -312,8 +312,8 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
         );
     }
 
-    // What the README says of podman-compose 1.0.3: containers, volumes and the network are
-    // named as the file names them; the checks the README runs work as written.
+    // What docs/running.md says of podman-compose 1.0.3: containers, volumes and the network are
+    // named as the file names them; the checks it runs work as written.
     assert_eq!(engine.lines(&["ps", "--format", "{{.Names}}", "--filter", &format!("name=^{name}-")]).len(), 3);
     let volumes = engine.lines(&["volume", "ls", "--format", "{{.Name}}"]);
     for n in 0..3 {
@@ -334,7 +334,7 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
     assert_eq!(modes.iter().filter(|m| *m == "Mode: leader").count(), 1, "{modes:?}");
     assert_eq!(modes.iter().filter(|m| *m == "Mode: follower").count(), 2, "{modes:?}");
     let stop_timeout = engine.lines(&["inspect", "--format", "{{.Config.StopTimeout}}", &services[0]]);
-    assert_eq!(stop_timeout, ["10"], "podman-compose 1.0.3 leaves stop_grace_period out, as the README says");
+    assert_eq!(stop_timeout, ["10"], "podman-compose 1.0.3 leaves stop_grace_period out, as docs/running.md says");
     // Published on the loopback address only.
     let published = engine.lines(&["port", &services[0]]);
     assert!(published.iter().all(|l| l.contains("127.0.0.1:")), "{published:?}");

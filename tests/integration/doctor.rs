@@ -36,7 +36,7 @@ fn doctor_finds_every_feature_ready_where_ci_installed_it() {
         report["features"].as_array().unwrap().iter().map(|f| f["feature"].as_str().unwrap()).collect();
     assert_eq!(features, EVERY_FEATURE);
     let need = |id: &str| report["needs"].as_array().unwrap().iter().find(|n| n["need"] == id).unwrap();
-    // A container ran here: with podman's own settings, or with the README's (advice).
+    // A container ran here: with podman's own settings, or with those docs/running.md gives (advice).
     let run = need("container-run");
     assert!(run["status"] == "found" || run["status"] == "advice", "{run}");
     let kvm = need("kvm");

@@ -272,10 +272,20 @@ fn an_image_archive_named_as_a_recipe_expects_must_hold_its_image() {
     }
 }
 
-/// The `-e NAME='VALUE'` settings of the README's one-machine `podman run` loop.
-fn readme_podman_run_env() -> Vec<(String, String)> {
+/// The fenced `sh` block of README.md that runs the walkthrough's project on one machine.
+fn readme_run_block() -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let line = readme.lines().find(|l| l.contains("podman run -d") && l.contains("--network=host")).expect("the loop");
+    let blocks = readme.split("```sh\n").skip(1).map(|b| b.split("```").next().unwrap());
+    blocks
+        .into_iter()
+        .find(|b| b.contains("podman run -d") && b.contains("--network=host"))
+        .expect("the loop")
+        .to_string()
+}
+
+/// The `-e NAME='VALUE'` settings of the README's one-machine `podman run` loop.
+fn readme_podman_run_env(block: &str) -> Vec<(String, String)> {
+    let line = block.lines().find(|l| l.contains("podman run -d")).unwrap();
     let settings: Vec<(String, String)> = line
         .split(" -e ")
         .skip(1)
@@ -289,6 +299,19 @@ fn readme_podman_run_env() -> Vec<(String, String)> {
     settings
 }
 
+/// The loop runs what `init DIR` makes as it is: its node ids, its volumes, its image name and
+/// where its ZooKeeper lives.
+fn assert_loop_fits_init(block: &str, def: &imgbuild::image_def::ImageDef, dir: &str) {
+    let ids: Vec<String> = def.nodes.iter().map(|n| n.id.to_string()).collect();
+    assert!(block.contains(&format!("for n in {}; do", ids.join(" "))), "ids {ids:?}:\n{block}");
+    let volumes: Vec<&str> =
+        block.split(" -v ").skip(1).map(|v| v.split(':').nth(1).unwrap().split(' ').next().unwrap()).collect();
+    assert_eq!(volumes, def.config.volumes, "{block}");
+    assert!(block.contains(&format!("localhost/{dir}:node-$n")), "image localhost/{dir}:\n{block}");
+    let server = &def.services.iter().find(|s| s.name == "zookeeper").unwrap().command[0];
+    assert!(block.contains(&format!("podman exec zk-{} {server} status", ids[0])), "{server}:\n{block}");
+}
+
 /// A setting's value in a rendered `zoo.cfg`.
 fn setting<'t>(cfg: &'t str, key: &str) -> &'t str {
     cfg.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or_else(|| panic!("no {key} in:\n{cfg}"))
@@ -298,16 +321,21 @@ fn setting<'t>(cfg: &'t str, key: &str) -> &'t str {
 fn inits_project_runs_three_nodes_in_one_network_namespace_as_the_readme_runs_them() {
     use super::entrypoint::{err, Boot, SHELLS};
     let tmp = tempfile::tempdir().unwrap();
+    // The project the walkthrough makes (`imgbuild init DIR`), run by the walkthrough's loop.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let dir = readme.lines().find_map(|l| l.strip_prefix("imgbuild init ")?.split(' ').next()).expect("init DIR");
     let init = std::process::Command::new(super::harness::BIN)
         .current_dir(tmp.path())
         .env("IMGBUILD_STORE", tmp.path().join("store"))
-        .args(["init", "one-host"])
+        .args(["init", dir])
         .output()
         .unwrap();
     assert_ok(&init);
-    let project = imgbuild::project::Project::load(&tmp.path().join("one-host"), None).unwrap();
+    let project = imgbuild::project::Project::load(&tmp.path().join(dir), None).unwrap();
     let boot = Boot::with_files(&imgbuild::node::cluster_layer_files(&project.image));
-    let env = readme_podman_run_env();
+    let block = readme_run_block();
+    assert_loop_fits_init(&block, &project.image, dir);
+    let env = readme_podman_run_env(&block);
     for shell in SHELLS {
         let mut listening: Vec<(String, String)> = Vec::new();
         for node in &project.image.nodes {

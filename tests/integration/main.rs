@@ -14,6 +14,7 @@ mod core;
 mod definitions;
 mod deploy;
 mod diff;
+mod docs;
 mod doctor;
 mod downloads;
 mod ensemble;
