@@ -7,6 +7,7 @@
 //! anything `imgbuild check` accepts renders at boot.
 
 pub(crate) mod boot_cost;
+pub mod deploy;
 mod host;
 pub(crate) mod template;
 
@@ -47,6 +48,8 @@ struct ImageToml {
     #[serde(default)]
     identity_check: Vec<Spanned<IdentityCheckToml>>,
     cluster: ClusterToml,
+    #[serde(default)]
+    deploy: deploy::DeployToml,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +261,8 @@ pub struct ImageDef {
     pub nodes: Vec<Node>,
     /// A deployment may run fewer nodes than `nodes` (`[cluster] scalable = true`).
     pub scalable: bool,
+    /// `[deploy]`: resources and environment of each node of a deployment.
+    pub deploy: deploy::Deploy,
 }
 
 impl ImageDef {
@@ -281,6 +286,7 @@ impl ImageDef {
         let services = parse_services(&file, &t.service, &templates)?;
         let identity_checks = parse_identity_checks(&file, &t.identity_check)?;
         let config = parse_config(&file, &t.config, &templates)?;
+        let deploy = deploy::parse(&file, &t.deploy)?;
         Ok(ImageDef {
             name,
             description: t.description.clone(),
@@ -295,6 +301,7 @@ impl ImageDef {
             identity_checks,
             nodes,
             scalable: t.cluster.scalable,
+            deploy,
         })
     }
 
