@@ -190,7 +190,7 @@ fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
 }
 
 /// A Kafka stand-in that answers on the broker's port (`rmiregistry`, from the Java runtime),
-/// so that a node's health check, which wants every client port answering, can pass.
+/// with Kafka's `zookeeper-shell.sh`, which the node's health check runs.
 fn serve_listening_kafka(p: &TestProject, work: &Path) {
     let dist = work.join("kafka-listening");
     std::fs::create_dir_all(dist.join("bin")).unwrap();
@@ -198,6 +198,7 @@ fn serve_listening_kafka(p: &TestProject, work: &Path) {
     let path = dist.join("bin/kafka-server-start.sh");
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    debian::zookeeper_shell(&dist);
     let data = debian::tarball_of(&dist, "kafka_2.11-1.0.0");
     let hex = super::fixtures::sha256_hex(&data);
     p.server.serve("real/kafka-listening.tgz", data, Fault::None);
@@ -360,7 +361,15 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // The health check passes on a running node, and fails where nothing listens.
+    // The health check passes on a serving node (the stand-in broker registers as Kafka
+    // would: the test does it), and fails where nothing serves.
+    for path in ["/brokers", "/brokers/ids"] {
+        assert_ok(&zk(&services[0], &services[0], &["create", path]));
+    }
+    for (n, s) in services.iter().enumerate() {
+        let registration = format!(r#"{{"endpoints":["PLAINTEXT://{s}:9092"],"host":"{s}","port":9092,"version":4}}"#);
+        assert_ok(&zk(&services[0], &services[0], &["create", &format!("/brokers/ids/{n}"), &registration]));
+    }
     for s in &services {
         let health = engine.podman().args(["healthcheck", "run", &container(s)]).output().unwrap();
         assert!(health.status.success(), "{s} unhealthy: {}", text(&health));
