@@ -521,6 +521,8 @@ fn docker_compose_accepts(file: &Path) {
 #[test]
 fn a_node_count_other_than_the_definitions_needs_a_scalable_cluster() {
     let p = TestProject::new();
+    // `deploy compose` names each node's image by its ID: it builds from the store.
+    p.add_base();
     for n in ["2", "4", "0"] {
         let out = p.run(&["deploy", "compose", "--replicas", n]);
         assert_exit(&out, 2);
