@@ -409,6 +409,10 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     let p = TestProject::new();
     p.add_base();
     let built = json(&p.run(&["--json", "build"]));
+    // The build's table names the `cluster` image (what Kubernetes runs) by digest too.
+    let table = String::from_utf8_lossy(&p.run(&["build"]).stdout).into_owned();
+    let cluster = format!("cluster\t{}\t", built["cluster"]["digest"].as_str().unwrap());
+    assert!(table.lines().any(|l| l.starts_with(&cluster)), "{table}");
     let out = p.run(&["--json", "deploy", "compose", "--out", "c"]);
     let file = p.root.join(json(&out)["file"].as_str().unwrap());
     let doc = &read_yaml(&file)[0];
