@@ -7,6 +7,7 @@
 //! anything `imgbuild check` accepts renders at boot.
 
 pub(crate) mod boot_cost;
+pub mod deploy;
 mod host;
 pub(crate) mod template;
 
@@ -47,6 +48,8 @@ struct ImageToml {
     #[serde(default)]
     identity_check: Vec<Spanned<IdentityCheckToml>>,
     cluster: ClusterToml,
+    #[serde(default)]
+    deploy: deploy::DeployToml,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +115,12 @@ struct ServiceToml {
     command: Vec<String>,
     #[serde(default)]
     data_dirs: Vec<Spanned<String>>,
+    /// Run inside the node: exit 0 means the service serves (see `crate::health`).
+    #[serde(default)]
+    health: Option<Vec<String>>,
+    /// Run inside the node: prints the node's role in the service (`leader`, `follower`, …).
+    #[serde(default)]
+    role: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +231,10 @@ pub struct Service {
     pub name: String,
     pub command: Vec<String>,
     pub data_dirs: Vec<String>,
+    /// A command whose exit 0 means "serving" (not merely "listening").
+    pub health: Option<Vec<String>>,
+    /// A command that prints the node's role in the service on its first line.
+    pub role: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -248,6 +261,8 @@ pub struct ImageDef {
     pub nodes: Vec<Node>,
     /// A deployment may run fewer nodes than `nodes` (`[cluster] scalable = true`).
     pub scalable: bool,
+    /// `[deploy]`: resources and environment of each node of a deployment.
+    pub deploy: deploy::Deploy,
 }
 
 impl ImageDef {
@@ -271,6 +286,7 @@ impl ImageDef {
         let services = parse_services(&file, &t.service, &templates)?;
         let identity_checks = parse_identity_checks(&file, &t.identity_check)?;
         let config = parse_config(&file, &t.config, &templates)?;
+        let deploy = deploy::parse(&file, &t.deploy)?;
         Ok(ImageDef {
             name,
             description: t.description.clone(),
@@ -285,6 +301,7 @@ impl ImageDef {
             identity_checks,
             nodes,
             scalable: t.cluster.scalable,
+            deploy,
         })
     }
 
@@ -637,11 +654,16 @@ fn parse_services(file: &Doc, services: &[Spanned<ServiceToml>], templates: &[Te
         let svc = s.get_ref();
         let name = svc.name.get_ref();
         check_var_name(file, name, svc.name.span())?;
-        if svc.command.is_empty() {
-            return Err(file.error_at(s.span(), format!("service `{name}`: `command` is empty")));
-        }
-        for word in &svc.command {
-            check_characters(file, s.span(), &format!("service `{name}`: `command`"), word, &[])?;
+        for (field, words) in
+            [("command", Some(&svc.command)), ("health", svc.health.as_ref()), ("role", svc.role.as_ref())]
+        {
+            let Some(words) = words else { continue };
+            if words.is_empty() {
+                return Err(file.error_at(s.span(), format!("service `{name}`: `{field}` is empty")));
+            }
+            for word in words {
+                check_characters(file, s.span(), &format!("service `{name}`: `{field}`"), word, &[])?;
+            }
         }
         if out.iter().any(|o| &o.name == name) {
             return Err(file.error_at(svc.name.span(), format!("service `{name}` is defined twice")));
@@ -650,7 +672,13 @@ fn parse_services(file: &Doc, services: &[Spanned<ServiceToml>], templates: &[Te
         for d in &svc.data_dirs {
             data_dirs.push(format!("/{}", directory_path(file, d, templates)?));
         }
-        out.push(Service { name: name.clone(), command: svc.command.clone(), data_dirs });
+        out.push(Service {
+            name: name.clone(),
+            command: svc.command.clone(),
+            data_dirs,
+            health: svc.health.clone(),
+            role: svc.role.clone(),
+        });
     }
     Ok(out)
 }

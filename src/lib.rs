@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub(crate) mod fetch;
 pub(crate) mod gc;
+pub mod health;
 pub(crate) mod host;
 pub(crate) mod image;
 pub mod image_def;

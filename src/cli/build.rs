@@ -138,7 +138,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
     let cache = settings.layer.cache.as_ref().map(|c| c.report());
-    report(global, def, &out, options.format, &result, cache.as_ref())
+    report(global, def, &out, options.format, &result, node.is_none(), cache.as_ref())
 }
 
 /// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
@@ -157,6 +157,7 @@ fn report(
     out: &std::path::Path,
     format: Format,
     result: &BuildResult,
+    with_cluster: bool,
     cache: Option<&CacheReport>,
 ) -> Result<()> {
     let images = &result.nodes;
@@ -173,6 +174,10 @@ fn report(
     }
     for img in images {
         outln!("{}\t{}\t{}", img.image.tag, img.image.digest, out.display())?;
+    }
+    // The image Kubernetes runs (every pod learns its node at boot): its digest goes in manifests.
+    if with_cluster {
+        outln!("{}\t{}\t{}", result.cluster.tag, result.cluster.digest, out.display())?;
     }
     if !global.quiet {
         let shared: u64 = result.shared.iter().flat_map(|s| s.layers.iter().map(|l| l.size)).sum();

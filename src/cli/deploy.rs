@@ -38,7 +38,7 @@ pub struct CommonArgs {
 #[derive(clap::Args)]
 pub struct ComposeArgs {
     /// The registry repository the nodes were pushed to (`imgbuild push --all REPO`); images are
-    /// then pinned by digest [default: localhost/IMAGE:node-N, from `imgbuild load`]
+    /// then pinned by digest [default: each node's image ID, as `imgbuild load` loads it]
     #[arg(long, value_name = "REPO")]
     pub repo: Option<String>,
     /// Added to every published host port (node 0's port 2181 is published as 2181 + N)
@@ -102,11 +102,18 @@ fn out_dir(args: &CommonArgs, project: &Project, kind: &str) -> PathBuf {
 fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
     let project = Project::load(&global.project, args.common.choice.image.as_deref())?;
     let cluster = Cluster::new(&project.image, args.common.replicas)?;
+    let result = built(global, &project, &args.common.choice)?;
     let images = match &args.repo {
-        None => ImageSource::Loaded,
+        // The image ID `imgbuild load` gives each node (its config's digest).
+        None => ImageSource::Loaded(
+            result
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.node.id, n.image.platforms.first()?.config_digest.hex().to_string())))
+                .collect(),
+        ),
         Some(text) => {
             let repo = repository(text)?;
-            let result = built(global, &project, &args.common.choice)?;
             ImageSource::Registry(
                 result.nodes.iter().map(|n| (n.node.id, format!("{}@{}", repo.name(), n.image.digest))).collect(),
             )

@@ -19,8 +19,10 @@ use crate::image_def::Node;
 
 /// Where a service's image comes from.
 pub enum ImageSource {
-    /// `imgbuild load`: `localhost/NAME:node-N` in the engine.
-    Loaded,
+    /// `imgbuild load`: each node's image ID in the engine (the config's digest, which Podman and
+    /// Docker both give an image they load), so a new build changes the file and `up` recreates
+    /// exactly the nodes whose image changed.
+    Loaded(Vec<(u32, String)>),
     /// A registry the nodes were pushed to: `REPO@DIGEST` of each node's image.
     Registry(Vec<(u32, String)>),
 }
@@ -82,6 +84,9 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
         if cluster.binds_by_variable() {
             env.insert(format!("IMGBUILD_VAR_{}", super::BIND_VAR), json!("0.0.0.0"));
         }
+        for (k, v) in &cluster.def.deploy.env {
+            env.insert(k.clone(), json!(v));
+        }
         let mut mounts = Vec::new();
         for (volume, path) in cluster.volumes() {
             let key = format!("{name}-{volume}");
@@ -94,7 +99,7 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
             .map(|p| json!(port_mapping(p, options.publish_address)))
             .collect();
         let mut service = json!({
-            "image": image_of(cluster, node, &options.images)?,
+            "image": image_of(node, &options.images)?,
             "container_name": name,
             "hostname": name,
             "environment": env,
@@ -109,10 +114,11 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
             service["ports"] = Value::Array(ports);
         }
         if let Some(script) = cluster.health_script() {
-            // CMD-SHELL: the one form podman-compose 1.0 and Docker Compose pass on alike.
+            // CMD-SHELL: the one form podman-compose 1.0 and Docker Compose pass on alike. The
+            // definition's checks may start a JVM: 30 s each.
             let test = ["CMD-SHELL".to_string(), script];
             service["healthcheck"] =
-                json!({ "test": test, "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "120s" });
+                json!({ "test": test, "interval": "15s", "timeout": "30s", "retries": 3, "start_period": "120s" });
         }
         services.insert(name, service);
     }
@@ -124,6 +130,7 @@ pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(Stri
         "# Written by `imgbuild deploy compose` for cluster {0}: one service per node.\n# Run: podman-compose up -d (or docker compose up -d)\n# Stop: podman-compose down -t 60 (podman-compose 1.0 then leaves the network: podman network rm {0})\n",
         cluster.label()
     );
+    let header = format!("{header}{}", loaded_names(cluster, &options.images));
     Ok((format!("{header}{}", yaml::document(&escape_interpolation(doc))), published))
 }
 
@@ -137,15 +144,20 @@ fn port_mapping(p: &Published, address: Option<IpAddr>) -> String {
     format!("{on}{}:{}/{}", p.host_port, p.port.number, p.port.protocol)
 }
 
-fn image_of(cluster: &Cluster, node: &Node, images: &ImageSource) -> Result<String> {
-    match images {
-        ImageSource::Loaded => Ok(format!("localhost/{}:node-{}", cluster.def.name, node.id)),
-        ImageSource::Registry(refs) => refs
-            .iter()
-            .find(|(id, _)| *id == node.id)
-            .map(|(_, r)| r.clone())
-            .ok_or_else(|| Error::Internal(format!("no image was built for node {}", node.id))),
-    }
+fn image_of(node: &Node, images: &ImageSource) -> Result<String> {
+    let (ImageSource::Loaded(refs) | ImageSource::Registry(refs)) = images;
+    refs.iter()
+        .find(|(id, _)| *id == node.id)
+        .map(|(_, r)| r.clone())
+        .ok_or_else(|| Error::Internal(format!("no image was built for node {}", node.id)))
+}
+
+/// The header line that names each node's loaded image by tag beside its ID in the file.
+fn loaded_names(cluster: &Cluster, images: &ImageSource) -> String {
+    let ImageSource::Loaded(refs) = images else { return String::new() };
+    refs.iter()
+        .map(|(id, image)| format!("# node {id}: image {image} (localhost/{}:node-{id})\n", cluster.def.name))
+        .collect()
 }
 
 /// Compose replaces `$NAME` in every value; `$$` stands for a `$`.

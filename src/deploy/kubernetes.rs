@@ -3,6 +3,13 @@
 //! `LABEL-i`, whatever the node's id), a headless Service that gives each pod its DNS name
 //! (the nodes' addresses in `PEERS`), a Service for clients, and a PodDisruptionBudget that lets
 //! one node at a time go.
+//!
+//! Fit for a cluster of many machines: pods prefer different machines (and zones), each asks for
+//! the definition's `[deploy]` resources, runs with no capability and no privilege escalation,
+//! and is Ready only while its services serve (the definition's `health`). The StatefulSet's
+//! RollingUpdate replaces the highest ordinal first and waits, before the next pod, until the
+//! replaced one is Ready again: serving, in the quorum. It does not put the leader last (that is
+//! `imgbuild rollout`'s job); at most one extra election per leader it restarts.
 
 use serde_json::{json, Value};
 
@@ -16,11 +23,6 @@ pub struct KubernetesOptions {
     /// The cluster's DNS domain (`cluster.local`).
     pub domain: String,
 }
-
-/// Requests of each pod: what a ZooKeeper and a broker need to start and stay up.
-const CPU_REQUEST: &str = "500m";
-const MEMORY_REQUEST: &str = "1Gi";
-const STORAGE_REQUEST: &str = "10Gi";
 
 /// Checks that `name` is a DNS label (namespace) or a DNS name (domain), as Kubernetes wants.
 pub fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
@@ -119,12 +121,18 @@ fn stateful_set(
     if cluster.binds_by_variable() {
         env.push(json!({ "name": format!("IMGBUILD_VAR_{}", super::BIND_VAR), "value": "0.0.0.0" }));
     }
+    let deploy = &cluster.def.deploy;
+    env.extend(deploy.env.iter().map(|(k, v)| json!({ "name": k, "value": v })));
     let volumes = cluster.volumes();
     let mut container = json!({
         "name": "node",
         "image": options.image,
         "env": env,
-        "resources": { "requests": { "cpu": CPU_REQUEST, "memory": MEMORY_REQUEST } },
+        "resources": {
+            "requests": { "cpu": deploy.cpu, "memory": deploy.memory },
+            "limits": { "memory": deploy.memory },
+        },
+        "securityContext": security_context(&cluster.def.config.user),
     });
     let ports: Vec<Value> = cluster
         .ports()
@@ -138,25 +146,28 @@ fn stateful_set(
         container["volumeMounts"] =
             volumes.iter().map(|(name, path)| json!({ "name": name, "mountPath": path })).collect();
     }
-    if let Some(script) = cluster.health_script() {
-        let exec = json!({ "command": ["/bin/sh", "-c", script] });
-        // Starting (a JVM, then an election) may take minutes; after that a node that stops
-        // listening is restarted, and one that is not listening gets no client traffic.
-        container["startupProbe"] = json!({ "exec": exec, "periodSeconds": 10, "failureThreshold": 30 });
-        container["livenessProbe"] = json!({ "exec": exec, "periodSeconds": 10, "failureThreshold": 6 });
-        container["readinessProbe"] = json!({ "exec": exec, "periodSeconds": 5, "failureThreshold": 3 });
-    }
+    add_probes(cluster, &mut container);
     let mut spec = json!({
         "serviceName": label,
         "replicas": cluster.running.len(),
         "podManagementPolicy": "Parallel",
-        "updateStrategy": { "type": "RollingUpdate" },
+        // One pod at a time, the next only once the previous is Ready (serving) for 10 s.
+        "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "partition": 0 } },
+        "minReadySeconds": 10,
         "selector": { "matchLabels": selector },
         "template": {
             "metadata": { "labels": labels },
             "spec": {
                 "terminationGracePeriodSeconds": STOP_GRACE_SECONDS,
                 "enableServiceLinks": false,
+                "securityContext": { "seccompProfile": { "type": "RuntimeDefault" } },
+                "affinity": anti_affinity(selector),
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": { "matchLabels": selector },
+                }],
                 "containers": [container],
             },
         },
@@ -169,11 +180,89 @@ fn stateful_set(
                     "metadata": { "name": name },
                     "spec": {
                         "accessModes": ["ReadWriteOnce"],
-                        "resources": { "requests": { "storage": STORAGE_REQUEST } },
+                        "resources": { "requests": { "storage": deploy.storage } },
                     },
                 })
             })
             .collect();
     }
     json!({ "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": spec })
+}
+
+/// The probes: Ready only while every service serves (the definition's `health`: a ZooKeeper
+/// without quorum listens but is not Ready, so a rolling update waits for it); restarted only
+/// when its client ports stop listening (restarting nodes that lost their quorum would not bring
+/// it back). Serving checks start a JVM: they get 30 s.
+fn add_probes(cluster: &Cluster, container: &mut Value) {
+    let probe = |script: &str, period: u32, failures: u32, timeout: u32| {
+        json!({
+            "exec": { "command": ["/bin/sh", "-c", script] },
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": timeout,
+        })
+    };
+    let listening = cluster.listening_script();
+    if let Some(script) = &listening {
+        // Starting a JVM may take minutes on a loaded machine.
+        container["startupProbe"] = probe(script, 10, 30, 5);
+        container["livenessProbe"] = probe(script, 10, 6, 5);
+    }
+    if let Some(script) = cluster.health_script() {
+        container["readinessProbe"] = probe(&script, 10, 3, 30);
+    }
+}
+
+/// No capability, no privilege escalation; `runAsNonRoot` only when the image's user is not
+/// root (the seed's services run as root in their container, owning their volumes).
+fn security_context(user: &str) -> Value {
+    let mut context = json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    });
+    if !runs_as_root(user) {
+        context["runAsNonRoot"] = json!(true);
+    }
+    context
+}
+
+/// Whether an OCI `user` (`UID[:GID]`, `NAME[:GROUP]`, empty) is root; a name other than `root`
+/// counts as not root only when it is numeric (a name Kubernetes cannot check is taken as root).
+pub fn runs_as_root(user: &str) -> bool {
+    let who = user.split(':').next().unwrap_or("");
+    match who.parse::<u32>() {
+        Ok(uid) => uid == 0,
+        Err(_) => true,
+    }
+}
+
+/// Pods prefer machines (by host name) that run no other pod of the cluster.
+fn anti_affinity(selector: &Value) -> Value {
+    json!({
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": { "matchLabels": selector },
+                },
+            }],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_as_root;
+
+    #[test]
+    fn root_is_uid_zero_or_any_name() {
+        for root in ["", "0", "0:0", "root", "root:root", "kafka"] {
+            assert!(runs_as_root(root), "{root}");
+        }
+        for user in ["1000", "1000:1000", "65534:0"] {
+            assert!(!runs_as_root(user), "{user}");
+        }
+    }
 }

@@ -151,10 +151,17 @@ impl<'a> Cluster<'a> {
         named
     }
 
+    /// The check that a node serves: the definition's `health` commands (`crate::health`);
+    /// for a definition without any, the weaker check that its client ports listen.
+    pub fn health_script(&self) -> Option<String> {
+        crate::health::shell_check(self.def).or_else(|| self.listening_script())
+    }
+
     /// A POSIX sh script that succeeds when every client TCP port is listening (the kernel
     /// then completes a client's connection), read from /proc so that it needs no tool in the
-    /// image; `None` when the cluster has no client TCP port.
-    pub fn health_script(&self) -> Option<String> {
+    /// image; `None` when the cluster has no client TCP port. Listening is not serving (a
+    /// ZooKeeper without quorum listens): this keeps a live node from being restarted.
+    pub fn listening_script(&self) -> Option<String> {
         let ports: Vec<String> =
             self.client_ports().iter().filter(|p| p.protocol == "tcp").map(|p| format!("{:04X}", p.number)).collect();
         if ports.is_empty() {

@@ -336,3 +336,27 @@ fn a_binary_or_non_utf8_definition_is_bad_input_naming_the_file() {
     let e = ImageDef::load(&p.images().join("bin.toml"), &recipes()).unwrap_err();
     assert!(e.to_string().ends_with("bin.toml:1:8: a binary file (it holds a NUL byte), not text"), "{e}");
 }
+
+#[test]
+fn health_role_and_deploy_are_checked_where_they_are_written() {
+    let p = demo();
+    let def = p.parse(DEF).unwrap();
+    assert_eq!(def.deploy, deploy::Deploy::default(), "documented defaults");
+    assert_eq!(
+        (def.deploy.cpu.as_str(), def.deploy.memory.as_str(), def.deploy.storage.as_str()),
+        ("1", "2Gi", "10Gi")
+    );
+    let with_health = edited(
+        "data_dirs = [\"/var/lib/zk\"]\n",
+        "data_dirs = [\"/var/lib/zk\"]\nhealth = [\"/bin/zk\", \"ok\"]\nrole = []\n",
+    );
+    refused_at(&p, &with_health, 19, "`role` is empty");
+    let deploy = "\n[deploy]\nmemory = \"2 Gi\"\n";
+    refused_at(&p, &format!("{DEF}{deploy}"), 29, "[deploy] `memory`");
+    let env = "\n[deploy]\nenv = { NODE_ID = \"1\" }\n";
+    refused_at(&p, &format!("{DEF}{env}"), 29, "read by the entrypoint at boot");
+    let good =
+        p.parse(&format!("{DEF}\n[deploy]\ncpu = \"500m\"\nenv = {{ KAFKA_HEAP_OPTS = \"-Xmx1g\" }}\n")).unwrap();
+    assert_eq!(good.deploy.cpu, "500m");
+    assert_eq!(good.deploy.env["KAFKA_HEAP_OPTS"], "-Xmx1g");
+}

@@ -191,8 +191,18 @@ while :; do sleep 1 & wait $!; done
     let path = dist.join("bin/kafka-server-start.sh");
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    zookeeper_shell(&dist);
     std::fs::write(dist.join("config/server.properties"), "broker.id=0\n").unwrap();
     tarball_of(&dist, "kafka_2.11-1.0.0")
+}
+
+/// Kafka's `bin/zookeeper-shell.sh` in the stand-in distribution `dist`: Kafka's runs ZooKeeper's
+/// client (`ZooKeeperMain -server "$@"`) the same way, from the node's ZooKeeper jars.
+pub fn zookeeper_shell(dist: &Path) {
+    let shell = "#!/bin/sh\nexec java -Xmx64m -cp \"/usr/local/zookeeper/lib/*\" org.apache.zookeeper.ZooKeeperMain -server \"$@\"\n";
+    let path = dist.join("bin/zookeeper-shell.sh");
+    std::fs::write(&path, shell).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// Fails the test unless this machine has what the real-ZooKeeper tests build from.

@@ -190,7 +190,7 @@ fn load_streams_every_node_into_podman_and_names_a_missing_engine() {
 }
 
 /// A Kafka stand-in that answers on the broker's port (`rmiregistry`, from the Java runtime),
-/// so that a node's health check, which wants every client port answering, can pass.
+/// with Kafka's `zookeeper-shell.sh`, which the node's health check runs.
 fn serve_listening_kafka(p: &TestProject, work: &Path) {
     let dist = work.join("kafka-listening");
     std::fs::create_dir_all(dist.join("bin")).unwrap();
@@ -198,6 +198,7 @@ fn serve_listening_kafka(p: &TestProject, work: &Path) {
     let path = dist.join("bin/kafka-server-start.sh");
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    debian::zookeeper_shell(&dist);
     let data = debian::tarball_of(&dist, "kafka_2.11-1.0.0");
     let hex = super::fixtures::sha256_hex(&data);
     p.server.serve("real/kafka-listening.tgz", data, Fault::None);
@@ -360,7 +361,15 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // The health check passes on a running node, and fails where nothing listens.
+    // The health check passes on a serving node (the stand-in broker registers as Kafka
+    // would: the test does it), and fails where nothing serves.
+    for path in ["/brokers", "/brokers/ids"] {
+        assert_ok(&zk(&services[0], &services[0], &["create", path]));
+    }
+    for (n, s) in services.iter().enumerate() {
+        let registration = format!(r#"{{"endpoints":["PLAINTEXT://{s}:9092"],"host":"{s}","port":9092,"version":4}}"#);
+        assert_ok(&zk(&services[0], &services[0], &["create", &format!("/brokers/ids/{n}"), &registration]));
+    }
     for s in &services {
         let health = engine.podman().args(["healthcheck", "run", &container(s)]).output().unwrap();
         assert!(health.status.success(), "{s} unhealthy: {}", text(&health));
@@ -398,11 +407,18 @@ fn compose_file_runs_a_zookeeper_ensemble_under_podman_compose() {
 #[test]
 fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     let p = TestProject::new();
+    p.add_base();
+    let built = json(&p.run(&["--json", "build"]));
+    // The build's table names the `cluster` image (what Kubernetes runs) by digest too.
+    let table = String::from_utf8_lossy(&p.run(&["build"]).stdout).into_owned();
+    let cluster = format!("cluster\t{}\t", built["cluster"]["digest"].as_str().unwrap());
+    assert!(table.lines().any(|l| l.starts_with(&cluster)), "{table}");
     let out = p.run(&["--json", "deploy", "compose", "--out", "c"]);
     let file = p.root.join(json(&out)["file"].as_str().unwrap());
     let doc = &read_yaml(&file)[0];
     let service = &doc["services"]["zk-kafka-1"];
-    assert_eq!(service["image"].as_str(), Some("localhost/zk-kafka:node-1"));
+    // Each node by the image ID `imgbuild load` gives it (its config's digest), never by tag.
+    assert_eq!(service["image"].as_str(), Some(loaded_id(&built, 1).as_str()));
     assert_eq!(service["hostname"].as_str(), Some("zk-kafka-1"));
     // Names that do not depend on the tool or its project name.
     assert_eq!(service["container_name"].as_str(), Some("zk-kafka-1"));
@@ -423,12 +439,23 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     );
     // Compose would replace `$f` in the health check: the file says `$$f`.
     let health = yaml_str(&service["healthcheck"]["test"][1]);
-    assert!(health.contains("\"$$f\"") && !health.replace("$$", "").contains('$'), "{health}");
+    assert!(health.contains("\"$$zk\"") && !health.replace("$$", "").contains('$'), "{health}");
     // Deterministic: the same file again.
     let again = p.run(&["deploy", "compose", "--out", "c2"]);
     assert_ok(&again);
     assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(p.root.join("c2/compose.yaml")).unwrap());
     docker_compose_accepts(&file);
+    // A new build names new images: the file changes, so `compose up` recreates those nodes.
+    edit_definition(&p, "tick_time = \"2000\"", "tick_time = \"3000\"");
+    let rebuilt = json(&p.run(&["--json", "build"]));
+    assert_ok(&p.run(&["deploy", "compose", "--out", "c3"]));
+    let changed = &read_yaml(&p.root.join("c3/compose.yaml"))[0];
+    for i in 0..3 {
+        let image = yaml_str(&changed["services"][format!("zk-kafka-{i}").as_str()]["image"]);
+        assert_eq!(image, loaded_id(&rebuilt, i));
+        assert_ne!(image, loaded_id(&built, i), "node {i}: a changed image keeps its old name");
+    }
+    edit_definition(&p, "tick_time = \"3000\"", "tick_time = \"2000\"");
 
     // On one host address only: IPv4 as it is, IPv6 in brackets; anything else is refused.
     for (address, first) in [("127.0.0.1", "127.0.0.1:2182:2181/tcp"), ("::1", "[::1]:2182:2181/tcp")] {
@@ -453,7 +480,7 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     let odd_file = p.root.join(odd["file"].as_str().unwrap());
     let doc = &read_yaml(&odd_file)[0];
     let service = &doc["services"]["c-9zk-kafka-x-2"];
-    assert_eq!(service["image"].as_str(), Some("localhost/9zk.kafka_x:node-2"));
+    assert_eq!(yaml_str(&service["image"]).len(), 64, "an image ID");
     let volumes: Vec<&str> = service["volumes"].as_vec().unwrap().iter().map(yaml_str).collect();
     assert_eq!(
         volumes,
@@ -468,7 +495,6 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     edit_definition(&p, "name = \"9zk.kafka_x\"", "name = \"zk-kafka\"");
 
     // From a registry: each node's image pinned by the digest `push` gives it.
-    p.add_base();
     let built = json(&p.run(&["--json", "build"]));
     let pinned = json(&p.run(&["--json", "deploy", "compose", "--out", "r", "--repo", "registry.example.org/team/zk"]));
     let doc = &read_yaml(&p.root.join(pinned["file"].as_str().unwrap()))[0];
@@ -482,6 +508,13 @@ fn compose_file_is_valid_for_docker_compose_whatever_the_definition_holds() {
     assert_exit(&tagged, 2);
 }
 
+/// The image ID of node `i` of a `build --json` once loaded: its config's digest, without `sha256:`.
+fn loaded_id(built: &serde_json::Value, i: usize) -> String {
+    let node = &built["nodes"][i];
+    let digest = node["platforms"][0]["config_digest"].as_str().unwrap_or_else(|| panic!("no config digest: {node}"));
+    digest.trim_start_matches("sha256:").to_string()
+}
+
 /// `docker-compose config` reads the file as Compose would run it.
 fn docker_compose_accepts(file: &Path) {
     require_tool("docker-compose");
@@ -492,6 +525,8 @@ fn docker_compose_accepts(file: &Path) {
 #[test]
 fn a_node_count_other_than_the_definitions_needs_a_scalable_cluster() {
     let p = TestProject::new();
+    // `deploy compose` names each node's image by its ID: it builds from the store.
+    p.add_base();
     for n in ["2", "4", "0"] {
         let out = p.run(&["deploy", "compose", "--replicas", n]);
         assert_exit(&out, 2);
@@ -593,10 +628,31 @@ fn kubernetes_manifests_validate_and_each_pod_renders_its_node() {
     assert_eq!(containers.len(), 1);
     let container = &containers[0];
     assert_eq!(yaml_str(&container["image"]), image);
-    for probe in ["readinessProbe", "livenessProbe"] {
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
         assert!(!container[probe]["exec"]["command"].is_badvalue(), "{probe}");
     }
-    assert!(!container["resources"]["requests"]["memory"].is_badvalue());
+    // Ready means serving (the definition's health: ZooKeeper's srvr has a Mode, the broker is
+    // registered), not listening; the check gets the time a JVM needs.
+    let ready = yaml_str(&container["readinessProbe"]["exec"]["command"][2]);
+    assert!(ready.contains("zkServer.sh") && ready.contains("/brokers/ids/"), "{ready}");
+    assert!(container["readinessProbe"]["timeoutSeconds"].as_i64().unwrap() >= 10);
+    // Resources and heaps from the definition's [deploy].
+    assert_eq!(container["resources"]["requests"]["memory"].as_str(), Some("2Gi"));
+    assert_eq!(container["resources"]["limits"]["memory"].as_str(), Some("2Gi"));
+    assert_eq!(container["resources"]["requests"]["cpu"].as_str(), Some("1"));
+    let heap = container["env"].as_vec().unwrap().iter().find(|e| e["name"].as_str() == Some("KAFKA_HEAP_OPTS"));
+    assert_eq!(heap.map(|e| yaml_str(&e["value"])), Some("-Xms1g -Xmx1g"));
+    // Nothing the services do not need; the seed runs as root, so no runAsNonRoot.
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(yaml_str(&security["capabilities"]["drop"][0]), "ALL");
+    assert_eq!(yaml_str(&security["seccompProfile"]["type"]), "RuntimeDefault");
+    assert!(security["runAsNonRoot"].is_badvalue());
+    // Spread over machines: preferred, so that a smaller cluster still schedules every pod.
+    let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(yaml_str(&anti["podAffinityTerm"]["topologyKey"]), "kubernetes.io/hostname");
+    assert_eq!(yaml_str(&pod["topologySpreadConstraints"][0]["whenUnsatisfiable"]), "ScheduleAnyway");
+    assert_eq!(yaml_str(&spec["updateStrategy"]["type"]), "RollingUpdate");
     let claims: Vec<&str> =
         spec["volumeClaimTemplates"].as_vec().unwrap().iter().map(|c| yaml_str(&c["metadata"]["name"])).collect();
     let mounts: Vec<(&str, &str)> = container["volumeMounts"]
@@ -607,6 +663,9 @@ fn kubernetes_manifests_validate_and_each_pod_renders_its_node() {
         .collect();
     assert_eq!(mounts, [("var-lib-zookeeper", "/var/lib/zookeeper"), ("var-lib-kafka", "/var/lib/kafka")]);
     assert_eq!(claims, ["var-lib-zookeeper", "var-lib-kafka"]);
+    for claim in spec["volumeClaimTemplates"].as_vec().unwrap() {
+        assert_eq!(yaml_str(&claim["spec"]["resources"]["requests"]["storage"]), "10Gi");
+    }
 
     // Each pod, rendered by the image's own entrypoint with the pod's hostname and the
     // manifest's environment.

@@ -106,6 +106,8 @@ fn load_without_an_engine_stops_before_building_and_names_the_package() {
 #[test]
 fn deploy_compose_writes_its_file_and_warns_what_this_host_lacks_to_run_it() {
     let p = TestProject::new();
+    // `deploy compose` names each node's image by its ID: it builds from the store.
+    p.add_base();
     let out = p.cmd().env("PATH", "/nonexistent").args(["deploy", "compose", "--out", "c"]).output().unwrap();
     assert_ok(&out);
     assert!(p.root.join("c/compose.yaml").is_file());

@@ -83,7 +83,7 @@ pub(super) fn wait_for_quorum(hosts: &[&str], limit: Duration, names: &[String])
     }
 }
 
-fn zk_cli(container: &str, host: &str, args: &[&str]) -> Output {
+pub(super) fn zk_cli(container: &str, host: &str, args: &[&str]) -> Output {
     podman()
         .args(["exec", container, "/usr/local/zookeeper/bin/zkCli.sh", "-server", &format!("{host}:2181")])
         .args(args)

@@ -22,6 +22,7 @@ mod entrypoint;
 mod failures;
 mod first_hour;
 mod first_hour_fixes;
+mod health;
 mod hostile_io;
 mod hostile_layers;
 mod origins;
