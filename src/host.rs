@@ -1144,6 +1144,18 @@ mod tests {
         }
     }
 
+    /// An engine that exits 0 without running the container (here `true` stands for podman)
+    /// is not taken for one that ran: the token must be read back.
+    #[test]
+    fn a_container_ran_only_when_its_token_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = ContainerProbe::new(dir.path());
+        let mounts = probe.prepare().unwrap();
+        assert!(mounts.iter().any(|m| m.ends_with(":/probe")), "{mounts:?}");
+        let err = probe.run(Path::new("/bin/true"), &mounts, (&[], &[])).unwrap_err();
+        assert!(err.contains("wrote no token"), "{err}");
+    }
+
     #[test]
     fn a_forward_policy_of_drop_is_seen() {
         assert!(forward_dropped("-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"));
