@@ -419,9 +419,14 @@ mod tests {
         if std::env::var_os("IMGBUILD_TEST_BARE_CPU").is_some() {
             return; // this is the run under qemu: the pinned test does the checking there
         }
-        let qemu = "qemu-x86_64";
-        let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {qemu}")).output();
-        assert!(found.is_ok_and(|o| o.status.success()), "{qemu} is not installed (qemu-user); run .ci/install");
+        // The table `imgbuild doctor tests` prints names it and its package (a unit test cannot
+        // run the binary).
+        let qemu = crate::host::QEMU_USER;
+        let package = crate::host::package_of(qemu);
+        assert!(
+            crate::host::find_program(qemu).is_some(),
+            "{qemu} is not installed (Debian's {package}); run .ci/install"
+        );
         let test_binary = std::env::current_exe().unwrap();
         let out = std::process::Command::new(qemu)
             .args(["-cpu", "qemu64"])

@@ -85,17 +85,30 @@ pub enum Probe {
     Helper { name: &'static str },
     /// A file a package installs at a fixed path (run with `version` when it is a program).
     File { path: &'static str, version: &'static [&'static str] },
+    /// A program of the tests' Python venv ([`venv`]); its version is that of the distribution
+    /// `dist` installed there (which also shows the distribution is).
+    Venv { program: &'static str, dist: &'static str },
     /// The store's file system: writable, with room.
     Store,
     /// The kernel and initrd the VM templates boot: readable.
     Boot,
-    /// Whether KVM works here; advice only (TCG always does).
+    /// Whether KVM works here (an advisory need: TCG always works).
     Kvm,
     /// Whether podman runs a container here, with its own settings, else with the ones
-    /// docs/running.md gives for hosts that refuse rlimits or cgroups.
+    /// docs/running.md gives for hosts that refuse rlimits or cgroups (requires `podman`).
     ContainerRun,
-    /// iptables' FORWARD policy, which Docker sets to DROP; advice only.
+    /// iptables' FORWARD policy, which Docker sets to DROP (an advisory need; requires `iptables`).
     ForwardPolicy,
+}
+
+/// Where a need's package comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A Debian package (`apt-get install`).
+    Debian,
+    /// A PyPI distribution that `.ci/install` pins into the tests' venv ([`venv`]).
+    Venv,
 }
 
 /// One line of the table: a thing the host must have, and who needs it.
@@ -111,6 +124,13 @@ pub struct Need {
     pub commands: &'static str,
     /// Needs of one group are alternatives: any one of them found is enough (podman or docker).
     pub one_of: Option<&'static str>,
+    /// The need whose program this probe runs (container-run: podman). When that is not found
+    /// (or does not work), this one is not tried: [`Status::Untried`], which a feature counts
+    /// as unmet, never as advice.
+    pub requires: Option<&'static str>,
+    /// Advice only (KVM, the FORWARD policy): never makes a feature not ready, whatever it finds.
+    pub advisory: bool,
+    pub source: Source,
 }
 
 // The test suite exercises every feature but Docker's and arm64 VMs: it needs their needs too.
@@ -118,7 +138,6 @@ const BUILDING: &[Feature] = {
     use Feature::*;
     &[Build, Node, Push, Pull, Verify, Load, Vm, Tests]
 };
-const LOAD: &[Feature] = &[Feature::Load];
 const COMPOSE: &[Feature] = &[Feature::Compose, Feature::Tests];
 const VM: &[Feature] = &[Feature::Vm, Feature::Tests];
 const TESTS: &[Feature] = &[Feature::Tests];
@@ -147,7 +166,17 @@ const fn need(
     features: &'static [Feature],
     commands: &'static str,
 ) -> Need {
-    Need { id, probe, package, features, commands, one_of: None }
+    Need {
+        id,
+        probe,
+        package,
+        features,
+        commands,
+        one_of: None,
+        requires: None,
+        advisory: false,
+        source: Source::Debian,
+    }
 }
 
 /// A row that a tool used only by the test suite makes.
@@ -155,7 +184,18 @@ const fn test_tool(id: &'static str, version: &'static [&'static str], package: 
     need(id, program(id, version), package, TESTS, "cargo test")
 }
 
-/// The table. `.ci/install` installs every package named here.
+/// A row that a program of the tests' venv makes; `dist` is its PyPI distribution.
+const fn venv_tool(id: &'static str, program: &'static str, dist: &'static str) -> Need {
+    Need { source: Source::Venv, ..need(id, Probe::Venv { program, dist }, dist, TESTS, "cargo test") }
+}
+
+/// The program that runs the compressor tests as a CPU without extensions (src/compress.rs).
+pub const QEMU_USER: &str = "qemu-x86_64";
+
+/// The table. `.ci/install` installs the package of every need the `tests` feature has (so the
+/// tests' member of each group of alternatives: podman, qemu-system-x86 on amd64), except those
+/// every Debian system has (bash, coreutils, dpkg, util-linux); it leaves out the alternatives no test uses
+/// (docker.io, qemu-system-arm). A unit test below holds it to that.
 pub static NEEDS: &[Need] = &[
     need("store", Probe::Store, "", BUILDING, "imgbuild build, node, push, pull, verify, load, vm"),
     Need {
@@ -168,7 +208,7 @@ pub static NEEDS: &[Need] = &[
                 works: Some(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]),
             },
             "podman",
-            &[Feature::Load, Feature::Tests],
+            &[Feature::Load, Feature::Compose, Feature::Tests],
             "imgbuild load, podman-compose up",
         )
     },
@@ -182,7 +222,7 @@ pub static NEEDS: &[Need] = &[
                 works: Some(&["info", "--format", "{{.ServerVersion}}"]),
             },
             "docker.io",
-            LOAD,
+            &[Feature::Load, Feature::Compose],
             "imgbuild load --engine docker",
         )
     },
@@ -206,13 +246,16 @@ pub static NEEDS: &[Need] = &[
             "docker-compose up (the file of imgbuild deploy compose)",
         )
     },
-    need(
-        "container-run",
-        Probe::ContainerRun,
-        "runc",
-        &[Feature::Load, Feature::Compose, Feature::Tests],
-        "podman run, podman-compose up (the nodes loaded)",
-    ),
+    Need {
+        requires: Some("podman"),
+        ..need(
+            "container-run",
+            Probe::ContainerRun,
+            "runc",
+            &[Feature::Load, Feature::Compose, Feature::Tests],
+            "podman run, podman-compose up (the nodes loaded)",
+        )
+    },
     need("netavark", Probe::Helper { name: "netavark" }, "netavark", COMPOSE, "podman-compose up: the compose network"),
     need(
         "aardvark-dns",
@@ -228,14 +271,17 @@ pub static NEEDS: &[Need] = &[
         COMPOSE,
         "podman-compose up: netavark sets up the network with it",
     ),
-    // Advice only (Status::Advice when it is DROP or cannot be read).
-    need(
-        "forward-policy",
-        Probe::ForwardPolicy,
-        "iptables",
-        &[Feature::Compose],
-        "podman-compose up: nodes reach each other",
-    ),
+    Need {
+        requires: Some("iptables"),
+        advisory: true,
+        ..need(
+            "forward-policy",
+            Probe::ForwardPolicy,
+            "iptables",
+            &[Feature::Compose],
+            "podman-compose up: nodes reach each other",
+        )
+    },
     need("qemu-img", program("qemu-img", VERSION), "qemu-utils", VM, "imgbuild vm"),
     need("mke2fs", program("mke2fs", DASH_V), "e2fsprogs", VM, "imgbuild vm"),
     need("debugfs", program("debugfs", DASH_V), "e2fsprogs", VM, "imgbuild vm"),
@@ -261,8 +307,8 @@ pub static NEEDS: &[Need] = &[
         )
     },
     need("kernel", Probe::Boot, KERNEL_PACKAGE, VM, "vm/node-N.sh, vm/node-N.xml (--kernel, --initrd)"),
-    // Advice only (Status::Advice when it would not do): TCG always works.
-    need("kvm", Probe::Kvm, "", VM, "vm/node-N.sh (IMGBUILD_ACCEL)"),
+    // TCG always works.
+    Need { advisory: true, ..need("kvm", Probe::Kvm, "", VM, "vm/node-N.sh (IMGBUILD_ACCEL)") },
     need(
         "java",
         Probe::File { path: JAVA_17, version: &["-version"] },
@@ -303,12 +349,23 @@ pub static NEEDS: &[Need] = &[
     test_tool("xz", VERSION, "xz-utils"),
     test_tool("bzip2", &[], "bzip2"),
     test_tool("zstd", VERSION, "zstd"),
+    test_tool(QEMU_USER, VERSION, "qemu-user"),
+    need("pigz", program("pigz", VERSION), "pigz", TESTS, "cargo bench (the parallel-gzip baseline)"),
+    venv_tool("kubernetes-validate", "kubernetes-validate", "kubernetes-validate"),
+    venv_tool("pyspdxtools", "pyspdxtools", "spdx-tools"),
+    venv_tool("cyclonedx-validator", "python", "cyclonedx-python-lib"),
     // The seed test's ZooKeeper 3.4.10 and Kafka 1.0.0, from the local Maven repository, and the
     // bound of every tool it runs on the host.
     test_tool("mvn", VERSION, "maven"),
     test_tool("timeout", VERSION, "coreutils"),
     need("time", Probe::File { path: "/usr/bin/time", version: VERSION }, "time", TESTS, "cargo bench (peak memory)"),
 ];
+
+/// The venv `.ci/install` makes for the tests' Python validators (`IMGBUILD_TEST_VENV` moves it,
+/// for the tests and doctor alike).
+pub fn venv() -> PathBuf {
+    std::env::var_os("IMGBUILD_TEST_VENV").map_or_else(|| PathBuf::from("/opt/imgbuild-venv"), PathBuf::from)
+}
 
 /// The Debian package that provides need `id` (a row of [`NEEDS`]).
 pub fn package_of(id: &str) -> &'static str {
@@ -339,8 +396,19 @@ pub enum Status {
     Missing,
     /// There, but it does not work here (an engine that does not answer, an unreadable file).
     Broken,
-    /// Advice (KVM): never makes a feature not ready.
+    /// Of use, with advice (a container runs only with the README's settings), or advice of an
+    /// advisory need (KVM).
     Advice,
+    /// Not tried, because the need it requires is not found or does not work (container-run
+    /// without podman): unmet, like `Missing`.
+    Untried,
+}
+
+impl Status {
+    /// Whether the need is of use here (advice included).
+    pub fn met(self) -> bool {
+        matches!(self, Status::Found | Status::Advice)
+    }
 }
 
 /// One need, checked.
@@ -357,6 +425,14 @@ pub struct Checked {
     pub commands: &'static str,
     pub features: Vec<&'static str>,
     pub one_of: Option<&'static str>,
+    pub requires: Option<&'static str>,
+    pub advisory: bool,
+    pub source: Source,
+    /// Not needed: the alternative of its group that was found (docker unmet, podman found).
+    pub instead: Option<&'static str>,
+    /// container-run: whether the probe container ran (it wrote a token the probe read back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran: Option<bool>,
 }
 
 impl Checked {
@@ -371,6 +447,11 @@ impl Checked {
             commands: need.commands,
             features: need.features.iter().map(|f| f.name()).collect(),
             one_of: need.one_of,
+            requires: need.requires,
+            advisory: need.advisory,
+            source: need.source,
+            instead: None,
+            ran: None,
         }
     }
 
@@ -415,50 +496,119 @@ pub const MIN_FREE: u64 = 1 << 30;
 /// The longest a program may take to say its version, or an engine to answer `info`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Checks every need of `features`, all at once (each probe is bounded).
+/// Checks every need of `features`, all at once (each probe is bounded); a need that requires
+/// another is probed after it, and only when that one is of use.
 pub fn check(features: &[Feature], ctx: &Context) -> Report {
     let wanted: Vec<&'static Need> = NEEDS.iter().filter(|n| n.features.iter().any(|f| features.contains(f))).collect();
-    let needs: Vec<Checked> = std::thread::scope(|s| {
-        let probes: Vec<_> = wanted.iter().map(|need| s.spawn(move || check_one(need, ctx))).collect();
-        probes.into_iter().zip(&wanted).map(|(p, need)| p.join().unwrap_or_else(|_| internal(need))).collect()
-    });
+    let (first, then): (Vec<&'static Need>, Vec<&'static Need>) = wanted.iter().partition(|n| n.requires.is_none());
+    let mut needs = probe_all(&first, |need| check_one(need, ctx));
+    let found = needs.clone();
+    needs.extend(probe_all(&then, |need| match found.iter().find(|c| Some(c.need) == need.requires) {
+        Some(required) if required.status.met() => check_one(need, ctx),
+        required => untried(need, required.map_or("not checked", |c| status_name(c.status))),
+    }));
+    // In the table's order again.
+    needs.sort_by_key(|c| NEEDS.iter().position(|n| n.id == c.need));
+    let tests = features.contains(&Feature::Tests);
+    let alternatives: Vec<Option<&'static str>> = needs.iter().map(|c| alternative_found(c, &needs, tests)).collect();
+    needs.iter_mut().zip(alternatives).for_each(|(c, instead)| c.instead = instead);
     let states: Vec<FeatureState> = features.iter().map(|f| feature_state(*f, &needs)).collect();
     Report { ready: states.iter().all(|s| s.ready), features: states, needs }
+}
+
+/// Runs `probe` on each need at once.
+fn probe_all(needs: &[&'static Need], probe: impl Fn(&'static Need) -> Checked + Sync) -> Vec<Checked> {
+    std::thread::scope(|s| {
+        let probe = &probe;
+        let running: Vec<_> = needs.iter().map(|need| s.spawn(move || probe(need))).collect();
+        running.into_iter().zip(needs).map(|(p, need)| p.join().unwrap_or_else(|_| internal(need))).collect()
+    })
+}
+
+fn untried(need: &'static Need, required_status: &str) -> Checked {
+    let required = need.requires.unwrap_or("?");
+    let why = format!("not tried: it needs {required}, which is {required_status} (see its line)");
+    Checked::new(need, Status::Untried).with(None, Some(why))
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Found => "found",
+        Status::Missing => "missing",
+        Status::Broken => "broken",
+        Status::Advice => "of use with advice",
+        Status::Untried => "not tried",
+    }
+}
+
+/// The group of alternatives an unmet need belongs to: its own, or, when it was not tried, that
+/// of the need it requires (container-run without podman is met by docker, as podman is).
+fn group_of(c: &Checked) -> Option<&'static str> {
+    match c.status {
+        Status::Untried => c.requires.and_then(|r| NEEDS.iter().find(|n| n.id == r)).and_then(|n| n.one_of),
+        _ => c.one_of,
+    }
+}
+
+/// For an unmet need: the member of its group of alternatives that is of use, if any. The test
+/// suite has no alternatives, so none when it was asked about and the need is one of its own.
+fn alternative_found(c: &Checked, needs: &[Checked], tests: bool) -> Option<&'static str> {
+    if c.status.met() || (tests && c.features.contains(&Feature::Tests.name())) {
+        return None;
+    }
+    let group = group_of(c)?;
+    needs.iter().find(|o| o.need != c.need && o.one_of == Some(group) && o.status.met()).map(|o| o.need)
 }
 
 fn internal(need: &'static Need) -> Checked {
     Checked::new(need, Status::Broken).with(None, Some("the probe failed (a bug in imgbuild)".into()))
 }
 
-/// A feature is ready when each of its needs, or one of each group of alternatives, is found.
-/// The test suite has no alternatives: it runs every tool it lists (podman-compose and
-/// docker-compose both).
+/// A feature is ready when each of its needs, or one of each group of alternatives, is of use;
+/// advisory needs never count, whatever they found. The test suite has no alternatives: it runs
+/// every tool it lists (podman-compose and docker-compose both).
 fn feature_state(feature: Feature, needs: &[Checked]) -> FeatureState {
     let mut groups: Vec<(Option<&str>, Vec<&Checked>)> = Vec::new();
-    for c in needs.iter().filter(|c| c.features.contains(&feature.name()) && c.status != Status::Advice) {
-        let group = if feature == Feature::Tests { None } else { c.one_of };
+    for c in needs.iter().filter(|c| c.features.contains(&feature.name()) && !c.advisory) {
+        let group = if feature == Feature::Tests { None } else { group_of(c) };
         match groups.iter_mut().find(|(g, _)| g.is_some() && *g == group) {
             Some((_, members)) => members.push(c),
             None => groups.push((group, vec![c])),
         }
     }
-    let unmet: Vec<&Vec<&Checked>> =
-        groups.iter().map(|(_, m)| m).filter(|m| !m.iter().any(|c| c.status == Status::Found)).collect();
+    let unmet: Vec<Vec<&Checked>> = groups
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| !m.iter().any(|c| c.status.met()))
+        // An untried need is said by the alternatives it waits for, when it has any.
+        .map(|m| match m.iter().any(|c| c.status != Status::Untried) {
+            true => m.into_iter().filter(|c| c.status != Status::Untried).collect(),
+            false => m,
+        })
+        .collect();
     let missing = unmet.iter().map(|m| m.iter().map(|c| named(c)).collect::<Vec<_>>().join(" or ")).collect();
     // Of alternatives, the one for this machine (qemu-system-x86_64 on x86_64), else the first.
-    let preferred =
-        |m: &&Vec<&Checked>| m.iter().find(|c| c.need.ends_with(std::env::consts::ARCH)).unwrap_or(&m[0]).package;
-    let mut packages: Vec<&'static str> = unmet.iter().map(preferred).filter(|p| !p.is_empty()).collect();
+    fn preferred<'a>(m: &[&'a Checked]) -> &'a Checked {
+        m.iter().find(|c| c.need.ends_with(std::env::consts::ARCH)).unwrap_or(&m[0])
+    }
+    let mut packages: Vec<&'static str> =
+        unmet.iter().map(|m| preferred(m)).filter(|c| c.source == Source::Debian).map(|c| c.package).collect();
+    packages.retain(|p| !p.is_empty());
     packages.dedup();
     FeatureState { feature: feature.name(), ready: unmet.is_empty(), missing, packages }
 }
 
-/// `need (Debian: package)`, or `need: why` when no package provides it.
+/// `need (Debian package package)`, or `need: why` when no package provides it (or it was not
+/// tried).
 fn named(c: &Checked) -> String {
-    match (c.package, &c.detail) {
-        ("", Some(detail)) => format!("{}: {detail}", c.need),
-        ("", None) => c.need.to_string(),
-        (package, _) => format!("{} (Debian package {package})", c.need),
+    match (c.package, &c.detail, c.source) {
+        (_, Some(detail), _) if c.status == Status::Untried => format!("{}: {detail}", c.need),
+        ("", Some(detail), _) => format!("{}: {detail}", c.need),
+        ("", None, _) => c.need.to_string(),
+        (package, _, Source::Debian) => format!("{} (Debian package {package})", c.need),
+        (package, _, Source::Venv) => {
+            format!("{} (PyPI package {package}, in the venv {} that .ci/install makes)", c.need, venv().display())
+        }
     }
 }
 
@@ -479,13 +629,15 @@ fn check_one(need: &'static Need, ctx: &Context) -> Checked {
         Probe::File { path, .. } => {
             Checked::new(need, Status::Missing).with(Some(path.into()), Some("no such file".into()))
         }
+        Probe::Venv { program, dist } => check_venv(need, program, dist, ctx.probe),
         Probe::Store => check_store(need, &ctx.store),
         Probe::Boot => check_boot(need, ctx),
         Probe::Kvm => check_kvm(need),
         Probe::ContainerRun if ctx.probe => check_container_run(need),
         Probe::ForwardPolicy if ctx.probe => check_forward_policy(need),
         Probe::ContainerRun | Probe::ForwardPolicy => {
-            Checked::new(need, Status::Advice).with(None, Some("not tried".into()))
+            // A quick look (deploy compose's warning): what it requires was found.
+            Checked::new(need, Status::Advice).with(None, Some("not tried here (`imgbuild doctor` tries it)".into()))
         }
     }
 }
@@ -505,6 +657,27 @@ fn run_found(need: &'static Need, path: &Path, version: &[&str], works: Option<&
             Err(why) => {
                 checked.status = Status::Broken;
                 checked.detail = Some(format!("`{} {}` failed: {why}", need.id, args[0]));
+            }
+        }
+    }
+    checked
+}
+
+/// A program of the tests' venv, and the version of its distribution there.
+fn check_venv(need: &'static Need, program: &str, dist: &str, probe: bool) -> Checked {
+    let path = venv().join("bin").join(program);
+    let shown = Some(path.display().to_string());
+    if !is_executable(&path) {
+        return Checked::new(need, Status::Missing).with(shown, Some("no such program: run .ci/install".into()));
+    }
+    let mut checked = Checked::new(need, Status::Found).with(shown, None);
+    if probe {
+        let query = "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))";
+        match run_bounded(&venv().join("bin/python"), &["-c", query, dist], PROBE_TIMEOUT) {
+            Ok(said) => checked.version = version_in(&said),
+            Err(why) => {
+                checked.status = Status::Broken;
+                checked.detail = Some(format!("{dist} is not installed in the venv: {why}"));
             }
         }
     }
@@ -637,27 +810,31 @@ const RUN_SETTINGS: (&[&str], &[&str]) = (
     &["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"],
 );
 
-/// Runs `true` in a container whose root is an empty directory with the host's `/usr` (and
-/// `/bin`, `/lib`, … as they are here) mounted read-only: it needs no image and no network. A
-/// container that runs only with [`RUN_SETTINGS`] is advice (put them in containers.conf).
+/// Runs a container whose root is an empty directory with the host's `/usr` (and `/bin`,
+/// `/lib`, … as they are here) mounted read-only: it needs no image and no network. It writes a
+/// token (the probe directory's random name) to a mounted directory, which the probe reads back:
+/// a container ran (`ran`), not merely a podman that exited 0. A container that runs only with
+/// [`RUN_SETTINGS`] is advice (put them in containers.conf).
 fn check_container_run(need: &'static Need) -> Checked {
     let Some(podman) = find_program("podman") else {
-        return Checked::new(need, Status::Advice).with(None, Some("no podman to run one with (see its line)".into()));
+        return untried(need, "missing");
     };
     let shown = Some(format!("{} run", podman.display()));
-    // Unique to this probe: a directory a crashed one left is never reused.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let root = std::env::temp_dir().join(format!("imgbuild-doctor-{}-{nanos}", std::process::id()));
-    let result = host_rootfs(&root).and_then(|mounts| match run_container(&podman, &root, &mounts, (&[], &[])) {
+    // Random and new (mode 0700): a directory a crashed probe left is never reused.
+    let dir = match tempfile::Builder::new().prefix("imgbuild-doctor-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => return Checked::new(need, Status::Broken).with(shown, Some(format!("no temporary directory: {e}"))),
+    };
+    let probe = ContainerProbe::new(dir.path());
+    let result = probe.prepare().and_then(|mounts| match probe.run(&podman, &mounts, (&[], &[])) {
         Ok(()) => Ok(None),
-        Err(why) => match run_container(&podman, &root, &mounts, RUN_SETTINGS) {
+        Err(why) => match probe.run(&podman, &mounts, RUN_SETTINGS) {
             Ok(()) => Ok(Some(why)),
             Err(_) => Err(why),
         },
     });
-    let _ = std::fs::remove_dir_all(&root);
-    match result {
-        Ok(None) => Checked::new(need, Status::Found).with(shown, Some("a container runs".into())),
+    let mut checked = match result {
+        Ok(None) => Checked::new(need, Status::Found).with(shown, Some("a container ran (its token read back)".into())),
         Ok(Some(why)) => Checked::new(need, Status::Advice).with(
             shown,
             Some(format!(
@@ -666,6 +843,50 @@ fn check_container_run(need: &'static Need) -> Checked {
             )),
         ),
         Err(why) => Checked::new(need, Status::Broken).with(shown, Some(format!("no container runs here: {why}"))),
+    };
+    checked.ran = Some(checked.status.met());
+    checked
+}
+
+/// The probe container's root, the directory it writes its token to, and the token.
+struct ContainerProbe {
+    root: PathBuf,
+    out: PathBuf,
+    token: String,
+}
+
+impl ContainerProbe {
+    fn new(dir: &Path) -> ContainerProbe {
+        let token = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        ContainerProbe { root: dir.join("root"), out: dir.join("out"), token }
+    }
+
+    /// Makes the root and the token's directory: the `-v` arguments the container runs with.
+    fn prepare(&self) -> Result<Vec<String>, String> {
+        std::fs::create_dir(&self.out).map_err(|e| format!("{}: {e}", self.out.display()))?;
+        let mut mounts = host_rootfs(&self.root)?;
+        std::fs::create_dir(self.root.join("probe")).map_err(|e| format!("{}: {e}", self.root.display()))?;
+        mounts.extend(["-v".to_string(), format!("{}:/probe", self.out.display())]);
+        Ok(mounts)
+    }
+
+    /// Runs the container; Ok when it exited 0 and its token is there.
+    fn run(&self, podman: &Path, mounts: &[String], settings: (&[&str], &[&str])) -> Result<(), String> {
+        let token = self.out.join("token");
+        let _ = std::fs::remove_file(&token);
+        let mut args: Vec<std::ffi::OsString> = settings.0.iter().map(Into::into).collect();
+        args.extend(["run", "--rm", "--network=none"].map(Into::into));
+        args.extend(settings.1.iter().map(Into::into));
+        args.extend(mounts.iter().map(Into::into));
+        // `--rootfs DIR` stands where an image would: the last option.
+        args.extend(["--rootfs".into(), self.root.clone().into_os_string()]);
+        args.extend(["/bin/sh", "-c", "printf %s \"$1\" > /probe/token", "sh", &self.token].map(Into::into));
+        run_bounded(podman, &args, PROBE_TIMEOUT)?;
+        match std::fs::read_to_string(&token) {
+            Ok(read) if read == self.token => Ok(()),
+            Ok(read) => Err(format!("the container wrote {:?}, not its token", crate::error::escape(&read))),
+            Err(e) => Err(format!("podman exited 0 but the container wrote no token ({e})")),
+        }
     }
 }
 
@@ -691,23 +912,13 @@ fn host_rootfs(root: &Path) -> Result<Vec<String>, String> {
     Ok(mounts)
 }
 
-fn run_container(podman: &Path, root: &Path, mounts: &[String], settings: (&[&str], &[&str])) -> Result<(), String> {
-    let mut args: Vec<std::ffi::OsString> = settings.0.iter().map(Into::into).collect();
-    args.extend(["run", "--rm", "--network=none"].map(Into::into));
-    args.extend(settings.1.iter().map(Into::into));
-    args.extend(mounts.iter().map(Into::into));
-    // `--rootfs DIR` stands where an image would: the last option.
-    args.extend(["--rootfs".into(), root.into(), "true".into()]);
-    run_bounded(podman, &args, PROBE_TIMEOUT).map(drop)
-}
-
 /// Where a Docker daemon runs, it sets iptables' FORWARD policy to DROP; netavark adds accept
 /// rules for its own networks, but traffic between compose services is worth checking then.
 fn check_forward_policy(need: &'static Need) -> Checked {
     let advice =
         |detail: String| Checked::new(need, Status::Advice).with(Some("iptables -S FORWARD".into()), Some(detail));
     let Some(iptables) = find_program("iptables") else {
-        return advice("no iptables to ask (see its line)".into());
+        return untried(need, "missing");
     };
     match run_bounded(&iptables, &["-S", "FORWARD"], PROBE_TIMEOUT) {
         Err(why) => advice(format!("cannot read the FORWARD policy: {why}")),
@@ -842,8 +1053,107 @@ mod tests {
         assert!(!state.ready);
         assert_eq!(state.missing, ["podman (Debian package podman) or docker (Debian package docker.io)"]);
         assert_eq!(state.packages, ["podman"]);
-        let kvm = [of("kvm", Status::Advice), of("qemu-img", Status::Found)];
-        assert!(feature_state(Feature::Vm, &kvm).ready, "advice never makes a feature not ready");
+        let kvm = [of("kvm", Status::Missing), of("qemu-img", Status::Found)];
+        assert!(feature_state(Feature::Vm, &kvm).ready, "an advisory need never makes a feature not ready");
+    }
+
+    fn checked_as(status: impl Fn(&Need) -> Status) -> Vec<Checked> {
+        NEEDS.iter().map(|n| Checked::new(n, status(n))).collect()
+    }
+
+    /// Whatever else is found, a feature whose need (not advisory) is unmet, with no member of
+    /// its group of alternatives met, is not ready: missing, broken or untried alike.
+    #[test]
+    fn an_unmet_need_is_never_taken_for_advice() {
+        for feature in Feature::ALL {
+            for need in NEEDS.iter().filter(|n| n.features.contains(&feature) && !n.advisory) {
+                for unmet in [Status::Missing, Status::Broken, Status::Untried] {
+                    // Untried: what it requires, and that one's alternatives, are not of use.
+                    let required = NEEDS.iter().find(|n| unmet == Status::Untried && Some(n.id) == need.requires);
+                    let group =
+                        |n: &Need, of: &Need| feature != Feature::Tests && n.one_of.is_some() && n.one_of == of.one_of;
+                    let needs = checked_as(|n| match (n.id == need.id, required) {
+                        (true, _) => unmet,
+                        (false, Some(r)) if n.id == r.id || group(n, r) => Status::Missing,
+                        (false, _) if group(n, need) => unmet,
+                        _ => Status::Found,
+                    });
+                    let state = feature_state(feature, &needs);
+                    assert!(!state.ready, "{feature:?} is ready with {} {unmet:?}", need.id);
+                    assert!(!state.missing.is_empty());
+                }
+            }
+            let all = checked_as(|n| if n.advisory { Status::Missing } else { Status::Found });
+            assert!(feature_state(feature, &all).ready, "{feature:?}");
+        }
+    }
+
+    /// container-run without podman is untried: met by docker for load and compose (as podman
+    /// is), never for the tests (which run podman); said through the engines' group.
+    #[test]
+    fn an_untried_need_waits_for_the_alternatives_of_what_it_requires() {
+        let with = |docker: Status| {
+            let mut needs = checked_as(|n| match n.id {
+                "podman" => Status::Missing,
+                "container-run" => Status::Untried,
+                "docker" => docker,
+                _ => Status::Found,
+            });
+            let instead: Vec<_> = needs.iter().map(|c| alternative_found(c, &needs, false)).collect();
+            needs.iter_mut().zip(instead).for_each(|(c, i)| c.instead = i);
+            needs
+        };
+        let needs = with(Status::Found);
+        assert!(feature_state(Feature::Compose, &needs).ready);
+        assert!(feature_state(Feature::Load, &needs).ready);
+        assert!(!feature_state(Feature::Tests, &needs).ready);
+        let run = needs.iter().find(|c| c.need == "container-run").unwrap();
+        assert_eq!(run.instead, Some("docker"));
+        let needs = with(Status::Broken);
+        let state = feature_state(Feature::Compose, &needs);
+        assert!(!state.ready);
+        assert_eq!(state.missing, ["podman (Debian package podman) or docker (Debian package docker.io)"]);
+        assert!(needs.iter().all(|c| c.instead.is_none()));
+    }
+
+    /// A need probed after another: that one has no requirement of its own and is asked
+    /// wherever this one is (else it would always be untried).
+    #[test]
+    fn a_required_need_is_checked_wherever_its_dependent_is() {
+        for need in NEEDS.iter().filter(|n| n.requires.is_some()) {
+            let required = NEEDS.iter().find(|n| Some(n.id) == need.requires).expect(need.id);
+            assert!(required.requires.is_none(), "{}", need.id);
+            assert!(need.features.iter().all(|f| required.features.contains(f)), "{}", need.id);
+        }
+    }
+
+    /// The comment on [`NEEDS`]: `.ci/install` names the package of every need of the tests
+    /// (Debian's, or the venv's distribution), except Debian's essential ones.
+    #[test]
+    fn ci_install_installs_every_package_the_tests_need() {
+        // Essential (priority required): on every Debian system.
+        const ESSENTIAL: &[&str] = &["bash", "coreutils", "dpkg", "util-linux"];
+        let install = include_str!("../.ci/install");
+        let words: Vec<&str> =
+            install.split(|c: char| c.is_whitespace() || "\"'=()".contains(c)).filter(|w| !w.is_empty()).collect();
+        for need in NEEDS.iter().filter(|n| n.features.contains(&Feature::Tests) && !n.package.is_empty()) {
+            if ESSENTIAL.contains(&need.package) {
+                continue;
+            }
+            assert!(words.contains(&need.package), "{}: .ci/install does not install {}", need.id, need.package);
+        }
+    }
+
+    /// An engine that exits 0 without running the container (here `true` stands for podman)
+    /// is not taken for one that ran: the token must be read back.
+    #[test]
+    fn a_container_ran_only_when_its_token_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = ContainerProbe::new(dir.path());
+        let mounts = probe.prepare().unwrap();
+        assert!(mounts.iter().any(|m| m.ends_with(":/probe")), "{mounts:?}");
+        let err = probe.run(Path::new("/bin/true"), &mounts, (&[], &[])).unwrap_err();
+        assert!(err.contains("wrote no token"), "{err}");
     }
 
     #[test]

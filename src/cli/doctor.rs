@@ -51,11 +51,26 @@ pub fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<()> {
 }
 
 fn status_word(c: &Checked) -> &'static str {
+    if c.instead.is_some() {
+        return "not needed";
+    }
     match c.status {
         Status::Found => "found",
         Status::Missing => "MISSING",
         Status::Broken => "BROKEN",
         Status::Advice => "advice",
+        Status::Untried => "UNTRIED",
+    }
+}
+
+/// What is said below a need's line: where it was looked for, what was found or why not; for an
+/// alternative that is not needed, which one was found instead.
+fn said(c: &Checked) -> String {
+    let found: Vec<&str> = [c.path.as_deref(), c.detail.as_deref()].into_iter().flatten().collect();
+    match c.instead {
+        Some(other) if found.is_empty() => format!("not needed: {other} found (either will do)"),
+        Some(other) => format!("not needed: {other} found (either will do); {}", found.join(": ")),
+        None => found.join(": "),
     }
 }
 
@@ -63,14 +78,16 @@ fn print_table(report: &Report) -> Result<()> {
     let width = report.needs.iter().map(|c| c.need.len()).max().unwrap_or(4).max(4);
     let vwidth = report.needs.iter().map(|c| c.version.as_deref().map_or(0, str::len)).max().unwrap_or(0).max(7);
     let pwidth = report.needs.iter().map(|c| c.package.len()).max().unwrap_or(0).max(7);
-    outln!("{:<7}  {:<width$}  {:<vwidth$}  {:<pwidth$}  NEEDED BY", "STATUS", "NEED", "VERSION", "PACKAGE")?;
+    let swidth = report.needs.iter().map(|c| status_word(c).len()).max().unwrap_or(0).max(6);
+    outln!("{:<swidth$}  {:<width$}  {:<vwidth$}  {:<pwidth$}  NEEDED BY", "STATUS", "NEED", "VERSION", "PACKAGE")?;
     for c in &report.needs {
         let version = c.version.as_deref().unwrap_or("-");
         let package = if c.package.is_empty() { "-" } else { c.package };
-        outln!("{:<7}  {:<width$}  {version:<vwidth$}  {package:<pwidth$}  {}", status_word(c), c.need, c.commands)?;
-        let said: Vec<&str> = [c.path.as_deref(), c.detail.as_deref()].into_iter().flatten().collect();
+        let status = status_word(c);
+        outln!("{status:<swidth$}  {:<width$}  {version:<vwidth$}  {package:<pwidth$}  {}", c.need, c.commands)?;
+        let said = said(c);
         if !said.is_empty() {
-            outln!("{:<7}  {}", "", said.join(": "))?;
+            outln!("{:<swidth$}  {said}", "")?;
         }
     }
     outln!("")?;

@@ -548,15 +548,6 @@ fn a_node_count_other_than_the_definitions_needs_a_scalable_cluster() {
     assert_exit(&p.run(&["deploy", "compose", "--replicas", "4"]), 2);
 }
 
-/// `kubernetes-validate`, pinned, from the venv `.ci/install` makes (or IMGBUILD_TEST_VENV).
-fn kubernetes_validate() -> PathBuf {
-    let venv =
-        std::env::var_os("IMGBUILD_TEST_VENV").map_or_else(|| PathBuf::from("/opt/imgbuild-venv"), PathBuf::from);
-    let bin = venv.join("bin/kubernetes-validate");
-    assert!(bin.exists(), "{} is missing: run .ci/install (it makes the venv)", bin.display());
-    bin
-}
-
 fn yaml_str(y: &yaml_rust2::Yaml) -> &str {
     y.as_str().unwrap_or_else(|| panic!("not a string: {y:?}"))
 }
@@ -570,7 +561,7 @@ fn find<'a>(docs: &'a [yaml_rust2::Yaml], kind: &str, name: Option<&str>) -> &'a
 
 #[test]
 fn kubernetes_manifests_validate_and_each_pod_renders_its_node() {
-    let validate = kubernetes_validate();
+    let validate = tool_path("kubernetes-validate");
     require_tool("umoci");
     let p = TestProject::new();
     p.add_base();

@@ -36,9 +36,24 @@ fn doctor_finds_every_feature_ready_where_ci_installed_it() {
         report["features"].as_array().unwrap().iter().map(|f| f["feature"].as_str().unwrap()).collect();
     assert_eq!(features, EVERY_FEATURE);
     let need = |id: &str| report["needs"].as_array().unwrap().iter().find(|n| n["need"] == id).unwrap();
-    // A container ran here: with podman's own settings, or with those docs/running.md gives (advice).
+    // A container ran here (it wrote the token the probe read back): with podman's own
+    // settings, or with those docs/running.md gives (advice).
     let run = need("container-run");
+    assert_eq!(run["ran"], true, "{run}");
     assert!(run["status"] == "found" || run["status"] == "advice", "{run}");
+    // What the tests run besides: the compressor tests' CPU emulator, the benchmark's baseline,
+    // the venv's validators.
+    for (id, package) in [
+        ("qemu-x86_64", "qemu-user"),
+        ("pigz", "pigz"),
+        ("kubernetes-validate", "kubernetes-validate"),
+        ("pyspdxtools", "spdx-tools"),
+        ("cyclonedx-validator", "cyclonedx-python-lib"),
+    ] {
+        let row = need(id);
+        assert_eq!((&row["status"], &row["package"]), (&"found".into(), &package.into()), "{row}");
+        assert!(row["features"].as_array().unwrap().iter().any(|f| f == "tests"), "{row}");
+    }
     let kvm = need("kvm");
     // KVM is advice: where a guest would hang (nested), doctor says to use TCG.
     if kvm["status"] == "advice" {
@@ -61,6 +76,9 @@ fn doctor_with_an_empty_path_names_podman_and_qemu_system_with_their_packages() 
     for package in ["podman", "qemu-system-x86", "qemu-utils", "iptables"] {
         assert!(install.split(' ').any(|w| w == package), "{install}");
     }
+    // Compose needs an engine too (its containers run on one).
+    let compose = text.lines().find(|l| l.starts_with("compose: NOT READY: ")).expect(&text);
+    assert!(compose.contains("podman (Debian package podman) or docker (Debian package docker.io)"), "{compose}");
     // What needs no program is still ready.
     assert!(text.contains("\nbuild: ready\n"), "{text}");
     assert_ok(&doctor_with_path("/nonexistent", &["build", "verify"]));
@@ -143,4 +161,71 @@ fn a_boot_script_without_qemu_stops_naming_its_package() {
     assert!(Path::new(&script).is_file());
     require_tool("shellcheck");
     tool(Command::new("shellcheck").args(["-s", "sh"]).arg(&script));
+}
+
+/// A directory of links to the programs `needs` (as `imgbuild doctor tests` finds them): a PATH
+/// with only those.
+fn path_of(needs: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for need in needs {
+        std::os::unix::fs::symlink(tool_path(need), dir.path().join(need)).unwrap();
+    }
+    dir
+}
+
+/// The host: docker-compose and iptables, no engine. The probe that runs a container is
+/// not tried (it needs podman), which is unmet, never advice: compose is not ready, and says
+/// which engines would do.
+#[test]
+fn compose_without_an_engine_is_not_ready_and_names_podman_and_docker() {
+    let dir = path_of(&["docker-compose", "iptables"]);
+    let path = dir.path().to_str().unwrap();
+    let out = doctor_with_path(path, &["compose"]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("\ncompose: NOT READY: podman (Debian package podman) or docker (Debian package docker.io)\n"),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("UNTRIED") && l.contains(" container-run ")), "{text}");
+    // The other compose tool is one of alternatives: not a failure.
+    let podman_compose = text.lines().position(|l| l.contains("  podman-compose  ")).expect(&text);
+    assert!(text.lines().nth(podman_compose).unwrap().starts_with("not needed "), "{text}");
+    assert!(text.lines().nth(podman_compose + 1).unwrap().contains("not needed: docker-compose found"), "{text}");
+
+    let out = Command::new(BIN).env("PATH", path).args(["--json", "doctor", "compose"]).output().unwrap();
+    assert_exit(&out, 1);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let need = |id: &str| report["needs"].as_array().unwrap().iter().find(|n| n["need"] == id).unwrap().clone();
+    let run = need("container-run");
+    assert_eq!((run["status"].as_str(), run["requires"].as_str()), (Some("untried"), Some("podman")), "{run}");
+    assert!(run.get("ran").is_none(), "{run}");
+    assert_eq!(need("podman-compose")["instead"], "docker-compose");
+    assert_eq!(need("docker-compose")["status"], "found");
+    assert_eq!(need("iptables")["status"], "found");
+    assert_eq!(report["features"][0]["packages"], serde_json::json!(["podman"]));
+}
+
+/// An alternative that is missing where another is found reads as not needed, in the table
+/// and in the JSON (`instead`), and the feature is ready.
+#[test]
+fn a_missing_alternative_beside_a_found_one_reads_as_not_needed() {
+    let (native, other) = match std::env::consts::ARCH {
+        "aarch64" => ("qemu-system-aarch64", "qemu-system-x86_64"),
+        _ => ("qemu-system-x86_64", "qemu-system-aarch64"),
+    };
+    let dir = path_of(&["qemu-img", "mke2fs", "debugfs", "xorriso", native]);
+    let out = doctor_with_path(dir.path().to_str().unwrap(), &["vm"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("\nvm: ready\n"), "{text}");
+    let at = text.lines().position(|l| l.contains(&format!("  {other}  "))).expect(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[at].starts_with("not needed "), "{text}");
+    assert!(lines[at + 1].contains(&format!("not needed: {native} found (either will do)")), "{text}");
+    assert!(!text.contains("MISSING"), "{text}");
+    let out = Command::new(BIN).env("PATH", dir.path()).args(["--json", "doctor", "vm"]).output().unwrap();
+    let report = json(&out);
+    let row = report["needs"].as_array().unwrap().iter().find(|n| n["need"] == other).unwrap();
+    assert_eq!((row["status"].as_str(), row["instead"].as_str()), (Some("missing"), Some(native)), "{row}");
 }

@@ -281,16 +281,24 @@ pub fn require_feature(feature: &str) {
 /// Fails the test unless `need` (a line of `imgbuild doctor tests`: a tool, a file such as
 /// ZooKeeper's jar) is found here, naming its package.
 pub fn require_tool(need: &str) {
+    tool_path(need);
+}
+
+/// Where `imgbuild doctor tests` found the tool `need` (the tests' venv tools included), failing
+/// the test, with the package to install, when it did not.
+pub fn tool_path(need: &str) -> PathBuf {
     let report = doctor("tests");
     let row = report["needs"].as_array().unwrap().iter().find(|r| r["need"] == need);
     let row = row.unwrap_or_else(|| panic!("`{need}` is no need of `imgbuild doctor tests`: add it to src/host.rs"));
+    let from = if row["source"] == "venv" { "PyPI's" } else { "Debian's" };
     assert!(
         row["status"] == "found",
-        "{need} is {} ({}): run .ci/install (Debian's {})",
+        "{need} is {} ({}): run .ci/install ({from} {})",
         row["status"],
         row["detail"],
         row["package"]
     );
+    PathBuf::from(row["path"].as_str().unwrap_or_else(|| panic!("doctor says no path of {need}: {row}")))
 }
 
 /// Runs a tool and returns its stdout, failing the test with what it printed (a linter such as

@@ -15,15 +15,6 @@ const SPDX: &str = "application/spdx+json";
 const CYCLONEDX: &str = "application/vnd.cyclonedx+json";
 const IN_TOTO: &str = "application/vnd.in-toto+json";
 
-/// A tool of the venv `.ci/install` makes (or IMGBUILD_TEST_VENV): the formats' own validators.
-fn venv_tool(name: &str) -> PathBuf {
-    let venv =
-        std::env::var_os("IMGBUILD_TEST_VENV").map_or_else(|| PathBuf::from("/opt/imgbuild-venv"), PathBuf::from);
-    let bin = venv.join("bin").join(name);
-    assert!(bin.exists(), "{} is missing: run .ci/install", bin.display());
-    bin
-}
-
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -123,7 +114,7 @@ fn every_image_carries_sboms_and_provenance_that_validate_and_verify() {
     // Both formats pass their own validators.
     let spdx_file = p.path("sbom.spdx.json");
     std::fs::write(&spdx_file, &spdx_text).unwrap();
-    tool(Command::new(venv_tool("pyspdxtools")).arg("-i").arg(&spdx_file));
+    tool(Command::new(tool_path("pyspdxtools")).arg("-i").arg(&spdx_file));
     let cdx = stdout(&p.run(&["sbom", "--format", "cyclonedx", "oci:out/zk-kafka:node-1"]));
     validate_cyclonedx(&p, &cdx);
 
@@ -176,7 +167,7 @@ fn validate_cyclonedx(p: &TestProject, text: &str) {
     let script = "import sys\nfrom cyclonedx.schema import SchemaVersion\nfrom cyclonedx.validation.json import JsonStrictValidator\n\
 errors = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\n\
 if errors:\n    print(errors)\n    sys.exit(1)\n";
-    tool(Command::new(venv_tool("python")).arg("-c").arg(script).arg(&file));
+    tool(Command::new(tool_path("cyclonedx-validator")).arg("-c").arg(script).arg(&file));
 }
 
 /// Writes `data` as a blob of the layout; returns its digest.
@@ -544,7 +535,7 @@ fn a_debian_base_lists_its_installed_packages_read_through_whiteouts_and_cached(
     assert!(spdx.to_string().contains(&base_purl), "{spdx}");
     let spdx_file = p.path("debian.spdx.json");
     std::fs::write(&spdx_file, spdx.to_string()).unwrap();
-    tool(Command::new(venv_tool("pyspdxtools")).arg("-i").arg(&spdx_file));
+    tool(Command::new(tool_path("pyspdxtools")).arg("-i").arg(&spdx_file));
     validate_cyclonedx(&p, &stdout(&p.run(&["sbom", "--format", "cyclonedx", "oci:out/zk-kafka:node-0"])));
 
     // The base's packages are kept in the store by its digest: a rebuild reads no layer again.
