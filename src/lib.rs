@@ -37,3 +37,4 @@ pub(crate) mod store;
 pub(crate) mod supply;
 pub(crate) mod toml_file;
 pub(crate) mod tree;
+pub(crate) mod tree_path;

@@ -122,7 +122,10 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     if let Some(id) = node {
         def.node(id)?;
     }
-    let out = options.out.clone().unwrap_or_else(|| default_out(def, node, options.format));
+    let out = match &options.out {
+        Some(out) => out.clone(),
+        None => default_out(def, node, options.format)?,
+    };
     // Before any work: a path that is not imgbuild's own output is refused, untouched.
     let dest = Destination::check(&out, options.format.shape(), Force::NotOffered)?;
     let store = global.open_store()?;
@@ -142,13 +145,13 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
 }
 
 /// `out/IMAGE` (every node) or `out/IMAGE-node-N`, with `.tar` for archives.
-fn default_out(def: &crate::image_def::ImageDef, node: Option<u32>, format: Format) -> PathBuf {
+fn default_out(def: &crate::image_def::ImageDef, node: Option<u32>, format: Format) -> Result<PathBuf> {
     let stem = match node {
         Some(id) => format!("{}-node-{id}", def.name),
         None => def.name.clone(),
     };
     let name = if format.is_archive() { format!("{stem}.tar") } else { stem };
-    PathBuf::from("out").join(name)
+    crate::tree_path::default_out(&name)
 }
 
 fn report(

@@ -95,13 +95,17 @@ fn built(global: &GlobalArgs, project: &Project, choice: &ImageChoice) -> Result
     build(&store, &project.image, &[], &settings, reporter.as_ref())
 }
 
-fn out_dir(args: &CommonArgs, project: &Project, kind: &str) -> PathBuf {
-    args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-{kind}", project.image.name)))
+fn out_dir(args: &CommonArgs, project: &Project, kind: &str) -> Result<PathBuf> {
+    match &args.out {
+        Some(out) => Ok(out.clone()),
+        None => crate::tree_path::default_out(&format!("{}-{kind}", project.image.name)),
+    }
 }
 
 fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
     let project = Project::load(&global.project, args.common.choice.image.as_deref())?;
     let cluster = Cluster::new(&project.image, args.common.replicas)?;
+    let out = out_dir(&args.common, &project, "compose")?;
     let result = built(global, &project, &args.common.choice)?;
     let images = match &args.repo {
         // The image ID `imgbuild load` gives each node (its config's digest).
@@ -121,7 +125,7 @@ fn run_compose(global: &GlobalArgs, args: &ComposeArgs) -> Result<()> {
     };
     let options = ComposeOptions { images, port_offset: args.port_offset, publish_address: args.publish_address };
     let (text, published) = compose::compose_file(&cluster, &options)?;
-    let path = write_output(&out_dir(&args.common, &project, "compose"), "compose.yaml", &text)?;
+    let path = write_output(&out, "compose.yaml", &text)?;
     let address = args.publish_address.map(|a| a.to_string());
     // The file is written either way (it may run on another host); this one is told what it lacks.
     let lacking = host_lacks(global);
@@ -169,6 +173,8 @@ fn run_kubernetes(global: &GlobalArgs, args: &KubernetesArgs) -> Result<()> {
     let repo = repository(&args.repo)?;
     kubernetes::check_dns("--namespace", &args.namespace, false)?;
     kubernetes::check_dns("--cluster-domain", &args.cluster_domain, true)?;
+    // Before the build, which can take minutes: a link on the way to the output is refused.
+    let out = out_dir(&args.common, &project, "kubernetes")?;
     let result = built(global, &project, &args.common.choice)?;
     let options = KubernetesOptions {
         image: format!("{}@{}", repo.name(), result.cluster.digest),
@@ -177,7 +183,7 @@ fn run_kubernetes(global: &GlobalArgs, args: &KubernetesArgs) -> Result<()> {
     };
     let text = kubernetes::manifests(&cluster, &options)?;
     let name = format!("{}.yaml", cluster.label());
-    let path = write_output(&out_dir(&args.common, &project, "kubernetes"), &name, &text)?;
+    let path = write_output(&out, &name, &text)?;
     if global.json {
         super::print_json(
             &serde_json::json!({ "file": path, "image": options.image, "replicas": cluster.running.len() }),

@@ -88,11 +88,16 @@ fn image_name(dir: &Path, chosen: Option<&str>) -> Result<String> {
 
 /// Creates every file (never over an existing one); on a failure, removes the ones it made.
 fn write_all(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
+    // The directory named is the user's; below it, a link anywhere is refused before any write.
+    std::fs::create_dir_all(dir).at(dir)?;
+    for (rel, _) in files {
+        crate::tree_path::refuse_links(dir, rel)?;
+    }
     let mut made: Vec<PathBuf> = Vec::new();
     let result = files.iter().try_for_each(|(rel, text)| {
         let path = dir.join(rel);
-        let parent = path.parent().expect("skeleton paths have a parent");
-        std::fs::create_dir_all(parent).at(parent)?;
+        let parent = rel.parent().expect("skeleton paths have a parent");
+        crate::tree_path::make_dirs(dir, parent)?;
         crate::atomic_file::write(&path, text.as_bytes(), crate::atomic_file::Options::NEW)?;
         made.push(path.clone());
         Ok(())

@@ -400,26 +400,9 @@ fn file_url_path(input: &str, rest: &str) -> Result<PathBuf> {
             escape(input)
         )));
     }
-    let bytes = percent_decode(path)
+    let bytes = crate::pin::name::percent_decode(path)
         .ok_or_else(|| Error::Usage(format!("`{}`: a `%` not followed by two hex digits", escape(input))))?;
     Ok(PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes)))
-}
-
-fn percent_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 /// The name a recipe's `file` gives a local file (or layout directory).

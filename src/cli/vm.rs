@@ -69,7 +69,10 @@ pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
     let machine = Machine::for_platform(platform)?;
     let project = Project::load(&global.project, args.choice.image.as_deref())?;
     let def = &project.image;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-vm", def.name)));
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => crate::tree_path::default_out(&format!("{}-vm", def.name))?,
+    };
     // Before any work: only an output of imgbuild's, unchanged unless --force, is replaced.
     let force = if args.force { Force::Yes } else { Force::No };
     let dest = Destination::check(&out, Shape::Directory, force)?;

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use super::name::normalized;
 use super::{Location, Proposal, ProposalKind};
 use crate::digest::{Algorithm, Hash};
 use crate::error::{escape, Error, Result};
@@ -32,9 +33,10 @@ pub fn check(
 ) -> Result<()> {
     for (proposal, path) in given {
         let ProposalKind::Tarball { hash, .. } = &proposal.kind else { continue };
-        let name = file_name(&proposal.location);
+        let names = given_names(&proposal.location, path);
         for recipe in recipes {
-            for source in recipe.sources.iter().filter(|s| s.file_name == name) {
+            let expected = recipe.sources.iter().filter(|s| names.contains(&normalized(&s.file_name)));
+            for source in expected {
                 let found = match source.hash.algorithm() == hash.algorithm() {
                     true => hash.clone(),
                     false => hash_in(path, source.hash.algorithm())?,
@@ -46,6 +48,19 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Every name the given file goes by, normalized: the one its proposal pins, the name it was
+/// given as, and the names of the links it was reached through (the one it points to, and
+/// the file at the end). Any of them being upstream's makes it the file a pin is about.
+fn given_names(location: &Location, path: &Path) -> Vec<Vec<u8>> {
+    let linked = [std::fs::read_link(path).ok(), std::fs::canonicalize(path).ok()];
+    let paths = std::iter::once(Some(path.to_path_buf())).chain(linked).flatten();
+    let from_paths = paths.filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut names: Vec<Vec<u8>> =
+        std::iter::once(file_name(location).to_string()).chain(from_paths).map(|n| normalized(&n)).collect();
+    names.dedup();
+    names
 }
 
 fn refusal(recipe: &Recipe, source: &Source, proposal: &Proposal, found: &Hash) -> Error {
@@ -135,5 +150,68 @@ mod tests {
                 prop_assert!(text.contains(&given) && text.contains(REPLACE_FLAG), "{}", text);
             }
         }
+    }
+
+    /// `name` with the characters `encode` picks written as `%XX` (upper or lower hex).
+    fn encoded(name: &str, encode: &[(bool, bool)]) -> String {
+        let chosen = name.bytes().zip(encode.iter().cycle());
+        chosen
+            .map(|(b, (enc, upper))| match (enc, upper) {
+                (false, _) => (b as char).to_string(),
+                (true, true) => format!("%{b:02X}"),
+                (true, false) => format!("%{b:02x}"),
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Any two encodings of one name are the same name, and the same as the name itself
+        /// (`%2B`, `%2b` and `+`); the guard refuses the file under either spelling, on
+        /// either side (the recipe's URL, the URL given).
+        #[test]
+        fn encodings_of_one_name_are_one_name(
+            name in "[a-zA-Z0-9._+~ -]{1,24}",
+            a in proptest::collection::vec((any::<bool>(), any::<bool>()), 1..8),
+            b in proptest::collection::vec((any::<bool>(), any::<bool>()), 1..8),
+        ) {
+            let (ea, eb) = (encoded(&name, &a), encoded(&name, &b));
+            prop_assert_eq!(normalized(&ea), name.as_bytes().to_vec());
+            prop_assert_eq!(normalized(&ea), normalized(&eb));
+            let source = Source {
+                platform: None,
+                urls: vec![format!("https://e.org/dist/{ea}")],
+                file_name: crate::recipe::url_file_name(&format!("https://e.org/dist/{ea}")).into(),
+                hash: hash(Algorithm::Sha256, 0),
+            };
+            let r = recipe(vec![source]);
+            let p = proposal(Location::Url(format!("https://m.example/{eb}")), hash(Algorithm::Sha256, 1));
+            let path = PathBuf::from("given.tgz");
+            prop_assert!(check(&[&r], &[(&p, &path)], |_, a| Ok(hash(a, 1))).is_err());
+        }
+    }
+
+    /// A link named as upstream's file, to a file of another name: the name given counts as
+    /// much as the name it points to (and a link to upstream's name counts too).
+    #[test]
+    fn a_link_is_upstreams_file_by_either_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (evil, upstream_link, to_upstream) = (dir.join("evil.tgz"), dir.join("zk-1.tgz"), dir.join("to-up.tgz"));
+        std::fs::write(&evil, "x").unwrap();
+        std::os::unix::fs::symlink("evil.tgz", &upstream_link).unwrap();
+        std::os::unix::fs::symlink("zk-1.tgz", &to_upstream).unwrap();
+        let source = Source {
+            platform: None,
+            urls: vec!["https://e.org/dist/zk-1.tgz".into()],
+            file_name: "zk-1.tgz".into(),
+            hash: hash(Algorithm::Sha256, 0),
+        };
+        let r = recipe(vec![source]);
+        for path in [&upstream_link, &to_upstream] {
+            let p = proposal(Location::File("evil.tgz".into()), hash(Algorithm::Sha256, 1));
+            assert!(check(&[&r], &[(&p, path.as_path())], |_, a| Ok(hash(a, 1))).is_err(), "{}", path.display());
+        }
+        let p = proposal(Location::File("evil.tgz".into()), hash(Algorithm::Sha256, 1));
+        assert!(check(&[&r], &[(&p, evil.as_path())], |_, a| Ok(hash(a, 1))).is_ok());
     }
 }

@@ -118,6 +118,31 @@ pub fn clean_name(text: &str) -> String {
 
 pub use crate::recipe::is_recipe_name;
 
+/// `text` with each `%XX` made the byte it stands for; `None` when a `%` is not followed by
+/// two hex digits.
+pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// A file name as it is compared with another: percent-decoded (a URL's `%2B` is the `+` of
+/// the file's own name), or as it is when it is not valid percent-encoding.
+pub fn normalized(name: &str) -> Vec<u8> {
+    percent_decode(name).unwrap_or_else(|| name.as_bytes().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,3 +92,45 @@ fn a_file_under_a_pinned_name_with_other_bytes_never_replaces_the_pin() {
     let text = String::from_utf8(recipes()[0].clone()).unwrap();
     assert!(text.contains(&fixtures::sha256_hex(&other)) && !text.contains(&zk_url), "{text}");
 }
+
+/// Upstream's file by another spelling of its name: a link named as upstream's file (the
+/// name given, not the one it points to, is what the user means), and a recipe URL that
+/// percent-encodes the name (`%2B` for upstream's `+`). Both refused as the plain case is.
+#[test]
+fn upstreams_name_through_a_link_or_percent_encoding_never_replaces_the_pin() {
+    let p = TestProject::new();
+    let downloads = p.path("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let other = fixtures::tar_gz(&[fixtures::Entry::Dir("zookeeper-3.4.9/")]);
+    let other_256 = format!("sha256:{}", fixtures::sha256_hex(&other));
+    let recipes = || std::fs::read_dir(p.root.join("recipes")).unwrap().count();
+    let read = |r: &str| std::fs::read(p.root.join("recipes").join(r)).unwrap();
+
+    // A link named as upstream's file, to a file of another name and other bytes.
+    std::fs::write(downloads.join("evil.tgz"), &other).unwrap();
+    let link = downloads.join("zookeeper-3.4.10.tar.gz");
+    std::os::unix::fs::symlink("evil.tgz", &link).unwrap();
+    let before = read("zookeeper.toml");
+    let out = p.run(&["recipe", "--update", "recipes/zookeeper.toml", link.to_str().unwrap()]);
+    let pinned_zk = format!("sha256:{}", fixtures::sha256_hex(p.input("zookeeper-3.4.10.tar.gz")));
+    let zk_url = p.server.url("dist/zookeeper-3.4.10.tar.gz");
+    assert_refused(&out, "recipe zookeeper pins", &zk_url, &pinned_zk, &other_256);
+    assert_eq!(read("zookeeper.toml"), before, "the recipe changed");
+
+    // A recipe URL with `%2B` where upstream's name (and the local file's) has `+`.
+    let published = fixtures::tar_gz(&[fixtures::Entry::Dir("jdk-11.0.21+9/")]);
+    let pinned = format!("sha256:{}", fixtures::sha256_hex(&published));
+    let url = p.server.url("dist/jdk-11.0.21%2B9-linux-x64.tar.gz");
+    let text = format!(
+        "name = \"jdk11\"\nversion = \"11.0.21\"\n[[source]]\nurl = \"{url}\"\nsha256 = \"{}\"\n[unpack]\nstrip_components = 1\nprefix = \"/opt/jdk\"\n",
+        fixtures::sha256_hex(&published)
+    );
+    p.write_recipe("jdk11.toml", &text);
+    let local = downloads.join("jdk-11.0.21+9-linux-x64.tar.gz");
+    std::fs::write(&local, &other).unwrap();
+    let count = recipes();
+    let out = p.run(&["recipe", "--update", "recipes/jdk11.toml", local.to_str().unwrap()]);
+    assert_refused(&out, "recipe jdk11 pins", &url, &pinned, &other_256);
+    assert_eq!(read("jdk11.toml"), text.as_bytes(), "the recipe changed");
+    assert_eq!(recipes(), count);
+}

@@ -136,3 +136,51 @@ fn no_writer_follows_a_link_planted_at_its_temporary_or_target_name() {
     assert_ok(&p.run(&["vm", "--all", "--out", "vm-out"]));
     outside.assert_untouched("vm");
 }
+
+/// A link at `rel` (below `dir`) to the directory outside: the command is refused (exit 1,
+/// naming the link) and nothing outside changes; the link is removed again.
+fn refused_at(outside: &Outside, dir: &Path, rel: &str, cmd: &mut std::process::Command) {
+    let at = dir.join(rel);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside.dir, &at).unwrap();
+    let out = cmd.output().unwrap();
+    let what = format!("{cmd:?} with a link at {rel}");
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains(rel) && stderr(&out).contains("symbolic link"), "{what}: {}", stderr(&out));
+    std::fs::remove_file(&at).unwrap();
+    outside.assert_untouched(&what);
+}
+
+/// Links at every directory a writer derives below the directory the user named (issue 25,
+/// point 3): `out`, `out/NAME` of every default output, `images`, `images/NAME` and `recipes`
+/// of `init`. Each is refused before any work; an explicit `--out` through a link is the
+/// user's choice and is followed.
+#[test]
+fn no_writer_follows_a_link_at_a_directory_it_derives() {
+    let p = TestProject::new();
+    let outside = Outside::new(&p);
+    let fresh = p.path("fresh");
+    for rel in ["images", "images/fresh", "recipes"] {
+        refused_at(&outside, &fresh, rel, p.cmd().arg("init").arg(&fresh));
+        std::fs::remove_dir_all(&fresh).unwrap();
+    }
+    let writers: [(&[&str], &str); 6] = [
+        (&["deploy", "compose"], "out/zk-kafka-compose"),
+        (&["deploy", "kubernetes", "--repo", "127.0.0.1:1/zk"], "out/zk-kafka-kubernetes"),
+        (&["build"], "out/zk-kafka"),
+        (&["build", "--format", "oci-archive"], "out/zk-kafka.tar"),
+        (&["node", "--id", "0"], "out/zk-kafka-node-0"),
+        (&["vm", "--all"], "out/zk-kafka-vm"),
+    ];
+    for (args, output) in writers {
+        refused_at(&outside, &p.root, "out", p.cmd().args(args));
+        refused_at(&outside, &p.root, output, p.cmd().args(args));
+        std::fs::remove_dir_all(p.root.join("out")).unwrap();
+    }
+    // Named by the user: followed.
+    let chosen = p.path("chosen");
+    std::fs::create_dir_all(&chosen).unwrap();
+    std::os::unix::fs::symlink(&chosen, p.root.join("mine")).unwrap();
+    assert_ok(&p.run(&["deploy", "compose", "--out", "mine/compose"]));
+    assert!(chosen.join("compose/compose.yaml").is_file());
+}
