@@ -242,7 +242,7 @@ fn platform_inputs(
 /// identity (recipes and definitions are refused for it); and no name or value may hold what
 /// recipes and definitions may not (control or invisible characters).
 fn base_env_kept(name: &str, value: &str) -> bool {
-    crate::node::env_name_problem(name).is_none()
+    crate::entrypoint::env_name_problem(name).is_none()
         && !name.chars().chain(value.chars()).any(crate::error::is_unsafe_char)
 }
 

@@ -141,8 +141,7 @@ const ITEM_VARS: &[&str] = &["id", "host"];
 /// renders every template at every boot.
 pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
-/// The entrypoint every node image runs unless the definition names another.
-pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
+pub use crate::entrypoint::DEFAULT_ENTRYPOINT;
 
 /// Signals a runtime can be told to stop a container with (`stop_signal`), as Linux names them.
 const SIGNALS: &[&str] = &[
@@ -477,14 +476,14 @@ fn parse_templates(file: &Doc, templates: &[Spanned<TemplateToml>], scope: &BTre
         }
         let target = image_path(file, &tmpl.target)?;
         // The cluster layer keeps the template under imgbuild's directory: that path too.
-        let kept = format!("/{}/templates/{target}", crate::node::CONF_DIR);
+        let kept = format!("/{}/templates/{target}", crate::entrypoint::CONF_DIR);
         if kept.len() >= crate::image_path::PATH_MAX {
             return Err(file.error_at(
                 tmpl.target.span(),
                 format!("template target /{target}: imgbuild keeps the template at a path as long as it ({} bytes), which Linux cannot hold", kept.len()),
             ));
         }
-        if let Some(own) = crate::node::own_paths().into_iter().find(|r| nests(&target, r)) {
+        if let Some(own) = crate::entrypoint::own_paths().into_iter().find(|r| nests(&target, r)) {
             return Err(file.error_at(
                 tmpl.target.span(),
                 format!("template target /{target} would change /{own}, which imgbuild writes itself"),
@@ -684,7 +683,7 @@ fn parse_config(file: &Doc, c: &ConfigToml, templates: &[Template]) -> Result<Im
     let mut env = BTreeMap::new();
     for (k, v) in &c.env {
         // Control characters in values are refused with every other string of the file.
-        if let Some(problem) = crate::node::env_name_problem(k) {
+        if let Some(problem) = crate::entrypoint::env_name_problem(k) {
             return Err(file.error_at(v.span(), format!("[config.env]: {problem}")));
         }
         env.insert(k.clone(), v.get_ref().clone());
@@ -739,7 +738,7 @@ fn check_var_name(file: &Doc, name: &str, span: Range<usize>) -> Result<()> {
 /// never at or inside a template's file or imgbuild's own files.
 fn directory_path(file: &Doc, p: &Spanned<String>, templates: &[Template]) -> Result<String> {
     let path = image_path(file, p)?;
-    let files = templates.iter().map(|t| t.target.as_str()).chain(crate::node::own_paths());
+    let files = templates.iter().map(|t| t.target.as_str()).chain(crate::entrypoint::own_paths());
     if let Some(clash) = files.into_iter().find(|f| inside_or_at(&path, f)) {
         return Err(file.error_at(p.span(), format!("directory /{path} would be at or inside the file /{clash}")));
     }

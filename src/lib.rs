@@ -12,6 +12,7 @@ pub(crate) mod date;
 pub(crate) mod deploy;
 pub(crate) mod diff;
 pub mod digest;
+pub(crate) mod entrypoint;
 pub mod error;
 pub(crate) mod fetch;
 pub(crate) mod gc;

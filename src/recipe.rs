@@ -254,7 +254,7 @@ fn parse_env(file: &TomlFile<RecipeToml>) -> Result<BTreeMap<String, String>> {
                 "field `env`: set `PATH` entries with the `path` list, so recipes can be combined",
             ));
         }
-        if let Some(problem) = crate::node::env_name_problem(key) {
+        if let Some(problem) = crate::entrypoint::env_name_problem(key) {
             return Err(file.error_at(value.span(), format!("field `env`: {problem}")));
         }
         env.insert(key.clone(), value.get_ref().clone());
@@ -371,7 +371,9 @@ fn parse_unpack<T>(file: &TomlFile<T>, u: &UnpackToml) -> Result<Unpack> {
         Some(p) => image_path(file, p, "unpack.prefix")?,
         None => String::new(),
     };
-    if let (Some(p), Some(own)) = (&u.prefix, crate::node::own_paths().into_iter().find(|o| inside_or_at(&prefix, o))) {
+    if let (Some(p), Some(own)) =
+        (&u.prefix, crate::entrypoint::own_paths().into_iter().find(|o| inside_or_at(&prefix, o)))
+    {
         return Err(file.error_at(
             p.span(),
             format!(

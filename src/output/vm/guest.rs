@@ -202,7 +202,7 @@ mod tests {
         args: &[&std::path::Path],
     ) -> std::process::Command {
         let init = dir.join("init");
-        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
+        std::fs::write(&init, crate::entrypoint::VM_INIT_SCRIPT).unwrap();
         let mut cmd = std::process::Command::new(shell[0]);
         cmd.args(&shell[1..]).arg("-c").arg(format!(". \"$0\"; {script}")).arg(&init).args(args);
         cmd.env("IMGBUILD_VM_INIT_FUNCTIONS", "1").current_dir(dir);

@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 
 use super::guest::{forward_mac, FORWARD_ADDRESS};
 use crate::digest::Sha256Digest;
+use crate::entrypoint::VM_INIT;
 use crate::error::{escape, is_unsafe_char, Error, Result};
 use crate::image_def::ImageDef;
-use crate::node::VM_INIT;
 use crate::platform::Platform;
 
 /// The virtual machine a platform's image boots in. Every architecture imgbuild can build an
