@@ -18,8 +18,12 @@ use crate::store::Store;
 
 pub struct BuildSettings {
     pub platforms: Vec<Platform>,
+    /// Layer settings; their `cache` is this run's `cache`, seen as layers known elsewhere.
     pub layer: LayerSettings,
     pub fetch: FetchSettings,
+    /// The shared cache (`--cache`), for what only the cache does: substituting before the
+    /// fetch and reporting.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// The tag of the image that takes its whole identity at boot.
@@ -93,7 +97,8 @@ const PARALLEL_IMAGES: usize = 8;
 /// downloaded up to `PARALLEL_FETCHES` at once, each layer keeping pace with its download.
 pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<usize> {
     // A source whose every layer is in the store, or the cache (`--cache`) gave, is not needed.
-    let substituted = crate::cache::substitute(store, def, &settings.platforms, &settings.layer, reporter);
+    let substituted =
+        crate::cache::substitute(store, def, &settings.platforms, settings.cache.as_deref(), &settings.layer, reporter);
     // Each pinned input once, in a fixed order (a file that serves every platform is one input).
     let mut inputs: Vec<(&Recipe, &Platform, &recipe::Source)> = Vec::new();
     for platform in &settings.platforms {

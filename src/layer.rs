@@ -51,11 +51,43 @@ pub struct LayerSettings {
     pub max_unpacked: u64,
     /// The shared cache (`--cache`): where a layer missing from the store is looked for first,
     /// and where a layer built here is pushed. Not part of the derivation.
-    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
+    pub cache: Option<std::sync::Arc<dyn KnownLayers>>,
     /// Use layers the store has recorded. `verify` turns it off: a record in the store is a
     /// claim like any other, so every recipe layer is built again from its pinned source (and
     /// its record written again). Not part of the derivation.
     pub reuse_layers: bool,
+}
+
+/// Layers built elsewhere, keyed by derivation (the shared cache implements it): the layer
+/// builder asks through this trait so that it knows no registry, TLS or fetch.
+pub trait KnownLayers: Send + Sync + std::fmt::Debug {
+    /// The layer of `derivation` the store holds and this source still vouches for (one built
+    /// here is offered to it), or `None`.
+    fn known(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        recipe: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>>;
+    /// The layer of `derivation` taken from this source into the store, if it has one.
+    fn pull(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        recipe: &str,
+        max_size: u64,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>>;
+    /// Offers a layer built here to this source.
+    fn push(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        layer: &LayerRecord,
+        recipe: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()>;
 }
 
 /// 32 GiB: many times the largest JDK, far below what fills a disk by surprise.
@@ -126,9 +158,10 @@ pub fn recipe_layer(
 ) -> Result<(LayerRecord, bool)> {
     let key = derivation(&source.hash, unpack, settings);
     let cache = settings.cache.as_deref();
-    let known = || match settings.reuse_layers {
-        true => crate::cache::known_layer(store, &key, cache, recipe, reporter),
-        false => Ok(None),
+    let known = || match (settings.reuse_layers, cache) {
+        (false, _) => Ok(None),
+        (true, Some(cache)) => cache.known(store, &key, recipe, reporter),
+        (true, None) => Ok(store.layer(&key)),
     };
     if let Some(record) = known()? {
         return Ok((record, false));

@@ -98,6 +98,7 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
     let compressor = Compressor::new(choice.compression, choice.level).map_err(Error::Usage)?;
+    let cache = global.cache(compressor.media_type())?;
     Ok(BuildSettings {
         platforms,
         layer: LayerSettings {
@@ -105,10 +106,11 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
             compressor,
             parallelism: Parallelism::threads(threads),
             max_unpacked: max_unpacked()?,
-            cache: global.cache(compressor.media_type())?,
+            cache: cache.clone().map(|c| c as std::sync::Arc<dyn crate::layer::KnownLayers>),
             reuse_layers: true,
         },
         fetch: global.fetch_settings()?,
+        cache,
     })
 }
 
@@ -137,7 +139,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     };
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
-    let cache = settings.layer.cache.as_ref().map(|c| c.report());
+    let cache = settings.cache.as_ref().map(|c| c.report());
     report(global, def, &out, options.format, &result, cache.as_ref())
 }
 

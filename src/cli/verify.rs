@@ -60,6 +60,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     // Rebuilt from the pins alone: never a layer a cache (`--cache`) gives, which is what
     // catches a poisoned cache entry.
     settings.layer.cache = None;
+    settings.cache = None;
     // Nor a layer this store recorded: a tampered record would otherwise vouch for itself.
     settings.layer.reuse_layers = false;
     settings.fetch.url_policy = Some(std::sync::Arc::new(url_policy(global, args, &settings.fetch)?));
