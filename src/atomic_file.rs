@@ -283,7 +283,7 @@ pub(crate) mod tests {
             "atomic_file.rs",
             // The store's own files, under its locks (not a user's tree).
             "store.rs",
-            "fetch/resume.rs",
+            "resume.rs",
             // `verify`'s scratch project, a directory it has just created (issue 25 point 5's area).
             "supply/provenance.rs",
         ];

@@ -302,6 +302,11 @@ pub fn hash_reader(algorithm: Algorithm, mut reader: impl Read) -> io::Result<(H
     Ok((hasher.finish(), total))
 }
 
+/// Whether `name` is 64 lowercase hex digits: a sha256 blob's file name.
+pub(crate) fn is_sha256_hex(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

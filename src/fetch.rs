@@ -5,7 +5,6 @@
 mod image;
 mod overlap;
 pub mod policy;
-pub(crate) mod resume;
 
 pub(crate) use image::{named_archive, NamedArchive};
 
@@ -14,14 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use resume::{write_resumable, Body, Transfer};
+use crate::resume::{self, write_resumable, Body, Transfer};
 
-use crate::digest::{Algorithm, Hash, Sha256Digest};
+use crate::digest::{Algorithm, Hash};
 use crate::error::{http_cause as describe, Error, IoContext, MissingInput, Result};
 use crate::progress::{Reporter, Task};
 use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::registry::reference::RegistryMirror;
-use crate::registry::Reference;
 use crate::retry::Again;
 use crate::store::Store;
 
@@ -404,40 +402,6 @@ impl<'a> Fetcher<'a> {
         let size = std::fs::metadata(&temp).at(&temp)?.len();
         self.store.commit_file(&temp, hash.clone(), None, url)?;
         Ok((hash, size))
-    }
-}
-
-/// The missing-input entry of an image: where it was looked for, and the one command that adds
-/// it in any mode, `store add` of an archive of it (which `skopeo copy` makes where the registry
-/// can be reached).
-pub(crate) fn missing_image(
-    recipe: &str,
-    platform: &str,
-    repository: Option<&Reference>,
-    digest: Option<&Sha256Digest>,
-    file: &str,
-    reasons: Vec<String>,
-) -> MissingInput {
-    let pinned = |r: &Reference| match digest {
-        Some(d) => format!("{}@{d}", r.name()),
-        None => r.to_string(),
-    };
-    let copy = match repository {
-        Some(r) => format!(" ({file} from `skopeo copy docker://{} oci-archive:{file}`)", pinned(r)),
-        None => format!(" ({file}: an oci-archive or OCI layout holding it)"),
-    };
-    MissingInput {
-        recipe: recipe.to_string(),
-        platform: platform.to_string(),
-        // The digest is the entry's hash; the name says where the image lives.
-        file: format!(
-            "image {}",
-            repository.map_or_else(|| file.to_string(), |r| Reference { digest: None, ..r.clone() }.to_string())
-        ),
-        urls: repository.map(|r| format!("docker://{}", pinned(r))).into_iter().collect(),
-        hash: digest.map_or_else(|| "unknown".to_string(), |d| d.to_string()),
-        reasons,
-        add: format!("imgbuild store add {file}{copy}"),
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) mod progress;
 pub mod project;
 pub mod recipe;
 pub(crate) mod registry;
+pub(crate) mod resume;
 pub(crate) mod retry;
 pub(crate) mod store;
 pub(crate) mod supply;

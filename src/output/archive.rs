@@ -139,7 +139,7 @@ fn in_written_order(names: &[String]) -> bool {
     let tail: Vec<&str> = rest[blobs.len()..].iter().map(String::as_str).collect();
     dir == "blobs/"
         && sha_dir == "blobs/sha256/"
-        && blobs.iter().all(|b| super::is_sha256_hex(b))
+        && blobs.iter().all(|b| crate::digest::is_sha256_hex(b))
         && blobs.windows(2).all(|w| w[0] < w[1])
         && (tail == ["index.json", "oci-layout"] || tail == ["index.json", "manifest.json", "oci-layout"])
 }

@@ -37,11 +37,6 @@ impl Format {
     }
 }
 
-/// Whether `name` is 64 lowercase hex digits: a sha256 blob's file name.
-pub(crate) fn is_sha256_hex(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// Writes `images` in `format` to `dest` (checked before the build), replacing it whole;
 /// `name` is the repository a docker-archive tags them in.
 pub(crate) fn write(

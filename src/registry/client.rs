@@ -395,7 +395,7 @@ impl Client {
         }
         let resumed = offset > 0
             && r.status() == StatusCode::PARTIAL_CONTENT
-            && crate::fetch::resume::range_start(r.headers()) == Some(offset);
+            && crate::resume::range_start(r.headers()) == Some(offset);
         if offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(self.error(format!("getting blob {digest}: the registry sent a range that was not asked for")));
         }
