@@ -21,6 +21,7 @@
 mod ext4;
 mod guest;
 mod host_dir;
+mod network;
 mod rootfs;
 mod seed;
 mod templates;
@@ -158,7 +159,7 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
     let files = seed::seed_files(def, id);
     let iso = dir.join(format!("seed-node-{id}.iso"));
     seed::make_seed(&dir.join(format!(".seed-{id}")), &iso, &files, opts.epoch)?;
-    let mac = templates::mac(&def.name, id);
+    let mac = network::mac(&def.name, id);
     let forwards = forwards(def, id)?;
     let template = templates::NodeTemplate {
         def,
@@ -241,7 +242,7 @@ fn summary(def: &ImageDef, nodes: &[Node], opts: &VmOptions, warnings: Vec<Strin
         summary_nodes.push(VmNode {
             id,
             host: n.host.clone(),
-            mac: templates::mac(&def.name, id),
+            mac: network::mac(&def.name, id),
             disk: file_info(&out.join(format!("node-{id}.qcow2")))?,
             seed: file_info(&out.join(format!("seed-node-{id}.iso")))?,
             domain: out.join(format!("node-{id}.xml")),
