@@ -19,7 +19,7 @@ use crate::digest::{Algorithm, Hash};
 use crate::error::{http_cause as describe, Error, IoContext, MissingInput, Result};
 use crate::progress::{Reporter, Task};
 use crate::recipe::{Recipe, RecipeKind, Source};
-use crate::registry::reference::RegistryMirror;
+use crate::reference::RegistryMirror;
 use crate::retry::Again;
 use crate::store::Store;
 

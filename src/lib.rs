@@ -31,6 +31,7 @@ pub(crate) mod platform;
 pub(crate) mod progress;
 pub mod project;
 pub mod recipe;
+pub(crate) mod reference;
 pub(crate) mod registry;
 pub(crate) mod resume;
 pub(crate) mod retry;

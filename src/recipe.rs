@@ -10,7 +10,7 @@ use crate::digest::{Algorithm, Hash, Sha256Digest};
 use crate::error::{escape, Error, Result};
 use crate::image_path::inside_or_at;
 use crate::platform::Platform;
-use crate::registry::Reference;
+use crate::reference::Reference;
 use crate::toml_file::{toml_files_in, TomlFile};
 
 #[derive(Deserialize)]

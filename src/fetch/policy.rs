@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 
 use crate::recipe::{Recipe, RecipeKind};
-use crate::registry::Reference;
+use crate::reference::Reference;
 
 #[derive(Debug, Default)]
 pub struct UrlPolicy {

@@ -11,13 +11,13 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{parse_challenge, Challenge, Credentials, Secret};
-use super::reference::Reference;
 use super::token::{Refusal, TokenRequest};
 use super::transport::{
     classify, explain, gave_up, http_client, registry_error, retryable, same_origin, Failure, Refused, Transport,
 };
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, Result};
+use crate::reference::Reference;
 use crate::retry::{Again, Policy};
 
 /// Every manifest type imgbuild reads or writes.

@@ -7,12 +7,11 @@ pub mod client;
 pub(crate) mod credentials;
 pub mod pull;
 pub mod push;
-pub mod reference;
 pub(crate) mod referrers;
 pub(crate) mod tls;
 mod token;
 mod transport;
 mod upload;
 
+pub use crate::reference::Reference;
 pub use client::{Access, Client, RegistrySettings};
-pub use reference::Reference;

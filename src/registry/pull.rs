@@ -6,7 +6,6 @@ use std::io::Read;
 use std::sync::Arc;
 
 use super::client::Client;
-use super::reference::Reference;
 use super::transport::gave_up;
 use crate::digest::{Algorithm, Sha256Digest};
 use crate::error::{Error, MissingInput, Result};
@@ -14,6 +13,7 @@ use crate::import::Imported;
 use crate::oci_doc::{Descriptor, DescriptorPlatform, Document};
 use crate::platform::Platform;
 use crate::progress::{Reporter, Task};
+use crate::reference::Reference;
 use crate::resume::{write_resumable, Body, Transfer};
 use crate::retry::{Again, Policy};
 use crate::store::Store;

@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use super::client::{Client, Put};
-use super::reference::Reference;
 use super::transport::gave_up;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::oci_doc::{Descriptor, Document};
 use crate::progress::Reporter;
+use crate::reference::Reference;
 use crate::store::Store;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
