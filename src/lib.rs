@@ -39,3 +39,4 @@ pub(crate) mod store;
 pub(crate) mod supply;
 pub(crate) mod toml_file;
 pub(crate) mod tree;
+pub(crate) mod verify;

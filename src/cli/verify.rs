@@ -9,7 +9,8 @@ use crate::fetch::policy::UrlPolicy;
 use crate::fetch::FetchSettings;
 use crate::project::Project;
 use crate::supply::image_name::Fetch;
-use crate::supply::verify::{compare, provenance_of, rebuild};
+use crate::supply::verify::{compare, provenance_of};
+use crate::verify::rebuild;
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
