@@ -40,3 +40,4 @@ pub(crate) mod supply;
 pub(crate) mod toml_file;
 pub(crate) mod tree;
 pub(crate) mod verify;
+pub(crate) mod yaml;

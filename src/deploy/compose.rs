@@ -13,9 +13,10 @@ use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 
-use super::{yaml, Cluster, Port, STOP_GRACE_SECONDS};
+use super::{Cluster, Port, STOP_GRACE_SECONDS};
 use crate::error::{Error, Result};
 use crate::image_def::Node;
+use crate::yaml;
 
 /// Where a service's image comes from.
 pub enum ImageSource {

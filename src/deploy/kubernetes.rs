@@ -6,8 +6,9 @@
 
 use serde_json::{json, Value};
 
-use super::{yaml, Cluster, Port, STOP_GRACE_SECONDS};
+use super::{Cluster, Port, STOP_GRACE_SECONDS};
 use crate::error::{Error, Result};
+use crate::yaml;
 
 pub struct KubernetesOptions {
     /// The cluster image, by digest: `REGISTRY/REPO@sha256:…`.

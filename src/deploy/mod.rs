@@ -4,7 +4,6 @@
 
 pub mod compose;
 pub mod kubernetes;
-pub(crate) mod yaml;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -141,6 +141,8 @@ fn base_disk(
 /// Node `id`'s ports forwarded to the host's loopback: the cluster's client ports, each
 /// node's on its own host port (as `deploy compose` publishes them).
 fn forwards(def: &ImageDef, id: u32) -> Result<Vec<(String, u16, u16)>> {
+    // The one import up from the outputs: VMs publish the ports a Compose deployment would,
+    // and deploy in turn writes its files through the outputs' `Destination`.
     let cluster = crate::deploy::Cluster::new(def, None)?;
     let published = crate::deploy::compose::publish(&cluster, 0)?;
     Ok(published

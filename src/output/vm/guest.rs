@@ -15,10 +15,10 @@ use serde_json::json;
 
 use super::network::{forward_mac, mac, network_problem, FORWARD_ADDRESS};
 use super::rootfs::Meta;
-use crate::deploy::yaml;
 use crate::error::{escape, Error, Result};
 use crate::image_def::ImageDef;
 use crate::tree::{Kind, Tree, TreePath};
+use crate::yaml;
 
 /// Where the VM init finds the process file in the guest (not in the OCI image: the disk only).
 pub(crate) const PROCESS_FILE: &str = "etc/imgbuild/vm-process";
