@@ -6,13 +6,13 @@
 pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
 pub const ENTRYPOINT_SCRIPT: &str = include_str!("assets/imgbuild-init.sh");
 /// PID 1 of a node booted as a VM; it runs the same entrypoint.
-pub const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");
-pub const VM_INIT: &str = "/usr/local/sbin/imgbuild-vm-init";
-pub const CONF_DIR: &str = "etc/imgbuild";
+pub(crate) const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");
+pub(crate) const VM_INIT: &str = "/usr/local/sbin/imgbuild-vm-init";
+pub(crate) const CONF_DIR: &str = "etc/imgbuild";
 /// An OCI opaque whiteout: the cluster layer makes `/etc/imgbuild/` hold only what imgbuild
 /// writes there, hiding whatever a base image or a recipe put in it (it applies to lower layers
 /// only, so the cluster layer's own files and the identity layer above stay).
-pub const CONF_DIR_OPAQUE: &str = "etc/imgbuild/.wh..wh..opq";
+pub(crate) const CONF_DIR_OPAQUE: &str = "etc/imgbuild/.wh..wh..opq";
 
 /// imgbuild's own paths in every node image (without the leading `/`): the cluster layer's
 /// directory and the entrypoints. No recipe, template, data directory or volume may write them.

@@ -4,7 +4,7 @@
 
 mod image;
 mod overlap;
-pub mod policy;
+pub(crate) mod policy;
 
 pub(crate) use image::{named_archive, NamedArchive};
 
@@ -68,7 +68,7 @@ impl Default for FetchSettings {
 }
 
 /// Fetches sources into the store; shared by the threads of a build's parallel fetches.
-pub struct Fetcher<'a> {
+pub(crate) struct Fetcher<'a> {
     store: &'a Store,
     /// Set by a build: a tarball's layer is built while the tarball arrives (downloaded or
     /// copied from a `--mirror` directory).
@@ -125,17 +125,17 @@ enum AttemptError {
 }
 
 impl<'a> Fetcher<'a> {
-    pub fn new(store: &'a Store, settings: &'a FetchSettings, reporter: &'a dyn Reporter) -> Self {
+    pub(crate) fn new(store: &'a Store, settings: &'a FetchSettings, reporter: &'a dyn Reporter) -> Self {
         Fetcher { store, layers: None, layers_built: 0.into(), settings, reporter, client: OnceLock::new() }
     }
 
     /// A fetcher that builds each tarball's layer (made with `settings`) while it arrives.
-    pub fn building_layers(self, settings: &'a crate::layer::LayerSettings) -> Self {
+    pub(crate) fn building_layers(self, settings: &'a crate::layer::LayerSettings) -> Self {
         Fetcher { layers: Some(settings), ..self }
     }
 
     /// How many layers were built while their sources arrived.
-    pub fn layers_built(&self) -> usize {
+    pub(crate) fn layers_built(&self) -> usize {
         self.layers_built.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -160,7 +160,7 @@ impl<'a> Fetcher<'a> {
     /// Makes sure `recipe`'s `source` (a tarball, or a base image with all its blobs) is in the
     /// store. On failure returns what is missing and why, or a hash mismatch when some server
     /// (or mirror file) had different bytes.
-    pub fn ensure(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
+    pub(crate) fn ensure(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
         match &recipe.kind {
             RecipeKind::Tarball => self.ensure_file(recipe, platform, source),
             RecipeKind::OciImage { reference, mirrors, .. } => {
@@ -375,7 +375,7 @@ impl<'a> Fetcher<'a> {
     }
 
     /// Downloads a URL into the store without a pin and returns its hash (`imgbuild prefetch`).
-    pub fn prefetch(&self, url: &str, algorithm: Algorithm) -> Result<(Hash, u64)> {
+    pub(crate) fn prefetch(&self, url: &str, algorithm: Algorithm) -> Result<(Hash, u64)> {
         let temp = self.store.temp_path("prefetch");
         let task = self.reporter.task(&format!("fetch {}", crate::recipe::url_file_name(url)), None);
         let result = self.download_once(url, &temp, algorithm, &task, None);

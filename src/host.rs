@@ -77,7 +77,7 @@ impl std::str::FromStr for Feature {
 
 /// How a need is looked for.
 #[derive(Debug, Clone, Copy)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// A program on PATH; `version`: the arguments that make it print its version; `works`: a
     /// command that must succeed for the program to be of use here (an engine's `info`).
     Program { name: &'static str, version: &'static [&'static str], works: Option<&'static [&'static str]> },
@@ -100,7 +100,7 @@ pub enum Probe {
 
 /// One line of the table: a thing the host must have, and who needs it.
 #[derive(Debug)]
-pub struct Need {
+pub(crate) struct Need {
     /// Its name in the table, `doctor --json` and the tests.
     pub id: &'static str,
     pub probe: Probe,
@@ -156,7 +156,7 @@ const fn test_tool(id: &'static str, version: &'static [&'static str], package: 
 }
 
 /// The table. `.ci/install` installs every package named here.
-pub static NEEDS: &[Need] = &[
+pub(crate) static NEEDS: &[Need] = &[
     need("store", Probe::Store, "", BUILDING, "imgbuild build, node, push, pull, verify, load, vm"),
     Need {
         one_of: Some("container engine"),
@@ -311,13 +311,13 @@ pub static NEEDS: &[Need] = &[
 ];
 
 /// The Debian package that provides need `id` (a row of [`NEEDS`]).
-pub fn package_of(id: &str) -> &'static str {
+pub(crate) fn package_of(id: &str) -> &'static str {
     NEEDS.iter().find(|n| n.id == id).map_or("", |n| n.package)
 }
 
 /// Stops a command before any work when the program `id` (a row of [`NEEDS`]) it runs is not on
 /// PATH: exit 6 (the host is not ready), naming the program and its package.
-pub fn require_program(id: &str, command: &str) -> Result<PathBuf, Error> {
+pub(crate) fn require_program(id: &str, command: &str) -> Result<PathBuf, Error> {
     let need = NEEDS.iter().find(|n| n.id == id).ok_or_else(|| Error::Internal(format!("no need `{id}`")))?;
     let Probe::Program { name, .. } = need.probe else {
         return Err(Error::Internal(format!("need `{id}` is not a program")));
@@ -333,7 +333,7 @@ pub fn require_program(id: &str, command: &str) -> Result<PathBuf, Error> {
 /// What a probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// There, and of use.
     Found,
     Missing,
@@ -345,7 +345,7 @@ pub enum Status {
 
 /// One need, checked.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Checked {
+pub(crate) struct Checked {
     pub need: &'static str,
     pub status: Status,
     pub version: Option<String>,
@@ -383,7 +383,7 @@ impl Checked {
 
 /// Whether a feature is ready, and what to install if it is not.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct FeatureState {
+pub(crate) struct FeatureState {
     pub feature: &'static str,
     pub ready: bool,
     /// Each unmet need (or group of alternatives): `need (package)`, alternatives joined by "or".
@@ -393,14 +393,14 @@ pub struct FeatureState {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub ready: bool,
     pub features: Vec<FeatureState>,
     pub needs: Vec<Checked>,
 }
 
 /// What the probes need to know that only the command line knows.
-pub struct Context {
+pub(crate) struct Context {
     /// The store directory (`--store`, `IMGBUILD_STORE` or the default).
     pub store: PathBuf,
     /// The kernel and initrd the VM templates would boot by default.
@@ -411,12 +411,12 @@ pub struct Context {
 }
 
 /// Below this much free space the store cannot hold a cluster's inputs and layers.
-pub const MIN_FREE: u64 = 1 << 30;
+pub(crate) const MIN_FREE: u64 = 1 << 30;
 /// The longest a program may take to say its version, or an engine to answer `info`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Checks every need of `features`, all at once (each probe is bounded).
-pub fn check(features: &[Feature], ctx: &Context) -> Report {
+pub(crate) fn check(features: &[Feature], ctx: &Context) -> Report {
     let wanted: Vec<&'static Need> = NEEDS.iter().filter(|n| n.features.iter().any(|f| features.contains(f))).collect();
     let needs: Vec<Checked> = std::thread::scope(|s| {
         let probes: Vec<_> = wanted.iter().map(|need| s.spawn(move || check_one(need, ctx))).collect();
@@ -512,7 +512,7 @@ fn run_found(need: &'static Need, path: &Path, version: &[&str], works: Option<&
 }
 
 /// `name` as a command finds it: the first executable file of that name in PATH's directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }

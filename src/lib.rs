@@ -3,6 +3,8 @@
 //! One module per pipeline stage:
 //! `recipe` → `fetch` → `store` → `layer` → `image` → `output`, wired by `build`.
 
+#![warn(unreachable_pub)]
+
 pub(crate) mod atomic_file;
 pub(crate) mod build;
 pub(crate) mod cache;

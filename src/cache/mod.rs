@@ -21,8 +21,8 @@ mod config;
 mod receive;
 mod record;
 mod sign;
-pub use config::{load as load_keys, user_file, Keys, PROJECT_FILE};
-pub use sign::{generate as generate_key, PublicKey, TrustedKeys};
+pub(crate) use config::{load as load_keys, user_file, Keys, PROJECT_FILE};
+pub(crate) use sign::{generate as generate_key, PublicKey, TrustedKeys};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -527,7 +527,7 @@ impl KnownLayers for Cache {
 /// Before the sources are fetched: every recipe layer of `def` the store lacks is looked up in
 /// `cache` (a few at once) and pulled. Returns the sources no layer needs any
 /// more: every layer made from them is in the store. Without a cache, none.
-pub fn substitute(
+pub(crate) fn substitute(
     store: &Store,
     def: &ImageDef,
     platforms: &[Platform],

@@ -88,7 +88,7 @@ pub(super) fn max_unpacked() -> Result<u64> {
     }
 }
 
-pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettings> {
+pub(super) fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettings> {
     let platforms = match &choice.platform {
         Some(list) => Platform::parse_list(list).map_err(Error::Usage)?,
         None => vec![Platform::host()],
@@ -202,7 +202,7 @@ fn report(
     Ok(())
 }
 
-pub fn human_bytes(n: u64) -> String {
+pub(super) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -217,10 +217,10 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-pub fn run_build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
+pub(super) fn run_build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
     run(global, &args.options, None)
 }
 
-pub fn run_node(global: &GlobalArgs, args: &NodeArgs) -> Result<()> {
+pub(super) fn run_node(global: &GlobalArgs, args: &NodeArgs) -> Result<()> {
     run(global, &args.options, Some(args.id))
 }

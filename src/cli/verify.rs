@@ -44,7 +44,7 @@ fn url_policy(global: &GlobalArgs, args: &VerifyArgs, fetch: &FetchSettings) -> 
     Ok(policy)
 }
 
-pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     let (store, image) = open_named(global, &args.image, &args.registry, Fetch::Whole)?;
     let provenance = provenance_of(&store, &image)?;
     // The options that change bytes are the provenance's, never this machine's.

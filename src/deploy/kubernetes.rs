@@ -10,7 +10,7 @@ use super::{Cluster, Port, STOP_GRACE_SECONDS};
 use crate::error::{Error, Result};
 use crate::yaml;
 
-pub struct KubernetesOptions {
+pub(crate) struct KubernetesOptions {
     /// The cluster image, by digest: `REGISTRY/REPO@sha256:…`.
     pub image: String,
     pub namespace: String,
@@ -24,7 +24,7 @@ const MEMORY_REQUEST: &str = "1Gi";
 const STORAGE_REQUEST: &str = "10Gi";
 
 /// Checks that `name` is a DNS label (namespace) or a DNS name (domain), as Kubernetes wants.
-pub fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
+pub(crate) fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -46,13 +46,13 @@ pub fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
 }
 
 /// The DNS name of the pod with ordinal `i`.
-pub fn pod_host(cluster: &Cluster, options: &KubernetesOptions, i: usize) -> String {
+pub(crate) fn pod_host(cluster: &Cluster, options: &KubernetesOptions, i: usize) -> String {
     let label = cluster.label();
     format!("{label}-{i}.{label}.{}.svc.{}", options.namespace, options.domain)
 }
 
 /// The manifests, one YAML stream.
-pub fn manifests(cluster: &Cluster, options: &KubernetesOptions) -> Result<String> {
+pub(crate) fn manifests(cluster: &Cluster, options: &KubernetesOptions) -> Result<String> {
     check_dns("--namespace", &options.namespace, false)?;
     check_dns("--cluster-domain", &options.domain, true)?;
     let label = cluster.label();

@@ -2,10 +2,10 @@
 //! destination and renames it into place, so a reader never sees half an output; and only an
 //! output imgbuild wrote is ever replaced ([`destination`]).
 
-pub mod archive;
+pub(crate) mod archive;
 pub(crate) mod destination;
-pub mod layout;
-pub mod vm;
+pub(crate) mod layout;
+pub(crate) mod vm;
 
 use crate::error::Result;
 use crate::image::StoredImage;

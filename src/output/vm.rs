@@ -37,7 +37,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::ImageLayer;
 use crate::image_def::{ImageDef, Node};
 use crate::store::Store;
-pub use templates::Boot;
+pub(crate) use templates::Boot;
 pub(crate) use templates::{check_values, Machine};
 
 pub(crate) struct VmOptions {
@@ -62,13 +62,13 @@ pub(crate) struct ImageConfigBlob<'a> {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct VmFile {
+pub(crate) struct VmFile {
     pub path: PathBuf,
     pub size: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct VmNode {
+pub(crate) struct VmNode {
     pub id: u32,
     pub host: String,
     pub mac: String,
@@ -79,7 +79,7 @@ pub struct VmNode {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct VmSummary {
+pub(crate) struct VmSummary {
     pub output: PathBuf,
     pub base: VmFile,
     pub base_raw: Option<VmFile>,

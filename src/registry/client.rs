@@ -21,7 +21,7 @@ use crate::reference::Reference;
 use crate::retry::{Again, Policy};
 
 /// Every manifest type imgbuild reads or writes.
-pub const MANIFEST_TYPES: &str =
+pub(crate) const MANIFEST_TYPES: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 

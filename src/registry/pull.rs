@@ -103,7 +103,7 @@ impl Origin for RegistryOrigin<'_> {
 
 /// Pulls `reference` into the store: an index and the manifests of `platforms` (all when
 /// `None`), or a single manifest, with their configs and layers.
-pub fn pull(
+pub(crate) fn pull(
     store: &Store,
     client: &Client,
     reference: &Reference,

@@ -96,7 +96,7 @@ pub(crate) fn xml_escape(value: &str) -> String {
 
 /// The kernel and initrd the templates boot (direct kernel boot: the disk has no boot loader).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Boot {
+pub(crate) struct Boot {
     pub kernel: String,
     pub initrd: String,
 }
