@@ -3,7 +3,7 @@
 //! keep those paths free without depending on the layers that write them (`node`).
 
 /// The entrypoint of a node image, unless its definition names another.
-pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
+pub(crate) const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
 pub const ENTRYPOINT_SCRIPT: &str = include_str!("assets/imgbuild-init.sh");
 /// PID 1 of a node booted as a VM; it runs the same entrypoint.
 pub(crate) const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");

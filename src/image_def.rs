@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use self::host::{host_key, is_host};
+pub(crate) use self::host::host_key;
+pub use self::host::is_host;
 use self::template::{Piece, TextError};
 use crate::error::{escape, line_col, Error, IoContext, Result};
 use crate::image_path::{inside_or_at, nests};
@@ -133,7 +134,7 @@ struct NodeToml {
 type Doc = TomlFile<ImageToml>;
 
 /// The variables every template may use without declaring them; the entrypoint sets them at boot.
-pub const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
+pub(crate) const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
 /// The names a list's items use for the node they stand for.
 const ITEM_VARS: &[&str] = &["id", "host"];
 
@@ -141,7 +142,7 @@ const ITEM_VARS: &[&str] = &["id", "host"];
 /// renders every template at every boot.
 pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
-pub use crate::entrypoint::DEFAULT_ENTRYPOINT;
+pub(crate) use crate::entrypoint::DEFAULT_ENTRYPOINT;
 
 /// Signals a runtime can be told to stop a container with (`stop_signal`), as Linux names them.
 const SIGNALS: &[&str] = &[

@@ -31,16 +31,16 @@ use crate::store::{BlobWriter, LayerRecord, Store};
 pub(crate) use decompress::past_unpack_limit;
 pub(crate) use decompress::Compression;
 use decompress::SourceFailure;
-pub use normalize::Counts;
+pub(crate) use normalize::Counts;
 use normalize::{Normalize, Normalizer, TarStream};
 
 /// Bumped whenever a change here changes the bytes of a layer, so cached layers are not reused.
-pub const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
-pub use crate::compress::MEDIA_TYPE_GZIP;
+pub(crate) use crate::compress::MEDIA_TYPE_GZIP;
 
 #[derive(Debug, Clone)]
-pub struct LayerSettings {
+pub(crate) struct LayerSettings {
     /// `SOURCE_DATE_EPOCH`: every mtime is clamped to it.
     pub epoch: u64,
     /// The pinned compressor and its level (`--compression`, `--level`).
@@ -60,7 +60,7 @@ pub struct LayerSettings {
 
 /// Layers built elsewhere, keyed by derivation (the shared cache implements it): the layer
 /// builder asks through this trait so that it knows no registry, TLS or fetch.
-pub trait KnownLayers: Send + Sync + std::fmt::Debug {
+pub(crate) trait KnownLayers: Send + Sync + std::fmt::Debug {
     /// The layer of `derivation` the store holds and this source still vouches for (one built
     /// here is offered to it), or `None`.
     fn known(
@@ -91,10 +91,10 @@ pub trait KnownLayers: Send + Sync + std::fmt::Debug {
 }
 
 /// 32 GiB: many times the largest JDK, far below what fills a disk by surprise.
-pub const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
+pub(crate) const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
 
 /// The cache key of a recipe layer: everything that decides its bytes.
-pub fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> Sha256Digest {
+pub(crate) fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> Sha256Digest {
     let canonical = serde_json::json!({
         "format": FORMAT_VERSION,
         "compressor": settings.compressor.derivation(),
@@ -136,7 +136,7 @@ fn header(entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
 
 /// `empty` (a GNU or ustar header) with owner 0:0, no names, and the given type, mode, time and
 /// size: the only metadata imgbuild writes into a tar.
-pub fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
+pub(crate) fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
     empty.set_entry_type(entry_type);
     empty.set_mode(mode);
     empty.set_uid(0);
@@ -148,7 +148,7 @@ pub fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: 
 
 /// Builds (or finds in the store) the layer of one recipe source.
 /// The flag says whether this call did the work (false: found in the store).
-pub fn recipe_layer(
+pub(crate) fn recipe_layer(
     store: &Store,
     recipe: &str,
     source: &Source,
@@ -201,7 +201,7 @@ pub(crate) fn report_skipped(reporter: &dyn Reporter, recipe: &str, counts: &Cou
 
 /// Streams a (possibly compressed) tarball into a normalized layer blob in the store.
 /// Nothing is stored unless every entry and every symlink of the finished tree is accepted.
-pub fn normalize_tarball(
+pub(crate) fn normalize_tarball(
     store: &Store,
     mut input: impl io::BufRead + Send + 'static,
     archive: &str,
@@ -265,7 +265,7 @@ pub enum GeneratedEntry {
 }
 
 /// Writes a layer from generated files: sorted, with every parent directory, all at the epoch.
-pub fn generated_layer(
+pub(crate) fn generated_layer(
     store: &Store,
     files: &BTreeMap<String, GeneratedEntry>,
     settings: &LayerSettings,

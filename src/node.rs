@@ -20,7 +20,7 @@ pub use crate::entrypoint::ENTRYPOINT_SCRIPT;
 /// assignments of quoted values, every variable the entrypoint reads assigned (so that none
 /// can come from the environment), names that hold no value from the definition but names
 /// the definition's parser checked.
-pub fn cluster_env(def: &ImageDef) -> String {
+pub(crate) fn cluster_env(def: &ImageDef) -> String {
     let mut lines = vec![
         "# Written by imgbuild: the cluster this image belongs to. Read by imgbuild-init at boot.".to_string(),
         format!("IMGBUILD_CLUSTER={}", sh_quote(&def.name)),
@@ -72,7 +72,7 @@ fn words<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
 }
 
 /// Files of the runtime layer, or `None` when the image has an entrypoint of its own.
-pub fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedEntry>> {
+pub(crate) fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedEntry>> {
     (def.config.entrypoint.first().map(String::as_str) == Some(DEFAULT_ENTRYPOINT)).then(|| {
         let entry = GeneratedEntry::File { data: ENTRYPOINT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
         let vm_init = GeneratedEntry::File { data: VM_INIT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
@@ -101,7 +101,7 @@ pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
 }
 
 /// Files of one node's identity layer.
-pub fn identity_layer_files(node: &Node) -> BTreeMap<String, GeneratedEntry> {
+pub(crate) fn identity_layer_files(node: &Node) -> BTreeMap<String, GeneratedEntry> {
     let mut files = BTreeMap::new();
     files.insert(
         format!("{CONF_DIR}/node-id"),

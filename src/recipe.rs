@@ -405,12 +405,12 @@ fn image_path<T>(file: &TomlFile<T>, p: &Spanned<String>, field: &str) -> Result
 
 /// A recipe's name: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit
 /// (so never `.`, `..` or an option-like `-x`); it appears in labels, SBOMs and file names.
-pub fn is_recipe_name(name: &str) -> bool {
+pub(crate) fn is_recipe_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
-pub fn url_file_name(url: &str) -> &str {
+pub(crate) fn url_file_name(url: &str) -> &str {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     without_query.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download")
 }

@@ -43,7 +43,7 @@ const MAX_MODEL_BYTES: usize = 64 << 20;
 
 /// What a layer left out and kept, for the caller's notes and checks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Entries the source archive listed (extension headers not counted).
     pub seen: u64,
     /// Entries written to the layer, implicit parents not counted.

@@ -305,8 +305,8 @@ fn inits_project_runs_three_nodes_in_one_network_namespace_as_the_readme_runs_th
         .output()
         .unwrap();
     assert_ok(&init);
-    let project = imgbuild::project::Project::load(&tmp.path().join("one-host"), None).unwrap();
-    let boot = Boot::with_files(&imgbuild::node::cluster_layer_files(&project.image));
+    let project = imgbuild::testing::Project::load(&tmp.path().join("one-host"), None).unwrap();
+    let boot = Boot::with_files(&imgbuild::testing::cluster_layer_files(&project.image));
     let env = readme_podman_run_env();
     for shell in SHELLS {
         let mut listening: Vec<(String, String)> = Vec::new();
@@ -385,7 +385,7 @@ fn recipe_update_replaces_only_the_sources_and_refuses_before_changing_anything(
 
     // The file is named as the one init's recipe pins (Apache's), with other bytes: refused,
     // with the URL, both hashes and the flag, nothing changed; with the flag, replaced.
-    let pinned = imgbuild::recipe::Recipe::parse(&recipe, &before).unwrap().sources[0].clone();
+    let pinned = imgbuild::testing::Recipe::parse(&recipe, &before).unwrap().sources[0].clone();
     let out = run(&proj, &["recipe", "--add", "--update", "recipes/zookeeper.toml", zk.to_str().unwrap()]);
     assert_exit(&out, 1);
     let err = stderr(&out);
@@ -402,7 +402,7 @@ fn recipe_update_replaces_only_the_sources_and_refuses_before_changing_anything(
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "recipes/zookeeper.toml");
     let after = std::fs::read_to_string(&recipe).unwrap();
-    let parsed = imgbuild::recipe::Recipe::parse(&recipe, &after).unwrap();
+    let parsed = imgbuild::testing::Recipe::parse(&recipe, &after).unwrap();
     assert_eq!(parsed.sources.len(), 1);
     assert_eq!(parsed.sources[0].hash.hex(), fixtures::sha256_hex(&fixtures::zookeeper()));
     assert_eq!(parsed.sources[0].file_name, "zookeeper-3.4.10.tar.gz");
