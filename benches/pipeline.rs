@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imgbuild::compress::{Codec, Compressor, LayerWriter, Parallelism};
-use imgbuild::digest::{hash_reader, Algorithm};
+use imgbuild::testing::{hash_reader, Algorithm};
+use imgbuild::testing::{Codec, Compressor, LayerWriter, Parallelism};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
 

@@ -283,7 +283,7 @@ pub(crate) mod tests {
             "atomic_file.rs",
             // The store's own files, under its locks (not a user's tree).
             "store.rs",
-            "fetch/resume.rs",
+            "resume.rs",
             // `verify`'s scratch project and `diff`'s render root: inside a directory just made
             // with a random name and mode 0700 (supply::verify::TempProject), not a user's tree.
             "supply/provenance.rs",

@@ -16,18 +16,22 @@ use crate::progress::Reporter;
 use crate::recipe::{self, Recipe, RecipeKind};
 use crate::store::Store;
 
-pub struct BuildSettings {
+pub(crate) struct BuildSettings {
     pub platforms: Vec<Platform>,
+    /// Layer settings; their `cache` is this run's `cache`, seen as layers known elsewhere.
     pub layer: LayerSettings,
     pub fetch: FetchSettings,
+    /// The shared cache (`--cache`), for what only the cache does: substituting before the
+    /// fetch and reporting.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// The tag of the image that takes its whole identity at boot.
-pub const CLUSTER_TAG: &str = "cluster";
+pub(crate) const CLUSTER_TAG: &str = "cluster";
 
 /// What a build produced.
 #[derive(Debug, serde::Serialize)]
-pub struct BuildResult {
+pub(crate) struct BuildResult {
     /// Per platform, the layers every node shares.
     pub shared: Vec<SharedLayers>,
     /// The image without an identity layer: a node learns at boot which one it is (tag `cluster`).
@@ -41,7 +45,7 @@ pub struct BuildResult {
 /// One platform's layers that every node of the cluster has, in order: the base image's, one
 /// per recipe, imgbuild's runtime and the cluster layer.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SharedLayers {
+pub(crate) struct SharedLayers {
     pub platform: Platform,
     /// The base image's manifest digest, when the image has a base.
     pub base: Option<crate::digest::Sha256Digest>,
@@ -50,7 +54,7 @@ pub struct SharedLayers {
 
 /// One node's image: the shared layers plus the node's own identity layer.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct NodeImage {
+pub(crate) struct NodeImage {
     pub node: Node,
     /// The node's own layer (its baked id): the only layer it does not share.
     pub identity_layer: ImageLayer,
@@ -60,13 +64,13 @@ pub struct NodeImage {
 
 impl BuildResult {
     /// Every image the build wrote: the node-less cluster image, then each node's.
-    pub fn images(&self) -> Vec<StoredImage> {
+    pub(crate) fn images(&self) -> Vec<StoredImage> {
         std::iter::once(self.cluster.clone()).chain(self.nodes.iter().map(|n| n.image.clone())).collect()
     }
 
     /// What an output of this build needs kept in the store: what it holds (`held`) and every
     /// pinned input it was built from.
-    pub fn needs(&self, store: &Store, def: &ImageDef, held: &[StoredImage]) -> Vec<Hash> {
+    pub(crate) fn needs(&self, store: &Store, def: &ImageDef, held: &[StoredImage]) -> Vec<Hash> {
         let mut hashes: Vec<Hash> = held.iter().flat_map(StoredImage::blobs).map(|d| d.to_hash()).collect();
         for shared in &self.shared {
             for recipe in def.recipes() {
@@ -91,9 +95,15 @@ const PARALLEL_IMAGES: usize = 8;
 /// is copied at CPU speed, so its layer is CPU work like any other: such inputs go at most
 /// as many at once as [`layers_at_once`] allows, the largest first; the others are
 /// downloaded up to `PARALLEL_FETCHES` at once, each layer keeping pace with its download.
-pub fn fetch_all(store: &Store, def: &ImageDef, settings: &BuildSettings, reporter: &dyn Reporter) -> Result<usize> {
+pub(crate) fn fetch_all(
+    store: &Store,
+    def: &ImageDef,
+    settings: &BuildSettings,
+    reporter: &dyn Reporter,
+) -> Result<usize> {
     // A source whose every layer is in the store, or the cache (`--cache`) gave, is not needed.
-    let substituted = crate::cache::substitute(store, def, &settings.platforms, &settings.layer, reporter);
+    let substituted =
+        crate::cache::substitute(store, def, &settings.platforms, settings.cache.as_deref(), &settings.layer, reporter);
     // Each pinned input once, in a fixed order (a file that serves every platform is one input).
     let mut inputs: Vec<(&Recipe, &Platform, &recipe::Source)> = Vec::new();
     for platform in &settings.platforms {
@@ -242,7 +252,7 @@ fn platform_inputs(
 /// identity (recipes and definitions are refused for it); and no name or value may hold what
 /// recipes and definitions may not (control or invisible characters).
 fn base_env_kept(name: &str, value: &str) -> bool {
-    crate::node::env_name_problem(name).is_none()
+    crate::entrypoint::env_name_problem(name).is_none()
         && !name.chars().chain(value.chars()).any(crate::error::is_unsafe_char)
 }
 
@@ -317,7 +327,7 @@ struct PlatformInputs {
 }
 
 /// Builds the cluster image and the images of `nodes` (all of them when empty).
-pub fn build(
+pub(crate) fn build(
     store: &Store,
     def: &ImageDef,
     nodes: &[u32],

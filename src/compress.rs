@@ -19,15 +19,15 @@ use std::thread::JoinHandle;
 
 /// Input bytes per independently compressed chunk. Part of the output format: changing it
 /// changes every layer digest, so it is tied to `layer::FORMAT_VERSION`.
-pub const CHUNK_SIZE: usize = 1 << 20;
+pub(crate) const CHUNK_SIZE: usize = 1 << 20;
 
 /// gzip level used for layers unless `--level` says otherwise. Level 1 of this compressor is
 /// several times faster than level 6 and about 10% larger on a JDK (figures in BENCHMARKS.md);
 /// go-containerregistry and ko make the same choice. Part of every layer's digest.
-pub const DEFAULT_LEVEL: u8 = 1;
+pub(crate) const DEFAULT_LEVEL: u8 = 1;
 
 /// zstd's own default level: faster than gzip level 1 here and smaller than gzip level 6.
-pub const DEFAULT_ZSTD_LEVEL: u8 = 3;
+pub(crate) const DEFAULT_ZSTD_LEVEL: u8 = 3;
 
 /// A layer's compression format (`--compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -104,8 +104,8 @@ impl Codec {
     }
 }
 
-pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub(crate) const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 type Job = (u64, Vec<u8>);
 
@@ -290,7 +290,7 @@ impl<W: Write> Write for LayerWriter<W> {
 }
 
 /// The number of compression threads to use by default: every core.
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 

@@ -226,27 +226,27 @@ impl fmt::Display for BlobDigest {
 
 /// A running hash of either algorithm.
 #[derive(Clone)]
-pub enum Hasher {
+pub(crate) enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
 }
 
 impl Hasher {
-    pub fn new(algorithm: Algorithm) -> Self {
+    pub(crate) fn new(algorithm: Algorithm) -> Self {
         match algorithm {
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
             Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
         }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
             Hasher::Sha512(h) => h.update(data),
         }
     }
 
-    pub fn finish(self) -> Hash {
+    pub(crate) fn finish(self) -> Hash {
         match self {
             Hasher::Sha256(h) => Hash::from_bytes(Algorithm::Sha256, h.finalize().to_vec()),
             Hasher::Sha512(h) => Hash::from_bytes(Algorithm::Sha512, h.finalize().to_vec()),
@@ -255,18 +255,18 @@ impl Hasher {
 }
 
 /// A writer that hashes and counts every byte it passes on.
-pub struct HashingWriter<W> {
+pub(crate) struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     written: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         HashingWriter { inner, hasher: Sha256::new(), written: 0 }
     }
 
-    pub fn finish(self) -> (W, Sha256Digest, u64) {
+    pub(crate) fn finish(self) -> (W, Sha256Digest, u64) {
         (self.inner, Sha256Digest(self.hasher.finalize().into()), self.written)
     }
 }
@@ -300,6 +300,11 @@ pub fn hash_reader(algorithm: Algorithm, mut reader: impl Read) -> io::Result<(H
         total += n as u64;
     }
     Ok((hasher.finish(), total))
+}
+
+/// Whether `name` is 64 lowercase hex digits: a sha256 blob's file name.
+pub(crate) fn is_sha256_hex(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 
 mod image;
 mod overlap;
-pub mod policy;
-pub(crate) mod resume;
+pub(crate) mod policy;
 
 pub(crate) use image::{named_archive, NamedArchive};
 
@@ -14,14 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use resume::{write_resumable, Body, Transfer};
+use crate::resume::{self, write_resumable, Body, Transfer};
 
-use crate::digest::{Algorithm, Hash, Sha256Digest};
+use crate::digest::{Algorithm, Hash};
 use crate::error::{http_cause as describe, Error, IoContext, MissingInput, Result};
 use crate::progress::{Reporter, Task};
 use crate::recipe::{Recipe, RecipeKind, Source};
-use crate::registry::reference::RegistryMirror;
-use crate::registry::Reference;
+use crate::reference::RegistryMirror;
 use crate::retry::Again;
 use crate::store::Store;
 
@@ -70,7 +68,7 @@ impl Default for FetchSettings {
 }
 
 /// Fetches sources into the store; shared by the threads of a build's parallel fetches.
-pub struct Fetcher<'a> {
+pub(crate) struct Fetcher<'a> {
     store: &'a Store,
     /// Set by a build: a tarball's layer is built while the tarball arrives (downloaded or
     /// copied from a `--mirror` directory).
@@ -127,17 +125,17 @@ enum AttemptError {
 }
 
 impl<'a> Fetcher<'a> {
-    pub fn new(store: &'a Store, settings: &'a FetchSettings, reporter: &'a dyn Reporter) -> Self {
+    pub(crate) fn new(store: &'a Store, settings: &'a FetchSettings, reporter: &'a dyn Reporter) -> Self {
         Fetcher { store, layers: None, layers_built: 0.into(), settings, reporter, client: OnceLock::new() }
     }
 
     /// A fetcher that builds each tarball's layer (made with `settings`) while it arrives.
-    pub fn building_layers(self, settings: &'a crate::layer::LayerSettings) -> Self {
+    pub(crate) fn building_layers(self, settings: &'a crate::layer::LayerSettings) -> Self {
         Fetcher { layers: Some(settings), ..self }
     }
 
     /// How many layers were built while their sources arrived.
-    pub fn layers_built(&self) -> usize {
+    pub(crate) fn layers_built(&self) -> usize {
         self.layers_built.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -162,7 +160,7 @@ impl<'a> Fetcher<'a> {
     /// Makes sure `recipe`'s `source` (a tarball, or a base image with all its blobs) is in the
     /// store. On failure returns what is missing and why, or a hash mismatch when some server
     /// (or mirror file) had different bytes.
-    pub fn ensure(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
+    pub(crate) fn ensure(&self, recipe: &Recipe, platform: &str, source: &Source) -> Result<()> {
         match &recipe.kind {
             RecipeKind::Tarball => self.ensure_file(recipe, platform, source),
             RecipeKind::OciImage { reference, mirrors, .. } => {
@@ -377,7 +375,7 @@ impl<'a> Fetcher<'a> {
     }
 
     /// Downloads a URL into the store without a pin and returns its hash (`imgbuild prefetch`).
-    pub fn prefetch(&self, url: &str, algorithm: Algorithm) -> Result<(Hash, u64)> {
+    pub(crate) fn prefetch(&self, url: &str, algorithm: Algorithm) -> Result<(Hash, u64)> {
         let temp = self.store.temp_path("prefetch");
         let task = self.reporter.task(&format!("fetch {}", crate::recipe::url_file_name(url)), None);
         let result = self.download_once(url, &temp, algorithm, &task, None);
@@ -404,40 +402,6 @@ impl<'a> Fetcher<'a> {
         let size = std::fs::metadata(&temp).at(&temp)?.len();
         self.store.commit_file(&temp, hash.clone(), None, url)?;
         Ok((hash, size))
-    }
-}
-
-/// The missing-input entry of an image: where it was looked for, and the one command that adds
-/// it in any mode, `store add` of an archive of it (which `skopeo copy` makes where the registry
-/// can be reached).
-pub(crate) fn missing_image(
-    recipe: &str,
-    platform: &str,
-    repository: Option<&Reference>,
-    digest: Option<&Sha256Digest>,
-    file: &str,
-    reasons: Vec<String>,
-) -> MissingInput {
-    let pinned = |r: &Reference| match digest {
-        Some(d) => format!("{}@{d}", r.name()),
-        None => r.to_string(),
-    };
-    let copy = match repository {
-        Some(r) => format!(" ({file} from `skopeo copy docker://{} oci-archive:{file}`)", pinned(r)),
-        None => format!(" ({file}: an oci-archive or OCI layout holding it)"),
-    };
-    MissingInput {
-        recipe: recipe.to_string(),
-        platform: platform.to_string(),
-        // The digest is the entry's hash; the name says where the image lives.
-        file: format!(
-            "image {}",
-            repository.map_or_else(|| file.to_string(), |r| Reference { digest: None, ..r.clone() }.to_string())
-        ),
-        urls: repository.map(|r| format!("docker://{}", pinned(r))).into_iter().collect(),
-        hash: digest.map_or_else(|| "unknown".to_string(), |d| d.to_string()),
-        reasons,
-        add: format!("imgbuild store add {file}{copy}"),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::recipe::{Recipe, RecipeKind, Source};
 use crate::store::Store;
 
 #[derive(Debug, Default, serde::Serialize)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     pub live_roots: usize,
     /// Blobs kept because the current project's recipes pin them.
     pub pinned: usize,
@@ -29,7 +29,7 @@ pub struct GcReport {
 /// Removes every blob no live root reaches (nor `pinned`: what the current project's recipes
 /// pin), the layer records of removed layers, dead roots and temporary files. Waits for running
 /// builds to finish first. `dry_run` only reports.
-pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport> {
+pub(crate) fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport> {
     let _exclusive = store.build_lock_exclusive()?;
     let mut report = GcReport { pinned: pinned.len(), ..GcReport::default() };
     let mut keep: BTreeSet<String> = pinned.iter().map(|h| h.to_string()).collect();
@@ -99,7 +99,7 @@ pub fn collect(store: &Store, pinned: &[Hash], dry_run: bool) -> Result<GcReport
 
 /// What one recipe source needs in the store: the source itself and, for a base image, its
 /// config and layers (the manifest is the source).
-pub fn source_blobs(store: &Store, recipe: &Recipe, source: &Source) -> Vec<Hash> {
+pub(crate) fn source_blobs(store: &Store, recipe: &Recipe, source: &Source) -> Vec<Hash> {
     let mut hashes = vec![source.hash.clone()];
     if recipe.kind == RecipeKind::Tarball {
         return hashes;
@@ -112,7 +112,7 @@ pub fn source_blobs(store: &Store, recipe: &Recipe, source: &Source) -> Vec<Hash
 }
 
 /// What `recipes` pin, for every platform: kept by `gc` while the project is the current one.
-pub fn pinned_by<'r>(store: &Store, recipes: impl IntoIterator<Item = &'r Recipe>) -> Vec<Hash> {
+pub(crate) fn pinned_by<'r>(store: &Store, recipes: impl IntoIterator<Item = &'r Recipe>) -> Vec<Hash> {
     recipes.into_iter().flat_map(|r| r.sources.iter().flat_map(move |s| source_blobs(store, r, s))).collect()
 }
 

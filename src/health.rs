@@ -6,8 +6,8 @@
 
 use std::process::Output;
 
+use crate::entrypoint::sh_quote;
 use crate::image_def::ImageDef;
-use crate::node::sh_quote;
 
 /// One command line for `sh -c` that succeeds when every service with a `health` command
 /// serves; `None` when no service defines one. Words are quoted: never read as shell by us.
@@ -67,7 +67,7 @@ pub fn probe(def: &ImageDef, exec: &mut dyn FnMut(&[String]) -> std::io::Result<
 
 /// The role in a role command's output: its first non-empty line, when that is one word of
 /// `a-z`, `0-9`, `_` and `-` (at most 32 characters); anything else is no role.
-pub fn role_word(output: &str) -> Option<String> {
+pub(crate) fn role_word(output: &str) -> Option<String> {
     let line = output.lines().map(str::trim).find(|l| !l.is_empty())?;
     let word = line.to_ascii_lowercase();
     let ok =

@@ -77,7 +77,7 @@ impl std::str::FromStr for Feature {
 
 /// How a need is looked for.
 #[derive(Debug, Clone, Copy)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// A program on PATH; `version`: the arguments that make it print its version; `works`: a
     /// command that must succeed for the program to be of use here (an engine's `info`).
     Program { name: &'static str, version: &'static [&'static str], works: Option<&'static [&'static str]> },
@@ -104,7 +104,7 @@ pub enum Probe {
 /// Where a need's package comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub(crate) enum Source {
     /// A Debian package (`apt-get install`).
     Debian,
     /// A PyPI distribution that `.ci/install` pins into the tests' venv ([`venv`]).
@@ -113,7 +113,7 @@ pub enum Source {
 
 /// One line of the table: a thing the host must have, and who needs it.
 #[derive(Debug)]
-pub struct Need {
+pub(crate) struct Need {
     /// Its name in the table, `doctor --json` and the tests.
     pub id: &'static str,
     pub probe: Probe,
@@ -190,13 +190,13 @@ const fn venv_tool(id: &'static str, program: &'static str, dist: &'static str) 
 }
 
 /// The program that runs the compressor tests as a CPU without extensions (src/compress.rs).
-pub const QEMU_USER: &str = "qemu-x86_64";
+pub(crate) const QEMU_USER: &str = "qemu-x86_64";
 
 /// The table. `.ci/install` installs the package of every need the `tests` feature has (so the
 /// tests' member of each group of alternatives: podman, qemu-system-x86 on amd64), except those
 /// every Debian system has (bash, coreutils, dpkg, util-linux); it leaves out the alternatives no test uses
 /// (docker.io, qemu-system-arm). A unit test below holds it to that.
-pub static NEEDS: &[Need] = &[
+pub(crate) static NEEDS: &[Need] = &[
     need("store", Probe::Store, "", BUILDING, "imgbuild build, node, push, pull, verify, load, vm"),
     Need {
         one_of: Some("container engine"),
@@ -363,18 +363,18 @@ pub static NEEDS: &[Need] = &[
 
 /// The venv `.ci/install` makes for the tests' Python validators (`IMGBUILD_TEST_VENV` moves it,
 /// for the tests and doctor alike).
-pub fn venv() -> PathBuf {
+pub(crate) fn venv() -> PathBuf {
     std::env::var_os("IMGBUILD_TEST_VENV").map_or_else(|| PathBuf::from("/opt/imgbuild-venv"), PathBuf::from)
 }
 
 /// The Debian package that provides need `id` (a row of [`NEEDS`]).
-pub fn package_of(id: &str) -> &'static str {
+pub(crate) fn package_of(id: &str) -> &'static str {
     NEEDS.iter().find(|n| n.id == id).map_or("", |n| n.package)
 }
 
 /// Stops a command before any work when the program `id` (a row of [`NEEDS`]) it runs is not on
 /// PATH: exit 6 (the host is not ready), naming the program and its package.
-pub fn require_program(id: &str, command: &str) -> Result<PathBuf, Error> {
+pub(crate) fn require_program(id: &str, command: &str) -> Result<PathBuf, Error> {
     let need = NEEDS.iter().find(|n| n.id == id).ok_or_else(|| Error::Internal(format!("no need `{id}`")))?;
     let Probe::Program { name, .. } = need.probe else {
         return Err(Error::Internal(format!("need `{id}` is not a program")));
@@ -390,7 +390,7 @@ pub fn require_program(id: &str, command: &str) -> Result<PathBuf, Error> {
 /// What a probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// There, and of use.
     Found,
     Missing,
@@ -406,14 +406,14 @@ pub enum Status {
 
 impl Status {
     /// Whether the need is of use here (advice included).
-    pub fn met(self) -> bool {
+    pub(crate) fn met(self) -> bool {
         matches!(self, Status::Found | Status::Advice)
     }
 }
 
 /// One need, checked.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Checked {
+pub(crate) struct Checked {
     pub need: &'static str,
     pub status: Status,
     pub version: Option<String>,
@@ -464,7 +464,7 @@ impl Checked {
 
 /// Whether a feature is ready, and what to install if it is not.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct FeatureState {
+pub(crate) struct FeatureState {
     pub feature: &'static str,
     pub ready: bool,
     /// Each unmet need (or group of alternatives): `need (package)`, alternatives joined by "or".
@@ -474,14 +474,14 @@ pub struct FeatureState {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub ready: bool,
     pub features: Vec<FeatureState>,
     pub needs: Vec<Checked>,
 }
 
 /// What the probes need to know that only the command line knows.
-pub struct Context {
+pub(crate) struct Context {
     /// The store directory (`--store`, `IMGBUILD_STORE` or the default).
     pub store: PathBuf,
     /// The kernel and initrd the VM templates would boot by default.
@@ -492,13 +492,13 @@ pub struct Context {
 }
 
 /// Below this much free space the store cannot hold a cluster's inputs and layers.
-pub const MIN_FREE: u64 = 1 << 30;
+pub(crate) const MIN_FREE: u64 = 1 << 30;
 /// The longest a program may take to say its version, or an engine to answer `info`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Checks every need of `features`, all at once (each probe is bounded); a need that requires
 /// another is probed after it, and only when that one is of use.
-pub fn check(features: &[Feature], ctx: &Context) -> Report {
+pub(crate) fn check(features: &[Feature], ctx: &Context) -> Report {
     let wanted: Vec<&'static Need> = NEEDS.iter().filter(|n| n.features.iter().any(|f| features.contains(f))).collect();
     let (first, then): (Vec<&'static Need>, Vec<&'static Need>) = wanted.iter().partition(|n| n.requires.is_none());
     let mut needs = probe_all(&first, |need| check_one(need, ctx));
@@ -685,7 +685,7 @@ fn check_venv(need: &'static Need, program: &str, dist: &str, probe: bool) -> Ch
 }
 
 /// `name` as a command finds it: the first executable file of that name in PATH's directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }

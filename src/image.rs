@@ -17,11 +17,11 @@ use crate::layer::Compression;
 use crate::platform::Platform;
 use crate::store::Store;
 
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One layer of an image, as its manifest and config describe it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ImageLayer {
+pub(crate) struct ImageLayer {
     pub digest: BlobDigest,
     pub diff_id: DiffId,
     pub size: u64,
@@ -32,7 +32,7 @@ pub struct ImageLayer {
 
 /// A base image taken from the store, its layers used as they are.
 #[derive(Clone)]
-pub struct BaseImage {
+pub(crate) struct BaseImage {
     pub manifest_digest: Sha256Digest,
     pub config_digest: Sha256Digest,
     pub config: ImageConfiguration,
@@ -40,7 +40,7 @@ pub struct BaseImage {
 }
 
 impl BaseImage {
-    pub fn load(store: &Store, manifest_digest: &Sha256Digest) -> Result<BaseImage> {
+    pub(crate) fn load(store: &Store, manifest_digest: &Sha256Digest) -> Result<BaseImage> {
         let store_err = |message: String| Error::Store { path: store.sha256_path(manifest_digest), message };
         let bytes = store.read_blob(manifest_digest)?;
         // An artifact (an SBOM, a signature) is not an image, whatever a recipe pins.
@@ -95,7 +95,7 @@ impl BaseImage {
     /// Checks that each layer's content, decompressed as its media type says, hashes to the
     /// diff_id its config gives: runtimes check it on pull and load, so an image with a wrong one
     /// would build here and fail there. Each layer is read once per store (`diff_ids/`).
-    pub fn check_layers(&self, store: &Store) -> Result<()> {
+    pub(crate) fn check_layers(&self, store: &Store) -> Result<()> {
         for (i, layer) in self.layers.iter().enumerate() {
             if store.diff_id_checked(&layer.digest) == Some(layer.diff_id) {
                 continue;
@@ -130,7 +130,7 @@ impl BaseImage {
     }
 
     /// The base's environment as ordered pairs.
-    pub fn env(&self) -> BTreeMap<String, String> {
+    pub(crate) fn env(&self) -> BTreeMap<String, String> {
         let env = self.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
         env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
     }
@@ -168,7 +168,7 @@ pub(crate) fn parse_config(bytes: &[u8]) -> serde_json::Result<ImageConfiguratio
 }
 
 /// Everything one platform's image of one node is made of.
-pub struct ImageInputs<'a> {
+pub(crate) struct ImageInputs<'a> {
     pub platform: &'a Platform,
     pub base: Option<&'a BaseImage>,
     pub layers: Vec<ImageLayer>,
@@ -181,7 +181,7 @@ pub struct ImageInputs<'a> {
 
 /// One platform's image, written to the store: its manifest, config and layers.
 #[derive(Debug, Clone, Serialize)]
-pub struct WrittenImage {
+pub(crate) struct WrittenImage {
     pub platform: String,
     pub manifest_digest: Sha256Digest,
     pub manifest_size: u64,
@@ -192,7 +192,7 @@ pub struct WrittenImage {
 /// A tagged image whose every blob is in the store: one platform's manifest, or an index over
 /// several. What every output (layout, archive, registry) takes.
 #[derive(Debug, Clone, Serialize)]
-pub struct StoredImage {
+pub(crate) struct StoredImage {
     pub tag: String,
     /// The manifest (one platform) or index (several) the tag points at.
     pub digest: Sha256Digest,
@@ -206,7 +206,7 @@ pub struct StoredImage {
 /// An OCI 1.1 artifact attached to an image: one document (an SBOM, a provenance statement)
 /// carried as the single layer of an artifact manifest whose `subject` is the image.
 #[derive(Debug, Clone, Serialize)]
-pub struct Referrer {
+pub(crate) struct Referrer {
     pub artifact_type: String,
     /// The artifact manifest's digest and size.
     pub digest: Sha256Digest,
@@ -218,12 +218,12 @@ pub struct Referrer {
 }
 
 /// The empty JSON object the image spec's artifact guidance uses as an artifact's config.
-pub const EMPTY_JSON: &[u8] = b"{}";
+pub(crate) const EMPTY_JSON: &[u8] = b"{}";
 
 impl StoredImage {
     /// Writes `images` (one per platform, in order) as one image: the manifest itself for one
     /// platform, else an index over them carrying `index_annotations`.
-    pub fn write(
+    pub(crate) fn write(
         store: &Store,
         tag: String,
         images: Vec<(WrittenImage, Platform)>,
@@ -250,13 +250,13 @@ impl StoredImage {
         })
     }
 
-    pub fn descriptor(&self) -> Descriptor {
+    pub(crate) fn descriptor(&self) -> Descriptor {
         descriptor(MediaType::from(self.media_type.as_str()), &self.digest, self.size)
     }
 
     /// Every blob the image needs (index, manifests, configs, layers) and, with
     /// `with_referrers`, every blob of its referrers; sorted, once each.
-    pub fn blobs_of(&self, with_referrers: bool) -> Vec<Sha256Digest> {
+    pub(crate) fn blobs_of(&self, with_referrers: bool) -> Vec<Sha256Digest> {
         let mut blobs = vec![self.digest];
         for p in &self.platforms {
             blobs.push(p.manifest_digest);
@@ -274,12 +274,12 @@ impl StoredImage {
     }
 
     /// Every blob of the image and its referrers.
-    pub fn blobs(&self) -> Vec<Sha256Digest> {
+    pub(crate) fn blobs(&self) -> Vec<Sha256Digest> {
         self.blobs_of(true)
     }
 
     /// The descriptor of the manifest or index `digest` of this image (the top or a platform's).
-    pub fn subject_descriptor(&self, digest: &Sha256Digest) -> Option<Descriptor> {
+    pub(crate) fn subject_descriptor(&self, digest: &Sha256Digest) -> Option<Descriptor> {
         if *digest == self.digest {
             return Some(self.descriptor());
         }
@@ -288,7 +288,7 @@ impl StoredImage {
     }
 
     /// The single platform's image, for formats that hold one (docker-archive).
-    pub fn single_platform(&self) -> Option<&WrittenImage> {
+    pub(crate) fn single_platform(&self) -> Option<&WrittenImage> {
         match self.platforms.as_slice() {
             [only] => Some(only),
             _ => None,
@@ -298,7 +298,7 @@ impl StoredImage {
 
 /// Serializes any oci-spec document canonically: going through `serde_json::Value` sorts every
 /// map, including the ones oci-spec keeps in a `HashMap`.
-pub fn canonical_json(value: &impl Serialize) -> Vec<u8> {
+pub(crate) fn canonical_json(value: &impl Serialize) -> Vec<u8> {
     let value = serde_json::to_value(value).expect("OCI documents serialize");
     serde_json::to_vec(&value).expect("JSON values serialize")
 }
@@ -307,11 +307,11 @@ fn spec_err(e: oci_spec::OciSpecError) -> Error {
     Error::Internal(format!("building an OCI document: {e}"))
 }
 
-pub fn descriptor(media_type: MediaType, digest: &Sha256Digest, size: u64) -> Descriptor {
+pub(crate) fn descriptor(media_type: MediaType, digest: &Sha256Digest, size: u64) -> Descriptor {
     Descriptor::new(media_type, size, digest.to_oci())
 }
 
-pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenImage> {
+pub(crate) fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenImage> {
     let created = rfc3339(inputs.epoch);
     let mut all_layers: Vec<ImageLayer> = inputs.base.map(|b| b.layers.clone()).unwrap_or_default();
     all_layers.extend(inputs.layers.iter().cloned());
@@ -392,7 +392,7 @@ pub fn write_image(store: &Store, inputs: &ImageInputs<'_>) -> Result<WrittenIma
 
 /// Stores `document` and an artifact manifest of `artifact_type` carrying it, attached to
 /// `subject`; `created` (from `SOURCE_DATE_EPOCH`) is its only timestamp.
-pub fn write_artifact(
+pub(crate) fn write_artifact(
     store: &Store,
     artifact_type: &str,
     subject: &Descriptor,
@@ -424,7 +424,7 @@ pub fn write_artifact(
     })
 }
 
-pub fn platform_descriptor(image: &WrittenImage, platform: &Platform) -> Result<Descriptor> {
+pub(crate) fn platform_descriptor(image: &WrittenImage, platform: &Platform) -> Result<Descriptor> {
     let mut p = PlatformBuilder::default()
         .architecture(Arch::from(platform.architecture.as_str()))
         .os(Os::from(platform.os.as_str()));
@@ -441,7 +441,7 @@ pub fn platform_descriptor(image: &WrittenImage, platform: &Platform) -> Result<
 }
 
 /// An image index over one node's platform manifests; returns its digest and size.
-pub fn write_index(
+pub(crate) fn write_index(
     store: &Store,
     images: &[(WrittenImage, Platform)],
     annotations: &BTreeMap<String, String>,

@@ -7,7 +7,7 @@
 //! anything `imgbuild check` accepts renders at boot.
 
 pub(crate) mod boot_cost;
-pub mod deploy;
+pub(crate) mod deploy;
 mod host;
 pub(crate) mod template;
 
@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use self::host::{host_key, is_host};
+pub(crate) use self::host::host_key;
+pub use self::host::is_host;
 use self::template::{Piece, TextError};
 use crate::error::{escape, line_col, Error, IoContext, Result};
 use crate::image_path::{inside_or_at, nests};
@@ -142,7 +143,7 @@ struct NodeToml {
 type Doc = TomlFile<ImageToml>;
 
 /// The variables every template may use without declaring them; the entrypoint sets them at boot.
-pub const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
+pub(crate) const BUILTIN_VARS: &[&str] = &["node_id", "node_host"];
 /// The names a list's items use for the node they stand for.
 const ITEM_VARS: &[&str] = &["id", "host"];
 
@@ -150,8 +151,7 @@ const ITEM_VARS: &[&str] = &["id", "host"];
 /// renders every template at every boot.
 pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
-/// The entrypoint every node image runs unless the definition names another.
-pub const DEFAULT_ENTRYPOINT: &str = "/usr/local/bin/imgbuild-init";
+pub(crate) use crate::entrypoint::DEFAULT_ENTRYPOINT;
 
 /// Signals a runtime can be told to stop a container with (`stop_signal`), as Linux names them.
 const SIGNALS: &[&str] = &[
@@ -494,14 +494,14 @@ fn parse_templates(file: &Doc, templates: &[Spanned<TemplateToml>], scope: &BTre
         }
         let target = image_path(file, &tmpl.target)?;
         // The cluster layer keeps the template under imgbuild's directory: that path too.
-        let kept = format!("/{}/templates/{target}", crate::node::CONF_DIR);
+        let kept = format!("/{}/templates/{target}", crate::entrypoint::CONF_DIR);
         if kept.len() >= crate::image_path::PATH_MAX {
             return Err(file.error_at(
                 tmpl.target.span(),
                 format!("template target /{target}: imgbuild keeps the template at a path as long as it ({} bytes), which Linux cannot hold", kept.len()),
             ));
         }
-        if let Some(own) = crate::node::own_paths().into_iter().find(|r| nests(&target, r)) {
+        if let Some(own) = crate::entrypoint::own_paths().into_iter().find(|r| nests(&target, r)) {
             return Err(file.error_at(
                 tmpl.target.span(),
                 format!("template target /{target} would change /{own}, which imgbuild writes itself"),
@@ -712,7 +712,7 @@ fn parse_config(file: &Doc, c: &ConfigToml, templates: &[Template]) -> Result<Im
     let mut env = BTreeMap::new();
     for (k, v) in &c.env {
         // Control characters in values are refused with every other string of the file.
-        if let Some(problem) = crate::node::env_name_problem(k) {
+        if let Some(problem) = crate::entrypoint::env_name_problem(k) {
             return Err(file.error_at(v.span(), format!("[config.env]: {problem}")));
         }
         env.insert(k.clone(), v.get_ref().clone());
@@ -767,7 +767,7 @@ fn check_var_name(file: &Doc, name: &str, span: Range<usize>) -> Result<()> {
 /// never at or inside a template's file or imgbuild's own files.
 fn directory_path(file: &Doc, p: &Spanned<String>, templates: &[Template]) -> Result<String> {
     let path = image_path(file, p)?;
-    let files = templates.iter().map(|t| t.target.as_str()).chain(crate::node::own_paths());
+    let files = templates.iter().map(|t| t.target.as_str()).chain(crate::entrypoint::own_paths());
     if let Some(clash) = files.into_iter().find(|f| inside_or_at(&path, f)) {
         return Err(file.error_at(p.span(), format!("directory /{path} would be at or inside the file /{clash}")));
     }

@@ -18,7 +18,7 @@ use crate::oci_doc::{Descriptor, Document};
 use crate::store::Store;
 
 #[derive(Debug, Default, serde::Serialize)]
-pub struct Imported {
+pub(crate) struct Imported {
     /// The layout's top-level entries: their tag (`org.opencontainers.image.ref.name`) and digest.
     pub tops: Vec<(Option<String>, Sha256Digest)>,
     /// Image manifests, with the platform the index gave them (when it did).
@@ -31,21 +31,21 @@ pub struct Imported {
 
 /// An artifact manifest attached to a manifest or index (`subject`).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ImportedReferrer {
+pub(crate) struct ImportedReferrer {
     pub digest: Sha256Digest,
     pub artifact_type: String,
     pub subject: Sha256Digest,
 }
 
 /// Whether a file is a tar archive holding an OCI layout (an oci-archive).
-pub fn is_oci_archive(path: &Path) -> bool {
+pub(crate) fn is_oci_archive(path: &Path) -> bool {
     source::is_oci_archive(path)
 }
 
 /// Imports the OCI layout directory or oci-archive at `path`: every blob its `index.json`
 /// leads to, each read as the regular file it must be, to its descriptor's size and no further,
 /// and checked against its digest ([`OciSource`]).
-pub fn import(store: &Store, path: &Path) -> Result<Imported> {
+pub(crate) fn import(store: &Store, path: &Path) -> Result<Imported> {
     let source = OciSource::open(path)?;
     let index = source.index()?;
     let doc: Document = serde_json::from_slice(&index).map_err(|e| bad(path, format!("index.json: {e}")))?;

@@ -31,16 +31,16 @@ use crate::store::{BlobWriter, LayerRecord, Store};
 pub(crate) use decompress::past_unpack_limit;
 pub(crate) use decompress::Compression;
 use decompress::SourceFailure;
-pub use normalize::Counts;
+pub(crate) use normalize::Counts;
 use normalize::{Normalize, Normalizer, TarStream};
 
 /// Bumped whenever a change here changes the bytes of a layer, so cached layers are not reused.
-pub const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
-pub use crate::compress::MEDIA_TYPE_GZIP;
+pub(crate) use crate::compress::MEDIA_TYPE_GZIP;
 
 #[derive(Debug, Clone)]
-pub struct LayerSettings {
+pub(crate) struct LayerSettings {
     /// `SOURCE_DATE_EPOCH`: every mtime is clamped to it.
     pub epoch: u64,
     /// The pinned compressor and its level (`--compression`, `--level`).
@@ -51,18 +51,50 @@ pub struct LayerSettings {
     pub max_unpacked: u64,
     /// The shared cache (`--cache`): where a layer missing from the store is looked for first,
     /// and where a layer built here is pushed. Not part of the derivation.
-    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
+    pub cache: Option<std::sync::Arc<dyn KnownLayers>>,
     /// Use layers the store has recorded. `verify` turns it off: a record in the store is a
     /// claim like any other, so every recipe layer is built again from its pinned source (and
     /// its record written again). Not part of the derivation.
     pub reuse_layers: bool,
 }
 
+/// Layers built elsewhere, keyed by derivation (the shared cache implements it): the layer
+/// builder asks through this trait so that it knows no registry, TLS or fetch.
+pub(crate) trait KnownLayers: Send + Sync + std::fmt::Debug {
+    /// The layer of `derivation` the store holds and this source still vouches for (one built
+    /// here is offered to it), or `None`.
+    fn known(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        recipe: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>>;
+    /// The layer of `derivation` taken from this source into the store, if it has one.
+    fn pull(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        recipe: &str,
+        max_size: u64,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>>;
+    /// Offers a layer built here to this source.
+    fn push(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        layer: &LayerRecord,
+        recipe: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()>;
+}
+
 /// 32 GiB: many times the largest JDK, far below what fills a disk by surprise.
-pub const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
+pub(crate) const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
 
 /// The cache key of a recipe layer: everything that decides its bytes.
-pub fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> Sha256Digest {
+pub(crate) fn derivation(source: &Hash, unpack: &Unpack, settings: &LayerSettings) -> Sha256Digest {
     let canonical = serde_json::json!({
         "format": FORMAT_VERSION,
         "compressor": settings.compressor.derivation(),
@@ -104,7 +136,7 @@ fn header(entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
 
 /// `empty` (a GNU or ustar header) with owner 0:0, no names, and the given type, mode, time and
 /// size: the only metadata imgbuild writes into a tar.
-pub fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
+pub(crate) fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
     empty.set_entry_type(entry_type);
     empty.set_mode(mode);
     empty.set_uid(0);
@@ -116,7 +148,7 @@ pub fn fixed_header(mut empty: Header, entry_type: EntryType, mode: u32, mtime: 
 
 /// Builds (or finds in the store) the layer of one recipe source.
 /// The flag says whether this call did the work (false: found in the store).
-pub fn recipe_layer(
+pub(crate) fn recipe_layer(
     store: &Store,
     recipe: &str,
     source: &Source,
@@ -126,9 +158,10 @@ pub fn recipe_layer(
 ) -> Result<(LayerRecord, bool)> {
     let key = derivation(&source.hash, unpack, settings);
     let cache = settings.cache.as_deref();
-    let known = || match settings.reuse_layers {
-        true => crate::cache::known_layer(store, &key, cache, recipe, reporter),
-        false => Ok(None),
+    let known = || match (settings.reuse_layers, cache) {
+        (false, _) => Ok(None),
+        (true, Some(cache)) => cache.known(store, &key, recipe, reporter),
+        (true, None) => Ok(store.layer(&key)),
     };
     if let Some(record) = known()? {
         return Ok((record, false));
@@ -168,7 +201,7 @@ pub(crate) fn report_skipped(reporter: &dyn Reporter, recipe: &str, counts: &Cou
 
 /// Streams a (possibly compressed) tarball into a normalized layer blob in the store.
 /// Nothing is stored unless every entry and every symlink of the finished tree is accepted.
-pub fn normalize_tarball(
+pub(crate) fn normalize_tarball(
     store: &Store,
     mut input: impl io::BufRead + Send + 'static,
     archive: &str,
@@ -232,7 +265,7 @@ pub enum GeneratedEntry {
 }
 
 /// Writes a layer from generated files: sorted, with every parent directory, all at the epoch.
-pub fn generated_layer(
+pub(crate) fn generated_layer(
     store: &Store,
     files: &BTreeMap<String, GeneratedEntry>,
     settings: &LayerSettings,

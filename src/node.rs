@@ -9,58 +9,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::image_def::{ImageDef, Node, DEFAULT_ENTRYPOINT};
+use crate::entrypoint::{sh_quote, CONF_DIR, CONF_DIR_OPAQUE, DEFAULT_ENTRYPOINT, VM_INIT, VM_INIT_SCRIPT};
+use crate::image_def::{ImageDef, Node};
 use crate::layer::GeneratedEntry;
 
-pub const ENTRYPOINT_SCRIPT: &str = include_str!("assets/imgbuild-init.sh");
-/// PID 1 of a node booted as a VM; it runs the same entrypoint.
-pub const VM_INIT_SCRIPT: &str = include_str!("assets/imgbuild-vm-init.sh");
-pub const VM_INIT: &str = "/usr/local/sbin/imgbuild-vm-init";
-pub const CONF_DIR: &str = "etc/imgbuild";
-/// An OCI opaque whiteout: the cluster layer makes `/etc/imgbuild/` hold only what imgbuild
-/// writes there, hiding whatever a base image or a recipe put in it (it applies to lower layers
-/// only, so the cluster layer's own files and the identity layer above stay).
-pub const CONF_DIR_OPAQUE: &str = "etc/imgbuild/.wh..wh..opq";
-
-/// imgbuild's own paths in every node image (without the leading `/`): the cluster layer's
-/// directory and the entrypoints. No recipe, template, data directory or volume may write them.
-pub(crate) fn own_paths() -> [&'static str; 3] {
-    [CONF_DIR, DEFAULT_ENTRYPOINT, VM_INIT].map(|p| p.trim_start_matches('/'))
-}
-
-/// What the entrypoint reads from its environment at boot besides `IMGBUILD_*` (see
-/// `src/assets/imgbuild-init.sh`).
-const READ_AT_BOOT: &[&str] = &["NODE_ID", "ZOO_MY_ID", "KAFKA_BROKER_ID", "PEERS", "ADVERTISED_HOST", "HOSTNAME"];
-
-/// Why `name` cannot be a variable of an image's environment (a recipe's `env`, the
-/// definition's `[config] env`), if it cannot: it must be a name a process can be given, and
-/// not one the entrypoint reads at boot, which would give every container of the image the
-/// same identity or override (the image tagged `node-0` booting as node 1).
-pub(crate) fn env_name_problem(name: &str) -> Option<String> {
-    if name.is_empty() || name.contains('=') || name.chars().any(char::is_control) {
-        return Some(format!(
-            "`{}` is not a variable name (not empty, no `=`, no control characters)",
-            crate::error::escape(name)
-        ));
-    }
-    (READ_AT_BOOT.contains(&name) || name.starts_with("IMGBUILD_")).then(|| {
-        format!(
-            "`{name}` is read by the entrypoint at boot ({}, IMGBUILD_*): set it when a node runs, not in the image",
-            READ_AT_BOOT.join(", ")
-        )
-    })
-}
-
-/// Quotes a value for POSIX sh.
-pub(crate) fn sh_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
+/// Kept here for the tests, which boot the entrypoint beside the layers this module writes.
+pub use crate::entrypoint::ENTRYPOINT_SCRIPT;
 
 /// The cluster definition as the entrypoint reads it (`. /etc/imgbuild/cluster.env`): only
 /// assignments of quoted values, every variable the entrypoint reads assigned (so that none
 /// can come from the environment), names that hold no value from the definition but names
 /// the definition's parser checked.
-pub fn cluster_env(def: &ImageDef) -> String {
+pub(crate) fn cluster_env(def: &ImageDef) -> String {
     let mut lines = vec![
         "# Written by imgbuild: the cluster this image belongs to. Read by imgbuild-init at boot.".to_string(),
         format!("IMGBUILD_CLUSTER={}", sh_quote(&def.name)),
@@ -112,7 +72,7 @@ fn words<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
 }
 
 /// Files of the runtime layer, or `None` when the image has an entrypoint of its own.
-pub fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedEntry>> {
+pub(crate) fn runtime_layer_files(def: &ImageDef) -> Option<BTreeMap<String, GeneratedEntry>> {
     (def.config.entrypoint.first().map(String::as_str) == Some(DEFAULT_ENTRYPOINT)).then(|| {
         let entry = GeneratedEntry::File { data: ENTRYPOINT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
         let vm_init = GeneratedEntry::File { data: VM_INIT_SCRIPT.as_bytes().to_vec(), mode: 0o755 };
@@ -141,21 +101,11 @@ pub fn cluster_layer_files(def: &ImageDef) -> BTreeMap<String, GeneratedEntry> {
 }
 
 /// Files of one node's identity layer.
-pub fn identity_layer_files(node: &Node) -> BTreeMap<String, GeneratedEntry> {
+pub(crate) fn identity_layer_files(node: &Node) -> BTreeMap<String, GeneratedEntry> {
     let mut files = BTreeMap::new();
     files.insert(
         format!("{CONF_DIR}/node-id"),
         GeneratedEntry::File { data: format!("{}\n", node.id).into_bytes(), mode: 0o644 },
     );
     files
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sh_quote;
-
-    #[test]
-    fn quoting_survives_single_quotes() {
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-    }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::digest::Sha256Digest;
 
 #[derive(Debug, Deserialize)]
-pub struct Document {
+pub(crate) struct Document {
     #[serde(rename = "mediaType", default)]
     pub media_type: Option<String>,
     /// Present in an index (or Docker manifest list).
@@ -28,7 +28,7 @@ pub struct Document {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
     pub digest: Sha256Digest,
@@ -41,7 +41,7 @@ pub struct Descriptor {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct DescriptorPlatform {
+pub(crate) struct DescriptorPlatform {
     pub architecture: String,
     pub os: String,
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct DescriptorPlatform {
 
 impl DescriptorPlatform {
     /// `linux/arm64/v8` form, as `--platform` takes it.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match &self.variant {
             Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
             None => format!("{}/{}", self.os, self.architecture),
@@ -59,7 +59,7 @@ impl DescriptorPlatform {
 }
 
 impl Document {
-    pub fn is_index(&self) -> bool {
+    pub(crate) fn is_index(&self) -> bool {
         self.manifests.is_some()
             || matches!(
                 self.media_type.as_deref(),
@@ -71,7 +71,7 @@ impl Document {
     }
 
     /// The media type to send it with: its own, or the OCI type its shape says.
-    pub fn media_type(&self) -> String {
+    pub(crate) fn media_type(&self) -> String {
         self.media_type.clone().unwrap_or_else(|| {
             if self.is_index() {
                 "application/vnd.oci.image.index.v1+json"
@@ -83,7 +83,7 @@ impl Document {
     }
 
     /// The config and layers of an image manifest.
-    pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
+    pub(crate) fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         self.config.iter().chain(&self.layers)
     }
 }

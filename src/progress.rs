@@ -27,12 +27,12 @@ pub trait Task: Send + Sync {
 
 /// Bars on a terminal (one line each, drawn together so that concurrent downloads never
 /// interleave); plain status lines when stderr is not one.
-pub struct HumanReporter {
+pub(crate) struct HumanReporter {
     bars: Option<MultiProgress>,
 }
 
 impl HumanReporter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bars =
             std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         HumanReporter { bars }
@@ -94,7 +94,7 @@ impl Drop for BarTask {
 }
 
 /// Reports nothing: `--json` and `--quiet`.
-pub struct SilentReporter;
+pub(crate) struct SilentReporter;
 
 impl Reporter for SilentReporter {
     fn status(&self, _message: &str) {}
@@ -115,13 +115,13 @@ impl Task for NoTask {
 }
 
 /// A reader that advances a task by every byte it reads.
-pub struct ProgressReader<R> {
+pub(crate) struct ProgressReader<R> {
     inner: R,
     task: Arc<dyn Task>,
 }
 
 impl<R> ProgressReader<R> {
-    pub fn new(inner: R, task: Arc<dyn Task>) -> Self {
+    pub(crate) fn new(inner: R, task: Arc<dyn Task>) -> Self {
         ProgressReader { inner, task }
     }
 }

@@ -10,7 +10,7 @@ use crate::digest::{Algorithm, Hash, Sha256Digest};
 use crate::error::{escape, Error, Result};
 use crate::image_path::inside_or_at;
 use crate::platform::Platform;
-use crate::registry::Reference;
+use crate::reference::Reference;
 use crate::toml_file::{toml_files_in, TomlFile};
 
 #[derive(Deserialize)]
@@ -254,7 +254,7 @@ fn parse_env(file: &TomlFile<RecipeToml>) -> Result<BTreeMap<String, String>> {
                 "field `env`: set `PATH` entries with the `path` list, so recipes can be combined",
             ));
         }
-        if let Some(problem) = crate::node::env_name_problem(key) {
+        if let Some(problem) = crate::entrypoint::env_name_problem(key) {
             return Err(file.error_at(value.span(), format!("field `env`: {problem}")));
         }
         env.insert(key.clone(), value.get_ref().clone());
@@ -371,7 +371,9 @@ fn parse_unpack<T>(file: &TomlFile<T>, u: &UnpackToml) -> Result<Unpack> {
         Some(p) => image_path(file, p, "unpack.prefix")?,
         None => String::new(),
     };
-    if let (Some(p), Some(own)) = (&u.prefix, crate::node::own_paths().into_iter().find(|o| inside_or_at(&prefix, o))) {
+    if let (Some(p), Some(own)) =
+        (&u.prefix, crate::entrypoint::own_paths().into_iter().find(|o| inside_or_at(&prefix, o)))
+    {
         return Err(file.error_at(
             p.span(),
             format!(
@@ -403,12 +405,12 @@ fn image_path<T>(file: &TomlFile<T>, p: &Spanned<String>, field: &str) -> Result
 
 /// A recipe's name: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit
 /// (so never `.`, `..` or an option-like `-x`); it appears in labels, SBOMs and file names.
-pub fn is_recipe_name(name: &str) -> bool {
+pub(crate) fn is_recipe_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
-pub fn url_file_name(url: &str) -> &str {
+pub(crate) fn url_file_name(url: &str) -> &str {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     without_query.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download")
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// How often and how patiently to try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Attempts in all (at least one).
     pub attempts: u32,
     /// The wait before the second attempt; it doubles for each later one, up to `cap`.
@@ -22,7 +22,7 @@ pub struct Policy {
 impl Policy {
     /// `attempts` with the waits a registry or download server gets: 0.25–0.5 s, 0.5–1 s,
     /// 1–2 s, 2–4 s, then 4–8 s each, and `Retry-After` up to 60 s.
-    pub const fn attempts(attempts: u32) -> Policy {
+    pub(crate) const fn attempts(attempts: u32) -> Policy {
         Policy {
             attempts,
             base: Duration::from_millis(500),
@@ -34,7 +34,7 @@ impl Policy {
     /// The wait before attempt `next` (2, 3, …) without a `Retry-After`: "equal jitter", half
     /// of the exponential step fixed and half random, so the sum of the waits has a floor
     /// (what a restarting server needs) and processes spread out.
-    pub fn backoff(&self, next: u32, random: u64) -> Duration {
+    pub(crate) fn backoff(&self, next: u32, random: u64) -> Duration {
         let step = self.base.saturating_mul(1u32 << next.saturating_sub(2).min(16)).min(self.cap);
         let half = step / 2;
         let spread = half.as_millis() as u64;
@@ -44,7 +44,7 @@ impl Policy {
 
 /// How one attempt failed.
 #[derive(Debug, Clone)]
-pub enum Again<E> {
+pub(crate) enum Again<E> {
     /// Another attempt may succeed; `after`: how long the server asked to wait (`Retry-After`).
     Retry { error: E, after: Option<Duration> },
     /// No attempt will.
@@ -52,7 +52,7 @@ pub enum Again<E> {
 }
 
 impl<E> Again<E> {
-    pub fn retry(error: E) -> Self {
+    pub(crate) fn retry(error: E) -> Self {
         Again::Retry { error, after: None }
     }
 }
@@ -66,7 +66,7 @@ impl From<crate::error::Error> for Again<crate::error::Error> {
 
 /// Why [`run`] gave up.
 #[derive(Debug, PartialEq, Eq)]
-pub enum GaveUp<E> {
+pub(crate) enum GaveUp<E> {
     /// An attempt failed in a way no retry can fix.
     Stopped(E),
     /// Every attempt failed; the last one's error.
@@ -77,7 +77,7 @@ pub enum GaveUp<E> {
 
 impl<E> GaveUp<E> {
     /// The error, with what the retries were when there were any (`(after 5 attempts)`).
-    pub fn describe(self, with: impl FnOnce(E, Option<String>) -> E) -> E {
+    pub(crate) fn describe(self, with: impl FnOnce(E, Option<String>) -> E) -> E {
         match self {
             GaveUp::Stopped(e) => e,
             GaveUp::Exhausted { error, attempts } => with(error, Some(format!("(after {attempts} attempts)"))),
@@ -92,7 +92,7 @@ impl<E> GaveUp<E> {
 /// Runs `attempt` (given its number, from 1) until it succeeds, fails for good, or the
 /// policy's attempts are spent, sleeping between attempts as [`Policy::backoff`] and the
 /// server's `Retry-After` say.
-pub fn run<T, E>(policy: &Policy, mut attempt: impl FnMut(u32) -> Result<T, Again<E>>) -> Result<T, GaveUp<E>> {
+pub(crate) fn run<T, E>(policy: &Policy, mut attempt: impl FnMut(u32) -> Result<T, Again<E>>) -> Result<T, GaveUp<E>> {
     run_with(policy, &mut attempt, &mut std::thread::sleep, &mut random)
 }
 
@@ -132,7 +132,7 @@ fn random() -> u64 {
 /// A `Retry-After` value (RFC 9110): delay-seconds, or an HTTP-date (IMF-fixdate, the form
 /// servers send) as the time from now until then (zero when past). Anything else gives `None`:
 /// the ordinary backoff applies.
-pub fn retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn retry_after(value: &str) -> Option<Duration> {
     retry_after_at(value, std::time::SystemTime::now())
 }
 

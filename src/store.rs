@@ -25,7 +25,7 @@ use crate::digest::{hash_reader, Algorithm, BlobDigest, DiffId, Hash, Hasher, Sh
 use crate::error::{Error, IoContext, Result};
 
 /// The largest JSON document (config, manifest, index) read whole into memory.
-pub const MAX_DOCUMENT: u64 = 4 << 20;
+pub(crate) const MAX_DOCUMENT: u64 = 4 << 20;
 
 pub struct Store {
     root: PathBuf,
@@ -471,14 +471,14 @@ impl Drop for BlobWriter<'_> {
 }
 
 /// The modification time of every stored blob: a blob whose time differs was written to since.
-pub const BLOB_STAMP: std::time::SystemTime = std::time::UNIX_EPOCH;
+pub(crate) const BLOB_STAMP: std::time::SystemTime = std::time::UNIX_EPOCH;
 
 fn stamp(path: &Path) -> Result<()> {
     let file = File::open(path).at(path)?;
     file.set_times(fs::FileTimes::new().set_modified(BLOB_STAMP)).at(path)
 }
 
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 

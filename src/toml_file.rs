@@ -14,25 +14,25 @@ use toml_edit::{ImDocument, Item, Key, Value};
 use crate::error::{escape, line_col, Error, IoContext, Result};
 
 /// A parsed file, kept with its text so later checks can point at a line.
-pub struct TomlFile<T> {
+pub(crate) struct TomlFile<T> {
     pub path: PathBuf,
     pub text: String,
     pub value: T,
 }
 
 impl<T: DeserializeOwned> TomlFile<T> {
-    pub fn read(path: &Path) -> Result<Self> {
+    pub(crate) fn read(path: &Path) -> Result<Self> {
         Self::parse(path, read_text(path)?)
     }
 
     /// Parses `text` as the contents of `path` (which is only used in messages).
-    pub fn parse(path: &Path, text: String) -> Result<Self> {
+    pub(crate) fn parse(path: &Path, text: String) -> Result<Self> {
         Self::parse_allowing_line_breaks(path, text, &[])
     }
 
     /// As [`TomlFile::parse`], where the fields `line_breaks` names (dotted keys, `*` for any
     /// key: `lists.*.join`) may hold line breaks.
-    pub fn parse_allowing_line_breaks(path: &Path, text: String, line_breaks: &[&str]) -> Result<Self> {
+    pub(crate) fn parse_allowing_line_breaks(path: &Path, text: String, line_breaks: &[&str]) -> Result<Self> {
         let syntax_error = |e: toml::de::Error| {
             let offset = e.span().map_or(0, |s| s.start);
             let (line, column) = line_col(&text, offset);
@@ -54,7 +54,7 @@ impl<T: DeserializeOwned> TomlFile<T> {
 
 impl<T> TomlFile<T> {
     /// An error about the value at `span` (from a `toml::Spanned` field).
-    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+    pub(crate) fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> Error {
         let (line, column) = line_col(&self.text, span.start);
         Error::Parse { file: self.path.clone(), line, column, message: message.into() }
     }
@@ -208,12 +208,12 @@ pub(crate) fn quoted(text: &str) -> String {
 
 /// The text of a file the user wrote (a recipe, a definition, a template). A binary or
 /// non-UTF-8 file is bad input (exit 1) named with the line and column where it stops being text.
-pub fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     decode_text(path, std::fs::read(path).at(path)?)
 }
 
 /// `bytes` as text, or an error naming `path` and where the first NUL or non-UTF-8 byte is.
-pub fn decode_text(path: &Path, bytes: Vec<u8>) -> Result<String> {
+pub(crate) fn decode_text(path: &Path, bytes: Vec<u8>) -> Result<String> {
     if let Some(offset) = bytes.iter().position(|b| *b == 0) {
         return Err(not_text(path, &bytes, offset, "a binary file (it holds a NUL byte), not text"));
     }
@@ -231,7 +231,7 @@ fn not_text(path: &Path, bytes: &[u8], offset: usize, message: &str) -> Error {
 }
 
 /// The `*.toml` files of a directory, sorted by name so every listing is deterministic.
-pub fn toml_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn toml_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).at(dir)? {
         let path = entry.at(dir)?.path();

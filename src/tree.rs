@@ -20,17 +20,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// How many symlinks one resolution may follow before it is a loop (Linux's limit).
-pub const MAX_LINKS: usize = 40;
+pub(crate) const MAX_LINKS: usize = 40;
 
 /// A path inside the tree: `/`-separated normal components, without `.`, `..`, empty parts or a
 /// leading `/`. The root is the empty path. Built only by [`TreePath::from_member`] and
 /// [`TreePath::join`], so a `TreePath` can never climb out of the tree.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TreePath(Vec<u8>);
+pub(crate) struct TreePath(Vec<u8>);
 
 /// Why an archive member's name is not a path inside the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BadName {
+pub(crate) enum BadName {
     Absolute,
     ParentDir,
     Nul,
@@ -47,13 +47,13 @@ impl fmt::Display for BadName {
 }
 
 impl TreePath {
-    pub fn root() -> TreePath {
+    pub(crate) fn root() -> TreePath {
         TreePath(Vec::new())
     }
 
     /// An archive member's name as a path in the tree: `.` and empty components are dropped,
     /// `..` and absolute names are refused (no tar extractor worth trusting writes them either).
-    pub fn from_member(raw: &[u8]) -> Result<TreePath, BadName> {
+    pub(crate) fn from_member(raw: &[u8]) -> Result<TreePath, BadName> {
         if raw.starts_with(b"/") {
             return Err(BadName::Absolute);
         }
@@ -78,7 +78,7 @@ impl TreePath {
     }
 
     /// `self/name`; `name` must be one normal component (no `/`, not `.` or `..`).
-    pub fn join(&self, name: &[u8]) -> TreePath {
+    pub(crate) fn join(&self, name: &[u8]) -> TreePath {
         debug_assert!(!name.is_empty() && !name.contains(&b'/') && name != b"." && name != b"..");
         let mut bytes = Vec::with_capacity(self.0.len() + 1 + name.len());
         bytes.extend_from_slice(&self.0);
@@ -91,7 +91,7 @@ impl TreePath {
 
     /// `self` with its first `n` components removed (`--strip-components`), or `None` when
     /// nothing is left.
-    pub fn strip(&self, n: usize) -> Option<TreePath> {
+    pub(crate) fn strip(&self, n: usize) -> Option<TreePath> {
         if n == 0 {
             return (!self.is_root()).then(|| self.clone());
         }
@@ -101,22 +101,22 @@ impl TreePath {
     }
 
     /// `prefix/self`.
-    pub fn under(&self, prefix: &TreePath) -> TreePath {
+    pub(crate) fn under(&self, prefix: &TreePath) -> TreePath {
         if prefix.is_root() || self.is_root() {
             return if prefix.is_root() { self.clone() } else { prefix.clone() };
         }
         TreePath([&prefix.0[..], b"/", &self.0[..]].concat())
     }
 
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn components(&self) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn components(&self) -> impl Iterator<Item = &[u8]> {
         self.0.split(|b| *b == b'/').filter(|c| !c.is_empty())
     }
 
-    pub fn parent(&self) -> Option<TreePath> {
+    pub(crate) fn parent(&self) -> Option<TreePath> {
         if self.is_root() {
             return None;
         }
@@ -126,17 +126,17 @@ impl TreePath {
         })
     }
 
-    pub fn file_name(&self) -> Option<&[u8]> {
+    pub(crate) fn file_name(&self) -> Option<&[u8]> {
         self.components().last()
     }
 
     /// Whether `self` is `other` or inside it (component-wise: `a/bc` is not inside `a/b`).
-    pub fn starts_with(&self, other: &TreePath) -> bool {
+    pub(crate) fn starts_with(&self, other: &TreePath) -> bool {
         other.is_root() || self == other || (self.0.starts_with(&other.0) && self.0.get(other.0.len()) == Some(&b'/'))
     }
 
     /// The ancestors of `self` from the shallowest down, without the root and without `self`.
-    pub fn ancestors(&self) -> Vec<TreePath> {
+    pub(crate) fn ancestors(&self) -> Vec<TreePath> {
         let mut out = Vec::new();
         let mut p = self.parent();
         while let Some(a) = p.filter(|a| !a.is_root()) {
@@ -147,11 +147,11 @@ impl TreePath {
         out
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
-    pub fn as_path(&self) -> &Path {
+    pub(crate) fn as_path(&self) -> &Path {
         Path::new(std::ffi::OsStr::from_bytes(&self.0))
     }
 }
@@ -171,7 +171,7 @@ impl fmt::Debug for TreePath {
 
 /// What a path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     /// A regular file (a hard link is a file too: it names the same content).
     File,
@@ -194,14 +194,14 @@ impl Kind {
 
 /// One path of the tree: what it is, and what its user keeps about it (owner, mode, …).
 #[derive(Debug, Clone)]
-pub struct Node<M> {
+pub(crate) struct Node<M> {
     pub kind: Kind,
     pub meta: M,
 }
 
 /// Why an entry cannot be placed in the tree. The caller names the entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// A directory on the way to the entry is a symlink: writing would go wherever it points.
     ThroughSymlink { link: TreePath },
     /// A directory on the way to the entry is a file (or a special file).
@@ -239,7 +239,7 @@ impl fmt::Display for Refusal {
 
 /// What [`Tree::add`] or [`Tree::apply`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Placed {
+pub(crate) struct Placed {
     /// Missing parent directories it created, shallowest first (a writer emits them first).
     pub created_parents: Vec<TreePath>,
     /// The entry names a directory that was already there: nothing new to write.
@@ -248,7 +248,7 @@ pub struct Placed {
     pub replaced: bool,
 }
 
-pub struct Tree<M> {
+pub(crate) struct Tree<M> {
     nodes: BTreeMap<TreePath, Node<M>>,
 }
 
@@ -260,26 +260,26 @@ impl<M: Clone + Default> Default for Tree<M> {
 
 impl<M: Clone + Default> Tree<M> {
     /// A tree holding only its root directory.
-    pub fn new() -> Tree<M> {
+    pub(crate) fn new() -> Tree<M> {
         let mut nodes = BTreeMap::new();
         nodes.insert(TreePath::root(), Node { kind: Kind::Dir, meta: M::default() });
         Tree { nodes }
     }
 
-    pub fn get(&self, path: &TreePath) -> Option<&Node<M>> {
+    pub(crate) fn get(&self, path: &TreePath) -> Option<&Node<M>> {
         self.nodes.get(path)
     }
 
-    pub fn get_mut(&mut self, path: &TreePath) -> Option<&mut Node<M>> {
+    pub(crate) fn get_mut(&mut self, path: &TreePath) -> Option<&mut Node<M>> {
         self.nodes.get_mut(path)
     }
 
     /// Every path, sorted (parents before their children).
-    pub fn iter(&self) -> impl Iterator<Item = (&TreePath, &Node<M>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&TreePath, &Node<M>)> {
         self.nodes.iter()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.nodes.len()
     }
 
@@ -313,7 +313,7 @@ impl<M: Clone + Default> Tree<M> {
 
     /// Adds one entry of a single archive: a path is placed once (a directory may be listed
     /// again, which changes nothing), never through a symlink or under a file.
-    pub fn add(&mut self, path: &TreePath, node: Node<M>) -> Result<Placed, Refusal> {
+    pub(crate) fn add(&mut self, path: &TreePath, node: Node<M>) -> Result<Placed, Refusal> {
         let parents = self.missing_parents(path)?;
         if let Some(existing) = self.nodes.get(path) {
             if existing.kind == Kind::Dir && node.kind == Kind::Dir {
@@ -328,7 +328,7 @@ impl<M: Clone + Default> Tree<M> {
 
     /// Applies one entry of a layer over the layers below: a directory over a directory takes
     /// the new metadata; anything else replaces what was there, with everything under it.
-    pub fn apply(&mut self, path: &TreePath, node: Node<M>) -> Result<Placed, Refusal> {
+    pub(crate) fn apply(&mut self, path: &TreePath, node: Node<M>) -> Result<Placed, Refusal> {
         let parents = self.missing_parents(path)?;
         let mut placed = Placed { created_parents: parents.clone(), ..Placed::default() };
         match self.nodes.get_mut(path) {
@@ -349,7 +349,7 @@ impl<M: Clone + Default> Tree<M> {
     }
 
     /// Removes `path` and everything under it; returns whether it existed. The root stays.
-    pub fn remove(&mut self, path: &TreePath) -> bool {
+    pub(crate) fn remove(&mut self, path: &TreePath) -> bool {
         if path.is_root() {
             let children: Vec<TreePath> = self.nodes.keys().filter(|p| !p.is_root()).cloned().collect();
             for c in children {
@@ -366,7 +366,7 @@ impl<M: Clone + Default> Tree<M> {
     }
 
     /// Every path strictly under `dir`, sorted.
-    pub fn descendants<'a>(&'a self, dir: &TreePath) -> impl Iterator<Item = &'a TreePath> + 'a {
+    pub(crate) fn descendants<'a>(&'a self, dir: &TreePath) -> impl Iterator<Item = &'a TreePath> + 'a {
         // Children of `a/b` are the keys `a/b/…`: one contiguous range of the sorted map.
         let mut start = dir.0.clone();
         if !start.is_empty() {
@@ -381,7 +381,7 @@ impl<M: Clone + Default> Tree<M> {
     }
 
     /// Checks that a hard link's target is a regular file already in the tree.
-    pub fn hard_link_target(&self, target: &TreePath) -> Result<(), Refusal> {
+    pub(crate) fn hard_link_target(&self, target: &TreePath) -> Result<(), Refusal> {
         match self.nodes.get(target).map(|n| &n.kind) {
             Some(Kind::File) => Ok(()),
             Some(other) => Err(Refusal::NotAFile { target: target.clone(), found: other.describe() }),
@@ -394,7 +394,7 @@ impl<M: Clone + Default> Tree<M> {
     /// the root, `..` stops at the root. Every step must stay in `allowed`, its parent
     /// directories (which lead there) or the root; the end must be inside `allowed`.
     /// Returns where the link leads.
-    pub fn resolve_link(&self, link: &TreePath, target: &[u8], allowed: &TreePath) -> Result<TreePath, Refusal> {
+    pub(crate) fn resolve_link(&self, link: &TreePath, target: &[u8], allowed: &TreePath) -> Result<TreePath, Refusal> {
         let shown = || crate::error::escape(&String::from_utf8_lossy(target));
         let escapes = |at: TreePath| Refusal::Escapes { target: shown(), at, allowed: allowed.clone() };
         let on_the_way = |p: &TreePath| p.starts_with(allowed) || allowed.starts_with(p);

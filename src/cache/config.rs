@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::toml_file::TomlFile;
 
 /// The project's file, in the project directory.
-pub const PROJECT_FILE: &str = "imgbuild.toml";
+pub(crate) const PROJECT_FILE: &str = "imgbuild.toml";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -44,14 +44,14 @@ pub struct Keys {
 }
 
 /// The user's config file: `$XDG_CONFIG_HOME/imgbuild/config.toml`, else under `~/.config`.
-pub fn user_file() -> Option<PathBuf> {
+pub(crate) fn user_file() -> Option<PathBuf> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let dir = var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config")))?;
     Some(dir.join("imgbuild").join("config.toml"))
 }
 
 /// Reads the keys named by the project at `project`, the user's file and the command line.
-pub fn load(project: &Path, cli_trusted: &[PublicKey], cli_signing: Option<&Path>) -> Result<Keys> {
+pub(crate) fn load(project: &Path, cli_trusted: &[PublicKey], cli_signing: Option<&Path>) -> Result<Keys> {
     let mut trusted = cli_trusted.to_vec();
     let mut signing = cli_signing.map(Path::to_path_buf);
     if let Some(file) = read(&project.join(PROJECT_FILE))? {

@@ -21,8 +21,8 @@ mod config;
 mod receive;
 mod record;
 mod sign;
-pub use config::{load as load_keys, user_file, Keys, PROJECT_FILE};
-pub use sign::{generate as generate_key, PublicKey, TrustedKeys};
+pub(crate) use config::{load as load_keys, user_file, Keys, PROJECT_FILE};
+pub(crate) use sign::{generate as generate_key, PublicKey, TrustedKeys};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::digest::{Hash, Sha256Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::image_def::ImageDef;
-use crate::layer::{derivation, LayerSettings};
+use crate::layer::{derivation, KnownLayers, LayerSettings};
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, RecipeKind, Source};
@@ -274,105 +274,6 @@ impl Cache {
         judge(&self.settings.keys.trusted, self.settings.media_type, derivation, bytes)
     }
 
-    /// The layer of `derivation` from the cache, checked, into the store; `None` (reported)
-    /// when the cache lacks it, refuses, no trusted key signed it, or its blob does not check
-    /// out. Blobs over `max_size` bytes are refused. Errors are the store's.
-    pub(crate) fn pull(
-        &self,
-        store: &Store,
-        derivation: &Sha256Digest,
-        recipe: &str,
-        max_size: u64,
-        reporter: &dyn Reporter,
-    ) -> Result<Option<LayerRecord>> {
-        if !locked(&self.state).tried.insert(*derivation) {
-            return Ok(None);
-        }
-        let (entry, signer, record) = match self.current(derivation, reporter) {
-            Current::Unknown => return Ok(None),
-            Current::Missing => {
-                locked(&self.state).report.missing += 1;
-                reporter.status(&format!("layer {recipe}: not in the cache {}", self.name()));
-                return Ok(None);
-            }
-            Current::Bad(why) => {
-                self.refused(recipe, derivation, &format!("its record: {why}"), reporter);
-                return Ok(None);
-            }
-            Current::Found { signed: Signed::Trusted(signer), entry, record } => (entry, signer, record),
-            Current::Found { signed, .. } => {
-                self.untrusted(&signed, reporter);
-                return Ok(None);
-            }
-        };
-        let layer = entry.layer;
-        let verdict = if layer.size > max_size {
-            Err(format!("a layer of {} bytes (at most {max_size}, IMGBUILD_MAX_UNPACKED)", layer.size))
-        } else if store.has_sha256(&layer.digest.0) {
-            receive::check_stored(store, &layer)?
-        } else {
-            let task = reporter.task(&format!("cache {recipe}"), Some(layer.size));
-            match self.with_client(Access::Pull, |c| c.get_blob(&layer.digest.0, 0)) {
-                Ok((body, _)) => receive::receive(store, body, &layer, &task)?,
-                Err(e) => Err(format!("getting its blob: {e}")),
-            }
-        };
-        if let Err(why) = verdict {
-            self.refused(recipe, derivation, &why, reporter);
-            return Ok(None);
-        }
-        self.mark(store, derivation, &self.new_mark(layer, record, entry.signature, true))?;
-        locked(&self.state).report.pulled += 1;
-        reporter.status(&format!("layer {recipe}: from the cache {} (signed by `{signer}`)", self.name()));
-        Ok(Some(layer))
-    }
-
-    /// Puts a layer built here into the cache, signed, unless the cache holds it already (as
-    /// the registry's current record, signed by a trusted key, says). A record replaced since
-    /// this store pushed it is said so and put back. A failure is reported, and stops pushes
-    /// for the rest of the run; errors are the store's.
-    pub fn push(
-        &self,
-        store: &Store,
-        derivation: &Sha256Digest,
-        layer: &LayerRecord,
-        recipe: &str,
-        reporter: &dyn Reporter,
-    ) -> Result<()> {
-        if self.settings.offline || !self.may_push(reporter) {
-            return Ok(());
-        }
-        let current = self.current(derivation, reporter);
-        if matches!(current, Current::Unknown) {
-            return Ok(());
-        }
-        let mark = self.read_mark(store, derivation);
-        if current.trusted() == Some(layer) {
-            // Held as built here (perhaps signed by another trusted key): noted, not pushed.
-            if let Current::Found { entry, record, .. } = &current {
-                if mark.as_ref().is_none_or(|m| m.record != *record) {
-                    self.mark(store, derivation, &self.new_mark(*layer, *record, entry.signature.clone(), false))?;
-                }
-            }
-            return Ok(());
-        }
-        let Some(key) = self.settings.keys.signing.as_ref() else { return Ok(()) };
-        let media_type = self.settings.media_type;
-        let signature = key.sign(&sign::fingerprint(derivation, media_type, layer));
-        let manifest = record::manifest(derivation, media_type, layer, &signature)?;
-        if let Err(e) = self.upload(store, derivation, layer, &manifest, recipe, reporter) {
-            let mut state = locked(&self.state);
-            state.report.push_failed = Some(e.to_string());
-            reporter.status(&format!("layer {recipe}: not pushed to the cache {} ({e}); no more pushes", self.name()));
-            return Ok(());
-        }
-        self.mark(store, derivation, &self.new_mark(*layer, Sha256Digest::of(&manifest), Some(signature), false))?;
-        let replaced = mark.is_some_and(|m| !matches!(current, Current::Found { record, .. } if record == m.record));
-        self.say_pushed(recipe, &current, replaced, reporter);
-        locked(&self.state).current.insert(*derivation, self.judge(derivation, &manifest));
-        Ok(())
-    }
-
     /// Counts a push and says what it replaced: an entry this store had put there before
     /// (`replaced`), or another.
     fn say_pushed(&self, recipe: &str, current: &Current, replaced: bool, reporter: &dyn Reporter) {
@@ -504,36 +405,137 @@ impl Cache {
     }
 }
 
-/// The layer of `derivation` if the store has it: built here, or given earlier by `cache` (the
-/// cache in use, whose current record still names it; without one, only layers built here
-/// count). A layer built here that the cache does not hold is pushed to it.
-pub fn known_layer(
-    store: &Store,
-    derivation: &Sha256Digest,
-    cache: Option<&Cache>,
-    recipe: &str,
-    reporter: &dyn Reporter,
-) -> Result<Option<LayerRecord>> {
-    if let Some(layer) = store.layer(derivation) {
-        if let Some(cache) = cache {
-            cache.push(store, derivation, &layer, recipe, reporter)?;
+/// How the layer builder meets the cache (it knows the trait, not the cache).
+impl KnownLayers for Cache {
+    /// The layer of `derivation` if the store has it: built here, or given earlier by this
+    /// cache, whose current record still names it. A layer built here that the cache does not
+    /// hold is pushed to it.
+    fn known(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        recipe: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>> {
+        if let Some(layer) = store.layer(derivation) {
+            self.push(store, derivation, &layer, recipe, reporter)?;
+            return Ok(Some(layer));
         }
-        return Ok(Some(layer));
+        Ok(self.marked(store, derivation, recipe, reporter))
     }
-    Ok(cache.and_then(|c| c.marked(store, derivation, recipe, reporter)))
+
+    /// The layer of `derivation` from the cache, checked, into the store; `None` (reported)
+    /// when the cache lacks it, refuses, no trusted key signed it, or its blob does not check
+    /// out. Blobs over `max_size` bytes are refused. Errors are the store's.
+    fn pull(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        recipe: &str,
+        max_size: u64,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>> {
+        if !locked(&self.state).tried.insert(*derivation) {
+            return Ok(None);
+        }
+        let (entry, signer, record) = match self.current(derivation, reporter) {
+            Current::Unknown => return Ok(None),
+            Current::Missing => {
+                locked(&self.state).report.missing += 1;
+                reporter.status(&format!("layer {recipe}: not in the cache {}", self.name()));
+                return Ok(None);
+            }
+            Current::Bad(why) => {
+                self.refused(recipe, derivation, &format!("its record: {why}"), reporter);
+                return Ok(None);
+            }
+            Current::Found { signed: Signed::Trusted(signer), entry, record } => (entry, signer, record),
+            Current::Found { signed, .. } => {
+                self.untrusted(&signed, reporter);
+                return Ok(None);
+            }
+        };
+        let layer = entry.layer;
+        let verdict = if layer.size > max_size {
+            Err(format!("a layer of {} bytes (at most {max_size}, IMGBUILD_MAX_UNPACKED)", layer.size))
+        } else if store.has_sha256(&layer.digest.0) {
+            receive::check_stored(store, &layer)?
+        } else {
+            let task = reporter.task(&format!("cache {recipe}"), Some(layer.size));
+            match self.with_client(Access::Pull, |c| c.get_blob(&layer.digest.0, 0)) {
+                Ok((body, _)) => receive::receive(store, body, &layer, &task)?,
+                Err(e) => Err(format!("getting its blob: {e}")),
+            }
+        };
+        if let Err(why) = verdict {
+            self.refused(recipe, derivation, &why, reporter);
+            return Ok(None);
+        }
+        self.mark(store, derivation, &self.new_mark(layer, record, entry.signature, true))?;
+        locked(&self.state).report.pulled += 1;
+        reporter.status(&format!("layer {recipe}: from the cache {} (signed by `{signer}`)", self.name()));
+        Ok(Some(layer))
+    }
+
+    /// Puts a layer built here into the cache, signed, unless the cache holds it already (as
+    /// the registry's current record, signed by a trusted key, says). A record replaced since
+    /// this store pushed it is said so and put back. A failure is reported, and stops pushes
+    /// for the rest of the run; errors are the store's.
+    fn push(
+        &self,
+        store: &Store,
+        derivation: &Sha256Digest,
+        layer: &LayerRecord,
+        recipe: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        if self.settings.offline || !self.may_push(reporter) {
+            return Ok(());
+        }
+        let current = self.current(derivation, reporter);
+        if matches!(current, Current::Unknown) {
+            return Ok(());
+        }
+        let mark = self.read_mark(store, derivation);
+        if current.trusted() == Some(layer) {
+            // Held as built here (perhaps signed by another trusted key): noted, not pushed.
+            if let Current::Found { entry, record, .. } = &current {
+                if mark.as_ref().is_none_or(|m| m.record != *record) {
+                    self.mark(store, derivation, &self.new_mark(*layer, *record, entry.signature.clone(), false))?;
+                }
+            }
+            return Ok(());
+        }
+        let Some(key) = self.settings.keys.signing.as_ref() else { return Ok(()) };
+        let media_type = self.settings.media_type;
+        let signature = key.sign(&sign::fingerprint(derivation, media_type, layer));
+        let manifest = record::manifest(derivation, media_type, layer, &signature)?;
+        if let Err(e) = self.upload(store, derivation, layer, &manifest, recipe, reporter) {
+            let mut state = locked(&self.state);
+            state.report.push_failed = Some(e.to_string());
+            reporter.status(&format!("layer {recipe}: not pushed to the cache {} ({e}); no more pushes", self.name()));
+            return Ok(());
+        }
+        self.mark(store, derivation, &self.new_mark(*layer, Sha256Digest::of(&manifest), Some(signature), false))?;
+        let replaced = mark.is_some_and(|m| !matches!(current, Current::Found { record, .. } if record == m.record));
+        self.say_pushed(recipe, &current, replaced, reporter);
+        locked(&self.state).current.insert(*derivation, self.judge(derivation, &manifest));
+        Ok(())
+    }
 }
 
 /// Before the sources are fetched: every recipe layer of `def` the store lacks is looked up in
-/// the cache of `settings` (a few at once) and pulled. Returns the sources no layer needs any
+/// `cache` (a few at once) and pulled. Returns the sources no layer needs any
 /// more: every layer made from them is in the store. Without a cache, none.
-pub fn substitute(
+pub(crate) fn substitute(
     store: &Store,
     def: &ImageDef,
     platforms: &[Platform],
+    cache: Option<&Cache>,
     settings: &LayerSettings,
     reporter: &dyn Reporter,
 ) -> BTreeSet<Hash> {
-    let Some(cache) = settings.cache.as_deref() else { return BTreeSet::new() };
+    let Some(cache) = cache else { return BTreeSet::new() };
     // Each layer once: a source that serves several platforms makes one layer.
     let mut layers: Vec<(&Recipe, &Source, Sha256Digest)> = Vec::new();
     for platform in platforms {
@@ -569,11 +571,11 @@ fn have_layer(
     max_size: u64,
     reporter: &dyn Reporter,
 ) -> Result<bool> {
-    if known_layer(store, key, Some(cache), recipe, reporter)?.is_some() {
+    if cache.known(store, key, recipe, reporter)?.is_some() {
         return Ok(true);
     }
     let _lock = store.lock(&format!("layer-{}", key.hex()))?;
-    if known_layer(store, key, Some(cache), recipe, reporter)?.is_some() {
+    if cache.known(store, key, recipe, reporter)?.is_some() {
         return Ok(true);
     }
     Ok(cache.pull(store, key, recipe, max_size, reporter)?.is_some())

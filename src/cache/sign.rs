@@ -122,7 +122,7 @@ impl SecretKey {
 
 /// Writes a new key pair named `name`: the secret key to `secret` (mode 0600) and the public key
 /// to `public`. Neither file may exist (nor be a link): a key is never overwritten.
-pub fn generate(name: &str, secret: &Path, public: &Path) -> Result<PublicKey> {
+pub(crate) fn generate(name: &str, secret: &Path, public: &Path) -> Result<PublicKey> {
     check_name(name).map_err(Error::Usage)?;
     let mut seed = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)

@@ -88,7 +88,7 @@ pub(super) fn max_unpacked() -> Result<u64> {
     }
 }
 
-pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettings> {
+pub(super) fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettings> {
     let platforms = match &choice.platform {
         Some(list) => Platform::parse_list(list).map_err(Error::Usage)?,
         None => vec![Platform::host()],
@@ -98,6 +98,7 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
     let compressor = Compressor::new(choice.compression, choice.level).map_err(Error::Usage)?;
+    let cache = global.cache(compressor.media_type())?;
     Ok(BuildSettings {
         platforms,
         layer: LayerSettings {
@@ -105,10 +106,11 @@ pub fn settings(global: &GlobalArgs, choice: &ImageChoice) -> Result<BuildSettin
             compressor,
             parallelism: Parallelism::threads(threads),
             max_unpacked: max_unpacked()?,
-            cache: global.cache(compressor.media_type())?,
+            cache: cache.clone().map(|c| c as std::sync::Arc<dyn crate::layer::KnownLayers>),
             reuse_layers: true,
         },
         fetch: global.fetch_settings()?,
+        cache,
     })
 }
 
@@ -140,7 +142,7 @@ fn run(global: &GlobalArgs, options: &BuildOptions, node: Option<u32>) -> Result
     };
     output::write(&store, &dest, options.format, &images, &def.name, settings.layer.epoch)?;
     store.add_root(&out, result.needs(&store, def, &images))?;
-    let cache = settings.layer.cache.as_ref().map(|c| c.report());
+    let cache = settings.cache.as_ref().map(|c| c.report());
     report(global, def, &out, options.format, &result, node.is_none(), cache.as_ref())
 }
 
@@ -208,7 +210,7 @@ fn report(
     Ok(())
 }
 
-pub fn human_bytes(n: u64) -> String {
+pub(super) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -223,10 +225,10 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-pub fn run_build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
+pub(super) fn run_build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
     run(global, &args.options, None)
 }
 
-pub fn run_node(global: &GlobalArgs, args: &NodeArgs) -> Result<()> {
+pub(super) fn run_node(global: &GlobalArgs, args: &NodeArgs) -> Result<()> {
     run(global, &args.options, Some(args.id))
 }

@@ -26,7 +26,7 @@ pub enum KeyCommand {
     },
 }
 
-pub fn run(global: &GlobalArgs, cmd: &CacheCommand) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, cmd: &CacheCommand) -> Result<()> {
     let CacheCommand::Key(KeyCommand::Generate { name, dir }) = cmd;
     let dir = match dir {
         Some(dir) => dir.clone(),

@@ -12,7 +12,7 @@ pub struct CheckArgs {
     pub image: Option<String>,
 }
 
-pub fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<()> {
     let project = Project::load(&global.project, args.image.as_deref())?;
     let def = &project.image;
     if global.json {

@@ -33,13 +33,13 @@ fn command() -> clap::Command {
     Cli::command().disable_help_subcommand(true)
 }
 
-pub fn completions(args: &CompletionsArgs) -> Result<()> {
+pub(super) fn completions(args: &CompletionsArgs) -> Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut command(), "imgbuild", &mut script);
     super::write_stdout(&script)
 }
 
-pub fn man(args: &ManArgs) -> Result<()> {
+pub(super) fn man(args: &ManArgs) -> Result<()> {
     if let Some(dir) = &args.dir {
         std::fs::create_dir_all(dir).at(dir)?;
         return clap_mangen::generate_to(command(), dir).at(dir);

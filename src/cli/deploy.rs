@@ -68,7 +68,7 @@ pub struct KubernetesArgs {
     pub common: CommonArgs,
 }
 
-pub fn run(global: &GlobalArgs, cmd: &DeployCommand) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, cmd: &DeployCommand) -> Result<()> {
     match cmd {
         DeployCommand::Compose(args) => run_compose(global, args),
         DeployCommand::Kubernetes(args) => run_kubernetes(global, args),

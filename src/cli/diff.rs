@@ -29,7 +29,7 @@ pub struct DiffArgs {
     pub registry: RegistryArgs,
 }
 
-pub fn run(global: &GlobalArgs, args: &DiffArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &DiffArgs) -> Result<()> {
     let (store, old) = side(global, &args.old, &args.registry)?;
     let (_, new) = side(global, &args.new, &args.registry)?;
     let options = Options {

@@ -33,7 +33,7 @@ pub(crate) fn context(global: &GlobalArgs, probe: bool) -> host::Context {
     }
 }
 
-pub fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<()> {
     let mut features = if args.features.is_empty() { Feature::user() } else { args.features.clone() };
     features.sort();
     features.dedup();

@@ -29,14 +29,14 @@ const SKELETON: &[(&str, &str)] = &[
 ];
 
 /// The skeleton's files for an image called `name`.
-pub fn skeleton(name: &str) -> Vec<(PathBuf, String)> {
+pub(super) fn skeleton(name: &str) -> Vec<(PathBuf, String)> {
     SKELETON
         .iter()
         .map(|(path, text)| (PathBuf::from(path.replace("@NAME@", name)), text.replace("@NAME@", name)))
         .collect()
 }
 
-pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &InitArgs) -> Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| global.project.clone());
     let name = image_name(&dir, args.name.as_deref())?;
     let files = skeleton(&name);

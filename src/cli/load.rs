@@ -46,7 +46,7 @@ pub struct LoadArgs {
     pub choice: ImageChoice,
 }
 
-pub fn run(global: &GlobalArgs, args: &LoadArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &LoadArgs) -> Result<()> {
     let settings = super::build::settings(global, &args.choice)?;
     if settings.platforms.len() != 1 {
         return Err(Error::Usage("an engine loads one platform; pass a single --platform".into()));

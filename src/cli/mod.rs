@@ -39,7 +39,7 @@ use clap::{Parser, Subcommand};
 use crate::error::{Error, Result};
 use crate::fetch::{FetchSettings, RegistryAccess};
 use crate::progress::{HumanReporter, Reporter, SilentReporter};
-use crate::registry::reference::RegistryMirror;
+use crate::reference::RegistryMirror;
 
 #[derive(Parser)]
 #[command(
@@ -179,7 +179,7 @@ impl GlobalArgs {
         if self.timeout == 0 {
             return Err(Error::Usage("--timeout must be at least 1 second".into()));
         }
-        if let Some(host) = self.insecure_registry.iter().find(|h| !crate::registry::reference::is_loopback_host(h)) {
+        if let Some(host) = self.insecure_registry.iter().find(|h| !crate::reference::is_loopback_host(h)) {
             return Err(Error::Usage(format!(
                 "--insecure-registry {host}: plain HTTP is only allowed for registries on loopback"
             )));

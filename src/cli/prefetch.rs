@@ -20,7 +20,7 @@ pub struct PrefetchArgs {
     pub sha512: bool,
 }
 
-pub fn run(global: &GlobalArgs, args: &PrefetchArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &PrefetchArgs) -> Result<()> {
     let algorithm = if args.sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 };
     let mut store = LazyStore::new(global);
     let found = find(global, &mut store, &args.input, algorithm, Finder::Prefetch)?;

@@ -101,7 +101,7 @@ fn parse_reference(text: &str) -> Result<Reference> {
     text.parse().map_err(Error::Usage)
 }
 
-pub fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
+pub(super) fn run_push(global: &GlobalArgs, args: &PushArgs) -> Result<()> {
     if global.offline {
         return Err(Error::Usage("push sends images to a registry: it cannot run with --offline".into()));
     }
@@ -246,7 +246,7 @@ pub struct PullArgs {
     pub registry: RegistryArgs,
 }
 
-pub fn run_pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
+pub(super) fn run_pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
     let platforms = args.platform.as_deref().map(Platform::parse_list).transpose().map_err(Error::Usage)?;
     let store = global.open_store()?;

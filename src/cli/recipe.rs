@@ -102,7 +102,7 @@ impl Finder {
     }
 }
 
-pub fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &RecipeArgs) -> Result<()> {
     if let Some(recipe_file) = &args.update {
         return run_update(global, args, recipe_file);
     }

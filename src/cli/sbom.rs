@@ -57,7 +57,7 @@ pub(super) fn open_named(
     Ok((store, opened))
 }
 
-pub fn run(global: &GlobalArgs, args: &SbomArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &SbomArgs) -> Result<()> {
     let (store, image) = open_named(global, &args.image, &args.registry, Fetch::Documents)?;
     let subject = platform_manifest(&store, &image, args.platform.as_ref())?;
     let wanted = match args.format {

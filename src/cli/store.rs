@@ -36,7 +36,7 @@ pub enum StoreCommand {
     Path,
 }
 
-pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
     if let StoreCommand::Add { paths } = cmd {
         for path in paths {
             super::existing(None, path, super::PathKind::Any)?;
@@ -72,7 +72,7 @@ pub fn run(global: &GlobalArgs, cmd: &StoreCommand) -> Result<()> {
 }
 
 /// The `oci-image` recipes (and their platforms) whose pinned digests were imported.
-pub fn matching_image_recipes(recipes: &[Recipe], imported: &crate::import::Imported) -> Vec<String> {
+pub(super) fn matching_image_recipes(recipes: &[Recipe], imported: &crate::import::Imported) -> Vec<String> {
     let mut matched = Vec::new();
     for r in recipes {
         if let RecipeKind::OciImage { index_digest, .. } = &r.kind {
@@ -94,7 +94,7 @@ pub fn matching_image_recipes(recipes: &[Recipe], imported: &crate::import::Impo
 }
 
 /// The recipes of the project, if there is one here: `store add` works without.
-pub fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
+pub(super) fn project_recipes(global: &GlobalArgs) -> Result<Vec<Recipe>> {
     Ok(crate::project::Project::recipes_in(&global.project)?.into_values().collect())
 }
 

@@ -9,7 +9,8 @@ use crate::fetch::policy::UrlPolicy;
 use crate::fetch::FetchSettings;
 use crate::project::Project;
 use crate::supply::image_name::Fetch;
-use crate::supply::verify::{compare, provenance_of, rebuild};
+use crate::supply::verify::{compare, provenance_of};
+use crate::verify::rebuild;
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -43,7 +44,7 @@ fn url_policy(global: &GlobalArgs, args: &VerifyArgs, fetch: &FetchSettings) -> 
     Ok(policy)
 }
 
-pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     let (store, image) = open_named(global, &args.image, &args.registry, Fetch::Whole)?;
     let provenance = provenance_of(&store, &image)?;
     // The options that change bytes are the provenance's, never this machine's.
@@ -60,6 +61,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     // Rebuilt from the pins alone: never a layer a cache (`--cache`) gives, which is what
     // catches a poisoned cache entry.
     settings.layer.cache = None;
+    settings.cache = None;
     // Nor a layer this store recorded: a tampered record would otherwise vouch for itself.
     settings.layer.reuse_layers = false;
     settings.fetch.url_policy = Some(std::sync::Arc::new(url_policy(global, args, &settings.fetch)?));

@@ -58,7 +58,7 @@ fn boot(args: &VmArgs, notes: &mut Vec<String>) -> Boot {
     }
 }
 
-pub fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
+pub(super) fn run(global: &GlobalArgs, args: &VmArgs) -> Result<()> {
     if args.id.is_none() && !args.all {
         return Err(Error::Usage("say which VMs: --id N or --all".into()));
     }

@@ -13,12 +13,13 @@ use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 
-use super::{yaml, Cluster, Port, STOP_GRACE_SECONDS};
+use super::{Cluster, Port, STOP_GRACE_SECONDS};
 use crate::error::{Error, Result};
 use crate::image_def::Node;
+use crate::yaml;
 
 /// Where a service's image comes from.
-pub enum ImageSource {
+pub(crate) enum ImageSource {
     /// `imgbuild load`: each node's image ID in the engine (the config's digest, which Podman and
     /// Docker both give an image they load), so a new build changes the file and `up` recreates
     /// exactly the nodes whose image changed.
@@ -27,7 +28,7 @@ pub enum ImageSource {
     Registry(Vec<(u32, String)>),
 }
 
-pub struct ComposeOptions {
+pub(crate) struct ComposeOptions {
     pub images: ImageSource,
     /// Added to every published host port (node 0's client port P is published as P + offset).
     pub port_offset: u16,
@@ -37,7 +38,7 @@ pub struct ComposeOptions {
 
 /// One published port of one node: the container's port on a host port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
+pub(crate) struct Published {
     pub node: u32,
     pub host_port: u16,
     pub port: Port,
@@ -45,7 +46,7 @@ pub struct Published {
 
 /// The host ports: node i's client port P goes to the first free port from P + offset + i,
 /// so that no two nodes (and no two ports of one node) share one.
-pub fn publish(cluster: &Cluster, offset: u16) -> Result<Vec<Published>> {
+pub(crate) fn publish(cluster: &Cluster, offset: u16) -> Result<Vec<Published>> {
     let mut used: BTreeSet<(u16, String)> = BTreeSet::new();
     let mut published = Vec::new();
     for (i, node) in cluster.running.iter().enumerate() {
@@ -66,12 +67,12 @@ pub fn publish(cluster: &Cluster, offset: u16) -> Result<Vec<Published>> {
 }
 
 /// The service (and host) name of a node.
-pub fn service_name(cluster: &Cluster, node: &Node) -> String {
+pub(crate) fn service_name(cluster: &Cluster, node: &Node) -> String {
     format!("{}-{}", cluster.label(), node.id)
 }
 
 /// The compose file, and the ports it publishes.
-pub fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(String, Vec<Published>)> {
+pub(crate) fn compose_file(cluster: &Cluster, options: &ComposeOptions) -> Result<(String, Vec<Published>)> {
     let published = publish(cluster, options.port_offset)?;
     let peers = cluster.peers(|_, n| service_name(cluster, n));
     let mut services = Map::new();

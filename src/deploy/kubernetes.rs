@@ -13,10 +13,11 @@
 
 use serde_json::{json, Value};
 
-use super::{yaml, Cluster, Port, STOP_GRACE_SECONDS};
+use super::{Cluster, Port, STOP_GRACE_SECONDS};
 use crate::error::{Error, Result};
+use crate::yaml;
 
-pub struct KubernetesOptions {
+pub(crate) struct KubernetesOptions {
     /// The cluster image, by digest: `REGISTRY/REPO@sha256:…`.
     pub image: String,
     pub namespace: String,
@@ -25,7 +26,7 @@ pub struct KubernetesOptions {
 }
 
 /// Checks that `name` is a DNS label (namespace) or a DNS name (domain), as Kubernetes wants.
-pub fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
+pub(crate) fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -47,13 +48,13 @@ pub fn check_dns(what: &str, name: &str, labels: bool) -> Result<()> {
 }
 
 /// The DNS name of the pod with ordinal `i`.
-pub fn pod_host(cluster: &Cluster, options: &KubernetesOptions, i: usize) -> String {
+pub(crate) fn pod_host(cluster: &Cluster, options: &KubernetesOptions, i: usize) -> String {
     let label = cluster.label();
     format!("{label}-{i}.{label}.{}.svc.{}", options.namespace, options.domain)
 }
 
 /// The manifests, one YAML stream.
-pub fn manifests(cluster: &Cluster, options: &KubernetesOptions) -> Result<String> {
+pub(crate) fn manifests(cluster: &Cluster, options: &KubernetesOptions) -> Result<String> {
     check_dns("--namespace", &options.namespace, false)?;
     check_dns("--cluster-domain", &options.domain, true)?;
     let label = cluster.label();
@@ -229,7 +230,7 @@ fn security_context(user: &str) -> Value {
 
 /// Whether an OCI `user` (`UID[:GID]`, `NAME[:GROUP]`, empty) is root; a name other than `root`
 /// counts as not root only when it is numeric (a name Kubernetes cannot check is taken as root).
-pub fn runs_as_root(user: &str) -> bool {
+pub(crate) fn runs_as_root(user: &str) -> bool {
     let who = user.split(':').next().unwrap_or("");
     match who.parse::<u32>() {
         Ok(uid) => uid == 0,

@@ -2,9 +2,8 @@
 //! Both are written from the cluster definition alone (topology, ports, volumes, stop signal)
 //! plus where the images are; the node's identity still comes from the entrypoint at boot.
 
-pub mod compose;
-pub mod kubernetes;
-pub(crate) mod yaml;
+pub(crate) mod compose;
+pub(crate) mod kubernetes;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,28 +14,28 @@ use crate::image_def::{ImageDef, Node};
 
 /// How long a node gets to stop cleanly (ZooKeeper and Kafka flush and hand over leadership)
 /// before it is killed.
-pub const STOP_GRACE_SECONDS: u64 = 60;
+pub(crate) const STOP_GRACE_SECONDS: u64 = 60;
 
 /// The template variable the seed's definitions listen on: set to every address when each node
 /// has a network namespace of its own.
-pub const BIND_VAR: &str = "bind_address";
+pub(crate) const BIND_VAR: &str = "bind_address";
 
 /// A port of the image: number and protocol (`tcp`, `udp`, `sctp`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Port {
+pub(crate) struct Port {
     pub number: u16,
     pub protocol: String,
 }
 
 impl Port {
     /// A port name Kubernetes accepts (an IANA service name: 15 characters, a letter in it).
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{}-{}", self.protocol, self.number)
     }
 }
 
 /// What a deployment runs: the definition and the nodes of it that run.
-pub struct Cluster<'a> {
+pub(crate) struct Cluster<'a> {
     pub def: &'a ImageDef,
     /// The first `--replicas` nodes of the definition (all of them by default).
     pub running: &'a [Node],
@@ -46,7 +45,7 @@ impl<'a> Cluster<'a> {
     /// The nodes to run: `replicas` other than the definition's count only when the definition
     /// says the cluster is `scalable`, and never more nodes than it names (each node's id and
     /// address are baked into the image the entrypoint reads).
-    pub fn new(def: &'a ImageDef, replicas: Option<usize>) -> Result<Cluster<'a>> {
+    pub(crate) fn new(def: &'a ImageDef, replicas: Option<usize>) -> Result<Cluster<'a>> {
         let defined = def.nodes.len();
         let n = replicas.unwrap_or(defined);
         if n == 0 {
@@ -74,7 +73,7 @@ impl<'a> Cluster<'a> {
 
     /// A DNS label for the cluster (Kubernetes object names, Compose service names): the
     /// definition's name in lowercase letters, digits and `-`, starting with a letter.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         let mut label = dns_label(&self.def.name, 40);
         if !label.starts_with(|c: char| c.is_ascii_lowercase()) {
             label = format!("c-{label}").trim_end_matches('-').to_string();
@@ -85,7 +84,7 @@ impl<'a> Cluster<'a> {
     /// Ports the clients of the cluster use: the image's ports, less those a node binds for
     /// its peers only (the ports named by a list's `self_item`, a node's own entry such as
     /// ZooKeeper's `server.N=0.0.0.0:2888:3888`).
-    pub fn client_ports(&self) -> Vec<Port> {
+    pub(crate) fn client_ports(&self) -> Vec<Port> {
         let peer: BTreeSet<u16> = self
             .def
             .lists
@@ -102,7 +101,7 @@ impl<'a> Cluster<'a> {
     }
 
     /// Every port of the image.
-    pub fn ports(&self) -> Vec<Port> {
+    pub(crate) fn ports(&self) -> Vec<Port> {
         let mut ports: Vec<Port> = self
             .def
             .config
@@ -120,7 +119,7 @@ impl<'a> Cluster<'a> {
 
     /// `PEERS` (`ID=HOST,…`): every node of the definition, running or not (so that the nodes
     /// left out by `--replicas` can join as they are), named by `host_of(index, node)`.
-    pub fn peers(&self, host_of: impl Fn(usize, &Node) -> String) -> String {
+    pub(crate) fn peers(&self, host_of: impl Fn(usize, &Node) -> String) -> String {
         self.def
             .nodes
             .iter()
@@ -131,12 +130,12 @@ impl<'a> Cluster<'a> {
     }
 
     /// Whether the definition has the variable that chooses the listening address.
-    pub fn binds_by_variable(&self) -> bool {
+    pub(crate) fn binds_by_variable(&self) -> bool {
         self.def.vars.contains_key(BIND_VAR)
     }
 
     /// Each volume of the image with a name for it (a DNS label, unique in the cluster).
-    pub fn volumes(&self) -> Vec<(String, String)> {
+    pub(crate) fn volumes(&self) -> Vec<(String, String)> {
         let mut named: Vec<(String, String)> = Vec::new();
         for (i, path) in self.def.config.volumes.iter().enumerate() {
             let base = dns_label(path, 40);
@@ -153,7 +152,7 @@ impl<'a> Cluster<'a> {
 
     /// The check that a node serves: the definition's `health` commands (`crate::health`);
     /// for a definition without any, the weaker check that its client ports listen.
-    pub fn health_script(&self) -> Option<String> {
+    pub(crate) fn health_script(&self) -> Option<String> {
         crate::health::shell_check(self.def).or_else(|| self.listening_script())
     }
 
@@ -161,7 +160,7 @@ impl<'a> Cluster<'a> {
     /// then completes a client's connection), read from /proc so that it needs no tool in the
     /// image; `None` when the cluster has no client TCP port. Listening is not serving (a
     /// ZooKeeper without quorum listens): this keeps a live node from being restarted.
-    pub fn listening_script(&self) -> Option<String> {
+    pub(crate) fn listening_script(&self) -> Option<String> {
         let ports: Vec<String> =
             self.client_ports().iter().filter(|p| p.protocol == "tcp").map(|p| format!("{:04X}", p.number)).collect();
         if ports.is_empty() {
@@ -178,7 +177,7 @@ impl<'a> Cluster<'a> {
 }
 
 /// `text` as a DNS label of at most `max` characters: lowercase letters, digits and single `-`.
-pub fn dns_label(text: &str, max: usize) -> String {
+pub(crate) fn dns_label(text: &str, max: usize) -> String {
     let mut label = String::new();
     for c in text.chars() {
         let c = c.to_ascii_lowercase();
@@ -194,7 +193,7 @@ pub fn dns_label(text: &str, max: usize) -> String {
 
 /// Writes the output directory `dir` holding the one file `name`: whole or not at all, and only
 /// over a directory imgbuild wrote (like every output: a user's directory is refused untouched).
-pub fn write_output(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn write_output(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf> {
     use crate::output::{Destination, Force, Shape, TempPath};
     let dest = Destination::check(dir, Shape::Directory, Force::NotOffered)?;
     let temp = TempPath::beside(dir)?;

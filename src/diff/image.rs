@@ -10,9 +10,9 @@ use serde_json::Value;
 use super::layers::{layer_error, MAX_TEXT_FILE};
 use super::render::ConfFiles;
 use crate::digest::Sha256Digest;
+use crate::entrypoint::CONF_DIR;
 use crate::error::{Error, Result};
 use crate::layer::tar_guard::TarGuard;
-use crate::node::CONF_DIR;
 use crate::store::Store;
 use crate::supply::entries::{entry_path, hashed_layer};
 use crate::supply::image_name::read_document;
@@ -150,7 +150,7 @@ fn conf_layer(store: &Store, digest: &Sha256Digest, max_unpacked: u64) -> io::Re
     let reader = hashed_layer(store, digest, max_unpacked).map_err(|e| io::Error::other(e.to_string()))?;
     let mut archive = tar::Archive::new(TarGuard::for_image_layer(reader));
     let (mut out, mut bytes) = (ConfLayer::default(), 0usize);
-    let entrypoint = crate::image_def::DEFAULT_ENTRYPOINT.trim_start_matches('/');
+    let entrypoint = crate::entrypoint::DEFAULT_ENTRYPOINT.trim_start_matches('/');
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry_path(&entry)?;

@@ -3,7 +3,7 @@
 //! fresh directory standing for the node's root. There is no second renderer that could
 //! disagree with the boot.
 //!
-//! The script that runs is this imgbuild's own (`node::ENTRYPOINT_SCRIPT`), never one read
+//! The script that runs is this imgbuild's own (`entrypoint::ENTRYPOINT_SCRIPT`), never one read
 //! from an image; and `cluster.env`, which it sources, must first be what imgbuild writes:
 //! assignments of quoted literal text to `IMGBUILD_*` names, with every path in it an image
 //! path. A hostile image thus runs nothing on this machine and writes nowhere but that
@@ -16,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::digest::Sha256Digest;
+use crate::entrypoint::{CONF_DIR, ENTRYPOINT_SCRIPT};
 use crate::error::{escape, Error, IoContext, Result};
 use crate::image_def::boot_cost::{MAX_NODES, MAX_TEMPLATES};
-use crate::node::{CONF_DIR, ENTRYPOINT_SCRIPT};
 
 /// Longest one node's render may take (it takes milliseconds).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -270,7 +270,7 @@ mod tests {
         /// Any values, quoted as imgbuild quotes them, read back as themselves.
         #[test]
         fn quoted_values_read_back(values in proptest::collection::btree_map("IMGBUILD_[A-Za-z0-9_]{1,8}", "(?s).{0,40}", 0..6)) {
-            let text: String = values.iter().map(|(k, v)| format!("{k}={}\n", crate::node::sh_quote(v))).collect();
+            let text: String = values.iter().map(|(k, v)| format!("{k}={}\n", crate::entrypoint::sh_quote(v))).collect();
             prop_assert_eq!(parse_cluster_env(&text).unwrap(), values);
         }
 

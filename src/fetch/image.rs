@@ -6,12 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{missing_image, Fetcher};
+use super::Fetcher;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::oci_doc::Document;
 use crate::progress::Task;
 use crate::recipe::{Recipe, Source};
+use crate::registry::pull::missing_image;
 use crate::registry::{pull, Access, Client, Reference, RegistrySettings};
 use crate::store::Store;
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 
 use crate::recipe::{Recipe, RecipeKind};
-use crate::registry::Reference;
+use crate::reference::Reference;
 
 #[derive(Debug, Default)]
 pub struct UrlPolicy {
@@ -109,7 +109,7 @@ impl UrlPolicy {
 
 /// Whether `ip` is a public (globally routed) address: not loopback, private, link-local,
 /// shared (CGNAT), unspecified, multicast, broadcast or reserved for documentation.
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -10,9 +10,9 @@ use super::Doc;
 use crate::error::Result;
 
 /// Defaults: what a ZooKeeper and a Kafka broker of the seed need to start and stay up.
-pub const DEFAULT_CPU: &str = "1";
-pub const DEFAULT_MEMORY: &str = "2Gi";
-pub const DEFAULT_STORAGE: &str = "10Gi";
+pub(crate) const DEFAULT_CPU: &str = "1";
+pub(crate) const DEFAULT_MEMORY: &str = "2Gi";
+pub(crate) const DEFAULT_STORAGE: &str = "10Gi";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -69,7 +69,7 @@ pub(super) fn parse(file: &Doc, d: &DeployToml) -> Result<Deploy> {
     };
     let mut env = BTreeMap::new();
     for (k, v) in &d.env {
-        if let Some(problem) = crate::node::env_name_problem(k) {
+        if let Some(problem) = crate::entrypoint::env_name_problem(k) {
             return Err(file.error_at(v.span(), format!("[deploy.env]: {problem}")));
         }
         env.insert(k.clone(), v.get_ref().clone());
@@ -84,7 +84,7 @@ pub(super) fn parse(file: &Doc, d: &DeployToml) -> Result<Deploy> {
 
 /// A Kubernetes quantity as imgbuild accepts it: `N`, `N.N`, with a decimal or binary suffix,
 /// not zero.
-pub fn is_quantity(text: &str) -> bool {
+pub(crate) fn is_quantity(text: &str) -> bool {
     const SUFFIXES: [&str; 10] = ["Ki", "Mi", "Gi", "Ti", "m", "k", "M", "G", "T", ""];
     let Some(number) = SUFFIXES.iter().find_map(|s| text.strip_suffix(s)) else { return false };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));

@@ -16,7 +16,7 @@ pub fn is_host(text: &str) -> bool {
 
 /// What makes two spellings of a host one host: a name in lower case (DNS ignores case), an
 /// address as parsed (`::1` is `0::1`; an IPv4-mapped IPv6 address is its IPv4 address).
-pub fn host_key(host: &str) -> String {
+pub(crate) fn host_key(host: &str) -> String {
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.to_canonical().to_string(),
         Err(_) => host.to_ascii_lowercase(),

@@ -301,7 +301,7 @@ fn catalog(file: &File) -> Result<BTreeMap<String, Span>, Unusable> {
     each_header(file, usize::MAX, |name, entry| {
         let wanted = name == "index.json"
             || name == "oci-layout"
-            || name.strip_prefix("blobs/sha256/").is_some_and(crate::output::is_sha256_hex);
+            || name.strip_prefix("blobs/sha256/").is_some_and(crate::digest::is_sha256_hex);
         if !wanted {
             return Ok(true);
         }

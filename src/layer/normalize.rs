@@ -43,7 +43,7 @@ const MAX_MODEL_BYTES: usize = 64 << 20;
 
 /// What a layer left out and kept, for the caller's notes and checks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Entries the source archive listed (extension headers not counted).
     pub seen: u64,
     /// Entries written to the layer, implicit parents not counted.
@@ -332,7 +332,7 @@ impl Normalizer {
         for (path, raw, target) in &self.symlinks {
             self.tree.resolve_link(path, target, &self.prefix).map_err(|r| refuse(raw, r.to_string()))?;
         }
-        for own in crate::node::own_paths() {
+        for own in crate::entrypoint::own_paths() {
             let own = TreePath::from_member(own.as_bytes()).expect("imgbuild's own paths are paths");
             if let Some((found, link)) = self.occupant(&own) {
                 let reason = format!("through the symlink {link} it is {own}, which imgbuild writes itself{LEAVE_OUT}");
@@ -386,7 +386,7 @@ const LEAVE_OUT: &str = " (`exclude` in [unpack] leaves it out)";
 /// Why `path` (as it appears in an image) is not a recipe's to write, if it is one of
 /// imgbuild's own paths (the configuration directory, the entrypoints) or inside one.
 fn own_path_at(path: &TreePath) -> Option<String> {
-    crate::node::own_paths()
+    crate::entrypoint::own_paths()
         .into_iter()
         .map(|own| TreePath::from_member(own.as_bytes()).expect("imgbuild's own paths are paths"))
         .find(|own| path.starts_with(own))

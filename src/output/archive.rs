@@ -50,7 +50,13 @@ fn docker_manifest(images: &[StoredImage], name: &str) -> Result<Vec<u8>> {
 
 /// Writes the archive of `images` to `path` (a temporary file the caller renames into place);
 /// `docker` is the repository name when it is a docker-archive.
-pub fn write(store: &Store, path: &Path, images: &[StoredImage], docker: Option<&str>, epoch: u64) -> Result<()> {
+pub(crate) fn write(
+    store: &Store,
+    path: &Path,
+    images: &[StoredImage],
+    docker: Option<&str>,
+    epoch: u64,
+) -> Result<()> {
     let options = crate::atomic_file::Options::REPLACE.mode(0o644);
     crate::atomic_file::write_with(path, options, |out| {
         write_to(store, out, path, images, docker, true, epoch).map(drop)
@@ -61,7 +67,7 @@ pub fn write(store: &Store, path: &Path, images: &[StoredImage], docker: Option<
 /// from the store, and returns the writer flushed. Write errors name `dest`. Without
 /// `oci_layout` (and with `docker`), it is a docker-archive only, which Podman cannot mistake
 /// for an oci-archive and name after the layout's tags.
-pub fn write_to<W: Write>(
+pub(crate) fn write_to<W: Write>(
     store: &Store,
     out: W,
     dest: &Path,
@@ -139,7 +145,7 @@ fn in_written_order(names: &[String]) -> bool {
     let tail: Vec<&str> = rest[blobs.len()..].iter().map(String::as_str).collect();
     dir == "blobs/"
         && sha_dir == "blobs/sha256/"
-        && blobs.iter().all(|b| super::is_sha256_hex(b))
+        && blobs.iter().all(|b| crate::digest::is_sha256_hex(b))
         && blobs.windows(2).all(|w| w[0] < w[1])
         && (tail == ["index.json", "oci-layout"] || tail == ["index.json", "manifest.json", "oci-layout"])
 }

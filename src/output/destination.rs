@@ -246,7 +246,7 @@ impl Record {
 
 /// A blob of an OCI layout, whose name is the sha256 of its content.
 fn content_addressed(rel: &str) -> bool {
-    rel.strip_prefix("blobs/sha256/").is_some_and(super::is_sha256_hex)
+    rel.strip_prefix("blobs/sha256/").is_some_and(crate::digest::is_sha256_hex)
 }
 
 fn hash_file(path: &Path) -> Result<String> {

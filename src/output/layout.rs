@@ -12,12 +12,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::{canonical_json, descriptor, Referrer, StoredImage};
 use crate::store::Store;
 
-pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The layout's top-level `index.json`: one entry per tag, in the order given, then (with
 /// `with_referrers`) every image's referrers, untagged, each with its `artifactType`.
-pub fn index_json(images: &[StoredImage], with_referrers: bool) -> Result<Vec<u8>> {
+pub(crate) fn index_json(images: &[StoredImage], with_referrers: bool) -> Result<Vec<u8>> {
     let mut manifests: Vec<Descriptor> = images
         .iter()
         .map(|img| {
@@ -49,13 +49,13 @@ fn referrer_descriptor(r: &Referrer) -> Descriptor {
 }
 
 /// Every blob of every image (and, with `with_referrers`, of their referrers), once, sorted.
-pub fn all_blobs(images: &[StoredImage], with_referrers: bool) -> BTreeSet<Sha256Digest> {
+pub(crate) fn all_blobs(images: &[StoredImage], with_referrers: bool) -> BTreeSet<Sha256Digest> {
     images.iter().flat_map(|img| img.blobs_of(with_referrers)).collect()
 }
 
 /// Writes the layout of `images` into the directory `dir` (a temporary path the caller renames
 /// into place).
-pub fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
+pub(crate) fn write(store: &Store, dir: &Path, images: &[StoredImage]) -> Result<()> {
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).at(&blob_dir)?;
     for digest in all_blobs(images, true) {

@@ -2,10 +2,10 @@
 //! destination and renames it into place, so a reader never sees half an output; and only an
 //! output imgbuild wrote is ever replaced ([`destination`]).
 
-pub mod archive;
+pub(crate) mod archive;
 pub(crate) mod destination;
-pub mod layout;
-pub mod vm;
+pub(crate) mod layout;
+pub(crate) mod vm;
 
 use crate::error::Result;
 use crate::image::StoredImage;
@@ -35,11 +35,6 @@ impl Format {
             Shape::Directory
         }
     }
-}
-
-/// Whether `name` is 64 lowercase hex digits: a sha256 blob's file name.
-pub(crate) fn is_sha256_hex(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Writes `images` in `format` to `dest` (checked before the build), replacing it whole;

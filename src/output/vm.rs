@@ -21,6 +21,7 @@
 mod ext4;
 mod guest;
 mod host_dir;
+mod network;
 mod rootfs;
 mod seed;
 mod templates;
@@ -36,7 +37,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::ImageLayer;
 use crate::image_def::{ImageDef, Node};
 use crate::store::Store;
-pub use templates::Boot;
+pub(crate) use templates::Boot;
 pub(crate) use templates::{check_values, Machine};
 
 pub(crate) struct VmOptions {
@@ -61,13 +62,13 @@ pub(crate) struct ImageConfigBlob<'a> {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct VmFile {
+pub(crate) struct VmFile {
     pub path: PathBuf,
     pub size: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct VmNode {
+pub(crate) struct VmNode {
     pub id: u32,
     pub host: String,
     pub mac: String,
@@ -78,7 +79,7 @@ pub struct VmNode {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct VmSummary {
+pub(crate) struct VmSummary {
     pub output: PathBuf,
     pub base: VmFile,
     pub base_raw: Option<VmFile>,
@@ -140,6 +141,8 @@ fn base_disk(
 /// Node `id`'s ports forwarded to the host's loopback: the cluster's client ports, each
 /// node's on its own host port (as `deploy compose` publishes them).
 fn forwards(def: &ImageDef, id: u32) -> Result<Vec<(String, u16, u16)>> {
+    // The one import up from the outputs: VMs publish the ports a Compose deployment would,
+    // and deploy in turn writes its files through the outputs' `Destination`.
     let cluster = crate::deploy::Cluster::new(def, None)?;
     let published = crate::deploy::compose::publish(&cluster, 0)?;
     Ok(published
@@ -158,7 +161,7 @@ fn node_files(dir: &Path, def: &ImageDef, id: u32, opts: &VmOptions) -> Result<(
     let files = seed::seed_files(def, id);
     let iso = dir.join(format!("seed-node-{id}.iso"));
     seed::make_seed(&dir.join(format!(".seed-{id}")), &iso, &files, opts.epoch)?;
-    let mac = templates::mac(&def.name, id);
+    let mac = network::mac(&def.name, id);
     let forwards = forwards(def, id)?;
     let template = templates::NodeTemplate {
         def,
@@ -241,7 +244,7 @@ fn summary(def: &ImageDef, nodes: &[Node], opts: &VmOptions, warnings: Vec<Strin
         summary_nodes.push(VmNode {
             id,
             host: n.host.clone(),
-            mac: templates::mac(&def.name, id),
+            mac: network::mac(&def.name, id),
             disk: file_info(&out.join(format!("node-{id}.qcow2")))?,
             seed: file_info(&out.join(format!("seed-node-{id}.iso")))?,
             domain: out.join(format!("node-{id}.xml")),

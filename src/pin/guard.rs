@@ -13,10 +13,10 @@ use crate::error::{escape, Error, Result};
 use crate::recipe::{Recipe, Source};
 
 /// The flag that replaces a pin on purpose.
-pub const REPLACE_FLAG: &str = "--replace-pin";
+pub(crate) const REPLACE_FLAG: &str = "--replace-pin";
 
 /// The file name a proposal's source gets (what a recipe's `file_name` is compared with).
-pub fn file_name(location: &Location) -> &str {
+pub(crate) fn file_name(location: &Location) -> &str {
     match location {
         Location::Url(url) => crate::recipe::url_file_name(url),
         Location::File(name) => name,
@@ -26,7 +26,7 @@ pub fn file_name(location: &Location) -> &str {
 /// Refuses the first tarball of `given` (each with the file it was read from) that is named as
 /// a source of `recipes` expects but does not hash to its pin. `hash_in` hashes a file in a
 /// pin's algorithm when the proposal was hashed in the other one.
-pub fn check(
+pub(crate) fn check(
     recipes: &[&Recipe],
     given: &[(&Proposal, &Path)],
     hash_in: impl Fn(&Path, Algorithm) -> Result<Hash>,

@@ -2,12 +2,12 @@
 //! and version from its file name and the `[unpack]` its layout suggests; an OCI archive's or
 //! layout's images, by manifest digest and platform. Nothing here writes anywhere.
 
-pub mod guard;
-pub mod name;
-pub mod oci;
+pub(crate) mod guard;
+pub(crate) mod name;
+pub(crate) mod oci;
 mod render;
-pub mod tarball;
-pub mod update;
+pub(crate) mod tarball;
+pub(crate) mod update;
 
 use std::path::Path;
 
@@ -15,11 +15,11 @@ use crate::digest::{Algorithm, Hash, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::platform::Platform;
 
-pub use render::{render, to_json};
+pub(crate) use render::{render, to_json};
 
 /// How the recipe's source will name the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
+pub(crate) enum Location {
     /// Downloaded from this URL (or found under its file name in a `--mirror` directory).
     Url(String),
     /// A local file: found in a `--mirror` directory or the store, under this name.
@@ -28,7 +28,7 @@ pub enum Location {
 
 /// A recipe to print, before it is text.
 #[derive(Debug, Clone)]
-pub struct Proposal {
+pub(crate) struct Proposal {
     pub name: String,
     /// `None`: the file name does not say.
     pub version: Option<String>,
@@ -39,7 +39,7 @@ pub struct Proposal {
 }
 
 #[derive(Debug, Clone)]
-pub enum ProposalKind {
+pub(crate) enum ProposalKind {
     Tarball {
         /// The platform it is for (`--platform`, or from its file name); `None`: every platform.
         platform: Option<Platform>,
@@ -60,7 +60,7 @@ pub enum ProposalKind {
 
 /// What the user chose instead of the guesses.
 #[derive(Debug, Default, Clone)]
-pub struct Choices {
+pub(crate) struct Choices {
     pub name: Option<String>,
     pub version: Option<String>,
     pub prefix: Option<String>,
@@ -70,7 +70,7 @@ pub struct Choices {
 }
 
 /// The recipe for a tarball at `path` (read once: hashed and listed).
-pub fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Proposal> {
+pub(crate) fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Proposal> {
     check_file_name(&location)?;
     let algorithm = choices.algorithm.unwrap_or(Algorithm::Sha256);
     let inspected = tarball::inspect(path, algorithm, crate::layer::DEFAULT_MAX_UNPACKED)?;
@@ -101,7 +101,7 @@ pub fn tarball(path: &Path, input: &str, location: Location, choices: &Choices) 
 
 /// The recipes for the images of an OCI archive or layout at `path`: one recipe with a source
 /// per platform, or one per entry of its `index.json` when two entries share a platform.
-pub fn images(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Vec<Proposal>> {
+pub(crate) fn images(path: &Path, input: &str, location: Location, choices: &Choices) -> Result<Vec<Proposal>> {
     check_file_name(&location)?;
     let tops = oci::read(path)?;
     let guess = name::guess(file_name_of(&location));

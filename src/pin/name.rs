@@ -27,14 +27,14 @@ const ARCHIVE_SUFFIXES: &[&str] = &[
 
 /// What a file name says about its recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Guess {
+pub(crate) struct Guess {
     /// A valid recipe name: `a-z`, `0-9`, `.`, `_`, `-`, never empty.
     pub name: String,
     /// The release, when the name has one (the part from the first `-`/`_` followed by a digit).
     pub version: Option<String>,
 }
 
-pub fn guess(file_name: &str) -> Guess {
+pub(crate) fn guess(file_name: &str) -> Guess {
     let stem = strip_archive_suffix(file_name);
     let (name, version) = match version_start(stem) {
         Some((name_end, version_start)) => (&stem[..name_end], Some(&stem[version_start..])),
@@ -47,7 +47,7 @@ pub fn guess(file_name: &str) -> Guess {
 /// The platform a release file is built for, when its name says so (`…_x64_linux_…` →
 /// linux/amd64, `…-aarch64.tar.gz` → linux/arm64); none for another system's build or when
 /// the name names two architectures.
-pub fn guess_platform(file_name: &str) -> Option<Platform> {
+pub(crate) fn guess_platform(file_name: &str) -> Option<Platform> {
     // `x86_64` is one word, though `_` separates words elsewhere (`jdk_x64_linux`).
     let lower = strip_archive_suffix(file_name).to_ascii_lowercase().replace("x86_64", "amd64");
     let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').collect();
@@ -94,7 +94,7 @@ fn clean_version(version: &str) -> String {
 
 /// `text` made into a recipe name: lowercase, other characters as `-`, no leading or trailing
 /// punctuation; `recipe` when nothing is left.
-pub fn recipe_name(text: &str) -> String {
+pub(crate) fn recipe_name(text: &str) -> String {
     let name = clean_name(text);
     if name.is_empty() {
         "recipe".into()
@@ -105,7 +105,7 @@ pub fn recipe_name(text: &str) -> String {
 
 /// `text` in the characters names use (`a-z`, `0-9`, `.`, `_`, `-`), lowercase, other
 /// characters as one `-`, without punctuation at either end (so never `.` or `..`); maybe empty.
-pub fn clean_name(text: &str) -> String {
+pub(crate) fn clean_name(text: &str) -> String {
     let mut name = String::new();
     for c in text.chars().flat_map(char::to_lowercase) {
         let c = if c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c) { c } else { '-' };
@@ -116,11 +116,11 @@ pub fn clean_name(text: &str) -> String {
     name.trim_matches(|c| "._-".contains(c)).to_string()
 }
 
-pub use crate::recipe::is_recipe_name;
+pub(crate) use crate::recipe::is_recipe_name;
 
 /// `text` with each `%XX` made the byte it stands for; `None` when a `%` is not followed by
 /// two hex digits.
-pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn percent_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -139,7 +139,7 @@ pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
 
 /// A file name as it is compared with another: percent-decoded (a URL's `%2B` is the `+` of
 /// the file's own name), or as it is when it is not valid percent-encoding.
-pub fn normalized(name: &str) -> Vec<u8> {
+pub(crate) fn normalized(name: &str) -> Vec<u8> {
     percent_decode(name).unwrap_or_else(|| name.as_bytes().to_vec())
 }
 

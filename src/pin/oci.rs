@@ -18,7 +18,7 @@ const MAX_DEPTH: usize = 4;
 
 /// One image manifest and the platform it is for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Image {
+pub(crate) struct Image {
     pub digest: Sha256Digest,
     #[serde(serialize_with = "crate::pin::as_text")]
     pub platform: Platform,
@@ -26,7 +26,7 @@ pub struct Image {
 
 /// One entry of the archive's `index.json`: an image, or an index of images.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct TopEntry {
+pub(crate) struct TopEntry {
     pub digest: Sha256Digest,
     pub is_index: bool,
     /// Its `org.opencontainers.image.ref.name` (or containerd's `io.containerd.image.name`).
@@ -41,7 +41,7 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// The top-level entries of the OCI archive or layout at `path`, with their images.
-pub fn read(path: &Path) -> Result<Vec<TopEntry>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<TopEntry>> {
     let source = OciSource::open(path)?;
     let index: Document =
         serde_json::from_slice(&source.index()?).map_err(|e| bad(path, format!("index.json: {e}")))?;

@@ -10,7 +10,7 @@ use crate::error::escape;
 use crate::toml_file::quoted;
 
 /// The recipe file's text.
-pub fn render(p: &Proposal) -> String {
+pub(crate) fn render(p: &Proposal) -> String {
     let mut out = String::new();
     let what = match &p.kind {
         ProposalKind::Tarball { size, .. } => format!("{size} bytes"),
@@ -133,7 +133,7 @@ fn render_tarball(
 }
 
 /// The same as data, for `--json`.
-pub fn to_json(p: &Proposal) -> serde_json::Value {
+pub(crate) fn to_json(p: &Proposal) -> serde_json::Value {
     let (url, file) = match &p.location {
         Location::Url(u) => (Some(u.as_str()), None),
         Location::File(f) => (None, Some(f.as_str())),

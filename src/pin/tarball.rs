@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// What the entries of a tarball look like.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Layout {
+pub(crate) enum Layout {
     /// The entries could be listed.
     Listed {
         /// The one directory every entry is under (`zookeeper-3.4.10`), if there is one.
@@ -27,7 +27,7 @@ pub enum Layout {
 }
 
 impl Layout {
-    pub fn strip_components(&self) -> u32 {
+    pub(crate) fn strip_components(&self) -> u32 {
         match self {
             Layout::Listed { top_dir: Some(_), .. } => 1,
             _ => 0,
@@ -36,14 +36,14 @@ impl Layout {
 }
 
 /// The hash of a file, its size and its layout.
-pub struct Inspected {
+pub(crate) struct Inspected {
     pub hash: Hash,
     pub size: u64,
     pub layout: Layout,
 }
 
 /// Reads `path` once: every byte is hashed, and the tar stream inside is listed on the way.
-pub fn inspect(path: &Path, algorithm: Algorithm, max_unpacked: u64) -> Result<Inspected> {
+pub(crate) fn inspect(path: &Path, algorithm: Algorithm, max_unpacked: u64) -> Result<Inspected> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hashing = HashingReader { inner: file, hasher: Hasher::new(algorithm), size: 0, failed: None };
     let layout = list(BufReader::with_capacity(256 * 1024, &mut hashing), max_unpacked);

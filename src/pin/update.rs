@@ -17,7 +17,7 @@ use crate::recipe::{Recipe, RecipeKind};
 
 /// The recipe's new text, and what people should know about the change.
 #[derive(Debug)]
-pub struct Updated {
+pub(crate) struct Updated {
     pub text: String,
     /// Sources that already pinned a file given, kept as they were.
     pub kept: usize,
@@ -31,7 +31,7 @@ pub struct Updated {
 }
 
 /// `recipe_file`'s `text` with its sources replaced by `proposals` (one per file given).
-pub fn update(recipe_file: &Path, text: &str, proposals: &[Proposal]) -> Result<Updated> {
+pub(crate) fn update(recipe_file: &Path, text: &str, proposals: &[Proposal]) -> Result<Updated> {
     let recipe = Recipe::parse(recipe_file, text)?;
     check_kinds(recipe_file, &recipe, proposals)?;
     let mut doc: DocumentMut = text

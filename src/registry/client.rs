@@ -11,17 +11,17 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{parse_challenge, Challenge, Credentials, Secret};
-use super::reference::Reference;
 use super::token::{Refusal, TokenRequest};
 use super::transport::{
     classify, explain, gave_up, http_client, registry_error, retryable, same_origin, Failure, Refused, Transport,
 };
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, Result};
+use crate::reference::Reference;
 use crate::retry::{Again, Policy};
 
 /// Every manifest type imgbuild reads or writes.
-pub const MANIFEST_TYPES: &str =
+pub(crate) const MANIFEST_TYPES: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -395,7 +395,7 @@ impl Client {
         }
         let resumed = offset > 0
             && r.status() == StatusCode::PARTIAL_CONTENT
-            && crate::fetch::resume::range_start(r.headers()) == Some(offset);
+            && crate::resume::range_start(r.headers()) == Some(offset);
         if offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(self.error(format!("getting blob {digest}: the registry sent a range that was not asked for")));
         }

@@ -6,15 +6,15 @@ use std::io::Read;
 use std::sync::Arc;
 
 use super::client::Client;
-use super::reference::Reference;
 use super::transport::gave_up;
 use crate::digest::{Algorithm, Sha256Digest};
-use crate::error::{Error, Result};
-use crate::fetch::resume::{write_resumable, Body, Transfer};
+use crate::error::{Error, MissingInput, Result};
 use crate::import::Imported;
 use crate::oci_doc::{Descriptor, DescriptorPlatform, Document};
 use crate::platform::Platform;
 use crate::progress::{Reporter, Task};
+use crate::reference::Reference;
+use crate::resume::{write_resumable, Body, Transfer};
 use crate::retry::{Again, Policy};
 use crate::store::Store;
 
@@ -103,7 +103,7 @@ impl Origin for RegistryOrigin<'_> {
 
 /// Pulls `reference` into the store: an index and the manifests of `platforms` (all when
 /// `None`), or a single manifest, with their configs and layers.
-pub fn pull(
+pub(crate) fn pull(
     store: &Store,
     client: &Client,
     reference: &Reference,
@@ -125,14 +125,7 @@ impl StoreOrigin<'_> {
         let reasons = self.missing.iter().map(|m| format!("offline, and not in the store: {m}")).collect();
         let file = format!("{}.tar", self.reference.repository.rsplit('/').next().unwrap_or("image"));
         let digest = self.reference.digest.as_ref();
-        Error::MissingInputs(vec![crate::fetch::missing_image(
-            "pull",
-            "-",
-            Some(self.reference),
-            digest,
-            &file,
-            reasons,
-        )])
+        Error::MissingInputs(vec![missing_image("pull", "-", Some(self.reference), digest, &file, reasons)])
     }
 }
 
@@ -285,4 +278,38 @@ pub(crate) fn fetch_image(store: &Store, client: &Client, digest: &Sha256Digest,
         done += desc.size;
     }
     Ok(())
+}
+
+/// The missing-input entry of an image: where it was looked for, and the one command that adds
+/// it in any mode, `store add` of an archive of it (which `skopeo copy` makes where the registry
+/// can be reached).
+pub(crate) fn missing_image(
+    recipe: &str,
+    platform: &str,
+    repository: Option<&Reference>,
+    digest: Option<&Sha256Digest>,
+    file: &str,
+    reasons: Vec<String>,
+) -> MissingInput {
+    let pinned = |r: &Reference| match digest {
+        Some(d) => format!("{}@{d}", r.name()),
+        None => r.to_string(),
+    };
+    let copy = match repository {
+        Some(r) => format!(" ({file} from `skopeo copy docker://{} oci-archive:{file}`)", pinned(r)),
+        None => format!(" ({file}: an oci-archive or OCI layout holding it)"),
+    };
+    MissingInput {
+        recipe: recipe.to_string(),
+        platform: platform.to_string(),
+        // The digest is the entry's hash; the name says where the image lives.
+        file: format!(
+            "image {}",
+            repository.map_or_else(|| file.to_string(), |r| Reference { digest: None, ..r.clone() }.to_string())
+        ),
+        urls: repository.map(|r| format!("docker://{}", pinned(r))).into_iter().collect(),
+        hash: digest.map_or_else(|| "unknown".to_string(), |d| d.to_string()),
+        reasons,
+        add: format!("imgbuild store add {file}{copy}"),
+    }
 }

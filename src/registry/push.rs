@@ -11,16 +11,16 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use super::client::{Client, Put};
-use super::reference::Reference;
 use super::transport::gave_up;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::oci_doc::{Descriptor, Document};
 use crate::progress::Reporter;
+use crate::reference::Reference;
 use crate::store::Store;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct PushStats {
+pub(crate) struct PushStats {
     pub bytes_uploaded: u64,
     pub blobs_uploaded: usize,
     pub blobs_skipped: usize,
@@ -32,7 +32,7 @@ pub struct PushStats {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct Pushed {
+pub(crate) struct Pushed {
     /// `REF@sha256:…`
     pub reference: String,
     pub digest: Sha256Digest,
@@ -218,7 +218,7 @@ pub(crate) fn put_complete(
 
 /// Pushes the manifest or index `digest` from the store to `reference` (its tag, or its
 /// digest), then the artifact manifests `referrers` attached to it or its platform manifests.
-pub fn push(
+pub(crate) fn push(
     store: &Store,
     client: &Client,
     reference: &Reference,

@@ -21,9 +21,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::reference::Reference;
 use crate::date::rfc3339;
 use crate::error::{escape, Error, IoContext, Result};
+use crate::reference::Reference;
 
 /// The per-host certificate directories, in the order the containers tools look (the first
 /// that exists for the host is used).

@@ -29,7 +29,7 @@ pub(crate) enum Refusal {
 
 impl TokenRequest<'_> {
     /// The `Authorization` value the token server grants.
-    pub fn fetch(&self) -> std::result::Result<Secret, Refusal> {
+    pub(super) fn fetch(&self) -> std::result::Result<Secret, Refusal> {
         let request = match self.credentials.and_then(Credentials::as_identity_token) {
             Some(token) => self.refresh_token_request(token),
             None => self.get_request(),

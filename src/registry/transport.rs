@@ -9,9 +9,9 @@ use std::time::Duration;
 use reqwest::blocking::Response;
 use reqwest::Url;
 
-use super::reference::{is_loopback_host, Reference};
 use crate::error::{escape, http_cause, Error, Result};
 use crate::net::Redirects;
+use crate::reference::{is_loopback_host, Reference};
 
 pub(crate) fn registry_error(registry: &str, message: impl Into<String>) -> Error {
     Error::Registry { registry: registry.to_string(), message: message.into(), hint: None }

@@ -46,7 +46,7 @@ impl FromStr for ImageName {
             Ok(ImageName::Archive { path, tag })
         } else if let Some(rest) = text.strip_prefix("docker://") {
             Ok(ImageName::Registry(rest.parse()?))
-        } else if let Err(refused) = crate::registry::reference::refuse_userinfo(text) {
+        } else if let Err(refused) = crate::reference::refuse_userinfo(text) {
             Err(refused) // a user name and password, never repeated
         } else {
             Err(format!(

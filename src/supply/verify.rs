@@ -1,5 +1,5 @@
-//! `imgbuild verify`: reads an image's provenance, rebuilds the image from the files and pins
-//! it records, and compares. Every digest must match byte for byte; otherwise it names what
+//! `imgbuild verify`: reads an image's provenance and compares the image with its rebuild
+//! (`crate::verify`, above `build`, makes it from the files and pins the provenance records). Every digest must match byte for byte; otherwise it names what
 //! differs first: a platform, a layer (and which file in it, from the two entry lists as they
 //! stream), the config, the manifest, the index, or an attached document.
 //!
@@ -15,13 +15,10 @@ use super::entries::{hashed_layer, summarize};
 use super::image_name::{read_document, subjects, OpenedImage};
 use super::provenance::{self, Provenance};
 use super::{CYCLONEDX_TYPE, IN_TOTO_TYPE, SPDX_TYPE};
-use crate::build::{build, BuildSettings};
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, IoContext, Result};
 use crate::image::{StoredImage, WrittenImage};
 use crate::layer::tar_guard::TarGuard;
-use crate::progress::Reporter;
-use crate::project::Project;
 use crate::store::Store;
 
 /// What a successful verification established.
@@ -96,25 +93,6 @@ impl TempProject {
     pub(crate) fn path(&self) -> &Path {
         self.0.path()
     }
-}
-
-/// Builds the image the provenance describes, from the files it carries and the inputs it pins.
-pub(crate) fn rebuild(
-    store: &Store,
-    provenance: &Provenance,
-    settings: &BuildSettings,
-    reporter: &dyn Reporter,
-) -> Result<StoredImage> {
-    let dir = TempProject::create("verify")?;
-    let definition = provenance::materialize(provenance, dir.path())?;
-    let project = Project::load(dir.path(), Some(&definition.to_string_lossy()))?;
-    let nodes: Vec<u32> = provenance.node.into_iter().collect();
-    let result = build(store, &project.image, &nodes, settings, reporter)?;
-    let image = match provenance.node {
-        Some(id) => result.nodes.into_iter().find(|n| n.node.id == id).map(|n| n.image),
-        None => Some(result.cluster),
-    };
-    image.ok_or_else(|| Error::Internal("the rebuild has no image for the provenance's node".into()))
 }
 
 /// Compares the image with its rebuild: the image, then every attached document imgbuild writes.

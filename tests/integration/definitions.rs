@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use imgbuild::error::ExitCode;
-use imgbuild::image_def::ImageDef;
+use imgbuild::testing::ImageDef;
 use proptest::prelude::*;
 
 use super::entrypoint::{err, Boot, SHELLS};
@@ -46,7 +46,7 @@ fn characters_ok(text: &str, allowed: &[char]) -> bool {
 /// A string of the definition's TOML: no control character nor one that reorders or hides
 /// text, except those `allowed`.
 fn toml_characters_ok(text: &str, allowed: &[char]) -> bool {
-    text.chars().all(|c| !imgbuild::error::is_unsafe_char(c) || allowed.contains(&c))
+    text.chars().all(|c| !imgbuild::testing::is_unsafe_char(c) || allowed.contains(&c))
 }
 
 /// A value substituted into a properties file: it may not end with a backslash, which would
@@ -296,7 +296,7 @@ proptest! {
             Ok(image) => {
                 prop_assert!(def.valid(), "accepted what the rules refuse:\n{}", text);
                 let want = def.rendered();
-                let boot = Boot::with_files(&imgbuild::node::cluster_layer_files(&image));
+                let boot = Boot::with_files(&imgbuild::testing::cluster_layer_files(&image));
                 let node = def.nodes[def.boot].0.to_string();
                 for shell in SHELLS {
                     let out = boot.render(shell, &[("NODE_ID", &node)]);
@@ -333,9 +333,9 @@ fn imgbuild_check_names_the_template_file_and_line_with_exit_1() {
 #[test]
 fn the_seed_definition_renders_the_same_under_every_shell() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let recipes = imgbuild::recipe::load_dir(&root.join("recipes")).unwrap();
+    let recipes = imgbuild::testing::load_dir(&root.join("recipes")).unwrap();
     let def = ImageDef::load(&root.join("images/zk-kafka.toml"), &recipes).unwrap();
-    let boot = Boot::with_files(&imgbuild::node::cluster_layer_files(&def));
+    let boot = Boot::with_files(&imgbuild::testing::cluster_layer_files(&def));
     let mut outputs = Vec::new();
     for shell in SHELLS {
         boot.forget(&["var/lib/zookeeper/myid"]);
@@ -542,7 +542,7 @@ fn check_refuses_hostile_recipe_and_definition_values_with_their_line() {
         assert!(e.contains(needle), "`{needle}` not in: {e}");
         let all = [&out.stdout[..], &out.stderr[..]].concat();
         assert!(
-            !String::from_utf8_lossy(&all).chars().any(|c| imgbuild::error::is_unsafe_char(c) && c != '\n'),
+            !String::from_utf8_lossy(&all).chars().any(|c| imgbuild::testing::is_unsafe_char(c) && c != '\n'),
             "{e:?}"
         );
         std::fs::write(&zk, &good).unwrap();
@@ -595,7 +595,7 @@ fn what_the_entrypoint_reads_at_boot_never_comes_from_a_base_images_environment(
             for (name, value) in &env {
                 let boot = reserved.contains(&name.as_str())
                     || name.starts_with("IMGBUILD_")
-                    || value.chars().any(imgbuild::error::is_unsafe_char);
+                    || value.chars().any(imgbuild::testing::is_unsafe_char);
                 let carried = image_env.iter().any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(name.as_str()));
                 prop_assert_eq!(carried, !boot, "{}={} in {:?}", name, value, image_env);
                 if boot {

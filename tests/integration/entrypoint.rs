@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use imgbuild::image_def::is_host;
-use imgbuild::layer::GeneratedEntry;
+use imgbuild::testing::is_host;
+use imgbuild::testing::GeneratedEntry;
 use proptest::prelude::*;
 
 /// Debian's `/bin/sh` and the shell of small base images (Alpine's, busybox's).
@@ -29,7 +29,7 @@ impl Boot {
             let GeneratedEntry::File { data, .. } = entry else { panic!("{rel}: the cluster layer holds only files") };
             boot.write(rel, data);
         }
-        boot.write("usr/local/bin/imgbuild-init", imgbuild::node::ENTRYPOINT_SCRIPT.as_bytes());
+        boot.write("usr/local/bin/imgbuild-init", imgbuild::testing::ENTRYPOINT_SCRIPT.as_bytes());
         boot
     }
 
@@ -870,7 +870,7 @@ fn a_refused_path_is_named_and_a_planted_temporary_link_is_never_followed() {
         std::os::unix::fs::symlink("../usr/local/bin/imgbuild-init", boot.path("data/myid.imgbuild-tmp")).unwrap();
         let out = boot.render(shell, &[("NODE_ID", "8")]);
         assert!(out.status.success(), "{shell:?}: {}", err(&out));
-        assert_eq!(boot.read("usr/local/bin/imgbuild-init"), imgbuild::node::ENTRYPOINT_SCRIPT);
+        assert_eq!(boot.read("usr/local/bin/imgbuild-init"), imgbuild::testing::ENTRYPOINT_SCRIPT);
         assert!(!std::fs::symlink_metadata(boot.path("data/myid")).unwrap().is_symlink());
         assert_eq!(boot.read("data/myid"), "8");
     }

@@ -419,14 +419,14 @@ fn readme_walkthrough() -> String {
 /// upstream publishes.
 fn as_published(script: &str, downloads: &Path) -> String {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/assets/init/recipes");
-    let recipes = imgbuild::recipe::load_dir(&assets).unwrap();
+    let recipes = imgbuild::testing::load_dir(&assets).unwrap();
     let mut seds = Vec::new();
-    let tarballs = recipes.values().filter(|r| matches!(r.kind, imgbuild::recipe::RecipeKind::Tarball));
+    let tarballs = recipes.values().filter(|r| matches!(r.kind, imgbuild::testing::RecipeKind::Tarball));
     for source in tarballs.flat_map(|r| &r.sources) {
         let Ok(data) = std::fs::read(downloads.join(&source.file_name)) else { continue };
         let ours = match source.hash.algorithm() {
-            imgbuild::digest::Algorithm::Sha256 => fixtures::sha256_hex(&data),
-            imgbuild::digest::Algorithm::Sha512 => fixtures::sha512_hex(&data),
+            imgbuild::testing::Algorithm::Sha256 => fixtures::sha256_hex(&data),
+            imgbuild::testing::Algorithm::Sha512 => fixtures::sha512_hex(&data),
         };
         seds.push(format!("sed -i 's/{}/{ours}/' recipes/*.toml", source.hash.hex()));
     }
@@ -491,7 +491,7 @@ fn readme_your_own_cluster_runs_as_written() {
     let jdk = std::fs::read_to_string(project.join("recipes/jdk.toml")).unwrap();
     assert_eq!(field(&jdk, "platform").as_deref(), Some("linux/amd64"), "x64 in its name:\n{jdk}");
     // What init's recipes say beyond the files is kept: JAVA_HOME, the excludes, the base's version.
-    let recipes = imgbuild::recipe::load_dir(&project.join("recipes")).unwrap();
+    let recipes = imgbuild::testing::load_dir(&project.join("recipes")).unwrap();
     assert_eq!(recipes["jdk"].env.get("JAVA_HOME").map(String::as_str), Some("/opt/java"), "{jdk}");
     assert_eq!(recipes["jdk"].unpack.exclude, ["src.zip"]);
     assert_eq!(recipes["zookeeper"].unpack.exclude, ["docs", "src"]);

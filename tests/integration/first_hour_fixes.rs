@@ -301,7 +301,7 @@ fn readme_podman_run_env(block: &str) -> Vec<(String, String)> {
 
 /// The loop runs what `init DIR` makes as it is: its node ids, its volumes, its image name and
 /// where its ZooKeeper lives.
-fn assert_loop_fits_init(block: &str, def: &imgbuild::image_def::ImageDef, dir: &str) {
+fn assert_loop_fits_init(block: &str, def: &imgbuild::testing::ImageDef, dir: &str) {
     let ids: Vec<String> = def.nodes.iter().map(|n| n.id.to_string()).collect();
     assert!(block.contains(&format!("for n in {}; do", ids.join(" "))), "ids {ids:?}:\n{block}");
     let volumes: Vec<&str> =
@@ -331,8 +331,8 @@ fn inits_project_runs_three_nodes_in_one_network_namespace_as_the_readme_runs_th
         .output()
         .unwrap();
     assert_ok(&init);
-    let project = imgbuild::project::Project::load(&tmp.path().join(dir), None).unwrap();
-    let boot = Boot::with_files(&imgbuild::node::cluster_layer_files(&project.image));
+    let project = imgbuild::testing::Project::load(&tmp.path().join(dir), None).unwrap();
+    let boot = Boot::with_files(&imgbuild::testing::cluster_layer_files(&project.image));
     let block = readme_run_block();
     assert_loop_fits_init(&block, &project.image, dir);
     let env = readme_podman_run_env(&block);
@@ -413,7 +413,7 @@ fn recipe_update_replaces_only_the_sources_and_refuses_before_changing_anything(
 
     // The file is named as the one init's recipe pins (Apache's), with other bytes: refused,
     // with the URL, both hashes and the flag, nothing changed; with the flag, replaced.
-    let pinned = imgbuild::recipe::Recipe::parse(&recipe, &before).unwrap().sources[0].clone();
+    let pinned = imgbuild::testing::Recipe::parse(&recipe, &before).unwrap().sources[0].clone();
     let out = run(&proj, &["recipe", "--add", "--update", "recipes/zookeeper.toml", zk.to_str().unwrap()]);
     assert_exit(&out, 1);
     let err = stderr(&out);
@@ -430,7 +430,7 @@ fn recipe_update_replaces_only_the_sources_and_refuses_before_changing_anything(
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "recipes/zookeeper.toml");
     let after = std::fs::read_to_string(&recipe).unwrap();
-    let parsed = imgbuild::recipe::Recipe::parse(&recipe, &after).unwrap();
+    let parsed = imgbuild::testing::Recipe::parse(&recipe, &after).unwrap();
     assert_eq!(parsed.sources.len(), 1);
     assert_eq!(parsed.sources[0].hash.hex(), fixtures::sha256_hex(&fixtures::zookeeper()));
     assert_eq!(parsed.sources[0].file_name, "zookeeper-3.4.10.tar.gz");

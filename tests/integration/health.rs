@@ -5,8 +5,8 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use imgbuild::health::{probe, shell_check, ServiceHealth};
-use imgbuild::image_def::ImageDef;
+use imgbuild::testing::ImageDef;
+use imgbuild::testing::{probe, shell_check, ServiceHealth};
 
 use super::debian;
 use super::ensemble::{build_for_podman, four_letters, pin_real_inputs, podman, start_node, wait_for_quorum, zk_cli};
@@ -37,7 +37,7 @@ fn probes_fail_while_a_node_does_not_serve_and_pass_in_a_quorum() {
     let p = TestProject::new();
     let work = p.path("work");
     pin_real_inputs(&p, &work);
-    let def = imgbuild::project::Project::load(&p.root, None).unwrap().image;
+    let def = imgbuild::testing::Project::load(&p.root, None).unwrap().image;
     let (guard, layout, data) = build_for_podman(&p, "imgbuild-health");
     let names = guard.names.clone();
 

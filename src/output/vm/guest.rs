@@ -13,19 +13,15 @@ use std::net::Ipv4Addr;
 
 use serde_json::json;
 
+use super::network::{forward_mac, mac, network_problem, FORWARD_ADDRESS};
 use super::rootfs::Meta;
-use super::templates::mac;
-use crate::deploy::yaml;
 use crate::error::{escape, Error, Result};
 use crate::image_def::ImageDef;
 use crate::tree::{Kind, Tree, TreePath};
+use crate::yaml;
 
 /// Where the VM init finds the process file in the guest (not in the OCI image: the disk only).
 pub(crate) const PROCESS_FILE: &str = "etc/imgbuild/vm-process";
-
-/// The address qemu's user network forwards the host's ports to (its default guest address),
-/// and its prefix; libvirt's passt interface is given the same.
-pub(crate) const FORWARD_ADDRESS: &str = "10.0.2.15/24";
 
 /// Why `value` (of `what`) cannot be one line of the process file, if it cannot.
 fn one_line(what: &str, value: &str) -> Result<()> {
@@ -103,15 +99,10 @@ pub(crate) fn process_file(config: &[u8], digest: &str) -> Result<Process> {
     Ok(Process { text: lines.join("\n"), user })
 }
 
-/// The MAC of node `id`'s second interface, the one the host's forwarded ports reach.
-pub(crate) fn forward_mac(cluster: &str, id: u32) -> String {
-    mac(&format!("{cluster}/forward"), id)
-}
-
 /// The address of node `id` on the cluster's network (`ADDRESS/24`), when the cluster's hosts
-/// are IPv4 addresses of one /24 that a VM can hold ([`super::templates::network_problem`]).
+/// are IPv4 addresses of one /24 that a VM can hold ([`network_problem`]).
 pub(crate) fn cluster_address(def: &ImageDef, id: u32) -> Option<String> {
-    if super::templates::network_problem(def).is_some() {
+    if network_problem(def).is_some() {
         return None;
     }
     let host: Ipv4Addr = def.nodes.iter().find(|n| n.id == id)?.host.parse().ok()?;
@@ -202,7 +193,7 @@ mod tests {
         args: &[&std::path::Path],
     ) -> std::process::Command {
         let init = dir.join("init");
-        std::fs::write(&init, crate::node::VM_INIT_SCRIPT).unwrap();
+        std::fs::write(&init, crate::entrypoint::VM_INIT_SCRIPT).unwrap();
         let mut cmd = std::process::Command::new(shell[0]);
         cmd.args(&shell[1..]).arg("-c").arg(format!(". \"$0\"; {script}")).arg(&init).args(args);
         cmd.env("IMGBUILD_VM_INIT_FUNCTIONS", "1").current_dir(dir);

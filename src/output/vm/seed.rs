@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 
 use super::run;
-use crate::deploy::yaml;
 use crate::error::{Error, IoContext, Result};
 use crate::image_def::ImageDef;
+use crate::yaml;
 
 /// The seed's `meta-data` and `user-data` for node `id`: YAML written by [`yaml::document`],
 /// every string a double-quoted scalar with its escapes, so no name can end a value or start

@@ -8,11 +8,11 @@
 
 use std::net::Ipv4Addr;
 
-use super::guest::{forward_mac, FORWARD_ADDRESS};
+use super::network::{forward_mac, mac, network_problem, FORWARD_ADDRESS};
 use crate::digest::Sha256Digest;
+use crate::entrypoint::VM_INIT;
 use crate::error::{escape, is_unsafe_char, Error, Result};
 use crate::image_def::ImageDef;
-use crate::node::VM_INIT;
 use crate::platform::Platform;
 
 /// The virtual machine a platform's image boots in. Every architecture imgbuild can build an
@@ -94,15 +94,9 @@ pub(crate) fn xml_escape(value: &str) -> String {
     out
 }
 
-/// A locally administered MAC, derived from the cluster and the node id.
-pub(crate) fn mac(cluster: &str, id: u32) -> String {
-    let h = Sha256Digest::of(format!("{cluster}/{id}").as_bytes()).hex();
-    format!("52:54:00:{}:{}:{}", &h[0..2], &h[2..4], &h[4..6])
-}
-
 /// The kernel and initrd the templates boot (direct kernel boot: the disk has no boot loader).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Boot {
+pub(crate) struct Boot {
     pub kernel: String,
     pub initrd: String,
 }
@@ -306,22 +300,6 @@ exit "$status"
             ports = if ports.is_empty() { "none".to_string() } else { ports.join(", ") },
             user = self.user_netdev(),
         )
-    }
-}
-
-/// Why the cluster's hosts cannot be the VMs' addresses on one network, if they cannot.
-pub(crate) fn network_problem(def: &ImageDef) -> Option<&'static str> {
-    let ips: Vec<Option<Ipv4Addr>> = def.nodes.iter().map(|n| n.host.parse().ok()).collect();
-    let first = ips.first().copied().flatten();
-    let same_net =
-        |ip: &Option<Ipv4Addr>| matches!((ip, first), (Some(a), Some(b)) if a.octets()[..3] == b.octets()[..3]);
-    match first {
-        _ if ips.iter().any(Option::is_none) => Some("some of the cluster's hosts are names, not IPv4 addresses"),
-        Some(ip) if ip.is_loopback() => {
-            Some("the cluster's hosts are loopback addresses, which no VM network hands out")
-        }
-        _ if !ips.iter().all(same_net) => Some("the cluster's hosts are not in one /24 network"),
-        _ => None,
     }
 }
 
