@@ -10,7 +10,8 @@
 //! host or port, a registry client treats a 401 from anywhere but its own origin as an error
 //! ([`same_origin`]), and a token request follows no redirect at all ([`Redirects::None`]).
 
-use std::time::Duration;
+use std::io::Read;
+use std::time::{Duration, Instant};
 
 use reqwest::Url;
 
@@ -93,6 +94,66 @@ pub(crate) fn client_builder(timeout: Duration, redirects: Redirects) -> reqwest
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
 }
 
+/// Bytes of an error body read for its explanation: a registry's JSON errors are a few hundred.
+pub(crate) const MAX_ERROR_BODY: u64 = 64 * 1024;
+/// Bytes of a token server's answer: a token is a few kilobytes.
+pub(crate) const MAX_TOKEN_ANSWER: u64 = 1024 * 1024;
+/// How long an error body is read for: it only explains a failure already known.
+pub(crate) const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a small document could not be read whole.
+#[derive(Debug)]
+pub(crate) enum SmallRead {
+    /// It is longer than `limit` bytes.
+    TooLarge {
+        limit: u64,
+    },
+    /// It did not end within the whole-request deadline.
+    Late {
+        deadline: Duration,
+    },
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for SmallRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SmallRead::TooLarge { limit } => write!(f, "the answer is larger than {limit} bytes (the limit for it)"),
+            SmallRead::Late { deadline } => write!(
+                f,
+                "the answer did not arrive whole within {} s (the whole-request deadline, --timeout)",
+                deadline.as_secs_f64()
+            ),
+            SmallRead::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads a small document (manifest, index, token answer, error body) whole: at most `limit`
+/// bytes, all within `deadline` of the first read. reqwest's timeout bounds each read only, so
+/// a server sending a byte a second would otherwise hold a command for as long as it likes;
+/// each read still ends within that per-read timeout, which bounds the overshoot.
+pub(crate) fn read_small(mut body: impl Read, limit: u64, deadline: Duration) -> Result<Vec<u8>, SmallRead> {
+    let started = Instant::now();
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match body.read(&mut chunk) {
+            Ok(0) => return Ok(data),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(SmallRead::Io(e)),
+        };
+        if data.len() as u64 + n as u64 > limit {
+            return Err(SmallRead::TooLarge { limit });
+        }
+        data.extend_from_slice(&chunk[..n]);
+        if started.elapsed() > deadline {
+            return Err(SmallRead::Late { deadline });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -122,6 +183,38 @@ mod tests {
             })
             .collect();
         assert!(found.is_empty(), "HTTP clients built around crate::net: {found:?}");
+    }
+
+    /// A reader that hands out one byte per read, waiting `pause` before each.
+    struct Drip {
+        left: usize,
+        pause: Duration,
+    }
+
+    impl Read for Drip {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 || buf.is_empty() {
+                return Ok(0);
+            }
+            std::thread::sleep(self.pause);
+            self.left -= 1;
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_small_read_ends_at_its_limit_and_its_deadline() {
+        let whole = read_small(&b"abc"[..], 3, Duration::from_secs(60)).unwrap();
+        assert_eq!(whole, b"abc");
+        let big = read_small(std::io::repeat(0), MAX_ERROR_BODY, Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(big, SmallRead::TooLarge { limit: MAX_ERROR_BODY }), "{big}");
+        assert!(big.to_string().contains("65536 bytes"), "{big}");
+        // A drip that would take 1000 reads stops at the deadline, counted in reads made.
+        let mut drip = Drip { left: 1000, pause: Duration::from_millis(5) };
+        let late = read_small(&mut drip, 1 << 20, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(late, SmallRead::Late { .. }), "{late}");
+        assert!(drip.left > 900, "read {} bytes past a 50 ms deadline", 1000 - drip.left);
     }
 
     proptest! {

@@ -2,7 +2,6 @@
 //! manifests and blobs, and bounded retries of what a retry can fix. Uploads are in `upload`.
 
 use std::cell::{OnceCell, RefCell};
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +86,8 @@ pub struct Client {
     scopes: RefCell<Vec<String>>,
     /// What this command's walks of indexes and referrers have fetched here.
     pub(crate) budget: super::budget::Budget,
+    /// The whole-request deadline of a small document's body (`--timeout`).
+    pub(super) timeout: Duration,
 }
 
 impl Client {
@@ -112,6 +113,7 @@ impl Client {
             challenge: RefCell::new(None),
             scopes: RefCell::new(vec![format!("repository:{}:{actions}", reference.repository)]),
             budget: Default::default(),
+            timeout: settings.timeout,
         };
         let response = client.send(|| client.http.get(format!("{}/v2/", client.base)))?;
         if response.status() == StatusCode::BAD_REQUEST && settings.insecure {
@@ -192,6 +194,7 @@ impl Client {
                     service: service.as_deref(),
                     scopes: &scopes,
                     credentials: self.credentials()?,
+                    deadline: self.timeout,
                 };
                 match request.fetch() {
                     Ok(token) => token,
@@ -368,13 +371,8 @@ impl Client {
             return Err(self.error(format!("getting manifest {target}: {}", explain(r))));
         }
         let media_type = r.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let mut bytes = Vec::new();
-        r.take(crate::store::MAX_DOCUMENT + 1)
-            .read_to_end(&mut bytes)
+        let bytes = crate::net::read_small(r, crate::store::MAX_DOCUMENT, self.timeout)
             .map_err(|e| self.error(format!("reading manifest {target}: {e}")))?;
-        if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
-            return Err(self.error(format!("manifest {target} is larger than 4 MiB")));
-        }
         Ok(Some((bytes, media_type)))
     }
 

@@ -133,7 +133,10 @@ impl Refused {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::retry::retry_after);
-        let body = response.text().unwrap_or_default();
+        // Only an explanation: a body too long or too slow is left unread, not waited for.
+        let body = crate::net::read_small(response, crate::net::MAX_ERROR_BODY, crate::net::ERROR_BODY_DEADLINE)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let errors = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())

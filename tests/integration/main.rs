@@ -23,6 +23,7 @@ mod first_hour;
 mod first_hour_fixes;
 mod hostile_io;
 mod hostile_layers;
+mod hostile_registry;
 mod origins;
 mod outputs;
 mod pins;
