@@ -367,7 +367,8 @@ impl<'a> Fetcher<'a> {
         if let Some(n) = length {
             task.set_total(start + n);
         }
-        let body = Body { reader: response, start, length };
+        // A source must keep MIN_RATE after one timeout: a drip ends.
+        let body = Body { reader: crate::net::MinRate::new(response, self.settings.timeout), start, length };
         write_resumable(partial, body, algorithm, &|n| {
             task.set_position(n);
             if let Some(tap) = tap {

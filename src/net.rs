@@ -129,6 +129,48 @@ impl std::fmt::Display for SmallRead {
     }
 }
 
+/// The slowest a download (a blob, a source tarball) may go on average: 16 KiB/s.
+pub(crate) const MIN_RATE: u64 = 16 * 1024;
+
+/// A download's body that ends with an error once it falls behind [`MIN_RATE`] after a grace
+/// of one `--timeout`: a stream dripping just fast enough to beat reqwest's per-read timeout
+/// would otherwise never end. A body of N bytes so has at most `timeout + N / MIN_RATE`.
+pub(crate) struct MinRate<R> {
+    inner: R,
+    started: Instant,
+    read: u64,
+    grace: Duration,
+}
+
+impl<R> MinRate<R> {
+    pub(crate) fn new(inner: R, grace: Duration) -> MinRate<R> {
+        MinRate { inner, started: Instant::now(), read: 0, grace }
+    }
+
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: Read> Read for MinRate<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        let allowed = self.grace + Duration::from_secs_f64(self.read as f64 / MIN_RATE as f64);
+        if self.started.elapsed() > allowed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the download fell below {} KiB/s after {} s (the minimum rate after one --timeout)",
+                    MIN_RATE / 1024,
+                    self.grace.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// Reads a small document (manifest, index, token answer, error body) whole: at most `limit`
 /// bytes, all within `deadline` of the first read. reqwest's timeout bounds each read only, so
 /// a server sending a byte a second would otherwise hold a command for as long as it likes;
@@ -215,6 +257,19 @@ mod tests {
         let late = read_small(&mut drip, 1 << 20, Duration::from_millis(50)).unwrap_err();
         assert!(matches!(late, SmallRead::Late { .. }), "{late}");
         assert!(drip.left > 900, "read {} bytes past a 50 ms deadline", 1000 - drip.left);
+    }
+
+    #[test]
+    fn a_download_ends_when_it_falls_below_the_minimum_rate() {
+        let mut fast = MinRate::new(&[7u8; 100_000][..], Duration::from_secs(60));
+        assert_eq!(std::io::copy(&mut fast, &mut std::io::sink()).unwrap(), 100_000);
+        // 1000 bytes a byte at a time, 5 ms apart, is far below 16 KiB/s: it ends at the grace.
+        let mut drip = Drip { left: 1000, pause: Duration::from_millis(5) };
+        let mut slow = MinRate::new(&mut drip, Duration::from_millis(50));
+        let err = std::io::copy(&mut slow, &mut std::io::sink()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("16 KiB/s"), "{err}");
+        assert!(drip.left > 900, "read {} bytes past the grace", 1000 - drip.left);
     }
 
     proptest! {

@@ -17,6 +17,7 @@ use super::transport::{
 };
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, Result};
+use crate::net::MinRate;
 use crate::retry::{Again, Policy};
 
 /// Every manifest type imgbuild reads or writes.
@@ -378,7 +379,8 @@ impl Client {
 
     /// GETs a blob as a stream, from byte `offset` on (a resumed download). Returns the
     /// response and whether it starts at `offset` (else it is the whole blob).
-    pub fn get_blob(&self, digest: &Sha256Digest, offset: u64) -> Result<(Response, bool)> {
+    /// The body must keep [`crate::net::MIN_RATE`] after one timeout.
+    pub(crate) fn get_blob(&self, digest: &Sha256Digest, offset: u64) -> Result<(MinRate<Response>, bool)> {
         let url = self.url(&format!("blobs/{digest}"));
         let r = self.send(|| {
             let request = self.http.get(&url);
@@ -397,7 +399,7 @@ impl Client {
         if offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(self.error(format!("getting blob {digest}: the registry sent a range that was not asked for")));
         }
-        Ok((r, resumed))
+        Ok((MinRate::new(r, self.timeout), resumed))
     }
 }
 

@@ -260,7 +260,7 @@ fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn 
         let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         let (response, resumed) = client.get_blob(&desc.digest, have)?;
         let start = if resumed { have } else { 0 };
-        let length = response.content_length();
+        let length = response.get_ref().content_length();
         // Never more than the manifest says (and one byte to notice a longer blob).
         let reader = response.take(desc.size.saturating_sub(start) + 1);
         match write_resumable(&partial, Body { reader, start, length }, Algorithm::Sha256, progress) {

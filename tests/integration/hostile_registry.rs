@@ -170,3 +170,22 @@ fn a_dripped_manifest_ends_at_the_whole_request_deadline() {
     assert!(err.contains("whole-request deadline"), "{err}");
     assert!(server.sent() < total, "the whole dripped manifest ({total} bytes) was waited for: {err}");
 }
+
+/// A 600-byte source dripped a byte every 100 ms beats a 2 s per-read timeout for a minute;
+/// a download must keep 16 KiB/s after one timeout, so every attempt ends at its grace.
+#[test]
+fn a_dripped_download_ends_below_the_minimum_rate() {
+    let p = TestProject::new();
+    let total = 600;
+    let server = HostileServer::start(move |_, _| {
+        reply("200 OK", vec![], Body::Drip { bytes: vec![b'x'; total], pause: Duration::from_millis(100) })
+    });
+    let url = format!("http://{}/dist/slow.tar.gz", server.acceptor.addr);
+    let mut cmd = p.cmd();
+    cmd.args(["--timeout", "2", "prefetch", &url]);
+    let out = super::hostile_io::bounded(&mut cmd, &p.path("."), Duration::from_secs(120));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("fell below 16 KiB/s"), "{err}");
+    assert!(server.sent() < total as u64, "the whole dripped download was waited for: {err}");
+}
