@@ -145,15 +145,13 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let redirects = match self.settings.url_policy.clone() {
-            // Where a download is redirected is checked as where it starts.
-            Some(policy) => crate::net::Redirects::Follow(Box::new(move |to| match policy.refuses_redirect(to) {
-                Some(why) => Err(why),
-                None => Ok(()),
-            })),
-            None => crate::net::Redirects::checked(),
-        };
-        let client = crate::net::client_builder(self.settings.timeout, redirects)
+        // Where a download is redirected is checked as where it starts, and its names resolve
+        // only to the addresses the policy allows.
+        let reach = self.settings.url_policy.as_ref().map(policy::UrlPolicy::reach).unwrap_or_default();
+        let rule = reach.clone();
+        let redirects = crate::net::Redirects::Follow(Box::new(move |to| rule.check(to)));
+        let client = reach
+            .apply(crate::net::client_builder(self.settings.timeout, redirects))
             .build()
             .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))

@@ -47,6 +47,42 @@ pub(crate) fn check_redirect(from: &Url, to: &Url) -> std::result::Result<(), St
 /// A caller's own rule for where a redirect may go: the refusal says why.
 pub(crate) type Rule = Box<dyn Fn(&Url) -> std::result::Result<(), String> + Send + Sync>;
 
+/// A [`Rule`] shared between clients.
+pub(crate) type SharedRule = std::sync::Arc<dyn Fn(&Url) -> std::result::Result<(), String> + Send + Sync>;
+
+/// What a command's policy (`verify`'s) adds to every place a client reaches: a rule for each
+/// URL it did not choose itself (a redirect's target, a token realm, an upload location), and
+/// the DNS resolver its connections use, so the address checked is the address connected to.
+#[derive(Clone, Default)]
+pub struct Reach {
+    pub rule: Option<SharedRule>,
+    pub dns: Option<std::sync::Arc<dyn reqwest::dns::Resolve>>,
+}
+
+impl Reach {
+    /// Whether `url` may be reached; the refusal says why.
+    pub(crate) fn check(&self, url: &Url) -> std::result::Result<(), String> {
+        self.rule.as_ref().map_or(Ok(()), |rule| rule(url))
+    }
+
+    /// `builder` resolving names with this reach's resolver, if it has one.
+    pub(crate) fn apply(&self, builder: reqwest::blocking::ClientBuilder) -> reqwest::blocking::ClientBuilder {
+        match &self.dns {
+            Some(dns) => builder.dns_resolver(std::sync::Arc::new(Dns(std::sync::Arc::clone(dns)))),
+            None => builder,
+        }
+    }
+}
+
+/// A shared resolver as reqwest takes one (a sized type).
+struct Dns(std::sync::Arc<dyn reqwest::dns::Resolve>);
+
+impl reqwest::dns::Resolve for Dns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        self.0.resolve(name)
+    }
+}
+
 /// Which redirects a client follows.
 pub(crate) enum Redirects {
     /// Those [`check_redirect`] and the rule allow.
@@ -56,11 +92,6 @@ pub(crate) enum Redirects {
 }
 
 impl Redirects {
-    /// The policy [`check_redirect`] alone makes.
-    pub(crate) fn checked() -> Redirects {
-        Redirects::Follow(Box::new(|_| Ok(())))
-    }
-
     fn policy(self) -> reqwest::redirect::Policy {
         let also = match self {
             Redirects::None => return reqwest::redirect::Policy::none(),

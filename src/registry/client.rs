@@ -65,6 +65,9 @@ pub struct RegistrySettings {
     /// Attempts per request (and per blob upload) on 5xx, 429 and connection failures.
     pub attempts: u32,
     pub access: Access,
+    /// The command's policy for where the registry may send it (redirects, token realm,
+    /// upload locations) and which addresses its names may resolve to (`verify`'s).
+    pub reach: crate::net::Reach,
 }
 
 pub struct Client {
@@ -89,12 +92,13 @@ pub struct Client {
     pub(crate) budget: super::budget::Budget,
     /// The whole-request deadline of a small document's body (`--timeout`).
     pub(super) timeout: Duration,
+    reach: crate::net::Reach,
 }
 
 impl Client {
     /// Connects to the registry of `reference` and checks it speaks the distribution API.
     pub fn connect(reference: &Reference, settings: &RegistrySettings) -> Result<Client> {
-        let clients = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout)?;
+        let clients = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout, &settings.reach)?;
         let scheme = if settings.insecure { "http" } else { "https" };
         let actions = match settings.access {
             Access::Pull => "pull",
@@ -115,6 +119,7 @@ impl Client {
             scopes: RefCell::new(vec![format!("repository:{}:{actions}", reference.repository)]),
             budget: Default::default(),
             timeout: settings.timeout,
+            reach: settings.reach.clone(),
         };
         let response = client.send(|| client.http.get(format!("{}/v2/", client.base)))?;
         if response.status() == StatusCode::BAD_REQUEST && settings.insecure {
@@ -250,7 +255,9 @@ impl Client {
     /// A URL the registry gave as `what` (absolute, or relative to it), if it may be
     /// requested: HTTPS, or plain HTTP only as `--insecure` allows. The refusal names it.
     pub(super) fn resolve(&self, what: &str, url: &str) -> Result<Url> {
-        self.transport.resolve(&self.base, url).map_err(|why| self.error(format!("{what}: {why}")))
+        let checked = self.transport.resolve(&self.base, url);
+        let checked = checked.and_then(|url| self.reach.check(&url).map(|()| url));
+        checked.map_err(|why| self.error(format!("{what}: {why}")))
     }
 
     /// Sends a request, authenticating when challenged and retrying (`retry::run`) what a
