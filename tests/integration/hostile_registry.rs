@@ -189,3 +189,38 @@ fn a_dripped_download_ends_below_the_minimum_rate() {
     assert!(err.contains("fell below 16 KiB/s"), "{err}");
     assert!(server.sent() < total as u64, "the whole dripped download was waited for: {err}");
 }
+
+/// Issue 25: verify on a manifest of 3000 one-byte layers made 3000 GETs. A manifest lists at
+/// most 1000 layers (MAX_LAYERS): past that it is refused, naming the limit, before any layer.
+#[test]
+fn a_manifest_of_too_many_layers_is_refused_before_any_layer_is_fetched() {
+    let p = TestProject::new();
+    let layer = serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": format!("sha256:{}", "e".repeat(64)), "size": 1 });
+    let config = serde_json::json!({ "mediaType": "application/vnd.oci.image.config.v1+json",
+        "digest": format!("sha256:{}", "c".repeat(64)), "size": 2 });
+    let manifest = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": vec![layer; 3000] })
+    .to_string()
+    .into_bytes();
+    let server = HostileServer::start(move |path, _| match path {
+        "/v2/" => reply("200 OK", vec![], Body::Bytes(b"{}".to_vec())),
+        _ if path.contains("/manifests/") => reply(
+            "200 OK",
+            vec!["Content-Type: application/vnd.oci.image.manifest.v1+json".into()],
+            Body::Bytes(manifest.clone()),
+        ),
+        _ => reply("404 Not Found", vec![], Body::Bytes(vec![])),
+    });
+    for args in [vec!["verify", "--insecure"], vec!["sbom", "--insecure", "--platform", "linux/amd64"]] {
+        let command = args[0];
+        let mut cmd = p.cmd();
+        cmd.args(args).arg(server.image());
+        let out = super::hostile_io::bounded(&mut cmd, &p.path("."), Duration::from_secs(120));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{command}: {err}");
+        assert!(err.contains("lists 3000 layers") && err.contains("MAX_LAYERS 1000"), "{command}: {err}");
+    }
+    let blobs = server.requests.lock().unwrap().iter().filter(|r| r.contains("/blobs/")).count();
+    assert_eq!(blobs, 0, "layers fetched for a manifest past MAX_LAYERS");
+}
