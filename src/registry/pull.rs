@@ -235,6 +235,7 @@ fn blob(store: &Store, client: &Client, desc: &Descriptor, reporter: &dyn Report
     if store.has_sha256(&desc.digest) {
         return Ok(());
     }
+    client.budget.layer().map_err(|why| client.error(why))?;
     let task = reporter.task(&format!("pull {}", &desc.digest.hex()[..12]), Some(desc.size));
     fetch_blob(store, client, desc, &|n| task.set_position(n))
 }
