@@ -143,15 +143,13 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let redirects = match self.settings.url_policy.clone() {
-            // Where a download is redirected is checked as where it starts.
-            Some(policy) => crate::net::Redirects::Follow(Box::new(move |to| match policy.refuses_redirect(to) {
-                Some(why) => Err(why),
-                None => Ok(()),
-            })),
-            None => crate::net::Redirects::checked(),
-        };
-        let client = crate::net::client_builder(self.settings.timeout, redirects)
+        // Where a download is redirected is checked as where it starts, and its names resolve
+        // only to the addresses the policy allows.
+        let reach = self.settings.url_policy.as_ref().map(policy::UrlPolicy::reach).unwrap_or_default();
+        let rule = reach.clone();
+        let redirects = crate::net::Redirects::Follow(Box::new(move |to| rule.check(to)));
+        let client = reach
+            .apply(crate::net::client_builder(self.settings.timeout, redirects))
             .build()
             .map_err(|e| Error::Usage(format!("cannot set up the HTTP client: {e}")))?;
         Ok(self.client.get_or_init(|| client))
@@ -365,7 +363,8 @@ impl<'a> Fetcher<'a> {
         if let Some(n) = length {
             task.set_total(start + n);
         }
-        let body = Body { reader: response, start, length };
+        // A source must keep MIN_RATE after one timeout: a drip ends.
+        let body = Body { reader: crate::net::MinRate::new(response, self.settings.timeout), start, length };
         write_resumable(partial, body, algorithm, &|n| {
             task.set_position(n);
             if let Some(tap) = tap {

@@ -10,7 +10,8 @@
 //! host or port, a registry client treats a 401 from anywhere but its own origin as an error
 //! ([`same_origin`]), and a token request follows no redirect at all ([`Redirects::None`]).
 
-use std::time::Duration;
+use std::io::Read;
+use std::time::{Duration, Instant};
 
 use reqwest::Url;
 
@@ -46,6 +47,42 @@ pub(crate) fn check_redirect(from: &Url, to: &Url) -> std::result::Result<(), St
 /// A caller's own rule for where a redirect may go: the refusal says why.
 pub(crate) type Rule = Box<dyn Fn(&Url) -> std::result::Result<(), String> + Send + Sync>;
 
+/// A [`Rule`] shared between clients.
+pub(crate) type SharedRule = std::sync::Arc<dyn Fn(&Url) -> std::result::Result<(), String> + Send + Sync>;
+
+/// What a command's policy (`verify`'s) adds to every place a client reaches: a rule for each
+/// URL it did not choose itself (a redirect's target, a token realm, an upload location), and
+/// the DNS resolver its connections use, so the address checked is the address connected to.
+#[derive(Clone, Default)]
+pub struct Reach {
+    pub rule: Option<SharedRule>,
+    pub dns: Option<std::sync::Arc<dyn reqwest::dns::Resolve>>,
+}
+
+impl Reach {
+    /// Whether `url` may be reached; the refusal says why.
+    pub(crate) fn check(&self, url: &Url) -> std::result::Result<(), String> {
+        self.rule.as_ref().map_or(Ok(()), |rule| rule(url))
+    }
+
+    /// `builder` resolving names with this reach's resolver, if it has one.
+    pub(crate) fn apply(&self, builder: reqwest::blocking::ClientBuilder) -> reqwest::blocking::ClientBuilder {
+        match &self.dns {
+            Some(dns) => builder.dns_resolver(std::sync::Arc::new(Dns(std::sync::Arc::clone(dns)))),
+            None => builder,
+        }
+    }
+}
+
+/// A shared resolver as reqwest takes one (a sized type).
+struct Dns(std::sync::Arc<dyn reqwest::dns::Resolve>);
+
+impl reqwest::dns::Resolve for Dns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        self.0.resolve(name)
+    }
+}
+
 /// Which redirects a client follows.
 pub(crate) enum Redirects {
     /// Those [`check_redirect`] and the rule allow.
@@ -55,11 +92,6 @@ pub(crate) enum Redirects {
 }
 
 impl Redirects {
-    /// The policy [`check_redirect`] alone makes.
-    pub(crate) fn checked() -> Redirects {
-        Redirects::Follow(Box::new(|_| Ok(())))
-    }
-
     fn policy(self) -> reqwest::redirect::Policy {
         let also = match self {
             Redirects::None => return reqwest::redirect::Policy::none(),
@@ -93,6 +125,108 @@ pub(crate) fn client_builder(timeout: Duration, redirects: Redirects) -> reqwest
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
 }
 
+/// Bytes of an error body read for its explanation: a registry's JSON errors are a few hundred.
+pub(crate) const MAX_ERROR_BODY: u64 = 64 * 1024;
+/// Bytes of a token server's answer: a token is a few kilobytes.
+pub(crate) const MAX_TOKEN_ANSWER: u64 = 1024 * 1024;
+/// How long an error body is read for: it only explains a failure already known.
+pub(crate) const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a small document could not be read whole.
+#[derive(Debug)]
+pub(crate) enum SmallRead {
+    /// It is longer than `limit` bytes.
+    TooLarge {
+        limit: u64,
+    },
+    /// It did not end within the whole-request deadline.
+    Late {
+        deadline: Duration,
+    },
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for SmallRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SmallRead::TooLarge { limit } => write!(f, "the answer is larger than {limit} bytes (the limit for it)"),
+            SmallRead::Late { deadline } => write!(
+                f,
+                "the answer did not arrive whole within {} s (the whole-request deadline, --timeout)",
+                deadline.as_secs_f64()
+            ),
+            SmallRead::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The slowest a download (a blob, a source tarball) may go on average: 16 KiB/s.
+pub(crate) const MIN_RATE: u64 = 16 * 1024;
+
+/// A download's body that ends with an error once it falls behind [`MIN_RATE`] after a grace
+/// of one `--timeout`: a stream dripping just fast enough to beat reqwest's per-read timeout
+/// would otherwise never end. A body of N bytes so has at most `timeout + N / MIN_RATE`.
+pub(crate) struct MinRate<R> {
+    inner: R,
+    started: Instant,
+    read: u64,
+    grace: Duration,
+}
+
+impl<R> MinRate<R> {
+    pub(crate) fn new(inner: R, grace: Duration) -> MinRate<R> {
+        MinRate { inner, started: Instant::now(), read: 0, grace }
+    }
+
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: Read> Read for MinRate<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        let allowed = self.grace + Duration::from_secs_f64(self.read as f64 / MIN_RATE as f64);
+        if self.started.elapsed() > allowed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the download fell below {} KiB/s after {} s (the minimum rate after one --timeout)",
+                    MIN_RATE / 1024,
+                    self.grace.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a small document (manifest, index, token answer, error body) whole: at most `limit`
+/// bytes, all within `deadline` of the first read. reqwest's timeout bounds each read only, so
+/// a server sending a byte a second would otherwise hold a command for as long as it likes;
+/// each read still ends within that per-read timeout, which bounds the overshoot.
+pub(crate) fn read_small(mut body: impl Read, limit: u64, deadline: Duration) -> Result<Vec<u8>, SmallRead> {
+    let started = Instant::now();
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match body.read(&mut chunk) {
+            Ok(0) => return Ok(data),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(SmallRead::Io(e)),
+        };
+        if data.len() as u64 + n as u64 > limit {
+            return Err(SmallRead::TooLarge { limit });
+        }
+        data.extend_from_slice(&chunk[..n]);
+        if started.elapsed() > deadline {
+            return Err(SmallRead::Late { deadline });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -122,6 +256,51 @@ mod tests {
             })
             .collect();
         assert!(found.is_empty(), "HTTP clients built around crate::net: {found:?}");
+    }
+
+    /// A reader that hands out one byte per read, waiting `pause` before each.
+    struct Drip {
+        left: usize,
+        pause: Duration,
+    }
+
+    impl Read for Drip {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 || buf.is_empty() {
+                return Ok(0);
+            }
+            std::thread::sleep(self.pause);
+            self.left -= 1;
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_small_read_ends_at_its_limit_and_its_deadline() {
+        let whole = read_small(&b"abc"[..], 3, Duration::from_secs(60)).unwrap();
+        assert_eq!(whole, b"abc");
+        let big = read_small(std::io::repeat(0), MAX_ERROR_BODY, Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(big, SmallRead::TooLarge { limit: MAX_ERROR_BODY }), "{big}");
+        assert!(big.to_string().contains("65536 bytes"), "{big}");
+        // A drip that would take 1000 reads stops at the deadline, counted in reads made.
+        let mut drip = Drip { left: 1000, pause: Duration::from_millis(5) };
+        let late = read_small(&mut drip, 1 << 20, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(late, SmallRead::Late { .. }), "{late}");
+        assert!(drip.left > 900, "read {} bytes past a 50 ms deadline", 1000 - drip.left);
+    }
+
+    #[test]
+    fn a_download_ends_when_it_falls_below_the_minimum_rate() {
+        let mut fast = MinRate::new(&[7u8; 100_000][..], Duration::from_secs(60));
+        assert_eq!(std::io::copy(&mut fast, &mut std::io::sink()).unwrap(), 100_000);
+        // 1000 bytes a byte at a time, 5 ms apart, is far below 16 KiB/s: it ends at the grace.
+        let mut drip = Drip { left: 1000, pause: Duration::from_millis(5) };
+        let mut slow = MinRate::new(&mut drip, Duration::from_millis(50));
+        let err = std::io::copy(&mut slow, &mut std::io::sink()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("16 KiB/s"), "{err}");
+        assert!(drip.left > 900, "read {} bytes past the grace", 1000 - drip.left);
     }
 
     proptest! {

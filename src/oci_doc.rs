@@ -18,13 +18,28 @@ pub(crate) struct Document {
     /// Present in an image manifest.
     #[serde(default)]
     pub config: Option<Descriptor>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "capped_layers")]
     pub layers: Vec<Descriptor>,
     /// An OCI 1.1 artifact manifest: the manifest it is attached to, and what it carries.
     #[serde(default)]
     pub subject: Option<Descriptor>,
     #[serde(rename = "artifactType", default)]
     pub artifact_type: Option<String>,
+}
+
+/// The most layers a manifest may list. Every layer may cost a command a request (`verify`,
+/// `diff`); real images have tens (Docker's overlay stops at 127), a hostile one 3000 or more.
+pub(crate) const MAX_LAYERS: usize = 1000;
+
+fn capped_layers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Descriptor>, D::Error> {
+    let layers = Vec::<Descriptor>::deserialize(d)?;
+    if layers.len() > MAX_LAYERS {
+        return Err(serde::de::Error::custom(format!(
+            "the manifest lists {} layers, more than imgbuild reads (MAX_LAYERS {MAX_LAYERS})",
+            layers.len()
+        )));
+    }
+    Ok(layers)
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,5 +100,23 @@ impl Document {
     /// The config and layers of an image manifest.
     pub(crate) fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         self.config.iter().chain(&self.layers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(layers: usize) -> Vec<u8> {
+        let layer = serde_json::json!({ "mediaType": "x", "digest": format!("sha256:{}", "e".repeat(64)), "size": 1 });
+        serde_json::json!({ "schemaVersion": 2, "layers": vec![layer; layers] }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_manifest_lists_at_most_max_layers() {
+        let read = |n| serde_json::from_slice::<Document>(&manifest(n));
+        assert_eq!(read(MAX_LAYERS).unwrap().layers.len(), MAX_LAYERS);
+        let err = read(MAX_LAYERS + 1).unwrap_err().to_string();
+        assert!(err.contains("lists 1001 layers") && err.contains("MAX_LAYERS 1000"), "{err}");
     }
 }

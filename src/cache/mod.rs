@@ -208,6 +208,7 @@ impl Cache {
             chunk_size: 64 << 20,
             attempts: ATTEMPTS,
             access,
+            reach: Default::default(),
         }
     }
 

@@ -109,7 +109,8 @@ pub struct GlobalArgs {
     /// (repeatable)
     #[arg(long, global = true, value_name = "FILE")]
     pub ca_file: Vec<PathBuf>,
-    /// Seconds to wait for a connection or for the next bytes of a download
+    /// Seconds to wait for a connection or for the next bytes of a download; also the whole-request
+    /// deadline of small documents and the grace before a download must keep 16 KiB/s
     #[arg(long, global = true, env = "IMGBUILD_HTTP_TIMEOUT", value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
 }

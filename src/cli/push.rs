@@ -69,6 +69,7 @@ impl RegistryArgs {
             chunk_size: self.chunk_size,
             attempts: 5,
             access,
+            reach: Default::default(),
         };
         Client::connect(reference, &settings)
     }

@@ -230,6 +230,7 @@ fn from_registry(
         chunk_size: u64::MAX,
         attempts: REGISTRY_ATTEMPTS,
         access: Access::Pull,
+        reach: fetcher.settings.url_policy.as_ref().map(super::policy::UrlPolicy::reach).unwrap_or_default(),
     };
     let fetched =
         Client::connect(place, &settings).and_then(|client| pull::fetch_image(fetcher.store, &client, digest, task));

@@ -6,7 +6,8 @@
 //! (`--allow-host`).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use crate::recipe::{Recipe, RecipeKind};
 use crate::reference::Reference;
@@ -73,11 +74,53 @@ impl UrlPolicy {
             reqwest::Url::parse(url)
                 .is_ok_and(|u| u.host_str() == to.host_str() && u.port_or_known_default() == Some(port))
         };
-        if self.trusted.contains(to.as_str()) || self.trusted.iter().any(trusted_host) {
+        let mirror = |r: &String| r.eq_ignore_ascii_case(&format!("{host}:{port}")) || (port == 443 && r == host);
+        if self.trusted.contains(to.as_str())
+            || self.trusted.iter().any(trusted_host)
+            || self.trusted_registries.iter().any(mirror)
+        {
             return None;
         }
         let public = UrlPolicy { others: true, named_hosts: self.named_hosts.clone(), ..UrlPolicy::default() };
         public.refuses_place(host, port).map(|why| format!("to {to}: {why}"))
+    }
+
+    /// The rule and resolver that carry this policy into an HTTP client: every redirect, token
+    /// realm and upload location is judged as a redirect is, and a name resolves only to
+    /// addresses it allows (checked once, then connected to: no rebinding between the two).
+    pub fn reach(self: &Arc<Self>) -> crate::net::Reach {
+        let policy = Arc::clone(self);
+        let rule = move |to: &reqwest::Url| policy.refuses_redirect(to).map_or(Ok(()), Err);
+        crate::net::Reach { rule: Some(Arc::new(rule)), dns: Some(Arc::new(PolicyDns(Arc::clone(self)))) }
+    }
+
+    /// Whether connections to `host` (as the user's project or `--allow-host` names it) may go
+    /// to any address it resolves to.
+    fn trusts_host(&self, host: &str) -> bool {
+        let named = |h: &String| {
+            let h = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h.as_str(), |(h, _)| h);
+            h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(host)
+        };
+        let in_url = |u: &String| reqwest::Url::parse(u).is_ok_and(|u| u.host_str().is_some_and(|h| h == host));
+        self.named_hosts.iter().any(named)
+            || self.trusted_registries.iter().any(named)
+            || self.trusted.iter().any(in_url)
+    }
+
+    /// The addresses `host` resolves to, all of them public unless the host is trusted.
+    pub fn admitted(&self, host: &str) -> std::result::Result<Vec<SocketAddr>, String> {
+        let found: Vec<SocketAddr> =
+            (host, 0).to_socket_addrs().map_err(|e| format!("{host} cannot be resolved ({e})"))?.collect();
+        if self.trusts_host(host) {
+            return Ok(found);
+        }
+        match found.iter().find(|a| !is_public(a.ip())) {
+            Some(a) => Err(format!(
+                "{host} resolved to {}, not a public address (to connect to it, pass --allow-host {host})",
+                a.ip()
+            )),
+            None => Ok(found),
+        }
     }
 
     fn refuses_place(&self, host: &str, port: u16) -> Option<String> {
@@ -104,6 +147,20 @@ impl UrlPolicy {
             None if addresses.is_empty() => Some(format!("{host} resolves to no address")),
             None => None,
         }
+    }
+}
+
+/// The resolver of a policy's clients: the names it resolves are checked by the addresses the
+/// connection then uses. (A blocking lookup, on the blocking client's own runtime thread.)
+struct PolicyDns(Arc<UrlPolicy>);
+
+impl reqwest::dns::Resolve for PolicyDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = Arc::clone(&self.0);
+        Box::pin(async move {
+            let found = policy.admitted(name.as_str())?;
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -226,6 +283,105 @@ mod tests {
         assert!(policy.refuses_redirect(&url("http://127.0.0.1:9/b")).is_some(), "another port");
         policy.named_hosts.push("169.254.169.254".into());
         assert_eq!(policy.refuses_redirect(&url("http://169.254.169.254/x")), None);
+    }
+
+    /// A loopback server answering every request with `answer(its own port, path)`, counting
+    /// the requests it gets; it stops with the test process (its thread only accepts).
+    fn server(
+        ip: &str,
+        answer: impl Fn(u16, &str) -> String + Send + 'static,
+    ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let _ = reader.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let _ = conn.write_all(answer(port, &path).as_bytes());
+            }
+        });
+        (port, count)
+    }
+
+    fn internal() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        server("127.0.0.2", |_, _| "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret".into())
+    }
+
+    /// `verify`'s policy trusting only the registry `127.0.0.1:port/team/x`, public places otherwise.
+    fn verify_policy(port: u16) -> Arc<UrlPolicy> {
+        let mut policy = UrlPolicy { others: true, ..UrlPolicy::default() };
+        policy.trusted.insert(format!("docker://127.0.0.1:{port}/team/x"));
+        Arc::new(policy)
+    }
+
+    fn connect(port: u16, policy: &Arc<UrlPolicy>) -> crate::error::Result<crate::registry::Client> {
+        let settings = crate::registry::RegistrySettings {
+            credentials: None,
+            ca_files: vec![],
+            insecure: true,
+            timeout: std::time::Duration::from_secs(10),
+            chunk_size: u64::MAX,
+            attempts: 1,
+            access: crate::registry::Access::Pull,
+            reach: policy.reach(),
+        };
+        crate::registry::Client::connect(&format!("127.0.0.1:{port}/team/x:t").parse().unwrap(), &settings)
+    }
+
+    #[test]
+    fn a_registry_cannot_redirect_verify_to_an_internal_address() {
+        let (to, asked) = internal();
+        let (port, _) = server("127.0.0.1", move |_, path| match path {
+            "/v2/" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".into(),
+            _ => format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.2:{}/latest/meta-data/iam\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n",
+                to
+            ),
+        });
+        let client = connect(port, &verify_policy(port)).unwrap();
+        let err = client.get_manifest("t").unwrap_err().to_string();
+        assert!(err.contains("127.0.0.2, not a public address") && err.contains("--allow-host"), "{err}");
+        assert!(!err.contains("sha256:"), "no hash of what was refused: {err}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0, "the internal address was asked");
+    }
+
+    #[test]
+    fn a_registry_cannot_name_an_internal_token_realm_to_verify() {
+        let (to, asked) = internal();
+        let (port, _) = server("127.0.0.1", move |_, _| {
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.2:{to}/internal/token\",\
+                 service=\"s\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        });
+        let err = connect(port, &verify_policy(port)).err().expect("connected through an internal realm").to_string();
+        assert!(err.contains("token realm") && err.contains("not a public address"), "{err}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0, "the internal realm was asked");
+    }
+
+    /// A name is resolved once, by the client's own resolver, and connected to only at an
+    /// address the policy allows: no second lookup can rebind it to an internal one.
+    #[test]
+    fn a_name_resolving_to_an_internal_address_is_never_connected_to() {
+        let (port, asked) = server("127.0.0.1", |_, _| "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into());
+        let policy = Arc::new(UrlPolicy { others: true, ..UrlPolicy::default() });
+        let why = policy.admitted("localhost").unwrap_err();
+        assert!(why.contains("localhost resolved to") && why.contains("--allow-host localhost"), "{why}");
+        let reach = policy.reach();
+        let client =
+            reach.apply(crate::net::client_builder(std::time::Duration::from_secs(5), crate::net::Redirects::None));
+        let err = client.build().unwrap().get(format!("http://localhost:{port}/x")).send().unwrap_err();
+        assert!(format!("{err:?}").contains("not a public address"), "{err:?}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0, "connected to an internal address");
+        let named = UrlPolicy { others: true, named_hosts: vec!["localhost".into()], ..UrlPolicy::default() };
+        assert!(!named.admitted("localhost").unwrap().is_empty(), "a host the user names resolves");
     }
 
     proptest! {

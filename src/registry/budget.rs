@@ -12,11 +12,16 @@ pub(crate) const MAX_DOCUMENTS: u64 = 512;
 /// The most bytes of those documents together.
 pub(crate) const MAX_DOCUMENT_BYTES: u64 = 64 << 20;
 
+/// The most layer blobs one command fetches from one registry (`pull`, `verify`, `diff`, a
+/// build's base): twice what one manifest may list ([`crate::oci_doc::MAX_LAYERS`]).
+pub(crate) const MAX_LAYER_FETCHES: u64 = 2 * crate::oci_doc::MAX_LAYERS as u64;
+
 /// The documents and bytes a command's walk has fetched from one registry so far.
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
     documents: Cell<u64>,
     bytes: Cell<u64>,
+    layers: Cell<u64>,
 }
 
 impl Budget {
@@ -30,6 +35,19 @@ impl Budget {
             ));
         }
         self.documents.set(n + 1);
+        Ok(())
+    }
+
+    /// Counts one more layer blob, before it is requested; past the limit, why not.
+    pub(crate) fn layer(&self) -> Result<(), String> {
+        let n = self.layers.get();
+        if n >= MAX_LAYER_FETCHES {
+            return Err(format!(
+                "this command has fetched {n} layers from the registry, imgbuild's limit per command \
+                 (MAX_LAYER_FETCHES {MAX_LAYER_FETCHES})"
+            ));
+        }
+        self.layers.set(n + 1);
         Ok(())
     }
 
@@ -52,6 +70,16 @@ impl Budget {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn layer_fetches_stop_at_their_limit_naming_it() {
+        let budget = Budget::default();
+        for _ in 0..MAX_LAYER_FETCHES {
+            budget.layer().unwrap();
+        }
+        let why = budget.layer().unwrap_err();
+        assert!(why.contains("MAX_LAYER_FETCHES 2000"), "{why}");
+    }
 
     proptest! {
         /// Whatever a registry serves, a walk stops at the limits, and within them is never

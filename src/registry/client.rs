@@ -2,7 +2,6 @@
 //! manifests and blobs, and bounded retries of what a retry can fix. Uploads are in `upload`.
 
 use std::cell::{OnceCell, RefCell};
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use super::transport::{
 };
 use crate::digest::Sha256Digest;
 use crate::error::{escape, Error, Result};
+use crate::net::MinRate;
 use crate::reference::Reference;
 use crate::retry::{Again, Policy};
 
@@ -65,6 +65,9 @@ pub struct RegistrySettings {
     /// Attempts per request (and per blob upload) on 5xx, 429 and connection failures.
     pub attempts: u32,
     pub access: Access,
+    /// The command's policy for where the registry may send it (redirects, token realm,
+    /// upload locations) and which addresses its names may resolve to (`verify`'s).
+    pub reach: crate::net::Reach,
 }
 
 pub struct Client {
@@ -87,12 +90,15 @@ pub struct Client {
     scopes: RefCell<Vec<String>>,
     /// What this command's walks of indexes and referrers have fetched here.
     pub(crate) budget: super::budget::Budget,
+    /// The whole-request deadline of a small document's body (`--timeout`).
+    pub(super) timeout: Duration,
+    reach: crate::net::Reach,
 }
 
 impl Client {
     /// Connects to the registry of `reference` and checks it speaks the distribution API.
     pub fn connect(reference: &Reference, settings: &RegistrySettings) -> Result<Client> {
-        let clients = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout)?;
+        let clients = http_client(reference, settings.insecure, &settings.ca_files, settings.timeout, &settings.reach)?;
         let scheme = if settings.insecure { "http" } else { "https" };
         let actions = match settings.access {
             Access::Pull => "pull",
@@ -112,6 +118,8 @@ impl Client {
             challenge: RefCell::new(None),
             scopes: RefCell::new(vec![format!("repository:{}:{actions}", reference.repository)]),
             budget: Default::default(),
+            timeout: settings.timeout,
+            reach: settings.reach.clone(),
         };
         let response = client.send(|| client.http.get(format!("{}/v2/", client.base)))?;
         if response.status() == StatusCode::BAD_REQUEST && settings.insecure {
@@ -192,6 +200,7 @@ impl Client {
                     service: service.as_deref(),
                     scopes: &scopes,
                     credentials: self.credentials()?,
+                    deadline: self.timeout,
                 };
                 match request.fetch() {
                     Ok(token) => token,
@@ -246,7 +255,9 @@ impl Client {
     /// A URL the registry gave as `what` (absolute, or relative to it), if it may be
     /// requested: HTTPS, or plain HTTP only as `--insecure` allows. The refusal names it.
     pub(super) fn resolve(&self, what: &str, url: &str) -> Result<Url> {
-        self.transport.resolve(&self.base, url).map_err(|why| self.error(format!("{what}: {why}")))
+        let checked = self.transport.resolve(&self.base, url);
+        let checked = checked.and_then(|url| self.reach.check(&url).map(|()| url));
+        checked.map_err(|why| self.error(format!("{what}: {why}")))
     }
 
     /// Sends a request, authenticating when challenged and retrying (`retry::run`) what a
@@ -368,19 +379,15 @@ impl Client {
             return Err(self.error(format!("getting manifest {target}: {}", explain(r))));
         }
         let media_type = r.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let mut bytes = Vec::new();
-        r.take(crate::store::MAX_DOCUMENT + 1)
-            .read_to_end(&mut bytes)
+        let bytes = crate::net::read_small(r, crate::store::MAX_DOCUMENT, self.timeout)
             .map_err(|e| self.error(format!("reading manifest {target}: {e}")))?;
-        if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
-            return Err(self.error(format!("manifest {target} is larger than 4 MiB")));
-        }
         Ok(Some((bytes, media_type)))
     }
 
     /// GETs a blob as a stream, from byte `offset` on (a resumed download). Returns the
     /// response and whether it starts at `offset` (else it is the whole blob).
-    pub fn get_blob(&self, digest: &Sha256Digest, offset: u64) -> Result<(Response, bool)> {
+    /// The body must keep [`crate::net::MIN_RATE`] after one timeout.
+    pub(crate) fn get_blob(&self, digest: &Sha256Digest, offset: u64) -> Result<(MinRate<Response>, bool)> {
         let url = self.url(&format!("blobs/{digest}"));
         let r = self.send(|| {
             let request = self.http.get(&url);
@@ -399,7 +406,7 @@ impl Client {
         if offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT && !resumed {
             return Err(self.error(format!("getting blob {digest}: the registry sent a range that was not asked for")));
         }
-        Ok((r, resumed))
+        Ok((MinRate::new(r, self.timeout), resumed))
     }
 }
 

@@ -228,6 +228,7 @@ fn blob(store: &Store, client: &Client, desc: &Descriptor, reporter: &dyn Report
     if store.has_sha256(&desc.digest) {
         return Ok(());
     }
+    client.budget.layer().map_err(|why| client.error(why))?;
     let task = reporter.task(&format!("pull {}", &desc.digest.hex()[..12]), Some(desc.size));
     fetch_blob(store, client, desc, &|n| task.set_position(n))
 }
@@ -253,7 +254,7 @@ fn fetch_blob(store: &Store, client: &Client, desc: &Descriptor, progress: &dyn 
         let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         let (response, resumed) = client.get_blob(&desc.digest, have)?;
         let start = if resumed { have } else { 0 };
-        let length = response.content_length();
+        let length = response.get_ref().content_length();
         // Never more than the manifest says (and one byte to notice a longer blob).
         let reader = response.take(desc.size.saturating_sub(start) + 1);
         match write_resumable(&partial, Body { reader, start, length }, Algorithm::Sha256, progress) {

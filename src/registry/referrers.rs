@@ -2,8 +2,6 @@
 //! one, else through the fallback tag `sha256-<hex>` (an index of the referrers) that
 //! registries without it (Debian's `docker-registry` 2.8) serve; pushed the same two ways.
 
-use std::io::Read;
-
 use reqwest::header::ACCEPT;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -70,13 +68,8 @@ fn fallback_index(client: &Client, subject: &Sha256Digest, budget: Option<&Budge
 }
 
 fn read_index(client: &Client, r: reqwest::blocking::Response, what: &str, budget: Option<&Budget>) -> Result<Value> {
-    let mut bytes = Vec::new();
-    r.take(crate::store::MAX_DOCUMENT + 1)
-        .read_to_end(&mut bytes)
+    let bytes = crate::net::read_small(r, crate::store::MAX_DOCUMENT, client.timeout)
         .map_err(|e| client.error(format!("reading {what}: {e}")))?;
-    if bytes.len() as u64 > crate::store::MAX_DOCUMENT {
-        return Err(client.error(format!("{what} answered more than 4 MiB (MAX_DOCUMENT)")));
-    }
     budget.map_or(Ok(()), |b| b.bytes(bytes.len() as u64)).map_err(|why| client.error(why))?;
     serde_json::from_slice(&bytes).map_err(|e| client.error(format!("{what} answered what is not an index: {e}")))
 }

@@ -19,6 +19,8 @@ pub(crate) struct TokenRequest<'a> {
     pub service: Option<&'a str>,
     pub scopes: &'a [String],
     pub credentials: Option<&'a Credentials>,
+    /// The whole-request deadline of the answer's body.
+    pub deadline: std::time::Duration,
 }
 
 /// Why the token server refused: the credentials, when it says so.
@@ -57,8 +59,9 @@ impl TokenRequest<'_> {
         if !response.status().is_success() {
             return Err(Refusal::Other(self.error(format!("token request to {realm}: {}", explain(response)))));
         }
-        let text = response.text().unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_str(&text)
+        let text = crate::net::read_small(response, crate::net::MAX_TOKEN_ANSWER, self.deadline)
+            .map_err(|e| Refusal::Other(self.error(format!("token request to {realm}: {e}"))))?;
+        let body: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|_| Refusal::Other(self.error(format!("token request to {realm}: the answer is not JSON"))))?;
         let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str());
         let token = token

@@ -73,6 +73,7 @@ pub(crate) fn http_client(
     insecure: bool,
     ca_files: &[PathBuf],
     timeout: Duration,
+    reach: &crate::net::Reach,
 ) -> Result<HttpClients> {
     if insecure && !reference.is_loopback() {
         return Err(Error::Usage(format!(
@@ -86,13 +87,14 @@ pub(crate) fn http_client(
         false => Some(super::tls::client_config(&reference.registry, ca_files)?),
     };
     let build = |redirects| {
-        let mut builder = crate::net::client_builder(timeout, redirects);
+        let mut builder = reach.apply(crate::net::client_builder(timeout, redirects));
         if let Some(tls) = &tls {
             builder = builder.use_preconfigured_tls(tls.clone());
         }
         builder.build().map_err(|e| Error::Internal(format!("cannot set up the HTTP client: {e}")))
     };
-    let follow = build(Redirects::Follow(Box::new(move |url| transport.check(url))))?;
+    let rule = reach.clone();
+    let follow = build(Redirects::Follow(Box::new(move |url| transport.check(url).and_then(|()| rule.check(url)))))?;
     Ok(HttpClients { follow, direct: build(Redirects::None)? })
 }
 
@@ -133,7 +135,10 @@ impl Refused {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::retry::retry_after);
-        let body = response.text().unwrap_or_default();
+        // Only an explanation: a body too long or too slow is left unread, not waited for.
+        let body = crate::net::read_small(response, crate::net::MAX_ERROR_BODY, crate::net::ERROR_BODY_DEADLINE)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let errors = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())

@@ -17,7 +17,7 @@ const SECRET: &[u8] = b"root:$6$the-host's-shadow-line:19000:0:99999:7:::\n";
 
 /// Runs `cmd` to its end, at most `limit`; a command still running then is killed (by its
 /// PID) and the test fails: a FIFO must never make imgbuild wait.
-fn bounded(cmd: &mut Command, scratch: &Path, limit: Duration) -> Output {
+pub(super) fn bounded(cmd: &mut Command, scratch: &Path, limit: Duration) -> Output {
     struct Guard(std::process::Child);
     impl Drop for Guard {
         fn drop(&mut self) {

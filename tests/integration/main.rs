@@ -25,6 +25,7 @@ mod first_hour_fixes;
 mod health;
 mod hostile_io;
 mod hostile_layers;
+mod hostile_registry;
 mod origins;
 mod outputs;
 mod pins;
