@@ -62,7 +62,8 @@ fn cut(text: &str, lines: usize, bytes: usize) -> Unified {
                     end -= 1;
                 }
             }
-            return Unified { text: text[..end].to_string(), cut: true };
+            // Said cut only when something is left out (a first line kept whole is not).
+            return Unified { text: text[..end].to_string(), cut: end < text.len() };
         }
         end += line.len();
     }
