@@ -158,6 +158,8 @@ fn refused_at(outside: &Outside, dir: &Path, rel: &str, cmd: &mut std::process::
 #[test]
 fn no_writer_follows_a_link_at_a_directory_it_derives() {
     let p = TestProject::new();
+    // `deploy compose` builds (its file names each node's image ID): the base is in the store.
+    p.add_base();
     let outside = Outside::new(&p);
     let fresh = p.path("fresh");
     for rel in ["images", "images/fresh", "recipes"] {
